@@ -1,0 +1,96 @@
+#include "shim.h"
+
+uint16_t lbd_shim_rx_burst(uint16_t port_id, uint16_t queue_id,
+                           struct rte_mbuf **rx_pkts, uint16_t nb_pkts)
+{
+	return rte_eth_rx_burst(port_id, queue_id, rx_pkts, nb_pkts);
+}
+
+uint16_t lbd_shim_tx_burst(uint16_t port_id, uint16_t queue_id,
+                           struct rte_mbuf **tx_pkts, uint16_t nb_pkts)
+{
+	return rte_eth_tx_burst(port_id, queue_id, tx_pkts, nb_pkts);
+}
+
+struct rte_mbuf *lbd_shim_pktmbuf_alloc(struct rte_mempool *mp)
+{
+	return rte_pktmbuf_alloc(mp);
+}
+
+int lbd_shim_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs,
+                                unsigned int count)
+{
+	return rte_pktmbuf_alloc_bulk(mp, mbufs, count);
+}
+
+void lbd_shim_pktmbuf_free(struct rte_mbuf *m)
+{
+	rte_pktmbuf_free(m);
+}
+
+char *lbd_shim_pktmbuf_append(struct rte_mbuf *m, uint16_t len)
+{
+	return rte_pktmbuf_append(m, len);
+}
+
+unsigned int lbd_shim_ring_enqueue_burst(struct rte_ring *r, void *const *objs,
+                                         unsigned int n)
+{
+	return rte_ring_enqueue_burst(r, objs, n, NULL);
+}
+
+unsigned int lbd_shim_ring_dequeue_burst(struct rte_ring *r, void **objs,
+                                         unsigned int n)
+{
+	return rte_ring_dequeue_burst(r, objs, n, NULL);
+}
+
+unsigned int lbd_shim_ring_count(const struct rte_ring *r)
+{
+	return rte_ring_count(r);
+}
+
+unsigned int lbd_shim_mempool_in_use(const struct rte_mempool *mp)
+{
+	return rte_mempool_in_use_count(mp);
+}
+
+int lbd_shim_errno(void)
+{
+	return rte_errno;
+}
+
+unsigned int lbd_shim_lcore_id(void)
+{
+	return rte_lcore_id();
+}
+
+uint64_t lbd_shim_rdtsc(void)
+{
+	return rte_rdtsc();
+}
+
+void lbd_shim_pause(void)
+{
+	rte_pause();
+}
+
+uint64_t lbd_shim_rss_ip_tcp_udp(void)
+{
+	return RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP;
+}
+
+uint64_t lbd_shim_rx_offload_rss_hash(void)
+{
+	return RTE_ETH_RX_OFFLOAD_RSS_HASH;
+}
+
+uint32_t lbd_shim_ring_f_sp_enq(void)
+{
+	return RING_F_SP_ENQ;
+}
+
+uint32_t lbd_shim_ring_f_sc_deq(void)
+{
+	return RING_F_SC_DEQ;
+}

@@ -1,0 +1,43 @@
+//! Raw bindings to DPDK 22.11 (`libdpdk-dev`) and to the small C shim that
+//! exposes its `static inline` burst functions.
+//!
+//! Nothing here is safe to call directly from packet code: `engine::dpdk` is
+//! the one safe layer over it.
+
+#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
+#![allow(clippy::all, clippy::undocumented_unsafe_blocks, clippy::multiple_unsafe_ops_per_block)]
+#![allow(unsafe_op_in_unsafe_fn, rustdoc::all)]
+
+include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+
+/// The DPDK version the bindings were generated against (pkg-config).
+pub const DPDK_PKG_VERSION: &str = env!("DPDK_PKG_VERSION");
+
+// The engine reads these mbuf fields directly (no FFI call per packet);
+// fail the build if a DPDK update moves them.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<rte_mbuf>() == 128);
+    assert!(offset_of!(rte_mbuf, buf_addr) == 0);
+    assert!(offset_of!(rte_mbuf, data_off) == 16);
+    assert!(offset_of!(rte_mbuf, nb_segs) == 20);
+    assert!(offset_of!(rte_mbuf, port) == 22);
+    assert!(offset_of!(rte_mbuf, pkt_len) == 36);
+    assert!(offset_of!(rte_mbuf, data_len) == 40);
+    assert!(offset_of!(rte_mbuf, buf_len) == 54);
+};
+
+/// Rust form of `rte_prefetch0`: hints the CPU to pull the cache line of
+/// `p` into all cache levels. Safe: a prefetch never faults and has no
+/// architectural effect, whatever address it names.
+#[inline(always)]
+pub fn prefetch0<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only needs SSE, which every x86-64 CPU has; it
+    // reads nothing and cannot fault.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>((p as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

@@ -1,0 +1,615 @@
+//! Configuration: YAML in, validated typed values out.
+//!
+//! [`load`] never touches DPDK, so `lbd --check-config` runs anywhere. An
+//! error names the file, the field path and what is wrong; a rejected file
+//! produces no [`Config`] at all, so nothing downstream can half-apply it.
+
+mod raw;
+
+use crate::wire::MacAddr;
+use ipnet::Ipv4Net;
+use raw::*;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Most listeners and backends one `lbd` serves; per-worker counters are
+/// sized by these at start.
+pub const MAX_LISTENERS: usize = 256;
+pub const MAX_BACKENDS: usize = 4096;
+pub const MAX_WORKERS: usize = 64;
+pub const MAX_PORTS: usize = 16;
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Largest Maglev table: entries are `u16` backend indices, and beyond a few
+/// million entries the build time stops being worth it.
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 4_194_301;
+/// Session slots are addressed by 31 bits (one bit marks the direction).
+pub const MAX_SESSIONS_PER_WORKER: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Field path such as `listeners[0].backends[1].weight`; empty when the
+    /// file as a whole is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => crate::wire::ipv4::PROTO_TCP,
+            Protocol::Udp => crate::wire::ipv4::PROTO_UDP,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Maglev { table_size: u32 },
+    RoundRobin,
+}
+
+impl SchedulerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Maglev { .. } => "maglev",
+            SchedulerKind::RoundRobin => "round_robin",
+        }
+    }
+}
+
+/// Handling of a TCP segment without SYN that matches no session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonSynPolicy {
+    /// Pick the backend the scheduler would have picked and create the
+    /// session: with Maglev this is the backend the flow had before an
+    /// `lbd` restart, so established connections survive it.
+    Schedule,
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbor {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    pub name: String,
+    pub device: String,
+    pub address: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub neighbors: Vec<Neighbor>,
+    pub mac: Option<MacAddr>,
+    pub rx_descriptors: u16,
+    pub tx_descriptors: u16,
+    pub promiscuous: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub scheduler: SchedulerKind,
+    pub tcp_non_syn: NonSynPolicy,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: Duration::from_secs(10),
+            tcp_established: Duration::from_secs(900),
+            tcp_closing: Duration::from_secs(30),
+            tcp_closed: Duration::from_secs(5),
+            udp: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpConfig {
+    pub reachable_time: Duration,
+    pub retry_interval: Duration,
+    pub max_retries: u32,
+    pub queue_length: usize,
+    pub cache_size: usize,
+}
+
+impl Default for ArpConfig {
+    fn default() -> Self {
+        ArpConfig {
+            reachable_time: Duration::from_secs(300),
+            retry_interval: Duration::from_secs(1),
+            max_retries: 3,
+            queue_length: 256,
+            cache_size: 16384,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub source: PathBuf,
+    pub eal: Vec<String>,
+    pub workers: usize,
+    pub cpus: Option<Vec<u32>>,
+    pub idle_sleep: Duration,
+    pub burst: usize,
+    pub ports: Vec<PortConfig>,
+    pub listeners: Vec<ListenerConfig>,
+    pub timeouts: Timeouts,
+    pub session_capacity: usize,
+    pub arp: ArpConfig,
+    pub mempool_mbufs: Option<u32>,
+    pub mempool_cache: u32,
+}
+
+impl Config {
+    /// The port whose connected subnet holds `ip`.
+    pub fn port_for(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.ports.iter().position(|p| p.subnet.contains(&ip))
+    }
+    /// True when the EAL arguments keep DPDK off PCI devices not listed.
+    pub fn eal_restricts_pci(&self) -> bool {
+        self.eal.iter().any(|a| {
+            a == "--no-pci"
+                || a == "-a"
+                || a.starts_with("--allow")
+                || a == "-b"
+                || a.starts_with("--block")
+                || (a.starts_with("-a") && a.len() > 2)
+        })
+    }
+}
+
+/// Reads and validates `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Validates YAML `text`, attributing errors to `path`.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    Validator { file: path }.config(raw)
+}
+
+fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
+    // serde_yaml's message already starts with the field path
+    // ("listeners[0].backends[1]: unknown field ...") and ends with the
+    // line and column; keep both.
+    let msg = e.to_string();
+    let (field, message) = match msg.split_once(": ") {
+        Some((f, m)) if looks_like_path(f) => (f.to_owned(), m.to_owned()),
+        _ => (String::new(), msg.clone()),
+    };
+    ConfigError { file: path.to_owned(), field, message }
+}
+
+fn looks_like_path(s: &str) -> bool {
+    !s.is_empty()
+        && !s.contains(' ')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c))
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+type VResult<T> = Result<T, ConfigError>;
+
+impl Validator<'_> {
+    fn err<T>(&self, field: impl Into<String>, message: impl Into<String>) -> VResult<T> {
+        Err(ConfigError { file: self.file.to_owned(), field: field.into(), message: message.into() })
+    }
+
+    fn duration(&self, field: &str, v: Option<&String>, default: Duration, min: Duration) -> VResult<Duration> {
+        let Some(s) = v else { return Ok(default) };
+        let d = match humantime::parse_duration(s.trim()) {
+            Ok(d) => d,
+            Err(e) => return self.err(field, format!("`{s}` is not a duration ({e}); write e.g. `10s`, `15m`, `100ms`")),
+        };
+        if d < min {
+            return self.err(field, format!("{s} is too short (minimum {})", humantime::format_duration(min)));
+        }
+        // Session times are kept as u32 milliseconds with wrapping compares.
+        if d > Duration::from_secs(24 * 86400) {
+            return self.err(field, format!("{s} is too long (maximum 24d)"));
+        }
+        Ok(d)
+    }
+
+    fn ipv4(&self, field: &str, s: &str) -> VResult<Ipv4Addr> {
+        match s.trim().parse::<Ipv4Addr>() {
+            Ok(a) => Ok(a),
+            Err(_) => self.err(field, format!("`{s}` is not an IPv4 address")),
+        }
+    }
+
+    fn unicast(&self, field: &str, s: &str) -> VResult<Ipv4Addr> {
+        let a = self.ipv4(field, s)?;
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+            return self.err(field, format!("{a} is not a usable unicast address"));
+        }
+        Ok(a)
+    }
+
+    fn l4_port(&self, field: &str, p: u32) -> VResult<u16> {
+        match u16::try_from(p) {
+            Ok(p) if p != 0 => Ok(p),
+            _ => self.err(field, format!("{p} is not a port number (1..=65535)")),
+        }
+    }
+
+    fn mac(&self, field: &str, s: &str) -> VResult<MacAddr> {
+        match s.parse::<MacAddr>() {
+            Ok(m) if m.is_multicast() || m == MacAddr::ZERO => {
+                self.err(field, format!("{m} is not a unicast MAC address"))
+            }
+            Ok(m) => Ok(m),
+            Err(e) => self.err(field, e),
+        }
+    }
+
+    fn name(&self, field: &str, s: &str) -> VResult<()> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if ok {
+            Ok(())
+        } else {
+            self.err(field, format!("`{s}` is not a valid name (1-64 of a-z, A-Z, 0-9, `_`, `-`, `.`)"))
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> VResult<Config> {
+        let workers = raw.lcores.workers.unwrap_or(1);
+        if workers == 0 || workers as usize > MAX_WORKERS {
+            return self.err("lcores.workers", format!("{workers} workers is out of range (1..={MAX_WORKERS})"));
+        }
+        if let Some(cpus) = &raw.lcores.cpus {
+            if cpus.is_empty() {
+                return self.err("lcores.cpus", "must list at least one CPU when present");
+            }
+            if let Some(c) = cpus.iter().find(|c| **c >= 1024) {
+                return self.err("lcores.cpus", format!("CPU {c} is out of range"));
+            }
+        }
+        let idle_sleep = self.duration("lcores.idle_sleep", raw.lcores.idle_sleep.as_ref(), Duration::ZERO, Duration::ZERO)?;
+        if idle_sleep > Duration::from_millis(10) {
+            return self.err("lcores.idle_sleep", "must be at most 10ms: a longer sleep stalls traffic after a quiet spell");
+        }
+        let burst = raw.lcores.burst.unwrap_or(32);
+        if !(1..=256).contains(&burst) {
+            return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
+        }
+        let has_lcore_arg = raw.eal.iter().any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2));
+        if has_lcore_arg && raw.lcores.cpus.is_some() {
+            return self.err("lcores.cpus", "cannot be combined with -l/-c/--lcores in `eal`; use one or the other");
+        }
+
+        let ports = self.ports(&raw.ports)?;
+        let listeners = self.listeners(&raw.listeners, &ports)?;
+
+        let d = Timeouts::default();
+        let one = Duration::from_secs(1);
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            tcp_syn: self.duration("timeouts.tcp_syn", t.tcp_syn.as_ref(), d.tcp_syn, one)?,
+            tcp_established: self.duration("timeouts.tcp_established", t.tcp_established.as_ref(), d.tcp_established, one)?,
+            tcp_closing: self.duration("timeouts.tcp_closing", t.tcp_closing.as_ref(), d.tcp_closing, one)?,
+            tcp_closed: self.duration("timeouts.tcp_closed", t.tcp_closed.as_ref(), d.tcp_closed, one)?,
+            udp: self.duration("timeouts.udp", t.udp.as_ref(), d.udp, one)?,
+        };
+
+        let cap = raw.sessions.capacity_per_worker.unwrap_or(1_000_000);
+        if cap == 0 || cap > MAX_SESSIONS_PER_WORKER {
+            return self.err("sessions.capacity_per_worker", format!("{cap} is out of range (1..={MAX_SESSIONS_PER_WORKER})"));
+        }
+
+        let da = ArpConfig::default();
+        let a = &raw.arp;
+        let arp = ArpConfig {
+            reachable_time: self.duration("arp.reachable_time", a.reachable_time.as_ref(), da.reachable_time, one)?,
+            retry_interval: self.duration("arp.retry_interval", a.retry_interval.as_ref(), da.retry_interval, Duration::from_millis(10))?,
+            max_retries: a.max_retries.unwrap_or(da.max_retries),
+            queue_length: a.queue_length.map_or(da.queue_length, |v| v as usize),
+            cache_size: a.cache_size.map_or(da.cache_size, |v| v as usize),
+        };
+        if !(1..=100).contains(&arp.max_retries) {
+            return self.err("arp.max_retries", format!("{} is out of range (1..=100)", arp.max_retries));
+        }
+        if !(1..=65536).contains(&arp.queue_length) {
+            return self.err("arp.queue_length", format!("{} is out of range (1..=65536)", arp.queue_length));
+        }
+        if !(16..=1 << 20).contains(&arp.cache_size) {
+            return self.err("arp.cache_size", format!("{} is out of range (16..=1048576)", arp.cache_size));
+        }
+        if let Some(n) = raw.mempool.mbufs {
+            if n < 1024 {
+                return self.err("mempool.mbufs", format!("{n} is too few (minimum 1024)"));
+            }
+        }
+        let mempool_cache = raw.mempool.cache_size.unwrap_or(256);
+        if mempool_cache > 512 {
+            return self.err("mempool.cache_size", format!("{mempool_cache} is above DPDK's limit of 512"));
+        }
+
+        Ok(Config {
+            source: self.file.to_owned(),
+            eal: raw.eal,
+            workers: workers as usize,
+            cpus: raw.lcores.cpus,
+            idle_sleep,
+            burst: burst as usize,
+            ports,
+            listeners,
+            timeouts,
+            session_capacity: cap as usize,
+            arp,
+            mempool_mbufs: raw.mempool.mbufs,
+            mempool_cache,
+        })
+    }
+
+    fn ports(&self, raw: &[RawPort]) -> VResult<Vec<PortConfig>> {
+        if raw.is_empty() {
+            return self.err("ports", "at least one port is needed");
+        }
+        if raw.len() > MAX_PORTS {
+            return self.err("ports", format!("{} ports is more than the maximum of {MAX_PORTS}", raw.len()));
+        }
+        let mut out: Vec<PortConfig> = Vec::with_capacity(raw.len());
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        for (i, p) in raw.iter().enumerate() {
+            let f = |k: &str| format!("ports[{i}].{k}");
+            self.name(&f("name"), &p.name)?;
+            if !names.insert(p.name.as_str()) {
+                return self.err(f("name"), format!("port name `{}` is used twice", p.name));
+            }
+            if p.device.trim().is_empty() {
+                return self.err(f("device"), "must name a DPDK device (e.g. net_af_packet0 or a PCI address)");
+            }
+            if !devices.insert(p.device.as_str()) {
+                return self.err(f("device"), format!("device `{}` is used by two ports", p.device));
+            }
+            let net: Ipv4Net = match p.address.trim().parse() {
+                Ok(n) => n,
+                Err(_) => return self.err(f("address"), format!("`{}` is not an IPv4 address with prefix length, e.g. 10.0.0.1/24", p.address)),
+            };
+            let address = net.addr();
+            if address.is_unspecified() || address.is_multicast() || address.is_broadcast() || address.is_loopback() {
+                return self.err(f("address"), format!("{address} is not a usable unicast address"));
+            }
+            if net.prefix_len() < 31 && (address == net.network() || address == net.broadcast()) {
+                return self.err(f("address"), format!("{address} is the network or broadcast address of {}", net.trunc()));
+            }
+            let subnet = net.trunc();
+            for (j, q) in out.iter().enumerate() {
+                if q.subnet.contains(&subnet.network()) || subnet.contains(&q.subnet.network()) {
+                    return self.err(f("address"), format!("subnet {subnet} overlaps {} of ports[{j}] ({}); routing would be ambiguous", q.subnet, q.name));
+                }
+            }
+            let gateway = match &p.gateway {
+                None => None,
+                Some(g) => {
+                    let g = self.unicast(&f("gateway"), g)?;
+                    if !subnet.contains(&g) {
+                        return self.err(f("gateway"), format!("{g} is outside the port's subnet {subnet}"));
+                    }
+                    if g == address {
+                        return self.err(f("gateway"), format!("{g} is the port's own address"));
+                    }
+                    if let Some((j, q)) = out.iter().enumerate().find(|(_, q)| q.gateway.is_some()) {
+                        return self.err(f("gateway"), format!("ports[{j}] ({}) already has a gateway; only one port may hold the default route", q.name));
+                    }
+                    Some(g)
+                }
+            };
+            let mut neighbors = Vec::new();
+            let mut seen = HashSet::new();
+            for (k, n) in p.neighbors.iter().enumerate() {
+                let nf = |x: &str| format!("ports[{i}].neighbors[{k}].{x}");
+                let ip = self.unicast(&nf("ip"), &n.ip)?;
+                if !subnet.contains(&ip) {
+                    return self.err(nf("ip"), format!("{ip} is outside the port's subnet {subnet}"));
+                }
+                if ip == address {
+                    return self.err(nf("ip"), format!("{ip} is the port's own address"));
+                }
+                if !seen.insert(ip) {
+                    return self.err(nf("ip"), format!("{ip} is listed twice"));
+                }
+                let mac = self.mac(&nf("mac"), &n.mac)?;
+                neighbors.push(Neighbor { ip, mac });
+            }
+            let mac = match &p.mac {
+                None => None,
+                Some(m) => Some(self.mac(&f("mac"), m)?),
+            };
+            let desc = |v: Option<u16>, k: &str| -> VResult<u16> {
+                let v = v.unwrap_or(1024);
+                if !(64..=16384).contains(&v) {
+                    return self.err(f(k), format!("{v} is out of range (64..=16384)"));
+                }
+                Ok(v)
+            };
+            out.push(PortConfig {
+                name: p.name.clone(),
+                device: p.device.trim().to_owned(),
+                address,
+                subnet,
+                gateway,
+                neighbors,
+                mac,
+                rx_descriptors: desc(p.rx_descriptors, "rx_descriptors")?,
+                tx_descriptors: desc(p.tx_descriptors, "tx_descriptors")?,
+                promiscuous: p.promiscuous.unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+
+    fn listeners(&self, raw: &[RawListener], ports: &[PortConfig]) -> VResult<Vec<ListenerConfig>> {
+        if raw.len() > MAX_LISTENERS {
+            return self.err("listeners", format!("{} listeners is more than the maximum of {MAX_LISTENERS}", raw.len()));
+        }
+        let mut names = HashSet::new();
+        let mut tuples: HashMap<(Ipv4Addr, Protocol, u16), usize> = HashMap::new();
+        let mut total_backends = 0usize;
+        let mut out = Vec::with_capacity(raw.len());
+        let has_gateway = ports.iter().any(|p| p.gateway.is_some());
+        for (i, l) in raw.iter().enumerate() {
+            let f = |k: &str| format!("listeners[{i}].{k}");
+            self.name(&f("name"), &l.name)?;
+            if !names.insert(l.name.as_str()) {
+                return self.err(f("name"), format!("listener name `{}` is used twice", l.name));
+            }
+            let vip = self.unicast(&f("vip"), &l.vip)?;
+            if let Some(p) = ports.iter().find(|p| p.address == vip) {
+                return self.err(f("vip"), format!("{vip} is the address of port `{}`; a VIP needs its own address", p.name));
+            }
+            let protocol = match l.protocol {
+                RawProtocol::Tcp => Protocol::Tcp,
+                RawProtocol::Udp => Protocol::Udp,
+            };
+            let port = self.l4_port(&f("port"), l.port)?;
+            if let Some(j) = tuples.insert((vip, protocol, port), i) {
+                return self.err(f("port"), format!("{vip} {} port {port} is already served by listeners[{j}]", protocol.name()));
+            }
+            let scheduler = match l.scheduler {
+                RawScheduler::Maglev => {
+                    let m = l.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
+                    if !(7..=MAX_MAGLEV_TABLE_SIZE).contains(&m) || !is_prime(m) {
+                        return self.err(f("maglev_table_size"), format!("{m} must be a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} (e.g. 65537, 655373)"));
+                    }
+                    SchedulerKind::Maglev { table_size: m }
+                }
+                RawScheduler::RoundRobin => {
+                    if l.maglev_table_size.is_some() {
+                        return self.err(f("maglev_table_size"), "only applies to `scheduler: maglev`");
+                    }
+                    SchedulerKind::RoundRobin
+                }
+            };
+            let tcp_non_syn = match (l.tcp_non_syn, scheduler) {
+                (Some(RawNonSynPolicy::Schedule), SchedulerKind::RoundRobin) => {
+                    return self.err(f("tcp_non_syn"), "`schedule` needs `scheduler: maglev` (round robin cannot find a flow's earlier backend)");
+                }
+                (Some(RawNonSynPolicy::Drop), _) | (None, SchedulerKind::RoundRobin) => NonSynPolicy::Drop,
+                (Some(RawNonSynPolicy::Schedule), _) | (None, SchedulerKind::Maglev { .. }) => NonSynPolicy::Schedule,
+            };
+            if l.tcp_non_syn.is_some() && protocol == Protocol::Udp {
+                return self.err(f("tcp_non_syn"), "only applies to TCP listeners");
+            }
+            let mut backends = Vec::with_capacity(l.backends.len());
+            let mut seen = HashSet::new();
+            for (k, b) in l.backends.iter().enumerate() {
+                let bf = |x: &str| format!("listeners[{i}].backends[{k}].{x}");
+                let address = self.unicast(&bf("address"), &b.address)?;
+                if ports.iter().any(|p| p.address == address) {
+                    return self.err(bf("address"), format!("{address} is one of lbd's own port addresses"));
+                }
+                let in_subnet = ports.iter().any(|p| p.subnet.contains(&address));
+                if !in_subnet && !has_gateway {
+                    return self.err(bf("address"), format!("no route to {address}: it is in no port's subnet and no port has a gateway"));
+                }
+                let bport = self.l4_port(&bf("port"), b.port)?;
+                if b.weight > 65535 {
+                    return self.err(bf("weight"), format!("{} is out of range (0..=65535; 0 drains the backend)", b.weight));
+                }
+                if !seen.insert((address, bport)) {
+                    return self.err(bf("address"), format!("backend {address}:{bport} is listed twice"));
+                }
+                backends.push(BackendConfig { address, port: bport, weight: b.weight });
+            }
+            if let SchedulerKind::Maglev { table_size } = scheduler {
+                if backends.len() as u64 > u64::from(table_size) {
+                    return self.err(f("maglev_table_size"), format!("{table_size} is smaller than the {} backends; use at least 100 entries per backend", backends.len()));
+                }
+            }
+            if backends.len() > usize::from(u16::MAX) {
+                return self.err(f("backends"), "more than 65535 backends");
+            }
+            total_backends += backends.len();
+            out.push(ListenerConfig { name: l.name.clone(), vip, protocol, port, scheduler, tcp_non_syn, backends });
+        }
+        if total_backends > MAX_BACKENDS {
+            return self.err("listeners", format!("{total_backends} backends in all is more than the maximum of {MAX_BACKENDS}"));
+        }
+        Ok(out)
+    }
+}
+
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let mut d = 3u32;
+    while u64::from(d) * u64::from(d) <= u64::from(n) {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! Per-worker counters: every drop reason, every local event, every port,
+//! listener and backend.
+//!
+//! Each worker writes only its own [`WorkerCounters`], with plain relaxed
+//! load+store (a single writer needs no read-modify-write), and each block
+//! is cache-line aligned so workers never share a line. Readers (the stats
+//! writer, later the exporter) sum across workers with relaxed loads; a
+//! reading may be a few packets behind, never torn.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A counter with exactly one writing thread.
+#[derive(Default, Debug)]
+#[repr(transparent)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        // Single writer: load+store is race-free and avoids a locked
+        // instruction.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline(always)]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline(always)]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! reasons {
+    ($(#[$m:meta])* $name:ident { $($(#[doc = $doc:expr])* $var:ident = $label:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name { $($(#[doc = $doc])* $var,)* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            /// The stable name used in stats output and metrics labels.
+            pub fn label(self) -> &'static str {
+                match self { $($name::$var => $label,)* }
+            }
+            /// One-line meaning, for documentation and `--help`.
+            pub fn description(self) -> &'static str {
+                match self { $($name::$var => concat!($($doc),*).trim_start(),)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a packet was dropped. Every drop in the engine names one.
+    DropReason {
+        /// Frame shorter than the headers it claims (Ethernet, IPv4, or the L4 header).
+        Truncated = "truncated",
+        /// Destination MAC is neither the port's nor broadcast.
+        WrongDstMac = "wrong_dst_mac",
+        /// 802.1Q/802.1ad tagged frame (VLANs are not supported yet).
+        VlanTagged = "vlan_tagged",
+        /// Ethertype other than IPv4 and ARP (IPv6 included).
+        UnsupportedEthertype = "unsupported_ethertype",
+        /// ARP that is not Ethernet/IPv4, or shorter than 28 bytes.
+        ArpMalformed = "arp_malformed",
+        /// ARP request for an address this port does not own.
+        ArpNotOurs = "arp_not_ours",
+        /// IPv4 version is not 4 or IHL below 5.
+        IpBadHeader = "ip_bad_header",
+        /// IPv4 header with options (not supported).
+        IpOptions = "ip_options",
+        /// IPv4 total length below the header or beyond the frame.
+        IpBadLength = "ip_bad_length",
+        /// IPv4 header checksum does not verify.
+        IpBadChecksum = "ip_bad_checksum",
+        /// IPv4 fragment (not supported yet).
+        IpFragment = "ip_fragment",
+        /// TTL of 1 or 0 on a packet to forward.
+        TtlExceeded = "ttl_exceeded",
+        /// IP protocol other than TCP, UDP and ICMP.
+        UnsupportedProtocol = "unsupported_protocol",
+        /// ICMP other than an echo request to a local address.
+        IcmpUnsupported = "icmp_unsupported",
+        /// TCP data offset or UDP length field inconsistent with the packet.
+        L4BadHeader = "l4_bad_header",
+        /// Sent to a VIP or port address on a protocol/port no listener serves.
+        NoListener = "no_listener",
+        /// Not to a listener and matching no session (e.g. a reply after expiry).
+        NoSession = "no_session",
+        /// TCP segment without SYN and without session, on a listener that drops those.
+        TcpNoSession = "tcp_no_session",
+        /// The listener has no backend with a non-zero weight.
+        NoBackend = "no_backend",
+        /// The worker's session table (or its index) is full.
+        SessionTableFull = "session_table_full",
+        /// Another session already uses the backend-side tuple (same client address and port through another VIP).
+        NatTupleConflict = "nat_tuple_conflict",
+        /// No route to the destination.
+        NoRoute = "no_route",
+        /// The queue of packets waiting for ARP resolution is full.
+        NeighborQueueFull = "neighbor_queue_full",
+        /// The next hop never answered ARP.
+        NeighborUnresolved = "neighbor_unresolved",
+        /// The ring to the owning worker was full.
+        HandoffRingFull = "handoff_ring_full",
+        /// The TX queue did not take the packet.
+        TxFull = "tx_full",
+        /// Freed at shutdown while in flight.
+        Shutdown = "shutdown",
+    }
+}
+
+reasons! {
+    /// Things that happen to packets other than forwarding and dropping.
+    Event {
+        /// ARP replies sent for our addresses and VIPs.
+        ArpRepliesSent = "arp_replies_sent",
+        /// ARP requests sent to resolve next hops.
+        ArpRequestsSent = "arp_requests_sent",
+        /// ARP packets that taught us a neighbour.
+        ArpLearned = "arp_learned",
+        /// ARP packets consumed without learning (e.g. replies to others).
+        ArpIgnored = "arp_ignored",
+        /// ICMP echo requests to a VIP or port address answered.
+        IcmpEchoReplies = "icmp_echo_replies",
+        /// Packets handed to another worker (owner of the flow).
+        HandoffOut = "handoff_out",
+        /// Packets received from other workers.
+        HandoffIn = "handoff_in",
+        /// Packets parked while their next hop resolved.
+        NeighborParked = "neighbor_parked",
+        /// Sessions created.
+        SessionsCreated = "sessions_created",
+        /// Sessions removed after their idle timeout.
+        SessionsExpired = "sessions_expired",
+        /// TCP non-SYN packets without session rescheduled by Maglev.
+        SessionsRescheduled = "sessions_rescheduled",
+        /// Allocation of an mbuf for an ARP request or copy failed.
+        MbufAllocFailed = "mbuf_alloc_failed",
+        /// Loop iterations.
+        Polls = "polls",
+        /// Loop iterations that found packets.
+        BusyPolls = "busy_polls",
+    }
+}
+
+#[derive(Default, Debug)]
+#[repr(C, align(64))]
+pub struct PortCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+}
+
+/// Traffic through a listener or a backend, both directions, and its
+/// sessions.
+#[derive(Default, Debug)]
+#[repr(C, align(64))]
+pub struct FlowCounters {
+    /// Client→backend packets and bytes.
+    pub in_packets: Counter,
+    pub in_bytes: Counter,
+    /// Backend→client packets and bytes.
+    pub out_packets: Counter,
+    pub out_bytes: Counter,
+    pub sessions_created: Counter,
+    pub sessions_closed: Counter,
+}
+
+impl FlowCounters {
+    #[inline]
+    pub fn count(&self, dir: crate::session::Direction, bytes: usize) {
+        match dir {
+            crate::session::Direction::Request => {
+                self.in_packets.inc();
+                self.in_bytes.add(bytes as u64);
+            }
+            crate::session::Direction::Reply => {
+                self.out_packets.inc();
+                self.out_bytes.add(bytes as u64);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+#[repr(C, align(64))]
+pub struct WorkerCounters {
+    pub drops: [Counter; DropReason::COUNT],
+    pub events: [Counter; Event::COUNT],
+    /// Live sessions in this worker's table (a gauge the worker sets).
+    pub sessions_active: Counter,
+    /// Packets waiting for ARP resolution (gauge).
+    pub parked: Counter,
+    pub ports: Box<[PortCounters]>,
+    pub listeners: Box<[FlowCounters]>,
+    pub backends: Box<[FlowCounters]>,
+}
+
+impl WorkerCounters {
+    pub fn new(ports: usize, listeners: usize, backends: usize) -> WorkerCounters {
+        WorkerCounters {
+            drops: std::array::from_fn(|_| Counter::default()),
+            events: std::array::from_fn(|_| Counter::default()),
+            sessions_active: Counter::default(),
+            parked: Counter::default(),
+            ports: (0..ports).map(|_| PortCounters::default()).collect(),
+            listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),
+            backends: (0..backends).map(|_| FlowCounters::default()).collect(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn count_drop(&self, r: DropReason) {
+        self.drops[r as usize].inc();
+    }
+    #[inline(always)]
+    pub fn count_drop_n(&self, r: DropReason, n: u64) {
+        self.drops[r as usize].add(n);
+    }
+    #[inline(always)]
+    pub fn event(&self, e: Event) {
+        self.events[e as usize].inc();
+    }
+    #[inline(always)]
+    pub fn event_n(&self, e: Event, n: u64) {
+        self.events[e as usize].add(n);
+    }
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].get()
+    }
+    pub fn event_count(&self, e: Event) -> u64 {
+        self.events[e as usize].get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for r in DropReason::ALL {
+            assert!(seen.insert(r.label()));
+            assert!(r.label().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+            assert!(!r.description().is_empty());
+        }
+        assert_eq!(DropReason::COUNT, DropReason::ALL.len());
+        assert_eq!(DropReason::ALL[DropReason::Shutdown as usize], DropReason::Shutdown);
+        assert_eq!(Event::ALL[Event::BusyPolls as usize], Event::BusyPolls);
+    }
+
+    #[test]
+    fn counter_alignment() {
+        assert_eq!(std::mem::align_of::<PortCounters>(), 64);
+        assert_eq!(std::mem::align_of::<FlowCounters>(), 64);
+        let c = WorkerCounters::new(2, 1, 1);
+        c.count_drop(DropReason::NoSession);
+        c.count_drop_n(DropReason::NoSession, 2);
+        assert_eq!(c.drop_count(DropReason::NoSession), 3);
+    }
+}

@@ -1,0 +1,594 @@
+//! The packet core of one worker: classify, look up or create the session,
+//! rewrite, resolve the next hop, hand over for TX.
+//!
+//! Plain safe Rust over byte buffers: it knows nothing of DPDK. A worker
+//! lcore drives it with mbufs through the [`Io`] trait; tests drive it with
+//! `Vec<u8>` packets and inspect what comes out. Nothing here allocates,
+//! locks or makes a system call per packet.
+
+use crate::counters::{DropReason, Event, WorkerCounters};
+use crate::config::NonSynPolicy;
+use crate::flow::{owner_shard, FlowKey};
+use crate::nat::{self, Endpoint};
+use crate::neighbor::{Learned, Maintenance, NeighborCache, Parked, PendingQueue, Resolution};
+use crate::session::{Direction, InsertError, Session, SessionState, SessionTable};
+use crate::snapshot::{ListenerView, Snapshot};
+use crate::wire::arp::{self, ArpPacket};
+use crate::wire::checksum;
+use crate::wire::ethernet::{self, MacAddr, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_QINQ, ETHERTYPE_VLAN};
+use crate::wire::icmp;
+use crate::wire::ipv4::{Ipv4Error, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::tcp::{self, TcpPacket, FLAG_ACK, FLAG_RST, FLAG_SYN};
+use crate::wire::udp;
+use std::sync::Arc;
+
+/// A packet buffer the core can read and rewrite.
+pub trait Packet {
+    /// The bytes of the first segment (holding at least every header).
+    fn data(&self) -> &[u8];
+    fn data_mut(&mut self) -> &mut [u8];
+    /// Length of the whole packet, all segments.
+    fn packet_len(&self) -> usize;
+    /// Index (in the configuration) of the port the packet arrived on.
+    fn port(&self) -> u16;
+}
+
+/// Where the core sends packets; the worker implements it over DPDK queues
+/// and rings, tests over vectors.
+pub trait Io<P> {
+    /// Queue for transmission on config port `port`.
+    fn tx(&mut self, port: u16, pkt: P);
+    /// Pass to worker `worker`, which owns the packet's flow.
+    fn handoff(&mut self, worker: usize, pkt: P);
+    /// Release a packet that was dropped (already counted) or consumed.
+    fn free(&mut self, pkt: P);
+    /// A new packet of `len` bytes, noted as arrived on `port`.
+    fn alloc(&mut self, len: usize, port: u16) -> Option<P>;
+}
+
+/// Sessions checked per full sweep period; the sweep visits every slot
+/// about once per this many milliseconds.
+const SWEEP_PERIOD_MS: u64 = 1000;
+/// Most session slots one tick may look at, bounding the time a tick takes.
+const MAX_SWEEP_PER_TICK: u64 = 4096;
+const MAX_NEIGHBOR_SCAN_PER_TICK: u64 = 1024;
+
+/// Mutable per-worker state: everything but the snapshot, so a `&Snapshot`
+/// and a `&mut State` can be held together.
+struct State<P> {
+    worker: usize,
+    workers: usize,
+    sessions: SessionTable,
+    neighbors: NeighborCache,
+    pending: PendingQueue<P>,
+    /// Round-robin cursor per listener id.
+    rr: Box<[u32]>,
+    counters: Arc<WorkerCounters>,
+    now: u32,
+    last_tick: u32,
+    sweep_credit: u64,
+    neighbor_credit: u64,
+    maintenance: Vec<Maintenance>,
+}
+
+pub struct Dataplane<P> {
+    snap: Arc<Snapshot>,
+    st: State<P>,
+}
+
+impl<P> std::fmt::Debug for Dataplane<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").field("worker", &self.st.worker).field("sessions", &self.st.sessions).finish()
+    }
+}
+
+/// Settings of a worker's core that do not change with snapshots.
+#[derive(Clone, Copy, Debug)]
+pub struct CoreSettings {
+    pub worker: usize,
+    pub workers: usize,
+    pub session_capacity: usize,
+    pub neighbor_capacity: usize,
+    pub pending_capacity: usize,
+}
+
+impl<P: Packet> Dataplane<P> {
+    pub fn new(settings: CoreSettings, snap: Arc<Snapshot>, counters: Arc<WorkerCounters>) -> Dataplane<P> {
+        let mut neighbors = NeighborCache::new(settings.neighbor_capacity, snap.arp);
+        for (port, ip, mac) in &snap.static_neighbors {
+            neighbors.add_static(*port, *ip, *mac);
+        }
+        Dataplane {
+            st: State {
+                worker: settings.worker,
+                workers: settings.workers,
+                sessions: SessionTable::new(settings.session_capacity),
+                neighbors,
+                pending: PendingQueue::new(settings.pending_capacity),
+                rr: vec![0; crate::config::MAX_LISTENERS].into_boxed_slice(),
+                counters,
+                now: 0,
+                last_tick: 0,
+                sweep_credit: 0,
+                neighbor_credit: 0,
+                maintenance: Vec::with_capacity(MAX_NEIGHBOR_SCAN_PER_TICK as usize),
+            },
+            snap,
+        }
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    /// Switches to a newer snapshot (between bursts).
+    pub fn set_snapshot(&mut self, snap: Arc<Snapshot>) {
+        for (port, ip, mac) in &snap.static_neighbors {
+            self.st.neighbors.add_static(*port, *ip, *mac);
+        }
+        self.snap = snap;
+    }
+
+    /// Sets the worker's clock (milliseconds, wrapping).
+    #[inline]
+    pub fn set_now(&mut self, now_ms: u32) {
+        self.st.now = now_ms;
+    }
+
+    pub fn sessions(&self) -> &SessionTable {
+        &self.st.sessions
+    }
+
+    pub fn neighbors(&self) -> &NeighborCache {
+        &self.st.neighbors
+    }
+
+    pub fn parked(&self) -> usize {
+        self.st.pending.len()
+    }
+
+    /// Processes a packet received from a port.
+    #[inline]
+    pub fn process(&mut self, pkt: P, io: &mut impl Io<P>) {
+        let port = usize::from(pkt.port());
+        if let Some(c) = self.st.counters.ports.get(port) {
+            c.rx_packets.inc();
+            c.rx_bytes.add(pkt.packet_len() as u64);
+        }
+        self.st.handle(&self.snap, pkt, false, io);
+    }
+
+    /// Processes a packet another worker handed over: a flow this worker
+    /// owns, or a copy of an ARP packet to learn from.
+    #[inline]
+    pub fn process_handoff(&mut self, pkt: P, io: &mut impl Io<P>) {
+        self.st.handle(&self.snap, pkt, true, io);
+    }
+
+    /// Periodic work, spread thin: session expiry, ARP aging and retries,
+    /// parked-packet timeouts. Call once per loop iteration.
+    pub fn tick(&mut self, io: &mut impl Io<P>) {
+        self.st.tick(&self.snap, io);
+    }
+
+    /// Frees everything held (at shutdown).
+    pub fn drain(&mut self, io: &mut impl Io<P>) {
+        let st = &mut self.st;
+        for p in st.pending.drain() {
+            st.counters.count_drop(DropReason::Shutdown);
+            io.free(p.packet);
+        }
+        st.counters.parked.set(0);
+    }
+}
+
+impl<P: Packet> State<P> {
+    #[inline]
+    fn discard(&self, reason: DropReason, pkt: P, io: &mut impl Io<P>) {
+        self.counters.count_drop(reason);
+        io.free(pkt);
+    }
+
+    fn handle(&mut self, snap: &Snapshot, pkt: P, from_handoff: bool, io: &mut impl Io<P>) {
+        let in_port = pkt.port();
+        let Some(port) = snap.ports.get(usize::from(in_port)) else {
+            // Only a bug in an adapter could get here.
+            return self.discard(DropReason::WrongDstMac, pkt, io);
+        };
+        let data = pkt.data();
+        if data.len() < ethernet::HEADER_LEN {
+            return self.discard(DropReason::Truncated, pkt, io);
+        }
+        let dst = MacAddr([data[0], data[1], data[2], data[3], data[4], data[5]]);
+        if dst != port.mac && !dst.is_broadcast() {
+            return self.discard(DropReason::WrongDstMac, pkt, io);
+        }
+        match u16::from_be_bytes([data[12], data[13]]) {
+            ETHERTYPE_IPV4 => self.ipv4(snap, pkt, from_handoff, io),
+            ETHERTYPE_ARP => self.arp(snap, pkt, from_handoff, io),
+            ETHERTYPE_VLAN | ETHERTYPE_QINQ => self.discard(DropReason::VlanTagged, pkt, io),
+            _ => self.discard(DropReason::UnsupportedEthertype, pkt, io),
+        }
+    }
+
+    fn ipv4(&mut self, snap: &Snapshot, pkt: P, from_handoff: bool, io: &mut impl Io<P>) {
+        let data = pkt.data();
+        let l3_len = pkt.packet_len() - ethernet::HEADER_LEN;
+        let ip = match Ipv4Packet::new_checked_in(&data[ethernet::HEADER_LEN..], l3_len) {
+            Ok(ip) => ip,
+            Err(e) => {
+                let r = match e {
+                    Ipv4Error::Truncated => DropReason::Truncated,
+                    Ipv4Error::BadHeader => DropReason::IpBadHeader,
+                    Ipv4Error::Options => DropReason::IpOptions,
+                    Ipv4Error::BadTotalLength => DropReason::IpBadLength,
+                };
+                return self.discard(r, pkt, io);
+            }
+        };
+        if !ip.verify_checksum() {
+            return self.discard(DropReason::IpBadChecksum, pkt, io);
+        }
+        if ip.is_fragment() {
+            return self.discard(DropReason::IpFragment, pkt, io);
+        }
+        let (src, dst, proto, ttl) = (ip.src_u32(), ip.dst_u32(), ip.protocol(), ip.ttl());
+        // The L4 header must sit in the first segment; the rewrite touches
+        // nothing beyond it.
+        let l4_len = usize::from(ip.total_len()) - ip.header_len();
+        let l4 = ip.payload();
+        let (sport, dport, flags) = match proto {
+            PROTO_TCP => {
+                if l4_len < tcp::MIN_HEADER_LEN || l4.len() < tcp::MIN_HEADER_LEN {
+                    return self.discard(DropReason::Truncated, pkt, io);
+                }
+                match TcpPacket::new_checked(l4) {
+                    Some(t) => (t.src_port(), t.dst_port(), t.flags()),
+                    None => return self.discard(DropReason::L4BadHeader, pkt, io),
+                }
+            }
+            PROTO_UDP => {
+                if l4_len < udp::HEADER_LEN || l4.len() < udp::HEADER_LEN {
+                    return self.discard(DropReason::Truncated, pkt, io);
+                }
+                // The UDP length may cover bytes in later segments.
+                let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+                if ulen < udp::HEADER_LEN || ulen > l4_len {
+                    return self.discard(DropReason::L4BadHeader, pkt, io);
+                }
+                (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]), 0)
+            }
+            PROTO_ICMP => return self.icmp(snap, pkt, io),
+            _ => return self.discard(DropReason::UnsupportedProtocol, pkt, io),
+        };
+        let key = FlowKey { src, dst, sport, dport, proto };
+
+        if let Some(listener) = snap.listener(dst, proto, dport) {
+            if ttl <= 1 {
+                return self.discard(DropReason::TtlExceeded, pkt, io);
+            }
+            if !from_handoff {
+                let owner = owner_shard(src, sport, proto, self.workers);
+                if owner != self.worker {
+                    return io.handoff(owner, pkt);
+                }
+            }
+            return self.request(snap, listener, pkt, key, flags, io);
+        }
+        if snap.local(dst).is_some() {
+            return self.discard(DropReason::NoListener, pkt, io);
+        }
+        if ttl <= 1 {
+            return self.discard(DropReason::TtlExceeded, pkt, io);
+        }
+        if !from_handoff {
+            let owner = owner_shard(dst, dport, proto, self.workers);
+            if owner != self.worker {
+                return io.handoff(owner, pkt);
+            }
+        }
+        self.reply(snap, pkt, key, flags, io)
+    }
+
+    /// Client→VIP: find or create the session, rewrite the destination to
+    /// the backend, forward.
+    fn request(&mut self, snap: &Snapshot, l: &ListenerView, mut pkt: P, key: FlowKey, flags: u8, io: &mut impl Io<P>) {
+        let h = key.hash();
+        let slot = match self.sessions.lookup(&key, h) {
+            Some((slot, Direction::Request)) => slot,
+            Some((_, Direction::Reply)) => return self.discard(DropReason::NatTupleConflict, pkt, io),
+            None => {
+                let mut state = SessionState::Udp;
+                let mut rescheduled = false;
+                if key.proto == PROTO_TCP {
+                    let syn = flags & FLAG_SYN != 0 && flags & FLAG_ACK == 0;
+                    state = SessionState::TcpSynSent;
+                    if !syn {
+                        if l.non_syn == NonSynPolicy::Drop || !l.scheduler.is_consistent() {
+                            return self.discard(DropReason::TcpNoSession, pkt, io);
+                        }
+                        state = SessionState::TcpEstablished;
+                        rescheduled = true;
+                    }
+                }
+                let Some(bi) = l.scheduler.pick(h, &mut self.rr[usize::from(l.id)]) else {
+                    return self.discard(DropReason::NoBackend, pkt, io);
+                };
+                let b = &l.backends[usize::from(bi)];
+                if flags & FLAG_RST != 0 {
+                    // A reset for a connection we no longer track: pass it to
+                    // the backend Maglev picks so it can clean up, but do not
+                    // create state for it.
+                    nat::rewrite(pkt.data_mut(), Endpoint::Destination, b.addr, b.port);
+                    self.counters.listeners[usize::from(l.id)].count(Direction::Request, pkt.packet_len());
+                    self.counters.backends[b.id as usize].count(Direction::Request, pkt.packet_len());
+                    return self.route(snap, pkt, b.addr, io);
+                }
+                let s = Session::new(key.proto, (key.src, key.sport), (key.dst, key.dport), (b.addr, b.port), l.id, b.id, state, self.now);
+                match self.sessions.insert(s) {
+                    Ok(slot) => {
+                        self.counters.event(Event::SessionsCreated);
+                        if rescheduled {
+                            self.counters.event(Event::SessionsRescheduled);
+                        }
+                        self.counters.listeners[usize::from(l.id)].sessions_created.inc();
+                        self.counters.backends[b.id as usize].sessions_created.inc();
+                        self.counters.sessions_active.set(self.sessions.len() as u64);
+                        slot
+                    }
+                    Err(InsertError::Full) => return self.discard(DropReason::SessionTableFull, pkt, io),
+                    Err(InsertError::Conflict) => return self.discard(DropReason::NatTupleConflict, pkt, io),
+                }
+            }
+        };
+        let s = self.sessions.session_mut(slot);
+        s.last_seen = self.now;
+        if key.proto == PROTO_TCP {
+            s.track_tcp(flags, Direction::Request);
+        }
+        let (addr, port, lid, bid) = (s.backend_ip, s.backend_port, s.listener, s.backend_id);
+        nat::rewrite(pkt.data_mut(), Endpoint::Destination, addr, port);
+        let len = pkt.packet_len();
+        self.counters.listeners[usize::from(lid)].count(Direction::Request, len);
+        self.counters.backends[bid as usize].count(Direction::Request, len);
+        self.route(snap, pkt, addr, io)
+    }
+
+    /// Backend→client: the session must exist; the source becomes the VIP.
+    fn reply(&mut self, snap: &Snapshot, mut pkt: P, key: FlowKey, flags: u8, io: &mut impl Io<P>) {
+        let h = key.hash();
+        let Some((slot, Direction::Reply)) = self.sessions.lookup(&key, h) else {
+            return self.discard(DropReason::NoSession, pkt, io);
+        };
+        let s = self.sessions.session_mut(slot);
+        s.last_seen = self.now;
+        if key.proto == PROTO_TCP {
+            s.track_tcp(flags, Direction::Reply);
+        }
+        let (vip, vport, lid, bid) = (s.vip, s.vip_port, s.listener, s.backend_id);
+        nat::rewrite(pkt.data_mut(), Endpoint::Source, vip, vport);
+        let len = pkt.packet_len();
+        self.counters.listeners[usize::from(lid)].count(Direction::Reply, len);
+        self.counters.backends[bid as usize].count(Direction::Reply, len);
+        self.route(snap, pkt, key.dst, io)
+    }
+
+    fn route(&mut self, snap: &Snapshot, pkt: P, dst: u32, io: &mut impl Io<P>) {
+        match snap.routes.lookup(dst) {
+            Some((port, next_hop)) => self.send(snap, pkt, port, next_hop, io),
+            None => self.discard(DropReason::NoRoute, pkt, io),
+        }
+    }
+
+    /// Addresses the frame to `next_hop` on `port` and queues it, or parks
+    /// it until ARP resolves the next hop.
+    fn send(&mut self, snap: &Snapshot, mut pkt: P, port: u16, next_hop: u32, io: &mut impl Io<P>) {
+        match self.neighbors.resolve(port, next_hop, self.now) {
+            Resolution::Hit(mac) => {
+                nat::set_macs(pkt.data_mut(), snap.ports[usize::from(port)].mac, mac);
+                io.tx(port, pkt);
+            }
+            Resolution::Miss { request } => {
+                if request {
+                    self.arp_request(snap, port, next_hop, io);
+                }
+                match self.pending.push(Parked { packet: pkt, port, next_hop, since: self.now }) {
+                    Ok(()) => {
+                        self.counters.event(Event::NeighborParked);
+                        self.counters.parked.set(self.pending.len() as u64);
+                    }
+                    Err(p) => self.discard(DropReason::NeighborQueueFull, p.packet, io),
+                }
+            }
+        }
+    }
+
+    fn arp_request(&self, snap: &Snapshot, port: u16, target: u32, io: &mut impl Io<P>) {
+        let p = &snap.ports[usize::from(port)];
+        // 60 bytes: the Ethernet minimum without FCS.
+        let Some(mut pkt) = io.alloc(60, port) else {
+            self.counters.event(Event::MbufAllocFailed);
+            return;
+        };
+        let b = pkt.data_mut();
+        b.fill(0);
+        nat::set_macs(b, p.mac, MacAddr::BROADCAST);
+        b[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        ArpPacket::emit(&mut b[14..], arp::OP_REQUEST, p.mac, p.addr.into(), MacAddr::ZERO, target.into());
+        self.counters.event(Event::ArpRequestsSent);
+        io.tx(port, pkt);
+    }
+
+    fn arp(&mut self, snap: &Snapshot, mut pkt: P, from_handoff: bool, io: &mut impl Io<P>) {
+        let in_port = pkt.port();
+        let port = &snap.ports[usize::from(in_port)];
+        let data = pkt.data();
+        let Some(a) = ArpPacket::new_checked(&data[ethernet::HEADER_LEN..]) else {
+            if from_handoff {
+                return io.free(pkt);
+            }
+            return self.discard(DropReason::ArpMalformed, pkt, io);
+        };
+        let (op, sha, spa, tpa) = (a.operation(), a.sender_mac(), u32::from(a.sender_ip()), u32::from(a.target_ip()));
+        let ours = snap.owns_on_port(tpa, in_port);
+        // Learn only plausible neighbours: on the link, not us, unicast MAC.
+        let plausible = port.on_link(spa) && spa != port.addr && spa != port.net && !sha.is_multicast() && sha != MacAddr::ZERO;
+        let learned = if plausible {
+            // RFC 826: refresh a known sender always; add a new one only
+            // when the packet is addressed to us. A copy from another worker
+            // was vetted there.
+            self.neighbors.learn(in_port, spa, sha, self.now, ours || from_handoff)
+        } else {
+            Learned::Ignored
+        };
+        if learned != Learned::Ignored {
+            let mac = sha;
+            let src_mac = port.mac;
+            self.pending.release(in_port, spa, |p| {
+                let mut pkt = p.packet;
+                nat::set_macs(pkt.data_mut(), src_mac, mac);
+                io.tx(in_port, pkt);
+            });
+            self.counters.parked.set(self.pending.len() as u64);
+        }
+        if from_handoff {
+            return io.free(pkt);
+        }
+        if learned != Learned::Ignored && self.workers > 1 {
+            self.share_arp(&pkt, io);
+        }
+        if op == arp::OP_REQUEST && ours {
+            // Turn the request into the reply in place.
+            let my_mac = port.mac;
+            let b = pkt.data_mut();
+            nat::set_macs(b, my_mac, sha);
+            ArpPacket::emit(&mut b[ethernet::HEADER_LEN..], arp::OP_REPLY, my_mac, tpa.into(), sha, spa.into());
+            self.counters.event(Event::ArpRepliesSent);
+            return io.tx(in_port, pkt);
+        }
+        if learned != Learned::Ignored {
+            self.counters.event(Event::ArpLearned);
+            return io.free(pkt);
+        }
+        if op == arp::OP_REQUEST {
+            return self.discard(DropReason::ArpNotOurs, pkt, io);
+        }
+        self.counters.event(Event::ArpIgnored);
+        io.free(pkt)
+    }
+
+    /// Copies an ARP packet to every other worker so all neighbour caches
+    /// learn what one worker heard.
+    fn share_arp(&self, pkt: &P, io: &mut impl Io<P>) {
+        let bytes = pkt.data();
+        for w in (0..self.workers).filter(|w| *w != self.worker) {
+            match io.alloc(bytes.len(), pkt.port()) {
+                Some(mut copy) => {
+                    copy.data_mut().copy_from_slice(bytes);
+                    io.handoff(w, copy);
+                }
+                None => self.counters.event(Event::MbufAllocFailed),
+            }
+        }
+    }
+
+    /// Answers echo requests to our addresses; drops other ICMP.
+    fn icmp(&mut self, snap: &Snapshot, mut pkt: P, io: &mut impl Io<P>) {
+        let in_port = pkt.port();
+        let data = pkt.data();
+        let ip = &data[ethernet::HEADER_LEN..];
+        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        if snap.local(dst).is_none() {
+            return self.discard(DropReason::IcmpUnsupported, pkt, io);
+        }
+        if total < 20 + icmp::HEADER_LEN || data.len() < ethernet::HEADER_LEN + 20 + icmp::HEADER_LEN {
+            return self.discard(DropReason::Truncated, pkt, io);
+        }
+        if ip[20] != icmp::ECHO_REQUEST || ip[21] != 0 {
+            return self.discard(DropReason::IcmpUnsupported, pkt, io);
+        }
+        let src_mac = MacAddr([data[6], data[7], data[8], data[9], data[10], data[11]]);
+        let my_mac = snap.ports[usize::from(in_port)].mac;
+        let b = pkt.data_mut();
+        nat::set_macs(b, my_mac, src_mac);
+        let ipb = &mut b[ethernet::HEADER_LEN..];
+        let (src, dst) = (u32::from_be_bytes([ipb[12], ipb[13], ipb[14], ipb[15]]), dst);
+        let mut ipv = Ipv4Packet::new_checked_in(&mut ipb[..], total).expect("validated before");
+        ipv.set_addrs_raw(dst, src);
+        ipv.set_ttl_raw(64);
+        ipv.fill_checksum();
+        let old = u16::from_be_bytes([ipb[20], ipb[21]]);
+        ipb[20] = icmp::ECHO_REPLY;
+        let new = u16::from_be_bytes([ipb[20], ipb[21]]);
+        let c = checksum::adjust16(u16::from_be_bytes([ipb[22], ipb[23]]), old, new);
+        ipb[22..24].copy_from_slice(&c.to_be_bytes());
+        self.counters.event(Event::IcmpEchoReplies);
+        io.tx(in_port, pkt)
+    }
+
+    fn tick(&mut self, snap: &Snapshot, io: &mut impl Io<P>) {
+        let now = self.now;
+        let dt = u64::from(now.wrapping_sub(self.last_tick));
+        if dt == 0 {
+            return;
+        }
+        self.last_tick = now;
+
+        // Session expiry: visit every slot about once per sweep period.
+        self.sweep_credit = (self.sweep_credit + self.sessions.sweep_span() as u64 * dt).min(MAX_SWEEP_PER_TICK * SWEEP_PERIOD_MS);
+        let budget = self.sweep_credit / SWEEP_PERIOD_MS;
+        if budget > 0 {
+            self.sweep_credit -= budget * SWEEP_PERIOD_MS;
+            let c = &self.counters;
+            let n = self.sessions.expire(now, budget as usize, &snap.timeouts, |s| {
+                c.listeners[usize::from(s.listener)].sessions_closed.inc();
+                c.backends[s.backend_id as usize].sessions_closed.inc();
+            });
+            if n > 0 {
+                c.event_n(Event::SessionsExpired, n as u64);
+                c.sessions_active.set(self.sessions.len() as u64);
+            }
+        }
+
+        // Neighbour aging and retries: scan the cache twice per retry
+        // interval so retries go out on time.
+        let period = u64::from(snap.arp.retry_ms / 2).clamp(1, 500);
+        let slots = (self.neighbors.len() as u64).max(1) * 2;
+        self.neighbor_credit = (self.neighbor_credit + slots * dt).min(MAX_NEIGHBOR_SCAN_PER_TICK * period);
+        let budget = self.neighbor_credit / period;
+        if budget > 0 {
+            self.neighbor_credit -= budget * period;
+            let mut m = std::mem::take(&mut self.maintenance);
+            m.clear();
+            self.neighbors.maintain(now, budget as usize, |x| {
+                if m.len() < m.capacity() {
+                    m.push(x)
+                }
+            });
+            for x in &m {
+                match *x {
+                    Maintenance::Request { port, ip } => self.arp_request(snap, port, ip, io),
+                    Maintenance::Failed { port, ip } => {
+                        let c = &self.counters;
+                        self.pending.release(port, ip, |p| {
+                            c.count_drop(DropReason::NeighborUnresolved);
+                            io.free(p.packet);
+                        });
+                    }
+                }
+            }
+            self.maintenance = m;
+        }
+
+        let c = &self.counters;
+        self.pending.expire(now, snap.park_max_ms, |p| {
+            c.count_drop(DropReason::NeighborUnresolved);
+            io.free(p.packet);
+        });
+        c.parked.set(self.pending.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,21 @@
+//! lbd's engine: a NAT-mode layer-4 load balancer on DPDK.
+//!
+//! Everything that touches packets is plain safe Rust over byte buffers
+//! (`wire`, `nat`, `session`, `maglev`, `scheduler`, `neighbor`,
+//! `dataplane`), testable without EAL. `dpdk` is the one module with
+//! `unsafe`: a thin safe layer over `dpdk-sys` that `worker` and `daemon`
+//! use to run the core on lcores.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod counters;
+pub mod dataplane;
+pub mod flow;
+pub mod maglev;
+pub mod nat;
+pub mod neighbor;
+pub mod scheduler;
+pub mod session;
+pub mod snapshot;
+pub mod wire;

@@ -1,0 +1,610 @@
+//! The per-worker NAT session table.
+//!
+//! One table per worker, owned by that worker alone: no locks, no atomics.
+//! Each session is indexed under two keys, the request 5-tuple
+//! (client→VIP) and the reply 5-tuple (backend→client), so both directions
+//! find it with one lookup.
+//!
+//! Layout: sessions live in a preallocated slab; the index is an array of
+//! 64-byte buckets of 8 ways, each way a 32-bit hash tag and a 32-bit
+//! reference (slab slot << 1 | direction). A key may sit in either of two
+//! buckets picked from its hash (two-choice hashing), which keeps buckets
+//! from overflowing at the load factors used here without cuckoo moves. A
+//! lookup reads at most two index cache lines and one session.
+//!
+//! Expiry is a clock sweep over the slab: each call looks at a bounded
+//! number of slots, so a full sweep is spread across many loop iterations
+//! and never stalls packet processing.
+
+use crate::flow::FlowKey;
+
+/// Session lifecycle. TCP states follow what the balancer sees of the
+/// handshake and teardown; they decide which idle timeout applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum SessionState {
+    #[default]
+    Free = 0,
+    Udp = 1,
+    /// Client SYN seen.
+    TcpSynSent = 2,
+    /// Backend SYN-ACK seen.
+    TcpSynReceived = 3,
+    TcpEstablished = 4,
+    /// A FIN seen from either side.
+    TcpClosing = 5,
+    /// RST seen, or FINs from both sides.
+    TcpClosed = 6,
+}
+
+pub const STATE_COUNT: usize = 7;
+
+impl SessionState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionState::Free => "free",
+            SessionState::Udp => "udp",
+            SessionState::TcpSynSent => "syn_sent",
+            SessionState::TcpSynReceived => "syn_received",
+            SessionState::TcpEstablished => "established",
+            SessionState::TcpClosing => "closing",
+            SessionState::TcpClosed => "closed",
+        }
+    }
+}
+
+/// Which way a packet travels through a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to VIP, forwarded to the backend.
+    Request = 0,
+    /// Backend to client, forwarded with the VIP as source.
+    Reply = 1,
+}
+
+/// Flag bits in [`Session::flags`].
+pub const FIN_FROM_CLIENT: u8 = 1;
+pub const FIN_FROM_BACKEND: u8 = 2;
+
+/// One NAT session (32 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Session {
+    pub client_ip: u32,
+    pub vip: u32,
+    pub backend_ip: u32,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub backend_port: u16,
+    pub listener: u16,
+    pub backend_id: u32,
+    /// Milliseconds on the worker's clock; compared with wrapping arithmetic.
+    pub last_seen: u32,
+    pub proto: u8,
+    pub state: SessionState,
+    pub flags: u8,
+    _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Session>() == 32);
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        proto: u8,
+        client: (u32, u16),
+        vip: (u32, u16),
+        backend: (u32, u16),
+        listener: u16,
+        backend_id: u32,
+        state: SessionState,
+        now: u32,
+    ) -> Session {
+        Session {
+            client_ip: client.0,
+            client_port: client.1,
+            vip: vip.0,
+            vip_port: vip.1,
+            backend_ip: backend.0,
+            backend_port: backend.1,
+            listener,
+            backend_id,
+            last_seen: now,
+            proto,
+            state,
+            flags: 0,
+            _pad: 0,
+        }
+    }
+
+    /// The key of request packets (client→VIP).
+    #[inline]
+    pub fn request_key(&self) -> FlowKey {
+        FlowKey { src: self.client_ip, dst: self.vip, sport: self.client_port, dport: self.vip_port, proto: self.proto }
+    }
+
+    /// The key of reply packets (backend→client).
+    #[inline]
+    pub fn reply_key(&self) -> FlowKey {
+        FlowKey { src: self.backend_ip, dst: self.client_ip, sport: self.backend_port, dport: self.client_port, proto: self.proto }
+    }
+
+    #[inline]
+    pub fn key(&self, dir: Direction) -> FlowKey {
+        match dir {
+            Direction::Request => self.request_key(),
+            Direction::Reply => self.reply_key(),
+        }
+    }
+
+    /// Advances the TCP state for a segment with `flags` going `dir`.
+    pub fn track_tcp(&mut self, tcp_flags: u8, dir: Direction) {
+        use crate::wire::tcp::{FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN};
+        if tcp_flags & FLAG_RST != 0 {
+            self.state = SessionState::TcpClosed;
+            return;
+        }
+        if tcp_flags & FLAG_FIN != 0 {
+            self.flags |= match dir {
+                Direction::Request => FIN_FROM_CLIENT,
+                Direction::Reply => FIN_FROM_BACKEND,
+            };
+            self.state = if self.flags & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == (FIN_FROM_CLIENT | FIN_FROM_BACKEND) {
+                SessionState::TcpClosed
+            } else {
+                SessionState::TcpClosing
+            };
+            return;
+        }
+        let syn = tcp_flags & FLAG_SYN != 0;
+        let ack = tcp_flags & FLAG_ACK != 0;
+        self.state = match (self.state, dir, syn, ack) {
+            // A new SYN on a finished connection reuses the tuple: start over
+            // on the same backend.
+            (SessionState::TcpClosed | SessionState::TcpClosing, Direction::Request, true, false) => {
+                self.flags = 0;
+                SessionState::TcpSynSent
+            }
+            (SessionState::TcpSynSent, Direction::Reply, true, true) => SessionState::TcpSynReceived,
+            (SessionState::TcpSynSent | SessionState::TcpSynReceived, Direction::Request, false, true) => {
+                SessionState::TcpEstablished
+            }
+            (s, _, _, _) => s,
+        };
+    }
+}
+
+/// Idle timeout in milliseconds for each [`SessionState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTimeouts(pub [u32; STATE_COUNT]);
+
+impl StateTimeouts {
+    pub fn from_config(t: &crate::config::Timeouts) -> StateTimeouts {
+        let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let mut a = [0u32; STATE_COUNT];
+        a[SessionState::Udp as usize] = ms(t.udp);
+        a[SessionState::TcpSynSent as usize] = ms(t.tcp_syn);
+        a[SessionState::TcpSynReceived as usize] = ms(t.tcp_syn);
+        a[SessionState::TcpEstablished as usize] = ms(t.tcp_established);
+        a[SessionState::TcpClosing as usize] = ms(t.tcp_closing);
+        a[SessionState::TcpClosed as usize] = ms(t.tcp_closed);
+        StateTimeouts(a)
+    }
+    #[inline]
+    pub fn get(&self, s: SessionState) -> u32 {
+        self.0[s as usize]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// No free slot, or no free way in either bucket of a key.
+    Full,
+    /// Another session already owns the reply key: two clients would reach
+    /// the same backend with the same source address and port.
+    Conflict,
+}
+
+const WAYS: usize = 8;
+const EMPTY: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Bucket {
+    tags: [u32; WAYS],
+    refs: [u32; WAYS],
+}
+
+const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
+
+impl Bucket {
+    const EMPTY: Bucket = Bucket { tags: [0; WAYS], refs: [EMPTY; WAYS] };
+
+    #[inline]
+    fn free_way(&self) -> Option<usize> {
+        self.refs.iter().position(|r| *r == EMPTY)
+    }
+    fn used(&self) -> usize {
+        self.refs.iter().filter(|r| **r != EMPTY).count()
+    }
+}
+
+pub struct SessionTable {
+    buckets: Box<[Bucket]>,
+    mask: usize,
+    slots: Box<[Session]>,
+    free: Vec<u32>,
+    /// Slots below this index have been handed out at least once.
+    high_water: u32,
+    len: usize,
+    cursor: u32,
+}
+
+impl std::fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTable").field("len", &self.len).field("capacity", &self.slots.len()).finish()
+    }
+}
+
+impl SessionTable {
+    /// A table for `capacity` sessions. Memory is reserved up front
+    /// (32 bytes per session plus about 21 bytes of index at most), and
+    /// the kernel backs it lazily as it is touched.
+    pub fn new(capacity: usize) -> SessionTable {
+        assert!(capacity >= 1 && capacity <= (1 << 30));
+        // Two keys per session, at most 6 of 8 ways used on average.
+        let nbuckets = (2 * capacity).div_ceil(6).next_power_of_two().max(2);
+        SessionTable {
+            buckets: vec![Bucket::EMPTY; nbuckets].into_boxed_slice(),
+            mask: nbuckets - 1,
+            slots: vec![Session::default(); capacity].into_boxed_slice(),
+            free: Vec::with_capacity(capacity),
+            high_water: 0,
+            len: 0,
+            cursor: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+    /// Bytes of memory the table reserves.
+    pub fn memory_bytes(&self) -> usize {
+        self.buckets.len() * 64 + self.slots.len() * (32 + 4)
+    }
+
+    #[inline]
+    fn place(&self, h: u64) -> (usize, usize, u32) {
+        let b1 = (h as usize) & self.mask;
+        let mut b2 = (h.rotate_right(29) as usize) & self.mask;
+        if b2 == b1 {
+            b2 = b1 ^ 1;
+        }
+        (b1, b2, (h >> 32) as u32)
+    }
+
+    /// Hints the CPU to load the index lines of hash `h` ahead of a lookup.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        let (b1, b2, _) = self.place(h);
+        dpdk_sys::prefetch0(&self.buckets[b1]);
+        dpdk_sys::prefetch0(&self.buckets[b2]);
+    }
+
+    #[inline]
+    fn find_in(&self, b: usize, tag: u32, key: &FlowKey) -> Option<(u32, Direction)> {
+        let bucket = &self.buckets[b];
+        for w in 0..WAYS {
+            let r = bucket.refs[w];
+            if bucket.tags[w] == tag && r != EMPTY {
+                let slot = r >> 1;
+                let dir = if r & 1 == 0 { Direction::Request } else { Direction::Reply };
+                if self.slots[slot as usize].key(dir) == *key {
+                    return Some((slot, dir));
+                }
+            }
+        }
+        None
+    }
+
+    /// Finds the session `key` belongs to (`h` = `key.hash()`).
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
+        let (b1, b2, tag) = self.place(h);
+        self.find_in(b1, tag, key).or_else(|| self.find_in(b2, tag, key))
+    }
+
+    #[inline]
+    pub fn session(&self, slot: u32) -> &Session {
+        &self.slots[slot as usize]
+    }
+
+    #[inline]
+    pub fn session_mut(&mut self, slot: u32) -> &mut Session {
+        &mut self.slots[slot as usize]
+    }
+
+    /// The emptier of the key's two buckets, with a free way.
+    fn free_place(&self, h: u64) -> Option<(usize, usize, u32)> {
+        let (b1, b2, tag) = self.place(h);
+        let (u1, u2) = (self.buckets[b1].used(), self.buckets[b2].used());
+        let order = if u2 < u1 { [b2, b1] } else { [b1, b2] };
+        order.into_iter().find_map(|b| self.buckets[b].free_way().map(|w| (b, w, tag)))
+    }
+
+    /// Adds `s`, indexed under both of its keys. The caller has checked
+    /// that the request key is absent.
+    pub fn insert(&mut self, s: Session) -> Result<u32, InsertError> {
+        let req = s.request_key();
+        let rep = s.reply_key();
+        let (hq, hr) = (req.hash(), rep.hash());
+        if self.lookup(&rep, hr).is_some() {
+            return Err(InsertError::Conflict);
+        }
+        if self.len == self.slots.len() {
+            return Err(InsertError::Full);
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.high_water;
+                self.high_water += 1;
+                s
+            }
+        };
+        let Some((bq, wq, tq)) = self.free_place(hq) else {
+            self.free.push(slot);
+            return Err(InsertError::Full);
+        };
+        self.buckets[bq].tags[wq] = tq;
+        self.buckets[bq].refs[wq] = slot << 1;
+        let Some((br, wr, tr)) = self.free_place(hr) else {
+            self.buckets[bq].refs[wq] = EMPTY;
+            self.free.push(slot);
+            return Err(InsertError::Full);
+        };
+        self.buckets[br].tags[wr] = tr;
+        self.buckets[br].refs[wr] = slot << 1 | 1;
+        self.slots[slot as usize] = s;
+        self.len += 1;
+        Ok(slot)
+    }
+
+    fn unlink(&mut self, h: u64, r: u32) {
+        let (b1, b2, _) = self.place(h);
+        for b in [b1, b2] {
+            if let Some(w) = self.buckets[b].refs.iter().position(|x| *x == r) {
+                self.buckets[b].refs[w] = EMPTY;
+                return;
+            }
+        }
+        debug_assert!(false, "session index entry missing");
+    }
+
+    /// Removes the session in `slot` and returns it.
+    pub fn remove(&mut self, slot: u32) -> Session {
+        let s = self.slots[slot as usize];
+        debug_assert!(s.state != SessionState::Free);
+        self.unlink(s.request_key().hash(), slot << 1);
+        self.unlink(s.reply_key().hash(), slot << 1 | 1);
+        self.slots[slot as usize].state = SessionState::Free;
+        self.free.push(slot);
+        self.len -= 1;
+        s
+    }
+
+    /// Looks at up to `budget` slots from where the last call stopped and
+    /// removes those idle past their state's timeout, passing each to
+    /// `expired`. Returns the number removed.
+    pub fn expire(&mut self, now: u32, budget: usize, timeouts: &StateTimeouts, mut expired: impl FnMut(&Session)) -> usize {
+        if self.high_water == 0 {
+            return 0;
+        }
+        let mut removed = 0;
+        for _ in 0..budget.min(self.high_water as usize) {
+            if self.cursor >= self.high_water {
+                self.cursor = 0;
+            }
+            let slot = self.cursor;
+            self.cursor += 1;
+            let s = &self.slots[slot as usize];
+            if s.state != SessionState::Free && now.wrapping_sub(s.last_seen) > timeouts.get(s.state) {
+                let s = self.remove(slot);
+                expired(&s);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Slots handed out so far: the span a full sweep covers.
+    pub fn sweep_span(&self) -> usize {
+        self.high_water as usize
+    }
+
+    /// Every live session (for diagnostics; walks the whole slab).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
+        self.slots[..self.high_water as usize]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state != SessionState::Free)
+            .map(|(i, s)| (i as u32, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp::*;
+    use std::collections::HashMap;
+
+    fn sess(i: u32, now: u32) -> Session {
+        Session::new(
+            6,
+            (0x0a00_0000 | (i >> 14), 1024 + (i & 0x3fff) as u16),
+            (0x0a00_0064, 80),
+            (0x0a01_0000 | (i % 3 + 11), 8080),
+            0,
+            i % 3,
+            SessionState::TcpSynSent,
+            now,
+        )
+    }
+
+    #[test]
+    fn both_directions_find_the_session() {
+        let mut t = SessionTable::new(100);
+        let s = sess(7, 0);
+        let slot = t.insert(s).unwrap();
+        let rq = s.request_key();
+        let rp = s.reply_key();
+        assert_eq!(t.lookup(&rq, rq.hash()), Some((slot, Direction::Request)));
+        assert_eq!(t.lookup(&rp, rp.hash()), Some((slot, Direction::Reply)));
+        let other = sess(8, 0).request_key();
+        assert_eq!(t.lookup(&other, other.hash()), None);
+        assert_eq!(*t.session(slot), s);
+        t.remove(slot);
+        assert_eq!(t.lookup(&rq, rq.hash()), None);
+        assert_eq!(t.lookup(&rp, rp.hash()), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn fills_to_capacity_then_refuses() {
+        let cap = 50_000;
+        let mut t = SessionTable::new(cap);
+        for i in 0..cap as u32 {
+            t.insert(sess(i, 0)).unwrap_or_else(|e| panic!("insert {i}: {e:?}"));
+        }
+        assert_eq!(t.insert(sess(cap as u32, 0)), Err(InsertError::Full));
+        // Existing sessions untouched.
+        for i in (0..cap as u32).step_by(997) {
+            let k = sess(i, 0).request_key();
+            assert!(t.lookup(&k, k.hash()).is_some());
+        }
+    }
+
+    #[test]
+    fn reply_key_conflict_is_refused() {
+        let mut t = SessionTable::new(10);
+        let a = sess(1, 0);
+        t.insert(a).unwrap();
+        // Same client endpoint and backend through another VIP.
+        let mut b = a;
+        b.vip = 0x0a00_0065;
+        assert_eq!(t.insert(b), Err(InsertError::Conflict));
+    }
+
+    #[test]
+    fn expiry_is_incremental_and_per_state() {
+        let mut t = SessionTable::new(1000);
+        let timeouts = StateTimeouts([0, 60_000, 10_000, 10_000, 900_000, 30_000, 5_000]);
+        for i in 0..1000 {
+            let mut s = sess(i, 0);
+            if i % 2 == 0 {
+                s.state = SessionState::TcpEstablished;
+            }
+            t.insert(s).unwrap();
+        }
+        // 11 s later only the SYN_SENT half is idle past its timeout.
+        let mut gone = 0;
+        // A budget of 100 per call: ten calls make one sweep.
+        for _ in 0..9 {
+            gone += t.expire(11_000, 100, &timeouts, |s| assert_eq!(s.state, SessionState::TcpSynSent));
+            assert!(gone < 500);
+        }
+        gone += t.expire(11_000, 100, &timeouts, |_| {});
+        assert_eq!(gone, 500);
+        assert_eq!(t.len(), 500);
+        // Wrapping clock: last_seen near u32::MAX, now just past zero.
+        let mut t = SessionTable::new(4);
+        t.insert(sess(1, u32::MAX - 1000)).unwrap();
+        assert_eq!(t.expire(2000, 4, &timeouts, |_| {}), 0);
+        assert_eq!(t.expire(20_000, 4, &timeouts, |_| {}), 1);
+    }
+
+    #[test]
+    fn slots_are_reused_after_removal() {
+        let mut t = SessionTable::new(3);
+        let a = t.insert(sess(1, 0)).unwrap();
+        t.insert(sess(2, 0)).unwrap();
+        t.insert(sess(3, 0)).unwrap();
+        t.remove(a);
+        let d = t.insert(sess(4, 0)).unwrap();
+        assert_eq!(a, d);
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn random_operations_match_a_model() {
+        // Insert/remove/lookup against a HashMap model.
+        let mut t = SessionTable::new(4096);
+        let mut model: HashMap<FlowKey, u32> = HashMap::new();
+        let mut x: u64 = 0x1234_5678;
+        for step in 0..200_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % 6000) as u32;
+            let s = sess(i, step);
+            let k = s.request_key();
+            match (x >> 32) % 3 {
+                0 | 1 => {
+                    if t.lookup(&k, k.hash()).is_none() {
+                        match t.insert(s) {
+                            Ok(slot) => {
+                                model.insert(k, slot);
+                            }
+                            Err(e) => {
+                                assert_eq!(e, InsertError::Full);
+                                assert_eq!(t.len(), 4096);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(slot) = model.remove(&k) {
+                        assert_eq!(t.lookup(&k, k.hash()), Some((slot, Direction::Request)));
+                        t.remove(slot);
+                    }
+                }
+            }
+            assert_eq!(t.len(), model.len());
+        }
+        for (k, slot) in &model {
+            assert_eq!(t.lookup(k, k.hash()), Some((*slot, Direction::Request)));
+            let rk = t.session(*slot).reply_key();
+            assert_eq!(t.lookup(&rk, rk.hash()), Some((*slot, Direction::Reply)));
+        }
+    }
+
+    #[test]
+    fn tcp_state_machine() {
+        let mut s = sess(1, 0);
+        assert_eq!(s.state, SessionState::TcpSynSent);
+        s.track_tcp(FLAG_SYN | FLAG_ACK, Direction::Reply);
+        assert_eq!(s.state, SessionState::TcpSynReceived);
+        s.track_tcp(FLAG_ACK, Direction::Request);
+        assert_eq!(s.state, SessionState::TcpEstablished);
+        s.track_tcp(FLAG_ACK | FLAG_PSH, Direction::Reply);
+        assert_eq!(s.state, SessionState::TcpEstablished);
+        s.track_tcp(FLAG_FIN | FLAG_ACK, Direction::Request);
+        assert_eq!(s.state, SessionState::TcpClosing);
+        s.track_tcp(FLAG_ACK, Direction::Reply);
+        assert_eq!(s.state, SessionState::TcpClosing);
+        s.track_tcp(FLAG_FIN | FLAG_ACK, Direction::Reply);
+        assert_eq!(s.state, SessionState::TcpClosed);
+        // Port reuse: a fresh SYN restarts the session.
+        s.track_tcp(FLAG_SYN, Direction::Request);
+        assert_eq!(s.state, SessionState::TcpSynSent);
+        assert_eq!(s.flags, 0);
+        s.track_tcp(FLAG_RST, Direction::Reply);
+        assert_eq!(s.state, SessionState::TcpClosed);
+    }
+}

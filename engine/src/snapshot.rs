@@ -1,0 +1,457 @@
+//! The immutable forwarding state the workers read: ports, routes,
+//! listeners with their built schedulers, timeouts.
+//!
+//! The control thread builds a whole new [`Snapshot`] for every change and
+//! publishes it through a [`SnapshotCell`]; each worker checks the
+//! generation between bursts (one relaxed load) and takes the new `Arc` when
+//! it moved. The old snapshot is freed when the last worker drops its
+//! reference, so no worker ever reads freed memory and none ever waits.
+
+use crate::config::{Config, NonSynPolicy, Protocol, MAX_BACKENDS, MAX_LISTENERS};
+use crate::flow::fold_mul;
+use crate::neighbor::ArpTimers;
+use crate::scheduler::Scheduler;
+use crate::session::StateTimeouts;
+use crate::wire::MacAddr;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A read-only open-addressing map from non-zero `u64` keys, built once.
+#[derive(Debug, Clone)]
+pub struct FrozenMap {
+    keys: Box<[u64]>,
+    vals: Box<[u32]>,
+    mask: usize,
+}
+
+impl FrozenMap {
+    pub fn new(entries: &[(u64, u32)]) -> FrozenMap {
+        let size = (entries.len() * 2).next_power_of_two().max(8);
+        let mut keys = vec![0u64; size].into_boxed_slice();
+        let mut vals = vec![0u32; size].into_boxed_slice();
+        for &(k, v) in entries {
+            assert!(k != 0, "zero key marks empty slots");
+            let mut i = Self::home(k, size - 1);
+            while keys[i] != 0 && keys[i] != k {
+                i = (i + 1) & (size - 1);
+            }
+            keys[i] = k;
+            vals[i] = v;
+        }
+        FrozenMap { keys, vals, mask: size - 1 }
+    }
+
+    #[inline]
+    fn home(k: u64, mask: usize) -> usize {
+        (fold_mul(k, 0x9e37_79b9_7f4a_7c15) as usize) & mask
+    }
+
+    #[inline]
+    pub fn get(&self, k: u64) -> Option<u32> {
+        let mut i = Self::home(k, self.mask);
+        loop {
+            let x = self.keys[i];
+            if x == k {
+                return Some(self.vals[i]);
+            }
+            if x == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+}
+
+#[inline]
+pub fn listener_key(vip: u32, proto: u8, port: u16) -> u64 {
+    // Bit 56 keeps the key non-zero even for 0.0.0.0.
+    1 << 56 | u64::from(proto) << 48 | u64::from(port) << 32 | u64::from(vip)
+}
+
+#[derive(Debug, Clone)]
+pub struct PortView {
+    pub name: String,
+    pub device: String,
+    pub mac: MacAddr,
+    pub addr: u32,
+    pub net: u32,
+    pub mask: u32,
+    pub prefix_len: u8,
+    pub gateway: Option<u32>,
+}
+
+impl PortView {
+    #[inline]
+    pub fn on_link(&self, ip: u32) -> bool {
+        ip & self.mask == self.net
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub net: u32,
+    pub mask: u32,
+    pub port: u16,
+    /// `None`: the destination is on the link.
+    pub via: Option<u32>,
+}
+
+/// Connected subnets of the ports, longest prefix first, then the default
+/// route through the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(ports: &[PortView]) -> RouteTable {
+        let mut routes: Vec<Route> =
+            ports.iter().enumerate().map(|(i, p)| Route { net: p.net, mask: p.mask, port: i as u16, via: None }).collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
+        if let Some((i, p)) = ports.iter().enumerate().find(|(_, p)| p.gateway.is_some()) {
+            routes.push(Route { net: 0, mask: 0, port: i as u16, via: p.gateway });
+        }
+        RouteTable { routes }
+    }
+
+    /// (egress port, next-hop address) for `dst`.
+    #[inline]
+    pub fn lookup(&self, dst: u32) -> Option<(u16, u32)> {
+        self.routes.iter().find(|r| dst & r.mask == r.net).map(|r| (r.port, r.via.unwrap_or(dst)))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendView {
+    /// Stable id: indexes per-backend counters and lives in sessions.
+    pub id: u32,
+    pub addr: u32,
+    pub port: u16,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    /// Stable id: indexes per-listener counters and lives in sessions.
+    pub id: u16,
+    pub name: String,
+    pub vip: u32,
+    pub proto: u8,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub scheduler: Scheduler,
+    pub non_syn: NonSynPolicy,
+    pub backends: Vec<BackendView>,
+}
+
+/// What a local (non-forwarded) destination address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalAddress {
+    /// A port's own address.
+    Port(u16),
+    /// A VIP; `owner` is the port whose subnet holds it (answers its ARP).
+    Vip { owner: Option<u16> },
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub ports: Vec<PortView>,
+    pub routes: RouteTable,
+    pub listeners: Vec<ListenerView>,
+    listener_index: FrozenMap,
+    local_index: FrozenMap,
+    locals: Vec<LocalAddress>,
+    /// Backend id → (listener position, backend position), `u16::MAX` when
+    /// the id is not configured.
+    backend_slots: Box<[(u16, u16)]>,
+    /// Listener id → position in `listeners`.
+    listener_slots: Box<[u16]>,
+    pub static_neighbors: Vec<(u16, u32, MacAddr)>,
+    pub timeouts: StateTimeouts,
+    pub arp: ArpTimers,
+    /// Oldest a parked packet may get before it is dropped (ms).
+    pub park_max_ms: u32,
+}
+
+/// Stable numbering of listeners (by name) and backends (by listener and
+/// address:port) across snapshots, so counters and sessions keep pointing
+/// at the same thing when the configuration changes.
+#[derive(Debug, Default, Clone)]
+pub struct IdRegistry {
+    listeners: HashMap<String, u16>,
+    backends: HashMap<(String, Ipv4Addr, u16), u32>,
+    next_listener: u16,
+    next_backend: u32,
+    free_listeners: Vec<u16>,
+    free_backends: Vec<u32>,
+}
+
+impl IdRegistry {
+    pub fn listener(&mut self, name: &str) -> u16 {
+        if let Some(id) = self.listeners.get(name) {
+            return *id;
+        }
+        let id = self.free_listeners.pop().unwrap_or_else(|| {
+            let id = self.next_listener;
+            self.next_listener += 1;
+            id
+        });
+        assert!(usize::from(id) < MAX_LISTENERS, "listener ids exhausted");
+        self.listeners.insert(name.to_owned(), id);
+        id
+    }
+
+    pub fn backend(&mut self, listener: &str, addr: Ipv4Addr, port: u16) -> u32 {
+        let key = (listener.to_owned(), addr, port);
+        if let Some(id) = self.backends.get(&key) {
+            return *id;
+        }
+        let id = self.free_backends.pop().unwrap_or_else(|| {
+            let id = self.next_backend;
+            self.next_backend += 1;
+            id
+        });
+        assert!((id as usize) < MAX_BACKENDS, "backend ids exhausted");
+        self.backends.insert(key, id);
+        id
+    }
+}
+
+fn mask_of(prefix_len: u8) -> u32 {
+    if prefix_len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix_len))
+    }
+}
+
+fn ms(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Snapshot {
+    /// Builds the forwarding state of `cfg`. `macs[i]` is the MAC address
+    /// port `i` ended up with (known only once DPDK opened the device).
+    pub fn build(cfg: &Config, macs: &[MacAddr], ids: &mut IdRegistry, generation: u64) -> Snapshot {
+        assert_eq!(macs.len(), cfg.ports.len());
+        let ports: Vec<PortView> = cfg
+            .ports
+            .iter()
+            .zip(macs)
+            .map(|(p, mac)| {
+                let prefix_len = p.subnet.prefix_len();
+                PortView {
+                    name: p.name.clone(),
+                    device: p.device.clone(),
+                    mac: *mac,
+                    addr: u32::from(p.address),
+                    net: u32::from(p.subnet.network()),
+                    mask: mask_of(prefix_len),
+                    prefix_len,
+                    gateway: p.gateway.map(u32::from),
+                }
+            })
+            .collect();
+        let routes = RouteTable::new(&ports);
+
+        let mut listeners = Vec::with_capacity(cfg.listeners.len());
+        let mut backend_slots = vec![(u16::MAX, u16::MAX); MAX_BACKENDS].into_boxed_slice();
+        let mut listener_slots = vec![u16::MAX; MAX_LISTENERS].into_boxed_slice();
+        let mut lindex = Vec::new();
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let id = ids.listener(&l.name);
+            listener_slots[usize::from(id)] = li as u16;
+            let backends: Vec<BackendView> = l
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(bi, b)| {
+                    let bid = ids.backend(&l.name, b.address, b.port);
+                    backend_slots[bid as usize] = (li as u16, bi as u16);
+                    BackendView { id: bid, addr: u32::from(b.address), port: b.port, weight: b.weight }
+                })
+                .collect();
+            let vip = u32::from(l.vip);
+            lindex.push((listener_key(vip, l.protocol.number(), l.port), li as u32));
+            listeners.push(ListenerView {
+                id,
+                name: l.name.clone(),
+                vip,
+                proto: l.protocol.number(),
+                protocol: l.protocol,
+                port: l.port,
+                scheduler: Scheduler::build(l.scheduler, &l.backends),
+                non_syn: l.tcp_non_syn,
+                backends,
+            });
+        }
+
+        let mut locals = Vec::new();
+        let mut lentries = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            lentries.push((1 << 40 | u64::from(p.addr), locals.len() as u32));
+            locals.push(LocalAddress::Port(i as u16));
+        }
+        let mut vips: Vec<u32> = listeners.iter().map(|l| l.vip).collect();
+        vips.sort_unstable();
+        vips.dedup();
+        for vip in vips {
+            let owner = ports.iter().position(|p| p.on_link(vip)).map(|i| i as u16);
+            lentries.push((1 << 40 | u64::from(vip), locals.len() as u32));
+            locals.push(LocalAddress::Vip { owner });
+        }
+
+        let static_neighbors = cfg
+            .ports
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.neighbors.iter().map(move |n| (i as u16, u32::from(n.ip), n.mac)))
+            .collect();
+
+        let arp = ArpTimers {
+            reachable_ms: ms(cfg.arp.reachable_time),
+            retry_ms: ms(cfg.arp.retry_interval),
+            max_retries: cfg.arp.max_retries,
+        };
+        Snapshot {
+            generation,
+            ports,
+            routes,
+            listeners,
+            listener_index: FrozenMap::new(&lindex),
+            local_index: FrozenMap::new(&lentries),
+            locals,
+            backend_slots,
+            listener_slots,
+            static_neighbors,
+            timeouts: StateTimeouts::from_config(&cfg.timeouts),
+            park_max_ms: arp.retry_ms.saturating_mul(arp.max_retries + 1),
+            arp,
+        }
+    }
+
+    /// The listener serving (`vip`, `proto`, `port`), by position.
+    #[inline]
+    pub fn listener(&self, vip: u32, proto: u8, port: u16) -> Option<&ListenerView> {
+        self.listener_index.get(listener_key(vip, proto, port)).map(|i| &self.listeners[i as usize])
+    }
+
+    /// Whether `ip` is one of our addresses (a port's or a VIP).
+    #[inline]
+    pub fn local(&self, ip: u32) -> Option<LocalAddress> {
+        self.local_index.get(1 << 40 | u64::from(ip)).map(|i| self.locals[i as usize])
+    }
+
+    /// True when `ip` should be answered for in ARP on `port`.
+    #[inline]
+    pub fn owns_on_port(&self, ip: u32, port: u16) -> bool {
+        match self.local(ip) {
+            Some(LocalAddress::Port(p)) => p == port,
+            Some(LocalAddress::Vip { owner }) => owner == Some(port),
+            None => false,
+        }
+    }
+
+    /// The listener with stable id `id`, if still configured.
+    #[inline]
+    pub fn listener_by_id(&self, id: u16) -> Option<&ListenerView> {
+        let i = *self.listener_slots.get(usize::from(id))?;
+        self.listeners.get(usize::from(i))
+    }
+
+    /// The backend with stable id `id`, if still configured.
+    #[inline]
+    pub fn backend_by_id(&self, id: u32) -> Option<(&ListenerView, &BackendView)> {
+        let (li, bi) = *self.backend_slots.get(id as usize)?;
+        let l = self.listeners.get(usize::from(li))?;
+        Some((l, l.backends.get(usize::from(bi))?))
+    }
+}
+
+/// Where the control thread publishes snapshots and workers pick them up.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+}
+
+impl SnapshotCell {
+    pub fn new(s: Snapshot) -> SnapshotCell {
+        let g = s.generation;
+        SnapshotCell { current: ArcSwap::from_pointee(s), generation: AtomicU64::new(g) }
+    }
+
+    /// Replaces the snapshot; workers switch at their next burst boundary.
+    pub fn publish(&self, s: Snapshot) {
+        let g = s.generation;
+        self.current.store(Arc::new(s));
+        self.generation.store(g, Ordering::Release);
+    }
+
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frozen_map_finds_all_and_only_its_keys() {
+        let entries: Vec<(u64, u32)> = (1..500u64).map(|k| (k * 7919, k as u32)).collect();
+        let m = FrozenMap::new(&entries);
+        for (k, v) in &entries {
+            assert_eq!(m.get(*k), Some(*v));
+        }
+        assert_eq!(m.get(3), None);
+        assert_eq!(FrozenMap::new(&[]).get(5), None);
+    }
+
+    #[test]
+    fn routes_prefer_longest_prefix_then_gateway() {
+        let p = |net: [u8; 4], len: u8, gw: Option<[u8; 4]>| PortView {
+            name: String::new(),
+            device: String::new(),
+            mac: MacAddr::ZERO,
+            addr: u32::from(Ipv4Addr::from(net)) + 1,
+            net: u32::from(Ipv4Addr::from(net)),
+            mask: mask_of(len),
+            prefix_len: len,
+            gateway: gw.map(|g| u32::from(Ipv4Addr::from(g))),
+        };
+        let ports = vec![p([10, 0, 0, 0], 16, Some([10, 0, 0, 254])), p([10, 0, 5, 0], 24, None)];
+        let r = RouteTable::new(&ports);
+        let ip = |a: [u8; 4]| u32::from(Ipv4Addr::from(a));
+        assert_eq!(r.lookup(ip([10, 0, 5, 9])), Some((1, ip([10, 0, 5, 9]))));
+        assert_eq!(r.lookup(ip([10, 0, 6, 9])), Some((0, ip([10, 0, 6, 9]))));
+        assert_eq!(r.lookup(ip([8, 8, 8, 8])), Some((0, ip([10, 0, 0, 254]))));
+        let r = RouteTable::new(&ports[1..]);
+        assert_eq!(r.lookup(ip([8, 8, 8, 8])), None);
+    }
+
+    #[test]
+    fn ids_are_stable_and_reused() {
+        let mut ids = IdRegistry::default();
+        let a = ids.listener("web");
+        let b = ids.listener("dns");
+        assert_ne!(a, b);
+        assert_eq!(ids.listener("web"), a);
+        let x = ids.backend("web", Ipv4Addr::new(10, 1, 0, 1), 80);
+        assert_eq!(ids.backend("web", Ipv4Addr::new(10, 1, 0, 1), 80), x);
+        assert_ne!(ids.backend("dns", Ipv4Addr::new(10, 1, 0, 1), 80), x);
+    }
+}
