@@ -1,1 +1,9 @@
-fn main() {}
+//! `lbd`: a thin entry point; the daemon lives in the `engine` crate.
+
+fn main() -> std::process::ExitCode {
+    engine::cli::main(engine::BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        git_revision: env!("LBD_GIT_REVISION"),
+        dpdk_build_version: env!("LBD_DPDK_VERSION"),
+    })
+}

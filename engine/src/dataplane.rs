@@ -554,7 +554,7 @@ impl<P: Packet> State<P> {
         // Neighbour aging and retries: scan the cache twice per retry
         // interval so retries go out on time.
         let period = u64::from(snap.arp.retry_ms / 2).clamp(1, 500);
-        let slots = (self.neighbors.len() as u64).max(1) * 2;
+        let slots = self.neighbors.slot_count() as u64;
         self.neighbor_credit = (self.neighbor_credit + slots * dt).min(MAX_NEIGHBOR_SCAN_PER_TICK * period);
         let budget = self.neighbor_credit / period;
         if budget > 0 {

@@ -19,3 +19,12 @@ pub mod scheduler;
 pub mod session;
 pub mod snapshot;
 pub mod wire;
+
+pub mod cli;
+pub mod daemon;
+#[allow(unsafe_code)]
+pub mod dpdk;
+pub mod stats;
+pub mod worker;
+
+pub use daemon::BuildInfo;

@@ -99,6 +99,10 @@ impl NeighborCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Slots a full maintenance scan visits.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
 
     #[inline]
     fn home(&self, port: u16, ip: u32) -> usize {

@@ -1,1 +1,676 @@
+//! The packet core driven with byte vectors: no DPDK, no EAL.
 
+use super::*;
+use crate::config;
+use crate::counters::{DropReason, Event};
+use crate::snapshot::IdRegistry;
+use crate::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
+use proptest::prelude::*;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+const EXT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
+const INT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x02]);
+const CLIENT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xc1]);
+const GW_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
+const B1_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x11]);
+
+fn ip(s: &str) -> u32 {
+    u32::from(s.parse::<Ipv4Addr>().unwrap())
+}
+
+const CONFIG: &str = r#"
+eal: ["--no-pci"]
+ports:
+  - name: ext
+    device: net_ring0
+    address: 10.0.0.1/24
+    gateway: 10.0.0.254
+    neighbors: [{ip: 10.0.0.254, mac: "02:00:00:00:00:fe"}]
+  - name: int
+    device: net_ring1
+    address: 10.1.0.1/24
+    neighbors:
+      - {ip: 10.1.0.11, mac: "02:00:00:00:00:11"}
+      - {ip: 10.1.0.12, mac: "02:00:00:00:00:12"}
+listeners:
+  - name: web
+    vip: 10.0.0.100
+    protocol: tcp
+    port: 80
+    backends:
+      - {address: 10.1.0.11, port: 8080}
+      - {address: 10.1.0.12, port: 8080}
+  - name: rr
+    vip: 10.0.0.100
+    protocol: tcp
+    port: 81
+    scheduler: round_robin
+    backends:
+      - {address: 10.1.0.11, port: 8081}
+      - {address: 10.1.0.12, port: 8081}
+  - name: dns
+    vip: 10.0.0.100
+    protocol: udp
+    port: 53
+    backends:
+      - {address: 10.1.0.11, port: 5353}
+  - name: unresolved
+    vip: 10.0.0.101
+    protocol: udp
+    port: 53
+    backends:
+      - {address: 10.1.0.50, port: 53}
+  - name: empty
+    vip: 10.0.0.102
+    protocol: tcp
+    port: 80
+    backends:
+      - {address: 10.1.0.11, port: 1, weight: 0}
+timeouts: {tcp_syn: 10s, tcp_established: 900s, tcp_closing: 30s, udp: 60s}
+"#;
+
+#[derive(Debug, Clone)]
+struct Pkt {
+    data: Vec<u8>,
+    port: u16,
+}
+
+impl Packet for Pkt {
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+    fn packet_len(&self) -> usize {
+        self.data.len()
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+#[derive(Default)]
+struct TestIo {
+    tx: Vec<(u16, Vec<u8>)>,
+    handoff: Vec<(usize, Pkt)>,
+    freed: usize,
+    allocs: usize,
+    alloc_fails: bool,
+}
+
+impl Io<Pkt> for TestIo {
+    fn tx(&mut self, port: u16, pkt: Pkt) {
+        self.tx.push((port, pkt.data));
+    }
+    fn handoff(&mut self, worker: usize, pkt: Pkt) {
+        self.handoff.push((worker, pkt));
+    }
+    fn free(&mut self, _pkt: Pkt) {
+        self.freed += 1;
+    }
+    fn alloc(&mut self, len: usize, port: u16) -> Option<Pkt> {
+        if self.alloc_fails {
+            return None;
+        }
+        self.allocs += 1;
+        Some(Pkt { data: vec![0; len], port })
+    }
+}
+
+struct Harness {
+    dp: Dataplane<Pkt>,
+    counters: Arc<WorkerCounters>,
+    io: TestIo,
+}
+
+fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> Harness {
+    let cfg = config::parse(yaml, Path::new("test.yaml")).expect("test config is valid");
+    let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &mut IdRegistry::default(), 1));
+    let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
+    let settings = CoreSettings { worker, workers, session_capacity: capacity, neighbor_capacity: 64, pending_capacity: 4 };
+    let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
+    dp.set_now(1);
+    Harness { dp, counters, io: TestIo::default() }
+}
+
+fn harness() -> Harness {
+    harness_with(CONFIG, 0, 1, 1000)
+}
+
+impl Harness {
+    fn rx(&mut self, port: u16, data: Vec<u8>) {
+        self.dp.process(Pkt { data, port }, &mut self.io);
+    }
+    fn take_tx(&mut self) -> Vec<(u16, Vec<u8>)> {
+        std::mem::take(&mut self.io.tx)
+    }
+    fn drops(&self, r: DropReason) -> u64 {
+        self.counters.drop_count(r)
+    }
+    fn total_drops(&self) -> u64 {
+        DropReason::ALL.iter().map(|r| self.counters.drop_count(*r)).sum()
+    }
+}
+
+/// An Ethernet/IPv4/TCP|UDP frame with correct checksums.
+#[allow(clippy::too_many_arguments)]
+fn l4_frame(dst_mac: MacAddr, src_mac: MacAddr, proto: u8, src: u32, dst: u32, sport: u16, dport: u16, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+    let l4h = if proto == PROTO_TCP { 20 } else { 8 };
+    let total = 20 + l4h + payload.len();
+    let mut f = vec![0u8; 14 + total];
+    f[0..6].copy_from_slice(&dst_mac.0);
+    f[6..12].copy_from_slice(&src_mac.0);
+    f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    let ip = &mut f[14..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.to_be_bytes());
+    ip[16..20].copy_from_slice(&dst.to_be_bytes());
+    let c = checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let l4 = &mut ip[20..];
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    if proto == PROTO_TCP {
+        l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        l4[12] = 5 << 4;
+        l4[13] = tcp_flags;
+        l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    } else {
+        l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    }
+    l4[l4h..].copy_from_slice(payload);
+    let at = if proto == PROTO_TCP { 16 } else { 6 };
+    let c = l4_checksum(&f);
+    f[14 + 20 + at..14 + 20 + at + 2].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn l4_checksum(f: &[u8]) -> u16 {
+    let ip = &f[14..];
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let proto = ip[9];
+    let mut l4 = ip[20..total].to_vec();
+    let at = if proto == PROTO_TCP { 16 } else { 6 };
+    l4[at] = 0;
+    l4[at + 1] = 0;
+    let sum = pseudo_header_sum(ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap(), proto, l4.len() as u16)
+        + sum_words(&l4);
+    let c = !fold(sum);
+    if proto == PROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// Checks a forwarded frame field by field.
+#[allow(clippy::too_many_arguments)]
+fn assert_frame(f: &[u8], dst_mac: MacAddr, src_mac: MacAddr, src: u32, dst: u32, sport: u16, dport: u16, ttl: u8) {
+    assert_eq!(&f[0..6], &dst_mac.0, "dst mac");
+    assert_eq!(&f[6..12], &src_mac.0, "src mac");
+    let ip = &f[14..];
+    assert_eq!(u32::from_be_bytes(ip[12..16].try_into().unwrap()), src, "src ip");
+    assert_eq!(u32::from_be_bytes(ip[16..20].try_into().unwrap()), dst, "dst ip");
+    assert_eq!(ip[8], ttl, "ttl");
+    assert_eq!(checksum(&ip[..20]), 0, "ip checksum");
+    assert_eq!(u16::from_be_bytes([ip[20], ip[21]]), sport, "sport");
+    assert_eq!(u16::from_be_bytes([ip[22], ip[23]]), dport, "dport");
+    let at = if ip[9] == PROTO_TCP { 16 } else { 6 };
+    let got = u16::from_be_bytes([ip[20 + at], ip[21 + at]]);
+    assert_eq!(got, l4_checksum(f), "l4 checksum");
+}
+
+fn arp_frame(op: u16, sha: MacAddr, spa: u32, tha: MacAddr, tpa: u32, dst_mac: MacAddr) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[0..6].copy_from_slice(&dst_mac.0);
+    f[6..12].copy_from_slice(&sha.0);
+    f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    ArpPacket::emit(&mut f[14..], op, sha, spa.into(), tha, tpa.into());
+    f
+}
+
+fn backend_of(f: &[u8]) -> (u32, u16) {
+    let ip = &f[14..];
+    (u32::from_be_bytes(ip[16..20].try_into().unwrap()), u16::from_be_bytes([ip[22], ip[23]]))
+}
+
+#[test]
+fn arp_requests_for_vip_and_port_address_are_answered() {
+    let mut h = harness();
+    for target in ["10.0.0.100", "10.0.0.1"] {
+        h.rx(0, arp_frame(arp::OP_REQUEST, CLIENT_MAC, ip("10.0.0.2"), MacAddr::ZERO, ip(target), MacAddr::BROADCAST));
+        let out = h.take_tx();
+        assert_eq!(out.len(), 1);
+        let (port, f) = &out[0];
+        assert_eq!(*port, 0);
+        assert_eq!(&f[0..6], &CLIENT_MAC.0);
+        assert_eq!(&f[6..12], &EXT_MAC.0);
+        let a = ArpPacket::new_checked(&f[14..]).unwrap();
+        assert_eq!(a.operation(), arp::OP_REPLY);
+        assert_eq!(a.sender_mac(), EXT_MAC);
+        assert_eq!(u32::from(a.sender_ip()), ip(target));
+        assert_eq!(a.target_mac(), CLIENT_MAC);
+        assert_eq!(u32::from(a.target_ip()), ip("10.0.0.2"));
+    }
+    assert_eq!(h.counters.event_count(Event::ArpRepliesSent), 2);
+    // The VIP is owned by ext: int does not answer for it.
+    h.rx(1, arp_frame(arp::OP_REQUEST, B1_MAC, ip("10.1.0.11"), MacAddr::ZERO, ip("10.0.0.100"), MacAddr::BROADCAST));
+    assert!(h.take_tx().is_empty());
+    // Someone else's address.
+    h.rx(0, arp_frame(arp::OP_REQUEST, CLIENT_MAC, ip("10.0.0.2"), MacAddr::ZERO, ip("10.0.0.77"), MacAddr::BROADCAST));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::ArpNotOurs), 1);
+    // The client was learned from its request to us.
+    assert!(h.dp.neighbors().get(0, ip("10.0.0.2")).is_some());
+}
+
+#[test]
+fn tcp_connection_is_rewritten_both_ways() {
+    let mut h = harness();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.100"));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b""));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, 1, "to the backend port");
+    let (baddr, bport) = backend_of(&out[0].1);
+    assert!(baddr == ip("10.1.0.11") || baddr == ip("10.1.0.12"));
+    assert_eq!(bport, 8080);
+    let bmac = if baddr == ip("10.1.0.11") { B1_MAC } else { MacAddr([2, 0, 0, 0, 0, 0x12]) };
+    assert_frame(&out[0].1, bmac, INT_MAC, client, baddr, 40000, 8080, 63);
+    assert_eq!(h.dp.sessions().len(), 1);
+
+    // SYN-ACK from the backend comes back from the VIP, via the gateway.
+    h.rx(1, l4_frame(INT_MAC, bmac, PROTO_TCP, baddr, client, 8080, 40000, FLAG_SYN | FLAG_ACK, b""));
+    let out = h.take_tx();
+    assert_eq!(out[0].0, 0);
+    assert_frame(&out[0].1, GW_MAC, EXT_MAC, vip, client, 80, 40000, 63);
+
+    // Data both ways, then FINs: same backend throughout.
+    for _ in 0..3 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_ACK, b"GET / HTTP/1.1\r\n\r\n"));
+        assert_eq!(backend_of(&h.take_tx()[0].1), (baddr, 8080));
+    }
+    let slot = h.dp.sessions().iter().next().unwrap().1;
+    assert_eq!(slot.state, SessionState::TcpEstablished);
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, tcp::FLAG_FIN | FLAG_ACK, b""));
+    h.rx(1, l4_frame(INT_MAC, bmac, PROTO_TCP, baddr, client, 8080, 40000, tcp::FLAG_FIN | FLAG_ACK, b""));
+    assert_eq!(h.take_tx().len(), 2);
+    assert_eq!(h.dp.sessions().iter().next().unwrap().1.state, SessionState::TcpClosed);
+    assert_eq!(h.total_drops(), 0);
+    let lid = h.dp.snapshot().listener(vip, PROTO_TCP, 80).unwrap().id;
+    let lc = &h.counters.listeners[usize::from(lid)];
+    assert_eq!(lc.in_packets.get(), 5);
+    assert_eq!(lc.out_packets.get(), 2);
+    assert_eq!(lc.sessions_created.get(), 1);
+}
+
+#[test]
+fn udp_with_and_without_checksum() {
+    let mut h = harness();
+    let (client, vip) = (ip("10.0.0.2"), ip("10.0.0.100"));
+    // The client is on the link: learn it first through its ARP request.
+    h.rx(0, arp_frame(arp::OP_REQUEST, CLIENT_MAC, client, MacAddr::ZERO, vip, MacAddr::BROADCAST));
+    h.take_tx();
+    h.rx(0, l4_frame(EXT_MAC, CLIENT_MAC, PROTO_UDP, client, vip, 5000, 53, 0, b"query"));
+    let out = h.take_tx();
+    assert_frame(&out[0].1, B1_MAC, INT_MAC, client, ip("10.1.0.11"), 5000, 5353, 63);
+    // Reply with checksum 0 (none): stays 0.
+    let mut r = l4_frame(INT_MAC, B1_MAC, PROTO_UDP, ip("10.1.0.11"), client, 5353, 5000, 0, b"answer");
+    r[14 + 26] = 0;
+    r[14 + 27] = 0;
+    h.rx(1, r);
+    let out = h.take_tx();
+    let f = &out[0].1;
+    assert_eq!(&f[0..6], &CLIENT_MAC.0, "on-link client gets its own MAC");
+    assert_eq!(u32::from_be_bytes(f[26..30].try_into().unwrap()), vip);
+    assert_eq!(u16::from_be_bytes([f[34], f[35]]), 53);
+    assert_eq!(u16::from_be_bytes([f[40], f[41]]), 0);
+    assert_eq!(checksum(&f[14..34]), 0);
+}
+
+#[test]
+fn non_syn_without_session_follows_the_listener_policy() {
+    let mut h = harness();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.100"));
+    // Maglev: scheduled to the same backend a SYN would have got.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40001, 80, FLAG_ACK, b"mid-flow"));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    let picked = backend_of(&out[0].1);
+    let mut h2 = harness();
+    h2.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40001, 80, FLAG_SYN, b""));
+    assert_eq!(backend_of(&h2.take_tx()[0].1), picked);
+    assert_eq!(h.counters.event_count(Event::SessionsRescheduled), 1);
+    assert_eq!(h.dp.sessions().iter().next().unwrap().1.state, SessionState::TcpEstablished);
+    // Round robin cannot reproduce the choice: dropped.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40002, 81, FLAG_ACK, b""));
+    assert_eq!(h.drops(DropReason::TcpNoSession), 1);
+    // A stray RST is passed on without creating a session.
+    let before = h.dp.sessions().len();
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40003, 80, FLAG_RST, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(h.dp.sessions().len(), before);
+}
+
+#[test]
+fn round_robin_alternates_backends() {
+    let mut h = harness();
+    let mut seen = Vec::new();
+    for p in 0..4 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), ip("10.0.0.100"), 30000 + p, 81, FLAG_SYN, b""));
+        seen.push(backend_of(&h.take_tx()[0].1).0);
+    }
+    assert_eq!(seen, vec![ip("10.1.0.11"), ip("10.1.0.12"), ip("10.1.0.11"), ip("10.1.0.12")]);
+}
+
+#[test]
+fn unresolved_next_hop_is_parked_then_released() {
+    let mut h = harness();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.101"));
+    let backend = ip("10.1.0.50");
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, vip, 5000, 53, 0, b"q1"));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1, "only the ARP request goes out");
+    let (port, req) = &out[0];
+    assert_eq!(*port, 1);
+    assert_eq!(&req[0..6], &MacAddr::BROADCAST.0);
+    let a = ArpPacket::new_checked(&req[14..]).unwrap();
+    assert_eq!(a.operation(), arp::OP_REQUEST);
+    assert_eq!(u32::from(a.target_ip()), backend);
+    assert_eq!(u32::from(a.sender_ip()), ip("10.1.0.1"));
+    assert_eq!(a.sender_mac(), INT_MAC);
+    assert_eq!(h.dp.parked(), 1);
+    // A second packet waits too, without a second request.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, vip, 5000, 53, 0, b"q2"));
+    assert!(h.take_tx().is_empty());
+    // The reply releases both, in order.
+    let bmac = MacAddr([2, 0, 0, 0, 0, 0x50]);
+    h.rx(1, arp_frame(arp::OP_REPLY, bmac, backend, INT_MAC, ip("10.1.0.1"), INT_MAC));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 2);
+    for (port, f) in &out {
+        assert_eq!(*port, 1);
+        assert_frame(f, bmac, INT_MAC, client, backend, 5000, 53, 63);
+    }
+    assert_eq!(&out[0].1[42..44], b"q1");
+    assert_eq!(h.counters.event_count(Event::ArpLearned), 1);
+    assert_eq!(h.dp.parked(), 0);
+}
+
+#[test]
+fn unanswered_arp_drops_parked_packets_after_retries() {
+    let mut h = harness();
+    for i in 0..6u16 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip("192.168.1.10"), ip("10.0.0.101"), 5000 + i, 53, 0, b"q"));
+    }
+    // Queue holds 4: two dropped at once.
+    assert_eq!(h.drops(DropReason::NeighborQueueFull), 2);
+    let mut requests = h.take_tx().len();
+    for t in (1..=5000).step_by(50) {
+        h.dp.set_now(t);
+        h.dp.tick(&mut h.io);
+        requests += h.take_tx().len();
+    }
+    assert_eq!(requests, 3, "max_retries requests in all");
+    assert_eq!(h.drops(DropReason::NeighborUnresolved), 4);
+    assert_eq!(h.dp.parked(), 0);
+}
+
+#[test]
+fn drops_have_reasons() {
+    let mut h = harness();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.100"));
+    let base = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b"");
+    let mut cases: Vec<(Vec<u8>, DropReason)> = Vec::new();
+    cases.push((base[..10].to_vec(), DropReason::Truncated));
+    cases.push((base[..30].to_vec(), DropReason::Truncated));
+    let mut m = base.clone();
+    m[0..6].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
+    cases.push((m, DropReason::WrongDstMac));
+    let mut m = base.clone();
+    m[12..14].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+    cases.push((m, DropReason::VlanTagged));
+    let mut m = base.clone();
+    m[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    cases.push((m, DropReason::UnsupportedEthertype));
+    let mut m = base.clone();
+    m[14] = 0x65;
+    cases.push((m, DropReason::IpBadHeader));
+    let mut m = base.clone();
+    m[14] = 0x46;
+    cases.push((m, DropReason::IpOptions));
+    let mut m = base.clone();
+    m[17] = 200;
+    cases.push((m, DropReason::IpBadLength));
+    let mut m = base.clone();
+    m[24] ^= 0xff;
+    cases.push((m, DropReason::IpBadChecksum));
+    let mut frag = base.clone();
+    frag[20] = 0x20; // MF
+    let c = checksum(&{
+        let mut h = frag[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    cases.push((frag, DropReason::IpFragment));
+    let mut ttl = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b"");
+    ttl[22] = 1;
+    let c = checksum(&{
+        let mut h = ttl[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    ttl[24..26].copy_from_slice(&c.to_be_bytes());
+    cases.push((ttl, DropReason::TtlExceeded));
+    let mut gre = base.clone();
+    gre[23] = 47;
+    let c = checksum(&{
+        let mut h = gre[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    gre[24..26].copy_from_slice(&c.to_be_bytes());
+    cases.push((gre, DropReason::UnsupportedProtocol));
+    let mut off = base.clone();
+    off[14 + 20 + 12] = 3 << 4;
+    cases.push((off, DropReason::L4BadHeader));
+    cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 1, 8080, FLAG_SYN, b""), DropReason::NoListener));
+    cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.1"), 1, 22, FLAG_SYN, b""), DropReason::NoListener));
+    cases.push((l4_frame(EXT_MAC, B1_MAC, PROTO_TCP, ip("10.1.0.11"), client, 8080, 1, FLAG_ACK, b""), DropReason::NoSession));
+    cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.102"), 1, 80, FLAG_SYN, b""), DropReason::NoBackend));
+    cases.push((arp_frame(arp::OP_REQUEST, CLIENT_MAC, 1, MacAddr::ZERO, 2, MacAddr::BROADCAST)[..30].to_vec(), DropReason::ArpMalformed));
+    cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_ICMP, client, ip("10.1.0.11"), 0, 0, 0, b""), DropReason::IcmpUnsupported));
+    for (i, (frame, reason)) in cases.into_iter().enumerate() {
+        let before = h.drops(reason);
+        let all_before = h.total_drops();
+        h.rx(0, frame);
+        assert_eq!(h.drops(reason), before + 1, "case {i}: expected {reason:?}");
+        assert_eq!(h.total_drops(), all_before + 1, "case {i}: exactly one drop");
+        assert!(h.take_tx().is_empty(), "case {i}: nothing sent");
+    }
+}
+
+#[test]
+fn icmp_echo_to_vip_is_answered() {
+    let mut h = harness();
+    let mut f = l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip("192.168.1.10"), ip("10.0.0.100"), 0, 0, 0, b"pingdata");
+    // Turn the UDP frame into an ICMP echo request.
+    f[23] = PROTO_ICMP;
+    let ipc = {
+        let mut h = f[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        checksum(&h)
+    };
+    f[24..26].copy_from_slice(&ipc.to_be_bytes());
+    f[34] = icmp::ECHO_REQUEST;
+    f[35] = 0;
+    f[36] = 0;
+    f[37] = 0;
+    let c = checksum(&f[34..]);
+    f[36..38].copy_from_slice(&c.to_be_bytes());
+    h.rx(0, f);
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    let r = &out[0].1;
+    assert_eq!(&r[0..6], &GW_MAC.0);
+    assert_eq!(u32::from_be_bytes(r[26..30].try_into().unwrap()), ip("10.0.0.100"));
+    assert_eq!(u32::from_be_bytes(r[30..34].try_into().unwrap()), ip("192.168.1.10"));
+    assert_eq!(r[34], icmp::ECHO_REPLY);
+    assert_eq!(checksum(&r[14..34]), 0);
+    assert_eq!(checksum(&r[34..]), 0);
+}
+
+#[test]
+fn full_table_drops_new_flows_only() {
+    let mut h = harness_with(CONFIG, 0, 1, 2);
+    let vip = ip("10.0.0.100");
+    for p in 0..2 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 1000 + p, 80, FLAG_SYN, b""));
+    }
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 2000, 80, FLAG_SYN, b""));
+    assert_eq!(h.drops(DropReason::SessionTableFull), 1);
+    h.take_tx();
+    for p in 0..2 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 1000 + p, 80, FLAG_ACK, b"x"));
+    }
+    assert_eq!(h.take_tx().len(), 2);
+}
+
+#[test]
+fn sessions_expire_by_state() {
+    let mut h = harness();
+    let vip = ip("10.0.0.100");
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 1000, 80, FLAG_SYN, b""));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip("192.168.1.10"), vip, 1000, 53, 0, b""));
+    assert_eq!(h.dp.sessions().len(), 2);
+    // After 12 s the SYN_SENT session (10 s) is gone, the UDP one (60 s) not.
+    for t in (0..=12_000).step_by(100) {
+        h.dp.set_now(1 + t);
+        h.dp.tick(&mut h.io);
+    }
+    assert_eq!(h.dp.sessions().len(), 1);
+    for t in (12_000..=62_000).step_by(100) {
+        h.dp.set_now(1 + t);
+        h.dp.tick(&mut h.io);
+    }
+    assert_eq!(h.dp.sessions().len(), 0);
+    assert_eq!(h.counters.event_count(Event::SessionsExpired), 2);
+    assert_eq!(h.counters.sessions_active.get(), 0);
+}
+
+#[test]
+fn packets_go_to_the_owner_of_the_client_endpoint() {
+    let workers = 3;
+    let vip = ip("10.0.0.100");
+    let mut hs: Vec<Harness> = (0..workers).map(|w| harness_with(CONFIG, w, workers, 1000)).collect();
+    for port in 1000..1300u16 {
+        let client = ip("192.168.1.10");
+        let owner = owner_shard(client, port, PROTO_TCP, workers);
+        // The request arrives at worker (port % 3), reaches the owner.
+        let arrive = usize::from(port) % workers;
+        hs[arrive].rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, port, 80, FLAG_SYN, b""));
+        let delivered = if arrive == owner {
+            assert!(hs[arrive].io.handoff.is_empty());
+            hs[arrive].take_tx()
+        } else {
+            let (w, p) = hs[arrive].io.handoff.pop().expect("handed off");
+            assert_eq!(w, owner);
+            { let h = &mut hs[owner]; h.dp.process_handoff(p, &mut h.io); }
+            hs[owner].take_tx()
+        };
+        let (baddr, bport) = backend_of(&delivered[0].1);
+        // The reply arrives at another worker and reaches the same owner.
+        let arrive = (usize::from(port) + 1) % workers;
+        let bmac = if baddr == ip("10.1.0.11") { B1_MAC } else { MacAddr([2, 0, 0, 0, 0, 0x12]) };
+        hs[arrive].rx(1, l4_frame(INT_MAC, bmac, PROTO_TCP, baddr, client, bport, port, FLAG_SYN | FLAG_ACK, b""));
+        let out = if arrive == owner {
+            hs[arrive].take_tx()
+        } else {
+            let (w, p) = hs[arrive].io.handoff.pop().expect("handed off");
+            assert_eq!(w, owner);
+            { let h = &mut hs[owner]; h.dp.process_handoff(p, &mut h.io); }
+            hs[owner].take_tx()
+        };
+        assert_frame(&out[0].1, GW_MAC, EXT_MAC, vip, client, 80, port, 63);
+    }
+    let total: usize = hs.iter().map(|h| h.dp.sessions().len()).sum();
+    assert_eq!(total, 300, "one session per flow, on one shard");
+    for h in &hs {
+        assert!(h.dp.sessions().len() > 60, "shards share the load");
+        assert_eq!(h.total_drops(), 0);
+    }
+}
+
+#[test]
+fn learned_neighbours_are_shared_with_other_workers() {
+    let mut h0 = harness_with(CONFIG, 0, 2, 100);
+    let mut h1 = harness_with(CONFIG, 1, 2, 100);
+    let c = ip("10.0.0.2");
+    h0.rx(0, arp_frame(arp::OP_REQUEST, CLIENT_MAC, c, MacAddr::ZERO, ip("10.0.0.100"), MacAddr::BROADCAST));
+    assert_eq!(h0.take_tx().len(), 1, "the reply");
+    let (w, copy) = h0.io.handoff.pop().expect("a copy for worker 1");
+    assert_eq!(w, 1);
+    h1.dp.process_handoff(copy, &mut h1.io);
+    assert!(h1.take_tx().is_empty(), "copies are never answered");
+    assert_eq!(h1.dp.neighbors().get(0, c).map(|e| e.mac), Some(CLIENT_MAC));
+    assert_eq!(h1.total_drops(), 0);
+}
+
+/// Every received packet is forwarded, dropped with a reason, parked, or
+/// consumed by ARP/ICMP: nothing vanishes uncounted.
+fn accounted(h: &Harness) -> u64 {
+    let consumed: u64 = [Event::ArpRepliesSent, Event::ArpLearned, Event::ArpIgnored, Event::IcmpEchoReplies]
+        .iter()
+        .map(|e| h.counters.event_count(*e))
+        .sum();
+    let forwarded = h.io.tx.len() as u64 - h.counters.event_count(Event::ArpRequestsSent) - h.counters.event_count(Event::ArpRepliesSent) - h.counters.event_count(Event::IcmpEchoReplies);
+    forwarded + h.total_drops() + consumed + h.dp.parked() as u64 + h.io.handoff.len() as u64
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary bytes never panic the core and are always accounted for.
+    #[test]
+    fn arbitrary_bytes_never_panic(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 1..8), port in 0u16..2) {
+        let mut h = harness_with(CONFIG, 0, 2, 16);
+        for f in frames {
+            h.rx(port, f);
+        }
+        let rx = h.counters.ports[usize::from(port)].rx_packets.get();
+        prop_assert_eq!(accounted(&h), rx);
+    }
+
+    /// Valid-looking headers with random fields: same guarantees, deeper in.
+    #[test]
+    fn mutated_valid_frames_never_panic(
+        proto in prop::sample::select(vec![PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47]),
+        sport in any::<u16>(), dport in prop::sample::select(vec![80u16, 81, 53, 22]),
+        flags in any::<u8>(), flips in proptest::collection::vec((0usize..60, any::<u8>()), 0..4),
+        cut in 0usize..80,
+        dst in prop::sample::select(vec!["10.0.0.100", "10.0.0.101", "10.0.0.1", "192.168.1.10"]),
+    ) {
+        let mut h = harness_with(CONFIG, 0, 2, 16);
+        let mut f = l4_frame(EXT_MAC, GW_MAC, if proto == 47 { PROTO_UDP } else { proto }, ip("192.168.1.10"), ip(dst), sport, dport, flags, b"0123456789");
+        if proto == 47 { f[23] = 47; }
+        for (at, v) in flips {
+            if at < f.len() { f[at] ^= v; }
+        }
+        let keep = f.len().saturating_sub(cut % (f.len() + 1));
+        f.truncate(keep.max(1));
+        h.rx(0, f);
+        prop_assert_eq!(accounted(&h), 1);
+    }
+}

@@ -1,0 +1,78 @@
+//! `lbd`'s command line.
+
+use crate::config;
+use crate::daemon::{self, BuildInfo, RunOptions};
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbd",
+    about = "Layer-4 load balancer on DPDK (NAT mode, Maglev)",
+    disable_version_flag = true
+)]
+struct Args {
+    /// Run with this configuration file.
+    #[arg(short, long, value_name = "FILE", required_unless_present_any = ["check_config", "version"])]
+    config: Option<PathBuf>,
+
+    /// Validate FILE and exit (never touches DPDK; needs no root).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+
+    /// Write the counters as JSON here at exit and on SIGUSR1 (default: stdout at exit).
+    #[arg(long, value_name = "PATH")]
+    stats_out: Option<PathBuf>,
+
+    /// Print version, git revision and DPDK version.
+    #[arg(short = 'V', long)]
+    version: bool,
+}
+
+/// The entry point of the `lbd` binary.
+pub fn main(build: BuildInfo) -> ExitCode {
+    let args = Args::parse();
+    if args.version {
+        println!(
+            "lbd {} (git {}, built with DPDK {})",
+            build.version, build.git_revision, build.dpdk_build_version
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = args.check_config {
+        return match config::load(&path) {
+            Ok(c) => {
+                let backends: usize = c.listeners.iter().map(|l| l.backends.len()).sum();
+                println!(
+                    "{}: ok ({} port(s), {} listener(s), {} backend(s), {} worker(s))",
+                    path.display(),
+                    c.ports.len(),
+                    c.listeners.len(),
+                    backends,
+                    c.workers
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lbd: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let path = args.config.expect("clap requires --config here");
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lbd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match daemon::run(cfg, RunOptions { stats_out: args.stats_out }, build) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

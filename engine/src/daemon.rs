@@ -1,0 +1,421 @@
+//! Bringing `lbd` up and down: EAL, ports, rings, workers, signals, final
+//! counters.
+
+use crate::config::{Config, MAX_BACKENDS, MAX_LISTENERS};
+use crate::counters::WorkerCounters;
+use crate::dataplane::{CoreSettings, Dataplane};
+use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingProducer};
+use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
+use crate::stats::{self, DeviceStats, ReportContext};
+use crate::wire::MacAddr;
+use crate::worker::{PortQueues, RunControl, Worker};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Build facts for `--version` and the stats.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub git_revision: &'static str,
+    pub dpdk_build_version: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where the counters go at exit and on SIGUSR1; stdout when `None`.
+    pub stats_out: Option<PathBuf>,
+}
+
+/// Ring between each pair of workers; a power of two.
+const HANDOFF_RING_SIZE: u32 = 2048;
+
+fn has_lcore_arg(eal: &[String]) -> bool {
+    eal.iter().any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2))
+}
+
+/// The EAL argument vector: program name, the configured arguments, and an
+/// `--lcores` map when the configuration does not give one: lcore 0 (the
+/// control thread) floats over the allowed CPUs, worker lcore `i` is pinned
+/// to CPU `cpus[(i-1) % len]`, so more workers than CPUs is allowed.
+pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
+    let mut args = vec!["lbd".to_owned()];
+    args.extend(cfg.eal.iter().cloned());
+    if !has_lcore_arg(&cfg.eal) {
+        let cpus: Vec<u32> = cfg.cpus.clone().unwrap_or_else(|| allowed.to_vec());
+        let all: Vec<String> = allowed.iter().map(u32::to_string).collect();
+        let mut map = vec![format!("0@({})", all.join(","))];
+        for i in 1..=cfg.workers {
+            map.push(format!("{}@{}", i, cpus[(i - 1) % cpus.len()]));
+        }
+        args.push(format!("--lcores={}", map.join(",")));
+    }
+    args
+}
+
+/// Mbufs enough for every descriptor, ring slot and buffer that can hold
+/// one at the same time, plus per-lcore caches.
+fn mempool_size(cfg: &Config, rxq: &[u16]) -> u32 {
+    if let Some(n) = cfg.mempool_mbufs {
+        return n;
+    }
+    let w = cfg.workers as u64;
+    let mut n: u64 = 0;
+    for (p, q) in cfg.ports.iter().zip(rxq) {
+        n += u64::from(*q) * u64::from(p.rx_descriptors) + w * u64::from(p.tx_descriptors);
+    }
+    n += w * w.saturating_sub(1) * u64::from(HANDOFF_RING_SIZE);
+    n += w * (cfg.arp.queue_length as u64 + dpdk::MAX_BURST as u64 * (cfg.ports.len() as u64 + w + 2));
+    n += (w + 1) * u64::from(cfg.mempool_cache) + 4096;
+    n.min(u64::from(u32::MAX)) as u32
+}
+
+struct Signals {
+    stop: Arc<AtomicBool>,
+    dump: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    /// Where SIGUSR1 dumps go.
+    stats_out: Option<PathBuf>,
+}
+
+impl Signals {
+    fn install(stats_out: Option<PathBuf>) -> Result<Signals, String> {
+        let s = Signals { stop: Arc::default(), dump: Arc::default(), reload: Arc::default(), stats_out };
+        let reg = |sig, flag: &Arc<AtomicBool>| {
+            signal_hook::flag::register(sig, Arc::clone(flag)).map(|_| ()).map_err(|e| format!("cannot install signal handler: {e}"))
+        };
+        reg(signal_hook::consts::SIGINT, &s.stop)?;
+        reg(signal_hook::consts::SIGTERM, &s.stop)?;
+        reg(signal_hook::consts::SIGUSR1, &s.dump)?;
+        reg(signal_hook::consts::SIGHUP, &s.reload)?;
+        Ok(s)
+    }
+}
+
+struct Running<'e> {
+    eal: &'e Eal,
+    ports: Vec<Port>,
+    pool: Arc<Mempool>,
+    snapshots: Arc<SnapshotCell>,
+    counters: Vec<Arc<WorkerCounters>>,
+    lcores: Vec<u32>,
+    control: Arc<RunControl>,
+    started: Instant,
+    build: BuildInfo,
+    dpdk_version: String,
+    seq: u64,
+}
+
+impl Running<'_> {
+    fn report(&mut self, is_final: bool) -> stats::Report {
+        self.seq += 1;
+        let device_stats: Vec<DeviceStats> = self
+            .ports
+            .iter()
+            .map(|p| {
+                let s = Port::stats(p.id);
+                DeviceStats {
+                    ipackets: s.ipackets,
+                    opackets: s.opackets,
+                    ibytes: s.ibytes,
+                    obytes: s.obytes,
+                    imissed: s.imissed,
+                    ierrors: s.ierrors,
+                    oerrors: s.oerrors,
+                    rx_nombuf: s.rx_nombuf,
+                }
+            })
+            .collect();
+        let link_up: Vec<bool> = self.ports.iter().map(|p| Port::link_up(p.id)).collect();
+        let snap = self.snapshots.load();
+        let version = format!("{} ({})", self.build.version, self.build.git_revision);
+        stats::report(&ReportContext {
+            version: &version,
+            dpdk_version: &self.dpdk_version,
+            is_final,
+            seq: self.seq,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            snapshot: &snap,
+            workers: &self.counters,
+            lcores: &self.lcores,
+            device_stats: &device_stats,
+            link_up: &link_up,
+            mempool_in_use: self.pool.in_use(),
+            mempool_available: self.pool.available(),
+        })
+    }
+}
+
+fn write_report(r: &stats::Report, out: &Option<PathBuf>) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(r).map_err(|e| format!("cannot encode stats: {e}"))?;
+    match out {
+        None => {
+            println!("{json}");
+            Ok(())
+        }
+        Some(path) => {
+            // Write-then-rename: a reader never sees half a document.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, json + "\n")
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .map_err(|e| format!("cannot write stats to {}: {e}", path.display()))
+        }
+    }
+}
+
+/// Runs `lbd` with a validated configuration until SIGINT or SIGTERM.
+pub fn run(cfg: Config, opts: RunOptions, build: BuildInfo) -> Result<(), String> {
+    if !dpdk::is_root() {
+        return Err("must run as root (DPDK needs raw access to devices and hugepages)".into());
+    }
+    if !cfg.eal_restricts_pci() {
+        eprintln!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
+    }
+    let signals = Signals::install(opts.stats_out.clone())?;
+    let allowed = dpdk::allowed_cpus();
+    let args = eal_args(&cfg, &allowed);
+    let eal = Eal::init(&args).map_err(|e| {
+        format!(
+            "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
+        )
+    })?;
+    let runtime_dir = eal.runtime_dir();
+    // Every DPDK object lives and dies inside `serve`, so EAL cleanup below
+    // runs after all of them, on success and on error alike.
+    let result = serve(&eal, &cfg, &signals, build);
+    eal.cleanup();
+    // EAL leaves its runtime files behind; they are ours alone.
+    if runtime_dir.starts_with("/var/run/dpdk") || runtime_dir.starts_with("/run/dpdk") {
+        let _ = std::fs::remove_dir_all(&runtime_dir);
+    }
+    match result {
+        Ok(report) => write_report(&report, &opts.stats_out),
+        Err(e) => Err(e),
+    }
+}
+
+fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result<stats::Report, String> {
+    let opts_dump = signals.stats_out.clone();
+    let lcores: Vec<u32> = eal.worker_lcores();
+    if lcores.len() < cfg.workers {
+        return Err(format!(
+            "{} workers need {} worker lcores, but the EAL has {} (check -l/--lcores in `eal`)",
+            cfg.workers,
+            cfg.workers,
+            lcores.len()
+        ));
+    }
+    let lcores: Vec<u32> = lcores[..cfg.workers].to_vec();
+    let tsc_hz = dpdk::tsc_hz();
+
+    // Find the devices and decide queue counts before allocating anything.
+    let mut ids = Vec::with_capacity(cfg.ports.len());
+    let mut rxq = Vec::with_capacity(cfg.ports.len());
+    for p in &cfg.ports {
+        let id = Port::find(&p.device).ok_or_else(|| {
+            format!("port `{}`: no DPDK device named `{}` (is it created by a --vdev in `eal`, or allowed with -a?)", p.name, p.device)
+        })?;
+        let info = Port::info(id).map_err(|e| format!("port `{}`: {e}", p.name))?;
+        if usize::from(info.max_tx_queues) < cfg.workers {
+            return Err(format!(
+                "port `{}` ({}, driver {}) has {} TX queue(s) but {} workers need one each (net_af_packet: qpairs=N; net_pcap: one tx_pcap per queue)",
+                p.name, p.device, info.driver, info.max_tx_queues, cfg.workers
+            ));
+        }
+        ids.push(id);
+        rxq.push(info.max_rx_queues.min(cfg.workers as u16).max(1));
+    }
+    let mbufs = mempool_size(cfg, &rxq);
+    let pool = Arc::new(Mempool::new("lbd_mbufs", mbufs, cfg.mempool_cache, -1).map_err(|e| e.to_string())?);
+
+    let mut ports = Vec::with_capacity(ids.len());
+    let mut queues: Vec<(Vec<dpdk::RxQueue>, Vec<dpdk::TxQueue>)> = Vec::new();
+    let mut macs = Vec::new();
+    for ((p, id), nrx) in cfg.ports.iter().zip(&ids).zip(&rxq) {
+        let setup = PortSetup {
+            rx_queues: *nrx,
+            tx_queues: cfg.workers as u16,
+            rx_descriptors: p.rx_descriptors,
+            tx_descriptors: p.tx_descriptors,
+            rss: true,
+            promiscuous: p.promiscuous,
+        };
+        let (port, rx, tx) = Port::start(*id, &setup, &pool).map_err(|e| format!("port `{}` ({}): {e}", p.name, p.device))?;
+        let mac = match p.mac {
+            None => MacAddr(Port::mac(*id)),
+            Some(m) => {
+                if let Err(e) = Port::set_mac(*id, m.0) {
+                    // Some PMDs (net_pcap, net_ring) have a fixed address:
+                    // use the configured one in software and let every frame
+                    // in, filtering on it in the dataplane.
+                    eprintln!("lbd: port `{}`: {e}; using {m} in software (promiscuous)", p.name);
+                    let _ = Port::enable_promiscuous(*id);
+                }
+                m
+            }
+        };
+        macs.push(mac);
+        ports.push(port);
+        queues.push((rx, tx));
+    }
+
+    let mut registry = IdRegistry::default();
+    let snapshot = Snapshot::build(cfg, &macs, &mut registry, 1);
+    let snapshots = Arc::new(SnapshotCell::new(snapshot));
+
+    // Hand-off rings: producers[i][j] sends from worker i to worker j.
+    let n = cfg.workers;
+    let mut producers: Vec<Vec<Option<RingProducer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut consumers: Vec<Vec<RingConsumer>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, row) in producers.iter_mut().enumerate() {
+        for (j, slot) in row.iter_mut().enumerate() {
+            if i == j {
+                continue;
+            }
+            let (p, c) = dpdk::ring(&format!("lbd_ho_{i}_{j}"), HANDOFF_RING_SIZE, -1).map_err(|e| e.to_string())?;
+            *slot = Some(p);
+            consumers[j].push(c);
+        }
+    }
+
+    let counters: Vec<Arc<WorkerCounters>> =
+        (0..n).map(|_| Arc::new(WorkerCounters::new(cfg.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
+    let control = Arc::new(RunControl::default());
+    let start_tsc = dpdk::tsc();
+
+    // Per-port queue handles, dealt out to workers: queue i to worker i.
+    let mut per_worker: Vec<Vec<PortQueues>> = (0..n).map(|_| Vec::new()).collect();
+    for (rx, tx) in queues {
+        let mut rx = rx.into_iter().map(Some).collect::<Vec<_>>();
+        rx.resize_with(n, || None);
+        for (w, (r, t)) in rx.into_iter().zip(tx).enumerate() {
+            per_worker[w].push(PortQueues { rx: r, tx: t });
+        }
+    }
+
+    let mut workers = Vec::with_capacity(n);
+    for (w, ((ports_q, to), from)) in per_worker.into_iter().zip(producers).zip(consumers).enumerate() {
+        let settings = CoreSettings {
+            worker: w,
+            workers: n,
+            session_capacity: cfg.session_capacity,
+            neighbor_capacity: cfg.arp.cache_size,
+            pending_capacity: cfg.arp.queue_length,
+        };
+        workers.push(Worker {
+            index: w,
+            dataplane: Dataplane::new(settings, snapshots.load(), Arc::clone(&counters[w])),
+            ports: ports_q,
+            to,
+            from,
+            pool: Arc::clone(&pool),
+            counters: Arc::clone(&counters[w]),
+            snapshots: Arc::clone(&snapshots),
+            control: Arc::clone(&control),
+            burst: cfg.burst,
+            idle_sleep: cfg.idle_sleep,
+            tsc_hz,
+            start_tsc,
+        });
+    }
+    let mut launched = Vec::new();
+    for (w, lcore) in workers.into_iter().zip(&lcores) {
+        if let Err(e) = eal.launch(*lcore, Box::new(move || w.run())) {
+            control.exit();
+            for l in launched {
+                eal.wait(l);
+            }
+            return Err(e.to_string());
+        }
+        launched.push(*lcore);
+    }
+
+    let mut running = Running {
+        eal,
+        ports,
+        pool,
+        snapshots,
+        counters,
+        lcores,
+        control,
+        started: Instant::now(),
+        build,
+        dpdk_version: dpdk::runtime_version(),
+        seq: 0,
+    };
+    let port_list: Vec<String> = cfg
+        .ports
+        .iter()
+        .zip(&macs)
+        .zip(&rxq)
+        .map(|((p, m), q)| format!("{}={} {} {}/{} rxq={}", p.name, p.device, m, p.address, p.subnet.prefix_len(), q))
+        .collect();
+    eprintln!(
+        "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), ports: {}",
+        n,
+        running.lcores,
+        cfg.listeners.len(),
+        port_list.join(", ")
+    );
+
+    while !signals.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        if signals.dump.swap(false, Ordering::Relaxed) {
+            let r = running.report(false);
+            if let Err(e) = write_report(&r, &opts_dump) {
+                eprintln!("lbd: {e}");
+            }
+        }
+        if signals.reload.swap(false, Ordering::Relaxed) {
+            eprintln!("lbd: SIGHUP: configuration reload is not implemented yet; ignoring");
+        }
+    }
+    eprintln!("lbd: stopping");
+    Ok(shutdown(running))
+}
+
+fn shutdown(mut r: Running<'_>) -> stats::Report {
+    // Stop RX everywhere first, so no worker hands packets to one that
+    // already left; then let every worker drain its rings and exit.
+    r.control.quiesce();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.control.quiesced() < r.lcores.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    r.control.exit();
+    for l in &r.lcores {
+        r.eal.wait(*l);
+    }
+    for p in &mut r.ports {
+        p.stop();
+    }
+    let report = r.report(true);
+    // Ports close (flushing net_pcap's files) before their mempool goes.
+    let Running { ports, pool, .. } = r;
+    drop(ports);
+    drop(pool);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> Config {
+        let y = format!(
+            "eal: [\"--no-pci\"{extra}]\nlcores: {{workers: 3}}\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"
+        );
+        crate::config::parse(&y, Path::new("t.yaml")).unwrap()
+    }
+
+    #[test]
+    fn lcore_map_pins_workers_round_robin() {
+        let a = eal_args(&cfg(""), &[0, 1]);
+        assert_eq!(a.last().unwrap(), "--lcores=0@(0,1),1@0,2@1,3@0");
+        assert_eq!(a[0], "lbd");
+        let a = eal_args(&cfg(", \"-l\", \"0-3\""), &[0, 1]);
+        assert!(!a.iter().any(|x| x.starts_with("--lcores")));
+    }
+}

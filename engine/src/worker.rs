@@ -1,0 +1,340 @@
+//! A worker lcore: polls its RX queues and hand-off rings, runs the packet
+//! core on each burst, and batches what comes out into TX queues and rings.
+//!
+//! TX follows l3fwd: packets collect per port and go out when a burst is
+//! full, when a poll finds nothing more to batch with, or when the drain
+//! timer (100 µs) fires, whichever comes first.
+
+use crate::counters::{DropReason, Event, WorkerCounters};
+use crate::dataplane::{Dataplane, Io, Packet};
+use crate::dpdk::{tsc, Burst, Mbuf, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::snapshot::SnapshotCell;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Packet for Mbuf {
+    #[inline(always)]
+    fn data(&self) -> &[u8] {
+        Mbuf::data(self)
+    }
+    #[inline(always)]
+    fn data_mut(&mut self) -> &mut [u8] {
+        Mbuf::data_mut(self)
+    }
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        Mbuf::packet_len(self)
+    }
+    #[inline(always)]
+    fn port(&self) -> u16 {
+        Mbuf::port(self)
+    }
+}
+
+/// Run state shared by the control thread and the workers.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    state: AtomicU8,
+    quiesced: AtomicUsize,
+}
+
+const RUNNING: u8 = 0;
+/// Stop polling ports; keep draining rings (other workers may still hand
+/// packets over).
+const QUIESCE: u8 = 1;
+/// Drain what is left and return.
+const EXIT: u8 = 2;
+
+impl RunControl {
+    pub fn quiesce(&self) {
+        self.state.store(QUIESCE, Ordering::SeqCst);
+    }
+    pub fn exit(&self) {
+        self.state.store(EXIT, Ordering::SeqCst);
+    }
+    /// Workers that have stopped polling their ports.
+    pub fn quiesced(&self) -> usize {
+        self.quiesced.load(Ordering::SeqCst)
+    }
+}
+
+/// The queues of one port a worker owns.
+#[derive(Debug)]
+pub struct PortQueues {
+    /// `None` when the device has fewer RX queues than there are workers.
+    pub rx: Option<RxQueue>,
+    pub tx: TxQueue,
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    pub index: usize,
+    pub dataplane: Dataplane<Mbuf>,
+    pub ports: Vec<PortQueues>,
+    /// Ring to each other worker (`None` at this worker's own index).
+    pub to: Vec<Option<RingProducer>>,
+    pub from: Vec<RingConsumer>,
+    pub pool: Arc<Mempool>,
+    pub counters: Arc<WorkerCounters>,
+    pub snapshots: Arc<SnapshotCell>,
+    pub control: Arc<RunControl>,
+    pub burst: usize,
+    pub idle_sleep: Duration,
+    pub tsc_hz: u64,
+    pub start_tsc: u64,
+}
+
+/// Empty polls in a row before an idle worker sleeps.
+const IDLE_POLLS_BEFORE_SLEEP: u32 = 256;
+
+struct TxBuffer {
+    queue: TxQueue,
+    pending: Burst,
+    bytes: u64,
+}
+
+/// The worker's [`Io`]: TX and hand-off batching, bulk frees, allocation.
+struct WorkerIo<'a> {
+    tx: &'a mut [TxBuffer],
+    handoff: &'a mut [Burst],
+    rings: &'a mut [Option<RingProducer>],
+    free: Burst,
+    pool: &'a Mempool,
+    counters: &'a WorkerCounters,
+    burst: usize,
+}
+
+impl WorkerIo<'_> {
+    fn flush_port(&mut self, port: usize) {
+        let t = &mut self.tx[port];
+        if t.pending.is_empty() {
+            return;
+        }
+        let total = t.pending.len();
+        let bytes = t.bytes;
+        t.queue.tx(&mut t.pending);
+        let mut unsent_bytes = 0u64;
+        let unsent = t.pending.len();
+        if unsent > 0 {
+            t.pending.drain(|m| {
+                unsent_bytes += m.packet_len() as u64;
+                drop(m);
+            });
+            self.counters.count_drop_n(DropReason::TxFull, unsent as u64);
+        }
+        t.bytes = 0;
+        let c = &self.counters.ports[port];
+        c.tx_packets.add((total - unsent) as u64);
+        c.tx_bytes.add(bytes - unsent_bytes);
+    }
+
+    fn flush_tx(&mut self) {
+        for p in 0..self.tx.len() {
+            self.flush_port(p);
+        }
+    }
+
+    fn flush_worker(&mut self, w: usize) {
+        let b = &mut self.handoff[w];
+        if b.is_empty() {
+            return;
+        }
+        let n = match &mut self.rings[w] {
+            Some(r) => r.enqueue(b),
+            None => 0,
+        };
+        self.counters.event_n(Event::HandoffOut, n as u64);
+        let left = b.len();
+        if left > 0 {
+            self.counters.count_drop_n(DropReason::HandoffRingFull, left as u64);
+            b.free_all();
+        }
+    }
+
+    fn flush_handoffs(&mut self) {
+        for w in 0..self.handoff.len() {
+            self.flush_worker(w);
+        }
+    }
+
+    fn tx_buffered(&self) -> bool {
+        self.tx.iter().any(|t| !t.pending.is_empty())
+    }
+}
+
+impl Io<Mbuf> for WorkerIo<'_> {
+    #[inline]
+    fn tx(&mut self, port: u16, pkt: Mbuf) {
+        let p = usize::from(port);
+        let len = pkt.packet_len() as u64;
+        let t = &mut self.tx[p];
+        if let Err(m) = t.pending.push(pkt) {
+            // Cannot happen: flushed at `burst` ≤ MAX_BURST below.
+            self.counters.count_drop(DropReason::TxFull);
+            drop(m);
+            return;
+        }
+        t.bytes += len;
+        if t.pending.len() >= self.burst {
+            self.flush_port(p);
+        }
+    }
+
+    #[inline]
+    fn handoff(&mut self, worker: usize, pkt: Mbuf) {
+        if self.handoff[worker].push(pkt).is_err() {
+            self.counters.count_drop(DropReason::HandoffRingFull);
+            return;
+        }
+        if self.handoff[worker].len() >= self.burst {
+            self.flush_worker(worker);
+        }
+    }
+
+    #[inline]
+    fn free(&mut self, pkt: Mbuf) {
+        if let Err(m) = self.free.push(pkt) {
+            self.free.free_all();
+            let _ = self.free.push(m);
+        }
+    }
+
+    fn alloc(&mut self, len: usize, port: u16) -> Option<Mbuf> {
+        let mut m = self.pool.alloc()?;
+        if !m.append(len) {
+            return None;
+        }
+        m.set_port(port);
+        Some(m)
+    }
+}
+
+impl Worker {
+    /// The lcore's main loop; returns when the control says exit.
+    pub fn run(self) -> i32 {
+        let Worker {
+            index: _,
+            mut dataplane,
+            ports,
+            mut to,
+            mut from,
+            pool,
+            counters,
+            snapshots,
+            control,
+            burst,
+            idle_sleep,
+            tsc_hz,
+            start_tsc,
+        } = self;
+        let tsc_per_ms = (tsc_hz / 1000).max(1);
+        let drain_tsc = (tsc_hz / 10_000).max(1); // 100 µs
+        let mut rx_queues: Vec<Option<RxQueue>> = Vec::with_capacity(ports.len());
+        let mut tx: Vec<TxBuffer> = Vec::with_capacity(ports.len());
+        for p in ports {
+            rx_queues.push(p.rx);
+            tx.push(TxBuffer { queue: p.tx, pending: Burst::default(), bytes: 0 });
+        }
+        let mut handoff: Vec<Burst> = (0..to.len()).map(|_| Burst::default()).collect();
+        let mut io = WorkerIo {
+            tx: &mut tx,
+            handoff: &mut handoff,
+            rings: &mut to,
+            free: Burst::default(),
+            pool: &pool,
+            counters: &counters,
+            burst,
+        };
+        let mut rx = Burst::default();
+        let mut generation = dataplane.snapshot().generation;
+        let mut last_drain = tsc();
+        let mut idle_polls = 0u32;
+        let mut polling_ports = true;
+
+        loop {
+            match control.state.load(Ordering::Relaxed) {
+                RUNNING => {}
+                QUIESCE if polling_ports => {
+                    polling_ports = false;
+                    control.quiesced.fetch_add(1, Ordering::SeqCst);
+                }
+                QUIESCE => {}
+                _ => break,
+            }
+            let g = snapshots.generation();
+            if g != generation {
+                dataplane.set_snapshot(snapshots.load());
+                generation = g;
+            }
+            let now_tsc = tsc();
+            dataplane.set_now(((now_tsc - start_tsc) / tsc_per_ms) as u32);
+
+            let mut got = 0usize;
+            if polling_ports {
+                for (pi, q) in rx_queues.iter_mut().enumerate() {
+                    let Some(q) = q else { continue };
+                    let n = q.rx(&mut rx, burst);
+                    if n == 0 {
+                        continue;
+                    }
+                    got += n;
+                    rx.drain(|mut m| {
+                        // Ports are known to the core by config index.
+                        m.set_port(pi as u16);
+                        dataplane.process(m, &mut io);
+                    });
+                }
+            }
+            for c in from.iter_mut() {
+                let n = c.dequeue(&mut rx, burst);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                counters.event_n(Event::HandoffIn, n as u64);
+                rx.drain(|m| dataplane.process_handoff(m, &mut io));
+            }
+            io.flush_handoffs();
+            if io.tx_buffered() && (got == 0 || now_tsc - last_drain >= drain_tsc) {
+                io.flush_tx();
+                last_drain = now_tsc;
+            }
+            io.free.free_all();
+            dataplane.tick(&mut io);
+
+            counters.event(Event::Polls);
+            if got > 0 {
+                counters.event(Event::BusyPolls);
+                idle_polls = 0;
+            } else {
+                idle_polls += 1;
+                if !idle_sleep.is_zero() && idle_polls >= IDLE_POLLS_BEFORE_SLEEP {
+                    // Only when idle: no system call while there is traffic.
+                    std::thread::sleep(idle_sleep);
+                }
+            }
+        }
+
+        // Exit: nothing polls ports any more and every worker has stopped
+        // handing over, so what the rings hold now is all there will be.
+        loop {
+            let mut got = 0;
+            for c in from.iter_mut() {
+                let n = c.dequeue(&mut rx, burst);
+                got += n;
+                counters.event_n(Event::HandoffIn, n as u64);
+                rx.drain(|m| dataplane.process_handoff(m, &mut io));
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        io.flush_handoffs();
+        io.flush_tx();
+        dataplane.drain(&mut io);
+        io.free.free_all();
+        counters.sessions_active.set(dataplane.sessions().len() as u64);
+        0
+    }
+}
