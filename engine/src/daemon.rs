@@ -390,10 +390,14 @@ fn shutdown(mut r: Running<'_>) -> stats::Report {
     for p in &mut r.ports {
         p.stop();
     }
-    let report = r.report(true);
+    let mut report = r.report(true);
     // Ports close (flushing net_pcap's files) before their mempool goes.
     let Running { ports, pool, .. } = r;
     drop(ports);
+    // With the ports closed nothing may hold an mbuf any more: what is still
+    // out is a leak, and the report says so.
+    report.mempool_in_use = pool.in_use();
+    report.mempool_available = pool.available();
     drop(pool);
     report
 }

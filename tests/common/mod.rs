@@ -1,0 +1,235 @@
+//! Shared helpers of the integration tests: temporary directories, running
+//! `lbd` as a child process with its own EAL file prefix, reading its
+//! counters, and cleaning up even when a test fails.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn lbd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lbd")
+}
+
+/// Debian's interpreter, which has python3-scapy (the pyenv one may not).
+pub fn python() -> String {
+    std::env::var("LBD_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, short enough for interface
+/// names (`prefix` ≤ 4 chars).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}{n}", std::process::id() % 10000)
+}
+
+/// A directory removed on drop (kept when LBD_KEEP_TEST_DIRS is set).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("lbd-test-{}-{}", name, unique("")));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("LBD_KEEP_TEST_DIRS").is_none() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Signals our own child by PID (never by name).
+fn send_signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// A running `lbd`. Dropping it kills the process (SIGKILL after a
+/// SIGTERM grace period) and removes its EAL runtime directory.
+pub struct Lbd {
+    child: Option<Child>,
+    pub stats: PathBuf,
+    pub log: PathBuf,
+    pub file_prefix: String,
+    last_seq: u64,
+}
+
+impl Lbd {
+    /// Starts `lbd -c config`, and waits until it says it is ready.
+    pub fn start(config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
+        let stats = dir.join("stats.json");
+        let log = dir.join("lbd.log");
+        let logf = fs::File::create(&log).expect("log file");
+        let child = Command::new(lbd_bin())
+            .arg("-c")
+            .arg(config)
+            .arg("--stats-out")
+            .arg(&stats)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn lbd");
+        let mut l = Lbd { child: Some(child), stats, log, file_prefix: file_prefix.to_owned(), last_seq: 0 };
+        l.wait_ready(Duration::from_secs(30));
+        l
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.log_text().contains("lbd: ready") {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("lbd exited with {st} before it was ready:\n{}", self.log_text());
+            }
+            if start.elapsed() > timeout {
+                panic!("lbd not ready after {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asks for a fresh counters document (SIGUSR1) and returns it.
+    pub fn stats_now(&mut self) -> Value {
+        send_signal(self.pid(), "USR1");
+        let start = Instant::now();
+        loop {
+            if let Ok(text) = fs::read_to_string(&self.stats) {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    let seq = v["seq"].as_u64().unwrap_or(0);
+                    if seq > self.last_seq {
+                        self.last_seq = seq;
+                        return v;
+                    }
+                }
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!("no stats after SIGUSR1:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until `lbd` has received `rx` packets in all and has nothing
+    /// left in flight (two readings agree, nothing parked unless allowed).
+    pub fn wait_processed(&mut self, rx: u64, allow_parked: bool, timeout: Duration) -> Value {
+        let start = Instant::now();
+        let mut prev: Option<Value> = None;
+        loop {
+            let v = self.stats_now();
+            let got: u64 = v["ports"].as_array().unwrap().iter().map(|p| p["rx_packets"].as_u64().unwrap()).sum();
+            let settled = |v: &Value| {
+                let ev = &v["events"];
+                (
+                    ev["handoff_in"].as_u64(),
+                    ev["handoff_out"].as_u64(),
+                    v["ports"].as_array().unwrap().iter().map(|p| p["tx_packets"].as_u64().unwrap()).sum::<u64>(),
+                    v["drops_total"].as_u64(),
+                )
+            };
+            let parked = v["parked"].as_u64().unwrap_or(0);
+            if got >= rx && (allow_parked || parked == 0) {
+                if let Some(p) = &prev {
+                    let (hi, ho, _, _) = settled(&v);
+                    if settled(p) == settled(&v) && hi == ho {
+                        return v;
+                    }
+                }
+                prev = Some(v);
+            }
+            if start.elapsed() > timeout {
+                panic!("lbd did not process {rx} packets in {timeout:?} (got {got}, parked {parked}):\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, wait, and return the final counters.
+    pub fn stop(mut self) -> (ExitStatus, Value) {
+        let mut child = self.child.take().expect("running");
+        send_signal(child.id(), "TERM");
+        let status = wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("lbd did not exit on SIGTERM:\n{}", self.log_text())
+        });
+        let text = fs::read_to_string(&self.stats).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, v)
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if start.elapsed() > t {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Lbd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            send_signal(c.id(), "TERM");
+            if wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", self.file_prefix));
+    }
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        panic!("{cmd:?} failed ({}):\n{text}", out.status);
+    }
+    text
+}
+
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
