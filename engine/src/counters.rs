@@ -268,3 +268,18 @@ mod tests {
         assert_eq!(c.drop_count(DropReason::NoSession), 3);
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::DropReason;
+
+    /// The README's table lists every drop reason, so operators can look
+    /// up any counter they see.
+    #[test]
+    fn readme_documents_every_drop_reason() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for r in DropReason::ALL {
+            assert!(readme.contains(&format!("| `{}` |", r.label())), "README lacks drop reason {}", r.label());
+        }
+    }
+}

@@ -54,6 +54,22 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
     args
 }
 
+/// Where EAL (as root) keeps its runtime files for these arguments.
+fn expected_runtime_dir(args: &[String]) -> PathBuf {
+    let mut prefix = "rte".to_owned();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--file-prefix" {
+            if let Some(v) = it.next() {
+                prefix = v.clone();
+            }
+        } else if let Some(v) = a.strip_prefix("--file-prefix=") {
+            prefix = v.to_owned();
+        }
+    }
+    PathBuf::from("/var/run/dpdk").join(prefix)
+}
+
 /// Mbufs enough for every descriptor, ring slot and buffer that can hold
 /// one at the same time, plus per-lcore caches.
 fn mempool_size(cfg: &Config, rxq: &[u16]) -> u32 {
@@ -175,7 +191,14 @@ pub fn run(cfg: Config, opts: RunOptions, build: BuildInfo) -> Result<(), String
     let signals = Signals::install(opts.stats_out.clone())?;
     let allowed = dpdk::allowed_cpus();
     let args = eal_args(&cfg, &allowed);
+    let expected_dir = expected_runtime_dir(&args);
+    let existed = expected_dir.exists();
     let eal = Eal::init(&args).map_err(|e| {
+        // EAL creates its runtime directory before it can fail; remove it
+        // when this attempt created it (never one a live process may own).
+        if !existed {
+            let _ = std::fs::remove_dir_all(&expected_dir);
+        }
         format!(
             "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
         )

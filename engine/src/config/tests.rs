@@ -1,1 +1,185 @@
+use super::*;
 
+const GOOD: &str = r#"
+eal: ["--no-pci", "--no-huge", "-m", "1024", "--vdev", "net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap"]
+lcores: {workers: 1}
+ports:
+  - name: ext
+    device: net_pcap0
+    address: 10.0.0.1/24
+    gateway: 10.0.0.254
+    neighbors: [{ip: 10.0.0.254, mac: "02:00:00:00:00:fe"}]
+listeners:
+  - name: web
+    vip: 10.0.0.100
+    protocol: tcp
+    port: 80
+    scheduler: maglev
+    backends:
+      - {address: 10.1.0.11, port: 8080, weight: 1}
+timeouts: {tcp_syn: 10s, tcp_established: 900s, tcp_closing: 30s, udp: 60s}
+sessions: {capacity_per_worker: 1000000}
+"#;
+
+fn parse_str(s: &str) -> Result<Config, ConfigError> {
+    parse(s, Path::new("/etc/lbd/test.yaml"))
+}
+
+/// Applies a text substitution to GOOD and returns the error.
+fn err_with(from: &str, to: &str) -> ConfigError {
+    assert!(GOOD.contains(from), "fixture lacks {from:?}");
+    match parse_str(&GOOD.replacen(from, to, 1)) {
+        Ok(_) => panic!("accepted with {from:?} -> {to:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn issue_example_is_valid() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.workers, 1);
+    assert_eq!(c.ports[0].address, Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(c.ports[0].subnet.to_string(), "10.0.0.0/24");
+    assert_eq!(c.ports[0].gateway, Some(Ipv4Addr::new(10, 0, 0, 254)));
+    assert_eq!(c.listeners[0].scheduler, SchedulerKind::Maglev { table_size: 65537 });
+    assert_eq!(c.listeners[0].tcp_non_syn, NonSynPolicy::Schedule);
+    assert_eq!(c.timeouts.tcp_established, Duration::from_secs(900));
+    assert_eq!(c.timeouts.tcp_closed, Duration::from_secs(5));
+    assert_eq!(c.session_capacity, 1_000_000);
+    assert!(c.eal_restricts_pci());
+}
+
+#[test]
+fn every_shipped_sample_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            load(&p).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "config/ holds the sample configurations");
+}
+
+#[test]
+fn errors_name_file_field_and_problem() {
+    let e = err_with("weight: 1}", "wieght: 1}");
+    assert_eq!(e.file, Path::new("/etc/lbd/test.yaml"));
+    assert_eq!(e.field, "listeners[0].backends[0]");
+    assert!(e.message.contains("unknown field `wieght`"), "{e}");
+    assert!(e.message.contains("line"), "{e}");
+    assert!(e.to_string().starts_with("/etc/lbd/test.yaml: listeners[0].backends[0]: unknown field"), "{e}");
+
+    let e = err_with("address: 10.1.0.11", "address: 10.1.0.311");
+    assert_eq!(e.field, "listeners[0].backends[0].address");
+    assert!(e.message.contains("not an IPv4 address"), "{e}");
+
+    let e = err_with("weight: 1}", "weight: 70000}");
+    assert_eq!(e.field, "listeners[0].backends[0].weight");
+
+    let e = err_with("tcp_syn: 10s", "tcp_syn: ten");
+    assert_eq!(e.field, "timeouts.tcp_syn");
+    assert!(e.message.contains("not a duration"), "{e}");
+
+    let e = err_with("scheduler: maglev", "scheduler: random");
+    assert!(e.field.starts_with("listeners[0]"), "{e}");
+    assert!(e.message.contains("unknown variant `random`"), "{e}");
+
+    let e = err_with("protocol: tcp", "protocol: sctp");
+    assert!(e.message.contains("unknown variant `sctp`"), "{e}");
+
+    let e = err_with("port: 80", "port: 70000");
+    assert_eq!(e.field, "listeners[0].port");
+
+    let e = err_with("address: 10.0.0.1/24", "address: 10.0.0.1");
+    assert_eq!(e.field, "ports[0].address");
+
+    let e = err_with("gateway: 10.0.0.254", "gateway: 10.9.0.254");
+    assert_eq!(e.field, "ports[0].gateway");
+    assert!(e.message.contains("outside"), "{e}");
+
+    let e = err_with("mac: \"02:00:00:00:00:fe\"", "mac: \"01:00:00:00:00:fe\"");
+    assert_eq!(e.field, "ports[0].neighbors[0].mac");
+
+    let e = err_with("workers: 1", "workers: 0");
+    assert_eq!(e.field, "lcores.workers");
+
+    let e = err_with("capacity_per_worker: 1000000", "capacity_per_worker: 0");
+    assert_eq!(e.field, "sessions.capacity_per_worker");
+
+    let e = err_with("scheduler: maglev", "scheduler: maglev\n    maglev_table_size: 65536");
+    assert_eq!(e.field, "listeners[0].maglev_table_size");
+    assert!(e.message.contains("prime"), "{e}");
+
+    let e = err_with("vip: 10.0.0.100", "vip: 10.0.0.1");
+    assert!(e.message.contains("address of port"), "{e}");
+
+    let e = err_with("timeouts:", "bogus: 1\ntimeouts:");
+    assert!(e.message.contains("unknown field `bogus`"), "{e}");
+
+    let e = parse_str("ports: [").unwrap_err();
+    assert!(e.to_string().starts_with("/etc/lbd/test.yaml: "), "{e}");
+}
+
+#[test]
+fn semantic_conflicts_are_rejected() {
+    let two = GOOD.replace(
+        "      - {address: 10.1.0.11, port: 8080, weight: 1}",
+        "      - {address: 10.1.0.11, port: 8080, weight: 1}\n      - {address: 10.1.0.11, port: 8080, weight: 2}",
+    );
+    let e = parse_str(&two).unwrap_err();
+    assert_eq!(e.field, "listeners[0].backends[1].address");
+    assert!(e.message.contains("listed twice"), "{e}");
+
+    let dup = GOOD.replace(
+        "timeouts:",
+        "  - {name: web2, vip: 10.0.0.100, protocol: tcp, port: 80, backends: []}\ntimeouts:",
+    );
+    let e = parse_str(&dup).unwrap_err();
+    assert_eq!(e.field, "listeners[1].port");
+    assert!(e.message.contains("already served by listeners[0]"), "{e}");
+
+    let rr = GOOD.replace("scheduler: maglev", "scheduler: round_robin\n    tcp_non_syn: schedule");
+    let e = parse_str(&rr).unwrap_err();
+    assert_eq!(e.field, "listeners[0].tcp_non_syn");
+
+    let unroutable = GOOD.replace("    gateway: 10.0.0.254\n", "").replace("    neighbors: [{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}]\n", "");
+    let e = parse_str(&unroutable).unwrap_err();
+    assert_eq!(e.field, "listeners[0].backends[0].address");
+    assert!(e.message.contains("no route"), "{e}");
+
+    let overlap = GOOD.replace(
+        "listeners:",
+        "  - {name: int, device: net_pcap1, address: 10.0.0.2/16}\nlisteners:",
+    );
+    let e = parse_str(&overlap).unwrap_err();
+    assert_eq!(e.field, "ports[1].address");
+    assert!(e.message.contains("overlaps"), "{e}");
+
+    let lcores = GOOD.replace("lcores: {workers: 1}", "lcores: {workers: 1, cpus: [0]}").replace("\"--no-pci\"", "\"--no-pci\", \"-l\", \"0-1\"");
+    let e = parse_str(&lcores).unwrap_err();
+    assert_eq!(e.field, "lcores.cpus");
+}
+
+#[test]
+fn defaults_fill_in() {
+    let minimal = "ports:\n  - {name: p, device: net_null0, address: 192.168.0.1/24}\n";
+    let c = parse_str(minimal).unwrap();
+    assert_eq!(c.workers, 1);
+    assert!(c.listeners.is_empty());
+    assert_eq!(c.timeouts, Timeouts::default());
+    assert_eq!(c.arp, ArpConfig::default());
+    assert_eq!(c.burst, 32);
+    assert!(!c.eal_restricts_pci());
+}
+
+#[test]
+fn primes() {
+    assert!(is_prime(65537));
+    assert!(is_prime(7));
+    assert!(!is_prime(65536));
+    assert!(!is_prime(1));
+    assert!(is_prime(4_194_301));
+}

@@ -1,0 +1,126 @@
+//! The `lbd` command line: version, configuration checking, and the one
+//! clear line when it cannot start.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn lbd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(lbd_bin()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn version_names_git_and_dpdk() {
+    let (code, out, _) = lbd(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("lbd 0."), "{out}");
+    assert!(out.contains("git "), "{out}");
+    assert!(out.contains("DPDK 22.11"), "{out}");
+}
+
+#[test]
+fn check_config_accepts_the_samples() {
+    for f in ["config/demo.yaml", "config/reference.yaml"] {
+        let p = repo().join(f);
+        let (code, out, err) = lbd(&["--check-config", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{f}: {err}");
+        assert!(out.contains(": ok ("), "{out}");
+    }
+}
+
+#[test]
+fn check_config_errors_name_file_field_and_problem() {
+    let dir = TempDir::new("cli");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "ports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24}\nlisteners:\n  - name: web\n    vip: 10.0.0.100\n    protocol: tcp\n    port: 80\n    backends:\n      - {address: 10.0.0.11, port: 8080, weight: 70000}\n",
+    )
+    .unwrap();
+    let (code, _, err) = lbd(&["--check-config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(bad.to_str().unwrap()), "{err}");
+    assert!(err.contains("listeners[0].backends[0].weight"), "{err}");
+    assert!(err.contains("out of range"), "{err}");
+    // Running with it fails the same way, before touching DPDK.
+    let (code, _, err2) = lbd(&["-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(err, err2);
+    let (code, _, err) = lbd(&["--check-config", "/nonexistent/lbd.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/lbd.yaml: cannot read"), "{err}");
+}
+
+#[test]
+fn not_root_is_one_clear_line() {
+    let dir = TempDir::new("cli-user");
+    let cfg = dir.join("ok.yaml");
+    std::fs::write(&cfg, "eal: [\"--no-pci\"]\nports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24}\n").unwrap();
+    // The directory must be readable by the unprivileged user.
+    Command::new("chmod").args(["755", dir.path().to_str().unwrap()]).status().unwrap();
+    Command::new("chmod").args(["644", cfg.to_str().unwrap()]).status().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", lbd_bin(), "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim(), "lbd: must run as root (DPDK needs raw access to devices and hugepages)");
+}
+
+#[test]
+fn eal_failure_is_a_clear_line_not_a_panic() {
+    assert!(is_root());
+    let dir = TempDir::new("cli-eal");
+    let prefix = unique("lbdc");
+    let cfg = dir.join("eal.yaml");
+    // A pcap vdev whose input file does not exist cannot be created.
+    std::fs::write(
+        &cfg,
+        format!(
+            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--vdev\", \"net_pcap0,rx_pcap=/nonexistent.pcap,tx_pcap=/tmp/x.pcap\"]\nports:\n  - {{name: ext, device: net_pcap0, address: 10.0.0.1/24}}\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = lbd(&["-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("lbd: "), "{err}");
+    assert!(last.contains("EAL") || last.contains("net_pcap0"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "EAL runtime dir left behind");
+
+    // A port naming a device no --vdev created.
+    let cfg2 = dir.join("nodev.yaml");
+    std::fs::write(
+        &cfg2,
+        format!("eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}b\"]\nports:\n  - {{name: ext, device: net_null7, address: 10.0.0.1/24}}\n"),
+    )
+    .unwrap();
+    let (code, _, err) = lbd(&["-c", cfg2.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.lines().last().unwrap(),
+        "lbd: port `ext`: no DPDK device named `net_null7` (is it created by a --vdev in `eal`, or allowed with -a?)"
+    );
+    assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}b")).exists());
+
+    // No hugepages reserved and no --no-huge: EAL itself fails.
+    if std::fs::read_to_string("/proc/sys/vm/nr_hugepages").map(|s| s.trim() == "0").unwrap_or(false) {
+        let cfg3 = dir.join("huge.yaml");
+        std::fs::write(
+            &cfg3,
+            format!("eal: [\"--no-pci\", \"--file-prefix\", \"{prefix}c\", \"--vdev\", \"net_null0\"]\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"),
+        )
+        .unwrap();
+        let (code, _, err) = lbd(&["-c", cfg3.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        let last = err.lines().last().unwrap();
+        assert!(last.starts_with("lbd: DPDK EAL initialisation failed: "), "{err}");
+        assert!(last.contains("--no-huge"), "{err}");
+        assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}c")).exists(), "EAL runtime dir left behind");
+    }
+}

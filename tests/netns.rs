@@ -1,0 +1,214 @@
+//! Network-namespace tests: `lbd` on af_packet between a client namespace
+//! and three backend namespaces (testbed/topology.sh), with real clients
+//! (curl, socat, iperf3, ping) and real servers.
+//!
+//! The tests share the machine's two CPUs with busy-polling lcores, so they
+//! run one at a time.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A testbed topology, torn down on drop (also when the test fails).
+struct Topology {
+    name: String,
+}
+
+impl Topology {
+    fn up() -> Topology {
+        let name = unique("t");
+        assert!(name.len() <= 8);
+        let t = Topology { name };
+        run(Command::new(repo().join("testbed/topology.sh")).arg("up").arg(&t.name));
+        t
+    }
+
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{}-client", self.name)])
+            .args(args)
+            .output()
+            .expect("run in the client namespace")
+    }
+
+    fn client_ok(&self, args: &[&str]) -> String {
+        let out = self.client(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?} failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        text
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("testbed/topology.sh")).arg("down").arg(&self.name).status();
+    }
+}
+
+fn start_lbd(t: &Topology, workers: usize, dir: &TempDir) -> Lbd {
+    let prefix = unique("lbdn");
+    let cfg = run(Command::new(repo().join("testbed/topology.sh")).args(["config", &t.name, &workers.to_string(), &prefix]));
+    let path = dir.join("lbd.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    Lbd::start(&path, dir.path(), &prefix)
+}
+
+/// Drops that must never happen in a healthy testbed run.
+fn assert_no_bad_drops(stats: &Value) {
+    let d = &stats["drops"];
+    for r in [
+        "no_session",
+        "tx_full",
+        "handoff_ring_full",
+        "session_table_full",
+        "neighbor_queue_full",
+        "neighbor_unresolved",
+        "nat_tuple_conflict",
+        "no_route",
+        "ip_bad_checksum",
+        "l4_bad_header",
+    ] {
+        assert_eq!(d[r].as_u64(), Some(0), "drop {r} in {d}");
+    }
+    assert_eq!(stats["mempool_in_use"].as_u64(), Some(0), "mbuf leak");
+}
+
+fn guard() -> std::sync::MutexGuard<'static, ()> {
+    assert!(is_root(), "the testbed needs root (namespaces, DPDK)");
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn netns_curl_reaches_all_backends_with_the_client_address() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("netns-http");
+    let lbd = start_lbd(&t, 1, &dir);
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    let mut clients = BTreeSet::new();
+    for _ in 0..60 {
+        let body = t.client_ok(&["curl", "-sS", "--max-time", "5", "http://10.0.0.100/"]);
+        // "backend=be2 client=10.0.0.2:41234"
+        let mut parts = body.split_whitespace();
+        let backend = parts.next().unwrap_or_default().trim_start_matches("backend=").to_owned();
+        let client = parts.next().unwrap_or_default().trim_start_matches("client=");
+        clients.insert(client.split(':').next().unwrap_or_default().to_owned());
+        *per_backend.entry(backend).or_default() += 1;
+    }
+    println!("60 requests by backend: {per_backend:?}; client addresses seen: {clients:?}");
+    assert_eq!(per_backend.keys().cloned().collect::<Vec<_>>(), vec!["be1", "be2", "be3"]);
+    assert_eq!(clients.into_iter().collect::<Vec<_>>(), vec!["10.0.0.2".to_owned()], "NAT mode keeps the client address");
+    // Ping the VIP: lbd answers ICMP echo for it.
+    t.client_ok(&["ping", "-c", "2", "-W", "2", "10.0.0.100"]);
+    let (status, stats) = lbd.stop();
+    assert!(status.success());
+    assert_no_bad_drops(&stats);
+    let web = stats["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "web").unwrap();
+    assert_eq!(web["sessions_created"].as_u64(), Some(60));
+}
+
+#[test]
+fn netns_udp_round_trip_through_socat() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("netns-udp");
+    let lbd = start_lbd(&t, 1, &dir);
+    let mut backends = BTreeSet::new();
+    for i in 0..30 {
+        let msg = format!("datagram-{i}");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("echo -n {msg} | ip netns exec {}-client socat -t 0.5 - UDP:10.0.0.100:9000", t.name))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("client=10.0.0.2:"), "reply {text:?}");
+        assert!(text.ends_with(&format!("data={msg}")), "reply {text:?}");
+        backends.insert(text.split_whitespace().next().unwrap().to_owned());
+    }
+    println!("30 datagrams answered by {backends:?}");
+    assert!(backends.len() >= 2, "UDP flows spread over backends: {backends:?}");
+    let (status, stats) = lbd.stop();
+    assert!(status.success());
+    assert_no_bad_drops(&stats);
+    let echo = stats["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "echo").unwrap();
+    assert_eq!(echo["packets_in"].as_u64(), Some(30));
+    assert_eq!(echo["packets_out"].as_u64(), Some(30));
+}
+
+#[test]
+fn netns_long_download_is_intact() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("netns-dl");
+    let lbd = start_lbd(&t, 1, &dir);
+    let size = 64 * 1024 * 1024;
+    let file = dir.join("download.bin");
+    let start = std::time::Instant::now();
+    t.client_ok(&["curl", "-sS", "--max-time", "120", "-o", file.to_str().unwrap(), &format!("http://10.0.0.100/bytes/{size}")]);
+    let secs = start.elapsed().as_secs_f64();
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data.len(), size);
+    let bad = data.iter().enumerate().position(|(i, b)| *b as usize != i % 251);
+    assert_eq!(bad, None, "download corrupted at byte {bad:?}");
+    println!("{} MiB downloaded intact in {secs:.2} s ({:.0} MB/s)", size >> 20, size as f64 / secs / 1e6);
+    // iperf3 through the single-backend listener.
+    let out = t.client_ok(&["iperf3", "-c", "10.0.0.100", "-t", "2", "-J"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    println!("iperf3 through lbd: {:.2} Gbit/s", bps / 1e9);
+    assert!(bps > 0.0);
+    let (status, stats) = lbd.stop();
+    assert!(status.success());
+    assert_no_bad_drops(&stats);
+}
+
+/// Three workers on two CPUs, af_packet with three queue pairs: the kernel
+/// spreads flows over queues by its own hash, so requests and replies of a
+/// flow often arrive at different workers and must meet at the owner.
+#[test]
+fn netns_three_workers_thousands_of_flows() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("netns-mw");
+    let mut lbd = start_lbd(&t, 3, &dir);
+    let (udp, tcp) = (2000u64, 300u64);
+    let out = t.client_ok(&[
+        "/usr/bin/python3",
+        repo().join("testbed/flows.py").to_str().unwrap(),
+        "--vip",
+        "10.0.0.100",
+        "--udp-flows",
+        &udp.to_string(),
+        "--tcp-flows",
+        &tcp.to_string(),
+        "--parallel",
+        "24",
+    ]);
+    let summary: Value = serde_json::from_str(out.trim()).unwrap();
+    println!("flows: {summary}");
+    assert_eq!(summary["udp"]["ok"].as_u64(), Some(udp), "every UDP reply came back from the VIP: {summary}");
+    assert_eq!(summary["tcp"]["ok"].as_u64(), Some(tcp), "every TCP flow answered, client address kept: {summary}");
+    let live = lbd.stats_now();
+    let (status, stats) = lbd.stop();
+    assert!(status.success());
+    assert_no_bad_drops(&stats);
+    let ev = &stats["events"];
+    // One session per distinct 5-tuple: a flow split over two shards would
+    // create two. (The client kernel reuses some source ports.)
+    let tuples = summary["udp_tuples"].as_u64().unwrap() + summary["tcp_tuples"].as_u64().unwrap();
+    assert!(tuples > (udp + tcp) / 2, "{summary}");
+    assert_eq!(ev["sessions_created"].as_u64(), Some(tuples), "{ev}");
+    let per_worker: Vec<u64> = stats["workers"].as_array().unwrap().iter().map(|w| w["events"]["sessions_created"].as_u64().unwrap()).collect();
+    println!("sessions per worker {per_worker:?}, hand-offs {}", ev["handoff_out"]);
+    assert!(per_worker.iter().all(|n| *n > 0), "{per_worker:?}");
+    assert_eq!(ev["handoff_in"], ev["handoff_out"]);
+    let rx_per_worker: Vec<u64> = live["workers"].as_array().unwrap().iter().map(|w| w["rx_packets"].as_u64().unwrap()).collect();
+    println!("packets received per worker {rx_per_worker:?}");
+}
