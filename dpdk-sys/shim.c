@@ -80,6 +80,21 @@ uint64_t lbd_shim_rss_ip_tcp_udp(void)
 	return RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP;
 }
 
+uint64_t lbd_shim_rss_ipv4_tcp_udp(void)
+{
+	return RTE_ETH_RSS_IPV4 | RTE_ETH_RSS_NONFRAG_IPV4_TCP | RTE_ETH_RSS_NONFRAG_IPV4_UDP;
+}
+
+uint64_t lbd_shim_rss_src_only(void)
+{
+	return RTE_ETH_RSS_L3_SRC_ONLY | RTE_ETH_RSS_L4_SRC_ONLY;
+}
+
+uint64_t lbd_shim_rss_dst_only(void)
+{
+	return RTE_ETH_RSS_L3_DST_ONLY | RTE_ETH_RSS_L4_DST_ONLY;
+}
+
 uint64_t lbd_shim_rx_offload_rss_hash(void)
 {
 	return RTE_ETH_RX_OFFLOAD_RSS_HASH;

@@ -48,6 +48,9 @@ void lbd_shim_pause(void);
 
 /* Flag values built with RTE_BIT64(), which bindgen does not evaluate. */
 uint64_t lbd_shim_rss_ip_tcp_udp(void);
+uint64_t lbd_shim_rss_ipv4_tcp_udp(void);
+uint64_t lbd_shim_rss_src_only(void);
+uint64_t lbd_shim_rss_dst_only(void);
 uint64_t lbd_shim_rx_offload_rss_hash(void);
 uint32_t lbd_shim_ring_f_sp_enq(void);
 uint32_t lbd_shim_ring_f_sc_deq(void);

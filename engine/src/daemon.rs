@@ -1,7 +1,7 @@
 //! Bringing `lbd` up and down: EAL, ports, rings, workers, signals, final
 //! counters.
 
-use crate::config::{Config, MAX_BACKENDS, MAX_LISTENERS};
+use crate::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use crate::counters::WorkerCounters;
 use crate::dataplane::{CoreSettings, Dataplane};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingProducer};
@@ -41,6 +41,11 @@ fn has_lcore_arg(eal: &[String]) -> bool {
 /// to CPU `cpus[(i-1) % len]`, so more workers than CPUs is allowed.
 pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
     let mut args = vec!["lbd".to_owned()];
+    // DPDK's INFO chatter ("Detected CPU lcores", ...) buries lbd's own
+    // lines; warnings and errors still show. `--log-level` in `eal` wins.
+    if !cfg.eal.iter().any(|a| a.starts_with("--log-level")) {
+        args.push("--log-level=notice".to_owned());
+    }
     args.extend(cfg.eal.iter().cloned());
     if !has_lcore_arg(&cfg.eal) {
         let cpus: Vec<u32> = cfg.cpus.clone().unwrap_or_else(|| allowed.to_vec());
@@ -52,6 +57,19 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
         args.push(format!("--lcores={}", map.join(",")));
     }
     args
+}
+
+/// The RSS lbd asks of port `i` with `nrx` RX queues: the client endpoint
+/// hashed with lbd's key, buckets pointing at their owner's queue (or, when
+/// the owner has no queue on this port, at one that hands over).
+fn rss_request(cfg: &Config, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
+    let fields = match cfg.rss_mode(i) {
+        RssMode::Source => dpdk::RssFields::Source,
+        RssMode::Destination => dpdk::RssFields::Destination,
+        RssMode::Off | RssMode::Auto => return None,
+    };
+    let buckets = (0..crate::rss::BUCKETS).map(|b| (crate::rss::bucket_owner(b, cfg.workers) % usize::from(nrx.max(1))) as u16).collect();
+    Some(dpdk::RssRequest { fields, key: crate::rss::RSS_KEY, buckets })
 }
 
 /// Where EAL (as root) keeps its runtime files for these arguments.
@@ -144,6 +162,7 @@ impl Running<'_> {
             })
             .collect();
         let link_up: Vec<bool> = self.ports.iter().map(|p| Port::link_up(p.id)).collect();
+        let rss: Vec<dpdk::RssState> = self.ports.iter().map(|p| p.rss.clone()).collect();
         let snap = self.snapshots.load();
         let version = format!("{} ({})", self.build.version, self.build.git_revision);
         stats::report(&ReportContext {
@@ -157,6 +176,7 @@ impl Running<'_> {
             lcores: &self.lcores,
             device_stats: &device_stats,
             link_up: &link_up,
+            rss: &rss,
             mempool_in_use: self.pool.in_use(),
             mempool_available: self.pool.available(),
         })
@@ -255,13 +275,13 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
     let mut ports = Vec::with_capacity(ids.len());
     let mut queues: Vec<(Vec<dpdk::RxQueue>, Vec<dpdk::TxQueue>)> = Vec::new();
     let mut macs = Vec::new();
-    for ((p, id), nrx) in cfg.ports.iter().zip(&ids).zip(&rxq) {
+    for (i, ((p, id), nrx)) in cfg.ports.iter().zip(&ids).zip(&rxq).enumerate() {
         let setup = PortSetup {
             rx_queues: *nrx,
             tx_queues: cfg.workers as u16,
             rx_descriptors: p.rx_descriptors,
             tx_descriptors: p.tx_descriptors,
-            rss: true,
+            rss: rss_request(cfg, i, *nrx),
             promiscuous: p.promiscuous,
         };
         let (port, rx, tx) = Port::start(*id, &setup, &pool).map_err(|e| format!("port `{}` ({}): {e}", p.name, p.device))?;
@@ -372,7 +392,10 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
         .iter()
         .zip(&macs)
         .zip(&rxq)
-        .map(|((p, m), q)| format!("{}={} {} {}/{} rxq={}", p.name, p.device, m, p.address, p.subnet.prefix_len(), q))
+        .zip(&running.ports)
+        .map(|(((p, m), q), port)| {
+            format!("{}={} {} {}/{} rxq={} rss={}", p.name, p.device, m, p.address, p.subnet.prefix_len(), q, port.rss.mode)
+        })
         .collect();
     eprintln!(
         "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), ports: {}",
@@ -442,6 +465,7 @@ mod tests {
         let a = eal_args(&cfg(""), &[0, 1]);
         assert_eq!(a.last().unwrap(), "--lcores=0@(0,1),1@0,2@1,3@0");
         assert_eq!(a[0], "lbd");
+        assert_eq!(a[1], "--log-level=notice");
         let a = eal_args(&cfg(", \"-l\", \"0-3\""), &[0, 1]);
         assert!(!a.iter().any(|x| x.starts_with("--lcores")));
     }

@@ -268,7 +268,7 @@ impl<P: Packet> State<P> {
                 return self.discard(DropReason::TtlExceeded, pkt, io);
             }
             if !from_handoff {
-                let owner = owner_shard(src, sport, proto, self.workers);
+                let owner = owner_shard(src, sport, self.workers);
                 if owner != self.worker {
                     return io.handoff(owner, pkt);
                 }
@@ -282,7 +282,7 @@ impl<P: Packet> State<P> {
             return self.discard(DropReason::TtlExceeded, pkt, io);
         }
         if !from_handoff {
-            let owner = owner_shard(dst, dport, proto, self.workers);
+            let owner = owner_shard(dst, dport, self.workers);
             if owner != self.worker {
                 return io.handoff(owner, pkt);
             }

@@ -398,6 +398,8 @@ pub struct PortInfo {
     pub max_rx_queues: u16,
     pub max_tx_queues: u16,
     pub rss_offloads: u64,
+    pub reta_size: u16,
+    pub hash_key_size: u8,
     pub socket: i32,
 }
 
@@ -421,14 +423,43 @@ pub struct PortSetup {
     pub tx_queues: u16,
     pub rx_descriptors: u16,
     pub tx_descriptors: u16,
-    pub rss: bool,
+    pub rss: Option<RssRequest>,
     pub promiscuous: bool,
+}
+
+/// Which client-endpoint fields a port's RSS should hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RssFields {
+    Source,
+    Destination,
+}
+
+/// RSS as lbd wants it: Toeplitz with `key` over the client endpoint,
+/// and a RETA repeating `buckets` (bucket → RX queue).
+#[derive(Debug, Clone)]
+pub struct RssRequest {
+    pub fields: RssFields,
+    pub key: [u8; 40],
+    pub buckets: Vec<u16>,
+}
+
+/// What RSS a started port ended up with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RssState {
+    /// "client_source", "client_destination" (hashing the client endpoint
+    /// only, so packets reach their owner), "flows" (the device cannot hash
+    /// the endpoint alone: flows spread, hand-offs fix the rest), or "off".
+    pub mode: String,
+    pub key_set: bool,
+    /// The RETA read back from the device (empty when none).
+    pub reta: Vec<u16>,
 }
 
 /// A configured, started ethdev port.
 #[derive(Debug)]
 pub struct Port {
     pub id: u16,
+    pub rss: RssState,
     started: bool,
 }
 
@@ -473,6 +504,8 @@ impl Port {
             max_rx_queues: info.max_rx_queues,
             max_tx_queues: info.max_tx_queues,
             rss_offloads: info.flow_type_rss_offloads,
+            reta_size: info.reta_size,
+            hash_key_size: info.hash_key_size,
             socket,
         })
     }
@@ -482,12 +515,33 @@ impl Port {
     pub fn start(id: u16, s: &PortSetup, pool: &Mempool) -> Result<(Port, Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
         let info = Self::info(id)?;
         let mut conf = sys::rte_eth_conf::default();
-        if s.rss && s.rx_queues > 1 {
-            // SAFETY: returns a constant.
-            let want = unsafe { sys::lbd_shim_rss_ip_tcp_udp() } & info.rss_offloads;
-            if want != 0 {
+        let mut rss = RssState { mode: "off".into(), ..RssState::default() };
+        let want = s.rss.as_ref().filter(|_| s.rx_queues > 1);
+        // Outlives rte_eth_dev_configure, which reads it through a pointer.
+        let mut key = want.map_or([0u8; 40], |r| r.key);
+        if let Some(r) = want {
+            // SAFETY: these return constants.
+            let (base, src, dst) =
+                unsafe { (sys::lbd_shim_rss_ipv4_tcp_udp(), sys::lbd_shim_rss_src_only(), sys::lbd_shim_rss_dst_only()) };
+            let base = base & info.rss_offloads;
+            if base != 0 {
+                let (only, name) = match r.fields {
+                    RssFields::Source => (src, "client_source"),
+                    RssFields::Destination => (dst, "client_destination"),
+                };
                 conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
-                conf.rx_adv_conf.rss_conf.rss_hf = want;
+                if info.rss_offloads & only == only {
+                    conf.rx_adv_conf.rss_conf.rss_hf = base | only;
+                    rss.mode = name.into();
+                } else {
+                    conf.rx_adv_conf.rss_conf.rss_hf = base;
+                    rss.mode = "flows".into();
+                }
+                if usize::from(info.hash_key_size) == key.len() {
+                    conf.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
+                    conf.rx_adv_conf.rss_conf.rss_key_len = key.len() as u8;
+                    rss.key_set = true;
+                }
             }
         }
         // SAFETY: conf is a valid, fully initialised rte_eth_conf.
@@ -515,7 +569,37 @@ impl Port {
         }
         let rx = (0..s.rx_queues).map(|queue| RxQueue { port: id, queue }).collect();
         let tx = (0..s.tx_queues).map(|queue| TxQueue { port: id, queue }).collect();
-        Ok((Port { id, started: true }, rx, tx))
+        let mut port = Port { id, rss, started: true };
+        if let (Some(r), true) = (want, port.rss.mode != "off") {
+            port.program_reta(&info, &r.buckets);
+        }
+        Ok((port, rx, tx))
+    }
+
+    /// Fills the device RETA with `buckets` repeated (entry i → bucket
+    /// i % len), then reads it back. Devices without a RETA keep theirs.
+    fn program_reta(&mut self, info: &PortInfo, buckets: &[u16]) {
+        let size = usize::from(info.reta_size);
+        if size == 0 || buckets.is_empty() || size % 64 != 0 {
+            return;
+        }
+        let mut conf = vec![sys::rte_eth_rss_reta_entry64::default(); size / 64];
+        for (i, c) in conf.iter_mut().enumerate() {
+            c.mask = u64::MAX;
+            for j in 0..64 {
+                c.reta[j] = buckets[(i * 64 + j) % buckets.len()];
+            }
+        }
+        // SAFETY: `conf` holds reta_size entries in groups of 64.
+        let rc = unsafe { sys::rte_eth_dev_rss_reta_update(self.id, conf.as_mut_ptr(), info.reta_size) };
+        if rc != 0 {
+            self.rss.mode = format!("{} (RETA not programmable)", self.rss.mode);
+        }
+        let mut back = vec![sys::rte_eth_rss_reta_entry64 { mask: u64::MAX, reta: [0; 64] }; size / 64];
+        // SAFETY: as above, for reading.
+        if unsafe { sys::rte_eth_dev_rss_reta_query(self.id, back.as_mut_ptr(), info.reta_size) } == 0 {
+            self.rss.reta = back.iter().flat_map(|c| c.reta).collect();
+        }
     }
 
     /// Replaces the device's MAC address.

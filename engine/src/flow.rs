@@ -36,37 +36,16 @@ impl FlowKey {
 }
 
 /// The worker that owns every session of the client endpoint
-/// (`ip`, `port`, `proto`).
-///
-/// A NAT session's request (client→VIP) and reply (backend→client) share
-/// only the client endpoint, so both directions hash it: source fields of a
-/// request, destination fields of a reply.
+/// (`ip`, `port`): source fields of a request, destination fields of a
+/// reply. See [`crate::rss`] for why this is a Toeplitz hash.
 #[inline]
-pub fn owner_shard(ip: u32, port: u16, proto: u8, workers: usize) -> usize {
-    let h = fold_mul((u64::from(ip) << 32 | u64::from(port) << 8 | u64::from(proto)) ^ K1, K0);
-    // Lemire's multiply-shift range reduction: no division.
-    (((h >> 32) * workers as u64) >> 32) as usize
+pub fn owner_shard(ip: u32, port: u16, workers: usize) -> usize {
+    crate::rss::owner(ip, port, workers)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shard_is_in_range_and_spreads() {
-        for workers in 1..=8 {
-            let mut counts = vec![0u32; workers];
-            for port in 0..8000u16 {
-                let s = owner_shard(0x0a00_0002, 1024 + port, 6, workers);
-                assert!(s < workers);
-                counts[s] += 1;
-            }
-            let expect = 8000 / workers as u32;
-            for c in counts {
-                assert!(c > expect * 8 / 10 && c < expect * 12 / 10, "workers {workers}: {c} vs {expect}");
-            }
-        }
-    }
 
     #[test]
     fn hash_depends_on_every_field() {

@@ -14,6 +14,7 @@ pub mod dataplane;
 pub mod flow;
 pub mod maglev;
 pub mod nat;
+pub mod rss;
 pub mod neighbor;
 pub mod scheduler;
 pub mod session;

@@ -36,6 +36,10 @@ pub struct PortReport {
     pub tx_bytes: u64,
     /// The PMD's own counters.
     pub device_stats: DeviceStats,
+    /// RSS as configured on the device (see `lbd::rss`).
+    pub rss_mode: String,
+    /// The device's RETA read back (RX queue per entry; empty without).
+    pub rss_reta: Vec<u16>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -129,6 +133,7 @@ pub struct ReportContext<'a> {
     pub lcores: &'a [u32],
     pub device_stats: &'a [DeviceStats],
     pub link_up: &'a [bool],
+    pub rss: &'a [crate::dpdk::RssState],
     pub mempool_in_use: u32,
     pub mempool_available: u32,
 }
@@ -151,6 +156,8 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
             tx_packets: sum(&|w| w.ports[i].tx_packets.get()),
             tx_bytes: sum(&|w| w.ports[i].tx_bytes.get()),
             device_stats: cx.device_stats.get(i).copied().unwrap_or_default(),
+            rss_mode: cx.rss.get(i).map_or_else(|| "off".to_owned(), |r| r.mode.clone()),
+            rss_reta: cx.rss.get(i).map(|r| r.reta.clone()).unwrap_or_default(),
         })
         .collect();
     let drops: BTreeMap<&'static str, u64> = DropReason::ALL.iter().map(|r| (r.label(), sum(&|w| w.drop_count(*r)))).collect();

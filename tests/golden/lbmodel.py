@@ -30,9 +30,29 @@ def flow_hash(src, dst, sport, dport, proto):
     return fold_mul(fold_mul(a ^ K0, b ^ K1), K2)
 
 
+RSS_KEY = bytes.fromhex(
+    "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
+)
+
+
+def toeplitz(key, data):
+    """The RSS hash, bit by bit (engine/src/rss.rs)."""
+    k = int.from_bytes(key, "big")
+    klen = len(key) * 8
+    result = 0
+    for i, byte in enumerate(data):
+        for b in range(8):
+            if byte & (0x80 >> b):
+                pos = i * 8 + b
+                result ^= (k >> (klen - 32 - pos)) & 0xFFFFFFFF
+    return result
+
+
 def owner_shard(ip, port, proto, workers):
-    h = fold_mul(((ip_int(ip) << 32) | (port << 8) | proto) ^ K1, K0)
-    return ((h >> 32) * workers) >> 32
+    """Worker owning client endpoint (ip, port): Toeplitz over ip||port,
+    64 buckets, bucket % workers. `proto` does not take part."""
+    h = toeplitz(RSS_KEY, ip_int(ip).to_bytes(4, "big") + port.to_bytes(2, "big"))
+    return (h & 63) % workers
 
 
 def stable_hash(data, seed):

@@ -113,6 +113,20 @@ pub struct PortConfig {
     pub rx_descriptors: u16,
     pub tx_descriptors: u16,
     pub promiscuous: bool,
+    pub rss: RssMode,
+}
+
+/// Which fields the NIC's RSS hash covers on a port (see `crate::rss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RssMode {
+    /// Source if the port faces clients (holds a VIP or the gateway),
+    /// destination otherwise.
+    Auto,
+    /// Clients are the packets' source (the client-facing port).
+    Source,
+    /// Clients are the packets' destination (the backend-facing port).
+    Destination,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +207,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The RSS mode of port `i` with `Auto` resolved.
+    pub fn rss_mode(&self, i: usize) -> RssMode {
+        let p = &self.ports[i];
+        match p.rss {
+            RssMode::Auto => {
+                let faces_clients = p.gateway.is_some() || self.listeners.iter().any(|l| p.subnet.contains(&l.vip));
+                if faces_clients {
+                    RssMode::Source
+                } else {
+                    RssMode::Destination
+                }
+            }
+            m => m,
+        }
+    }
+
     /// The port whose connected subnet holds `ip`.
     pub fn port_for(&self, ip: Ipv4Addr) -> Option<usize> {
         self.ports.iter().position(|p| p.subnet.contains(&ip))
@@ -498,6 +528,12 @@ impl Validator<'_> {
                 rx_descriptors: desc(p.rx_descriptors, "rx_descriptors")?,
                 tx_descriptors: desc(p.tx_descriptors, "tx_descriptors")?,
                 promiscuous: p.promiscuous.unwrap_or(false),
+                rss: match p.rss {
+                    None | Some(RawRss::Auto) => RssMode::Auto,
+                    Some(RawRss::Source) => RssMode::Source,
+                    Some(RawRss::Destination) => RssMode::Destination,
+                    Some(RawRss::Off) => RssMode::Off,
+                },
             });
         }
         Ok(out)

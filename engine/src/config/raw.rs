@@ -54,6 +54,18 @@ pub struct RawPort {
     pub rx_descriptors: Option<u16>,
     pub tx_descriptors: Option<u16>,
     pub promiscuous: Option<bool>,
+    /// How the NIC's RSS hashes: on the client endpoint as source or as
+    /// destination, or not at all.
+    pub rss: Option<RawRss>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRss {
+    Auto,
+    Source,
+    Destination,
+    Off,
 }
 
 #[derive(Debug, Deserialize)]

@@ -577,7 +577,7 @@ fn packets_go_to_the_owner_of_the_client_endpoint() {
     let mut hs: Vec<Harness> = (0..workers).map(|w| harness_with(CONFIG, w, workers, 1000)).collect();
     for port in 1000..1300u16 {
         let client = ip("192.168.1.10");
-        let owner = owner_shard(client, port, PROTO_TCP, workers);
+        let owner = owner_shard(client, port, workers);
         // The request arrives at worker (port % 3), reaches the owner.
         let arrive = usize::from(port) % workers;
         hs[arrive].rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, port, 80, FLAG_SYN, b""));
