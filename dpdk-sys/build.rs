@@ -22,11 +22,7 @@ fn pkg_config(args: &[&str]) -> Vec<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    String::from_utf8(out.stdout)
-        .expect("pkg-config printed non-UTF-8")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8(out.stdout).expect("pkg-config printed non-UTF-8").split_whitespace().map(str::to_owned).collect()
 }
 
 fn main() {
@@ -79,7 +75,5 @@ fn main() {
         .expect("bindgen failed on the DPDK headers");
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    bindings
-        .write_to_file(out.join("bindings.rs"))
-        .expect("cannot write bindings.rs");
+    bindings.write_to_file(out.join("bindings.rs")).expect("cannot write bindings.rs");
 }

@@ -1,5 +1,7 @@
 //! `lbd`: a thin entry point; the daemon lives in the `engine` crate.
 
+#![forbid(unsafe_code)]
+
 fn main() -> std::process::ExitCode {
     engine::cli::main(engine::BuildInfo {
         version: env!("CARGO_PKG_VERSION"),

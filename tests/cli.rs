@@ -8,7 +8,11 @@ use std::process::Command;
 
 fn lbd(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(lbd_bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -58,7 +62,8 @@ fn check_config_errors_name_file_field_and_problem() {
 fn not_root_is_one_clear_line() {
     let dir = TempDir::new("cli-user");
     let cfg = dir.join("ok.yaml");
-    std::fs::write(&cfg, "eal: [\"--no-pci\"]\nports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24}\n").unwrap();
+    std::fs::write(&cfg, "eal: [\"--no-pci\"]\nports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24}\n")
+        .unwrap();
     // The directory must be readable by the unprivileged user.
     Command::new("chmod").args(["755", dir.path().to_str().unwrap()]).status().unwrap();
     Command::new("chmod").args(["644", cfg.to_str().unwrap()]).status().unwrap();

@@ -14,7 +14,8 @@ fn scenario(name: &str) {
     let prefix = unique("lbdg");
     let script = repo().join("tests/golden/golden.py");
     run(Command::new(python()).arg(&script).arg("gen").arg(name).arg(dir.path()).arg(&prefix));
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let rx = meta["rx_packets"].as_u64().unwrap();
     let mut lbd = Lbd::start(&dir.join("config.yaml"), dir.path(), &prefix);
     lbd.wait_processed(rx, false, Duration::from_secs(60));

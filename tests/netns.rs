@@ -53,7 +53,8 @@ impl Drop for Topology {
 
 fn start_lbd(t: &Topology, workers: usize, dir: &TempDir) -> Lbd {
     let prefix = unique("lbdn");
-    let cfg = run(Command::new(repo().join("testbed/topology.sh")).args(["config", &t.name, &workers.to_string(), &prefix]));
+    let cfg =
+        run(Command::new(repo().join("testbed/topology.sh")).args(["config", &t.name, &workers.to_string(), &prefix]));
     let path = dir.join("lbd.yaml");
     std::fs::write(&path, cfg).unwrap();
     Lbd::start(&path, dir.path(), &prefix)
@@ -103,7 +104,11 @@ fn netns_curl_reaches_all_backends_with_the_client_address() {
     }
     println!("60 requests by backend: {per_backend:?}; client addresses seen: {clients:?}");
     assert_eq!(per_backend.keys().cloned().collect::<Vec<_>>(), vec!["be1", "be2", "be3"]);
-    assert_eq!(clients.into_iter().collect::<Vec<_>>(), vec!["10.0.0.2".to_owned()], "NAT mode keeps the client address");
+    assert_eq!(
+        clients.into_iter().collect::<Vec<_>>(),
+        vec!["10.0.0.2".to_owned()],
+        "NAT mode keeps the client address"
+    );
     // Ping the VIP: lbd answers ICMP echo for it.
     t.client_ok(&["ping", "-c", "2", "-W", "2", "10.0.0.100"]);
     let (status, stats) = lbd.stop();
@@ -151,7 +156,15 @@ fn netns_long_download_is_intact() {
     let size = 64 * 1024 * 1024;
     let file = dir.join("download.bin");
     let start = std::time::Instant::now();
-    t.client_ok(&["curl", "-sS", "--max-time", "120", "-o", file.to_str().unwrap(), &format!("http://10.0.0.100/bytes/{size}")]);
+    t.client_ok(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "-o",
+        file.to_str().unwrap(),
+        &format!("http://10.0.0.100/bytes/{size}"),
+    ]);
     let secs = start.elapsed().as_secs_f64();
     let data = std::fs::read(&file).unwrap();
     assert_eq!(data.len(), size);
@@ -205,10 +218,16 @@ fn netns_three_workers_thousands_of_flows() {
     let tuples = summary["udp_tuples"].as_u64().unwrap() + summary["tcp_tuples"].as_u64().unwrap();
     assert!(tuples > (udp + tcp) / 2, "{summary}");
     assert_eq!(ev["sessions_created"].as_u64(), Some(tuples), "{ev}");
-    let per_worker: Vec<u64> = stats["workers"].as_array().unwrap().iter().map(|w| w["events"]["sessions_created"].as_u64().unwrap()).collect();
+    let per_worker: Vec<u64> = stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["events"]["sessions_created"].as_u64().unwrap())
+        .collect();
     println!("sessions per worker {per_worker:?}, hand-offs {}", ev["handoff_out"]);
     assert!(per_worker.iter().all(|n| *n > 0), "{per_worker:?}");
     assert_eq!(ev["handoff_in"], ev["handoff_out"]);
-    let rx_per_worker: Vec<u64> = live["workers"].as_array().unwrap().iter().map(|w| w["rx_packets"].as_u64().unwrap()).collect();
+    let rx_per_worker: Vec<u64> =
+        live["workers"].as_array().unwrap().iter().map(|w| w["rx_packets"].as_u64().unwrap()).collect();
     println!("packets received per worker {rx_per_worker:?}");
 }

@@ -78,6 +78,9 @@ fn too_few_tx_queues_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let last = err.lines().last().unwrap();
-    assert!(last.starts_with("lbd: port `ext` (net_pcap0, driver net_pcap) has 1 TX queue(s) but 2 workers need one each"), "{last}");
+    assert!(
+        last.starts_with("lbd: port `ext` (net_pcap0, driver net_pcap) has 1 TX queue(s) but 2 workers need one each"),
+        "{last}"
+    );
     assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists());
 }

@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "lbd",
-    about = "Layer-4 load balancer on DPDK (NAT mode, Maglev)",
-    disable_version_flag = true
-)]
+#[command(name = "lbd", about = "Layer-4 load balancer on DPDK (NAT mode, Maglev)", disable_version_flag = true)]
 struct Args {
     /// Run with this configuration file.
     #[arg(short, long, value_name = "FILE", required_unless_present_any = ["check_config", "version"])]
@@ -34,10 +30,7 @@ struct Args {
 pub fn main(build: BuildInfo) -> ExitCode {
     let args = Args::parse();
     if args.version {
-        println!(
-            "lbd {} (git {}, built with DPDK {})",
-            build.version, build.git_revision, build.dpdk_build_version
-        );
+        println!("lbd {} (git {}, built with DPDK {})", build.version, build.git_revision, build.dpdk_build_version);
         return ExitCode::SUCCESS;
     }
     if let Some(path) = args.check_config {

@@ -68,7 +68,9 @@ fn rss_request(cfg: &Config, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
         RssMode::Destination => dpdk::RssFields::Destination,
         RssMode::Off | RssMode::Auto => return None,
     };
-    let buckets = (0..crate::rss::BUCKETS).map(|b| (crate::rss::bucket_owner(b, cfg.workers) % usize::from(nrx.max(1))) as u16).collect();
+    let buckets = (0..crate::rss::BUCKETS)
+        .map(|b| (crate::rss::bucket_owner(b, cfg.workers) % usize::from(nrx.max(1))) as u16)
+        .collect();
     Some(dpdk::RssRequest { fields, key: crate::rss::RSS_KEY, buckets })
 }
 
@@ -117,7 +119,9 @@ impl Signals {
     fn install(stats_out: Option<PathBuf>) -> Result<Signals, String> {
         let s = Signals { stop: Arc::default(), dump: Arc::default(), reload: Arc::default(), stats_out };
         let reg = |sig, flag: &Arc<AtomicBool>| {
-            signal_hook::flag::register(sig, Arc::clone(flag)).map(|_| ()).map_err(|e| format!("cannot install signal handler: {e}"))
+            signal_hook::flag::register(sig, Arc::clone(flag))
+                .map(|_| ())
+                .map_err(|e| format!("cannot install signal handler: {e}"))
         };
         reg(signal_hook::consts::SIGINT, &s.stop)?;
         reg(signal_hook::consts::SIGTERM, &s.stop)?;
@@ -257,7 +261,10 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
     let mut rxq = Vec::with_capacity(cfg.ports.len());
     for p in &cfg.ports {
         let id = Port::find(&p.device).ok_or_else(|| {
-            format!("port `{}`: no DPDK device named `{}` (is it created by a --vdev in `eal`, or allowed with -a?)", p.name, p.device)
+            format!(
+                "port `{}`: no DPDK device named `{}` (is it created by a --vdev in `eal`, or allowed with -a?)",
+                p.name, p.device
+            )
         })?;
         let info = Port::info(id).map_err(|e| format!("port `{}`: {e}", p.name))?;
         if usize::from(info.max_tx_queues) < cfg.workers {
@@ -284,7 +291,8 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
             rss: rss_request(cfg, i, *nrx),
             promiscuous: p.promiscuous,
         };
-        let (port, rx, tx) = Port::start(*id, &setup, &pool).map_err(|e| format!("port `{}` ({}): {e}", p.name, p.device))?;
+        let (port, rx, tx) =
+            Port::start(*id, &setup, &pool).map_err(|e| format!("port `{}` ({}): {e}", p.name, p.device))?;
         let mac = match p.mac {
             None => MacAddr(Port::mac(*id)),
             Some(m) => {
@@ -394,7 +402,16 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
         .zip(&rxq)
         .zip(&running.ports)
         .map(|(((p, m), q), port)| {
-            format!("{}={} {} {}/{} rxq={} rss={}", p.name, p.device, m, p.address, p.subnet.prefix_len(), q, port.rss.mode)
+            format!(
+                "{}={} {} {}/{} rxq={} rss={}",
+                p.name,
+                p.device,
+                m,
+                p.address,
+                p.subnet.prefix_len(),
+                q,
+                port.rss.mode
+            )
         })
         .collect();
     eprintln!(

@@ -6,8 +6,8 @@
 //! `Vec<u8>` packets and inspect what comes out. Nothing here allocates,
 //! locks or makes a system call per packet.
 
-use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::config::NonSynPolicy;
+use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::flow::{owner_shard, FlowKey};
 use crate::nat::{self, Endpoint};
 use crate::neighbor::{Learned, Maintenance, NeighborCache, Parked, PendingQueue, Resolution};
@@ -49,8 +49,10 @@ pub trait Io<P> {
 /// Sessions checked per full sweep period; the sweep visits every slot
 /// about once per this many milliseconds.
 const SWEEP_PERIOD_MS: u64 = 1000;
-/// Most session slots one tick may look at, bounding the time a tick takes.
-const MAX_SWEEP_PER_TICK: u64 = 4096;
+/// Most session slots one call may look at, bounding the time it takes.
+const MAX_SWEEP_PER_CALL: u64 = 256;
+/// Most slots the sweep may owe (when calls are rare, e.g. while idle).
+const MAX_SWEEP_CREDIT_SLOTS: u64 = 1 << 20;
 const MAX_NEIGHBOR_SCAN_PER_TICK: u64 = 1024;
 
 /// Mutable per-worker state: everything but the snapshot, so a `&Snapshot`
@@ -324,7 +326,16 @@ impl<P: Packet> State<P> {
                     self.counters.backends[b.id as usize].count(Direction::Request, pkt.packet_len());
                     return self.route(snap, pkt, b.addr, io);
                 }
-                let s = Session::new(key.proto, (key.src, key.sport), (key.dst, key.dport), (b.addr, b.port), l.id, b.id, state, self.now);
+                let s = Session::new(
+                    key.proto,
+                    (key.src, key.sport),
+                    (key.dst, key.dport),
+                    (b.addr, b.port),
+                    l.id,
+                    b.id,
+                    state,
+                    self.now,
+                );
                 match self.sessions.insert(s) {
                     Ok(slot) => {
                         self.counters.event(Event::SessionsCreated);
@@ -432,7 +443,8 @@ impl<P: Packet> State<P> {
         let (op, sha, spa, tpa) = (a.operation(), a.sender_mac(), u32::from(a.sender_ip()), u32::from(a.target_ip()));
         let ours = snap.owns_on_port(tpa, in_port);
         // Learn only plausible neighbours: on the link, not us, unicast MAC.
-        let plausible = port.on_link(spa) && spa != port.addr && spa != port.net && !sha.is_multicast() && sha != MacAddr::ZERO;
+        let plausible =
+            port.on_link(spa) && spa != port.addr && spa != port.net && !sha.is_multicast() && sha != MacAddr::ZERO;
         let learned = if plausible {
             // RFC 826: refresh a known sender always; add a new one only
             // when the packet is addressed to us. A copy from another worker
@@ -530,14 +542,15 @@ impl<P: Packet> State<P> {
     fn tick(&mut self, snap: &Snapshot, io: &mut impl Io<P>) {
         let now = self.now;
         let dt = u64::from(now.wrapping_sub(self.last_tick));
-        if dt == 0 {
-            return;
+        // Session expiry: visit every slot about once per sweep period. The
+        // credit grows with time; it is spent a little on every call (loop
+        // iteration), so a large table costs a steady trickle, never a
+        // pause.
+        if dt > 0 {
+            self.sweep_credit = (self.sweep_credit + self.sessions.sweep_span() as u64 * dt)
+                .min(MAX_SWEEP_CREDIT_SLOTS * SWEEP_PERIOD_MS);
         }
-        self.last_tick = now;
-
-        // Session expiry: visit every slot about once per sweep period.
-        self.sweep_credit = (self.sweep_credit + self.sessions.sweep_span() as u64 * dt).min(MAX_SWEEP_PER_TICK * SWEEP_PERIOD_MS);
-        let budget = self.sweep_credit / SWEEP_PERIOD_MS;
+        let budget = (self.sweep_credit / SWEEP_PERIOD_MS).min(MAX_SWEEP_PER_CALL);
         if budget > 0 {
             self.sweep_credit -= budget * SWEEP_PERIOD_MS;
             let c = &self.counters;
@@ -550,6 +563,10 @@ impl<P: Packet> State<P> {
                 c.sessions_active.set(self.sessions.len() as u64);
             }
         }
+        if dt == 0 {
+            return;
+        }
+        self.last_tick = now;
 
         // Neighbour aging and retries: scan the cache twice per retry
         // interval so retries go out on time.

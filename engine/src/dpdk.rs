@@ -6,8 +6,6 @@
 //! exists as exactly one value (queues are polled from one thread only),
 //! and the FFI surface is burst-sized: no per-packet call into C except
 //! freeing or allocating an individual mbuf.
-#![allow(unsafe_code)]
-
 use dpdk_sys as sys;
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -32,9 +30,11 @@ impl fmt::Display for DpdkError {
 impl std::error::Error for DpdkError {}
 
 fn strerror(errnum: i32) -> String {
-    // SAFETY: rte_strerror returns a pointer to a static or per-lcore
-    // NUL-terminated string for any input.
-    let s = unsafe { CStr::from_ptr(sys::rte_strerror(errnum)) };
+    // SAFETY: plain call, valid for any errnum.
+    let p = unsafe { sys::rte_strerror(errnum) };
+    // SAFETY: rte_strerror returns a static or per-lcore NUL-terminated
+    // string.
+    let s = unsafe { CStr::from_ptr(p) };
     s.to_string_lossy().into_owned()
 }
 
@@ -66,11 +66,17 @@ pub fn tsc() -> u64 {
 
 /// The DPDK version of the loaded libraries, e.g. "DPDK 22.11.11".
 pub fn runtime_version() -> String {
-    // SAFETY: these return constants; the prefix is a static C string.
-    unsafe {
-        let prefix = CStr::from_ptr(sys::rte_version_prefix()).to_string_lossy();
-        format!("{}{}.{:02}.{}", prefix, sys::rte_version_year(), sys::rte_version_month(), sys::rte_version_minor())
-    }
+    // SAFETY: returns a pointer to a static C string.
+    let p = unsafe { sys::rte_version_prefix() };
+    // SAFETY: that string is NUL-terminated and lives forever.
+    let prefix = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+    // SAFETY: the three return constants.
+    let year = unsafe { sys::rte_version_year() };
+    // SAFETY: as above.
+    let month = unsafe { sys::rte_version_month() };
+    // SAFETY: as above.
+    let minor = unsafe { sys::rte_version_minor() };
+    format!("{prefix}{year}.{month:02}.{minor}")
 }
 
 static EAL_STARTED: AtomicBool = AtomicBool::new(false);
@@ -90,7 +96,9 @@ impl Eal {
         }
         let mut owned = Vec::with_capacity(args.len());
         for a in args {
-            owned.push(CString::new(a.as_str()).map_err(|_| DpdkError(format!("EAL argument {a:?} contains a NUL byte")))?);
+            owned.push(
+                CString::new(a.as_str()).map_err(|_| DpdkError(format!("EAL argument {a:?} contains a NUL byte")))?,
+            );
         }
         // EAL keeps pointers into argv for the process lifetime: leak it.
         let argv: &'static mut [*mut libc::c_char] =
@@ -154,8 +162,10 @@ impl Eal {
 
     /// `/var/run/dpdk/<file-prefix>` (or the XDG equivalent).
     pub fn runtime_dir(&self) -> PathBuf {
-        // SAFETY: returns a pointer to a static NUL-terminated path.
-        let s = unsafe { CStr::from_ptr(sys::rte_eal_get_runtime_dir()) };
+        // SAFETY: plain query after init.
+        let p = unsafe { sys::rte_eal_get_runtime_dir() };
+        // SAFETY: it points to a static NUL-terminated path.
+        let s = unsafe { CStr::from_ptr(p) };
         PathBuf::from(s.to_string_lossy().into_owned())
     }
 
@@ -255,18 +265,20 @@ impl Mbuf {
     #[inline]
     pub fn data(&self) -> &[u8] {
         let m = self.m();
+        let start = m.buf_addr.cast::<u8>().wrapping_add(usize::from(m.data_off));
         // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's
         // buffer, which the mbuf owns.
-        unsafe { std::slice::from_raw_parts(m.buf_addr.cast::<u8>().add(usize::from(m.data_off)), usize::from(m.data_len)) }
+        unsafe { std::slice::from_raw_parts(start, usize::from(m.data_len)) }
     }
 
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         let m = self.m_mut();
         let len = usize::from(m.data_len);
+        let start = m.buf_addr.cast::<u8>().wrapping_add(usize::from(m.data_off));
         // SAFETY: as in data(); exclusive through &mut self. Mbufs from RX
         // and from alloc are direct with refcnt 1 (nothing here clones).
-        unsafe { std::slice::from_raw_parts_mut(m.buf_addr.cast::<u8>().add(usize::from(m.data_off)), len) }
+        unsafe { std::slice::from_raw_parts_mut(start, len) }
     }
 
     /// Total length over all segments.
@@ -520,9 +532,12 @@ impl Port {
         // Outlives rte_eth_dev_configure, which reads it through a pointer.
         let mut key = want.map_or([0u8; 40], |r| r.key);
         if let Some(r) = want {
-            // SAFETY: these return constants.
-            let (base, src, dst) =
-                unsafe { (sys::lbd_shim_rss_ipv4_tcp_udp(), sys::lbd_shim_rss_src_only(), sys::lbd_shim_rss_dst_only()) };
+            // SAFETY: returns a constant.
+            let base = unsafe { sys::lbd_shim_rss_ipv4_tcp_udp() };
+            // SAFETY: returns a constant.
+            let src = unsafe { sys::lbd_shim_rss_src_only() };
+            // SAFETY: returns a constant.
+            let dst = unsafe { sys::lbd_shim_rss_dst_only() };
             let base = base & info.rss_offloads;
             if base != 0 {
                 let (only, name) = match r.fields {
@@ -548,7 +563,9 @@ impl Port {
         check("rte_eth_dev_configure", unsafe { sys::rte_eth_dev_configure(id, s.rx_queues, s.tx_queues, &conf) })?;
         let (mut nrx, mut ntx) = (s.rx_descriptors, s.tx_descriptors);
         // SAFETY: valid out-pointers.
-        check("rte_eth_dev_adjust_nb_rx_tx_desc", unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut nrx, &mut ntx) })?;
+        check("rte_eth_dev_adjust_nb_rx_tx_desc", unsafe {
+            sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut nrx, &mut ntx)
+        })?;
         let socket = if info.socket < 0 { 0 } else { info.socket as u32 };
         for q in 0..s.rx_queues {
             // SAFETY: NULL rxconf selects the driver default; pool is valid
@@ -559,7 +576,9 @@ impl Port {
         }
         for q in 0..s.tx_queues {
             // SAFETY: NULL txconf selects the driver default.
-            check("rte_eth_tx_queue_setup", unsafe { sys::rte_eth_tx_queue_setup(id, q, ntx, socket, std::ptr::null()) })?;
+            check("rte_eth_tx_queue_setup", unsafe {
+                sys::rte_eth_tx_queue_setup(id, q, ntx, socket, std::ptr::null())
+            })?;
         }
         // SAFETY: configured port.
         check("rte_eth_dev_start", unsafe { sys::rte_eth_dev_start(id) })?;
@@ -672,7 +691,7 @@ impl RxQueue {
         let room = (MAX_BURST - b.len).min(max);
         // SAFETY: the queue is configured and polled only through this
         // unique handle; the array has `room` free slots.
-        let n = unsafe { sys::lbd_shim_rx_burst(self.port, self.queue, b.pkts.as_mut_ptr().add(b.len), room as u16) };
+        let n = unsafe { sys::lbd_shim_rx_burst(self.port, self.queue, b.pkts[b.len..].as_mut_ptr(), room as u16) };
         b.len += usize::from(n);
         usize::from(n)
     }
@@ -687,7 +706,8 @@ impl TxQueue {
         }
         // SAFETY: unique handle; the first len slots are owned mbufs, whose
         // ownership passes to the driver for the first `n`.
-        let n = usize::from(unsafe { sys::lbd_shim_tx_burst(self.port, self.queue, b.pkts.as_mut_ptr(), b.len as u16) });
+        let n =
+            usize::from(unsafe { sys::lbd_shim_tx_burst(self.port, self.queue, b.pkts.as_mut_ptr(), b.len as u16) });
         b.consume_front(n);
         n
     }
@@ -709,7 +729,9 @@ impl Drop for RingInner {
         loop {
             // SAFETY: both ends are gone (this is the last Arc); no thread
             // touches the ring concurrently.
-            let n = unsafe { sys::lbd_shim_ring_dequeue_burst(self.ptr.as_ptr(), b.pkts.as_mut_ptr().cast(), MAX_BURST as u32) };
+            let n = unsafe {
+                sys::lbd_shim_ring_dequeue_burst(self.ptr.as_ptr(), b.pkts.as_mut_ptr().cast(), MAX_BURST as u32)
+            };
             if n == 0 {
                 break;
             }
@@ -740,11 +762,15 @@ impl fmt::Debug for RingConsumer {
 /// Creates an SP/SC ring of `size` (a power of two) slots.
 pub fn ring(name: &str, size: u32, socket: i32) -> Result<(RingProducer, RingConsumer), DpdkError> {
     let c = CString::new(name).map_err(|_| DpdkError("bad ring name".into()))?;
-    // SAFETY: returns constants.
-    let flags = unsafe { sys::lbd_shim_ring_f_sp_enq() | sys::lbd_shim_ring_f_sc_deq() };
+    // SAFETY: returns a constant.
+    let sp = unsafe { sys::lbd_shim_ring_f_sp_enq() };
+    // SAFETY: returns a constant.
+    let sc = unsafe { sys::lbd_shim_ring_f_sc_deq() };
+    let flags = sp | sc;
     // SAFETY: valid name; EAL initialised.
     let p = unsafe { sys::rte_ring_create(c.as_ptr(), size, socket, flags) };
-    let ptr = NonNull::new(p).ok_or_else(|| DpdkError(format!("cannot create ring {name}: {}", strerror(rte_errno()))))?;
+    let ptr =
+        NonNull::new(p).ok_or_else(|| DpdkError(format!("cannot create ring {name}: {}", strerror(rte_errno()))))?;
     let inner = Arc::new(RingInner { ptr });
     Ok((RingProducer(Arc::clone(&inner)), RingConsumer(inner)))
 }
@@ -758,7 +784,8 @@ impl RingProducer {
         }
         // SAFETY: single producer (this unique handle); the first len slots
         // are owned mbufs whose ownership moves into the ring.
-        let n = unsafe { sys::lbd_shim_ring_enqueue_burst(self.0.ptr.as_ptr(), b.pkts.as_ptr().cast(), b.len as u32) } as usize;
+        let n = unsafe { sys::lbd_shim_ring_enqueue_burst(self.0.ptr.as_ptr(), b.pkts.as_ptr().cast(), b.len as u32) }
+            as usize;
         b.consume_front(n);
         n
     }
@@ -771,8 +798,9 @@ impl RingConsumer {
         let room = (MAX_BURST - b.len).min(max);
         // SAFETY: single consumer; the array has `room` free slots, and the
         // mbufs' ownership moves out of the ring into the burst.
-        let n = unsafe { sys::lbd_shim_ring_dequeue_burst(self.0.ptr.as_ptr(), b.pkts.as_mut_ptr().add(b.len).cast(), room as u32) }
-            as usize;
+        let n = unsafe {
+            sys::lbd_shim_ring_dequeue_burst(self.0.ptr.as_ptr(), b.pkts[b.len..].as_mut_ptr().cast(), room as u32)
+        } as usize;
         b.len += n;
         n
     }

@@ -234,7 +234,8 @@ mod tests {
             let all = names(n);
             let before = MaglevTable::build_named(&all, &vec![1; n], m);
             let removed = n / 2;
-            let kept: Vec<String> = all.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, s)| s.clone()).collect();
+            let kept: Vec<String> =
+                all.iter().enumerate().filter(|(i, _)| *i != removed).map(|(_, s)| s.clone()).collect();
             let after = MaglevTable::build_named(&kept, &vec![1; n - 1], m);
             // Map new indices back to the original numbering.
             let orig = |e: u16| if usize::from(e) >= removed { e + 1 } else { e };
@@ -245,7 +246,10 @@ mod tests {
                 }
             }
             let frac = moved_other as f64 / f64::from(m);
-            println!("N={n}: removing one backend moved {moved_other} of the others' slots ({:.2}% of M)", frac * 100.0);
+            println!(
+                "N={n}: removing one backend moved {moved_other} of the others' slots ({:.2}% of M)",
+                frac * 100.0
+            );
             // The paper's Figure 7 puts this well under a few percent for
             // M = 65537; allow 3%.
             assert!(frac < 0.03, "N={n}: {:.2}% moved", frac * 100.0);
@@ -259,7 +263,7 @@ mod tests {
             prop_assume!(n as u32 <= m);
             let t = MaglevTable::build_named(&names(n), &vec![1; n], m);
             let lo = m as usize / n;
-            let hi = lo + usize::from(m as usize % n != 0);
+            let hi = lo + usize::from(!(m as usize).is_multiple_of(n));
             for s in t.shares(n) {
                 prop_assert!(s == lo || s == hi, "share {} not in {}..={}", s, lo, hi);
             }

@@ -40,7 +40,9 @@ pub enum Resolution {
     Hit(MacAddr),
     /// Unknown or unresolved; `request` says whether to send an ARP request
     /// now (the retry interval has passed).
-    Miss { request: bool },
+    Miss {
+        request: bool,
+    },
 }
 
 /// What a learn did.
@@ -90,7 +92,14 @@ impl NeighborCache {
     /// short).
     pub fn new(entries: usize, timers: ArpTimers) -> NeighborCache {
         let size = (entries * 2).next_power_of_two().max(16);
-        NeighborCache { slots: vec![None; size].into_boxed_slice(), mask: size - 1, len: 0, limit: entries, timers, cursor: 0 }
+        NeighborCache {
+            slots: vec![None; size].into_boxed_slice(),
+            mask: size - 1,
+            len: 0,
+            limit: entries,
+            timers,
+            cursor: 0,
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -126,7 +126,13 @@ impl Session {
     /// The key of reply packets (backend→client).
     #[inline]
     pub fn reply_key(&self) -> FlowKey {
-        FlowKey { src: self.backend_ip, dst: self.client_ip, sport: self.backend_port, dport: self.client_port, proto: self.proto }
+        FlowKey {
+            src: self.backend_ip,
+            dst: self.client_ip,
+            sport: self.backend_port,
+            dport: self.client_port,
+            proto: self.proto,
+        }
     }
 
     #[inline]
@@ -251,7 +257,7 @@ impl SessionTable {
     /// (32 bytes per session plus about 21 bytes of index at most), and
     /// the kernel backs it lazily as it is touched.
     pub fn new(capacity: usize) -> SessionTable {
-        assert!(capacity >= 1 && capacity <= (1 << 30));
+        assert!((1..=(1 << 30)).contains(&capacity));
         // Two keys per session, at most 6 of 8 ways used on average.
         let nbuckets = (2 * capacity).div_ceil(6).next_power_of_two().max(2);
         SessionTable {
@@ -402,7 +408,13 @@ impl SessionTable {
     /// Looks at up to `budget` slots from where the last call stopped and
     /// removes those idle past their state's timeout, passing each to
     /// `expired`. Returns the number removed.
-    pub fn expire(&mut self, now: u32, budget: usize, timeouts: &StateTimeouts, mut expired: impl FnMut(&Session)) -> usize {
+    pub fn expire(
+        &mut self,
+        now: u32,
+        budget: usize,
+        timeouts: &StateTimeouts,
+        mut expired: impl FnMut(&Session),
+    ) -> usize {
         if self.high_water == 0 {
             return 0;
         }

@@ -108,8 +108,11 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(ports: &[PortView]) -> RouteTable {
-        let mut routes: Vec<Route> =
-            ports.iter().enumerate().map(|(i, p)| Route { net: p.net, mask: p.mask, port: i as u16, via: None }).collect();
+        let mut routes: Vec<Route> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Route { net: p.net, mask: p.mask, port: i as u16, via: None })
+            .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
         if let Some((i, p)) = ports.iter().enumerate().find(|(_, p)| p.gateway.is_some()) {
             routes.push(Route { net: 0, mask: 0, port: i as u16, via: p.gateway });

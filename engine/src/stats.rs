@@ -61,7 +61,8 @@ impl FlowReport {
         self.sessions_created += c.sessions_created.get();
         // Created minus closed, summed over workers: never negative in
         // total, though a racing read may see one before the other.
-        self.sessions_active = (self.sessions_active + c.sessions_created.get()).saturating_sub(c.sessions_closed.get());
+        self.sessions_active =
+            (self.sessions_active + c.sessions_created.get()).saturating_sub(c.sessions_closed.get());
     }
 }
 
@@ -160,8 +161,10 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
             rss_reta: cx.rss.get(i).map(|r| r.reta.clone()).unwrap_or_default(),
         })
         .collect();
-    let drops: BTreeMap<&'static str, u64> = DropReason::ALL.iter().map(|r| (r.label(), sum(&|w| w.drop_count(*r)))).collect();
-    let events: BTreeMap<&'static str, u64> = Event::ALL.iter().map(|e| (e.label(), sum(&|w| w.event_count(*e)))).collect();
+    let drops: BTreeMap<&'static str, u64> =
+        DropReason::ALL.iter().map(|r| (r.label(), sum(&|w| w.drop_count(*r)))).collect();
+    let events: BTreeMap<&'static str, u64> =
+        Event::ALL.iter().map(|e| (e.label(), sum(&|w| w.event_count(*e)))).collect();
     let listeners = snap
         .listeners
         .iter()

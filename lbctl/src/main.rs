@@ -4,6 +4,8 @@
 //! until then `lbd` reports its counters as JSON on SIGUSR1 and at exit
 //! (`lbd --stats-out PATH`), and this binary says so instead of pretending.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use std::process::ExitCode;
 

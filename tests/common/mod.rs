@@ -172,7 +172,10 @@ impl Lbd {
                 prev = Some(v);
             }
             if start.elapsed() > timeout {
-                panic!("lbd did not process {rx} packets in {timeout:?} (got {got}, parked {parked}):\n{}", self.log_text());
+                panic!(
+                    "lbd did not process {rx} packets in {timeout:?} (got {got}, parked {parked}):\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -269,9 +269,7 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
 }
 
 fn looks_like_path(s: &str) -> bool {
-    !s.is_empty()
-        && !s.contains(' ')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c))
+    !s.is_empty() && !s.contains(' ') && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c))
 }
 
 struct Validator<'a> {
@@ -289,7 +287,9 @@ impl Validator<'_> {
         let Some(s) = v else { return Ok(default) };
         let d = match humantime::parse_duration(s.trim()) {
             Ok(d) => d,
-            Err(e) => return self.err(field, format!("`{s}` is not a duration ({e}); write e.g. `10s`, `15m`, `100ms`")),
+            Err(e) => {
+                return self.err(field, format!("`{s}` is not a duration ({e}); write e.g. `10s`, `15m`, `100ms`"))
+            }
         };
         if d < min {
             return self.err(field, format!("{s} is too short (minimum {})", humantime::format_duration(min)));
@@ -357,15 +357,20 @@ impl Validator<'_> {
                 return self.err("lcores.cpus", format!("CPU {c} is out of range"));
             }
         }
-        let idle_sleep = self.duration("lcores.idle_sleep", raw.lcores.idle_sleep.as_ref(), Duration::ZERO, Duration::ZERO)?;
+        let idle_sleep =
+            self.duration("lcores.idle_sleep", raw.lcores.idle_sleep.as_ref(), Duration::ZERO, Duration::ZERO)?;
         if idle_sleep > Duration::from_millis(10) {
-            return self.err("lcores.idle_sleep", "must be at most 10ms: a longer sleep stalls traffic after a quiet spell");
+            return self
+                .err("lcores.idle_sleep", "must be at most 10ms: a longer sleep stalls traffic after a quiet spell");
         }
         let burst = raw.lcores.burst.unwrap_or(32);
         if !(1..=256).contains(&burst) {
             return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
         }
-        let has_lcore_arg = raw.eal.iter().any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2));
+        let has_lcore_arg = raw
+            .eal
+            .iter()
+            .any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2));
         if has_lcore_arg && raw.lcores.cpus.is_some() {
             return self.err("lcores.cpus", "cannot be combined with -l/-c/--lcores in `eal`; use one or the other");
         }
@@ -378,7 +383,12 @@ impl Validator<'_> {
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             tcp_syn: self.duration("timeouts.tcp_syn", t.tcp_syn.as_ref(), d.tcp_syn, one)?,
-            tcp_established: self.duration("timeouts.tcp_established", t.tcp_established.as_ref(), d.tcp_established, one)?,
+            tcp_established: self.duration(
+                "timeouts.tcp_established",
+                t.tcp_established.as_ref(),
+                d.tcp_established,
+                one,
+            )?,
             tcp_closing: self.duration("timeouts.tcp_closing", t.tcp_closing.as_ref(), d.tcp_closing, one)?,
             tcp_closed: self.duration("timeouts.tcp_closed", t.tcp_closed.as_ref(), d.tcp_closed, one)?,
             udp: self.duration("timeouts.udp", t.udp.as_ref(), d.udp, one)?,
@@ -386,14 +396,20 @@ impl Validator<'_> {
 
         let cap = raw.sessions.capacity_per_worker.unwrap_or(1_000_000);
         if cap == 0 || cap > MAX_SESSIONS_PER_WORKER {
-            return self.err("sessions.capacity_per_worker", format!("{cap} is out of range (1..={MAX_SESSIONS_PER_WORKER})"));
+            return self
+                .err("sessions.capacity_per_worker", format!("{cap} is out of range (1..={MAX_SESSIONS_PER_WORKER})"));
         }
 
         let da = ArpConfig::default();
         let a = &raw.arp;
         let arp = ArpConfig {
             reachable_time: self.duration("arp.reachable_time", a.reachable_time.as_ref(), da.reachable_time, one)?,
-            retry_interval: self.duration("arp.retry_interval", a.retry_interval.as_ref(), da.retry_interval, Duration::from_millis(10))?,
+            retry_interval: self.duration(
+                "arp.retry_interval",
+                a.retry_interval.as_ref(),
+                da.retry_interval,
+                Duration::from_millis(10),
+            )?,
             max_retries: a.max_retries.unwrap_or(da.max_retries),
             queue_length: a.queue_length.map_or(da.queue_length, |v| v as usize),
             cache_size: a.cache_size.map_or(da.cache_size, |v| v as usize),
@@ -458,19 +474,31 @@ impl Validator<'_> {
             }
             let net: Ipv4Net = match p.address.trim().parse() {
                 Ok(n) => n,
-                Err(_) => return self.err(f("address"), format!("`{}` is not an IPv4 address with prefix length, e.g. 10.0.0.1/24", p.address)),
+                Err(_) => {
+                    return self.err(
+                        f("address"),
+                        format!("`{}` is not an IPv4 address with prefix length, e.g. 10.0.0.1/24", p.address),
+                    )
+                }
             };
             let address = net.addr();
             if address.is_unspecified() || address.is_multicast() || address.is_broadcast() || address.is_loopback() {
                 return self.err(f("address"), format!("{address} is not a usable unicast address"));
             }
             if net.prefix_len() < 31 && (address == net.network() || address == net.broadcast()) {
-                return self.err(f("address"), format!("{address} is the network or broadcast address of {}", net.trunc()));
+                return self
+                    .err(f("address"), format!("{address} is the network or broadcast address of {}", net.trunc()));
             }
             let subnet = net.trunc();
             for (j, q) in out.iter().enumerate() {
                 if q.subnet.contains(&subnet.network()) || subnet.contains(&q.subnet.network()) {
-                    return self.err(f("address"), format!("subnet {subnet} overlaps {} of ports[{j}] ({}); routing would be ambiguous", q.subnet, q.name));
+                    return self.err(
+                        f("address"),
+                        format!(
+                            "subnet {subnet} overlaps {} of ports[{j}] ({}); routing would be ambiguous",
+                            q.subnet, q.name
+                        ),
+                    );
                 }
             }
             let gateway = match &p.gateway {
@@ -484,7 +512,13 @@ impl Validator<'_> {
                         return self.err(f("gateway"), format!("{g} is the port's own address"));
                     }
                     if let Some((j, q)) = out.iter().enumerate().find(|(_, q)| q.gateway.is_some()) {
-                        return self.err(f("gateway"), format!("ports[{j}] ({}) already has a gateway; only one port may hold the default route", q.name));
+                        return self.err(
+                            f("gateway"),
+                            format!(
+                                "ports[{j}] ({}) already has a gateway; only one port may hold the default route",
+                                q.name
+                            ),
+                        );
                     }
                     Some(g)
                 }
@@ -541,7 +575,8 @@ impl Validator<'_> {
 
     fn listeners(&self, raw: &[RawListener], ports: &[PortConfig]) -> VResult<Vec<ListenerConfig>> {
         if raw.len() > MAX_LISTENERS {
-            return self.err("listeners", format!("{} listeners is more than the maximum of {MAX_LISTENERS}", raw.len()));
+            return self
+                .err("listeners", format!("{} listeners is more than the maximum of {MAX_LISTENERS}", raw.len()));
         }
         let mut names = HashSet::new();
         let mut tuples: HashMap<(Ipv4Addr, Protocol, u16), usize> = HashMap::new();
@@ -556,7 +591,8 @@ impl Validator<'_> {
             }
             let vip = self.unicast(&f("vip"), &l.vip)?;
             if let Some(p) = ports.iter().find(|p| p.address == vip) {
-                return self.err(f("vip"), format!("{vip} is the address of port `{}`; a VIP needs its own address", p.name));
+                return self
+                    .err(f("vip"), format!("{vip} is the address of port `{}`; a VIP needs its own address", p.name));
             }
             let protocol = match l.protocol {
                 RawProtocol::Tcp => Protocol::Tcp,
@@ -564,13 +600,19 @@ impl Validator<'_> {
             };
             let port = self.l4_port(&f("port"), l.port)?;
             if let Some(j) = tuples.insert((vip, protocol, port), i) {
-                return self.err(f("port"), format!("{vip} {} port {port} is already served by listeners[{j}]", protocol.name()));
+                return self.err(
+                    f("port"),
+                    format!("{vip} {} port {port} is already served by listeners[{j}]", protocol.name()),
+                );
             }
             let scheduler = match l.scheduler {
                 RawScheduler::Maglev => {
                     let m = l.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
                     if !(7..=MAX_MAGLEV_TABLE_SIZE).contains(&m) || !is_prime(m) {
-                        return self.err(f("maglev_table_size"), format!("{m} must be a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} (e.g. 65537, 655373)"));
+                        return self.err(
+                            f("maglev_table_size"),
+                            format!("{m} must be a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} (e.g. 65537, 655373)"),
+                        );
                     }
                     SchedulerKind::Maglev { table_size: m }
                 }
@@ -583,7 +625,10 @@ impl Validator<'_> {
             };
             let tcp_non_syn = match (l.tcp_non_syn, scheduler) {
                 (Some(RawNonSynPolicy::Schedule), SchedulerKind::RoundRobin) => {
-                    return self.err(f("tcp_non_syn"), "`schedule` needs `scheduler: maglev` (round robin cannot find a flow's earlier backend)");
+                    return self.err(
+                        f("tcp_non_syn"),
+                        "`schedule` needs `scheduler: maglev` (round robin cannot find a flow's earlier backend)",
+                    );
                 }
                 (Some(RawNonSynPolicy::Drop), _) | (None, SchedulerKind::RoundRobin) => NonSynPolicy::Drop,
                 (Some(RawNonSynPolicy::Schedule), _) | (None, SchedulerKind::Maglev { .. }) => NonSynPolicy::Schedule,
@@ -601,11 +646,15 @@ impl Validator<'_> {
                 }
                 let in_subnet = ports.iter().any(|p| p.subnet.contains(&address));
                 if !in_subnet && !has_gateway {
-                    return self.err(bf("address"), format!("no route to {address}: it is in no port's subnet and no port has a gateway"));
+                    return self.err(
+                        bf("address"),
+                        format!("no route to {address}: it is in no port's subnet and no port has a gateway"),
+                    );
                 }
                 let bport = self.l4_port(&bf("port"), b.port)?;
                 if b.weight > 65535 {
-                    return self.err(bf("weight"), format!("{} is out of range (0..=65535; 0 drains the backend)", b.weight));
+                    return self
+                        .err(bf("weight"), format!("{} is out of range (0..=65535; 0 drains the backend)", b.weight));
                 }
                 if !seen.insert((address, bport)) {
                     return self.err(bf("address"), format!("backend {address}:{bport} is listed twice"));
@@ -614,7 +663,13 @@ impl Validator<'_> {
             }
             if let SchedulerKind::Maglev { table_size } = scheduler {
                 if backends.len() as u64 > u64::from(table_size) {
-                    return self.err(f("maglev_table_size"), format!("{table_size} is smaller than the {} backends; use at least 100 entries per backend", backends.len()));
+                    return self.err(
+                        f("maglev_table_size"),
+                        format!(
+                            "{table_size} is smaller than the {} backends; use at least 100 entries per backend",
+                            backends.len()
+                        ),
+                    );
                 }
             }
             if backends.len() > usize::from(u16::MAX) {
@@ -624,7 +679,10 @@ impl Validator<'_> {
             out.push(ListenerConfig { name: l.name.clone(), vip, protocol, port, scheduler, tcp_non_syn, backends });
         }
         if total_backends > MAX_BACKENDS {
-            return self.err("listeners", format!("{total_backends} backends in all is more than the maximum of {MAX_BACKENDS}"));
+            return self.err(
+                "listeners",
+                format!("{total_backends} backends in all is more than the maximum of {MAX_BACKENDS}"),
+            );
         }
         Ok(out)
     }
@@ -634,12 +692,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while u64::from(d) * u64::from(d) <= u64::from(n) {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;

@@ -133,10 +133,8 @@ fn semantic_conflicts_are_rejected() {
     assert_eq!(e.field, "listeners[0].backends[1].address");
     assert!(e.message.contains("listed twice"), "{e}");
 
-    let dup = GOOD.replace(
-        "timeouts:",
-        "  - {name: web2, vip: 10.0.0.100, protocol: tcp, port: 80, backends: []}\ntimeouts:",
-    );
+    let dup = GOOD
+        .replace("timeouts:", "  - {name: web2, vip: 10.0.0.100, protocol: tcp, port: 80, backends: []}\ntimeouts:");
     let e = parse_str(&dup).unwrap_err();
     assert_eq!(e.field, "listeners[1].port");
     assert!(e.message.contains("already served by listeners[0]"), "{e}");
@@ -145,20 +143,21 @@ fn semantic_conflicts_are_rejected() {
     let e = parse_str(&rr).unwrap_err();
     assert_eq!(e.field, "listeners[0].tcp_non_syn");
 
-    let unroutable = GOOD.replace("    gateway: 10.0.0.254\n", "").replace("    neighbors: [{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}]\n", "");
+    let unroutable = GOOD
+        .replace("    gateway: 10.0.0.254\n", "")
+        .replace("    neighbors: [{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}]\n", "");
     let e = parse_str(&unroutable).unwrap_err();
     assert_eq!(e.field, "listeners[0].backends[0].address");
     assert!(e.message.contains("no route"), "{e}");
 
-    let overlap = GOOD.replace(
-        "listeners:",
-        "  - {name: int, device: net_pcap1, address: 10.0.0.2/16}\nlisteners:",
-    );
+    let overlap = GOOD.replace("listeners:", "  - {name: int, device: net_pcap1, address: 10.0.0.2/16}\nlisteners:");
     let e = parse_str(&overlap).unwrap_err();
     assert_eq!(e.field, "ports[1].address");
     assert!(e.message.contains("overlaps"), "{e}");
 
-    let lcores = GOOD.replace("lcores: {workers: 1}", "lcores: {workers: 1, cpus: [0]}").replace("\"--no-pci\"", "\"--no-pci\", \"-l\", \"0-1\"");
+    let lcores = GOOD
+        .replace("lcores: {workers: 1}", "lcores: {workers: 1, cpus: [0]}")
+        .replace("\"--no-pci\"", "\"--no-pci\", \"-l\", \"0-1\"");
     let e = parse_str(&lcores).unwrap_err();
     assert_eq!(e.field, "lcores.cpus");
 }

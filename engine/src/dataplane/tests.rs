@@ -129,7 +129,8 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
     let cfg = config::parse(yaml, Path::new("test.yaml")).expect("test config is valid");
     let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &mut IdRegistry::default(), 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
-    let settings = CoreSettings { worker, workers, session_capacity: capacity, neighbor_capacity: 64, pending_capacity: 4 };
+    let settings =
+        CoreSettings { worker, workers, session_capacity: capacity, neighbor_capacity: 64, pending_capacity: 4 };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
     Harness { dp, counters, io: TestIo::default() }
@@ -156,7 +157,17 @@ impl Harness {
 
 /// An Ethernet/IPv4/TCP|UDP frame with correct checksums.
 #[allow(clippy::too_many_arguments)]
-fn l4_frame(dst_mac: MacAddr, src_mac: MacAddr, proto: u8, src: u32, dst: u32, sport: u16, dport: u16, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+fn l4_frame(
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
+    proto: u8,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let l4h = if proto == PROTO_TCP { 20 } else { 8 };
     let total = 20 + l4h + payload.len();
     let mut f = vec![0u8; 14 + total];
@@ -364,7 +375,10 @@ fn round_robin_alternates_backends() {
     let mut h = harness();
     let mut seen = Vec::new();
     for p in 0..4 {
-        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), ip("10.0.0.100"), 30000 + p, 81, FLAG_SYN, b""));
+        h.rx(
+            0,
+            l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), ip("10.0.0.100"), 30000 + p, 81, FLAG_SYN, b""),
+        );
         seen.push(backend_of(&h.take_tx()[0].1).0);
     }
     assert_eq!(seen, vec![ip("10.1.0.11"), ip("10.1.0.12"), ip("10.1.0.11"), ip("10.1.0.12")]);
@@ -486,11 +500,26 @@ fn drops_have_reasons() {
     off[14 + 20 + 12] = 3 << 4;
     cases.push((off, DropReason::L4BadHeader));
     cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 1, 8080, FLAG_SYN, b""), DropReason::NoListener));
-    cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.1"), 1, 22, FLAG_SYN, b""), DropReason::NoListener));
-    cases.push((l4_frame(EXT_MAC, B1_MAC, PROTO_TCP, ip("10.1.0.11"), client, 8080, 1, FLAG_ACK, b""), DropReason::NoSession));
-    cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.102"), 1, 80, FLAG_SYN, b""), DropReason::NoBackend));
-    cases.push((arp_frame(arp::OP_REQUEST, CLIENT_MAC, 1, MacAddr::ZERO, 2, MacAddr::BROADCAST)[..30].to_vec(), DropReason::ArpMalformed));
-    cases.push((l4_frame(EXT_MAC, GW_MAC, PROTO_ICMP, client, ip("10.1.0.11"), 0, 0, 0, b""), DropReason::IcmpUnsupported));
+    cases.push((
+        l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.1"), 1, 22, FLAG_SYN, b""),
+        DropReason::NoListener,
+    ));
+    cases.push((
+        l4_frame(EXT_MAC, B1_MAC, PROTO_TCP, ip("10.1.0.11"), client, 8080, 1, FLAG_ACK, b""),
+        DropReason::NoSession,
+    ));
+    cases.push((
+        l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.102"), 1, 80, FLAG_SYN, b""),
+        DropReason::NoBackend,
+    ));
+    cases.push((
+        arp_frame(arp::OP_REQUEST, CLIENT_MAC, 1, MacAddr::ZERO, 2, MacAddr::BROADCAST)[..30].to_vec(),
+        DropReason::ArpMalformed,
+    ));
+    cases.push((
+        l4_frame(EXT_MAC, GW_MAC, PROTO_ICMP, client, ip("10.1.0.11"), 0, 0, 0, b""),
+        DropReason::IcmpUnsupported,
+    ));
     for (i, (frame, reason)) in cases.into_iter().enumerate() {
         let before = h.drops(reason);
         let all_before = h.total_drops();
@@ -587,7 +616,10 @@ fn packets_go_to_the_owner_of_the_client_endpoint() {
         } else {
             let (w, p) = hs[arrive].io.handoff.pop().expect("handed off");
             assert_eq!(w, owner);
-            { let h = &mut hs[owner]; h.dp.process_handoff(p, &mut h.io); }
+            {
+                let h = &mut hs[owner];
+                h.dp.process_handoff(p, &mut h.io);
+            }
             hs[owner].take_tx()
         };
         let (baddr, bport) = backend_of(&delivered[0].1);
@@ -600,7 +632,10 @@ fn packets_go_to_the_owner_of_the_client_endpoint() {
         } else {
             let (w, p) = hs[arrive].io.handoff.pop().expect("handed off");
             assert_eq!(w, owner);
-            { let h = &mut hs[owner]; h.dp.process_handoff(p, &mut h.io); }
+            {
+                let h = &mut hs[owner];
+                h.dp.process_handoff(p, &mut h.io);
+            }
             hs[owner].take_tx()
         };
         assert_frame(&out[0].1, GW_MAC, EXT_MAC, vip, client, 80, port, 63);
@@ -635,7 +670,10 @@ fn accounted(h: &Harness) -> u64 {
         .iter()
         .map(|e| h.counters.event_count(*e))
         .sum();
-    let forwarded = h.io.tx.len() as u64 - h.counters.event_count(Event::ArpRequestsSent) - h.counters.event_count(Event::ArpRepliesSent) - h.counters.event_count(Event::IcmpEchoReplies);
+    let forwarded = h.io.tx.len() as u64
+        - h.counters.event_count(Event::ArpRequestsSent)
+        - h.counters.event_count(Event::ArpRepliesSent)
+        - h.counters.event_count(Event::IcmpEchoReplies);
     forwarded + h.total_drops() + consumed + h.dp.parked() as u64 + h.io.handoff.len() as u64
 }
 

@@ -61,11 +61,8 @@ pub fn adjust16(check: u16, old: u16, new: u16) -> u16 {
 /// [`adjust16`] for a 32-bit field (an IPv4 address) covered by the sum.
 #[inline]
 pub fn adjust32(check: u16, old: u32, new: u32) -> u16 {
-    let sum = u32::from(!check)
-        + u32::from(!(old >> 16) as u16)
-        + u32::from(!(old as u16))
-        + (new >> 16)
-        + (new & 0xffff);
+    let sum =
+        u32::from(!check) + u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff);
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)

@@ -165,9 +165,7 @@ mod tests {
     use super::*;
 
     fn header() -> Vec<u8> {
-        let mut h = vec![
-            0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 100,
-        ];
+        let mut h = vec![0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 100];
         h.extend_from_slice(&[0u8; 8]);
         let mut p = Ipv4Packet::new_checked(&mut h[..]).unwrap();
         p.fill_checksum();
