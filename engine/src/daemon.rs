@@ -148,23 +148,7 @@ struct Running<'e> {
 impl Running<'_> {
     fn report(&mut self, is_final: bool) -> stats::Report {
         self.seq += 1;
-        let device_stats: Vec<DeviceStats> = self
-            .ports
-            .iter()
-            .map(|p| {
-                let s = Port::stats(p.id);
-                DeviceStats {
-                    ipackets: s.ipackets,
-                    opackets: s.opackets,
-                    ibytes: s.ibytes,
-                    obytes: s.obytes,
-                    imissed: s.imissed,
-                    ierrors: s.ierrors,
-                    oerrors: s.oerrors,
-                    rx_nombuf: s.rx_nombuf,
-                }
-            })
-            .collect();
+        let device_stats: Vec<DeviceStats> = self.ports.iter().map(|p| Port::stats(p.id)).collect();
         let link_up: Vec<bool> = self.ports.iter().map(|p| Port::link_up(p.id)).collect();
         let rss: Vec<dpdk::RssState> = self.ports.iter().map(|p| p.rss.clone()).collect();
         let snap = self.snapshots.load();

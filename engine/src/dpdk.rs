@@ -416,7 +416,7 @@ pub struct PortInfo {
 }
 
 /// Counters the PMD keeps (`rte_eth_stats`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct PortStats {
     pub ipackets: u64,
     pub opackets: u64,

@@ -11,17 +11,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-#[derive(Debug, Serialize, Default, Clone, Copy)]
-pub struct DeviceStats {
-    pub ipackets: u64,
-    pub opackets: u64,
-    pub ibytes: u64,
-    pub obytes: u64,
-    pub imissed: u64,
-    pub ierrors: u64,
-    pub oerrors: u64,
-    pub rx_nombuf: u64,
-}
+pub use crate::dpdk::PortStats as DeviceStats;
 
 #[derive(Debug, Serialize)]
 pub struct PortReport {

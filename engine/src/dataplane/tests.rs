@@ -238,6 +238,14 @@ fn assert_frame(f: &[u8], dst_mac: MacAddr, src_mac: MacAddr, src: u32, dst: u32
     assert_eq!(got, l4_checksum(f), "l4 checksum");
 }
 
+/// Recomputes the IPv4 header checksum of a frame after an edit.
+fn fix_ip_checksum(f: &mut [u8]) {
+    f[24] = 0;
+    f[25] = 0;
+    let c = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
 fn arp_frame(op: u16, sha: MacAddr, spa: u32, tha: MacAddr, tpa: u32, dst_mac: MacAddr) -> Vec<u8> {
     let mut f = vec![0u8; 60];
     f[0..6].copy_from_slice(&dst_mac.0);
@@ -468,33 +476,15 @@ fn drops_have_reasons() {
     cases.push((m, DropReason::IpBadChecksum));
     let mut frag = base.clone();
     frag[20] = 0x20; // MF
-    let c = checksum(&{
-        let mut h = frag[14..34].to_vec();
-        h[10] = 0;
-        h[11] = 0;
-        h
-    });
-    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    fix_ip_checksum(&mut frag);
     cases.push((frag, DropReason::IpFragment));
     let mut ttl = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b"");
     ttl[22] = 1;
-    let c = checksum(&{
-        let mut h = ttl[14..34].to_vec();
-        h[10] = 0;
-        h[11] = 0;
-        h
-    });
-    ttl[24..26].copy_from_slice(&c.to_be_bytes());
+    fix_ip_checksum(&mut ttl);
     cases.push((ttl, DropReason::TtlExceeded));
     let mut gre = base.clone();
     gre[23] = 47;
-    let c = checksum(&{
-        let mut h = gre[14..34].to_vec();
-        h[10] = 0;
-        h[11] = 0;
-        h
-    });
-    gre[24..26].copy_from_slice(&c.to_be_bytes());
+    fix_ip_checksum(&mut gre);
     cases.push((gre, DropReason::UnsupportedProtocol));
     let mut off = base.clone();
     off[14 + 20 + 12] = 3 << 4;
@@ -536,13 +526,7 @@ fn icmp_echo_to_vip_is_answered() {
     let mut f = l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip("192.168.1.10"), ip("10.0.0.100"), 0, 0, 0, b"pingdata");
     // Turn the UDP frame into an ICMP echo request.
     f[23] = PROTO_ICMP;
-    let ipc = {
-        let mut h = f[14..34].to_vec();
-        h[10] = 0;
-        h[11] = 0;
-        checksum(&h)
-    };
-    f[24..26].copy_from_slice(&ipc.to_be_bytes());
+    fix_ip_checksum(&mut f);
     f[34] = icmp::ECHO_REQUEST;
     f[35] = 0;
     f[36] = 0;
@@ -599,6 +583,22 @@ fn sessions_expire_by_state() {
     assert_eq!(h.counters.sessions_active.get(), 0);
 }
 
+/// Receives `frame` at worker `arrive` on `port`; when that is not the
+/// owner, checks it was handed to `owner` and lets the owner process it.
+/// Returns what the owner sent.
+fn deliver(hs: &mut [Harness], arrive: usize, owner: usize, port: u16, frame: Vec<u8>) -> Vec<(u16, Vec<u8>)> {
+    hs[arrive].rx(port, frame);
+    if arrive == owner {
+        assert!(hs[arrive].io.handoff.is_empty());
+        return hs[arrive].take_tx();
+    }
+    let (w, p) = hs[arrive].io.handoff.pop().expect("handed off");
+    assert_eq!(w, owner);
+    let h = &mut hs[owner];
+    h.dp.process_handoff(p, &mut h.io);
+    h.take_tx()
+}
+
 #[test]
 fn packets_go_to_the_owner_of_the_client_endpoint() {
     let workers = 3;
@@ -609,35 +609,14 @@ fn packets_go_to_the_owner_of_the_client_endpoint() {
         let owner = owner_shard(client, port, workers);
         // The request arrives at worker (port % 3), reaches the owner.
         let arrive = usize::from(port) % workers;
-        hs[arrive].rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, port, 80, FLAG_SYN, b""));
-        let delivered = if arrive == owner {
-            assert!(hs[arrive].io.handoff.is_empty());
-            hs[arrive].take_tx()
-        } else {
-            let (w, p) = hs[arrive].io.handoff.pop().expect("handed off");
-            assert_eq!(w, owner);
-            {
-                let h = &mut hs[owner];
-                h.dp.process_handoff(p, &mut h.io);
-            }
-            hs[owner].take_tx()
-        };
+        let syn = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, port, 80, FLAG_SYN, b"");
+        let delivered = deliver(&mut hs, arrive, owner, 0, syn);
         let (baddr, bport) = backend_of(&delivered[0].1);
         // The reply arrives at another worker and reaches the same owner.
         let arrive = (usize::from(port) + 1) % workers;
         let bmac = if baddr == ip("10.1.0.11") { B1_MAC } else { MacAddr([2, 0, 0, 0, 0, 0x12]) };
-        hs[arrive].rx(1, l4_frame(INT_MAC, bmac, PROTO_TCP, baddr, client, bport, port, FLAG_SYN | FLAG_ACK, b""));
-        let out = if arrive == owner {
-            hs[arrive].take_tx()
-        } else {
-            let (w, p) = hs[arrive].io.handoff.pop().expect("handed off");
-            assert_eq!(w, owner);
-            {
-                let h = &mut hs[owner];
-                h.dp.process_handoff(p, &mut h.io);
-            }
-            hs[owner].take_tx()
-        };
+        let synack = l4_frame(INT_MAC, bmac, PROTO_TCP, baddr, client, bport, port, FLAG_SYN | FLAG_ACK, b"");
+        let out = deliver(&mut hs, arrive, owner, 1, synack);
         assert_frame(&out[0].1, GW_MAC, EXT_MAC, vip, client, 80, port, 63);
     }
     let total: usize = hs.iter().map(|h| h.dp.sessions().len()).sum();
