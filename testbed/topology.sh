@@ -143,7 +143,7 @@ config() {
 eal: ["--no-pci", "--no-huge", "-m", "1024", "--file-prefix", "$prefix", "--no-telemetry",
       "--vdev", "net_af_packet0,iface=$name-e,qpairs=$workers",
       "--vdev", "net_af_packet1,iface=$name-i,qpairs=$workers"]
-lcores: {workers: $workers, idle_sleep: $idle}
+lcores: {workers: $workers, idle_sleep: $idle$( ((workers > 1)) && echo ", cpus: [0, 1]")}
 ports:
   - {name: ext, device: net_af_packet0, address: 10.0.0.1/24}
   - {name: int, device: net_af_packet1, address: 10.1.0.1/24}

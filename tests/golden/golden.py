@@ -489,11 +489,13 @@ def config_yaml(s, d, prefix):
     if s.static_neighbors:
         items = [f"{{ip: {ip}, mac: \"{mac}\"}}" for ip, mac in list(BACKENDS.items()) + [(GW_IP, GW_MAC), (ONLINK_CLIENT, ONLINK_MAC)]]
         neighbors = "    neighbors: [" + ", ".join(items) + "]\n"
+    # More workers than CPUs on purpose: 3 workers pinned to CPUs 0 and 1.
+    lcores = f"lcores: {{workers: {s.workers}, cpus: [0, 1]}}\n" if s.workers > 1 else "lcores: {workers: 1}\n"
     return (
         f'eal: ["--no-pci", "--no-huge", "-m", "768", "--file-prefix", "{prefix}", "--no-telemetry",\n'
         f'      "--vdev", "net_pcap0,{rx},{tx}"]\n'
-        f"lcores: {{workers: {s.workers}}}\n"
-        "ports:\n"
+        + lcores
+        + "ports:\n"
         "  - name: lan\n"
         "    device: net_pcap0\n"
         "    address: 10.0.0.1/24\n"
