@@ -54,14 +54,14 @@ pub fn main(build: BuildInfo) -> ExitCode {
         };
     }
     let path = args.config.expect("clap requires --config here");
-    let cfg = match config::load(&path) {
+    let (raw, cfg) = match config::load_raw(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lbd: {e}");
             return ExitCode::from(2);
         }
     };
-    match daemon::run(cfg, RunOptions { stats_out: args.stats_out }, build) {
+    match daemon::run(&path, raw, cfg, RunOptions { stats_out: args.stats_out }, build) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbd: {e}");

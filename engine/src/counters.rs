@@ -141,6 +141,10 @@ reasons! {
         SessionsExpired = "sessions_expired",
         /// TCP non-SYN packets without session rescheduled by Maglev.
         SessionsRescheduled = "sessions_rescheduled",
+        /// Sessions of a removed backend reset (TCP RST to the client).
+        SessionsReset = "sessions_reset",
+        /// Sessions of a removed backend moved to another backend.
+        SessionsMoved = "sessions_moved",
         /// Allocation of an mbuf for an ARP request or copy failed.
         MbufAllocFailed = "mbuf_alloc_failed",
         /// Loop iterations.
@@ -199,6 +203,10 @@ pub struct WorkerCounters {
     pub sessions_active: Counter,
     /// Packets waiting for ARP resolution (gauge).
     pub parked: Counter,
+    /// Generation of the snapshot the worker runs (set when it switches).
+    pub generation: Counter,
+    /// Per-packet processing time.
+    pub latency: crate::latency::LatencyBuckets,
     pub ports: Box<[PortCounters]>,
     pub listeners: Box<[FlowCounters]>,
     pub backends: Box<[FlowCounters]>,
@@ -211,6 +219,8 @@ impl WorkerCounters {
             events: std::array::from_fn(|_| Counter::default()),
             sessions_active: Counter::default(),
             parked: Counter::default(),
+            generation: Counter::default(),
+            latency: crate::latency::LatencyBuckets::default(),
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),
             backends: (0..backends).map(|_| FlowCounters::default()).collect(),

@@ -1,16 +1,21 @@
 //! Bringing `lbd` up and down: EAL, ports, rings, workers, signals, final
 //! counters.
 
+use crate::config::raw::RawConfig;
 use crate::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
+use crate::control::query;
+use crate::control::server::{self, ControlServer};
+use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::counters::WorkerCounters;
 use crate::dataplane::{CoreSettings, Dataplane};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingProducer};
 use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
-use crate::stats::{self, DeviceStats, ReportContext};
 use crate::wire::MacAddr;
 use crate::worker::{PortQueues, RunControl, Worker};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use lbproto::stats::Report;
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,13 +116,11 @@ struct Signals {
     stop: Arc<AtomicBool>,
     dump: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
-    /// Where SIGUSR1 dumps go.
-    stats_out: Option<PathBuf>,
 }
 
 impl Signals {
-    fn install(stats_out: Option<PathBuf>) -> Result<Signals, String> {
-        let s = Signals { stop: Arc::default(), dump: Arc::default(), reload: Arc::default(), stats_out };
+    fn install() -> Result<Signals, String> {
+        let s = Signals { stop: Arc::default(), dump: Arc::default(), reload: Arc::default() };
         let reg = |sig, flag: &Arc<AtomicBool>| {
             signal_hook::flag::register(sig, Arc::clone(flag))
                 .map(|_| ())
@@ -131,47 +134,7 @@ impl Signals {
     }
 }
 
-struct Running<'e> {
-    eal: &'e Eal,
-    ports: Vec<Port>,
-    pool: Arc<Mempool>,
-    snapshots: Arc<SnapshotCell>,
-    counters: Vec<Arc<WorkerCounters>>,
-    lcores: Vec<u32>,
-    control: Arc<RunControl>,
-    started: Instant,
-    build: BuildInfo,
-    dpdk_version: String,
-    seq: u64,
-}
-
-impl Running<'_> {
-    fn report(&mut self, is_final: bool) -> stats::Report {
-        self.seq += 1;
-        let device_stats: Vec<DeviceStats> = self.ports.iter().map(|p| Port::stats(p.id)).collect();
-        let link_up: Vec<bool> = self.ports.iter().map(|p| Port::link_up(p.id)).collect();
-        let rss: Vec<dpdk::RssState> = self.ports.iter().map(|p| p.rss.clone()).collect();
-        let snap = self.snapshots.load();
-        let version = format!("{} ({})", self.build.version, self.build.git_revision);
-        stats::report(&ReportContext {
-            version: &version,
-            dpdk_version: &self.dpdk_version,
-            is_final,
-            seq: self.seq,
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
-            snapshot: &snap,
-            workers: &self.counters,
-            lcores: &self.lcores,
-            device_stats: &device_stats,
-            link_up: &link_up,
-            rss: &rss,
-            mempool_in_use: self.pool.in_use(),
-            mempool_available: self.pool.available(),
-        })
-    }
-}
-
-fn write_report(r: &stats::Report, out: &Option<PathBuf>) -> Result<(), String> {
+fn write_report(r: &Report, out: &Option<PathBuf>) -> Result<(), String> {
     let json = serde_json::to_string_pretty(r).map_err(|e| format!("cannot encode stats: {e}"))?;
     match out {
         None => {
@@ -189,45 +152,68 @@ fn write_report(r: &stats::Report, out: &Option<PathBuf>) -> Result<(), String> 
 }
 
 /// Runs `lbd` with a validated configuration until SIGINT or SIGTERM.
-pub fn run(cfg: Config, opts: RunOptions, build: BuildInfo) -> Result<(), String> {
+pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: BuildInfo) -> Result<(), String> {
     if !dpdk::is_root() {
         return Err("must run as root (DPDK needs raw access to devices and hugepages)".into());
     }
     if !cfg.eal_restricts_pci() {
         eprintln!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
     }
-    let signals = Signals::install(opts.stats_out.clone())?;
+    let signals = Signals::install()?;
+    // The control socket first: a second lbd on the same socket stops here,
+    // before it touches DPDK.
+    let listener = server::bind(&cfg.control_socket, cfg.control_group.as_deref())?;
+    let metrics = match cfg.metrics_listen {
+        Some(a) => Some(crate::metrics::bind(a).inspect_err(|_| {
+            let _ = std::fs::remove_file(&cfg.control_socket);
+        })?),
+        None => None,
+    };
     let allowed = dpdk::allowed_cpus();
     let args = eal_args(&cfg, &allowed);
     let expected_dir = expected_runtime_dir(&args);
     let existed = expected_dir.exists();
-    let eal = Eal::init(&args).map_err(|e| {
-        // EAL creates its runtime directory before it can fail; remove it
-        // when this attempt created it (never one a live process may own).
-        if !existed {
-            let _ = std::fs::remove_dir_all(&expected_dir);
+    let eal = match Eal::init(&args) {
+        Ok(e) => e,
+        Err(e) => {
+            // EAL creates its runtime directory before it can fail; remove it
+            // when this attempt created it (never one a live process may own).
+            if !existed {
+                let _ = std::fs::remove_dir_all(&expected_dir);
+            }
+            let _ = std::fs::remove_file(&cfg.control_socket);
+            return Err(format!(
+                "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
+            ));
         }
-        format!(
-            "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
-        )
-    })?;
+    };
     let runtime_dir = eal.runtime_dir();
     // Every DPDK object lives and dies inside `serve`, so EAL cleanup below
     // runs after all of them, on success and on error alike.
-    let result = serve(&eal, &cfg, &signals, build);
+    let result = serve(&eal, path, raw, &cfg, &signals, build, listener, metrics, &opts.stats_out);
     eal.cleanup();
-    // EAL leaves its runtime files behind; they are ours alone.
     if runtime_dir.starts_with("/var/run/dpdk") || runtime_dir.starts_with("/run/dpdk") {
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
+    let _ = std::fs::remove_file(&cfg.control_socket);
     match result {
         Ok(report) => write_report(&report, &opts.stats_out),
         Err(e) => Err(e),
     }
 }
 
-fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result<stats::Report, String> {
-    let opts_dump = signals.stats_out.clone();
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    eal: &Eal,
+    path: &Path,
+    raw: RawConfig,
+    cfg: &Config,
+    signals: &Signals,
+    build: BuildInfo,
+    listener: std::os::unix::net::UnixListener,
+    metrics: Option<crate::metrics::Bound>,
+    stats_out: &Option<PathBuf>,
+) -> Result<Report, String> {
     let lcores: Vec<u32> = eal.worker_lcores();
     if lcores.len() < cfg.workers {
         return Err(format!(
@@ -296,7 +282,8 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
     }
 
     let mut registry = IdRegistry::default();
-    let snapshot = Snapshot::build(cfg, &macs, &mut registry, 1);
+    registry.assign(cfg, &|_, _| true)?;
+    let snapshot = Snapshot::build(cfg, &macs, &registry, 1);
     let snapshots = Arc::new(SnapshotCell::new(snapshot));
 
     // Hand-off rings: producers[i][j] sends from worker i to worker j.
@@ -313,6 +300,7 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
             consumers[j].push(c);
         }
     }
+    let rings: Vec<Vec<dpdk::RingMonitor>> = consumers.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
 
     let counters: Vec<Arc<WorkerCounters>> =
         (0..n).map(|_| Arc::new(WorkerCounters::new(cfg.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
@@ -329,6 +317,7 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
         }
     }
 
+    let mut query_senders = Vec::with_capacity(n);
     let mut workers = Vec::with_capacity(n);
     for (w, ((ports_q, to), from)) in per_worker.into_iter().zip(producers).zip(consumers).enumerate() {
         let settings = CoreSettings {
@@ -338,12 +327,15 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
             neighbor_capacity: cfg.arp.cache_size,
             pending_capacity: cfg.arp.queue_length,
         };
+        let (qtx, inbox) = query::channel();
+        query_senders.push(qtx);
         workers.push(Worker {
             index: w,
             dataplane: Dataplane::new(settings, snapshots.load(), Arc::clone(&counters[w])),
             ports: ports_q,
             to,
             from,
+            queries: inbox,
             pool: Arc::clone(&pool),
             counters: Arc::clone(&counters[w]),
             snapshots: Arc::clone(&snapshots),
@@ -366,26 +358,45 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
         launched.push(*lcore);
     }
 
-    let mut running = Running {
-        eal,
-        ports,
-        pool,
-        snapshots,
-        counters,
-        lcores,
-        control,
-        started: Instant::now(),
+    let port_infos: Vec<PortInfo> = cfg
+        .ports
+        .iter()
+        .zip(&ports)
+        .map(|(p, port)| PortInfo {
+            id: port.id,
+            name: p.name.clone(),
+            device: p.device.clone(),
+            driver: port.driver.clone(),
+            rx_queues: port.rx_queues,
+            rss: port.rss.clone(),
+        })
+        .collect();
+    let rt = Arc::new(Runtime {
         build,
         dpdk_version: dpdk::runtime_version(),
-        seq: 0,
-    };
+        started: Instant::now(),
+        lcores: lcores.clone(),
+        counters,
+        snapshots,
+        ports: port_infos,
+        pool,
+        rings,
+        queries: query_senders,
+        plane: Mutex::new(ControlPlane::new(path.to_owned(), raw, cfg.clone(), registry, macs.clone())),
+        ops: Mutex::default(),
+        propagation: Mutex::new(crate::latency::new_histogram()),
+        seq: AtomicU64::new(0),
+    });
+    let control_server = ControlServer::spawn(listener, cfg.control_socket.clone(), Arc::clone(&rt))
+        .map_err(|e| format!("cannot start the control thread: {e}"))?;
+    let metrics_server = metrics.map(|b| b.start(Arc::clone(&rt)));
+
     let port_list: Vec<String> = cfg
         .ports
         .iter()
         .zip(&macs)
-        .zip(&rxq)
-        .zip(&running.ports)
-        .map(|(((p, m), q), port)| {
+        .zip(&ports)
+        .map(|((p, m), port)| {
             format!(
                 "{}={} {} {}/{} rxq={} rss={}",
                 p.name,
@@ -393,59 +404,69 @@ fn serve(eal: &Eal, cfg: &Config, signals: &Signals, build: BuildInfo) -> Result
                 m,
                 p.address,
                 p.subnet.prefix_len(),
-                q,
+                port.rx_queues,
                 port.rss.mode
             )
         })
         .collect();
+    let metrics_at = metrics_server.as_ref().map_or_else(|| "off".to_owned(), |m| format!("http://{}/metrics", m.addr));
     eprintln!(
-        "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), ports: {}",
+        "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), control {}, metrics {}, ports: {}",
         n,
-        running.lcores,
+        lcores,
         cfg.listeners.len(),
+        cfg.control_socket.display(),
+        metrics_at,
         port_list.join(", ")
     );
 
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
         if signals.dump.swap(false, Ordering::Relaxed) {
-            let r = running.report(false);
-            if let Err(e) = write_report(&r, &opts_dump) {
+            if let Err(e) = write_report(&rt.report(false), stats_out) {
                 eprintln!("lbd: {e}");
             }
         }
         if signals.reload.swap(false, Ordering::Relaxed) {
-            eprintln!("lbd: SIGHUP: configuration reload is not implemented yet; ignoring");
+            let r = rt.reload_file();
+            rt.record_op("config_reload", r.is_ok());
+            match r {
+                Ok(c) => eprintln!("lbd: SIGHUP: {} (generation {}, all workers in {} us)", c.summary, c.generation, c.propagation_us),
+                Err(e) => eprintln!("lbd: SIGHUP: reload refused, running configuration unchanged: {e}"),
+            }
         }
     }
     eprintln!("lbd: stopping");
-    Ok(shutdown(running))
+    // Nobody may ask or scrape while the data plane goes away.
+    control_server.shutdown();
+    if let Some(m) = metrics_server {
+        m.shutdown();
+    }
+    Ok(shutdown(rt, control, ports, &lcores, eal))
 }
 
-fn shutdown(mut r: Running<'_>) -> stats::Report {
+fn shutdown(rt: Arc<Runtime>, control: Arc<RunControl>, mut ports: Vec<Port>, lcores: &[u32], eal: &Eal) -> Report {
     // Stop RX everywhere first, so no worker hands packets to one that
     // already left; then let every worker drain its rings and exit.
-    r.control.quiesce();
+    control.quiesce();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while r.control.quiesced() < r.lcores.len() && Instant::now() < deadline {
+    while control.quiesced() < lcores.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-    r.control.exit();
-    for l in &r.lcores {
-        r.eal.wait(*l);
+    control.exit();
+    for l in lcores {
+        eal.wait(*l);
     }
-    for p in &mut r.ports {
+    for p in &mut ports {
         p.stop();
     }
-    let mut report = r.report(true);
+    let mut report = rt.report(true);
     // Ports close (flushing net_pcap's files) before their mempool goes.
-    let Running { ports, pool, .. } = r;
     drop(ports);
     // With the ports closed nothing may hold an mbuf any more: what is still
     // out is a leak, and the report says so.
-    report.mempool_in_use = pool.in_use();
-    report.mempool_available = pool.available();
-    drop(pool);
+    report.mempool_in_use = rt.pool.in_use();
+    report.mempool_available = rt.pool.available();
     report
 }
 

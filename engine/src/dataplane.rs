@@ -6,7 +6,7 @@
 //! `Vec<u8>` packets and inspect what comes out. Nothing here allocates,
 //! locks or makes a system call per packet.
 
-use crate::config::NonSynPolicy;
+use crate::config::{NonSynPolicy, RemovedBackendPolicy};
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::flow::{owner_shard, FlowKey};
 use crate::nat::{self, Endpoint};
@@ -31,6 +31,9 @@ pub trait Packet {
     fn packet_len(&self) -> usize;
     /// Index (in the configuration) of the port the packet arrived on.
     fn port(&self) -> u16;
+    /// Shortens the packet to `len` bytes; false when it cannot (e.g. a
+    /// multi-segment packet).
+    fn truncate(&mut self, len: usize) -> bool;
 }
 
 /// Where the core sends packets; the worker implements it over DPDK queues
@@ -173,6 +176,17 @@ impl<P: Packet> Dataplane<P> {
         self.st.tick(&self.snap, io);
     }
 
+    /// See [`State::scan_sessions`]: a bounded slice of the session table
+    /// for a control-plane listing.
+    pub fn scan_sessions(&self, start: u32, budget: u32, limit: usize, keep: &dyn Fn(&Session) -> bool) -> (Vec<Session>, Option<u32>) {
+        self.st.scan_sessions(start, budget, limit, keep)
+    }
+
+    /// The worker's clock (ms).
+    pub fn now(&self) -> u32 {
+        self.st.now
+    }
+
     /// Frees everything held (at shutdown).
     pub fn drain(&mut self, io: &mut impl Io<P>) {
         let st = &mut self.st;
@@ -296,16 +310,43 @@ impl<P: Packet> State<P> {
     /// the backend, forward.
     fn request(&mut self, snap: &Snapshot, l: &ListenerView, mut pkt: P, key: FlowKey, flags: u8, io: &mut impl Io<P>) {
         let h = key.hash();
-        let slot = match self.sessions.lookup(&key, h) {
-            Some((slot, Direction::Request)) => slot,
+        // A session whose backend left the configuration and moves on: the
+        // TCP state it carries over.
+        let mut carried: Option<SessionState> = None;
+        let existing = match self.sessions.lookup(&key, h) {
+            Some((slot, Direction::Request)) => {
+                let s = self.sessions.session(slot);
+                let configured = snap.backend_by_id(s.backend_id).is_some_and(|(lv, _)| lv.id == l.id);
+                match (configured, snap.removed_backend) {
+                    (true, _) | (false, RemovedBackendPolicy::Keep) => Some(slot),
+                    (false, policy) => {
+                        let old = self.sessions.remove(slot);
+                        self.close_counters(&old);
+                        if policy == RemovedBackendPolicy::Reset && key.proto == PROTO_TCP {
+                            self.counters.event(Event::SessionsReset);
+                            return self.reset_client(snap, pkt, io);
+                        }
+                        // Reschedule (and UDP under reset): on as a new flow.
+                        self.counters.event(Event::SessionsMoved);
+                        carried = Some(old.state);
+                        None
+                    }
+                }
+            }
             Some((_, Direction::Reply)) => return self.discard(DropReason::NatTupleConflict, pkt, io),
+            None => None,
+        };
+        let slot = match existing {
+            Some(slot) => slot,
             None => {
                 let mut state = SessionState::Udp;
                 let mut rescheduled = false;
                 if key.proto == PROTO_TCP {
                     let syn = flags & FLAG_SYN != 0 && flags & FLAG_ACK == 0;
                     state = SessionState::TcpSynSent;
-                    if !syn {
+                    if let Some(c) = carried {
+                        state = c;
+                    } else if !syn {
                         if l.non_syn == NonSynPolicy::Drop || !l.scheduler.is_consistent() {
                             return self.discard(DropReason::TcpNoSession, pkt, io);
                         }
@@ -317,7 +358,7 @@ impl<P: Packet> State<P> {
                     return self.discard(DropReason::NoBackend, pkt, io);
                 };
                 let b = &l.backends[usize::from(bi)];
-                if flags & FLAG_RST != 0 {
+                if flags & FLAG_RST != 0 && carried.is_none() {
                     // A reset for a connection we no longer track: pass it to
                     // the backend Maglev picks so it can clean up, but do not
                     // create state for it.
@@ -363,6 +404,26 @@ impl<P: Packet> State<P> {
         self.counters.listeners[usize::from(lid)].count(Direction::Request, len);
         self.counters.backends[bid as usize].count(Direction::Request, len);
         self.route(snap, pkt, addr, io)
+    }
+
+    fn close_counters(&self, s: &Session) {
+        self.counters.listeners[usize::from(s.listener)].sessions_closed.inc();
+        self.counters.backends[s.backend_id as usize].sessions_closed.inc();
+        self.counters.sessions_active.set(self.sessions.len() as u64);
+    }
+
+    /// Answers a client's TCP segment with a RST from the VIP (its backend
+    /// is gone and the policy says reset).
+    fn reset_client(&mut self, snap: &Snapshot, mut pkt: P, io: &mut impl Io<P>) {
+        let client = {
+            let d = pkt.data();
+            u32::from_be_bytes([d[26], d[27], d[28], d[29]])
+        };
+        let len = nat::tcp_reset_reply(pkt.data_mut());
+        if !pkt.truncate(len) {
+            return self.discard(DropReason::Truncated, pkt, io);
+        }
+        self.route(snap, pkt, client, io)
     }
 
     /// Backend→client: the session must exist; the source becomes the VIP.
@@ -604,6 +665,24 @@ impl<P: Packet> State<P> {
             io.free(p.packet);
         });
         c.parked.set(self.pending.len() as u64);
+    }
+
+    /// Live sessions in slots `start..start + budget` that `keep` accepts,
+    /// at most `limit`; and where to continue (None: the end was reached).
+    fn scan_sessions(&self, start: u32, budget: u32, limit: usize, keep: &dyn Fn(&Session) -> bool) -> (Vec<Session>, Option<u32>) {
+        let span = self.sessions.sweep_span() as u32;
+        let end = start.saturating_add(budget).min(span);
+        let mut out = Vec::new();
+        for slot in start..end {
+            let s = self.sessions.session(slot);
+            if s.state != SessionState::Free && keep(s) {
+                out.push(*s);
+                if out.len() >= limit {
+                    return (out, Some(slot + 1).filter(|n| *n < span));
+                }
+            }
+        }
+        (out, (end < span).then_some(end))
     }
 }
 

@@ -64,19 +64,15 @@ pub fn tsc() -> u64 {
     unsafe { sys::lbd_shim_rdtsc() }
 }
 
-/// The DPDK version of the loaded libraries, e.g. "DPDK 22.11.11".
+/// The version of the loaded DPDK libraries, e.g. "22.11.11".
 pub fn runtime_version() -> String {
-    // SAFETY: returns a pointer to a static C string.
-    let p = unsafe { sys::rte_version_prefix() };
-    // SAFETY: that string is NUL-terminated and lives forever.
-    let prefix = unsafe { CStr::from_ptr(p) }.to_string_lossy();
-    // SAFETY: the three return constants.
+    // SAFETY: returns a constant.
     let year = unsafe { sys::rte_version_year() };
     // SAFETY: as above.
     let month = unsafe { sys::rte_version_month() };
     // SAFETY: as above.
     let minor = unsafe { sys::rte_version_minor() };
-    format!("{prefix}{year}.{month:02}.{minor}")
+    format!("{year}.{month:02}.{minor}")
 }
 
 static EAL_STARTED: AtomicBool = AtomicBool::new(false);
@@ -297,6 +293,17 @@ impl Mbuf {
         self.m_mut().port = port;
     }
 
+    /// Shortens a single-segment packet to `len` bytes.
+    pub fn truncate(&mut self, len: usize) -> bool {
+        let m = self.m_mut();
+        if m.nb_segs != 1 || len > usize::from(m.data_len) {
+            return false;
+        }
+        m.data_len = len as u16;
+        m.pkt_len = len as u32;
+        true
+    }
+
     /// Grows the (single-segment) packet by `len` bytes at the end.
     pub fn append(&mut self, len: usize) -> bool {
         let Ok(len) = u16::try_from(len) else { return false };
@@ -415,19 +422,6 @@ pub struct PortInfo {
     pub socket: i32,
 }
 
-/// Counters the PMD keeps (`rte_eth_stats`).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct PortStats {
-    pub ipackets: u64,
-    pub opackets: u64,
-    pub ibytes: u64,
-    pub obytes: u64,
-    pub imissed: u64,
-    pub ierrors: u64,
-    pub oerrors: u64,
-    pub rx_nombuf: u64,
-}
-
 /// How to bring a port up.
 #[derive(Debug, Clone)]
 pub struct PortSetup {
@@ -471,6 +465,8 @@ pub struct RssState {
 #[derive(Debug)]
 pub struct Port {
     pub id: u16,
+    pub driver: String,
+    pub rx_queues: u16,
     pub rss: RssState,
     started: bool,
 }
@@ -588,7 +584,7 @@ impl Port {
         }
         let rx = (0..s.rx_queues).map(|queue| RxQueue { port: id, queue }).collect();
         let tx = (0..s.tx_queues).map(|queue| TxQueue { port: id, queue }).collect();
-        let mut port = Port { id, rss, started: true };
+        let mut port = Port { id, driver: info.driver.clone(), rx_queues: s.rx_queues, rss, started: true };
         if let (Some(r), true) = (want, port.rss.mode != "off") {
             port.program_reta(&info, &r.buckets);
         }
@@ -647,13 +643,13 @@ impl Port {
         rc == 0 && l.link_status() != 0
     }
 
-    pub fn stats(id: u16) -> PortStats {
+    pub fn stats(id: u16) -> lbproto::stats::DeviceStats {
         let mut s = sys::rte_eth_stats::default();
         // SAFETY: valid out-pointer.
         if unsafe { sys::rte_eth_stats_get(id, &mut s) } != 0 {
-            return PortStats::default();
+            return lbproto::stats::DeviceStats::default();
         }
-        PortStats {
+        lbproto::stats::DeviceStats {
             ipackets: s.ipackets,
             opackets: s.opackets,
             ibytes: s.ibytes,
@@ -791,7 +787,29 @@ impl RingProducer {
     }
 }
 
+/// A read-only view of a ring's fill level, for the metrics.
+#[derive(Clone)]
+pub struct RingMonitor(Arc<RingInner>);
+
+impl fmt::Debug for RingMonitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RingMonitor")
+    }
+}
+
+impl RingMonitor {
+    pub fn count(&self) -> u32 {
+        // SAFETY: reading a valid ring's head and tail is safe from any
+        // thread.
+        unsafe { sys::lbd_shim_ring_count(self.0.ptr.as_ptr()) }
+    }
+}
+
 impl RingConsumer {
+    pub fn monitor(&self) -> RingMonitor {
+        RingMonitor(Arc::clone(&self.0))
+    }
+
     /// Takes up to `max` mbufs from the ring into `b`.
     #[inline]
     pub fn dequeue(&mut self, b: &mut Burst, max: usize) -> usize {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod latency;
 pub mod maglev;
 pub mod nat;
 pub mod neighbor;
@@ -22,6 +23,8 @@ pub mod snapshot;
 pub mod wire;
 
 pub mod cli;
+pub mod control;
+pub mod metrics;
 pub mod daemon;
 #[allow(unsafe_code)]
 pub mod dpdk;

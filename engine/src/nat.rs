@@ -83,6 +83,55 @@ pub fn rewrite(frame: &mut [u8], which: Endpoint, addr: u32, port: u16) {
     wr16(frame, port_at, port);
 }
 
+/// Turns a client's TCP segment (client→VIP) into a RST from the VIP back
+/// to the client, in place; returns the new frame length (54). MACs are
+/// left to the caller (it routes the result).
+pub fn tcp_reset_reply(frame: &mut [u8]) -> usize {
+    let (src, dst) = (rd32(frame, IP + 12), rd32(frame, IP + 16));
+    let (sport, dport) = (rd16(frame, L4), rd16(frame, L4 + 2));
+    let seq = rd32(frame, L4 + 4);
+    let ack = rd32(frame, L4 + 8);
+    let flags = frame[L4 + 13];
+    let ihl_total = usize::from(rd16(frame, IP + 2));
+    let data_off = usize::from(frame[L4 + 12] >> 4) * 4;
+    let seg_len = ihl_total.saturating_sub(20 + data_off) as u32
+        + u32::from(flags & tcp::FLAG_SYN != 0)
+        + u32::from(flags & tcp::FLAG_FIN != 0);
+    // RFC 9293 3.10.7.1: answer an ACK with seq = its ack number; anything
+    // else with seq 0 and an ACK of what it carried.
+    let (rseq, rack, rflags) = if flags & tcp::FLAG_ACK != 0 {
+        (ack, 0, tcp::FLAG_RST)
+    } else {
+        (0, seq.wrapping_add(seg_len), tcp::FLAG_RST | tcp::FLAG_ACK)
+    };
+    let ip = &mut frame[IP..IP + 20];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[4..6].copy_from_slice(&0u16.to_be_bytes());
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = PROTO_TCP;
+    ip[12..16].copy_from_slice(&dst.to_be_bytes());
+    ip[16..20].copy_from_slice(&src.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = crate::wire::checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut frame[L4..L4 + 20];
+    t[0..2].copy_from_slice(&dport.to_be_bytes());
+    t[2..4].copy_from_slice(&sport.to_be_bytes());
+    t[4..8].copy_from_slice(&rseq.to_be_bytes());
+    t[8..12].copy_from_slice(&rack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = rflags;
+    t[14..20].fill(0);
+    let sum = crate::wire::checksum::pseudo_header_sum(dst.to_be_bytes(), src.to_be_bytes(), PROTO_TCP, 20)
+        + crate::wire::checksum::sum_words(t);
+    let c = !crate::wire::checksum::fold(sum);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    L4 + 20
+}
+
 /// Sets the Ethernet addresses for the next hop.
 #[inline]
 pub fn set_macs(frame: &mut [u8], src: MacAddr, dst: MacAddr) {

@@ -19,7 +19,7 @@ pub enum Scheduler {
 
 impl Scheduler {
     pub fn build(kind: SchedulerKind, backends: &[BackendConfig]) -> Scheduler {
-        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let weights: Vec<u32> = backends.iter().map(|b| b.effective_weight()).collect();
         match kind {
             SchedulerKind::Maglev { table_size } => {
                 let names: Vec<String> = backends.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
@@ -36,6 +36,29 @@ impl Scheduler {
             Scheduler::Maglev(t) => t.lookup(flow_hash),
             Scheduler::RoundRobin(s) => s.next(cursor),
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scheduler::Maglev(_) => "maglev",
+            Scheduler::RoundRobin(_) => "round_robin",
+        }
+    }
+
+    /// Slots (Maglev table entries, or round-robin sequence positions) each
+    /// of `backends` backends holds.
+    pub fn shares(&self, backends: usize) -> Vec<u64> {
+        let mut s = vec![0u64; backends];
+        let entries: &[u16] = match self {
+            Scheduler::Maglev(t) => t.entries(),
+            Scheduler::RoundRobin(r) => r.sequence(),
+        };
+        for e in entries {
+            if let Some(x) = s.get_mut(usize::from(*e)) {
+                *x += 1;
+            }
+        }
+        s
     }
 
     /// Whether `pick` gives the same answer for the same flow every time.

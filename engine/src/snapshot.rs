@@ -7,14 +7,14 @@
 //! it moved. The old snapshot is freed when the last worker drops its
 //! reference, so no worker ever reads freed memory and none ever waits.
 
-use crate::config::{Config, NonSynPolicy, Protocol, MAX_BACKENDS, MAX_LISTENERS};
+use crate::config::{Config, NonSynPolicy, Protocol, RemovedBackendPolicy, MAX_BACKENDS, MAX_LISTENERS};
 use crate::flow::fold_mul;
 use crate::neighbor::ArpTimers;
 use crate::scheduler::Scheduler;
 use crate::session::StateTimeouts;
 use crate::wire::MacAddr;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -138,6 +138,7 @@ pub struct BackendView {
     pub addr: u32,
     pub port: u16,
     pub weight: u32,
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -182,49 +183,107 @@ pub struct Snapshot {
     pub arp: ArpTimers,
     /// Oldest a parked packet may get before it is dropped (ms).
     pub park_max_ms: u32,
+    pub removed_backend: RemovedBackendPolicy,
 }
 
-/// Stable numbering of listeners (by name) and backends (by listener and
-/// address:port) across snapshots, so counters and sessions keep pointing
-/// at the same thing when the configuration changes.
+/// Which id space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdKind {
+    Listener,
+    Backend,
+}
+
+type BackendKey = (String, Ipv4Addr, u16);
+
+/// Stable numbering of listeners (by name) and backends (by listener,
+/// address and port) across snapshots, so counters and sessions keep
+/// pointing at the same thing when the configuration changes. A removed
+/// entry keeps its id, so putting it back resumes its sessions and
+/// counters; only when fresh ids run out is the id of a removed entry with
+/// no session left given to a new one (the caller then records a counter
+/// baseline for it).
 #[derive(Debug, Default, Clone)]
 pub struct IdRegistry {
     listeners: HashMap<String, u16>,
-    backends: HashMap<(String, Ipv4Addr, u16), u32>,
-    next_listener: u16,
-    next_backend: u32,
-    free_listeners: Vec<u16>,
-    free_backends: Vec<u32>,
+    backends: HashMap<BackendKey, u32>,
+    listener_owner: Vec<Option<String>>,
+    backend_owner: Vec<Option<BackendKey>>,
 }
 
 impl IdRegistry {
-    pub fn listener(&mut self, name: &str) -> u16 {
-        if let Some(id) = self.listeners.get(name) {
-            return *id;
+    /// Gives every listener and backend of `cfg` an id. `idle(kind, id)`
+    /// says whether a removed id has no session left. Returns the ids that
+    /// changed owner; fails, changing nothing, when ids run out.
+    pub fn assign(&mut self, cfg: &Config, idle: &dyn Fn(IdKind, u32) -> bool) -> Result<Vec<(IdKind, u32)>, String> {
+        let mut next = self.clone();
+        let live_l: HashSet<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
+        let live_b: HashSet<BackendKey> = cfg
+            .listeners
+            .iter()
+            .flat_map(|l| l.backends.iter().map(move |b| (l.name.clone(), b.address, b.port)))
+            .collect();
+        let mut recycled = Vec::new();
+        for l in &cfg.listeners {
+            if next.listeners.contains_key(&l.name) {
+                continue;
+            }
+            let id = if next.listener_owner.len() < MAX_LISTENERS {
+                next.listener_owner.push(None);
+                (next.listener_owner.len() - 1) as u16
+            } else {
+                let free = (0..MAX_LISTENERS as u16).find(|id| {
+                    let owner = next.listener_owner[usize::from(*id)].as_deref();
+                    owner.is_none_or(|o| !live_l.contains(o)) && idle(IdKind::Listener, u32::from(*id))
+                });
+                let id = free.ok_or_else(|| {
+                    format!("no listener id free: {MAX_LISTENERS} listeners exist or still have sessions")
+                })?;
+                if let Some(old) = next.listener_owner[usize::from(id)].take() {
+                    next.listeners.remove(&old);
+                }
+                recycled.push((IdKind::Listener, u32::from(id)));
+                id
+            };
+            next.listener_owner[usize::from(id)] = Some(l.name.clone());
+            next.listeners.insert(l.name.clone(), id);
         }
-        let id = self.free_listeners.pop().unwrap_or_else(|| {
-            let id = self.next_listener;
-            self.next_listener += 1;
-            id
-        });
-        assert!(usize::from(id) < MAX_LISTENERS, "listener ids exhausted");
-        self.listeners.insert(name.to_owned(), id);
-        id
+        for l in &cfg.listeners {
+            for b in &l.backends {
+                let key = (l.name.clone(), b.address, b.port);
+                if next.backends.contains_key(&key) {
+                    continue;
+                }
+                let id = if next.backend_owner.len() < MAX_BACKENDS {
+                    next.backend_owner.push(None);
+                    (next.backend_owner.len() - 1) as u32
+                } else {
+                    let free = (0..MAX_BACKENDS as u32).find(|id| {
+                        let owner = next.backend_owner[*id as usize].as_ref();
+                        owner.is_none_or(|o| !live_b.contains(o)) && idle(IdKind::Backend, *id)
+                    });
+                    let id = free.ok_or_else(|| {
+                        format!("no backend id free: {MAX_BACKENDS} backends exist or still have sessions")
+                    })?;
+                    if let Some(old) = next.backend_owner[id as usize].take() {
+                        next.backends.remove(&old);
+                    }
+                    recycled.push((IdKind::Backend, id));
+                    id
+                };
+                next.backend_owner[id as usize] = Some(key.clone());
+                next.backends.insert(key, id);
+            }
+        }
+        *self = next;
+        Ok(recycled)
     }
 
-    pub fn backend(&mut self, listener: &str, addr: Ipv4Addr, port: u16) -> u32 {
-        let key = (listener.to_owned(), addr, port);
-        if let Some(id) = self.backends.get(&key) {
-            return *id;
-        }
-        let id = self.free_backends.pop().unwrap_or_else(|| {
-            let id = self.next_backend;
-            self.next_backend += 1;
-            id
-        });
-        assert!((id as usize) < MAX_BACKENDS, "backend ids exhausted");
-        self.backends.insert(key, id);
-        id
+    pub fn listener(&self, name: &str) -> Option<u16> {
+        self.listeners.get(name).copied()
+    }
+
+    pub fn backend(&self, listener: &str, addr: Ipv4Addr, port: u16) -> Option<u32> {
+        self.backends.get(&(listener.to_owned(), addr, port)).copied()
     }
 }
 
@@ -242,8 +301,9 @@ fn ms(d: std::time::Duration) -> u32 {
 
 impl Snapshot {
     /// Builds the forwarding state of `cfg`. `macs[i]` is the MAC address
-    /// port `i` ended up with (known only once DPDK opened the device).
-    pub fn build(cfg: &Config, macs: &[MacAddr], ids: &mut IdRegistry, generation: u64) -> Snapshot {
+    /// port `i` ended up with (known only once DPDK opened the device);
+    /// `ids` must have assigned every listener and backend of `cfg`.
+    pub fn build(cfg: &Config, macs: &[MacAddr], ids: &IdRegistry, generation: u64) -> Snapshot {
         assert_eq!(macs.len(), cfg.ports.len());
         let ports: Vec<PortView> = cfg
             .ports
@@ -270,16 +330,16 @@ impl Snapshot {
         let mut listener_slots = vec![u16::MAX; MAX_LISTENERS].into_boxed_slice();
         let mut lindex = Vec::new();
         for (li, l) in cfg.listeners.iter().enumerate() {
-            let id = ids.listener(&l.name);
+            let id = ids.listener(&l.name).expect("listener ids assigned before build");
             listener_slots[usize::from(id)] = li as u16;
             let backends: Vec<BackendView> = l
                 .backends
                 .iter()
                 .enumerate()
                 .map(|(bi, b)| {
-                    let bid = ids.backend(&l.name, b.address, b.port);
+                    let bid = ids.backend(&l.name, b.address, b.port).expect("backend ids assigned before build");
                     backend_slots[bid as usize] = (li as u16, bi as u16);
-                    BackendView { id: bid, addr: u32::from(b.address), port: b.port, weight: b.weight }
+                    BackendView { id: bid, addr: u32::from(b.address), port: b.port, weight: b.weight, drained: b.drained }
                 })
                 .collect();
             let vip = u32::from(l.vip);
@@ -338,6 +398,7 @@ impl Snapshot {
             timeouts: StateTimeouts::from_config(&cfg.timeouts),
             park_max_ms: arp.retry_ms.saturating_mul(arp.max_retries + 1),
             arp,
+            removed_backend: cfg.removed_backend,
         }
     }
 
@@ -446,15 +507,60 @@ mod tests {
         assert_eq!(r.lookup(ip([8, 8, 8, 8])), None);
     }
 
+    fn cfg_with(listeners: &[(&str, &[u16])]) -> Config {
+        let mut y = String::from("ports:\n  - {name: p, device: d, address: 10.0.0.1/16}\nlisteners:\n");
+        for (i, (name, ports)) in listeners.iter().enumerate() {
+            y += &format!("  - name: {name}\n    vip: 10.0.1.{}\n    protocol: tcp\n    port: 80\n    backends:\n", i + 1);
+            for p in *ports {
+                y += &format!("      - {{address: 10.0.2.1, port: {p}}}\n");
+            }
+        }
+        crate::config::parse(&y, std::path::Path::new("t")).unwrap()
+    }
+
     #[test]
-    fn ids_are_stable_and_reused() {
+    fn ids_are_stable_across_changes() {
         let mut ids = IdRegistry::default();
-        let a = ids.listener("web");
-        let b = ids.listener("dns");
-        assert_ne!(a, b);
-        assert_eq!(ids.listener("web"), a);
-        let x = ids.backend("web", Ipv4Addr::new(10, 1, 0, 1), 80);
-        assert_eq!(ids.backend("web", Ipv4Addr::new(10, 1, 0, 1), 80), x);
-        assert_ne!(ids.backend("dns", Ipv4Addr::new(10, 1, 0, 1), 80), x);
+        ids.assign(&cfg_with(&[("web", &[80, 81]), ("dns", &[53])]), &|_, _| true).unwrap();
+        let web = ids.listener("web").unwrap();
+        let b81 = ids.backend("web", Ipv4Addr::new(10, 0, 2, 1), 81).unwrap();
+        // Remove dns and a backend, add another: the survivors keep theirs.
+        ids.assign(&cfg_with(&[("web", &[80]), ("api", &[82])]), &|_, _| true).unwrap();
+        assert_eq!(ids.listener("web"), Some(web));
+        assert_ne!(ids.listener("api"), ids.listener("dns"));
+        // Put the backend back: same id as before.
+        ids.assign(&cfg_with(&[("web", &[80, 81])]), &|_, _| true).unwrap();
+        assert_eq!(ids.backend("web", Ipv4Addr::new(10, 0, 2, 1), 81), Some(b81));
+    }
+
+    #[test]
+    fn exhausted_ids_recycle_only_idle_removed_ones() {
+        let mut ids = IdRegistry::default();
+        let names: Vec<String> = (0..MAX_LISTENERS).map(|i| format!("l{i}")).collect();
+        // Fill every id (one listener each, no backends to keep it cheap).
+        for chunk in names.chunks(16) {
+            let mut y = String::from("ports:\n  - {name: p, device: d, address: 10.0.0.1/8}\nlisteners:\n");
+            for (i, n) in chunk.iter().enumerate() {
+                y += &format!("  - {{name: {n}, vip: 10.1.0.{}, protocol: tcp, port: 80}}\n", i + 1);
+            }
+            let c = crate::config::parse(&y, std::path::Path::new("t")).unwrap();
+            ids.assign(&c, &|_, _| true).unwrap();
+        }
+        let fresh = crate::config::parse(
+            "ports:\n  - {name: p, device: d, address: 10.0.0.1/8}\nlisteners:\n  - {name: new, vip: 10.1.0.1, protocol: tcp, port: 80}\n",
+            std::path::Path::new("t"),
+        )
+        .unwrap();
+        // Every removed id still has sessions: refused, nothing changed.
+        let before = ids.clone();
+        assert!(ids.assign(&fresh, &|_, _| false).is_err());
+        assert_eq!(ids.listener("new"), None);
+        assert_eq!(before.listener("l3"), ids.listener("l3"));
+        // l3's id is idle: it is recycled and reported.
+        let l3 = ids.listener("l3").unwrap();
+        let recycled = ids.assign(&fresh, &|k, id| k == IdKind::Listener && id == u32::from(l3)).unwrap();
+        assert_eq!(recycled, vec![(IdKind::Listener, u32::from(l3))]);
+        assert_eq!(ids.listener("new"), Some(l3));
+        assert_eq!(ids.listener("l3"), None);
     }
 }

@@ -1,114 +1,61 @@
-//! The counters of a running `lbd` summed over workers, as a JSON document
-//! (written at exit and on SIGUSR1).
-//!
-//! Every drop reason and event appears, zero or not, so a consumer can tell
-//! "never happened" from "not reported".
+//! Summing the per-worker counters into the counters document
+//! ([`lbproto::stats::Report`]): written at exit and on SIGUSR1, returned
+//! to `lbctl stats`, and the source of most Prometheus metrics.
 
 use crate::counters::{DropReason, Event, FlowCounters, WorkerCounters};
 use crate::snapshot::Snapshot;
-use serde::Serialize;
-use std::collections::BTreeMap;
+use lbproto::stats::{BackendReport, DeviceStats, FlowReport, LatencyReport, ListenerReport, PortReport, Report, WorkerReport};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-pub use crate::dpdk::PortStats as DeviceStats;
-
-#[derive(Debug, Serialize)]
-pub struct PortReport {
-    pub name: String,
-    pub device: String,
-    pub mac: String,
-    pub address: String,
-    pub link_up: bool,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// The PMD's own counters.
-    pub device_stats: DeviceStats,
-    /// RSS as configured on the device (see `lbd::rss`).
-    pub rss_mode: String,
-    /// The device's RETA read back (RX queue per entry; empty without).
-    pub rss_reta: Vec<u16>,
+/// Counter values a recycled listener or backend id carried for its
+/// previous owner; reports subtract them so the new owner starts at zero.
+#[derive(Debug, Default, Clone)]
+pub struct Baselines {
+    pub listeners: HashMap<u16, FlowReport>,
+    pub backends: HashMap<u32, FlowReport>,
 }
 
-#[derive(Debug, Serialize, Default)]
-pub struct FlowReport {
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    pub sessions_created: u64,
-    pub sessions_active: u64,
+/// Adds one worker's flow counters to `r`.
+pub fn add_flow(r: &mut FlowReport, c: &FlowCounters) {
+    r.packets_in += c.in_packets.get();
+    r.bytes_in += c.in_bytes.get();
+    r.packets_out += c.out_packets.get();
+    r.bytes_out += c.out_bytes.get();
+    r.sessions_created += c.sessions_created.get();
+    r.sessions_closed += c.sessions_closed.get();
 }
 
-impl FlowReport {
-    fn add(&mut self, c: &FlowCounters) {
-        self.packets_in += c.in_packets.get();
-        self.bytes_in += c.in_bytes.get();
-        self.packets_out += c.out_packets.get();
-        self.bytes_out += c.out_bytes.get();
-        self.sessions_created += c.sessions_created.get();
-        // Created minus closed, summed over workers: never negative in
-        // total, though a racing read may see one before the other.
-        self.sessions_active =
-            (self.sessions_active + c.sessions_created.get()).saturating_sub(c.sessions_closed.get());
+fn minus(mut r: FlowReport, b: Option<&FlowReport>) -> FlowReport {
+    if let Some(b) = b {
+        r.packets_in = r.packets_in.saturating_sub(b.packets_in);
+        r.bytes_in = r.bytes_in.saturating_sub(b.bytes_in);
+        r.packets_out = r.packets_out.saturating_sub(b.packets_out);
+        r.bytes_out = r.bytes_out.saturating_sub(b.bytes_out);
+        r.sessions_created = r.sessions_created.saturating_sub(b.sessions_created);
+        r.sessions_closed = r.sessions_closed.saturating_sub(b.sessions_closed);
     }
+    r.sessions_active = r.sessions_created.saturating_sub(r.sessions_closed);
+    r
 }
 
-#[derive(Debug, Serialize)]
-pub struct BackendReport {
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub weight: u32,
-    #[serde(flatten)]
-    pub traffic: FlowReport,
+/// Summed counters of listener id `id`, net of its baseline.
+pub fn listener_totals(workers: &[Arc<WorkerCounters>], id: u16, base: &Baselines) -> FlowReport {
+    let mut r = FlowReport::default();
+    for w in workers {
+        add_flow(&mut r, &w.listeners[usize::from(id)]);
+    }
+    minus(r, base.listeners.get(&id))
 }
 
-#[derive(Debug, Serialize)]
-pub struct ListenerReport {
-    pub name: String,
-    pub vip: Ipv4Addr,
-    pub protocol: &'static str,
-    pub port: u16,
-    pub scheduler: &'static str,
-    #[serde(flatten)]
-    pub traffic: FlowReport,
-    pub backends: Vec<BackendReport>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct WorkerReport {
-    pub worker: usize,
-    pub lcore: u32,
-    pub rx_packets: u64,
-    pub sessions_active: u64,
-    pub parked: u64,
-    pub events: BTreeMap<&'static str, u64>,
-    pub drops: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub version: String,
-    pub dpdk_version: String,
-    /// True for the document written at exit.
-    #[serde(rename = "final")]
-    pub is_final: bool,
-    /// Increments with every document this process writes.
-    pub seq: u64,
-    pub uptime_seconds: f64,
-    pub config_generation: u64,
-    pub ports: Vec<PortReport>,
-    pub drops: BTreeMap<&'static str, u64>,
-    pub drops_total: u64,
-    pub events: BTreeMap<&'static str, u64>,
-    pub sessions_active: u64,
-    pub parked: u64,
-    pub mempool_in_use: u32,
-    pub mempool_available: u32,
-    pub listeners: Vec<ListenerReport>,
-    pub workers: Vec<WorkerReport>,
+/// Summed counters of backend id `id`, net of its baseline.
+pub fn backend_totals(workers: &[Arc<WorkerCounters>], id: u32, base: &Baselines) -> FlowReport {
+    let mut r = FlowReport::default();
+    for w in workers {
+        add_flow(&mut r, &w.backends[id as usize]);
+    }
+    minus(r, base.backends.get(&id))
 }
 
 /// What the report needs besides the counters.
@@ -127,6 +74,29 @@ pub struct ReportContext<'a> {
     pub rss: &'a [crate::dpdk::RssState],
     pub mempool_in_use: u32,
     pub mempool_available: u32,
+    pub baselines: &'a Baselines,
+}
+
+/// Quantiles of per-packet processing time over all workers.
+pub fn latency(workers: &[Arc<WorkerCounters>]) -> LatencyReport {
+    let mut h = crate::latency::new_histogram();
+    let mut sum = 0u64;
+    for w in workers {
+        w.latency.merge_into(&mut h);
+        sum += w.latency.sum_ns();
+    }
+    if h.is_empty() {
+        return LatencyReport::default();
+    }
+    LatencyReport {
+        samples: h.len(),
+        mean_ns: sum as f64 / h.len() as f64,
+        p50_ns: h.value_at_quantile(0.5),
+        p90_ns: h.value_at_quantile(0.9),
+        p99_ns: h.value_at_quantile(0.99),
+        p999_ns: h.value_at_quantile(0.999),
+        max_ns: h.max(),
+    }
 }
 
 pub fn report(cx: &ReportContext<'_>) -> Report {
@@ -151,39 +121,31 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
             rss_reta: cx.rss.get(i).map(|r| r.reta.clone()).unwrap_or_default(),
         })
         .collect();
-    let drops: BTreeMap<&'static str, u64> =
-        DropReason::ALL.iter().map(|r| (r.label(), sum(&|w| w.drop_count(*r)))).collect();
-    let events: BTreeMap<&'static str, u64> =
-        Event::ALL.iter().map(|e| (e.label(), sum(&|w| w.event_count(*e)))).collect();
+    let drops: std::collections::BTreeMap<String, u64> =
+        DropReason::ALL.iter().map(|r| (r.label().to_owned(), sum(&|w| w.drop_count(*r)))).collect();
+    let events = Event::ALL.iter().map(|e| (e.label().to_owned(), sum(&|w| w.event_count(*e)))).collect();
     let listeners = snap
         .listeners
         .iter()
         .map(|l| {
-            let mut traffic = FlowReport::default();
-            for w in cx.workers {
-                traffic.add(&w.listeners[usize::from(l.id)]);
-            }
             let backends = l
                 .backends
                 .iter()
-                .map(|b| {
-                    let mut t = FlowReport::default();
-                    for w in cx.workers {
-                        t.add(&w.backends[b.id as usize]);
-                    }
-                    BackendReport { address: Ipv4Addr::from(b.addr), port: b.port, weight: b.weight, traffic: t }
+                .map(|b| BackendReport {
+                    address: Ipv4Addr::from(b.addr),
+                    port: b.port,
+                    weight: b.weight,
+                    drained: b.drained,
+                    traffic: backend_totals(cx.workers, b.id, cx.baselines),
                 })
                 .collect();
             ListenerReport {
                 name: l.name.clone(),
                 vip: Ipv4Addr::from(l.vip),
-                protocol: l.protocol.name(),
+                protocol: l.protocol.name().to_owned(),
                 port: l.port,
-                scheduler: match l.scheduler {
-                    crate::scheduler::Scheduler::Maglev(_) => "maglev",
-                    crate::scheduler::Scheduler::RoundRobin(_) => "round_robin",
-                },
-                traffic,
+                scheduler: l.scheduler.name().to_owned(),
+                traffic: listener_totals(cx.workers, l.id, cx.baselines),
                 backends,
             }
         })
@@ -192,14 +154,19 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
         .workers
         .iter()
         .enumerate()
-        .map(|(i, w)| WorkerReport {
-            worker: i,
-            lcore: cx.lcores.get(i).copied().unwrap_or(0),
-            rx_packets: w.ports.iter().map(|p| p.rx_packets.get()).sum(),
-            sessions_active: w.sessions_active.get(),
-            parked: w.parked.get(),
-            events: Event::ALL.iter().map(|e| (e.label(), w.event_count(*e))).collect(),
-            drops: DropReason::ALL.iter().map(|r| w.drop_count(*r)).sum(),
+        .map(|(i, w)| {
+            let polls = w.event_count(Event::Polls);
+            WorkerReport {
+                worker: i,
+                lcore: cx.lcores.get(i).copied().unwrap_or(0),
+                rx_packets: w.ports.iter().map(|p| p.rx_packets.get()).sum(),
+                sessions_active: w.sessions_active.get(),
+                parked: w.parked.get(),
+                busy_ratio: if polls == 0 { 0.0 } else { w.event_count(Event::BusyPolls) as f64 / polls as f64 },
+                config_generation: w.generation.get(),
+                events: Event::ALL.iter().map(|e| (e.label().to_owned(), w.event_count(*e))).collect(),
+                drops: DropReason::ALL.iter().map(|r| w.drop_count(*r)).sum(),
+            }
         })
         .collect();
     Report {
@@ -217,6 +184,7 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
         parked: sum(&|w| w.parked.get()),
         mempool_in_use: cx.mempool_in_use,
         mempool_available: cx.mempool_available,
+        latency: latency(cx.workers),
         listeners,
         workers,
     }

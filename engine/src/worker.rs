@@ -8,6 +8,7 @@
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::dataplane::{Dataplane, Io, Packet};
 use crate::dpdk::{tsc, Burst, Mbuf, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::control::query::{self, QueryInbox};
 use crate::snapshot::SnapshotCell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,10 @@ impl Packet for Mbuf {
     #[inline(always)]
     fn port(&self) -> u16 {
         Mbuf::port(self)
+    }
+    #[inline]
+    fn truncate(&mut self, len: usize) -> bool {
+        Mbuf::truncate(self, len)
     }
 }
 
@@ -75,6 +80,8 @@ pub struct Worker {
     /// Ring to each other worker (`None` at this worker's own index).
     pub to: Vec<Option<RingProducer>>,
     pub from: Vec<RingConsumer>,
+    /// Questions from the control thread, looked at once a millisecond.
+    pub queries: QueryInbox,
     pub pool: Arc<Mempool>,
     pub counters: Arc<WorkerCounters>,
     pub snapshots: Arc<SnapshotCell>,
@@ -219,6 +226,7 @@ impl Worker {
             ports,
             mut to,
             mut from,
+            queries,
             pool,
             counters,
             snapshots,
@@ -229,6 +237,9 @@ impl Worker {
             start_tsc,
         } = self;
         let tsc_per_ms = (tsc_hz / 1000).max(1);
+        // Nanoseconds per TSC cycle in 32.32 fixed point.
+        let ns_per_cycle_q32 = ((1_000_000_000u128 << 32) / u128::from(tsc_hz.max(1))) as u64;
+        let cycles_to_ns = |c: u64| ((u128::from(c) * u128::from(ns_per_cycle_q32)) >> 32) as u64;
         let drain_tsc = (tsc_hz / 10_000).max(1); // 100 µs
         let mut rx_queues: Vec<Option<RxQueue>> = Vec::with_capacity(ports.len());
         let mut tx: Vec<TxBuffer> = Vec::with_capacity(ports.len());
@@ -248,6 +259,8 @@ impl Worker {
         };
         let mut rx = Burst::default();
         let mut generation = dataplane.snapshot().generation;
+        counters.generation.set(generation);
+        let mut last_ms = u32::MAX;
         let mut last_drain = tsc();
         let mut idle_polls = 0u32;
         let mut polling_ports = true;
@@ -266,9 +279,17 @@ impl Worker {
             if g != generation {
                 dataplane.set_snapshot(snapshots.load());
                 generation = g;
+                counters.generation.set(g);
             }
             let now_tsc = tsc();
-            dataplane.set_now(((now_tsc - start_tsc) / tsc_per_ms) as u32);
+            let now_ms = ((now_tsc - start_tsc) / tsc_per_ms) as u32;
+            dataplane.set_now(now_ms);
+            if now_ms != last_ms {
+                last_ms = now_ms;
+                while let Some(q) = queries.next() {
+                    query::answer(&dataplane, q);
+                }
+            }
 
             let mut got = 0usize;
             if polling_ports {
@@ -279,11 +300,13 @@ impl Worker {
                         continue;
                     }
                     got += n;
+                    let t0 = tsc();
                     rx.drain(|mut m| {
                         // Ports are known to the core by config index.
                         m.set_port(pi as u16);
                         dataplane.process(m, &mut io);
                     });
+                    counters.latency.record(cycles_to_ns(tsc() - t0) / n as u64, n as u64);
                 }
             }
             for c in from.iter_mut() {

@@ -1,31 +1,287 @@
 //! `lbctl`, the operator's client for a running `lbd`.
 //!
-//! The control socket it talks to arrives with the control-plane issue;
-//! until then `lbd` reports its counters as JSON on SIGUSR1 and at exit
-//! (`lbd --stats-out PATH`), and this binary says so instead of pretending.
+//! Talks the control protocol (`lbproto`) over lbd's Unix socket. Tables
+//! for people by default, `--json` for scripts; exit status 0 on success,
+//! 1 when lbd refused the request, 3 when lbd cannot be reached.
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+mod client;
+mod render;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use client::Client;
+use lbproto::{BackendRef, BackendSpec, ConfigText, ErrorReply, ListenerSpec, Request, Response, SessionFilter};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "lbctl", version, about = "Control a running lbd")]
-struct Args {
-    /// Path of lbd's control socket.
-    #[arg(long, default_value = "/run/lbd/lbd.sock")]
-    socket: String,
-    /// The command (status, listener, backend, sessions, stats, ...).
-    #[arg(trailing_var_arg = true)]
-    command: Vec<String>,
+#[command(name = "lbctl", version, about = "Control a running lbd", propagate_version = true)]
+struct Cli {
+    /// lbd's control socket.
+    #[arg(long, global = true, env = "LBCTL_SOCKET", default_value = lbproto::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print lbd's answer as JSON (errors too) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Version, uptime, workers, ports and the configuration generation.
+    Status,
+    /// List, add or remove listeners.
+    #[command(subcommand)]
+    Listener(ListenerCmd),
+    /// List, add, remove, reweight, drain or undrain backends.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// List sessions (or count them).
+    Sessions {
+        /// Only sessions of this listener.
+        #[arg(long)]
+        listener: Option<String>,
+        /// Only sessions on this backend (ADDRESS or ADDRESS:PORT).
+        #[arg(long)]
+        backend: Option<String>,
+        /// At most this many sessions.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print the number of matching sessions only.
+        #[arg(long)]
+        count: bool,
+    },
+    /// Counters: per port, listener and backend, drops by reason.
+    Stats {
+        /// Refresh every SECONDS, showing rates.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        iterations: Option<u64>,
+    },
+    /// The workers' ARP neighbour caches.
+    Neighbors,
+    /// Show or reload the running configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ListenerCmd {
+    List,
+    Add {
+        name: String,
+        #[arg(long)]
+        vip: String,
+        /// tcp or udp.
+        #[arg(long)]
+        protocol: String,
+        #[arg(long)]
+        port: u32,
+        /// maglev (default) or round_robin.
+        #[arg(long)]
+        scheduler: Option<String>,
+        #[arg(long)]
+        maglev_table_size: Option<u32>,
+        /// schedule or drop.
+        #[arg(long)]
+        tcp_non_syn: Option<String>,
+        /// A backend ADDRESS:PORT[:WEIGHT]; repeat for more.
+        #[arg(long = "backend", value_name = "ADDRESS:PORT[:WEIGHT]")]
+        backends: Vec<String>,
+    },
+    Del {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackendCmd {
+    List {
+        #[arg(long)]
+        listener: Option<String>,
+    },
+    Add {
+        listener: String,
+        /// ADDRESS:PORT
+        backend: String,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    Del {
+        listener: String,
+        /// ADDRESS or ADDRESS:PORT
+        backend: String,
+    },
+    SetWeight {
+        listener: String,
+        backend: String,
+        weight: u32,
+    },
+    /// No new flows to the backend; its sessions continue.
+    Drain {
+        listener: String,
+        backend: String,
+    },
+    Undrain {
+        listener: String,
+        backend: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// The running configuration as YAML (lbctl changes included).
+    Show,
+    /// Apply FILE as the whole configuration, or re-read lbd's own file.
+    Reload { file: Option<PathBuf> },
+}
+
+/// A failure and the exit status it maps to.
+enum Failure {
+    /// lbd answered with an error.
+    Refused(ErrorReply),
+    /// lbd could not be reached or the exchange broke.
+    Unreachable(String),
+    /// Bad input caught before talking to lbd.
+    Usage(String),
+}
+
+fn backend_ref(s: &str) -> Result<BackendRef, Failure> {
+    match s.rsplit_once(':') {
+        Some((a, p)) => p
+            .parse()
+            .map(|port| BackendRef { address: a.to_owned(), port: Some(port) })
+            .map_err(|_| Failure::Usage(format!("`{s}`: the port must be a number (ADDRESS or ADDRESS:PORT)"))),
+        None => Ok(BackendRef { address: s.to_owned(), port: None }),
+    }
+}
+
+fn backend_spec(s: &str, weight: Option<u32>) -> Result<BackendSpec, Failure> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || Failure::Usage(format!("`{s}` is not ADDRESS:PORT[:WEIGHT]"));
+    let (address, port, w) = match parts.as_slice() {
+        [a, p] => (*a, p.parse().map_err(|_| bad())?, weight),
+        [a, p, w] => (*a, p.parse().map_err(|_| bad())?, Some(w.parse().map_err(|_| bad())?)),
+        _ => return Err(bad()),
+    };
+    Ok(BackendSpec { address: address.to_owned(), port, weight: w })
+}
+
+fn request_for(cmd: &Command) -> Result<Request, Failure> {
+    Ok(match cmd {
+        Command::Status => Request::Status,
+        Command::Listener(ListenerCmd::List) => Request::ListenerList,
+        Command::Listener(ListenerCmd::Add { name, vip, protocol, port, scheduler, maglev_table_size, tcp_non_syn, backends }) => {
+            Request::ListenerAdd {
+                listener: ListenerSpec {
+                    name: name.clone(),
+                    vip: vip.clone(),
+                    protocol: protocol.clone(),
+                    port: *port,
+                    scheduler: scheduler.clone(),
+                    maglev_table_size: *maglev_table_size,
+                    tcp_non_syn: tcp_non_syn.clone(),
+                    backends: backends.iter().map(|b| backend_spec(b, None)).collect::<Result<_, _>>()?,
+                },
+            }
+        }
+        Command::Listener(ListenerCmd::Del { name }) => Request::ListenerDel { name: name.clone() },
+        Command::Backend(BackendCmd::List { listener }) => Request::BackendList { listener: listener.clone() },
+        Command::Backend(BackendCmd::Add { listener, backend, weight }) => {
+            Request::BackendAdd { listener: listener.clone(), backend: backend_spec(backend, *weight)? }
+        }
+        Command::Backend(BackendCmd::Del { listener, backend }) => {
+            Request::BackendDel { listener: listener.clone(), backend: backend_ref(backend)? }
+        }
+        Command::Backend(BackendCmd::SetWeight { listener, backend, weight }) => {
+            Request::BackendSetWeight { listener: listener.clone(), backend: backend_ref(backend)?, weight: *weight }
+        }
+        Command::Backend(BackendCmd::Drain { listener, backend }) => {
+            Request::BackendDrain { listener: listener.clone(), backend: backend_ref(backend)? }
+        }
+        Command::Backend(BackendCmd::Undrain { listener, backend }) => {
+            Request::BackendUndrain { listener: listener.clone(), backend: backend_ref(backend)? }
+        }
+        Command::Sessions { listener, backend, limit, count } => {
+            let filter = SessionFilter { listener: listener.clone(), backend: backend.clone() };
+            if *count {
+                Request::SessionCount { filter }
+            } else {
+                Request::Sessions { filter, limit: *limit }
+            }
+        }
+        Command::Stats { .. } => Request::Stats,
+        Command::Neighbors => Request::Neighbors,
+        Command::Config(ConfigCmd::Show) => Request::ConfigShow,
+        Command::Config(ConfigCmd::Reload { file: None }) => Request::ConfigReload { source: None },
+        Command::Config(ConfigCmd::Reload { file: Some(f) }) => {
+            // lbctl reads the file, so lbd (root) never opens a path a
+            // client names.
+            let yaml = std::fs::read_to_string(f).map_err(|e| Failure::Usage(format!("{}: {e}", f.display())))?;
+            Request::ConfigReload { source: Some(ConfigText { path: f.display().to_string(), yaml }) }
+        }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    })
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(*shell, &mut Cli::command(), "lbctl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let request = request_for(&cli.command)?;
+    let mut client = Client::connect(&cli.socket).map_err(Failure::Unreachable)?;
+    if let Command::Stats { watch: Some(every), iterations } = &cli.command {
+        return render::watch_stats(&mut client, *every, *iterations, cli.json).map_err(|e| match e {
+            client::Error::Refused(r) => Failure::Refused(r),
+            client::Error::Io(m) => Failure::Unreachable(m),
+        });
+    }
+    let response = client.call(request).map_err(|e| match e {
+        client::Error::Refused(r) => Failure::Refused(r),
+        client::Error::Io(m) => Failure::Unreachable(m),
+    })?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+    } else {
+        render::human(&response);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    eprintln!(
-        "lbctl: lbd has no control socket yet ({} does not exist in this version); \
-         for counters send lbd SIGUSR1 and read its --stats-out file",
-        args.socket
-    );
-    ExitCode::from(3)
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(e)) => {
+            if cli.json {
+                println!("{}", serde_json::json!({"error": e}));
+            }
+            eprintln!("lbctl: {e}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Unreachable(m)) => {
+            if cli.json {
+                println!("{}", serde_json::json!({"error": {"code": "unreachable", "message": m}}));
+            }
+            eprintln!("lbctl: {m}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("lbctl: {m}");
+            ExitCode::from(2)
+        }
+    }
 }
+
+// Keep the type used in signatures visible to the render module.
+pub(crate) type Answer = Response;

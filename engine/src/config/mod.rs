@@ -4,7 +4,7 @@
 //! error names the file, the field path and what is wrong; a rejected file
 //! produces no [`Config`] at all, so nothing downstream can half-apply it.
 
-mod raw;
+pub mod raw;
 
 use crate::wire::MacAddr;
 use ipnet::Ipv4Net;
@@ -134,7 +134,35 @@ pub struct BackendConfig {
     pub address: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    /// Drained: no new flows (weight 0 for scheduling), sessions continue.
+    pub drained: bool,
 }
+
+impl BackendConfig {
+    /// The weight the scheduler uses.
+    pub fn effective_weight(&self) -> u32 {
+        if self.drained {
+            0
+        } else {
+            self.weight
+        }
+    }
+}
+
+/// What happens to a session whose backend left the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovedBackendPolicy {
+    /// The session keeps its backend until it ends or times out.
+    Keep,
+    /// TCP: the next client packet is answered with a RST and the session
+    /// removed. UDP: the session is removed and the flow scheduled anew.
+    Reset,
+    /// The session moves to the backend the scheduler picks now.
+    Reschedule,
+}
+
+/// Default Prometheus endpoint (loopback only).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9412";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
@@ -204,6 +232,10 @@ pub struct Config {
     pub arp: ArpConfig,
     pub mempool_mbufs: Option<u32>,
     pub mempool_cache: u32,
+    pub removed_backend: RemovedBackendPolicy,
+    pub control_socket: PathBuf,
+    pub control_group: Option<String>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -242,18 +274,39 @@ impl Config {
 
 /// Reads and validates `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_raw(path).map(|(_, c)| c)
+}
+
+/// Reads and validates `path`, returning the file's own form as well.
+pub fn load_raw(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         field: String::new(),
         message: format!("cannot read: {e}"),
     })?;
-    parse(&text, path)
+    parse_raw(&text, path)
 }
 
 /// Validates YAML `text`, attributing errors to `path`.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_raw(text, path).map(|(_, c)| c)
+}
+
+/// Parses and validates YAML `text`, returning both forms.
+pub fn parse_raw(text: &str, path: &Path) -> Result<(RawConfig, Config), ConfigError> {
     let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    let cfg = validate(raw.clone(), path)?;
+    Ok((raw, cfg))
+}
+
+/// Validates a configuration in its file form; `path` names it in errors.
+pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     Validator { file: path }.config(raw)
+}
+
+/// The YAML text of a configuration in file form.
+pub fn to_yaml(raw: &RawConfig) -> String {
+    serde_yaml::to_string(raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
 }
 
 fn yaml_error(path: &Path, e: &serde_yaml::Error) -> ConfigError {
@@ -432,6 +485,31 @@ impl Validator<'_> {
         if mempool_cache > 512 {
             return self.err("mempool.cache_size", format!("{mempool_cache} is above DPDK's limit of 512"));
         }
+        let removed_backend = match raw.sessions.removed_backend {
+            None | Some(RawRemovedBackend::Keep) => RemovedBackendPolicy::Keep,
+            Some(RawRemovedBackend::Reset) => RemovedBackendPolicy::Reset,
+            Some(RawRemovedBackend::Reschedule) => RemovedBackendPolicy::Reschedule,
+        };
+        let control_socket = PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
+        if !control_socket.is_absolute() || control_socket.as_os_str().len() > 100 {
+            return self.err("control.socket", format!("`{}` must be an absolute path of at most 100 bytes", control_socket.display()));
+        }
+        if let Some(g) = &raw.control.group {
+            let ok = !g.is_empty() && g.len() <= 32 && g.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !ok {
+                return self.err("control.group", format!("`{g}` is not a group name or number"));
+            }
+        }
+        let metrics_listen = match raw.metrics.listen.as_deref() {
+            Some("off") => None,
+            other => {
+                let s = other.unwrap_or(DEFAULT_METRICS_LISTEN);
+                match s.parse::<std::net::SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => return self.err("metrics.listen", format!("`{s}` is not address:port (or `off`)")),
+                }
+            }
+        };
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -447,6 +525,10 @@ impl Validator<'_> {
             arp,
             mempool_mbufs: raw.mempool.mbufs,
             mempool_cache,
+            removed_backend,
+            control_socket,
+            control_group: raw.control.group.clone(),
+            metrics_listen,
         })
     }
 
@@ -659,7 +741,7 @@ impl Validator<'_> {
                 if !seen.insert((address, bport)) {
                     return self.err(bf("address"), format!("backend {address}:{bport} is listed twice"));
                 }
-                backends.push(BackendConfig { address, port: bport, weight: b.weight });
+                backends.push(BackendConfig { address, port: bport, weight: b.weight, drained: b.drained });
             }
             if let SchedulerKind::Maglev { table_size } = scheduler {
                 if backends.len() as u64 > u64::from(table_size) {

@@ -5,9 +5,9 @@
 //! durations); `validate` turns them into typed values and names the field
 //! when one is wrong.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Arguments for `rte_eal_init`, program name excluded.
@@ -26,40 +26,73 @@ pub struct RawConfig {
     pub arp: RawArp,
     #[serde(default)]
     pub mempool: RawMempool,
+    #[serde(default)]
+    pub control: RawControl,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    /// Unix socket lbctl talks to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// Group (name or number) allowed to use the socket besides root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// address:port of the Prometheus endpoint; "off" disables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawLcores {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<u32>,
     /// CPUs the worker lcores are pinned to, round-robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Vec<u32>>,
     /// Sleep this long after a run of empty polls (0 = pure busy polling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_sleep: Option<String>,
     /// Packets per RX burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPort {
     pub name: String,
     pub device: String,
     pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
     #[serde(default)]
     pub neighbors: Vec<RawNeighbor>,
     /// Overrides the device's MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_descriptors: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_descriptors: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promiscuous: Option<bool>,
     /// How the NIC's RSS hashes: on the client endpoint as source or as
     /// destination, or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss: Option<RawRss>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RawRss {
     Auto,
@@ -68,35 +101,35 @@ pub enum RawRss {
     Off,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNeighbor {
     pub ip: String,
     pub mac: String,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RawProtocol {
     Tcp,
     Udp,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RawScheduler {
     Maglev,
     RoundRobin,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RawNonSynPolicy {
     Schedule,
     Drop,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
@@ -105,8 +138,10 @@ pub struct RawListener {
     pub port: u32,
     #[serde(default = "default_scheduler")]
     pub scheduler: RawScheduler,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_table_size: Option<u32>,
     /// What to do with a TCP packet other than a SYN that has no session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_non_syn: Option<RawNonSynPolicy>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
@@ -116,54 +151,85 @@ fn default_scheduler() -> RawScheduler {
     RawScheduler::Maglev
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub address: String,
     pub port: u32,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// No new flows while set; sessions continue. `lbctl backend drain`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drained: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_weight() -> u32 {
     1
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_syn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_established: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_closing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_closed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawSessions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_per_worker: Option<u64>,
+    /// What happens to sessions whose backend is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_backend: Option<RawRemovedBackend>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRemovedBackend {
+    Keep,
+    Reset,
+    Reschedule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawArp {
     /// How long a learned neighbour is trusted before it is re-resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachable_time: Option<String>,
     /// Interval between ARP requests for an unresolved address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_interval: Option<String>,
     /// Requests sent before an address is given up on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     /// Packets per worker held while their next hop resolves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_length: Option<u32>,
     /// Neighbour entries per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_size: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawMempool {
     /// Number of mbufs; derived from queues and rings when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mbufs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_size: Option<u32>,
 }

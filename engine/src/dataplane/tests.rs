@@ -89,6 +89,10 @@ impl Packet for Pkt {
     fn port(&self) -> u16 {
         self.port
     }
+    fn truncate(&mut self, len: usize) -> bool {
+        self.data.truncate(len);
+        true
+    }
 }
 
 #[derive(Default)]
@@ -127,7 +131,9 @@ struct Harness {
 
 fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> Harness {
     let cfg = config::parse(yaml, Path::new("test.yaml")).expect("test config is valid");
-    let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &mut IdRegistry::default(), 1));
+    let mut ids = IdRegistry::default();
+    ids.assign(&cfg, &|_, _| true).unwrap();
+    let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings =
         CoreSettings { worker, workers, session_capacity: capacity, neighbor_capacity: 64, pending_capacity: 4 };
@@ -690,4 +696,141 @@ proptest! {
         h.rx(0, f);
         prop_assert_eq!(accounted(&h), 1);
     }
+}
+
+/// Rebuilds the harness's snapshot from `yaml` (same ports), as a
+/// configuration change would.
+fn reconfigure(h: &mut Harness, ids: &mut IdRegistry, yaml: &str, generation: u64) {
+    let cfg = config::parse(yaml, Path::new("test.yaml")).expect("valid");
+    ids.assign(&cfg, &|_, _| true).unwrap();
+    h.dp.set_snapshot(Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], ids, generation)));
+}
+
+fn web_only(backends: &str, policy: &str) -> String {
+    format!(
+        "ports:\n  - {{name: ext, device: a, address: 10.0.0.1/24, gateway: 10.0.0.254, neighbors: [{{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}}]}}\n  \
+         - {{name: int, device: b, address: 10.1.0.1/24, neighbors: [{{ip: 10.1.0.11, mac: \"02:00:00:00:00:11\"}}, {{ip: 10.1.0.12, mac: \"02:00:00:00:00:12\"}}]}}\n\
+         listeners:\n  - name: web\n    vip: 10.0.0.100\n    protocol: tcp\n    port: 80\n    backends: [{backends}]\n  \
+         - name: dns\n    vip: 10.0.0.100\n    protocol: udp\n    port: 53\n    backends: [{backends}]\n\
+         sessions: {{removed_backend: {policy}}}\n"
+    )
+}
+
+/// Starts a harness on `web_only`, opens TCP and UDP flows until one of
+/// each sits on 10.1.0.12, and returns the client ports used.
+fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
+    let yaml = web_only("{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080}", policy);
+    let cfg = config::parse(&yaml, Path::new("t")).unwrap();
+    let mut ids = IdRegistry::default();
+    ids.assign(&cfg, &|_, _| true).unwrap();
+    let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
+    let settings = CoreSettings { worker: 0, workers: 1, session_capacity: 100, neighbor_capacity: 64, pending_capacity: 4 };
+    let mut dp = Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
+    dp.set_now(1);
+    let mut h = Harness { dp, counters, io: TestIo::default() };
+    let vip = ip("10.0.0.100");
+    let mut tcp_port = None;
+    let mut udp_port = None;
+    for p in 40000..40100u16 {
+        if tcp_port.is_none() {
+            h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, p, 80, FLAG_SYN, b""));
+            if backend_of(&h.take_tx()[0].1).0 == ip("10.1.0.12") {
+                tcp_port = Some(p);
+            }
+        }
+        if udp_port.is_none() {
+            h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip("192.168.1.10"), vip, p, 53, 0, b"q"));
+            if backend_of(&h.take_tx()[0].1).0 == ip("10.1.0.12") {
+                udp_port = Some(p);
+            }
+        }
+    }
+    (h, ids, tcp_port.expect("a TCP flow on .12"), udp_port.expect("a UDP flow on .12"))
+}
+
+#[test]
+fn removed_backend_keep_policy_keeps_sessions() {
+    let (mut h, mut ids, tp, up) = flows_on_second_backend("keep");
+    let vip = ip("10.0.0.100");
+    reconfigure(&mut h, &mut ids, &web_only("{address: 10.1.0.11, port: 8080}", "keep"), 2);
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, tp, 80, FLAG_ACK, b"more"));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip("192.168.1.10"), vip, up, 53, 0, b"more"));
+    let out = h.take_tx();
+    assert_eq!(backend_of(&out[0].1).0, ip("10.1.0.12"), "TCP stays on the removed backend");
+    assert_eq!(backend_of(&out[1].1).0, ip("10.1.0.12"), "UDP stays on the removed backend");
+    assert_eq!(h.total_drops(), 0);
+}
+
+#[test]
+fn removed_backend_reset_policy_resets_tcp_and_moves_udp() {
+    let (mut h, mut ids, tp, up) = flows_on_second_backend("reset");
+    let vip = ip("10.0.0.100");
+    let client = ip("192.168.1.10");
+    reconfigure(&mut h, &mut ids, &web_only("{address: 10.1.0.11, port: 8080}", "reset"), 2);
+    let before = h.dp.sessions().len();
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, tp, 80, FLAG_ACK, b"more"));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    let rst = &out[0].1;
+    assert_eq!(rst.len(), 54);
+    assert_eq!(&rst[0..6], &GW_MAC.0, "routed back to the client");
+    let ipv = Ipv4Packet::new_checked(&rst[14..]).unwrap();
+    assert!(ipv.verify_checksum());
+    assert_eq!((ipv.src_u32(), ipv.dst_u32()), (vip, client));
+    let t = TcpPacket::new_checked(&rst[34..]).unwrap();
+    assert_eq!((t.src_port(), t.dst_port()), (80, tp));
+    assert_eq!(t.flags(), FLAG_RST);
+    assert_eq!(t.seq(), 0, "RST carries the segment's ack number (0 in the test frame)");
+    assert_eq!(t.checksum(), l4_checksum(rst));
+    assert_eq!(h.dp.sessions().len(), before - 1);
+    assert_eq!(h.counters.event_count(Event::SessionsReset), 1);
+    // UDP: the session moves to a configured backend.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, vip, up, 53, 0, b"more"));
+    assert_eq!(backend_of(&h.take_tx()[0].1).0, ip("10.1.0.11"));
+    assert_eq!(h.counters.event_count(Event::SessionsMoved), 1);
+    assert_eq!(h.total_drops(), 0);
+}
+
+#[test]
+fn removed_backend_reschedule_policy_moves_sessions() {
+    let (mut h, mut ids, tp, up) = flows_on_second_backend("reschedule");
+    let vip = ip("10.0.0.100");
+    let client = ip("192.168.1.10");
+    reconfigure(&mut h, &mut ids, &web_only("{address: 10.1.0.11, port: 8080}", "reschedule"), 2);
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, tp, 80, FLAG_ACK, b"more"));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, vip, up, 53, 0, b"more"));
+    let out = h.take_tx();
+    assert_eq!(backend_of(&out[0].1).0, ip("10.1.0.11"));
+    assert_eq!(backend_of(&out[1].1).0, ip("10.1.0.11"));
+    assert_eq!(h.counters.event_count(Event::SessionsMoved), 2);
+    // The moved TCP session carried its state (SYN sent) and the client's
+    // ACK advanced it as on any session.
+    let s = h.dp.sessions().iter().find(|(_, s)| s.client_port == tp && s.proto == PROTO_TCP).unwrap().1;
+    assert_eq!(s.state, SessionState::TcpEstablished);
+    // Replies from the new backend find the moved session.
+    h.rx(1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, ip("10.1.0.11"), client, 8080, tp, FLAG_SYN | FLAG_ACK, b""));
+    assert_frame(&h.take_tx()[0].1, GW_MAC, EXT_MAC, vip, client, 80, tp, 63);
+    assert_eq!(h.total_drops(), 0);
+}
+
+#[test]
+fn drained_backend_gets_no_new_flows_but_keeps_sessions() {
+    let (mut h, mut ids, tp, _) = flows_on_second_backend("keep");
+    let vip = ip("10.0.0.100");
+    let client = ip("192.168.1.10");
+    reconfigure(
+        &mut h,
+        &mut ids,
+        &web_only("{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080, drained: true}", "reset"),
+        2,
+    );
+    // The existing session continues (drained is not removed).
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, tp, 80, FLAG_ACK, b"more"));
+    assert_eq!(backend_of(&h.take_tx()[0].1).0, ip("10.1.0.12"));
+    // New flows all go elsewhere.
+    for p in 50000..50050u16 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, p, 80, FLAG_SYN, b""));
+        assert_eq!(backend_of(&h.take_tx()[0].1).0, ip("10.1.0.11"));
+    }
+    assert_eq!(h.counters.event_count(Event::SessionsReset), 0);
 }

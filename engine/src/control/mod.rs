@@ -1,0 +1,598 @@
+//! The control plane: the running configuration, hot changes, and the
+//! answers `lbctl` gets.
+//!
+//! Every change is applied to a copy of the configuration in its file form,
+//! validated by the same code that validates files, built into a new
+//! immutable [`Snapshot`] on the control thread and published; workers
+//! switch at their next burst boundary and report the generation they run.
+//! A change that does not validate, or that touches what only a restart can
+//! change, is refused and nothing changes. The control plane's lock is
+//! taken by control threads only, never by a worker.
+
+pub mod query;
+pub mod server;
+
+use crate::config::raw::{RawBackend, RawConfig, RawListener};
+use crate::config::{self, Config};
+use crate::counters::WorkerCounters;
+use crate::daemon::BuildInfo;
+use crate::dpdk::{self, Mempool, RingMonitor, RssState};
+use crate::snapshot::{IdKind, IdRegistry, Snapshot, SnapshotCell};
+use crate::stats::{self, Baselines, ReportContext};
+use crate::wire::MacAddr;
+use hdrhistogram::Histogram;
+use lbproto::stats::Report;
+use lbproto::{
+    BackendInfo, BackendRef, BackendSpec, Change, ErrorCode, ErrorReply, ListenerInfo, ListenerSpec, NeighborInfo,
+    PortStatus, Request, Response, SessionFilter, SessionInfo, Status,
+};
+use parking_lot::Mutex;
+use query::{SessionMatch, WorkerQuery};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a change may take to reach every worker before it is reported
+/// as stuck (it stays published; the worker picks it up when it can).
+const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a worker may take to answer a query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most sessions one listing returns.
+pub const MAX_SESSIONS_LISTED: u32 = 100_000;
+
+/// A port as the control plane sees it.
+#[derive(Debug, Clone)]
+pub struct PortInfo {
+    pub id: u16,
+    pub name: String,
+    pub device: String,
+    pub driver: String,
+    pub rx_queues: u16,
+    pub rss: RssState,
+}
+
+/// The configuration as it runs now, and what is needed to change it.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The file lbd started with (SIGHUP and `config reload` read it).
+    pub path: PathBuf,
+    pub raw: RawConfig,
+    pub config: Config,
+    pub generation: u64,
+    pub ids: IdRegistry,
+    pub baselines: Baselines,
+    pub macs: Vec<MacAddr>,
+    /// Snapshots some worker may still hold; dropped here, never on a
+    /// worker (freeing a large table there would stall its traffic).
+    retired: Vec<Arc<Snapshot>>,
+}
+
+impl ControlPlane {
+    pub fn new(path: PathBuf, raw: RawConfig, config: Config, ids: IdRegistry, macs: Vec<MacAddr>) -> ControlPlane {
+        ControlPlane { path, raw, config, generation: 1, ids, baselines: Baselines::default(), macs, retired: Vec::new() }
+    }
+}
+
+/// Everything the control threads share.
+#[derive(Debug)]
+pub struct Runtime {
+    pub build: BuildInfo,
+    pub dpdk_version: String,
+    pub started: Instant,
+    pub lcores: Vec<u32>,
+    pub counters: Vec<Arc<WorkerCounters>>,
+    pub snapshots: Arc<SnapshotCell>,
+    pub ports: Vec<PortInfo>,
+    pub pool: Arc<Mempool>,
+    /// Per worker, the rings that feed it.
+    pub rings: Vec<Vec<RingMonitor>>,
+    pub queries: Vec<crossbeam_channel::Sender<WorkerQuery>>,
+    pub plane: Mutex<ControlPlane>,
+    /// Control operations by (operation, result).
+    pub ops: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Microseconds from publishing a change until every worker ran it.
+    pub propagation: Mutex<Histogram<u64>>,
+    pub seq: AtomicU64,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(code, msg)
+}
+
+fn config_error(e: config::ConfigError, api: bool) -> ErrorReply {
+    // A change made through the API has no file: name the field only.
+    let msg = if api && !e.field.is_empty() { format!("{}: {}", e.field, e.message) } else { e.to_string() };
+    err(ErrorCode::Invalid, msg)
+}
+
+/// What only a restart can change, by name, that differs between `a` and
+/// `b`.
+fn restart_needed(a: &Config, b: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut check = |name, same: bool| {
+        if !same {
+            v.push(name);
+        }
+    };
+    check("eal", a.eal == b.eal);
+    check("lcores", a.workers == b.workers && a.cpus == b.cpus && a.idle_sleep == b.idle_sleep && a.burst == b.burst);
+    check("ports", a.ports == b.ports);
+    check("sessions.capacity_per_worker", a.session_capacity == b.session_capacity);
+    check("arp.queue_length/cache_size", a.arp.queue_length == b.arp.queue_length && a.arp.cache_size == b.arp.cache_size);
+    check("mempool", a.mempool_mbufs == b.mempool_mbufs && a.mempool_cache == b.mempool_cache);
+    check("control", a.control_socket == b.control_socket && a.control_group == b.control_group);
+    check("metrics", a.metrics_listen == b.metrics_listen);
+    v
+}
+
+fn parse_backend_filter(s: &str) -> Result<(Ipv4Addr, Option<u16>), ErrorReply> {
+    let bad = || err(ErrorCode::Invalid, format!("`{s}` is not a backend address (ADDRESS or ADDRESS:PORT)"));
+    match s.split_once(':') {
+        Some((a, p)) => Ok((a.parse().map_err(|_| bad())?, Some(p.parse().map_err(|_| bad())?))),
+        None => Ok((s.parse().map_err(|_| bad())?, None)),
+    }
+}
+
+impl Runtime {
+    /// Counts one control operation.
+    pub fn record_op(&self, op: &str, ok: bool) {
+        *self.ops.lock().entry((op.to_owned(), if ok { "ok" } else { "error" })).or_default() += 1;
+    }
+
+    /// The counters document.
+    pub fn report(&self, is_final: bool) -> Report {
+        let device_stats: Vec<_> = self.ports.iter().map(|p| dpdk::Port::stats(p.id)).collect();
+        let link_up: Vec<bool> = self.ports.iter().map(|p| dpdk::Port::link_up(p.id)).collect();
+        let rss: Vec<RssState> = self.ports.iter().map(|p| p.rss.clone()).collect();
+        let snap = self.snapshots.load();
+        let baselines = self.plane.lock().baselines.clone();
+        let version = format!("{} ({})", self.build.version, self.build.git_revision);
+        stats::report(&ReportContext {
+            version: &version,
+            dpdk_version: &self.dpdk_version,
+            is_final,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            snapshot: &snap,
+            workers: &self.counters,
+            lcores: &self.lcores,
+            device_stats: &device_stats,
+            link_up: &link_up,
+            rss: &rss,
+            mempool_in_use: self.pool.in_use(),
+            mempool_available: self.pool.available(),
+            baselines: &baselines,
+        })
+    }
+
+    /// Answers one request (after the hello).
+    pub fn handle(&self, req: &Request) -> Result<Response, ErrorReply> {
+        match req {
+            Request::Hello { .. } => Err(err(ErrorCode::BadRequest, "hello was already done on this connection")),
+            Request::Status => Ok(Response::Status { status: self.status() }),
+            Request::ListenerList => Ok(Response::Listeners { listeners: self.listeners() }),
+            Request::BackendList { listener } => Ok(Response::Backends { backends: self.backends(listener.as_deref())? }),
+            Request::ListenerAdd { listener } => self.change(|raw| add_listener(raw, listener)),
+            Request::ListenerDel { name } => self.change(|raw| {
+                let i = find_listener(raw, name)?;
+                raw.listeners.remove(i);
+                Ok(format!("listener {name} removed"))
+            }),
+            Request::BackendAdd { listener, backend } => self.change(|raw| add_backend(raw, listener, backend)),
+            Request::BackendDel { listener, backend } => self.change(|raw| {
+                let (l, b) = find_backend(raw, listener, backend)?;
+                raw.listeners[l].backends.remove(b);
+                Ok(format!("backend {backend} removed from {listener}"))
+            }),
+            Request::BackendSetWeight { listener, backend, weight } => self.change(|raw| {
+                let (l, b) = find_backend(raw, listener, backend)?;
+                raw.listeners[l].backends[b].weight = *weight;
+                Ok(format!("backend {backend} of {listener}: weight {weight}"))
+            }),
+            Request::BackendDrain { listener, backend } => self.change(|raw| {
+                let (l, b) = find_backend(raw, listener, backend)?;
+                raw.listeners[l].backends[b].drained = true;
+                Ok(format!("backend {backend} of {listener} drained: no new flows, sessions continue"))
+            }),
+            Request::BackendUndrain { listener, backend } => self.change(|raw| {
+                let (l, b) = find_backend(raw, listener, backend)?;
+                raw.listeners[l].backends[b].drained = false;
+                Ok(format!("backend {backend} of {listener} takes new flows again"))
+            }),
+            Request::Sessions { filter, limit } => self.sessions(filter, *limit),
+            Request::SessionCount { filter } => Ok(Response::SessionCount { count: self.session_count(filter)? }),
+            Request::Stats => Ok(Response::Stats { stats: self.report(false) }),
+            Request::Neighbors => Ok(Response::Neighbors { neighbors: self.neighbors()? }),
+            Request::ConfigShow => {
+                let p = self.plane.lock();
+                Ok(Response::Config { path: p.path.display().to_string(), generation: p.generation, yaml: config::to_yaml(&p.raw) })
+            }
+            Request::ConfigReload { source } => {
+                let change = match source {
+                    Some(s) => self.reload_text(&s.yaml, Path::new(&s.path))?,
+                    None => self.reload_file()?,
+                };
+                Ok(Response::Changed { change })
+            }
+        }
+    }
+
+    /// Re-reads the configuration file lbd started with (SIGHUP).
+    pub fn reload_file(&self) -> Result<Change, ErrorReply> {
+        let path = self.plane.lock().path.clone();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| err(ErrorCode::Invalid, format!("{}: cannot read: {e}", path.display())))?;
+        self.reload_text(&text, &path)
+    }
+
+    /// Applies configuration text as a whole, attributing errors to `path`.
+    pub fn reload_text(&self, text: &str, path: &Path) -> Result<Change, ErrorReply> {
+        let (raw, _) = config::parse_raw(text, path).map_err(|e| config_error(e, false))?;
+        let mut plane = self.plane.lock();
+        self.apply(&mut plane, raw, path, false, format!("configuration reloaded from {}", path.display()))
+    }
+
+    /// Applies `edit` to a copy of the running configuration.
+    fn change(&self, edit: impl FnOnce(&mut RawConfig) -> Result<String, ErrorReply>) -> Result<Response, ErrorReply> {
+        let mut plane = self.plane.lock();
+        let mut raw = plane.raw.clone();
+        let summary = edit(&mut raw)?;
+        let origin = plane.path.clone();
+        self.apply(&mut plane, raw, &origin, true, summary).map(|change| Response::Changed { change })
+    }
+
+    fn apply(
+        &self,
+        plane: &mut ControlPlane,
+        raw: RawConfig,
+        origin: &Path,
+        api: bool,
+        summary: String,
+    ) -> Result<Change, ErrorReply> {
+        let t0 = Instant::now();
+        let cfg = config::validate(raw.clone(), origin).map_err(|e| config_error(e, api))?;
+        let fixed = restart_needed(&plane.config, &cfg);
+        if !fixed.is_empty() {
+            return Err(err(
+                ErrorCode::RestartRequired,
+                format!("changing {} needs a restart of lbd; nothing was applied", fixed.join(", ")),
+            ));
+        }
+        let mut ids = plane.ids.clone();
+        let counters = &self.counters;
+        let idle = |kind: IdKind, id: u32| {
+            let empty = Baselines::default();
+            let t = match kind {
+                IdKind::Listener => stats::listener_totals(counters, id as u16, &empty),
+                IdKind::Backend => stats::backend_totals(counters, id, &empty),
+            };
+            t.sessions_active == 0
+        };
+        let recycled = ids.assign(&cfg, &idle).map_err(|e| err(ErrorCode::Invalid, e))?;
+        let generation = plane.generation + 1;
+        let snapshot = Snapshot::build(&cfg, &plane.macs, &ids, generation);
+        let build_us = t0.elapsed().as_micros() as u64;
+
+        // Ids that change owner: the new owner's counters start from here.
+        let empty = Baselines::default();
+        for (kind, id) in recycled {
+            match kind {
+                IdKind::Listener => {
+                    let t = stats::listener_totals(counters, id as u16, &empty);
+                    plane.baselines.listeners.insert(id as u16, t);
+                }
+                IdKind::Backend => {
+                    let t = stats::backend_totals(counters, id, &empty);
+                    plane.baselines.backends.insert(id, t);
+                }
+            }
+        }
+
+        let t1 = Instant::now();
+        plane.retired.push(self.snapshots.load());
+        self.snapshots.publish(snapshot);
+        let reached = self.wait_generation(generation);
+        let propagation_us = t1.elapsed().as_micros() as u64;
+        if reached {
+            // Every worker runs the new snapshot: the old ones are ours alone.
+            plane.retired.clear();
+            let _ = self.propagation.lock().record(propagation_us.max(1));
+        }
+        plane.ids = ids;
+        plane.config = cfg;
+        plane.raw = raw;
+        plane.generation = generation;
+        if !reached {
+            return Err(err(
+                ErrorCode::Timeout,
+                format!("generation {generation} published but not every worker switched within {PROPAGATION_TIMEOUT:?}"),
+            ));
+        }
+        Ok(Change { generation, propagation_us, build_us, summary })
+    }
+
+    /// Waits until every worker runs `generation` or later.
+    fn wait_generation(&self, generation: u64) -> bool {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if self.counters.iter().all(|c| c.generation.get() >= generation) {
+                return true;
+            }
+            if start.elapsed() > PROPAGATION_TIMEOUT {
+                return false;
+            }
+            // Workers switch within microseconds: spin briefly, then sleep.
+            spins += 1;
+            if spins < 200 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let report = self.report(false);
+        let plane = self.plane.lock();
+        let ports = self
+            .ports
+            .iter()
+            .zip(&report.ports)
+            .map(|(p, r)| PortStatus {
+                name: p.name.clone(),
+                device: p.device.clone(),
+                driver: p.driver.clone(),
+                mac: r.mac.clone(),
+                address: r.address.clone(),
+                link_up: r.link_up,
+                rx_queues: p.rx_queues,
+                rss: p.rss.mode.clone(),
+                rx_packets: r.rx_packets,
+                tx_packets: r.tx_packets,
+                rx_bytes: r.rx_bytes,
+                tx_bytes: r.tx_bytes,
+                device_drops: r.device_stats.imissed + r.device_stats.ierrors + r.device_stats.rx_nombuf + r.device_stats.oerrors,
+            })
+            .collect();
+        Status {
+            version: format!("{} (git {})", self.build.version, self.build.git_revision),
+            dpdk_version: self.dpdk_version.clone(),
+            uptime_seconds: report.uptime_seconds,
+            workers: self.counters.len(),
+            lcores: self.lcores.clone(),
+            config_path: plane.path.display().to_string(),
+            config_generation: plane.generation,
+            listeners: plane.config.listeners.len(),
+            backends: plane.config.listeners.iter().map(|l| l.backends.len()).sum(),
+            sessions_active: report.sessions_active,
+            drops_total: report.drops_total,
+            ports,
+        }
+    }
+
+    fn listeners(&self) -> Vec<ListenerInfo> {
+        let snap = self.snapshots.load();
+        let base = self.plane.lock().baselines.clone();
+        snap.listeners
+            .iter()
+            .map(|l| {
+                let t = stats::listener_totals(&self.counters, l.id, &base);
+                ListenerInfo {
+                    name: l.name.clone(),
+                    vip: Ipv4Addr::from(l.vip).to_string(),
+                    protocol: l.protocol.name().into(),
+                    port: l.port,
+                    scheduler: l.scheduler.name().into(),
+                    backends: l.backends.len(),
+                    sessions_active: t.sessions_active,
+                    sessions_created: t.sessions_created,
+                    packets_in: t.packets_in,
+                    packets_out: t.packets_out,
+                }
+            })
+            .collect()
+    }
+
+    fn backends(&self, listener: Option<&str>) -> Result<Vec<BackendInfo>, ErrorReply> {
+        let snap = self.snapshots.load();
+        let base = self.plane.lock().baselines.clone();
+        if let Some(name) = listener {
+            if !snap.listeners.iter().any(|l| l.name == name) {
+                return Err(err(ErrorCode::NotFound, format!("no listener `{name}`")));
+            }
+        }
+        let mut out = Vec::new();
+        for l in snap.listeners.iter().filter(|l| listener.is_none_or(|n| n == l.name)) {
+            let shares = l.scheduler.shares(l.backends.len());
+            for (b, share) in l.backends.iter().zip(shares) {
+                let t = stats::backend_totals(&self.counters, b.id, &base);
+                out.push(BackendInfo {
+                    listener: l.name.clone(),
+                    address: Ipv4Addr::from(b.addr).to_string(),
+                    port: b.port,
+                    weight: b.weight,
+                    drained: b.drained,
+                    share,
+                    sessions_active: t.sessions_active,
+                    sessions_created: t.sessions_created,
+                    packets_in: t.packets_in,
+                    packets_out: t.packets_out,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn session_match(&self, snap: &Snapshot, f: &SessionFilter) -> Result<SessionMatch, ErrorReply> {
+        let mut m = SessionMatch::default();
+        if let Some(name) = &f.listener {
+            let l = snap
+                .listeners
+                .iter()
+                .find(|l| &l.name == name)
+                .ok_or_else(|| err(ErrorCode::NotFound, format!("no listener `{name}`")))?;
+            m.listener = Some(l.id);
+        }
+        if let Some(b) = &f.backend {
+            let (ip, port) = parse_backend_filter(b)?;
+            m.backend_ip = Some(u32::from(ip));
+            m.backend_port = port;
+        }
+        Ok(m)
+    }
+
+    fn session_count(&self, f: &SessionFilter) -> Result<u64, ErrorReply> {
+        let snap = self.snapshots.load();
+        let m = self.session_match(&snap, f)?;
+        if m.listener.is_none() && m.backend_ip.is_none() {
+            return Ok(self.counters.iter().map(|c| c.sessions_active.get()).sum());
+        }
+        let base = self.plane.lock().baselines.clone();
+        if m.backend_ip.is_none() {
+            let id = m.listener.expect("checked");
+            return Ok(stats::listener_totals(&self.counters, id, &base).sessions_active);
+        }
+        // By backend: the backends of the current configuration at that
+        // address (and port), within the listener when one is given.
+        Ok(snap
+            .listeners
+            .iter()
+            .filter(|l| m.listener.is_none_or(|id| id == l.id))
+            .flat_map(|l| l.backends.iter())
+            .filter(|b| Some(b.addr) == m.backend_ip && m.backend_port.is_none_or(|p| p == b.port))
+            .map(|b| stats::backend_totals(&self.counters, b.id, &base).sessions_active)
+            .sum())
+    }
+
+    fn sessions(&self, f: &SessionFilter, limit: u32) -> Result<Response, ErrorReply> {
+        let snap = self.snapshots.load();
+        let m = self.session_match(&snap, f)?;
+        let limit = limit.clamp(1, MAX_SESSIONS_LISTED);
+        let mut out = Vec::new();
+        let mut truncated = false;
+        for (w, q) in self.queries.iter().enumerate() {
+            let mut start = 0u32;
+            loop {
+                let want = limit - out.len() as u32;
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                q.send_timeout(WorkerQuery::Sessions { filter: m, start, limit: want, reply: tx }, QUERY_TIMEOUT)
+                    .map_err(|_| err(ErrorCode::Timeout, format!("worker {w} does not take queries")))?;
+                let chunk = rx
+                    .recv_timeout(QUERY_TIMEOUT)
+                    .map_err(|_| err(ErrorCode::Timeout, format!("worker {w} did not answer in {QUERY_TIMEOUT:?}")))?;
+                for s in &chunk.sessions {
+                    let listener = snap.listener_by_id(s.listener).map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
+                    out.push(SessionInfo {
+                        worker: w,
+                        protocol: if s.proto == crate::wire::ipv4::PROTO_TCP { "tcp" } else { "udp" }.into(),
+                        client: format!("{}:{}", Ipv4Addr::from(s.client_ip), s.client_port),
+                        vip: format!("{}:{}", Ipv4Addr::from(s.vip), s.vip_port),
+                        backend: format!("{}:{}", Ipv4Addr::from(s.backend_ip), s.backend_port),
+                        listener,
+                        state: s.state.name().into(),
+                        idle_ms: u64::from(chunk.now_ms.wrapping_sub(s.last_seen)),
+                    });
+                }
+                if out.len() as u32 >= limit {
+                    truncated = chunk.next.is_some() || w + 1 < self.queries.len();
+                    break;
+                }
+                match chunk.next {
+                    Some(n) => start = n,
+                    None => break,
+                }
+            }
+            if truncated {
+                break;
+            }
+        }
+        Ok(Response::Sessions { sessions: out, truncated })
+    }
+
+    fn neighbors(&self) -> Result<Vec<NeighborInfo>, ErrorReply> {
+        let snap = self.snapshots.load();
+        let mut out = Vec::new();
+        for (w, q) in self.queries.iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            q.send_timeout(WorkerQuery::Neighbors { reply: tx }, QUERY_TIMEOUT)
+                .map_err(|_| err(ErrorCode::Timeout, format!("worker {w} does not take queries")))?;
+            let list = rx
+                .recv_timeout(QUERY_TIMEOUT)
+                .map_err(|_| err(ErrorCode::Timeout, format!("worker {w} did not answer in {QUERY_TIMEOUT:?}")))?;
+            for n in list {
+                out.push(NeighborInfo {
+                    worker: w,
+                    port: snap.ports.get(usize::from(n.port)).map_or_else(|| n.port.to_string(), |p| p.name.clone()),
+                    address: Ipv4Addr::from(n.ip).to_string(),
+                    mac: n.mac.to_string(),
+                    state: n.state.into(),
+                    age_ms: u64::from(n.age_ms),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.port, &a.address, a.worker).cmp(&(&b.port, &b.address, b.worker)));
+        Ok(out)
+    }
+}
+
+fn find_listener(raw: &RawConfig, name: &str) -> Result<usize, ErrorReply> {
+    raw.listeners.iter().position(|l| l.name == name).ok_or_else(|| err(ErrorCode::NotFound, format!("no listener `{name}`")))
+}
+
+/// The one backend of `listener` that `r` names.
+fn find_backend(raw: &RawConfig, listener: &str, r: &BackendRef) -> Result<(usize, usize), ErrorReply> {
+    let l = find_listener(raw, listener)?;
+    let want: Ipv4Addr =
+        r.address.parse().map_err(|_| err(ErrorCode::Invalid, format!("`{}` is not an IPv4 address", r.address)))?;
+    let hits: Vec<usize> = raw.listeners[l]
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.address.trim().parse::<Ipv4Addr>().ok() == Some(want) && r.port.is_none_or(|p| u32::from(p) == b.port))
+        .map(|(i, _)| i)
+        .collect();
+    match hits.as_slice() {
+        [i] => Ok((l, *i)),
+        [] => Err(err(ErrorCode::NotFound, format!("listener `{listener}` has no backend {r}"))),
+        _ => Err(err(ErrorCode::Invalid, format!("listener `{listener}` has several backends at {}: give the port", r.address))),
+    }
+}
+
+fn add_listener(raw: &mut RawConfig, spec: &ListenerSpec) -> Result<String, ErrorReply> {
+    if raw.listeners.iter().any(|l| l.name == spec.name) {
+        return Err(err(ErrorCode::AlreadyExists, format!("listener `{}` exists already", spec.name)));
+    }
+    // The spec has the configuration's field names: decode it exactly as a
+    // file would be, so unknown values get the same errors.
+    let l: RawListener = serde_json::to_value(spec)
+        .and_then(serde_json::from_value)
+        .map_err(|e| err(ErrorCode::Invalid, format!("listener `{}`: {e}", spec.name)))?;
+    raw.listeners.push(l);
+    Ok(format!("listener {} added", spec.name))
+}
+
+fn add_backend(raw: &mut RawConfig, listener: &str, spec: &BackendSpec) -> Result<String, ErrorReply> {
+    let l = find_listener(raw, listener)?;
+    let addr = spec.address.trim().parse::<Ipv4Addr>().ok();
+    let dup = raw.listeners[l]
+        .backends
+        .iter()
+        .any(|b| addr.is_some() && b.address.trim().parse::<Ipv4Addr>().ok() == addr && b.port == spec.port);
+    if dup {
+        return Err(err(
+            ErrorCode::AlreadyExists,
+            format!("listener `{listener}` already has backend {}:{}", spec.address, spec.port),
+        ));
+    }
+    raw.listeners[l].backends.push(RawBackend {
+        address: spec.address.clone(),
+        port: spec.port,
+        weight: spec.weight.unwrap_or(1),
+        drained: false,
+    });
+    Ok(format!("backend {}:{} added to {listener}", spec.address, spec.port))
+}

@@ -1,0 +1,224 @@
+//! The Unix control socket: one accepting thread, one thread per client.
+//!
+//! A client that stalls mid-frame ties up only its own thread until the
+//! read timeout; a client that sends garbage gets an error or a closed
+//! connection. Neither can stop the others from being served.
+
+use super::Runtime;
+use lbproto::{
+    read_frame_bytes, write_frame, ErrorCode, ErrorReply, FrameError, Outcome, Request, RequestFrame, Response,
+    ResponseFrame, PROTOCOL_VERSION,
+};
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Clients served at once; more are told so and closed.
+const MAX_CLIENTS: usize = 32;
+/// A client silent this long (mid-frame or between requests) is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The running socket server.
+#[derive(Debug)]
+pub struct ControlServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+/// The numeric id of group `name` (a number is taken as is).
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| format!("control.group: no group `{name}`"))
+}
+
+/// Binds the control socket at `path`: a stale socket (nobody answers) is
+/// replaced; one a live process serves is left alone and is an error.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(format!("{} is served by another running lbd; stop it or set control.socket", path.display())),
+            Err(_) => std::fs::remove_file(path).map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?,
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+    if let Some(g) = group {
+        let gid = group_id(g)?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| format!("cannot give {} to group {g}: {e}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+impl ControlServer {
+    /// Serves `listener` on a thread of its own.
+    pub fn spawn(listener: UnixListener, path: PathBuf, rt: Arc<Runtime>) -> std::io::Result<ControlServer> {
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("lbd-control".into()).spawn(move || accept_loop(listener, rt, stop2))?;
+        Ok(ControlServer { stop, thread: Some(thread), path })
+    }
+
+    /// Stops accepting and removes the socket file. Client threads finish
+    /// their current request and see the closed runtime.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    // Every client: a handle on its socket (to cut it at shutdown) and its
+    // thread (to wait for it: it holds the runtime).
+    let mut clients: Vec<(UnixStream, JoinHandle<()>)> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        clients.retain(|(_, t)| !t.is_finished());
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                if active.load(Ordering::SeqCst) >= MAX_CLIENTS {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                    let reply = ResponseFrame {
+                        id: 0,
+                        result: Outcome::Error(ErrorReply::new(ErrorCode::Internal, format!("busy: {MAX_CLIENTS} clients connected"))),
+                    };
+                    let _ = write_frame(&mut stream, &reply);
+                    continue;
+                }
+                let Ok(handle) = stream.try_clone() else { continue };
+                active.fetch_add(1, Ordering::SeqCst);
+                let rt = Arc::clone(&rt);
+                let active2 = Arc::clone(&active);
+                let spawned = std::thread::Builder::new().name("lbd-client".into()).spawn(move || {
+                    serve_client(stream, &rt);
+                    active2.fetch_sub(1, Ordering::SeqCst);
+                });
+                match spawned {
+                    Ok(t) => clients.push((handle, t)),
+                    Err(_) => {
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("lbd: control socket: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    // Shutting down: unblock every client and wait for it.
+    for (s, t) in clients {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = t.join();
+    }
+}
+
+fn reply(stream: &mut UnixStream, id: u64, result: Result<Response, ErrorReply>) -> bool {
+    let frame = ResponseFrame {
+        id,
+        result: match result {
+            Ok(r) => Outcome::Ok(r),
+            Err(e) => Outcome::Error(e),
+        },
+    };
+    write_frame(stream, &frame).is_ok()
+}
+
+/// The `id` of a request that did not decode, when it has one.
+fn salvage_id(body: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("id")?.as_u64()).unwrap_or(0)
+}
+
+fn serve_client(mut stream: UnixStream, rt: &Runtime) {
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(IDLE_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    let mut greeted = false;
+    loop {
+        let body = match read_frame_bytes(&mut stream) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(FrameError::TooLarge(n)) => {
+                rt.record_op("invalid", false);
+                let e = ErrorReply::new(ErrorCode::TooLarge, format!("frame of {n} bytes exceeds the {} byte limit", lbproto::MAX_FRAME));
+                reply(&mut stream, 0, Err(e));
+                return;
+            }
+            // Timeouts, resets, half-sent frames: nothing more to say.
+            Err(_) => return,
+        };
+        let frame: RequestFrame = match serde_json::from_slice(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                rt.record_op("invalid", false);
+                let id = salvage_id(&body);
+                if !reply(&mut stream, id, Err(ErrorReply::new(ErrorCode::BadRequest, format!("not a request: {e}")))) || !greeted {
+                    return;
+                }
+                continue;
+            }
+        };
+        if !greeted {
+            let (result, keep) = match &frame.request {
+                Request::Hello { protocol, .. } if *protocol == PROTOCOL_VERSION => (
+                    Ok(Response::Hello {
+                        protocol: PROTOCOL_VERSION,
+                        server: format!("lbd {} (git {})", rt.build.version, rt.build.git_revision),
+                        dpdk: rt.dpdk_version.clone(),
+                    }),
+                    true,
+                ),
+                Request::Hello { protocol, .. } => (
+                    Err(ErrorReply::new(
+                        ErrorCode::ProtocolMismatch,
+                        format!("client speaks control protocol {protocol}, this lbd speaks {PROTOCOL_VERSION}: use the lbctl of the same release"),
+                    )),
+                    false,
+                ),
+                _ => (Err(ErrorReply::new(ErrorCode::HelloRequired, "the first request must be a hello")), false),
+            };
+            rt.record_op("hello", keep);
+            if !reply(&mut stream, frame.id, result) || !keep {
+                return;
+            }
+            greeted = true;
+            continue;
+        }
+        let result = rt.handle(&frame.request);
+        rt.record_op(frame.request.op(), result.is_ok());
+        if !reply(&mut stream, frame.id, result) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Prometheus metrics at `/metrics`.
+//!
+//! Nothing here runs on a worker: a scrape reads the workers' counters
+//! (single-writer atomics) and the latency buckets, builds the metric
+//! families with the `prometheus` crate's model through a registered
+//! collector, and encodes them as text. Every family is declared in
+//! [`METRICS`], which the README's table is checked against.
+
+use crate::control::Runtime;
+use crate::counters::{DropReason, Event};
+use crate::latency;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric family lbd exports.
+#[derive(Debug)]
+pub struct Def {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+}
+
+macro_rules! defs {
+    ($($name:literal $kind:ident [$($l:literal),*] $help:literal;)*) => {
+        pub const METRICS: &[Def] = &[$(Def { name: $name, kind: Kind::$kind, help: $help, labels: &[$($l),*] },)*];
+    };
+}
+
+defs! {
+    "lbd_build_info" Gauge ["version", "revision", "dpdk_version"] "Always 1; labels name the running build.";
+    "lbd_uptime_seconds" Gauge [] "Seconds since lbd started.";
+    "lbd_config_generation" Gauge [] "Generation of the running configuration (1 at start, +1 per change).";
+    "lbd_worker_config_generation" Gauge ["worker"] "Configuration generation each worker runs.";
+    "lbd_port_rx_packets_total" Counter ["port", "worker"] "Packets received.";
+    "lbd_port_rx_bytes_total" Counter ["port", "worker"] "Bytes received.";
+    "lbd_port_tx_packets_total" Counter ["port", "worker"] "Packets transmitted.";
+    "lbd_port_tx_bytes_total" Counter ["port", "worker"] "Bytes transmitted.";
+    "lbd_port_link_up" Gauge ["port"] "1 when the port's link is up.";
+    "lbd_port_device_rx_missed_total" Counter ["port"] "Packets the device dropped because an RX queue was full.";
+    "lbd_port_device_rx_errors_total" Counter ["port"] "Receive errors the device counted.";
+    "lbd_port_device_tx_errors_total" Counter ["port"] "Transmit errors the device counted.";
+    "lbd_port_device_rx_nombuf_total" Counter ["port"] "Receives that failed for lack of an mbuf.";
+    "lbd_drops_total" Counter ["reason", "worker"] "Packets dropped, by reason.";
+    "lbd_worker_events_total" Counter ["worker", "event"] "Local events: ARP and ICMP answers, sessions created, expired, reset, moved.";
+    "lbd_handoff_packets_total" Counter ["worker", "direction"] "Packets handed to (out) or received from (in) other workers.";
+    "lbd_handoff_ring_used" Gauge ["worker"] "Packets waiting in the hand-off rings into the worker.";
+    "lbd_worker_polls_total" Counter ["worker"] "Worker loop iterations.";
+    "lbd_worker_busy_polls_total" Counter ["worker"] "Worker loop iterations that found packets.";
+    "lbd_worker_busy_ratio" Gauge ["worker"] "Busy polls over all polls since the previous scrape.";
+    "lbd_sessions_active" Gauge ["worker"] "Sessions in each worker's table.";
+    "lbd_neighbor_parked" Gauge ["worker"] "Packets waiting for ARP resolution.";
+    "lbd_listener_sessions_active" Gauge ["listener"] "Sessions of the listener.";
+    "lbd_listener_sessions_created_total" Counter ["listener"] "Sessions the listener created.";
+    "lbd_listener_packets_total" Counter ["listener", "direction"] "Packets through the listener: in (client to backend), out (backend to client).";
+    "lbd_listener_bytes_total" Counter ["listener", "direction"] "Bytes through the listener.";
+    "lbd_backend_sessions_active" Gauge ["listener", "backend"] "Sessions on the backend.";
+    "lbd_backend_sessions_created_total" Counter ["listener", "backend"] "Sessions scheduled to the backend.";
+    "lbd_backend_packets_total" Counter ["listener", "backend", "direction"] "Packets to (in) and from (out) the backend.";
+    "lbd_backend_bytes_total" Counter ["listener", "backend", "direction"] "Bytes to (in) and from (out) the backend.";
+    "lbd_backend_weight" Gauge ["listener", "backend"] "Configured weight.";
+    "lbd_backend_state" Gauge ["listener", "backend", "state"] "1 for the backend's state (active or drained).";
+    "lbd_backend_share_ratio" Gauge ["listener", "backend"] "Fraction of new flows the scheduler gives the backend.";
+    "lbd_mempool_mbufs_in_use" Gauge [] "Packet buffers in use.";
+    "lbd_mempool_mbufs_available" Gauge [] "Packet buffers free.";
+    "lbd_control_operations_total" Counter ["operation", "result"] "Control requests by operation and result (ok, error).";
+    "lbd_config_propagation_seconds" Histogram [] "Time from publishing a configuration until every worker runs it.";
+    "lbd_packet_processing_seconds" Histogram ["worker"] "Per-packet processing time: a burst's time over its packets.";
+}
+
+/// Upper bounds of `lbd_packet_processing_seconds` (nanoseconds).
+const PACKET_BUCKETS_NS: &[u64] = &[25, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000, 100_000, 1_000_000];
+/// Upper bounds of `lbd_config_propagation_seconds` (microseconds).
+const PROPAGATION_BUCKETS_US: &[u64] = &[10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 1_000_000];
+
+struct Families {
+    by_name: HashMap<&'static str, MetricFamily>,
+}
+
+fn labels(names: &[&str], values: &[String]) -> Vec<LabelPair> {
+    names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*n).to_owned());
+            l.set_value(v.clone());
+            l
+        })
+        .collect()
+}
+
+impl Families {
+    fn new() -> Families {
+        let by_name = METRICS
+            .iter()
+            .map(|d| {
+                let mut f = MetricFamily::default();
+                f.set_name(d.name.to_owned());
+                f.set_help(d.help.to_owned());
+                f.set_field_type(match d.kind {
+                    Kind::Counter => MetricType::COUNTER,
+                    Kind::Gauge => MetricType::GAUGE,
+                    Kind::Histogram => MetricType::HISTOGRAM,
+                });
+                (d.name, f)
+            })
+            .collect();
+        Families { by_name }
+    }
+
+    fn push(&mut self, name: &'static str, values: &[String], fill: impl FnOnce(&mut Metric)) {
+        let def = METRICS.iter().find(|d| d.name == name).expect("metric declared in METRICS");
+        debug_assert_eq!(def.labels.len(), values.len(), "{name}");
+        let mut m = Metric::default();
+        m.set_label(labels(def.labels, values));
+        fill(&mut m);
+        self.by_name.get_mut(name).expect("declared").mut_metric().push(m);
+    }
+
+    fn counter(&mut self, name: &'static str, values: &[String], v: f64) {
+        self.push(name, values, |m| {
+            let mut c = Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        });
+    }
+
+    fn gauge(&mut self, name: &'static str, values: &[String], v: f64) {
+        self.push(name, values, |m| {
+            let mut g = Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        });
+    }
+
+    /// A histogram from cumulative `(upper bound in seconds, count)` pairs.
+    fn histogram(&mut self, name: &'static str, values: &[String], buckets: Vec<(f64, u64)>, count: u64, sum: f64) {
+        self.push(name, values, |m| {
+            let mut h = Histogram::default();
+            h.set_sample_count(count);
+            h.set_sample_sum(sum);
+            h.set_bucket(
+                buckets
+                    .into_iter()
+                    .map(|(le, n)| {
+                        let mut b = Bucket::default();
+                        b.set_upper_bound(le);
+                        b.set_cumulative_count(n);
+                        b
+                    })
+                    .collect(),
+            );
+            m.set_histogram(h);
+        });
+    }
+
+    fn into_vec(self) -> Vec<MetricFamily> {
+        let mut v: Vec<MetricFamily> = self.by_name.into_values().collect();
+        v.sort_by(|a, b| a.name().cmp(b.name()));
+        v
+    }
+}
+
+/// The collector registered with the `prometheus` registry.
+struct LbdCollector {
+    rt: Arc<Runtime>,
+    descs: Vec<Desc>,
+    /// (polls, busy polls) per worker at the previous scrape.
+    previous: Mutex<Vec<(u64, u64)>>,
+}
+
+impl LbdCollector {
+    fn new(rt: Arc<Runtime>) -> LbdCollector {
+        let descs = METRICS
+            .iter()
+            .map(|d| {
+                Desc::new(d.name.to_owned(), d.help.to_owned(), d.labels.iter().map(|s| (*s).to_owned()).collect(), HashMap::new())
+                    .expect("valid metric descriptor")
+            })
+            .collect();
+        let previous = Mutex::new(vec![(0, 0); rt.counters.len()]);
+        LbdCollector { rt, descs, previous }
+    }
+
+    fn gather(&self) -> Vec<MetricFamily> {
+        let rt = &self.rt;
+        let report = rt.report(false);
+        let mut f = Families::new();
+        let w = |i: usize| i.to_string();
+
+        f.gauge(
+            "lbd_build_info",
+            &[rt.build.version.to_owned(), rt.build.git_revision.to_owned(), rt.dpdk_version.clone()],
+            1.0,
+        );
+        f.gauge("lbd_uptime_seconds", &[], report.uptime_seconds);
+        f.gauge("lbd_config_generation", &[], report.config_generation as f64);
+        for (i, c) in rt.counters.iter().enumerate() {
+            f.gauge("lbd_worker_config_generation", &[w(i)], c.generation.get() as f64);
+        }
+
+        for (pi, p) in report.ports.iter().enumerate() {
+            for (i, c) in rt.counters.iter().enumerate() {
+                let pc = &c.ports[pi];
+                let l = [p.name.clone(), w(i)];
+                f.counter("lbd_port_rx_packets_total", &l, pc.rx_packets.get() as f64);
+                f.counter("lbd_port_rx_bytes_total", &l, pc.rx_bytes.get() as f64);
+                f.counter("lbd_port_tx_packets_total", &l, pc.tx_packets.get() as f64);
+                f.counter("lbd_port_tx_bytes_total", &l, pc.tx_bytes.get() as f64);
+            }
+            let l = [p.name.clone()];
+            f.gauge("lbd_port_link_up", &l, f64::from(u8::from(p.link_up)));
+            f.counter("lbd_port_device_rx_missed_total", &l, p.device_stats.imissed as f64);
+            f.counter("lbd_port_device_rx_errors_total", &l, p.device_stats.ierrors as f64);
+            f.counter("lbd_port_device_tx_errors_total", &l, p.device_stats.oerrors as f64);
+            f.counter("lbd_port_device_rx_nombuf_total", &l, p.device_stats.rx_nombuf as f64);
+        }
+
+        let mut previous = self.previous.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, c) in rt.counters.iter().enumerate() {
+            for r in DropReason::ALL {
+                f.counter("lbd_drops_total", &[r.label().to_owned(), w(i)], c.drop_count(*r) as f64);
+            }
+            for e in Event::ALL {
+                match e {
+                    Event::Polls | Event::BusyPolls | Event::HandoffIn | Event::HandoffOut => {}
+                    _ => f.counter("lbd_worker_events_total", &[w(i), e.label().to_owned()], c.event_count(*e) as f64),
+                }
+            }
+            f.counter("lbd_handoff_packets_total", &[w(i), "out".into()], c.event_count(Event::HandoffOut) as f64);
+            f.counter("lbd_handoff_packets_total", &[w(i), "in".into()], c.event_count(Event::HandoffIn) as f64);
+            let used: u32 = rt.rings.get(i).map_or(0, |r| r.iter().map(|m| m.count()).sum());
+            f.gauge("lbd_handoff_ring_used", &[w(i)], f64::from(used));
+            let (polls, busy) = (c.event_count(Event::Polls), c.event_count(Event::BusyPolls));
+            f.counter("lbd_worker_polls_total", &[w(i)], polls as f64);
+            f.counter("lbd_worker_busy_polls_total", &[w(i)], busy as f64);
+            let (p0, b0) = previous[i];
+            let dp = polls.saturating_sub(p0);
+            f.gauge("lbd_worker_busy_ratio", &[w(i)], if dp == 0 { 0.0 } else { busy.saturating_sub(b0) as f64 / dp as f64 });
+            previous[i] = (polls, busy);
+            f.gauge("lbd_sessions_active", &[w(i)], c.sessions_active.get() as f64);
+            f.gauge("lbd_neighbor_parked", &[w(i)], c.parked.get() as f64);
+
+            let mut h = latency::new_histogram();
+            c.latency.merge_into(&mut h);
+            let buckets = PACKET_BUCKETS_NS
+                .iter()
+                .map(|le| (*le as f64 / 1e9, if h.is_empty() { 0 } else { h.count_between(0, *le) }))
+                .collect();
+            f.histogram("lbd_packet_processing_seconds", &[w(i)], buckets, h.len(), c.latency.sum_ns() as f64 / 1e9);
+        }
+        drop(previous);
+
+        let snap = rt.snapshots.load();
+        for (l, lr) in snap.listeners.iter().zip(&report.listeners) {
+            let t = &lr.traffic;
+            let name = [l.name.clone()];
+            f.gauge("lbd_listener_sessions_active", &name, t.sessions_active as f64);
+            f.counter("lbd_listener_sessions_created_total", &name, t.sessions_created as f64);
+            for (dir, p, b) in [("in", t.packets_in, t.bytes_in), ("out", t.packets_out, t.bytes_out)] {
+                f.counter("lbd_listener_packets_total", &[l.name.clone(), dir.into()], p as f64);
+                f.counter("lbd_listener_bytes_total", &[l.name.clone(), dir.into()], b as f64);
+            }
+            let shares = l.scheduler.shares(l.backends.len());
+            let total: u64 = shares.iter().sum();
+            for ((b, br), share) in l.backends.iter().zip(&lr.backends).zip(shares) {
+                let id = format!("{}:{}", Ipv4Addr::from(b.addr), b.port);
+                let lb = [l.name.clone(), id.clone()];
+                let t = &br.traffic;
+                f.gauge("lbd_backend_sessions_active", &lb, t.sessions_active as f64);
+                f.counter("lbd_backend_sessions_created_total", &lb, t.sessions_created as f64);
+                for (dir, p, by) in [("in", t.packets_in, t.bytes_in), ("out", t.packets_out, t.bytes_out)] {
+                    f.counter("lbd_backend_packets_total", &[l.name.clone(), id.clone(), dir.into()], p as f64);
+                    f.counter("lbd_backend_bytes_total", &[l.name.clone(), id.clone(), dir.into()], by as f64);
+                }
+                f.gauge("lbd_backend_weight", &lb, f64::from(b.weight));
+                for state in ["active", "drained"] {
+                    let on = (state == "drained") == b.drained;
+                    f.gauge("lbd_backend_state", &[l.name.clone(), id.clone(), state.into()], f64::from(u8::from(on)));
+                }
+                f.gauge("lbd_backend_share_ratio", &lb, if total == 0 { 0.0 } else { share as f64 / total as f64 });
+            }
+        }
+
+        f.gauge("lbd_mempool_mbufs_in_use", &[], f64::from(report.mempool_in_use));
+        f.gauge("lbd_mempool_mbufs_available", &[], f64::from(report.mempool_available));
+        for ((op, result), n) in rt.ops.lock().iter() {
+            f.counter("lbd_control_operations_total", &[op.clone(), (*result).to_owned()], *n as f64);
+        }
+        {
+            let h = rt.propagation.lock();
+            let buckets = PROPAGATION_BUCKETS_US
+                .iter()
+                .map(|le| (*le as f64 / 1e6, if h.is_empty() { 0 } else { h.count_between(0, *le) }))
+                .collect();
+            let sum: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
+            f.histogram("lbd_config_propagation_seconds", &[], buckets, h.len(), sum);
+        }
+        f.into_vec()
+    }
+}
+
+impl Collector for LbdCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gather()
+    }
+}
+
+/// The text exposition of every metric.
+pub fn render(registry: &Registry) -> Result<String, String> {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out).map_err(|e| e.to_string())?;
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// A registry holding lbd's collector.
+pub fn registry(rt: Arc<Runtime>) -> Registry {
+    let r = Registry::new();
+    r.register(Box::new(LbdCollector::new(rt))).expect("metric descriptors are consistent");
+    r
+}
+
+/// The `/metrics` HTTP endpoint.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer").field("addr", &self.addr).finish()
+    }
+}
+
+/// A bound `/metrics` socket, not serving yet (bound early so a taken
+/// port fails before DPDK starts).
+pub struct Bound {
+    server: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound").field("addr", &self.addr).finish()
+    }
+}
+
+pub fn bind(addr: SocketAddr) -> Result<Bound, String> {
+    let server = tiny_http::Server::http(addr).map_err(|e| format!("metrics: cannot listen on {addr}: {e}"))?;
+    let addr = server.server_addr().to_ip().unwrap_or(addr);
+    Ok(Bound { server: Arc::new(server), addr })
+}
+
+impl Bound {
+    /// Serves `/metrics` for `rt` on a thread of its own.
+    pub fn start(self, rt: Arc<Runtime>) -> MetricsServer {
+        let Bound { server, addr } = self;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, stop2) = (Arc::clone(&server), Arc::clone(&stop));
+        let registry = registry(rt);
+        let thread = std::thread::Builder::new()
+            .name("lbd-metrics".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::SeqCst) {
+                    let req = match s2.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => continue,
+                        Err(_) => break,
+                    };
+                    let resp = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
+                        match render(&registry) {
+                            Ok(body) => tiny_http::Response::from_string(body).with_header(
+                                tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                                    .expect("static header"),
+                            ),
+                            Err(e) => tiny_http::Response::from_string(e).with_status_code(500),
+                        }
+                    } else if req.url() == "/" {
+                        tiny_http::Response::from_string("lbd: metrics at /metrics\n")
+                    } else {
+                        tiny_http::Response::from_string("not found\n").with_status_code(404)
+                    };
+                    let _ = req.respond(resp);
+                }
+            })
+            .ok();
+        MetricsServer { server, stop, thread, addr }
+    }
+}
+
+impl MetricsServer {
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Human-readable output.
+
+use crate::client::{Client, Error};
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{Cell, CellAlignment, Table};
+use lbproto::stats::Report;
+use lbproto::{Request, Response};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(header.to_vec());
+    t
+}
+
+fn right(v: impl ToString) -> Cell {
+    Cell::new(v.to_string()).set_alignment(CellAlignment::Right)
+}
+
+/// 1234567 -> "1.23M".
+fn si(v: f64) -> String {
+    let (d, s) = match v.abs() {
+        x if x >= 1e9 => (1e9, "G"),
+        x if x >= 1e6 => (1e6, "M"),
+        x if x >= 1e3 => (1e3, "k"),
+        _ => (1.0, ""),
+    };
+    if s.is_empty() {
+        format!("{v:.0}")
+    } else {
+        format!("{:.2}{s}", v / d)
+    }
+}
+
+fn duration(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..=59 => format!("{secs:.1}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+pub fn human(r: &crate::Answer) {
+    match r {
+        Response::Hello { server, .. } => println!("{server}"),
+        Response::Status { status: s } => {
+            println!("lbd {}  DPDK {}", s.version, s.dpdk_version);
+            println!(
+                "uptime {}  workers {} (lcores {:?})  config generation {} ({})",
+                duration(s.uptime_seconds),
+                s.workers,
+                s.lcores,
+                s.config_generation,
+                s.config_path
+            );
+            println!(
+                "{} listeners, {} backends, {} sessions, {} packets dropped",
+                s.listeners, s.backends, s.sessions_active, s.drops_total
+            );
+            let mut t = table(&["port", "device", "driver", "link", "address", "mac", "rxq", "rss", "rx pkts", "tx pkts", "dev drops"]);
+            for p in &s.ports {
+                t.add_row(vec![
+                    Cell::new(&p.name),
+                    Cell::new(&p.device),
+                    Cell::new(&p.driver),
+                    Cell::new(if p.link_up { "up" } else { "down" }),
+                    Cell::new(&p.address),
+                    Cell::new(&p.mac),
+                    right(p.rx_queues),
+                    Cell::new(&p.rss),
+                    right(p.rx_packets),
+                    right(p.tx_packets),
+                    right(p.device_drops),
+                ]);
+            }
+            println!("{t}");
+        }
+        Response::Listeners { listeners } => {
+            let mut t = table(&["listener", "vip", "proto", "port", "scheduler", "backends", "sessions", "created", "pkts in", "pkts out"]);
+            for l in listeners {
+                t.add_row(vec![
+                    Cell::new(&l.name),
+                    Cell::new(&l.vip),
+                    Cell::new(&l.protocol),
+                    right(l.port),
+                    Cell::new(&l.scheduler),
+                    right(l.backends),
+                    right(l.sessions_active),
+                    right(l.sessions_created),
+                    right(l.packets_in),
+                    right(l.packets_out),
+                ]);
+            }
+            println!("{t}");
+        }
+        Response::Backends { backends } => {
+            let mut t = table(&["listener", "backend", "weight", "state", "share", "sessions", "created", "pkts in", "pkts out"]);
+            let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+            for b in backends {
+                *totals.entry(&b.listener).or_default() += b.share;
+            }
+            for b in backends {
+                let total = totals.get(b.listener.as_str()).copied().unwrap_or(0);
+                let share = if total == 0 { 0.0 } else { 100.0 * b.share as f64 / total as f64 };
+                t.add_row(vec![
+                    Cell::new(&b.listener),
+                    Cell::new(format!("{}:{}", b.address, b.port)),
+                    right(b.weight),
+                    Cell::new(if b.drained { "drained" } else { "active" }),
+                    right(format!("{share:.1}%")),
+                    right(b.sessions_active),
+                    right(b.sessions_created),
+                    right(b.packets_in),
+                    right(b.packets_out),
+                ]);
+            }
+            println!("{t}");
+        }
+        Response::Changed { change } => {
+            println!(
+                "{} (generation {}; built in {} us, running on every worker {} us later)",
+                change.summary, change.generation, change.build_us, change.propagation_us
+            );
+        }
+        Response::Sessions { sessions, truncated } => {
+            let mut t = table(&["worker", "proto", "client", "vip", "backend", "listener", "state", "idle"]);
+            for s in sessions {
+                t.add_row(vec![
+                    right(s.worker),
+                    Cell::new(&s.protocol),
+                    Cell::new(&s.client),
+                    Cell::new(&s.vip),
+                    Cell::new(&s.backend),
+                    Cell::new(&s.listener),
+                    Cell::new(&s.state),
+                    right(duration(s.idle_ms as f64 / 1000.0)),
+                ]);
+            }
+            println!("{t}");
+            println!("{} session(s){}", sessions.len(), if *truncated { " (limit reached; --limit shows more)" } else { "" });
+        }
+        Response::SessionCount { count } => println!("{count}"),
+        Response::Stats { stats } => print_stats(stats, None),
+        Response::Neighbors { neighbors } => {
+            let mut t = table(&["worker", "port", "address", "mac", "state", "age"]);
+            for n in neighbors {
+                t.add_row(vec![
+                    right(n.worker),
+                    Cell::new(&n.port),
+                    Cell::new(&n.address),
+                    Cell::new(&n.mac),
+                    Cell::new(&n.state),
+                    right(if n.state == "static" { "-".into() } else { duration(n.age_ms as f64 / 1000.0) }),
+                ]);
+            }
+            println!("{t}");
+        }
+        Response::Config { path, generation, yaml } => {
+            println!("# running configuration, generation {generation} (started from {path})");
+            print!("{yaml}");
+        }
+    }
+}
+
+/// Prints a counters document; with `prev` (and the seconds between), also
+/// rates.
+fn print_stats(s: &Report, prev: Option<(&Report, f64)>) {
+    let rate = |now: u64, then: Option<u64>| -> String {
+        match (prev, then) {
+            (Some((_, dt)), Some(t)) if dt > 0.0 => si(now.saturating_sub(t) as f64 / dt),
+            _ => "-".into(),
+        }
+    };
+    println!(
+        "uptime {}  generation {}  sessions {}  drops {}  per-packet time p50 {} ns p99 {} ns",
+        duration(s.uptime_seconds),
+        s.config_generation,
+        s.sessions_active,
+        s.drops_total,
+        s.latency.p50_ns,
+        s.latency.p99_ns
+    );
+    let mut t = table(&["port", "rx pkts", "rx pps", "rx bps", "tx pkts", "tx pps", "tx bps"]);
+    for (i, p) in s.ports.iter().enumerate() {
+        let pp = prev.and_then(|(r, _)| r.ports.get(i));
+        t.add_row(vec![
+            Cell::new(&p.name),
+            right(p.rx_packets),
+            right(rate(p.rx_packets, pp.map(|x| x.rx_packets))),
+            right(rate(p.rx_bytes * 8, pp.map(|x| x.rx_bytes * 8))),
+            right(p.tx_packets),
+            right(rate(p.tx_packets, pp.map(|x| x.tx_packets))),
+            right(rate(p.tx_bytes * 8, pp.map(|x| x.tx_bytes * 8))),
+        ]);
+    }
+    println!("{t}");
+    let mut t = table(&["listener / backend", "sessions", "created", "pkts in", "in pps", "pkts out", "out pps", "bytes in", "bytes out"]);
+    for l in &s.listeners {
+        let pl = prev.and_then(|(r, _)| r.listeners.iter().find(|x| x.name == l.name));
+        let tr = &l.traffic;
+        t.add_row(vec![
+            Cell::new(format!("{} {}:{}/{}", l.name, l.vip, l.port, l.protocol)),
+            right(tr.sessions_active),
+            right(tr.sessions_created),
+            right(tr.packets_in),
+            right(rate(tr.packets_in, pl.map(|x| x.traffic.packets_in))),
+            right(tr.packets_out),
+            right(rate(tr.packets_out, pl.map(|x| x.traffic.packets_out))),
+            right(si(tr.bytes_in as f64)),
+            right(si(tr.bytes_out as f64)),
+        ]);
+        for b in &l.backends {
+            let pb = pl.and_then(|x| x.backends.iter().find(|y| y.address == b.address && y.port == b.port));
+            let bt = &b.traffic;
+            t.add_row(vec![
+                Cell::new(format!("  {}:{}{}", b.address, b.port, if b.drained { " (drained)" } else { "" })),
+                right(bt.sessions_active),
+                right(bt.sessions_created),
+                right(bt.packets_in),
+                right(rate(bt.packets_in, pb.map(|x| x.traffic.packets_in))),
+                right(bt.packets_out),
+                right(rate(bt.packets_out, pb.map(|x| x.traffic.packets_out))),
+                right(si(bt.bytes_in as f64)),
+                right(si(bt.bytes_out as f64)),
+            ]);
+        }
+    }
+    println!("{t}");
+    let drops: Vec<(&String, &u64)> = s.drops.iter().filter(|(_, v)| **v > 0).collect();
+    if drops.is_empty() {
+        println!("no drops");
+    } else {
+        let mut t = table(&["drop reason", "packets", "per second"]);
+        for (k, v) in drops {
+            let before = prev.map(|(r, _)| r.drops.get(k).copied().unwrap_or(0));
+            t.add_row(vec![Cell::new(k), right(v), right(rate(*v, before))]);
+        }
+        println!("{t}");
+    }
+}
+
+/// `lbctl stats --watch`: a fresh document every `every` seconds, with
+/// rates against the previous one.
+pub fn watch_stats(client: &mut Client, every: f64, iterations: Option<u64>, json: bool) -> Result<(), Error> {
+    let every = Duration::from_secs_f64(every.max(0.1));
+    let mut prev: Option<(Report, Instant)> = None;
+    let mut n = 0u64;
+    loop {
+        let Response::Stats { stats } = client.call(Request::Stats)? else {
+            return Err(Error::Io("unexpected answer to stats".into()));
+        };
+        let now = Instant::now();
+        if json {
+            println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+        } else {
+            if n > 0 {
+                println!();
+            }
+            print_stats(&stats, prev.as_ref().map(|(r, t)| (r, now.duration_since(*t).as_secs_f64())));
+        }
+        prev = Some((stats, now));
+        n += 1;
+        if iterations.is_some_and(|max| n >= max) {
+            return Ok(());
+        }
+        std::thread::sleep(every);
+    }
+}

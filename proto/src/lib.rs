@@ -1,0 +1,468 @@
+//! The control protocol between `lbd` and `lbctl`.
+//!
+//! A Unix stream socket carries frames: a 4-byte big-endian length, then
+//! that many bytes of JSON. The client's first request must be
+//! [`Request::Hello`] with its [`PROTOCOL_VERSION`]; a server speaking
+//! another version answers [`ErrorCode::ProtocolMismatch`] and closes.
+//! Every request carries an `id` that its response repeats. Errors carry a
+//! stable [`ErrorCode`] (for scripts) and a human message.
+//!
+//! This crate has no DPDK in it, so `lbctl` links none.
+
+#![forbid(unsafe_code)]
+
+pub mod stats;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Where `lbd` listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/lbd/lbd.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFrame {
+    pub id: u64,
+    #[serde(flatten)]
+    pub result: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Response),
+    Error(ErrorReply),
+}
+
+/// A backend of a listener, by address and (when the listener has several
+/// on that address) port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRef {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{}", self.address, p),
+            None => f.write_str(&self.address),
+        }
+    }
+}
+
+/// A backend as written in the configuration (validated by `lbd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    pub address: String,
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// A listener as written in the configuration (validated by `lbd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub vip: String,
+    pub protocol: String,
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev_table_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_non_syn: Option<String>,
+    #[serde(default)]
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// A backend address, or address:port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Hello { protocol: u32, client: String },
+    Status,
+    ListenerList,
+    ListenerAdd { listener: ListenerSpec },
+    ListenerDel { name: String },
+    BackendList { listener: Option<String> },
+    BackendAdd { listener: String, backend: BackendSpec },
+    BackendDel { listener: String, backend: BackendRef },
+    BackendSetWeight { listener: String, backend: BackendRef, weight: u32 },
+    BackendDrain { listener: String, backend: BackendRef },
+    BackendUndrain { listener: String, backend: BackendRef },
+    Sessions { filter: SessionFilter, limit: u32 },
+    SessionCount { filter: SessionFilter },
+    Stats,
+    Neighbors,
+    ConfigShow,
+    /// Apply a whole configuration: `source` (text and the file name it
+    /// came from, for messages), or the file lbd started with.
+    ConfigReload { source: Option<ConfigText> },
+}
+
+/// A configuration file's text as a client read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigText {
+    pub path: String,
+    pub yaml: String,
+}
+
+impl Request {
+    /// The operation name, as used in metrics labels.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Status => "status",
+            Request::ListenerList => "listener_list",
+            Request::ListenerAdd { .. } => "listener_add",
+            Request::ListenerDel { .. } => "listener_del",
+            Request::BackendList { .. } => "backend_list",
+            Request::BackendAdd { .. } => "backend_add",
+            Request::BackendDel { .. } => "backend_del",
+            Request::BackendSetWeight { .. } => "backend_set_weight",
+            Request::BackendDrain { .. } => "backend_drain",
+            Request::BackendUndrain { .. } => "backend_undrain",
+            Request::Sessions { .. } => "sessions",
+            Request::SessionCount { .. } => "session_count",
+            Request::Stats => "stats",
+            Request::Neighbors => "neighbors",
+            Request::ConfigShow => "config_show",
+            Request::ConfigReload { .. } => "config_reload",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortStatus {
+    pub name: String,
+    pub device: String,
+    pub driver: String,
+    pub mac: String,
+    pub address: String,
+    pub link_up: bool,
+    pub rx_queues: u16,
+    pub rss: String,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Drops the PMD reports (missed, errors, no mbuf) for this port.
+    pub device_drops: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub version: String,
+    pub dpdk_version: String,
+    pub uptime_seconds: f64,
+    pub workers: usize,
+    pub lcores: Vec<u32>,
+    pub config_path: String,
+    pub config_generation: u64,
+    pub listeners: usize,
+    pub backends: usize,
+    pub sessions_active: u64,
+    pub drops_total: u64,
+    pub ports: Vec<PortStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendInfo {
+    pub listener: String,
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    pub drained: bool,
+    /// Share of the Maglev table (or of the round-robin sequence), in
+    /// slots.
+    pub share: u64,
+    pub sessions_active: u64,
+    pub sessions_created: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub vip: String,
+    pub protocol: String,
+    pub port: u16,
+    pub scheduler: String,
+    pub backends: usize,
+    pub sessions_active: u64,
+    pub sessions_created: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionInfo {
+    pub worker: usize,
+    pub protocol: String,
+    pub client: String,
+    pub vip: String,
+    pub backend: String,
+    pub listener: String,
+    pub state: String,
+    pub idle_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighborInfo {
+    pub worker: usize,
+    pub port: String,
+    pub address: String,
+    pub mac: String,
+    pub state: String,
+    pub age_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub generation: u64,
+    /// From publishing the new snapshot until every worker used it.
+    pub propagation_us: u64,
+    /// Building the snapshot (validation, Maglev tables).
+    pub build_us: u64,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    Hello { protocol: u32, server: String, dpdk: String },
+    Status { status: Status },
+    Listeners { listeners: Vec<ListenerInfo> },
+    Backends { backends: Vec<BackendInfo> },
+    Changed { change: Change },
+    Sessions { sessions: Vec<SessionInfo>, truncated: bool },
+    SessionCount { count: u64 },
+    Stats { stats: stats::Report },
+    Neighbors { neighbors: Vec<NeighborInfo> },
+    Config { path: String, generation: u64, yaml: String },
+}
+
+/// Stable error codes: scripts match on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not a request this server understands.
+    BadRequest,
+    /// Client and server speak different protocol versions.
+    ProtocolMismatch,
+    /// The first request was not a hello.
+    HelloRequired,
+    /// A frame longer than [`MAX_FRAME`].
+    TooLarge,
+    /// No such listener or backend.
+    NotFound,
+    /// A listener or backend of that name or address exists already.
+    AlreadyExists,
+    /// The change does not validate; the message names the field.
+    Invalid,
+    /// The change touches what only a restart can change (ports, EAL,
+    /// workers, table sizes).
+    RestartRequired,
+    /// A worker did not answer in time.
+    Timeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::ProtocolMismatch => "protocol_mismatch",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::RestartRequired => "restart_required",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        ErrorReply { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code.as_str())
+    }
+}
+
+impl std::error::Error for ErrorReply {}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum FrameError {
+    Io(io::Error),
+    /// The peer announced a frame above [`MAX_FRAME`].
+    TooLarge(usize),
+    /// The connection closed in the middle of a frame.
+    Truncated,
+    /// The bytes were not the expected JSON message.
+    Malformed(serde_json::Error),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Io(e) => write!(f, "{e}"),
+            FrameError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit"),
+            FrameError::Truncated => f.write_str("connection closed in the middle of a frame"),
+            FrameError::Malformed(e) => write!(f, "malformed message: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Writes `value` as one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::other(format!("message of {} bytes exceeds the frame limit", body.len())));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// Reads the raw body of one frame; `Ok(None)` on a clean end of stream
+/// before any byte of it.
+pub fn read_frame_bytes<R: Read>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(FrameError::TooLarge(n));
+    }
+    let mut body = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match r.read(&mut body[got..]) {
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(Some(body))
+}
+
+/// Reads and decodes one frame.
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, FrameError> {
+    match read_frame_bytes(r)? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b).map(Some).map_err(FrameError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let req = RequestFrame {
+            id: 7,
+            request: Request::BackendSetWeight {
+                listener: "web".into(),
+                backend: BackendRef { address: "10.1.0.11".into(), port: Some(8080) },
+                weight: 3,
+            },
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        assert_eq!(u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize, buf.len() - 4);
+        let back: RequestFrame = read_frame(&mut &buf[..]).unwrap().unwrap();
+        assert_eq!(back, req);
+        let json = String::from_utf8(buf[4..].to_vec()).unwrap();
+        assert!(json.contains("\"op\":\"backend_set_weight\""), "{json}");
+
+        let resp = ResponseFrame { id: 7, result: Outcome::Error(ErrorReply::new(ErrorCode::NotFound, "no listener `x`")) };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &resp).unwrap();
+        let json = String::from_utf8(buf[4..].to_vec()).unwrap();
+        assert_eq!(json, r#"{"id":7,"error":{"code":"not_found","message":"no listener `x`"}}"#);
+        assert_eq!(read_frame::<_, ResponseFrame>(&mut &buf[..]).unwrap().unwrap(), resp);
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        assert!(read_frame::<_, RequestFrame>(&mut &[][..]).unwrap().is_none());
+        assert!(matches!(read_frame::<_, RequestFrame>(&mut &[0, 0][..]), Err(FrameError::Truncated)));
+        assert!(matches!(read_frame::<_, RequestFrame>(&mut &[0, 0, 0, 9, b'{'][..]), Err(FrameError::Truncated)));
+        assert!(matches!(read_frame::<_, RequestFrame>(&mut &[0xff, 0, 0, 0][..]), Err(FrameError::TooLarge(_))));
+        let mut buf = vec![0, 0, 0, 5];
+        buf.extend_from_slice(b"hello");
+        assert!(matches!(read_frame::<_, RequestFrame>(&mut &buf[..]), Err(FrameError::Malformed(_))));
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &serde_json::json!({"id": 1, "request": {"op": "format_disk"}})).unwrap();
+        assert!(matches!(read_frame::<_, RequestFrame>(&mut &buf[..]), Err(FrameError::Malformed(_))));
+    }
+}

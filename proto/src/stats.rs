@@ -1,0 +1,130 @@
+//! The counters document: what `lbd --stats-out` writes and what
+//! `lbctl stats` receives. Every drop reason and event is present, zero or
+//! not, so "never happened" differs from "not reported".
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// Counters the PMD keeps for a port (`rte_eth_stats`).
+#[derive(Debug, Serialize, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceStats {
+    pub ipackets: u64,
+    pub opackets: u64,
+    pub ibytes: u64,
+    pub obytes: u64,
+    pub imissed: u64,
+    pub ierrors: u64,
+    pub oerrors: u64,
+    pub rx_nombuf: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortReport {
+    pub name: String,
+    pub device: String,
+    pub mac: String,
+    pub address: String,
+    pub link_up: bool,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// The PMD's own counters.
+    pub device_stats: DeviceStats,
+    /// RSS as configured on the device (see `lbd::rss`).
+    pub rss_mode: String,
+    /// The device's RETA read back (RX queue per entry; empty without).
+    pub rss_reta: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FlowReport {
+    /// Client→backend packets and bytes.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Backend→client packets and bytes.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub sessions_created: u64,
+    pub sessions_closed: u64,
+    pub sessions_active: u64,
+}
+
+/// Per-packet processing time (burst time divided by its packets), over
+/// all workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct LatencyReport {
+    /// Packets measured.
+    pub samples: u64,
+    pub mean_ns: f64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendReport {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub drained: bool,
+    #[serde(flatten)]
+    pub traffic: FlowReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerReport {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub protocol: String,
+    pub port: u16,
+    pub scheduler: String,
+    #[serde(flatten)]
+    pub traffic: FlowReport,
+    pub backends: Vec<BackendReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub worker: usize,
+    pub lcore: u32,
+    pub rx_packets: u64,
+    pub sessions_active: u64,
+    pub parked: u64,
+    /// Polls that found packets over all polls, since start.
+    pub busy_ratio: f64,
+    /// The configuration generation this worker runs.
+    pub config_generation: u64,
+    pub events: BTreeMap<String, u64>,
+    pub drops: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub version: String,
+    pub dpdk_version: String,
+    /// True for the document written at exit.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Increments with every document this process writes.
+    pub seq: u64,
+    pub uptime_seconds: f64,
+    pub config_generation: u64,
+    pub ports: Vec<PortReport>,
+    pub drops: BTreeMap<String, u64>,
+    pub drops_total: u64,
+    pub events: BTreeMap<String, u64>,
+    pub sessions_active: u64,
+    pub parked: u64,
+    pub mempool_in_use: u32,
+    pub mempool_available: u32,
+    pub latency: LatencyReport,
+    pub listeners: Vec<ListenerReport>,
+    pub workers: Vec<WorkerReport>,
+}
+
