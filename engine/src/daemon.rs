@@ -300,7 +300,8 @@ fn serve(
             consumers[j].push(c);
         }
     }
-    let rings: Vec<Vec<dpdk::RingMonitor>> = consumers.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
+    let rings: Vec<Vec<dpdk::RingMonitor>> =
+        consumers.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
 
     let counters: Vec<Arc<WorkerCounters>> =
         (0..n).map(|_| Arc::new(WorkerCounters::new(cfg.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
@@ -431,7 +432,10 @@ fn serve(
             let r = rt.reload_file();
             rt.record_op("config_reload", r.is_ok());
             match r {
-                Ok(c) => eprintln!("lbd: SIGHUP: {} (generation {}, all workers in {} us)", c.summary, c.generation, c.propagation_us),
+                Ok(c) => eprintln!(
+                    "lbd: SIGHUP: {} (generation {}, all workers in {} us)",
+                    c.summary, c.generation, c.propagation_us
+                ),
                 Err(e) => eprintln!("lbd: SIGHUP: reload refused, running configuration unchanged: {e}"),
             }
         }

@@ -178,7 +178,13 @@ impl<P: Packet> Dataplane<P> {
 
     /// See [`State::scan_sessions`]: a bounded slice of the session table
     /// for a control-plane listing.
-    pub fn scan_sessions(&self, start: u32, budget: u32, limit: usize, keep: &dyn Fn(&Session) -> bool) -> (Vec<Session>, Option<u32>) {
+    pub fn scan_sessions(
+        &self,
+        start: u32,
+        budget: u32,
+        limit: usize,
+        keep: &dyn Fn(&Session) -> bool,
+    ) -> (Vec<Session>, Option<u32>) {
         self.st.scan_sessions(start, budget, limit, keep)
     }
 
@@ -669,7 +675,13 @@ impl<P: Packet> State<P> {
 
     /// Live sessions in slots `start..start + budget` that `keep` accepts,
     /// at most `limit`; and where to continue (None: the end was reached).
-    fn scan_sessions(&self, start: u32, budget: u32, limit: usize, keep: &dyn Fn(&Session) -> bool) -> (Vec<Session>, Option<u32>) {
+    fn scan_sessions(
+        &self,
+        start: u32,
+        budget: u32,
+        limit: usize,
+        keep: &dyn Fn(&Session) -> bool,
+    ) -> (Vec<Session>, Option<u32>) {
         let span = self.sessions.sweep_span() as u32;
         let end = start.saturating_add(budget).min(span);
         let mut out = Vec::new();

@@ -24,10 +24,10 @@ pub mod wire;
 
 pub mod cli;
 pub mod control;
-pub mod metrics;
 pub mod daemon;
 #[allow(unsafe_code)]
 pub mod dpdk;
+pub mod metrics;
 pub mod stats;
 pub mod worker;
 

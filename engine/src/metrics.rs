@@ -189,8 +189,13 @@ impl LbdCollector {
         let descs = METRICS
             .iter()
             .map(|d| {
-                Desc::new(d.name.to_owned(), d.help.to_owned(), d.labels.iter().map(|s| (*s).to_owned()).collect(), HashMap::new())
-                    .expect("valid metric descriptor")
+                Desc::new(
+                    d.name.to_owned(),
+                    d.help.to_owned(),
+                    d.labels.iter().map(|s| (*s).to_owned()).collect(),
+                    HashMap::new(),
+                )
+                .expect("valid metric descriptor")
             })
             .collect();
         let previous = Mutex::new(vec![(0, 0); rt.counters.len()]);
@@ -251,7 +256,11 @@ impl LbdCollector {
             f.counter("lbd_worker_busy_polls_total", &[w(i)], busy as f64);
             let (p0, b0) = previous[i];
             let dp = polls.saturating_sub(p0);
-            f.gauge("lbd_worker_busy_ratio", &[w(i)], if dp == 0 { 0.0 } else { busy.saturating_sub(b0) as f64 / dp as f64 });
+            f.gauge(
+                "lbd_worker_busy_ratio",
+                &[w(i)],
+                if dp == 0 { 0.0 } else { busy.saturating_sub(b0) as f64 / dp as f64 },
+            );
             previous[i] = (polls, busy);
             f.gauge("lbd_sessions_active", &[w(i)], c.sessions_active.get() as f64);
             f.gauge("lbd_neighbor_parked", &[w(i)], c.parked.get() as f64);
@@ -308,7 +317,8 @@ impl LbdCollector {
                 .iter()
                 .map(|le| (*le as f64 / 1e6, if h.is_empty() { 0 } else { h.count_between(0, *le) }))
                 .collect();
-            let sum: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
+            let sum: f64 =
+                h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum::<f64>() / 1e6;
             f.histogram("lbd_config_propagation_seconds", &[], buckets, h.len(), sum);
         }
         f.into_vec()
@@ -390,8 +400,11 @@ impl Bound {
                     let resp = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
                         match render(&registry) {
                             Ok(body) => tiny_http::Response::from_string(body).with_header(
-                                tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                                    .expect("static header"),
+                                tiny_http::Header::from_bytes(
+                                    "Content-Type",
+                                    "text/plain; version=0.0.4; charset=utf-8",
+                                )
+                                .expect("static header"),
                             ),
                             Err(e) => tiny_http::Response::from_string(e).with_status_code(500),
                         }

@@ -339,7 +339,13 @@ impl Snapshot {
                 .map(|(bi, b)| {
                     let bid = ids.backend(&l.name, b.address, b.port).expect("backend ids assigned before build");
                     backend_slots[bid as usize] = (li as u16, bi as u16);
-                    BackendView { id: bid, addr: u32::from(b.address), port: b.port, weight: b.weight, drained: b.drained }
+                    BackendView {
+                        id: bid,
+                        addr: u32::from(b.address),
+                        port: b.port,
+                        weight: b.weight,
+                        drained: b.drained,
+                    }
                 })
                 .collect();
             let vip = u32::from(l.vip);
@@ -510,7 +516,10 @@ mod tests {
     fn cfg_with(listeners: &[(&str, &[u16])]) -> Config {
         let mut y = String::from("ports:\n  - {name: p, device: d, address: 10.0.0.1/16}\nlisteners:\n");
         for (i, (name, ports)) in listeners.iter().enumerate() {
-            y += &format!("  - name: {name}\n    vip: 10.0.1.{}\n    protocol: tcp\n    port: 80\n    backends:\n", i + 1);
+            y += &format!(
+                "  - name: {name}\n    vip: 10.0.1.{}\n    protocol: tcp\n    port: 80\n    backends:\n",
+                i + 1
+            );
             for p in *ports {
                 y += &format!("      - {{address: 10.0.2.1, port: {p}}}\n");
             }

@@ -4,7 +4,9 @@
 
 use crate::counters::{DropReason, Event, FlowCounters, WorkerCounters};
 use crate::snapshot::Snapshot;
-use lbproto::stats::{BackendReport, DeviceStats, FlowReport, LatencyReport, ListenerReport, PortReport, Report, WorkerReport};
+use lbproto::stats::{
+    BackendReport, DeviceStats, FlowReport, LatencyReport, ListenerReport, PortReport, Report, WorkerReport,
+};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;

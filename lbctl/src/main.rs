@@ -180,20 +180,27 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
     Ok(match cmd {
         Command::Status => Request::Status,
         Command::Listener(ListenerCmd::List) => Request::ListenerList,
-        Command::Listener(ListenerCmd::Add { name, vip, protocol, port, scheduler, maglev_table_size, tcp_non_syn, backends }) => {
-            Request::ListenerAdd {
-                listener: ListenerSpec {
-                    name: name.clone(),
-                    vip: vip.clone(),
-                    protocol: protocol.clone(),
-                    port: *port,
-                    scheduler: scheduler.clone(),
-                    maglev_table_size: *maglev_table_size,
-                    tcp_non_syn: tcp_non_syn.clone(),
-                    backends: backends.iter().map(|b| backend_spec(b, None)).collect::<Result<_, _>>()?,
-                },
-            }
-        }
+        Command::Listener(ListenerCmd::Add {
+            name,
+            vip,
+            protocol,
+            port,
+            scheduler,
+            maglev_table_size,
+            tcp_non_syn,
+            backends,
+        }) => Request::ListenerAdd {
+            listener: ListenerSpec {
+                name: name.clone(),
+                vip: vip.clone(),
+                protocol: protocol.clone(),
+                port: *port,
+                scheduler: scheduler.clone(),
+                maglev_table_size: *maglev_table_size,
+                tcp_non_syn: tcp_non_syn.clone(),
+                backends: backends.iter().map(|b| backend_spec(b, None)).collect::<Result<_, _>>()?,
+            },
+        },
         Command::Listener(ListenerCmd::Del { name }) => Request::ListenerDel { name: name.clone() },
         Command::Backend(BackendCmd::List { listener }) => Request::BackendList { listener: listener.clone() },
         Command::Backend(BackendCmd::Add { listener, backend, weight }) => {

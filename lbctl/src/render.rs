@@ -61,7 +61,19 @@ pub fn human(r: &crate::Answer) {
                 "{} listeners, {} backends, {} sessions, {} packets dropped",
                 s.listeners, s.backends, s.sessions_active, s.drops_total
             );
-            let mut t = table(&["port", "device", "driver", "link", "address", "mac", "rxq", "rss", "rx pkts", "tx pkts", "dev drops"]);
+            let mut t = table(&[
+                "port",
+                "device",
+                "driver",
+                "link",
+                "address",
+                "mac",
+                "rxq",
+                "rss",
+                "rx pkts",
+                "tx pkts",
+                "dev drops",
+            ]);
             for p in &s.ports {
                 t.add_row(vec![
                     Cell::new(&p.name),
@@ -80,7 +92,18 @@ pub fn human(r: &crate::Answer) {
             println!("{t}");
         }
         Response::Listeners { listeners } => {
-            let mut t = table(&["listener", "vip", "proto", "port", "scheduler", "backends", "sessions", "created", "pkts in", "pkts out"]);
+            let mut t = table(&[
+                "listener",
+                "vip",
+                "proto",
+                "port",
+                "scheduler",
+                "backends",
+                "sessions",
+                "created",
+                "pkts in",
+                "pkts out",
+            ]);
             for l in listeners {
                 t.add_row(vec![
                     Cell::new(&l.name),
@@ -98,7 +121,9 @@ pub fn human(r: &crate::Answer) {
             println!("{t}");
         }
         Response::Backends { backends } => {
-            let mut t = table(&["listener", "backend", "weight", "state", "share", "sessions", "created", "pkts in", "pkts out"]);
+            let mut t = table(&[
+                "listener", "backend", "weight", "state", "share", "sessions", "created", "pkts in", "pkts out",
+            ]);
             let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
             for b in backends {
                 *totals.entry(&b.listener).or_default() += b.share;
@@ -141,7 +166,11 @@ pub fn human(r: &crate::Answer) {
                 ]);
             }
             println!("{t}");
-            println!("{} session(s){}", sessions.len(), if *truncated { " (limit reached; --limit shows more)" } else { "" });
+            println!(
+                "{} session(s){}",
+                sessions.len(),
+                if *truncated { " (limit reached; --limit shows more)" } else { "" }
+            );
         }
         Response::SessionCount { count } => println!("{count}"),
         Response::Stats { stats } => print_stats(stats, None),
@@ -198,7 +227,17 @@ fn print_stats(s: &Report, prev: Option<(&Report, f64)>) {
         ]);
     }
     println!("{t}");
-    let mut t = table(&["listener / backend", "sessions", "created", "pkts in", "in pps", "pkts out", "out pps", "bytes in", "bytes out"]);
+    let mut t = table(&[
+        "listener / backend",
+        "sessions",
+        "created",
+        "pkts in",
+        "in pps",
+        "pkts out",
+        "out pps",
+        "bytes in",
+        "bytes out",
+    ]);
     for l in &s.listeners {
         let pl = prev.and_then(|(r, _)| r.listeners.iter().find(|x| x.name == l.name));
         let tr = &l.traffic;

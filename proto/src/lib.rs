@@ -44,6 +44,7 @@ pub struct ResponseFrame {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // one per frame; boxing buys nothing
 pub enum Outcome {
     Ok(Response),
     Error(ErrorReply),
@@ -109,25 +110,57 @@ pub struct SessionFilter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Hello { protocol: u32, client: String },
+    Hello {
+        protocol: u32,
+        client: String,
+    },
     Status,
     ListenerList,
-    ListenerAdd { listener: ListenerSpec },
-    ListenerDel { name: String },
-    BackendList { listener: Option<String> },
-    BackendAdd { listener: String, backend: BackendSpec },
-    BackendDel { listener: String, backend: BackendRef },
-    BackendSetWeight { listener: String, backend: BackendRef, weight: u32 },
-    BackendDrain { listener: String, backend: BackendRef },
-    BackendUndrain { listener: String, backend: BackendRef },
-    Sessions { filter: SessionFilter, limit: u32 },
-    SessionCount { filter: SessionFilter },
+    ListenerAdd {
+        listener: ListenerSpec,
+    },
+    ListenerDel {
+        name: String,
+    },
+    BackendList {
+        listener: Option<String>,
+    },
+    BackendAdd {
+        listener: String,
+        backend: BackendSpec,
+    },
+    BackendDel {
+        listener: String,
+        backend: BackendRef,
+    },
+    BackendSetWeight {
+        listener: String,
+        backend: BackendRef,
+        weight: u32,
+    },
+    BackendDrain {
+        listener: String,
+        backend: BackendRef,
+    },
+    BackendUndrain {
+        listener: String,
+        backend: BackendRef,
+    },
+    Sessions {
+        filter: SessionFilter,
+        limit: u32,
+    },
+    SessionCount {
+        filter: SessionFilter,
+    },
     Stats,
     Neighbors,
     ConfigShow,
     /// Apply a whole configuration: `source` (text and the file name it
     /// came from, for messages), or the file lbd started with.
-    ConfigReload { source: Option<ConfigText> },
+    ConfigReload {
+        source: Option<ConfigText>,
+    },
 }
 
 /// A configuration file's text as a client read it.
@@ -444,7 +477,8 @@ mod tests {
         let json = String::from_utf8(buf[4..].to_vec()).unwrap();
         assert!(json.contains("\"op\":\"backend_set_weight\""), "{json}");
 
-        let resp = ResponseFrame { id: 7, result: Outcome::Error(ErrorReply::new(ErrorCode::NotFound, "no listener `x`")) };
+        let resp =
+            ResponseFrame { id: 7, result: Outcome::Error(ErrorReply::new(ErrorCode::NotFound, "no listener `x`")) };
         let mut buf = Vec::new();
         write_frame(&mut buf, &resp).unwrap();
         let json = String::from_utf8(buf[4..].to_vec()).unwrap();

@@ -66,7 +66,6 @@ pub struct LatencyReport {
     pub max_ns: u64,
 }
 
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendReport {
     pub address: Ipv4Addr,
@@ -127,4 +126,3 @@ pub struct Report {
     pub listeners: Vec<ListenerReport>,
     pub workers: Vec<WorkerReport>,
 }
-

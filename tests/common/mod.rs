@@ -236,3 +236,50 @@ pub fn is_root() -> bool {
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
+
+/// The `lbctl` binary next to `lbd` (build it first: `cargo build --bins`).
+pub fn lbctl_bin() -> PathBuf {
+    let p = Path::new(lbd_bin()).with_file_name("lbctl");
+    assert!(p.exists(), "{} missing: run `cargo build --workspace --bins` with the same profile first", p.display());
+    p
+}
+
+/// Runs lbctl against `socket`; returns (exit code, stdout, stderr).
+pub fn lbctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(lbctl_bin()).arg("--socket").arg(socket).args(args).output().expect("run lbctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs lbctl with --json and parses its answer; panics unless it succeeds.
+pub fn lbctl_json(socket: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = lbctl(socket, &all);
+    assert_eq!(code, 0, "lbctl {args:?} failed: {err}{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lbctl {args:?}: not JSON ({e}): {out}"))
+}
+
+/// Runs lbctl with --json expecting a refusal; returns the error code.
+pub fn lbctl_refused(socket: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = lbctl(socket, &all);
+    assert_eq!(code, 1, "lbctl {args:?} should be refused: {out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert!(err.starts_with("lbctl: "), "{err}");
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
+impl Lbd {
+    /// The metrics address from the ready line, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<String> {
+        let log = self.log_text();
+        let i = log.find("metrics http://")? + "metrics http://".len();
+        let end = log[i..].find('/')?;
+        Some(log[i..i + end].to_owned())
+    }
+}

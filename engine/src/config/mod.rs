@@ -490,12 +490,17 @@ impl Validator<'_> {
             Some(RawRemovedBackend::Reset) => RemovedBackendPolicy::Reset,
             Some(RawRemovedBackend::Reschedule) => RemovedBackendPolicy::Reschedule,
         };
-        let control_socket = PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
+        let control_socket =
+            PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
         if !control_socket.is_absolute() || control_socket.as_os_str().len() > 100 {
-            return self.err("control.socket", format!("`{}` must be an absolute path of at most 100 bytes", control_socket.display()));
+            return self.err(
+                "control.socket",
+                format!("`{}` must be an absolute path of at most 100 bytes", control_socket.display()),
+            );
         }
         if let Some(g) = &raw.control.group {
-            let ok = !g.is_empty() && g.len() <= 32 && g.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            let ok =
+                !g.is_empty() && g.len() <= 32 && g.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
             if !ok {
                 return self.err("control.group", format!("`{g}` is not a group name or number"));
             }

@@ -72,7 +72,16 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn new(path: PathBuf, raw: RawConfig, config: Config, ids: IdRegistry, macs: Vec<MacAddr>) -> ControlPlane {
-        ControlPlane { path, raw, config, generation: 1, ids, baselines: Baselines::default(), macs, retired: Vec::new() }
+        ControlPlane {
+            path,
+            raw,
+            config,
+            generation: 1,
+            ids,
+            baselines: Baselines::default(),
+            macs,
+            retired: Vec::new(),
+        }
     }
 }
 
@@ -121,7 +130,10 @@ fn restart_needed(a: &Config, b: &Config) -> Vec<&'static str> {
     check("lcores", a.workers == b.workers && a.cpus == b.cpus && a.idle_sleep == b.idle_sleep && a.burst == b.burst);
     check("ports", a.ports == b.ports);
     check("sessions.capacity_per_worker", a.session_capacity == b.session_capacity);
-    check("arp.queue_length/cache_size", a.arp.queue_length == b.arp.queue_length && a.arp.cache_size == b.arp.cache_size);
+    check(
+        "arp.queue_length/cache_size",
+        a.arp.queue_length == b.arp.queue_length && a.arp.cache_size == b.arp.cache_size,
+    );
     check("mempool", a.mempool_mbufs == b.mempool_mbufs && a.mempool_cache == b.mempool_cache);
     check("control", a.control_socket == b.control_socket && a.control_group == b.control_group);
     check("metrics", a.metrics_listen == b.metrics_listen);
@@ -174,7 +186,9 @@ impl Runtime {
             Request::Hello { .. } => Err(err(ErrorCode::BadRequest, "hello was already done on this connection")),
             Request::Status => Ok(Response::Status { status: self.status() }),
             Request::ListenerList => Ok(Response::Listeners { listeners: self.listeners() }),
-            Request::BackendList { listener } => Ok(Response::Backends { backends: self.backends(listener.as_deref())? }),
+            Request::BackendList { listener } => {
+                Ok(Response::Backends { backends: self.backends(listener.as_deref())? })
+            }
             Request::ListenerAdd { listener } => self.change(|raw| add_listener(raw, listener)),
             Request::ListenerDel { name } => self.change(|raw| {
                 let i = find_listener(raw, name)?;
@@ -208,7 +222,11 @@ impl Runtime {
             Request::Neighbors => Ok(Response::Neighbors { neighbors: self.neighbors()? }),
             Request::ConfigShow => {
                 let p = self.plane.lock();
-                Ok(Response::Config { path: p.path.display().to_string(), generation: p.generation, yaml: config::to_yaml(&p.raw) })
+                Ok(Response::Config {
+                    path: p.path.display().to_string(),
+                    generation: p.generation,
+                    yaml: config::to_yaml(&p.raw),
+                })
             }
             Request::ConfigReload { source } => {
                 let change = match source {
@@ -308,7 +326,9 @@ impl Runtime {
         if !reached {
             return Err(err(
                 ErrorCode::Timeout,
-                format!("generation {generation} published but not every worker switched within {PROPAGATION_TIMEOUT:?}"),
+                format!(
+                    "generation {generation} published but not every worker switched within {PROPAGATION_TIMEOUT:?}"
+                ),
             ));
         }
         Ok(Change { generation, propagation_us, build_us, summary })
@@ -355,7 +375,10 @@ impl Runtime {
                 tx_packets: r.tx_packets,
                 rx_bytes: r.rx_bytes,
                 tx_bytes: r.tx_bytes,
-                device_drops: r.device_stats.imissed + r.device_stats.ierrors + r.device_stats.rx_nombuf + r.device_stats.oerrors,
+                device_drops: r.device_stats.imissed
+                    + r.device_stats.ierrors
+                    + r.device_stats.rx_nombuf
+                    + r.device_stats.oerrors,
             })
             .collect();
         Status {
@@ -485,7 +508,8 @@ impl Runtime {
                     .recv_timeout(QUERY_TIMEOUT)
                     .map_err(|_| err(ErrorCode::Timeout, format!("worker {w} did not answer in {QUERY_TIMEOUT:?}")))?;
                 for s in &chunk.sessions {
-                    let listener = snap.listener_by_id(s.listener).map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
+                    let listener =
+                        snap.listener_by_id(s.listener).map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
                     out.push(SessionInfo {
                         worker: w,
                         protocol: if s.proto == crate::wire::ipv4::PROTO_TCP { "tcp" } else { "udp" }.into(),
@@ -540,7 +564,10 @@ impl Runtime {
 }
 
 fn find_listener(raw: &RawConfig, name: &str) -> Result<usize, ErrorReply> {
-    raw.listeners.iter().position(|l| l.name == name).ok_or_else(|| err(ErrorCode::NotFound, format!("no listener `{name}`")))
+    raw.listeners
+        .iter()
+        .position(|l| l.name == name)
+        .ok_or_else(|| err(ErrorCode::NotFound, format!("no listener `{name}`")))
 }
 
 /// The one backend of `listener` that `r` names.
@@ -552,13 +579,18 @@ fn find_backend(raw: &RawConfig, listener: &str, r: &BackendRef) -> Result<(usiz
         .backends
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.address.trim().parse::<Ipv4Addr>().ok() == Some(want) && r.port.is_none_or(|p| u32::from(p) == b.port))
+        .filter(|(_, b)| {
+            b.address.trim().parse::<Ipv4Addr>().ok() == Some(want) && r.port.is_none_or(|p| u32::from(p) == b.port)
+        })
         .map(|(i, _)| i)
         .collect();
     match hits.as_slice() {
         [i] => Ok((l, *i)),
         [] => Err(err(ErrorCode::NotFound, format!("listener `{listener}` has no backend {r}"))),
-        _ => Err(err(ErrorCode::Invalid, format!("listener `{listener}` has several backends at {}: give the port", r.address))),
+        _ => Err(err(
+            ErrorCode::Invalid,
+            format!("listener `{listener}` has several backends at {}: give the port", r.address),
+        )),
     }
 }
 

@@ -7,7 +7,7 @@
 
 use crate::session::Session;
 use crate::wire::MacAddr;
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 /// Session slots one query may walk.
 pub const SCAN_BUDGET: u32 = 16_384;
@@ -60,10 +60,7 @@ impl QueryInbox {
     /// The next pending question, without waiting.
     #[inline]
     pub fn next(&self) -> Option<WorkerQuery> {
-        match self.0.try_recv() {
-            Ok(q) => Some(q),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.0.try_recv().ok()
     }
 }
 

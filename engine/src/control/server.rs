@@ -56,7 +56,12 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, String> {
     }
     if path.exists() {
         match UnixStream::connect(path) {
-            Ok(_) => return Err(format!("{} is served by another running lbd; stop it or set control.socket", path.display())),
+            Ok(_) => {
+                return Err(format!(
+                    "{} is served by another running lbd; stop it or set control.socket",
+                    path.display()
+                ))
+            }
             Err(_) => std::fs::remove_file(path).map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?,
         }
     }
@@ -66,7 +71,8 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, String> {
         .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
     if let Some(g) = group {
         let gid = group_id(g)?;
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| format!("cannot give {} to group {g}: {e}", path.display()))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| format!("cannot give {} to group {g}: {e}", path.display()))?;
     }
     Ok(listener)
 }
@@ -77,7 +83,8 @@ impl ControlServer {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name("lbd-control".into()).spawn(move || accept_loop(listener, rt, stop2))?;
+        let thread =
+            std::thread::Builder::new().name("lbd-control".into()).spawn(move || accept_loop(listener, rt, stop2))?;
         Ok(ControlServer { stop, thread: Some(thread), path })
     }
 
@@ -106,7 +113,10 @@ fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) 
                     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                     let reply = ResponseFrame {
                         id: 0,
-                        result: Outcome::Error(ErrorReply::new(ErrorCode::Internal, format!("busy: {MAX_CLIENTS} clients connected"))),
+                        result: Outcome::Error(ErrorReply::new(
+                            ErrorCode::Internal,
+                            format!("busy: {MAX_CLIENTS} clients connected"),
+                        )),
                     };
                     let _ = write_frame(&mut stream, &reply);
                     continue;
@@ -171,7 +181,10 @@ fn serve_client(mut stream: UnixStream, rt: &Runtime) {
             Ok(None) => return,
             Err(FrameError::TooLarge(n)) => {
                 rt.record_op("invalid", false);
-                let e = ErrorReply::new(ErrorCode::TooLarge, format!("frame of {n} bytes exceeds the {} byte limit", lbproto::MAX_FRAME));
+                let e = ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    format!("frame of {n} bytes exceeds the {} byte limit", lbproto::MAX_FRAME),
+                );
                 reply(&mut stream, 0, Err(e));
                 return;
             }
@@ -183,7 +196,9 @@ fn serve_client(mut stream: UnixStream, rt: &Runtime) {
             Err(e) => {
                 rt.record_op("invalid", false);
                 let id = salvage_id(&body);
-                if !reply(&mut stream, id, Err(ErrorReply::new(ErrorCode::BadRequest, format!("not a request: {e}")))) || !greeted {
+                if !reply(&mut stream, id, Err(ErrorReply::new(ErrorCode::BadRequest, format!("not a request: {e}"))))
+                    || !greeted
+                {
                     return;
                 }
                 continue;

@@ -724,8 +724,10 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
     let mut ids = IdRegistry::default();
     ids.assign(&cfg, &|_, _| true).unwrap();
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
-    let settings = CoreSettings { worker: 0, workers: 1, session_capacity: 100, neighbor_capacity: 64, pending_capacity: 4 };
-    let mut dp = Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
+    let settings =
+        CoreSettings { worker: 0, workers: 1, session_capacity: 100, neighbor_capacity: 64, pending_capacity: 4 };
+    let mut dp =
+        Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
     dp.set_now(1);
     let mut h = Harness { dp, counters, io: TestIo::default() };
     let vip = ip("10.0.0.100");

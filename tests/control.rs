@@ -1,0 +1,428 @@
+//! The control plane against a running lbd: every lbctl command, wrong
+//! input of every kind, protocol misuse, SIGHUP reloads, socket ownership.
+
+mod common;
+
+use common::*;
+use lbproto::{read_frame, write_frame, Request, RequestFrame, ResponseFrame, PROTOCOL_VERSION};
+use serde_json::Value;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// An lbd on one net_pcap port that has read 40 SYNs (so sessions and
+/// neighbours exist), with its control socket and metrics in `dir`.
+struct Fixture {
+    dir: TempDir,
+    lbd: Option<Lbd>,
+    socket: PathBuf,
+    config: PathBuf,
+}
+
+const LISTENERS: &str = "listeners:
+  - name: web
+    vip: 10.0.0.100
+    protocol: tcp
+    port: 80
+    backends:
+      - {address: 10.0.0.11, port: 8080}
+      - {address: 10.0.0.12, port: 8080, weight: 2}
+";
+
+fn config_text(dir: &Path, prefix: &str, socket: &Path, listeners: &str) -> String {
+    format!(
+        "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"512\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\",\n\
+         \x20     \"--vdev\", \"net_pcap0,rx_pcap={d}/in.pcap,tx_pcap={d}/out0.pcap,tx_pcap={d}/out1.pcap\"]\n\
+         lcores: {{workers: 2, idle_sleep: 100us}}\n\
+         ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    gateway: 10.0.0.254\n    mac: \"02:00:00:00:00:01\"\n\
+         \x20   neighbors: [{{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}}, {{ip: 10.0.0.11, mac: \"02:00:00:00:00:11\"}}, {{ip: 10.0.0.12, mac: \"02:00:00:00:00:12\"}}]\n\
+         {listeners}\
+         control: {{socket: {s}}}\n\
+         metrics: {{listen: \"127.0.0.1:0\"}}\n",
+        d = dir.display(),
+        s = socket.display(),
+    )
+}
+
+impl Fixture {
+    fn start(name: &str) -> Fixture {
+        assert!(is_root());
+        let dir = TempDir::new(name);
+        let prefix = unique("lbdc");
+        let socket = dir.join("lbd.sock");
+        let script = "import sys\nfrom scapy.all import Ether, IP, TCP, wrpcap\n\
+            wrpcap(sys.argv[1], [Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:fe')/IP(src='192.168.7.%d' % (i % 5 + 1), dst='10.0.0.100')/TCP(sport=30000 + i, dport=80, flags='S') for i in range(40)])\n";
+        run(Command::new(python()).arg("-c").arg(script).arg(dir.join("in.pcap")));
+        let config = dir.join("lbd.yaml");
+        std::fs::write(&config, config_text(dir.path(), &prefix, &socket, LISTENERS)).unwrap();
+        let mut lbd = Lbd::start(&config, dir.path(), &prefix);
+        lbd.wait_processed(40, false, Duration::from_secs(20));
+        Fixture { dir, lbd: Some(lbd), socket, config }
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        lbctl_json(&self.socket, args)
+    }
+
+    fn refused(&self, args: &[&str]) -> String {
+        lbctl_refused(&self.socket, args)
+    }
+
+    fn generation(&self) -> u64 {
+        self.json(&["status"])["status"]["config_generation"].as_u64().unwrap()
+    }
+
+    fn lbd(&mut self) -> &mut Lbd {
+        self.lbd.as_mut().unwrap()
+    }
+}
+
+fn backends(f: &Fixture, listener: &str) -> Vec<Value> {
+    f.json(&["backend", "list", "--listener", listener])["backends"].as_array().unwrap().clone()
+}
+
+#[test]
+fn every_lbctl_command_works() {
+    let mut f = Fixture::start("ctl-all");
+
+    // status, human and JSON.
+    let (code, out, _) = lbctl(&f.socket, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("DPDK 22.11"), "{out}");
+    assert!(out.contains("config generation 1"), "{out}");
+    let st = f.json(&["status"])["status"].clone();
+    assert_eq!(st["workers"], 2);
+    assert_eq!(st["ports"][0]["name"], "lan");
+    assert_eq!(st["ports"][0]["rx_packets"], 40);
+    assert_eq!(st["sessions_active"], 40);
+
+    // listener list / add / del.
+    let ls = f.json(&["listener", "list"]);
+    assert_eq!(ls["listeners"][0]["name"], "web");
+    assert_eq!(ls["listeners"][0]["sessions_active"], 40);
+    let ch = f.json(&[
+        "listener",
+        "add",
+        "dns",
+        "--vip",
+        "10.0.0.100",
+        "--protocol",
+        "udp",
+        "--port",
+        "53",
+        "--scheduler",
+        "round_robin",
+        "--backend",
+        "10.0.0.21:53",
+        "--backend",
+        "10.0.0.22:53:3",
+    ]);
+    assert_eq!(ch["change"]["generation"], 2);
+    let dns = backends(&f, "dns");
+    assert_eq!(dns.len(), 2);
+    assert_eq!(dns[1]["weight"], 3);
+    let (code, out, _) = lbctl(&f.socket, &["listener", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("dns") && out.contains("round_robin"), "{out}");
+    f.json(&["listener", "del", "dns"]);
+    assert_eq!(f.json(&["listener", "list"])["listeners"].as_array().unwrap().len(), 1);
+
+    // backend list / add / set-weight / drain / undrain / del.
+    let b = backends(&f, "web");
+    assert_eq!(b.len(), 2);
+    let total: u64 = b.iter().map(|x| x["sessions_active"].as_u64().unwrap()).sum();
+    assert_eq!(total, 40);
+    assert!(b[1]["share"].as_u64().unwrap() > b[0]["share"].as_u64().unwrap(), "weight 2 gets more of the table");
+    f.json(&["backend", "add", "web", "10.0.0.13:8080", "--weight", "5"]);
+    f.json(&["backend", "set-weight", "web", "10.0.0.11", "4"]);
+    f.json(&["backend", "drain", "web", "10.0.0.12:8080"]);
+    let b = backends(&f, "web");
+    assert_eq!((b[0]["weight"].as_u64(), b[0]["drained"].as_bool()), (Some(4), Some(false)));
+    assert_eq!((b[1]["drained"].as_bool(), b[1]["share"].as_u64()), (Some(true), Some(0)));
+    assert_eq!(b[2]["weight"], 5);
+    // Drained: its sessions continue.
+    assert!(b[1]["sessions_active"].as_u64().unwrap() > 0);
+    f.json(&["backend", "undrain", "web", "10.0.0.12"]);
+    assert!(backends(&f, "web")[1]["share"].as_u64().unwrap() > 0);
+    f.json(&["backend", "del", "web", "10.0.0.13:8080"]);
+    assert_eq!(backends(&f, "web").len(), 2);
+    let (code, out, _) = lbctl(&f.socket, &["backend", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("10.0.0.12:8080") && out.contains("active"), "{out}");
+
+    // sessions, filters, limit, count.
+    let s = f.json(&["sessions", "--limit", "1000"]);
+    let all = s["sessions"].as_array().unwrap();
+    assert_eq!(all.len(), 40);
+    assert_eq!(s["truncated"], false);
+    assert!(all.iter().all(|x| x["listener"] == "web" && x["state"] == "syn_sent" && x["vip"] == "10.0.0.100:80"));
+    let workers: std::collections::BTreeSet<u64> = all.iter().map(|x| x["worker"].as_u64().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "sessions live on both workers");
+    let on11 = f.json(&["sessions", "--backend", "10.0.0.11", "--limit", "1000"])["sessions"].as_array().unwrap().len();
+    let on12 =
+        f.json(&["sessions", "--backend", "10.0.0.12:8080", "--limit", "1000"])["sessions"].as_array().unwrap().len();
+    assert_eq!(on11 + on12, 40);
+    assert_eq!(f.json(&["sessions", "--count"])["count"], 40);
+    assert_eq!(f.json(&["sessions", "--count", "--backend", "10.0.0.11"])["count"].as_u64().unwrap() as usize, on11);
+    assert_eq!(f.json(&["sessions", "--count", "--listener", "web"])["count"], 40);
+    let lim = f.json(&["sessions", "--limit", "5"]);
+    assert_eq!(lim["sessions"].as_array().unwrap().len(), 5);
+    assert_eq!(lim["truncated"], true);
+    let (code, out, _) = lbctl(&f.socket, &["sessions", "--listener", "web", "--limit", "3"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("3 session(s) (limit reached"), "{out}");
+
+    // stats, once and watched.
+    let st = f.json(&["stats"])["stats"].clone();
+    assert_eq!(st["listeners"][0]["sessions_created"], 40);
+    assert!(st["latency"]["samples"].as_u64().unwrap() >= 40);
+    let (code, out, _) = lbctl(&f.socket, &["stats", "--watch", "0.2", "--iterations", "2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("rx pps") && out.contains("no drops"), "{out}");
+
+    // neighbors: the static ones, on every worker.
+    let n = f.json(&["neighbors"])["neighbors"].as_array().unwrap().clone();
+    assert!(n
+        .iter()
+        .any(|x| x["address"] == "10.0.0.254" && x["state"] == "static" && x["mac"] == "02:00:00:00:00:fe"));
+    assert_eq!(n.iter().filter(|x| x["address"] == "10.0.0.11").count(), 2);
+
+    // config show reflects the changes; reload a file; reload lbd's own.
+    let shown = f.json(&["config", "show"]);
+    let yaml = shown["yaml"].as_str().unwrap();
+    assert!(yaml.contains("weight: 4"), "{yaml}");
+    let g = f.generation();
+    let edited = f.dir.join("edited.yaml");
+    std::fs::write(&edited, yaml.replace("weight: 4", "weight: 7")).unwrap();
+    let ch = f.json(&["config", "reload", edited.to_str().unwrap()]);
+    assert_eq!(ch["change"]["generation"].as_u64(), Some(g + 1));
+    assert_eq!(backends(&f, "web")[0]["weight"], 7);
+    f.json(&["config", "reload"]);
+    assert_eq!(backends(&f, "web")[0]["weight"], 1, "back to the file lbd started with");
+
+    // Completions for every shell clap knows.
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, _) = lbctl(&f.socket, &["completions", shell]);
+        assert_eq!(code, 0);
+        assert!(out.contains("lbctl"), "{shell}");
+    }
+
+    // Every change counted by result.
+    let (status, stats) = f.lbd.take().unwrap().stop();
+    assert!(status.success());
+    assert_eq!(stats["drops_total"], 0);
+    assert_eq!(stats["mempool_in_use"], 0);
+}
+
+#[test]
+fn wrong_input_is_refused_and_changes_nothing() {
+    let f = Fixture::start("ctl-wrong");
+    let g = f.generation();
+    assert_eq!(f.refused(&["backend", "list", "--listener", "nope"]), "not_found");
+    assert_eq!(f.refused(&["listener", "del", "nope"]), "not_found");
+    assert_eq!(f.refused(&["backend", "add", "nope", "10.0.0.11:80"]), "not_found");
+    assert_eq!(f.refused(&["backend", "del", "web", "10.0.0.99"]), "not_found");
+    assert_eq!(f.refused(&["backend", "add", "web", "10.0.0.11:8080"]), "already_exists");
+    assert_eq!(
+        f.refused(&["listener", "add", "web", "--vip", "10.0.0.100", "--protocol", "tcp", "--port", "81"]),
+        "already_exists"
+    );
+    assert_eq!(f.refused(&["backend", "add", "web", "10.0.0.300:8080"]), "invalid");
+    assert_eq!(f.refused(&["backend", "set-weight", "web", "10.0.0.11", "70000"]), "invalid");
+    assert_eq!(
+        f.refused(&["listener", "add", "x", "--vip", "10.0.0.100", "--protocol", "sctp", "--port", "1"]),
+        "invalid"
+    );
+    assert_eq!(
+        f.refused(&["listener", "add", "x", "--vip", "10.0.0.100", "--protocol", "tcp", "--port", "80"]),
+        "invalid"
+    );
+    assert_eq!(f.refused(&["sessions", "--backend", "nonsense"]), "invalid");
+    // The messages say what is wrong, with the field.
+    let (_, _, err) = lbctl(&f.socket, &["backend", "set-weight", "web", "10.0.0.11", "70000"]);
+    assert!(err.contains("listeners[0].backends[0].weight") && err.contains("out of range"), "{err}");
+    let (_, _, err) = lbctl(&f.socket, &["backend", "add", "web", "10.0.0.300:8080"]);
+    assert!(err.contains("not an IPv4 address"), "{err}");
+    // Bad YAML on reload, and a reload that needs a restart.
+    let bad = f.dir.join("bad.yaml");
+    std::fs::write(&bad, "ports: [\n").unwrap();
+    assert_eq!(f.refused(&["config", "reload", bad.to_str().unwrap()]), "invalid");
+    let (_, _, err) = lbctl(&f.socket, &["config", "reload", bad.to_str().unwrap()]);
+    assert!(err.contains("bad.yaml"), "the file is named: {err}");
+    let typo = f.dir.join("typo.yaml");
+    std::fs::write(&typo, std::fs::read_to_string(&f.config).unwrap().replace("weight: 2", "wieght: 2")).unwrap();
+    let (code, _, err) = lbctl(&f.socket, &["config", "reload", typo.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("listeners[0].backends[1]") && err.contains("wieght"), "{err}");
+    let restart = f.dir.join("restart.yaml");
+    std::fs::write(&restart, std::fs::read_to_string(&f.config).unwrap().replace("workers: 2", "workers: 1")).unwrap();
+    assert_eq!(f.refused(&["config", "reload", restart.to_str().unwrap()]), "restart_required");
+    // Nothing of that changed anything.
+    assert_eq!(f.generation(), g);
+    let b = backends(&f, "web");
+    assert_eq!((b.len(), b[0]["weight"].as_u64(), b[1]["weight"].as_u64()), (2, Some(1), Some(2)));
+    // Usage errors never reach lbd.
+    let (code, _, err) = lbctl(&f.socket, &["backend", "add", "web", "10.0.0.11"]);
+    assert_eq!(code, 2, "{err}");
+    // No lbd at that socket.
+    let (code, out, err) = lbctl(&f.dir.join("none.sock"), &["--json", "status"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(out.contains("unreachable"), "{out}");
+}
+
+fn raw_client(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn send(s: &mut UnixStream, id: u64, request: Request) -> ResponseFrame {
+    write_frame(s, &RequestFrame { id, request }).unwrap();
+    read_frame(s).unwrap().expect("an answer")
+}
+
+fn error_code(r: &ResponseFrame) -> String {
+    serde_json::to_value(r).unwrap()["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
+fn hello(s: &mut UnixStream) {
+    let r = send(s, 1, Request::Hello { protocol: PROTOCOL_VERSION, client: "test".into() });
+    assert!(matches!(r.result, lbproto::Outcome::Ok(lbproto::Response::Hello { .. })), "{r:?}");
+}
+
+/// The server read-side EOF: the connection was closed.
+fn closed(s: &mut UnixStream) -> bool {
+    matches!(read_frame::<_, ResponseFrame>(s), Ok(None) | Err(_))
+}
+
+#[test]
+fn protocol_misuse_never_stops_the_server() {
+    let f = Fixture::start("ctl-proto");
+    // Wrong protocol version: a clear error, then the connection closes.
+    let mut s = raw_client(&f.socket);
+    let r = send(&mut s, 7, Request::Hello { protocol: PROTOCOL_VERSION + 41, client: "future".into() });
+    assert_eq!(r.id, 7);
+    assert_eq!(error_code(&r), "protocol_mismatch");
+    assert!(format!("{r:?}").contains(&format!("this lbd speaks {PROTOCOL_VERSION}")));
+    assert!(closed(&mut s));
+    // A request before the hello.
+    let mut s = raw_client(&f.socket);
+    assert_eq!(error_code(&send(&mut s, 1, Request::Status)), "hello_required");
+    // Garbage bytes: an error or a closed connection.
+    let mut s = raw_client(&f.socket);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    if let Ok(Some(r)) = read_frame::<_, ResponseFrame>(&mut s) {
+        assert_eq!(error_code(&r), "too_large");
+    }
+    // A frame of valid length but not JSON, after a hello: bad_request and
+    // the connection stays usable.
+    let mut s = raw_client(&f.socket);
+    hello(&mut s);
+    s.write_all(&5u32.to_be_bytes()).unwrap();
+    s.write_all(b"hello").unwrap();
+    let r: ResponseFrame = read_frame(&mut s).unwrap().unwrap();
+    assert_eq!(error_code(&r), "bad_request");
+    let r = send(&mut s, 9, Request::Status);
+    assert!(matches!(r.result, lbproto::Outcome::Ok(_)));
+    // An unknown operation.
+    s.write_all(&{
+        let body = br#"{"id":3,"request":{"op":"format_disk"}}"#;
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    })
+    .unwrap();
+    let r: ResponseFrame = read_frame(&mut s).unwrap().unwrap();
+    assert_eq!((r.id, error_code(&r).as_str()), (3, "bad_request"));
+    // An oversized frame.
+    let mut big = raw_client(&f.socket);
+    hello(&mut big);
+    big.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+    let r: ResponseFrame = read_frame(&mut big).unwrap().unwrap();
+    assert_eq!(error_code(&r), "too_large");
+    // A half-sent frame holds its own connection only.
+    let mut half = raw_client(&f.socket);
+    hello(&mut half);
+    half.write_all(&[0, 0]).unwrap();
+    let start = Instant::now();
+    assert_eq!(f.json(&["status"])["status"]["workers"], 2);
+    assert!(start.elapsed() < Duration::from_secs(5), "other clients are served meanwhile");
+    // Many clients at once.
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let socket = f.socket.clone();
+            std::thread::spawn(move || {
+                let mut s = raw_client(&socket);
+                hello(&mut s);
+                for i in 0..5 {
+                    let r = send(&mut s, 10 + i, Request::ListenerList);
+                    assert!(matches!(r.result, lbproto::Outcome::Ok(_)), "{r:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(half);
+    // Still healthy, and the misuse was counted.
+    assert_eq!(f.json(&["status"])["status"]["config_generation"], 1);
+}
+
+#[test]
+fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
+    let mut f = Fixture::start("ctl-hup");
+    let pid = f.lbd().pid().to_string();
+    let text = std::fs::read_to_string(&f.config).unwrap();
+    std::fs::write(&f.config, text.replace("weight: 2", "weight: 9")).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backends(&f, "web")[1]["weight"] != 9 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", f.lbd().log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(f.generation(), 2);
+    std::fs::write(&f.config, "ports: [\n").unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.lbd().log_text().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no refusal logged:\n{}", f.lbd().log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(f.generation(), 2);
+    assert_eq!(backends(&f, "web")[1]["weight"], 9);
+}
+
+#[test]
+fn stale_socket_is_replaced_and_a_live_one_is_not_stolen() {
+    let f = Fixture::start("ctl-sock");
+    let meta = std::fs::metadata(&f.socket).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // A second lbd on the same socket refuses to start, before DPDK.
+    let prefix = unique("lbdc");
+    let second = f.dir.join("second.yaml");
+    std::fs::write(&second, config_text(f.dir.path(), &prefix, &f.socket, LISTENERS)).unwrap();
+    let out = Command::new(lbd_bin()).arg("-c").arg(&second).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.trim().ends_with("is served by another running lbd; stop it or set control.socket"), "{err}");
+    assert_eq!(f.json(&["status"])["status"]["workers"], 2, "the first one is untouched");
+
+    // A socket file nobody serves is replaced.
+    let dir = TempDir::new("ctl-stale");
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    std::fs::copy(f.dir.join("in.pcap"), dir.join("in.pcap")).unwrap();
+    let cfg = dir.join("lbd.yaml");
+    let prefix = unique("lbdc");
+    std::fs::write(&cfg, config_text(dir.path(), &prefix, &stale, LISTENERS)).unwrap();
+    let lbd = Lbd::start(&cfg, dir.path(), &prefix);
+    assert_eq!(lbctl_json(&stale, &["status"])["status"]["workers"], 2);
+    let (status, _) = lbd.stop();
+    assert!(status.success());
+    assert!(!stale.exists(), "lbd removes its socket at exit");
+}
