@@ -18,6 +18,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # The `ci` profile: release optimisation with debug assertions and
 # overflow checks on, so the data path runs at speed and still traps bugs.
+# The integration tests run lbd and lbctl binaries: build them first.
+echo "==> cargo build (workspace binaries, ci profile)"
+cargo build --workspace --profile ci --locked --bins
 echo "==> cargo test (workspace, ci profile)"
 cargo test --workspace --profile ci --locked -- --test-threads "${LBD_TEST_THREADS:-2}"
 echo "==> all tests passed"
