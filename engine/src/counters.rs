@@ -29,6 +29,16 @@ impl Counter {
     pub fn set(&self, v: u64) {
         self.0.store(v, Relaxed);
     }
+    /// Stores with release ordering: a reader that acquires this value
+    /// also sees every store made before it.
+    #[inline(always)]
+    pub fn publish(&self, v: u64) {
+        self.0.store(v, std::sync::atomic::Ordering::Release);
+    }
+    #[inline]
+    pub fn get_acquire(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
@@ -205,6 +215,8 @@ pub struct WorkerCounters {
     pub parked: Counter,
     /// Generation of the snapshot the worker runs (set when it switches).
     pub generation: Counter,
+    /// TSC when the worker last switched snapshots.
+    pub switched_tsc: Counter,
     /// Per-packet processing time.
     pub latency: crate::latency::LatencyBuckets,
     pub ports: Box<[PortCounters]>,
@@ -220,6 +232,7 @@ impl WorkerCounters {
             sessions_active: Counter::default(),
             parked: Counter::default(),
             generation: Counter::default(),
+            switched_tsc: Counter::default(),
             latency: crate::latency::LatencyBuckets::default(),
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),

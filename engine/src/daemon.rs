@@ -374,6 +374,7 @@ fn serve(
         .collect();
     let rt = Arc::new(Runtime {
         build,
+        tsc_hz,
         dpdk_version: dpdk::runtime_version(),
         started: Instant::now(),
         lcores: lcores.clone(),

@@ -430,3 +430,61 @@ impl MetricsServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for d in METRICS {
+            assert!(seen.insert(d.name), "{} twice", d.name);
+            assert!(d.name.starts_with("lbd_"), "{}", d.name);
+            assert!(d.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{}", d.name);
+            match d.kind {
+                Kind::Counter => assert!(d.name.ends_with("_total"), "{}: counters end in _total", d.name),
+                Kind::Gauge => assert!(!d.name.ends_with("_total"), "{}", d.name),
+                Kind::Histogram => assert!(d.name.ends_with("_seconds"), "{}: base unit seconds", d.name),
+            }
+            assert!(!d.help.is_empty());
+        }
+    }
+
+    /// Every series the Grafana dashboard queries exists.
+    #[test]
+    fn dashboard_queries_only_exported_metrics() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/grafana-dashboard.json")).unwrap();
+        let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut exprs = Vec::new();
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                exprs.push(t["expr"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(exprs.len() > 20);
+        for e in &exprs {
+            let mut found = false;
+            for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(base) = word.strip_prefix("lbd_") {
+                    let name = format!("lbd_{base}");
+                    let known = METRICS.iter().any(|d| {
+                        name == d.name || (d.kind == Kind::Histogram && [ "_bucket", "_count", "_sum"].iter().any(|s| name == format!("{}{s}", d.name)))
+                    });
+                    assert!(known, "dashboard queries unknown metric {name} in {e}");
+                    found = true;
+                }
+            }
+            assert!(found, "{e} queries no lbd metric");
+        }
+    }
+
+    /// The README's metrics table lists every family.
+    #[test]
+    fn readme_documents_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for d in METRICS {
+            assert!(readme.contains(&format!("`{}`", d.name)), "README lacks {}", d.name);
+        }
+    }
+}

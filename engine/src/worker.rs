@@ -279,7 +279,10 @@ impl Worker {
             if g != generation {
                 dataplane.set_snapshot(snapshots.load());
                 generation = g;
-                counters.generation.set(g);
+                // The time first, so a reader that sees the generation also
+                // sees when it happened.
+                counters.switched_tsc.set(tsc());
+                counters.generation.publish(g);
             }
             let now_tsc = tsc();
             let now_ms = ((now_tsc - start_tsc) / tsc_per_ms) as u32;

@@ -89,6 +89,7 @@ impl ControlPlane {
 #[derive(Debug)]
 pub struct Runtime {
     pub build: BuildInfo,
+    pub tsc_hz: u64,
     pub dpdk_version: String,
     pub started: Instant,
     pub lcores: Vec<u32>,
@@ -309,11 +310,15 @@ impl Runtime {
             }
         }
 
-        let t1 = Instant::now();
         plane.retired.push(self.snapshots.load());
+        let published = dpdk::tsc();
         self.snapshots.publish(snapshot);
         let reached = self.wait_generation(generation);
-        let propagation_us = t1.elapsed().as_micros() as u64;
+        // Measured on the workers' side: from publishing until the last
+        // worker switched (the control thread may see it later when it
+        // shares a CPU with busy workers).
+        let last_switch = self.counters.iter().map(|c| c.switched_tsc.get()).max().unwrap_or(published);
+        let propagation_us = last_switch.saturating_sub(published).saturating_mul(1_000_000) / self.tsc_hz.max(1);
         if reached {
             // Every worker runs the new snapshot: the old ones are ours alone.
             plane.retired.clear();
@@ -339,7 +344,7 @@ impl Runtime {
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            if self.counters.iter().all(|c| c.generation.get() >= generation) {
+            if self.counters.iter().all(|c| c.generation.get_acquire() >= generation) {
                 return true;
             }
             if start.elapsed() > PROPAGATION_TIMEOUT {
