@@ -40,7 +40,10 @@ fn main() {
     }
     let dir = std::env::temp_dir().join(format!("lbd-bench-prop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    println!("{:>9} | {:>14} {:>14} | {:>16} {:>16} {:>16}", "backends", "build p50 us", "build p99 us", "propagate p50 us", "propagate p99 us", "propagate max us");
+    println!(
+        "{:>9} | {:>14} {:>14} | {:>16} {:>16} {:>16}",
+        "backends", "build p50 us", "build p99 us", "propagate p50 us", "propagate p99 us", "propagate max us"
+    );
     for n in [10usize, 100, 1000] {
         let socket = dir.join(format!("lbd{n}.sock"));
         let mut backends = String::new();
@@ -61,7 +64,8 @@ fn main() {
             ),
         )
         .unwrap();
-        let mut child = Command::new(lbd_bin()).arg("-c").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            Command::new(lbd_bin()).arg("-c").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let start = Instant::now();
         let mut s = loop {
             if let Ok(s) = UnixStream::connect(&socket) {
@@ -99,5 +103,7 @@ fn main() {
         let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/lbdbench{n}"));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("build = validation + ids + Maglev table (M=65537) + snapshot; propagate = publish until every worker runs it");
+    println!(
+        "build = validation + ids + Maglev table (M=65537) + snapshot; propagate = publish until every worker runs it"
+    );
 }

@@ -36,8 +36,9 @@ step "Installing missing packages"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 step "Building lbd (release)"
-cargo build --release --locked -q --bin lbd
+cargo build --release --locked -q --workspace --bins
 LBD="$ROOT/target/release/lbd"
+LBCTL="$ROOT/target/release/lbctl"
 "$LBD" --version
 
 step "Bringing up the testbed: client, 3 backends, lbd in between"
@@ -87,6 +88,11 @@ for title, path, sent in (("HTTP", f"{work}/http.txt", 300), ("UDP", f"{work}/ud
     ok &= n == sent and len(per) == 3 and list(clients) == ["10.0.0.2"]
 sys.exit(0 if ok else 1)
 PY
+
+step "What lbctl says about the running lbd"
+"$LBCTL" status
+"$LBCTL" backend list
+"$LBCTL" sessions --limit 5
 
 step "Stopping lbd; its final counters"
 kill -TERM "$LBD_PID"

@@ -174,6 +174,8 @@ listeners:
     backends:
       - {address: 10.1.0.11, port: 5201}
 sessions: {capacity_per_worker: 100000}
+control: {socket: $STATE_ROOT/$name/lbd.sock}
+metrics: {listen: "127.0.0.1:0"}
 EOF
 }
 

@@ -86,7 +86,7 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
     std::fs::write(
         &cfg,
         format!(
-            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--vdev\", \"net_pcap0,rx_pcap=/nonexistent.pcap,tx_pcap=/tmp/x.pcap\"]\nports:\n  - {{name: ext, device: net_pcap0, address: 10.0.0.1/24}}\n"
+            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--vdev\", \"net_pcap0,rx_pcap=/nonexistent.pcap,tx_pcap=/tmp/x.pcap\"]\nports:\n  - {{name: ext, device: net_pcap0, address: 10.0.0.1/24}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()
         ),
     )
     .unwrap();
@@ -102,7 +102,7 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
     let cfg2 = dir.join("nodev.yaml");
     std::fs::write(
         &cfg2,
-        format!("eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}b\"]\nports:\n  - {{name: ext, device: net_null7, address: 10.0.0.1/24}}\n"),
+        format!("eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}b\"]\nports:\n  - {{name: ext, device: net_null7, address: 10.0.0.1/24}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()),
     )
     .unwrap();
     let (code, _, err) = lbd(&["-c", cfg2.to_str().unwrap()]);
@@ -118,7 +118,7 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
         let cfg3 = dir.join("huge.yaml");
         std::fs::write(
             &cfg3,
-            format!("eal: [\"--no-pci\", \"--file-prefix\", \"{prefix}c\", \"--vdev\", \"net_null0\"]\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"),
+            format!("eal: [\"--no-pci\", \"--file-prefix\", \"{prefix}c\", \"--vdev\", \"net_null0\"]\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()),
         )
         .unwrap();
         let (code, _, err) = lbd(&["-c", cfg3.to_str().unwrap()]);

@@ -426,3 +426,14 @@ fn stale_socket_is_replaced_and_a_live_one_is_not_stolen() {
     assert!(status.success());
     assert!(!stale.exists(), "lbd removes its socket at exit");
 }
+
+/// lbctl speaks the protocol through lbproto alone: no DPDK in it.
+#[test]
+fn lbctl_does_not_link_dpdk() {
+    let out = Command::new("ldd").arg(lbctl_bin()).output().unwrap();
+    let libs = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{libs}");
+    assert!(!libs.contains("librte_"), "lbctl links DPDK:\n{libs}");
+    let out = Command::new("ldd").arg(lbd_bin()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("librte_eal"), "while lbd does");
+}

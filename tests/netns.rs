@@ -241,9 +241,8 @@ fn netns_hot_reconfiguration_under_traffic_loses_nothing() {
     let t = Topology::up();
     let dir = TempDir::new("netns-reconf");
     let prefix = unique("lbdn");
-    let socket = dir.join("lbd.sock");
-    let mut cfg = run(Command::new(repo().join("testbed/topology.sh")).args(["config", &t.name, "2", &prefix]));
-    cfg.push_str(&format!("control: {{socket: {}}}\nmetrics: {{listen: \"127.0.0.1:0\"}}\n", socket.display()));
+    let socket = std::path::PathBuf::from(format!("/run/lbd-testbed/{}/lbd.sock", t.name));
+    let cfg = run(Command::new(repo().join("testbed/topology.sh")).args(["config", &t.name, "2", &prefix]));
     let path = dir.join("lbd.yaml");
     std::fs::write(&path, &cfg).unwrap();
     let mut lbd = Lbd::start(&path, dir.path(), &prefix);
@@ -297,7 +296,19 @@ fn netns_hot_reconfiguration_under_traffic_loses_nothing() {
         // Remove and restore a backend carrying traffic: its sessions stay.
         apply(&["backend", "del", "echo", "10.1.0.12:9000"]);
         apply(&["backend", "add", "echo", "10.1.0.12:9000"]);
-        apply(&["listener", "add", &format!("scratch{round}"), "--vip", "10.0.0.100", "--protocol", "tcp", "--port", &(8000 + round).to_string(), "--backend", "10.1.0.11:8080"]);
+        apply(&[
+            "listener",
+            "add",
+            &format!("scratch{round}"),
+            "--vip",
+            "10.0.0.100",
+            "--protocol",
+            "tcp",
+            "--port",
+            &(8000 + round).to_string(),
+            "--backend",
+            "10.1.0.11:8080",
+        ]);
         apply(&["listener", "del", &format!("scratch{round}")]);
         apply(&["config", "reload", variants[round % variants.len()].to_str().unwrap()]);
         apply(&["config", "reload"]);

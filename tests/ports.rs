@@ -13,7 +13,9 @@ fn config(dir: &TempDir, prefix: &str, workers: usize, vdevs: &str, ports: &str)
             "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"512\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", {vdevs}]\n\
              lcores: {{workers: {workers}, idle_sleep: 100us}}\n\
              ports:\n{ports}\
-             listeners:\n  - {{name: web, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{{address: 10.1.0.11, port: 80}}]}}\n"
+             listeners:\n  - {{name: web, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{{address: 10.1.0.11, port: 80}}]}}\n\
+             control: {{socket: {d}/lbd.sock}}\nmetrics: {{listen: \"off\"}}\n",
+            d = dir.path().display()
         ),
     )
     .unwrap();

@@ -99,7 +99,12 @@ fn prometheus_scrapes_rising_counters_and_the_latency_histogram() {
         }
     }
     println!("Prometheus sees lbd up={up}, rx {rate:.0} packets/s, {samples} latency samples");
-    assert_eq!(up, 1.0, "Prometheus scraped lbd:\n{}", std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default());
+    assert_eq!(
+        up,
+        1.0,
+        "Prometheus scraped lbd:\n{}",
+        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+    );
     assert!(rate > 0.0, "packet counters rose between scrapes");
     assert!(samples > 0.0, "the per-packet histogram has samples");
     // Histogram buckets are queryable as such.

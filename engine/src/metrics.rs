@@ -454,7 +454,8 @@ mod tests {
     /// Every series the Grafana dashboard queries exists.
     #[test]
     fn dashboard_queries_only_exported_metrics() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/grafana-dashboard.json")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/grafana-dashboard.json")).unwrap();
         let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
         let mut exprs = Vec::new();
         for p in dash["panels"].as_array().unwrap() {
@@ -469,7 +470,9 @@ mod tests {
                 if let Some(base) = word.strip_prefix("lbd_") {
                     let name = format!("lbd_{base}");
                     let known = METRICS.iter().any(|d| {
-                        name == d.name || (d.kind == Kind::Histogram && [ "_bucket", "_count", "_sum"].iter().any(|s| name == format!("{}{s}", d.name)))
+                        name == d.name
+                            || (d.kind == Kind::Histogram
+                                && ["_bucket", "_count", "_sum"].iter().any(|s| name == format!("{}{s}", d.name)))
                     });
                     assert!(known, "dashboard queries unknown metric {name} in {e}");
                     found = true;

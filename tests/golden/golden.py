@@ -505,6 +505,8 @@ def config_yaml(s, d, prefix):
         + listeners_yaml()
         + f"sessions: {{capacity_per_worker: {s.capacity}}}\n"
         + s.arp_extra
+        + f"control: {{socket: {d}/lbd.sock}}\n"
+        + 'metrics: {listen: "off"}\n'
     )
 
 
