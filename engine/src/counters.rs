@@ -217,6 +217,9 @@ pub struct WorkerCounters {
     pub generation: Counter,
     /// TSC when the worker last switched snapshots.
     pub switched_tsc: Counter,
+    /// Session table size (slots) and the memory it reserves (bytes).
+    pub session_capacity: Counter,
+    pub session_memory: Counter,
     /// Per-packet processing time.
     pub latency: crate::latency::LatencyBuckets,
     pub ports: Box<[PortCounters]>,
@@ -233,6 +236,8 @@ impl WorkerCounters {
             parked: Counter::default(),
             generation: Counter::default(),
             switched_tsc: Counter::default(),
+            session_capacity: Counter::default(),
+            session_memory: Counter::default(),
             latency: crate::latency::LatencyBuckets::default(),
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),

@@ -385,6 +385,28 @@ impl Burst {
         }
     }
 
+    /// Hands out every held mbuf through an iterator, leaving the burst
+    /// empty; what the iterator does not yield is freed when it drops.
+    #[inline]
+    pub fn drain_iter(&mut self) -> BurstDrain<'_> {
+        let n = std::mem::take(&mut self.len);
+        BurstDrain { burst: self, next: 0, end: n }
+    }
+
+    /// Asks the CPU for the first data line of every held packet (NICs
+    /// write packets by DMA, so their headers are not in cache yet).
+    #[inline]
+    pub fn prefetch_data(&self) {
+        for p in &self.pkts[..self.len] {
+            // SAFETY: the first len slots are valid mbufs we own; reading
+            // their buf_addr and data_off fields is a plain load.
+            let (addr, off) = unsafe { ((**p).buf_addr, (**p).data_off) };
+            let line = addr.cast::<u8>().wrapping_add(usize::from(off));
+            // SAFETY: prefetching never faults, whatever the address.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.cast::<i8>()) };
+        }
+    }
+
     /// Frees everything held, in one call.
     #[inline]
     pub fn free_all(&mut self) {
@@ -401,6 +423,39 @@ impl Burst {
         debug_assert!(n <= self.len);
         self.pkts.copy_within(n..self.len, 0);
         self.len -= n;
+    }
+}
+
+/// See [`Burst::drain_iter`].
+pub struct BurstDrain<'a> {
+    burst: &'a mut Burst,
+    next: usize,
+    end: usize,
+}
+
+impl Iterator for BurstDrain<'_> {
+    type Item = Mbuf;
+    #[inline]
+    fn next(&mut self) -> Option<Mbuf> {
+        if self.next == self.end {
+            return None;
+        }
+        let p = self.burst.pkts[self.next];
+        self.next += 1;
+        // SAFETY: slots below `end` held owned, valid mbufs when the drain
+        // began (the burst's len is already 0); each is yielded once.
+        Some(Mbuf(unsafe { NonNull::new_unchecked(p) }))
+    }
+}
+
+impl Drop for BurstDrain<'_> {
+    fn drop(&mut self) {
+        let rest = self.end - self.next;
+        if rest > 0 {
+            // SAFETY: the slots from `next` to `end` are owned mbufs that
+            // were never yielded; freed once here.
+            unsafe { sys::rte_pktmbuf_free_bulk(self.burst.pkts[self.next..].as_mut_ptr(), rest as u32) };
+        }
     }
 }
 
@@ -848,4 +903,30 @@ pub fn allowed_cpus() -> Vec<u32> {
 pub fn tsc_hz() -> u64 {
     // SAFETY: plain query.
     unsafe { sys::rte_get_tsc_hz() }
+}
+
+/// A 2 MB huge page.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// An empty `Vec` with room for `n` elements whose memory the kernel is
+/// asked to back with transparent huge pages. Large tables read at random
+/// (the session index and slab) otherwise spend much of each lookup on TLB
+/// misses. Fill it before use; advice the kernel cannot follow is ignored.
+pub fn huge_vec<T>(n: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(n);
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    if bytes >= HUGE_PAGE {
+        let start = v.as_ptr() as usize;
+        let first = (start + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+        let end = (start + bytes) & !(HUGE_PAGE - 1);
+        if end > first {
+            // SAFETY: the range lies inside the vector's own untouched
+            // allocation; MADV_HUGEPAGE changes no contents and fails
+            // harmlessly where THP is off.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
 }

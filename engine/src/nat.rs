@@ -44,43 +44,63 @@ pub enum Endpoint {
 /// TTL, and patches the IPv4 and L4 checksums.
 #[inline]
 pub fn rewrite(frame: &mut [u8], which: Endpoint, addr: u32, port: u16) {
+    // Fixed-size views: the offsets are constants, the bounds checks go.
+    match frame[IP + 9] {
+        PROTO_TCP => {
+            let f: &mut [u8; L4 + 20] = (&mut frame[..L4 + 20]).try_into().expect("validated TCP frame");
+            rewrite_fixed(f, which, addr, port, Some(L4 + tcp::CHECKSUM_OFFSET), false);
+        }
+        PROTO_UDP => {
+            let f: &mut [u8; L4 + 8] = (&mut frame[..L4 + 8]).try_into().expect("validated UDP frame");
+            rewrite_fixed(f, which, addr, port, Some(L4 + udp::CHECKSUM_OFFSET), true);
+        }
+        _ => {
+            let f: &mut [u8; L4 + 4] = (&mut frame[..L4 + 4]).try_into().expect("validated frame");
+            rewrite_fixed(f, which, addr, port, None, false);
+        }
+    }
+}
+
+#[inline(always)]
+fn rewrite_fixed<const N: usize>(
+    f: &mut [u8; N],
+    which: Endpoint,
+    addr: u32,
+    port: u16,
+    csum_at: Option<usize>,
+    udp: bool,
+) {
     let (ip_at, port_at) = match which {
         Endpoint::Destination => (IP + 16, L4 + 2),
         Endpoint::Source => (IP + 12, L4),
     };
-    let old_addr = rd32(frame, ip_at);
-    let old_port = rd16(frame, port_at);
-    let proto = frame[IP + 9];
+    let old_addr = rd32(f, ip_at);
+    let old_port = rd16(f, port_at);
 
     // IPv4 header: TTL (shares a word with the protocol) and the address.
-    let old_ttl_word = rd16(frame, IP + 8);
-    frame[IP + 8] = frame[IP + 8].wrapping_sub(1);
-    let new_ttl_word = rd16(frame, IP + 8);
-    let mut c = rd16(frame, IP + 10);
+    let old_ttl_word = rd16(f, IP + 8);
+    f[IP + 8] = f[IP + 8].wrapping_sub(1);
+    let new_ttl_word = rd16(f, IP + 8);
+    let mut c = rd16(f, IP + 10);
     c = adjust16(c, old_ttl_word, new_ttl_word);
     c = adjust32(c, old_addr, addr);
-    wr16(frame, IP + 10, c);
-    wr32(frame, ip_at, addr);
+    wr16(f, IP + 10, c);
+    wr32(f, ip_at, addr);
 
     // L4 checksum covers the pseudo-header address and the port.
-    let csum_at = match proto {
-        PROTO_TCP => Some(L4 + tcp::CHECKSUM_OFFSET),
-        PROTO_UDP => Some(L4 + udp::CHECKSUM_OFFSET),
-        _ => None,
-    };
     if let Some(at) = csum_at {
-        let old = rd16(frame, at);
+        let old = rd16(f, at);
         // UDP checksum 0 means "none" (RFC 768): leave it so.
-        if !(proto == PROTO_UDP && old == 0) {
+        if !(udp && old == 0) {
             let mut c = adjust32(old, old_addr, addr);
             c = adjust16(c, old_port, port);
-            if proto == PROTO_UDP && c == 0 {
+            if udp && c == 0 {
                 c = 0xffff;
             }
-            wr16(frame, at, c);
+            wr16(f, at, c);
         }
     }
-    wr16(frame, port_at, port);
+    wr16(f, port_at, port);
 }
 
 /// Turns a client's TCP segment (client→VIP) into a RST from the VIP back

@@ -64,6 +64,9 @@ pub struct ArpTimers {
 }
 
 pub struct NeighborCache {
+    /// Bumped whenever an entry's MAC may have changed or an entry went:
+    /// a resolution remembered at one epoch holds while the epoch does.
+    epoch: u64,
     slots: Box<[Option<NeighborEntry>]>,
     mask: usize,
     len: usize,
@@ -93,6 +96,7 @@ impl NeighborCache {
     pub fn new(entries: usize, timers: ArpTimers) -> NeighborCache {
         let size = (entries * 2).next_power_of_two().max(16);
         NeighborCache {
+            epoch: 0,
             slots: vec![None; size].into_boxed_slice(),
             mask: size - 1,
             len: 0,
@@ -108,6 +112,12 @@ impl NeighborCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// See the field.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Slots a full maintenance scan visits.
     pub fn slot_count(&self) -> usize {
         self.slots.len()
@@ -148,6 +158,7 @@ impl NeighborCache {
     }
 
     fn remove_at(&mut self, mut hole: usize) {
+        self.epoch += 1;
         self.slots[hole] = None;
         self.len -= 1;
         // Backward-shift: pull later members of the probe run into the hole
@@ -168,6 +179,7 @@ impl NeighborCache {
 
     /// Adds a configured neighbour.
     pub fn add_static(&mut self, port: u16, ip: u32, mac: MacAddr) {
+        self.epoch += 1;
         let e = NeighborEntry { port, ip, mac, state: NeighborState::Static, updated: 0, requested: 0, retries: 0 };
         match self.find(port, ip) {
             Some(i) => self.slots[i] = Some(e),
@@ -223,6 +235,9 @@ impl NeighborCache {
                     return Learned::Ignored;
                 }
                 let changed = e.state == NeighborState::Incomplete || e.mac != mac;
+                if e.mac != mac {
+                    self.epoch += 1;
+                }
                 e.mac = mac;
                 e.state = NeighborState::Reachable;
                 e.updated = now;

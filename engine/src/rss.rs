@@ -95,6 +95,9 @@ pub fn bucket_owner(bucket: usize, workers: usize) -> usize {
 /// The worker owning every session of client endpoint (`addr`, `port`).
 #[inline]
 pub fn owner(addr: u32, port: u16, workers: usize) -> usize {
+    if workers == 1 {
+        return 0;
+    }
     bucket_owner(client_hash(addr, port) as usize & (BUCKETS - 1), workers)
 }
 

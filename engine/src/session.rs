@@ -120,19 +120,13 @@ impl Session {
     /// The key of request packets (client→VIP).
     #[inline]
     pub fn request_key(&self) -> FlowKey {
-        FlowKey { src: self.client_ip, dst: self.vip, sport: self.client_port, dport: self.vip_port, proto: self.proto }
+        FlowKey::new(self.client_ip, self.vip, self.client_port, self.vip_port, self.proto)
     }
 
     /// The key of reply packets (backend→client).
     #[inline]
     pub fn reply_key(&self) -> FlowKey {
-        FlowKey {
-            src: self.backend_ip,
-            dst: self.client_ip,
-            sport: self.backend_port,
-            dport: self.client_port,
-            proto: self.proto,
-        }
+        FlowKey::new(self.backend_ip, self.client_ip, self.backend_port, self.client_port, self.proto)
     }
 
     #[inline]
@@ -230,9 +224,6 @@ impl Bucket {
     fn free_way(&self) -> Option<usize> {
         self.refs.iter().position(|r| *r == EMPTY)
     }
-    fn used(&self) -> usize {
-        self.refs.iter().filter(|r| **r != EMPTY).count()
-    }
 }
 
 pub struct SessionTable {
@@ -244,6 +235,9 @@ pub struct SessionTable {
     high_water: u32,
     len: usize,
     cursor: u32,
+    /// Bumped by every insert and remove: a lookup answer taken at one
+    /// version stays true while the version does.
+    version: u64,
 }
 
 impl std::fmt::Debug for SessionTable {
@@ -260,15 +254,26 @@ impl SessionTable {
         assert!((1..=(1 << 30)).contains(&capacity));
         // Two keys per session, at most 6 of 8 ways used on average.
         let nbuckets = (2 * capacity).div_ceil(6).next_power_of_two().max(2);
+        let mut buckets = crate::dpdk::huge_vec(nbuckets);
+        buckets.resize(nbuckets, Bucket::EMPTY);
+        let mut slots = crate::dpdk::huge_vec(capacity);
+        slots.resize(capacity, Session::default());
         SessionTable {
-            buckets: vec![Bucket::EMPTY; nbuckets].into_boxed_slice(),
+            buckets: buckets.into_boxed_slice(),
             mask: nbuckets - 1,
-            slots: vec![Session::default(); capacity].into_boxed_slice(),
-            free: Vec::with_capacity(capacity),
+            slots: slots.into_boxed_slice(),
+            free: crate::dpdk::huge_vec(capacity),
             high_water: 0,
             len: 0,
             cursor: 0,
+            version: 0,
         }
+    }
+
+    /// See the field: changes whenever a session comes or goes.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn len(&self) -> usize {
@@ -295,28 +300,55 @@ impl SessionTable {
         (b1, b2, (h >> 32) as u32)
     }
 
-    /// Hints the CPU to load the index lines of hash `h` ahead of a lookup.
+    /// Hints the CPU to load the index line of hash `h` ahead of a lookup
+    /// (the first bucket: where the key almost always is).
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        let (b1, b2, _) = self.place(h);
-        dpdk_sys::prefetch0(&self.buckets[b1]);
-        dpdk_sys::prefetch0(&self.buckets[b2]);
+        dpdk_sys::prefetch0(&self.buckets[(h as usize) & self.mask]);
+    }
+
+    /// Ways of bucket `b` whose tag is `tag` and that are in use, as a
+    /// bit mask (the compare is branch-free, so it vectorises).
+    #[inline(always)]
+    fn tag_mask(&self, b: usize, tag: u32) -> u32 {
+        let bucket = &self.buckets[b];
+        let mut m = 0u32;
+        for w in 0..WAYS {
+            // `&`, not `&&`: no branch per way, so the eight compares become
+            // two vector compares and a mask.
+            let hit = (bucket.tags[w] == tag) & (bucket.refs[w] != EMPTY);
+            m |= u32::from(hit) << w;
+        }
+        m
     }
 
     #[inline]
     fn find_in(&self, b: usize, tag: u32, key: &FlowKey) -> Option<(u32, Direction)> {
-        let bucket = &self.buckets[b];
-        for w in 0..WAYS {
-            let r = bucket.refs[w];
-            if bucket.tags[w] == tag && r != EMPTY {
-                let slot = r >> 1;
-                let dir = if r & 1 == 0 { Direction::Request } else { Direction::Reply };
-                if self.slots[slot as usize].key(dir) == *key {
-                    return Some((slot, dir));
-                }
+        let mut m = self.tag_mask(b, tag);
+        while m != 0 {
+            let w = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let r = self.buckets[b].refs[w];
+            let slot = r >> 1;
+            let dir = if r & 1 == 0 { Direction::Request } else { Direction::Reply };
+            if self.slots[slot as usize].key(dir) == *key {
+                return Some((slot, dir));
             }
         }
         None
+    }
+
+    /// `hint` (an earlier lookup of `key`) if it still holds, otherwise a
+    /// fresh lookup.
+    #[inline]
+    pub fn confirm(&self, hint: Option<(u32, Direction)>, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
+        if let Some((slot, dir)) = hint {
+            let s = &self.slots[slot as usize];
+            if s.state != SessionState::Free && s.key(dir) == *key {
+                return hint;
+            }
+        }
+        self.lookup(key, h)
     }
 
     /// Finds the session `key` belongs to (`h` = `key.hash()`).
@@ -336,12 +368,34 @@ impl SessionTable {
         &mut self.slots[slot as usize]
     }
 
-    /// The emptier of the key's two buckets, with a free way.
-    fn free_place(&self, h: u64) -> Option<(usize, usize, u32)> {
+    /// A free way for hash `h`: in its first bucket when there is one, so
+    /// most keys sit there and most lookups read one line; else in its
+    /// second; else, when both are full, by moving one entry of the first
+    /// bucket to that entry's other bucket (one cuckoo step).
+    fn free_place(&mut self, h: u64) -> Option<(usize, usize, u32)> {
         let (b1, b2, tag) = self.place(h);
-        let (u1, u2) = (self.buckets[b1].used(), self.buckets[b2].used());
-        let order = if u2 < u1 { [b2, b1] } else { [b1, b2] };
-        order.into_iter().find_map(|b| self.buckets[b].free_way().map(|w| (b, w, tag)))
+        if let Some(w) = self.buckets[b1].free_way() {
+            return Some((b1, w, tag));
+        }
+        if let Some(w) = self.buckets[b2].free_way() {
+            return Some((b2, w, tag));
+        }
+        for b in [b1, b2] {
+            for w in 0..WAYS {
+                let r = self.buckets[b].refs[w];
+                let dir = if r & 1 == 0 { Direction::Request } else { Direction::Reply };
+                let eh = self.slots[(r >> 1) as usize].key(dir).hash();
+                let (e1, e2, etag) = self.place(eh);
+                let alt = if e1 == b { e2 } else { e1 };
+                if let Some(aw) = self.buckets[alt].free_way() {
+                    self.buckets[alt].tags[aw] = etag;
+                    self.buckets[alt].refs[aw] = r;
+                    self.buckets[b].refs[w] = EMPTY;
+                    return Some((b, w, tag));
+                }
+            }
+        }
+        None
     }
 
     /// Adds `s`, indexed under both of its keys. The caller has checked
@@ -379,6 +433,7 @@ impl SessionTable {
         self.buckets[br].refs[wr] = slot << 1 | 1;
         self.slots[slot as usize] = s;
         self.len += 1;
+        self.version += 1;
         Ok(slot)
     }
 
@@ -402,6 +457,7 @@ impl SessionTable {
         self.slots[slot as usize].state = SessionState::Free;
         self.free.push(slot);
         self.len -= 1;
+        self.version += 1;
         s
     }
 

@@ -414,6 +414,12 @@ impl Snapshot {
         self.listener_index.get(listener_key(vip, proto, port)).map(|i| &self.listeners[i as usize])
     }
 
+    /// Position in `listeners` of the listener serving the tuple.
+    #[inline]
+    pub fn listener_position(&self, vip: u32, proto: u8, port: u16) -> Option<u16> {
+        self.listener_index.get(listener_key(vip, proto, port)).map(|i| i as u16)
+    }
+
     /// Whether `ip` is one of our addresses (a port's or a VIP).
     #[inline]
     pub fn local(&self, ip: u32) -> Option<LocalAddress> {

@@ -183,6 +183,8 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
         drops,
         events,
         sessions_active: sum(&|w| w.sessions_active.get()),
+        sessions_capacity: sum(&|w| w.session_capacity.get()),
+        session_memory_bytes: sum(&|w| w.session_memory.get()),
         parked: sum(&|w| w.parked.get()),
         mempool_in_use: cx.mempool_in_use,
         mempool_available: cx.mempool_available,

@@ -304,11 +304,16 @@ impl Worker {
                     }
                     got += n;
                     let t0 = tsc();
-                    rx.drain(|mut m| {
-                        // Ports are known to the core by config index.
-                        m.set_port(pi as u16);
-                        dataplane.process(m, &mut io);
-                    });
+                    rx.prefetch_data();
+                    let port = pi as u16;
+                    // Ports are known to the core by config index.
+                    dataplane.process_burst(
+                        rx.drain_iter().map(|mut m| {
+                            m.set_port(port);
+                            m
+                        }),
+                        &mut io,
+                    );
                     counters.latency.record(cycles_to_ns(tsc() - t0) / n as u64, n as u64);
                 }
             }
@@ -319,7 +324,7 @@ impl Worker {
                 }
                 got += n;
                 counters.event_n(Event::HandoffIn, n as u64);
-                rx.drain(|m| dataplane.process_handoff(m, &mut io));
+                dataplane.process_handoff_burst(rx.drain_iter(), &mut io);
             }
             io.flush_handoffs();
             if io.tx_buffered() && (got == 0 || now_tsc - last_drain >= drain_tsc) {

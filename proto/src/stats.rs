@@ -119,6 +119,9 @@ pub struct Report {
     pub drops_total: u64,
     pub events: BTreeMap<String, u64>,
     pub sessions_active: u64,
+    /// Session slots over all workers, and the memory the tables reserve.
+    pub sessions_capacity: u64,
+    pub session_memory_bytes: u64,
     pub parked: u64,
     pub mempool_in_use: u32,
     pub mempool_available: u32,

@@ -433,18 +433,20 @@ impl Validator<'_> {
 
         let d = Timeouts::default();
         let one = Duration::from_secs(1);
+        // Below a second only makes sense for benchmarks (session churn).
+        let tenth = Duration::from_millis(100);
         let t = &raw.timeouts;
         let timeouts = Timeouts {
-            tcp_syn: self.duration("timeouts.tcp_syn", t.tcp_syn.as_ref(), d.tcp_syn, one)?,
+            tcp_syn: self.duration("timeouts.tcp_syn", t.tcp_syn.as_ref(), d.tcp_syn, tenth)?,
             tcp_established: self.duration(
                 "timeouts.tcp_established",
                 t.tcp_established.as_ref(),
                 d.tcp_established,
-                one,
+                tenth,
             )?,
-            tcp_closing: self.duration("timeouts.tcp_closing", t.tcp_closing.as_ref(), d.tcp_closing, one)?,
-            tcp_closed: self.duration("timeouts.tcp_closed", t.tcp_closed.as_ref(), d.tcp_closed, one)?,
-            udp: self.duration("timeouts.udp", t.udp.as_ref(), d.udp, one)?,
+            tcp_closing: self.duration("timeouts.tcp_closing", t.tcp_closing.as_ref(), d.tcp_closing, tenth)?,
+            tcp_closed: self.duration("timeouts.tcp_closed", t.tcp_closed.as_ref(), d.tcp_closed, tenth)?,
+            udp: self.duration("timeouts.udp", t.udp.as_ref(), d.udp, tenth)?,
         };
 
         let cap = raw.sessions.capacity_per_worker.unwrap_or(1_000_000);

@@ -1,0 +1,404 @@
+#!/usr/bin/python3
+"""Packet-rate runner: lbd against dpdk-testpmd, same vdevs, same core,
+same run.
+
+    sudo benches/run.py [--runs 3] [--seconds 5] [--warmup 2]
+                        [--only NAME[,NAME]] [--record] [--smoke]
+
+For every scenario it generates the pcaps it needs (benches/pcapgen.rs;
+nothing large is committed), runs lbd with
+`net_pcap,rx_pcap=...,infinite_rx=1` into `net_null,no-rx=1`, reads lbd's
+counters over a fixed window after a warm-up, then runs
+`dpdk-testpmd --forward-mode=io` on the same vdevs and CPU for the same
+window, and prints one row per scenario: the medians of --runs runs.
+Sessions that a scenario needs beforehand are created by streaming a SYN
+file through a second pcap port first (not measured).
+
+2 MB hugepages are reserved when the machine can spare them (they are
+worth +40-60 % here); otherwise every DPDK process runs with --no-huge and
+the table says so. --record writes benches/RESULTS.md. --smoke runs tiny
+sizes once for a few seconds: it checks that the runner works, never how
+fast anything is.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = "/tmp/lbd-bench"
+SINK = "/dev/null"
+
+
+class Scenario:
+    def __init__(self, name, replay, flows, sample=None, prefill=0, workers=1, split="owner", churn=False,
+                 replay_side="client", udp=False):
+        self.name = name
+        self.replay = replay  # pcapgen kind replayed forever
+        self.flows = flows  # flows the replay draws from
+        self.sample = sample  # packets in the replay file (None: one per flow)
+        self.prefill = prefill  # sessions created before measuring
+        self.workers = workers
+        self.split = split
+        self.churn = churn  # every SYN must create a session
+        self.replay_side = replay_side  # which port the replay enters
+        self.udp = udp
+
+
+def scenarios(smoke):
+    # --smoke shrinks every size: it checks the runner, not the speed.
+    m = 5_000 if smoke else 1_000_000
+    big = 20_000 if smoke else 10_000_000
+    return [
+        Scenario("tcp established, 1k sessions", "est", 1000, 1000, prefill=1000),
+        Scenario("tcp established, 1M sessions", "est", m, m, prefill=m),
+        Scenario("tcp established, 10M sessions", "est", big, m, prefill=big),
+        Scenario("tcp new flows (SYN creates a session)", "syn", m, churn=True),
+        Scenario("udp, 1M flows", "udp", m, udp=True),
+        Scenario("return path (backend to client), 1M sessions", "reply", m, m, prefill=m, replay_side="backend"),
+        Scenario("tcp established, 1M sessions, 2 workers, RSS-aligned queues", "est", m, m, prefill=m, workers=2, split="owner"),
+        Scenario("tcp established, 1M sessions, 2 workers, software hand-off", "est", m, m, prefill=m, workers=2, split="spread"),
+    ]
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def pcapgen():
+    return os.path.join(ROOT, "target/release/examples/pcapgen")
+
+
+def ensure_pcap(kind, flows, sample, queues, split):
+    """The replay or prefill files, generated once per parameter set."""
+    os.makedirs(WORK, exist_ok=True)
+    base = f"{WORK}/{kind}-{flows}-{sample or flows}-{queues}-{split}"
+    files = [f"{base}.pcap"] if queues == 1 else [f"{base}-{q}.pcap" for q in range(queues)]
+    if not all(os.path.exists(f) for f in files):
+        cmd = [pcapgen(), kind, "--flows", str(flows)]
+        if sample:
+            cmd += ["--sample", str(sample)]
+        if queues > 1:
+            cmd += ["--queues", str(queues), "--split", split]
+        sh(cmd + [base])
+    return files
+
+
+def hugepages(needed_mb):
+    """Reserves 2 MB pages for the runs; returns True when available."""
+    want = (needed_mb + 1) // 2
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        avail_mb = int(info["MemAvailable"].split()[0]) // 1024
+        have = int(info["HugePages_Total"].split()[0])
+        if have < want and avail_mb > want * 2 + 2048:
+            with open("/proc/sys/vm/nr_hugepages", "w") as f:
+                f.write(str(want))
+        if not os.path.ismount("/dev/hugepages"):
+            os.makedirs("/dev/hugepages", exist_ok=True)
+            sh(["mount", "-t", "hugetlbfs", "nodev", "/dev/hugepages"])
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["HugePages_Free"].split()[0]) >= want
+    except (OSError, subprocess.CalledProcessError, KeyError, ValueError):
+        return False
+
+
+def mem_args(huge, mb):
+    return [] if huge else ["--no-huge", "-m", str(mb)]
+
+
+def cpus():
+    return sorted(os.sched_getaffinity(0))
+
+
+def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock):
+    w = s.workers
+    sinks = ",".join(f"tx_pcap={SINK}" for _ in range(w))
+    rep_rx = ",".join(f"rx_pcap={f}" for f in replay_files)
+    vdevs = [f"net_pcap0,{rep_rx},{sinks},infinite_rx=1", "net_null0,no-rx=1"]
+    if prefill_file:
+        vdevs.append(f"net_pcap1,rx_pcap={prefill_file},{sinks}")
+    eal = ["--no-pci", "--file-prefix", prefix, "--no-telemetry"] + mem_args(huge, mem_mb)
+    for v in vdevs:
+        eal += ["--vdev", v]
+    client = {"name": "ext", "address": "10.0.0.1/24", "gateway": "10.0.0.254", "mac": "02:00:00:00:00:01",
+              "neighbors": [{"ip": "10.0.0.254", "mac": "02:00:00:00:00:fe"}]}
+    backend = {"name": "int", "address": "10.1.0.1/24", "mac": "02:00:00:00:00:01",
+               "neighbors": [{"ip": f"10.1.0.{b}", "mac": f"02:00:00:00:00:{b:02x}"} for b in range(11, 15)]}
+    # The replay enters on the pcap port; what lbd forwards leaves on null.
+    if s.replay_side == "client":
+        client["device"], backend["device"] = "net_pcap0", "net_null0"
+    else:
+        client["device"], backend["device"] = "net_null0", "net_pcap0"
+    ports = [client, backend]
+    if prefill_file:
+        ports.append({"name": "pre", "device": "net_pcap1", "address": "10.9.0.1/24", "mac": "02:00:00:00:00:01"})
+    per_worker = max(s.prefill, s.flows) // w + 65536
+    if s.churn:
+        per_worker = 2 * s.flows // w + 65536
+    cfg = {
+        "eal": eal,
+        "lcores": {"workers": w, "cpus": cpus()[:w] if len(cpus()) >= w else cpus()},
+        "ports": ports,
+        "listeners": [
+            {"name": "web", "vip": "10.0.0.100", "protocol": "tcp", "port": 80,
+             "backends": [{"address": f"10.1.0.{b}", "port": 8080} for b in range(11, 15)]},
+            {"name": "dns", "vip": "10.0.0.100", "protocol": "udp", "port": 53,
+             "backends": [{"address": f"10.1.0.{b}", "port": 8080} for b in range(11, 15)]},
+        ],
+        # Prefilled SYN sessions must outlive the run; churn needs SYN
+        # sessions to lapse before their flow's next SYN comes round.
+        "timeouts": {"tcp_syn": "100ms" if s.churn else "1h", "tcp_established": "1h", "udp": "1h"},
+        "sessions": {"capacity_per_worker": per_worker},
+        "mempool": {"mbufs": mbufs},
+        "control": {"socket": sock},
+        "metrics": {"listen": "off"},
+    }
+    return json.dumps(cfg)  # JSON is YAML
+
+
+class Lbd:
+    def __init__(self, cfg_path, stats_path, log_path):
+        self.stats_path = stats_path
+        self.log = open(log_path, "w")
+        self.p = subprocess.Popen([os.path.join(ROOT, "target/release/lbd"), "-c", cfg_path, "--stats-out", stats_path],
+                                  stdout=subprocess.DEVNULL, stderr=self.log)
+        self.seq = 0
+
+    def stats(self):
+        os.kill(self.p.pid, signal.SIGUSR1)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with open(self.stats_path) as f:
+                    d = json.load(f)
+                if d["seq"] > self.seq:
+                    self.seq = d["seq"]
+                    return d
+            except (OSError, ValueError, KeyError):
+                pass
+            if self.p.poll() is not None:
+                raise RuntimeError(f"lbd exited: {open(self.log.name).read()}")
+            time.sleep(0.02)
+        raise RuntimeError("lbd gave no stats")
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+
+
+def wait_ready(log_path, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if "lbd: ready" in open(log_path).read():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(open(log_path).read())
+        time.sleep(0.05)
+    raise RuntimeError(f"lbd not ready: {open(log_path).read()}")
+
+
+def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
+    prefix = f"lbdbench{os.getpid()}{run_no}"
+    mbufs = (s.sample or s.flows) + 65536 * s.workers + 16384
+    mem_mb = mbufs * 2560 // (1 << 20) + 512
+    cfg_path, stats_path, log_path = f"{WORK}/lbd.yaml", f"{WORK}/stats.json", f"{WORK}/lbd.log"
+    with open(cfg_path, "w") as f:
+        f.write(lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, f"{WORK}/lbd.sock"))
+    for p in (stats_path,):
+        if os.path.exists(p):
+            os.remove(p)
+    lbd = Lbd(cfg_path, stats_path, log_path)
+    try:
+        wait_ready(log_path, lbd.p)
+        # Prefill: the SYN file streams through port `pre` once.
+        if prefill_file:
+            deadline = time.time() + 600
+            while True:
+                d = lbd.stats()
+                pre = d["ports"][2]["rx_packets"]
+                if pre >= s.prefill:
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError(f"prefill stuck at {pre}")
+                time.sleep(0.5)
+        time.sleep(args.warmup)
+        a = lbd.stats()
+        time.sleep(args.seconds)
+        b = lbd.stats()
+    finally:
+        lbd.stop()
+    dt = b["uptime_seconds"] - a["uptime_seconds"]
+    rx = b["ports"][0 if s.replay_side == "client" else 1]["rx_packets"] - a["ports"][0 if s.replay_side == "client" else 1]["rx_packets"]
+    made = b["events"]["sessions_created"] - a["events"]["sessions_created"]
+    hand = b["events"]["handoff_out"] - a["events"]["handoff_out"]
+    drops = b["drops_total"] - a["drops_total"]
+    return {
+        "mpps": rx / dt / 1e6,
+        "created_mps": made / dt / 1e6,
+        "handoff_share": hand / rx if rx else 0.0,
+        "drops": drops,
+        "sessions": b["sessions_active"],
+        "bytes_per_session": b["session_memory_bytes"] / max(1, b["sessions_capacity"]),
+        "session_memory_mb": b["session_memory_bytes"] / 2**20,
+        "p50_ns": b["latency"]["p50_ns"],
+    }
+
+
+def run_testpmd(s, replay_files, args, huge, run_no):
+    """testpmd io forwarding from the same replay files into net_null, on
+    the CPUs lbd's workers used."""
+    q = s.workers
+    mbufs = (s.sample or s.flows) + 65536 * q + 16384
+    mem_mb = mbufs * 2560 // (1 << 20) + 512
+    cs = cpus()
+    rx = ",".join(f"rx_pcap={f}" for f in replay_files)
+    # lcore 0 (main) floats; forwarding lcores pinned like lbd's workers.
+    lcores = f"0@({','.join(map(str, cs))})," + ",".join(f"{i + 1}@{cs[i % len(cs)]}" for i in range(q))
+    cmd = ["dpdk-testpmd", "--no-pci", "--file-prefix", f"tpbench{os.getpid()}{run_no}", "--no-telemetry",
+           "--lcores", lcores, "--vdev", f"net_pcap0,{rx},infinite_rx=1", "--vdev", "net_null0,no-rx=1"] + mem_args(huge, mem_mb) + [
+        "--", "--forward-mode=io", "--auto-start", "--stats-period=1", f"--total-num-mbufs={mbufs}",
+        f"--rxq={q}", f"--txq={q}", f"--nb-cores={q}", "--mbcache=256"]
+    out = open(f"{WORK}/testpmd.log", "w")
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        # Loading the replay file into mbufs takes a while for big files.
+        deadline = time.time() + 300
+        while "Port statistics" not in open(out.name).read():
+            if p.poll() is not None or time.time() > deadline:
+                raise RuntimeError("testpmd failed: " + open(out.name).read()[-2000:])
+            time.sleep(0.2)
+        time.sleep(args.warmup + args.seconds)
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        out.close()
+        subprocess.run(["rm", "-rf", f"/var/run/dpdk/tpbench{os.getpid()}{run_no}"])
+    text = open(f"{WORK}/testpmd.log").read()
+    # Port 0's Rx-pps every second; skip the warm-up seconds.
+    blocks = text.split("NIC statistics for port 0")[1:]
+    pps = [int(m.group(1)) for b in blocks for m in [re.search(r"Rx-pps:\s+(\d+)", b)] if m]
+    steady = pps[int(args.warmup) + 1:] or pps[-1:]
+    return statistics.median(steady) / 1e6 if steady else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--warmup", type=float, default=2)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--record", action="store_true", help="write benches/RESULTS.md")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one short run: does the runner work")
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run.py: run as root (DPDK)")
+    if args.smoke:
+        args.runs, args.seconds, args.warmup = 1, 1, 0.5
+    if not args.no_build:
+        sh(["cargo", "build", "--release", "--workspace", "--bins", "--examples", "-q"], cwd=ROOT)
+    todo = scenarios(args.smoke)
+    if args.only:
+        # Exact scenario names, or numbers in the order above (1-based).
+        keys = [k.strip() for k in args.only.split(",")]
+        todo = [s for i, s in enumerate(todo) if s.name in keys or str(i + 1) in keys]
+    biggest = max((s.sample or s.flows) for s in todo)
+    # mbufs of the biggest replay plus lbd's own, about 2.4 KB each.
+    huge = not args.smoke and hugepages((biggest + 200_000) * 2560 // (1 << 20) + 1024)
+    rows = []
+    for s in todo:
+        replay = ensure_pcap(s.replay, s.flows, s.sample, s.workers, s.split)
+        prefill = ensure_pcap("syn", s.prefill, None, 1, "owner")[0] if s.prefill else None
+        lbd_runs, tp_runs = [], []
+        for r in range(args.runs):
+            lbd_runs.append(run_lbd(s, replay, prefill, args, huge, r))
+            tp_runs.append(run_testpmd(s, replay, args, huge, r))
+        med = {k: statistics.median(x[k] for x in lbd_runs) for k in lbd_runs[0]}
+        tp = statistics.median(tp_runs)
+        row = dict(scenario=s.name, workers=s.workers, lbd=med["mpps"], testpmd=tp, ratio=med["mpps"] / tp if tp else float("nan"),
+                   ns=1e3 * s.workers / med["mpps"] if med["mpps"] else float("nan"), **{k: med[k] for k in med if k != "mpps"},
+                   runs=[round(x["mpps"], 2) for x in lbd_runs], testpmd_runs=[round(t, 2) for t in tp_runs])
+        rows.append(row)
+        print_row(row, header=len(rows) == 1, huge=huge)
+    print()
+    summary(rows)
+    if args.record:
+        record(rows, args, huge)
+
+
+def print_row(r, header, huge):
+    if header:
+        print(f"# memory: {'2 MB hugepages' if huge else 'no hugepages (--no-huge): expect 40-60 % lower rates'}")
+        print(f"{'scenario':58} {'wk':>2} {'lbd Mpps':>9} {'testpmd':>8} {'ratio':>6} {'ns/pkt':>7} {'p50 ns':>6} {'sessions':>9} {'B/sess':>6} {'handoff':>7} {'drops':>6}")
+    print(f"{r['scenario']:58} {r['workers']:>2} {r['lbd']:>9.2f} {r['testpmd']:>8.2f} {r['ratio']:>6.3f} {r['ns']:>7.1f} "
+          f"{r['p50_ns']:>6.0f} {r['sessions']:>9.0f} {r['bytes_per_session']:>6.1f} {100 * r['handoff_share']:>6.1f}% {r['drops']:>6.0f}", flush=True)
+
+
+def summary(rows):
+    by = {r["scenario"]: r for r in rows}
+    one = by.get("tcp established, 1M sessions")
+    for two_name in ("tcp established, 1M sessions, 2 workers, RSS-aligned queues", "tcp established, 1M sessions, 2 workers, software hand-off"):
+        two = by.get(two_name)
+        if one and two:
+            print(f"scaling, {two_name.split(', ')[-1]}: 2 workers = {two['lbd'] / one['lbd']:.2f} x 1 worker")
+    k1, m10 = by.get("tcp established, 1k sessions"), by.get("tcp established, 10M sessions")
+    if k1 and m10:
+        print(f"10M sessions vs 1k: {100 * m10['lbd'] / k1['lbd']:.0f} % of the rate; session memory {m10['session_memory_mb']:.0f} MiB "
+              f"({m10['bytes_per_session']:.1f} bytes per session slot)")
+    new = by.get("tcp new flows (SYN creates a session)")
+    if new:
+        print(f"new flows: {new['created_mps']:.2f} M sessions created per second (the session-creating SYN alone, not full connections)")
+
+
+def record(rows, args, huge):
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    lines = [
+        "# Packet-rate results",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
+        f"- machine: {os.cpu_count()} CPUs (`nproc`), {model}",
+        f"- memory: {'2 MB hugepages' if huge else 'no hugepages (--no-huge)'}",
+        f"- command: `sudo benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g}{' --only ' + args.only if args.only else ''} --record`",
+        "- lbd: `net_pcap,rx_pcap=REPLAY,infinite_rx=1` into `net_null,no-rx=1`; testpmd: `--forward-mode=io` on the same vdevs, same CPUs, same window",
+        "- 64-byte packets; medians of the runs; ns/pkt is per worker core",
+        "",
+        "| scenario | workers | lbd Mpps | testpmd Mpps | ratio | lbd ns/packet/core | lbd p50 ns | sessions | bytes/session | hand-off | drops | lbd runs | testpmd runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['scenario']} | {r['workers']} | {r['lbd']:.2f} | {r['testpmd']:.2f} | {r['ratio']:.3f} | {r['ns']:.1f} | {r['p50_ns']:.0f} | "
+                     f"{r['sessions']:.0f} | {r['bytes_per_session']:.1f} | {100 * r['handoff_share']:.0f} % | {r['drops']:.0f} | {r['runs']} | {r['testpmd_runs']} |")
+    lines.append("")
+    path = os.path.join(ROOT, "benches/RESULTS.md")
+    old = open(path).read() if os.path.exists(path) else ""
+    notes = old.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in old else "\n"
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n<!-- notes -->" + notes)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
