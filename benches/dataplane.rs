@@ -190,7 +190,6 @@ fn established(c: &mut Criterion) {
         g.throughput(Throughput::Elements(65536));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             // Built here, so a filtered run builds only what it measures.
-            let dp = ();
             // 64k packets of random flows, processed in bursts of 32.
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
             let pkts: Vec<Frame> = (0..65536)
@@ -222,7 +221,6 @@ fn established(c: &mut Criterion) {
                     dpb.process_burst(batch.drain(..), &mut rec);
                 }
             });
-            drop(dp);
         });
     }
     g.finish();

@@ -9,7 +9,7 @@
 //! correct checksums. KIND:
 //!   syn    one SYN per flow, in order (creates the sessions)
 //!   est    K ACKs with 6 payload bytes, flows drawn at random from the N
-//!   udp    one datagram per flow, for N flows
+//!   udp    one datagram per flow (or K of flows drawn from the N)
 //!   reply  K backend->client ACKs of flows drawn from the N, from the
 //!          backend Maglev gives each flow (same table as lbd's)
 //! With --queues Q the packets go to Q files OUT_PREFIX-0.pcap...: `owner`
@@ -148,7 +148,9 @@ fn main() {
     let table = MaglevTable::build_named(&names, &[1; 4], 65537);
     let count = if sample > 0 { sample } else { flows };
     for n in 0..count {
-        let i = if kind == "syn" || kind == "udp" || sample == 0 { n } else { rng.below(flows) };
+        // Without --sample: every flow once, in order; with it: K packets
+        // of flows drawn at random.
+        let i = if sample == 0 { n } else { rng.below(flows) };
         let (cip, cport) = client(i);
         let (f, owner_of) = match kind.as_str() {
             "syn" => (frame(GW_MAC, LB_MAC, 6, cip, VIP, cport, 80, 0x02), (cip, cport)),

@@ -52,19 +52,27 @@ class Scenario:
         self.udp = udp
 
 
-def scenarios(smoke):
-    # --smoke shrinks every size: it checks the runner, not the speed.
+def scenarios(smoke, replay):
+    """`replay`: packets in each replay file (flows drawn at random from
+    the scenario's sessions). The pcap PMD copies every packet out of its
+    stored copy, so a replay much bigger than the CPU caches makes the I/O
+    itself, and testpmd with it, several times slower; the `cold` rows
+    show that case."""
     m = 5_000 if smoke else 1_000_000
     big = 20_000 if smoke else 10_000_000
+    k = min(replay, m)
+    cold = m
     return [
         Scenario("tcp established, 1k sessions", "est", 1000, 1000, prefill=1000),
-        Scenario("tcp established, 1M sessions", "est", m, m, prefill=m),
-        Scenario("tcp established, 10M sessions", "est", big, m, prefill=big),
-        Scenario("tcp new flows (SYN creates a session)", "syn", m, churn=True),
-        Scenario("udp, 1M flows", "udp", m, udp=True),
-        Scenario("return path (backend to client), 1M sessions", "reply", m, m, prefill=m, replay_side="backend"),
-        Scenario("tcp established, 1M sessions, 2 workers, RSS-aligned queues", "est", m, m, prefill=m, workers=2, split="owner"),
-        Scenario("tcp established, 1M sessions, 2 workers, software hand-off", "est", m, m, prefill=m, workers=2, split="spread"),
+        Scenario("tcp established, 1M sessions", "est", m, k, prefill=m),
+        Scenario("tcp established, 10M sessions", "est", big, k, prefill=big),
+        Scenario("tcp new flows (every packet a SYN creating a session)", "syn", m, churn=True),
+        Scenario("udp, 1M flows", "udp", m, k, prefill=m, udp=True),
+        Scenario("return path (backend to client), 1M sessions", "reply", m, k, prefill=m, replay_side="backend"),
+        Scenario("tcp established, 1M sessions, 2 workers, RSS-aligned queues", "est", m, k, prefill=m, workers=2, split="owner"),
+        Scenario("tcp established, 1M sessions, 2 workers, software hand-off", "est", m, k, prefill=m, workers=2, split="spread"),
+        Scenario("cold: tcp established, 1M sessions, 1M-packet replay", "est", m, cold, prefill=m),
+        Scenario("cold: tcp established, 10M sessions, 1M-packet replay", "est", big, cold, prefill=big),
     ]
 
 
@@ -310,6 +318,7 @@ def main():
     ap.add_argument("--record", action="store_true", help="write benches/RESULTS.md")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one short run: does the runner work")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--replay-packets", type=int, default=65536, help="packets per replay file (default 65536)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run.py: run as root (DPDK)")
@@ -317,7 +326,7 @@ def main():
         args.runs, args.seconds, args.warmup = 1, 1, 0.5
     if not args.no_build:
         sh(["cargo", "build", "--release", "--workspace", "--bins", "--examples", "-q"], cwd=ROOT)
-    todo = scenarios(args.smoke)
+    todo = scenarios(args.smoke, args.replay_packets)
     if args.only:
         # Exact scenario names, or numbers in the order above (1-based).
         keys = [k.strip() for k in args.only.split(",")]
@@ -328,7 +337,7 @@ def main():
     rows = []
     for s in todo:
         replay = ensure_pcap(s.replay, s.flows, s.sample, s.workers, s.split)
-        prefill = ensure_pcap("syn", s.prefill, None, 1, "owner")[0] if s.prefill else None
+        prefill = ensure_pcap("udp" if s.udp else "syn", s.prefill, None, 1, "owner")[0] if s.prefill else None
         lbd_runs, tp_runs = [], []
         for r in range(args.runs):
             lbd_runs.append(run_lbd(s, replay, prefill, args, huge, r))
@@ -365,7 +374,7 @@ def summary(rows):
     if k1 and m10:
         print(f"10M sessions vs 1k: {100 * m10['lbd'] / k1['lbd']:.0f} % of the rate; session memory {m10['session_memory_mb']:.0f} MiB "
               f"({m10['bytes_per_session']:.1f} bytes per session slot)")
-    new = by.get("tcp new flows (SYN creates a session)")
+    new = by.get("tcp new flows (every packet a SYN creating a session)")
     if new:
         print(f"new flows: {new['created_mps']:.2f} M sessions created per second (the session-creating SYN alone, not full connections)")
 
@@ -381,7 +390,7 @@ def record(rows, args, huge):
         f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
         f"- machine: {os.cpu_count()} CPUs (`nproc`), {model}",
         f"- memory: {'2 MB hugepages' if huge else 'no hugepages (--no-huge)'}",
-        f"- command: `sudo benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g}{' --only ' + args.only if args.only else ''} --record`",
+        f"- command: `sudo benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g} --replay-packets {args.replay_packets}{' --only ' + args.only if args.only else ''} --record`",
         "- lbd: `net_pcap,rx_pcap=REPLAY,infinite_rx=1` into `net_null,no-rx=1`; testpmd: `--forward-mode=io` on the same vdevs, same CPUs, same window",
         "- 64-byte packets; medians of the runs; ns/pkt is per worker core",
         "",

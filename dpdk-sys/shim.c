@@ -50,6 +50,11 @@ unsigned int lbd_shim_ring_count(const struct rte_ring *r)
 	return rte_ring_count(r);
 }
 
+unsigned int lbd_shim_ring_free_count(const struct rte_ring *r)
+{
+	return rte_ring_free_count(r);
+}
+
 unsigned int lbd_shim_mempool_in_use(const struct rte_mempool *mp)
 {
 	return rte_mempool_in_use_count(mp);

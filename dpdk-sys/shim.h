@@ -38,6 +38,7 @@ unsigned int lbd_shim_ring_enqueue_burst(struct rte_ring *r, void *const *objs,
 unsigned int lbd_shim_ring_dequeue_burst(struct rte_ring *r, void **objs,
                                          unsigned int n);
 unsigned int lbd_shim_ring_count(const struct rte_ring *r);
+unsigned int lbd_shim_ring_free_count(const struct rte_ring *r);
 
 unsigned int lbd_shim_mempool_in_use(const struct rte_mempool *mp);
 

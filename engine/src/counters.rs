@@ -157,6 +157,9 @@ reasons! {
         SessionsMoved = "sessions_moved",
         /// Allocation of an mbuf for an ARP request or copy failed.
         MbufAllocFailed = "mbuf_alloc_failed",
+        /// Loop iterations that skipped RX because a hand-off ring to a
+        /// busier worker was filling (the NIC queue holds the packets).
+        RxPaused = "rx_paused",
         /// Loop iterations.
         Polls = "polls",
         /// Loop iterations that found packets.

@@ -34,7 +34,7 @@ pub struct RunOptions {
 }
 
 /// Ring between each pair of workers; a power of two.
-const HANDOFF_RING_SIZE: u32 = 2048;
+const HANDOFF_RING_SIZE: u32 = 16384;
 
 fn has_lcore_arg(eal: &[String]) -> bool {
     eal.iter().any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2))

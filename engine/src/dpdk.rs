@@ -393,14 +393,26 @@ impl Burst {
         BurstDrain { burst: self, next: 0, end: n }
     }
 
+    /// Asks the CPU for the mbuf of every held packet: mbufs handed over by
+    /// another core are in that core's cache, not ours.
+    #[inline]
+    pub fn prefetch_mbufs(&self) {
+        for p in &self.pkts[..self.len] {
+            let line = p.cast::<i8>();
+            // SAFETY: prefetching never faults, whatever the address.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line) };
+        }
+    }
+
     /// Asks the CPU for the first data line of every held packet (NICs
     /// write packets by DMA, so their headers are not in cache yet).
     #[inline]
     pub fn prefetch_data(&self) {
         for p in &self.pkts[..self.len] {
             // SAFETY: the first len slots are valid mbufs we own; reading
-            // their buf_addr and data_off fields is a plain load.
-            let (addr, off) = unsafe { ((**p).buf_addr, (**p).data_off) };
+            // one is a plain load.
+            let m = unsafe { &**p };
+            let (addr, off) = (m.buf_addr, m.data_off);
             let line = addr.cast::<u8>().wrapping_add(usize::from(off));
             // SAFETY: prefetching never faults, whatever the address.
             unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.cast::<i8>()) };
@@ -827,6 +839,14 @@ pub fn ring(name: &str, size: u32, socket: i32) -> Result<(RingProducer, RingCon
 }
 
 impl RingProducer {
+    /// Slots free for the producer (one read of the consumer's tail).
+    #[inline]
+    pub fn free_count(&self) -> u32 {
+        // SAFETY: reading a valid ring's head and tail is safe from any
+        // thread.
+        unsafe { sys::lbd_shim_ring_free_count(self.0.ptr.as_ptr()) }
+    }
+
     /// Moves as many mbufs of `b` as fit into the ring; the rest stay.
     #[inline]
     pub fn enqueue(&mut self, b: &mut Burst) -> usize {

@@ -264,6 +264,8 @@ impl Worker {
         let mut last_drain = tsc();
         let mut idle_polls = 0u32;
         let mut polling_ports = true;
+        // A ring this empty still takes a whole RX burst's hand-offs.
+        let ring_low_water = (4 * burst) as u32;
 
         loop {
             match control.state.load(Ordering::Relaxed) {
@@ -295,7 +297,30 @@ impl Worker {
             }
 
             let mut got = 0usize;
-            if polling_ports {
+            // Hand-offs first: they already cost their sender a ring slot,
+            // and a ring that only gets what is left after a full RX burst
+            // overflows when both workers are saturated.
+            for c in from.iter_mut() {
+                let n = c.dequeue(&mut rx, 2 * burst);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                counters.event_n(Event::HandoffIn, n as u64);
+                // Headers, then data: both were last touched by the sender.
+                rx.prefetch_mbufs();
+                rx.prefetch_data();
+                dataplane.process_handoff_burst(rx.drain_iter(), &mut io);
+            }
+            // Back-pressure: while a ring to another worker is filling, take
+            // nothing new from the ports. The packets wait in the NIC queue
+            // (and, past its size, the NIC drops and counts them) instead of
+            // being dropped here after receive work was spent on them.
+            let ring_full = io.rings.iter().flatten().any(|r| r.free_count() < ring_low_water);
+            if ring_full {
+                counters.event(Event::RxPaused);
+            }
+            if polling_ports && !ring_full {
                 for (pi, q) in rx_queues.iter_mut().enumerate() {
                     let Some(q) = q else { continue };
                     let n = q.rx(&mut rx, burst);
@@ -316,15 +341,6 @@ impl Worker {
                     );
                     counters.latency.record(cycles_to_ns(tsc() - t0) / n as u64, n as u64);
                 }
-            }
-            for c in from.iter_mut() {
-                let n = c.dequeue(&mut rx, burst);
-                if n == 0 {
-                    continue;
-                }
-                got += n;
-                counters.event_n(Event::HandoffIn, n as u64);
-                dataplane.process_handoff_burst(rx.drain_iter(), &mut io);
             }
             io.flush_handoffs();
             if io.tx_buffered() && (got == 0 || now_tsc - last_drain >= drain_tsc) {
