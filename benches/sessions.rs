@@ -29,7 +29,7 @@ fn table(n: u64) -> SessionTable {
 }
 
 /// Random keys of existing (or, with `miss`, absent) sessions.
-fn keys(n: u64, count: usize, miss: bool) -> Vec<(FlowKey, u64)> {
+fn keys(n: u64, count: usize, miss: bool, reply: bool) -> Vec<(FlowKey, u64)> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     (0..count)
         .map(|_| {
@@ -37,7 +37,7 @@ fn keys(n: u64, count: usize, miss: bool) -> Vec<(FlowKey, u64)> {
             x ^= x >> 7;
             x ^= x << 17;
             let i = if miss { n + x % n } else { x % n };
-            let k = session(i).request_key();
+            let k = if reply { session(i).reply_key() } else { session(i).request_key() };
             (k, k.hash())
         })
         .collect()
@@ -48,9 +48,13 @@ fn lookups(c: &mut Criterion) {
     g.sample_size(10);
     for n in [1_000u64, 1_000_000, 10_000_000] {
         let t = table(n);
-        for miss in [false, true] {
-            let ks = keys(n, 4096, miss);
-            let what = if miss { "miss" } else { "hit" };
+        for (miss, reply) in [(false, false), (false, true), (true, false)] {
+            let ks = keys(n, 4096, miss, reply);
+            let what = match (miss, reply) {
+                (true, _) => "miss",
+                (false, false) => "hit",
+                (false, true) => "hit_reply",
+            };
             g.throughput(Throughput::Elements(ks.len() as u64));
             g.bench_with_input(BenchmarkId::new(format!("{what}/one_by_one"), n), &n, |b, _| {
                 b.iter(|| {

@@ -79,6 +79,8 @@ struct State<P> {
     /// The last listener a packet matched: (listener key, snapshot
     /// generation, position). Most traffic goes to a few VIPs.
     listener_memo: std::cell::Cell<(u64, u64, u16)>,
+    /// The backend picked ahead for the packet being processed.
+    pick: Option<u16>,
     /// Recent next-hop resolutions: (port and address, MAC, cache epoch).
     next_hop_memo: [(u64, MacAddr, u64); NEXT_HOP_MEMO],
 }
@@ -94,6 +96,8 @@ struct Staged<P> {
     listener: Option<u16>,
     /// The session lookup's answer (stage 2).
     found: Option<(u32, Direction)>,
+    /// The backend picked ahead for a new flow (stage 2).
+    pick: Option<u16>,
 }
 
 /// What [`State::classify`] found.
@@ -161,6 +165,7 @@ impl<P: Packet> Dataplane<P> {
                 staged: Vec::with_capacity(STAGE),
                 listener_memo: std::cell::Cell::new((0, 0, 0)),
                 next_hop_memo: [(0, MacAddr::ZERO, 0); NEXT_HOP_MEMO],
+                pick: None,
             },
             snap,
         }
@@ -470,7 +475,7 @@ impl<P: Packet> State<P> {
                     }
                     let hash = key.hash();
                     self.sessions.prefetch(hash);
-                    staged.push(Staged { pkt, key, hash, flags, listener, found: None });
+                    staged.push(Staged { pkt, key, hash, flags, listener, found: None, pick: None });
                     if staged.len() == staged.capacity() {
                         self.run_staged(snap, &mut staged, io);
                     }
@@ -497,6 +502,32 @@ impl<P: Packet> State<P> {
         for s in staged.iter_mut() {
             s.found = self.sessions.lookup(&s.key, s.hash);
         }
+        // New flows (and flows whose session has lapsed) will touch more
+        // random lines: the backend-side key's bucket, the lapsed
+        // session's. Pick their backends now and prefetch those lines, so
+        // they too arrive together.
+        for s in staged.iter_mut() {
+            let Some(li) = s.listener else { continue };
+            match s.found {
+                Some((slot, Direction::Request)) => {
+                    let old = self.sessions.session(slot);
+                    if self.now.wrapping_sub(old.last_seen) > snap.timeouts.get(old.state) {
+                        self.sessions.prefetch(old.reply_key().hash());
+                    } else {
+                        continue;
+                    }
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            let l = &snap.listeners[usize::from(li)];
+            if let Some(bi) = l.scheduler.pick(s.hash, &mut self.rr[usize::from(l.id)]) {
+                let b = &l.backends[usize::from(bi)];
+                let rk = FlowKey::new(b.addr, s.key.src(), b.port, s.key.sport(), s.key.proto());
+                self.sessions.prefetch(rk.hash());
+                s.pick = Some(bi);
+            }
+        }
         let version = self.sessions.version();
         for s in staged.drain(..) {
             // An earlier packet of this burst may have created, removed or
@@ -506,8 +537,10 @@ impl<P: Packet> State<P> {
             } else {
                 self.sessions.confirm(s.found, &s.key, s.hash)
             };
+            self.pick = s.pick;
             self.flow(snap, s.pkt, s.key, s.hash, s.flags, s.listener, found, io);
         }
+        self.pick = None;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -593,7 +626,12 @@ impl<P: Packet> State<P> {
                         rescheduled = true;
                     }
                 }
-                let Some(bi) = l.scheduler.pick(h, &mut self.rr[usize::from(l.id)]) else {
+                // Picked ahead in the burst's prefetch pass, or now.
+                let picked = match self.pick.take() {
+                    Some(bi) => Some(bi),
+                    None => l.scheduler.pick(h, &mut self.rr[usize::from(l.id)]),
+                };
+                let Some(bi) = picked else {
                     return self.discard(DropReason::NoBackend, pkt, io);
                 };
                 let b = &l.backends[usize::from(bi)];
