@@ -524,7 +524,8 @@ impl<P: Packet> State<P> {
             if let Some(bi) = l.scheduler.pick(s.hash, &mut self.rr[usize::from(l.id)]) {
                 let b = &l.backends[usize::from(bi)];
                 let rk = FlowKey::new(b.addr, s.key.src(), b.port, s.key.sport(), s.key.proto());
-                self.sessions.prefetch(rk.hash());
+                // The conflict check of the insert reads both of its lines.
+                self.sessions.prefetch_both(rk.hash());
                 s.pick = Some(bi);
             }
         }

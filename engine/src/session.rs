@@ -307,6 +307,15 @@ impl SessionTable {
         dpdk_sys::prefetch0(&self.buckets[(h as usize) & self.mask]);
     }
 
+    /// Both index lines of hash `h`: for a key about to be looked up that
+    /// is probably absent (a miss reads both).
+    #[inline]
+    pub fn prefetch_both(&self, h: u64) {
+        let (b1, b2, _) = self.place(h);
+        dpdk_sys::prefetch0(&self.buckets[b1]);
+        dpdk_sys::prefetch0(&self.buckets[b2]);
+    }
+
     /// Ways of bucket `b` whose tag is `tag` and that are in use, as a
     /// bit mask (the compare is branch-free, so it vectorises).
     #[inline(always)]
