@@ -499,6 +499,9 @@ impl<P: Packet> State<P> {
         // All lookups first, in a tight loop: the out-of-order core then
         // overlaps their cache misses, which it cannot do across the long
         // per-packet code below.
+        for s in staged.iter() {
+            self.sessions.prefetch_candidates(s.hash);
+        }
         for s in staged.iter_mut() {
             s.found = self.sessions.lookup(&s.key, s.hash);
         }
