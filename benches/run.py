@@ -2,8 +2,11 @@
 """Packet-rate runner: lbd against dpdk-testpmd, same vdevs, same core,
 same run.
 
-    sudo benches/run.py [--runs 3] [--seconds 5] [--warmup 2]
-                        [--only NAME[,NAME]] [--record] [--smoke]
+    benches/run.py [--runs 3] [--seconds 5] [--warmup 2] [--only N[,N]]
+                   [--record] [--smoke] [--json FILE] [--no-build]
+                   [--profile release] [--bin-dir DIR] [--work DIR]
+
+(as root).
 
 For every scenario it generates the pcaps it needs (benches/pcapgen.rs;
 nothing large is committed), runs lbd with
@@ -33,8 +36,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORK = "/tmp/lbd-bench"
 SINK = "/dev/null"
+# Set from the command line: where generated files go, where the binaries are.
+WORK = "/tmp/lbd-bench"
+BIN = os.path.join(ROOT, "target/release")
 
 
 class Scenario:
@@ -81,13 +86,13 @@ def sh(cmd, **kw):
 
 
 def pcapgen():
-    return os.path.join(ROOT, "target/release/examples/pcapgen")
+    return os.path.join(BIN, "examples/pcapgen")
 
 
 def ensure_pcap(kind, flows, sample, queues, split):
     """The replay or prefill files, generated once per parameter set."""
     os.makedirs(WORK, exist_ok=True)
-    base = f"{WORK}/{kind}-{flows}-{sample or flows}-{queues}-{split}"
+    base = f"{WORK}/{kind}-{flows}-{sample or 'all'}-{queues}-{split}"
     files = [f"{base}.pcap"] if queues == 1 else [f"{base}-{q}.pcap" for q in range(queues)]
     if not all(os.path.exists(f) for f in files):
         cmd = [pcapgen(), kind, "--flows", str(flows)]
@@ -178,7 +183,7 @@ class Lbd:
     def __init__(self, cfg_path, stats_path, log_path):
         self.stats_path = stats_path
         self.log = open(log_path, "w")
-        self.p = subprocess.Popen([os.path.join(ROOT, "target/release/lbd"), "-c", cfg_path, "--stats-out", stats_path],
+        self.p = subprocess.Popen([os.path.join(BIN, "lbd"), "-c", cfg_path, "--stats-out", stats_path],
                                   stdout=subprocess.DEVNULL, stderr=self.log)
         self.seq = 0
 
@@ -319,13 +324,25 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one short run: does the runner work")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--replay-packets", type=int, default=65536, help="packets per replay file (default 65536)")
+    ap.add_argument("--json", help="also write the rows as JSON to this file")
+    ap.add_argument("--profile", default="release", help="cargo profile to build and run (default release)")
+    ap.add_argument("--bin-dir", help="where lbd and examples/pcapgen are (default target/PROFILE)")
+    ap.add_argument("--work", default="/tmp/lbd-bench", help="generated pcaps and logs (kept between runs as a cache)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run.py: run as root (DPDK)")
     if args.smoke:
+        if args.record:
+            sys.exit("run.py: --smoke figures are not results; leave out --record")
         args.runs, args.seconds, args.warmup = 1, 1, 0.5
+    global WORK, BIN
+    WORK = os.path.abspath(args.work)
+    BIN = os.path.abspath(args.bin_dir or os.path.join(ROOT, "target", args.profile))
     if not args.no_build:
-        sh(["cargo", "build", "--release", "--workspace", "--bins", "--examples", "-q"], cwd=ROOT)
+        sh(["cargo", "build", "--profile", args.profile, "--workspace", "--bins", "--examples", "-q"], cwd=ROOT)
+    for need in (os.path.join(BIN, "lbd"), pcapgen()):
+        if not os.path.exists(need):
+            sys.exit(f"run.py: {need} missing (build it, or leave out --no-build)")
     todo = scenarios(args.smoke, args.replay_packets)
     if args.only:
         # Exact scenario names, or numbers in the order above (1-based).
@@ -350,7 +367,12 @@ def main():
         rows.append(row)
         print_row(row, header=len(rows) == 1, huge=huge)
     print()
+    if args.smoke:
+        print("smoke run: tiny sizes, one short run; these figures say only that the runner works")
     summary(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"hugepages": huge, "rows": rows}, f, indent=1)
     if args.record:
         record(rows, args, huge)
 
@@ -376,7 +398,9 @@ def summary(rows):
               f"({m10['bytes_per_session']:.1f} bytes per session slot)")
     new = by.get("tcp new flows (every packet a SYN creating a session)")
     if new:
-        print(f"new flows: {new['created_mps']:.2f} M sessions created per second (the session-creating SYN alone, not full connections)")
+        share = new["created_mps"] / new["lbd"] if new["lbd"] else 0.0
+        print(f"new flows: {new['created_mps']:.2f} M sessions created per second (the session-creating SYN alone, not full connections); "
+              f"{100 * share:.0f} % of the scenario's packets created one")
 
 
 def record(rows, args, huge):
@@ -390,7 +414,7 @@ def record(rows, args, huge):
         f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
         f"- machine: {os.cpu_count()} CPUs (`nproc`), {model}",
         f"- memory: {'2 MB hugepages' if huge else 'no hugepages (--no-huge)'}",
-        f"- command: `sudo benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g} --replay-packets {args.replay_packets}{' --only ' + args.only if args.only else ''} --record`",
+        f"- command (as root): `benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g} --replay-packets {args.replay_packets}{' --only ' + args.only if args.only else ''} --record`",
         "- lbd: `net_pcap,rx_pcap=REPLAY,infinite_rx=1` into `net_null,no-rx=1`; testpmd: `--forward-mode=io` on the same vdevs, same CPUs, same window",
         "- 64-byte packets; medians of the runs; ns/pkt is per worker core",
         "",

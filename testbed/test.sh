@@ -20,7 +20,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # overflow checks on, so the data path runs at speed and still traps bugs.
 # The integration tests run lbd and lbctl binaries: build them first.
 echo "==> cargo build (workspace binaries, ci profile)"
-cargo build --workspace --profile ci --locked --bins
+cargo build --workspace --profile ci --locked --bins --examples
 echo "==> cargo test (workspace, ci profile)"
 cargo test --workspace --profile ci --locked -- --test-threads "${LBD_TEST_THREADS:-2}"
+# Benchmarks in test mode: each criterion benchmark runs once, the change
+# propagation bench runs against a real lbd; figures are printed, never
+# asserted (benches/README.md).
+echo "==> benchmarks, test mode"
+cargo test --profile ci --locked --benches
 echo "==> all tests passed"

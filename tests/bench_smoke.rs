@@ -1,0 +1,83 @@
+//! The packet-rate runner (`benches/run.py`) works: a smoke run with tiny
+//! sizes runs every scenario through lbd and dpdk-testpmd and reports a
+//! row for each. Speed is never asserted here; what is checked is that
+//! each scenario did what it claims (sessions prefilled, packets forwarded,
+//! hand-offs only where the scenario makes them, nothing dropped).
+//!
+//! Needs root, `dpdk-testpmd` and the `pcapgen` example built with the
+//! same profile as this test (testbed/test.sh builds it).
+
+mod common;
+
+use common::{python, repo, TempDir};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// target/<profile>, where this test binary's profile put lbd and pcapgen.
+fn bin_dir() -> PathBuf {
+    // target/<profile>/deps/bench_smoke-* -> target/<profile>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf()
+}
+
+#[test]
+fn runner_smoke_run_reports_every_scenario() {
+    let bins = bin_dir();
+    let pcapgen = bins.join("examples/pcapgen");
+    assert!(
+        pcapgen.exists(),
+        "{} missing: build the examples with this profile first (cargo build --examples)",
+        pcapgen.display()
+    );
+    let dir = TempDir::new("bench");
+    let json = dir.join("rows.json");
+    let out = Command::new(python())
+        .arg(repo().join("benches/run.py"))
+        .args(["--smoke", "--no-build", "--bin-dir"])
+        .arg(&bins)
+        .arg("--work")
+        .arg(dir.join("work"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run benches/run.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run.py failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    println!("{stdout}");
+
+    // The printed table: a header and the scaling and memory summaries.
+    assert!(stdout.contains("lbd Mpps") && stdout.contains("testpmd") && stdout.contains("ratio"), "{stdout}");
+    assert!(stdout.contains("scaling, RSS-aligned queues: 2 workers ="), "{stdout}");
+    assert!(stdout.contains("bytes per session slot"), "{stdout}");
+
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("rows.json")).expect("rows JSON");
+    let rows = doc["rows"].as_array().expect("rows");
+    let names: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(rows.len(), 10, "{names:?}");
+    for r in rows {
+        let name = r["scenario"].as_str().unwrap();
+        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{name}: {k} missing in {r}"));
+        assert!(f("lbd") > 0.0, "{name}: lbd forwarded nothing: {r}");
+        assert!(f("testpmd") > 0.0, "{name}: testpmd forwarded nothing: {r}");
+        assert!(f("ns") > 0.0 && f("bytes_per_session") > 0.0, "{name}: {r}");
+        assert_eq!(f("drops"), 0.0, "{name}: lbd dropped packets: {r}");
+        assert!(f("sessions") > 0.0, "{name}: no sessions: {r}");
+        let handoff = f("handoff_share");
+        if name.contains("software hand-off") {
+            // Round-robin queues: about half the packets belong to the
+            // other worker.
+            assert!(handoff > 0.3, "{name}: hand-offs missing: {r}");
+            assert_eq!(f("workers"), 2.0);
+        } else {
+            assert_eq!(handoff, 0.0, "{name}: unexpected hand-offs: {r}");
+        }
+    }
+    // Prefilled sessions all exist (smoke sizes: 1000, 5000 and 20000).
+    let sessions = |n: &str| rows.iter().find(|r| r["scenario"] == n).unwrap()["sessions"].as_f64().unwrap();
+    assert_eq!(sessions("tcp established, 1k sessions"), 1000.0);
+    assert_eq!(sessions("tcp established, 1M sessions"), 5000.0);
+    assert_eq!(sessions("tcp established, 10M sessions"), 20000.0);
+    assert_eq!(sessions("udp, 1M flows"), 5000.0);
+}
