@@ -416,7 +416,7 @@ impl Validator<'_> {
             return self
                 .err("lcores.idle_sleep", "must be at most 10ms: a longer sleep stalls traffic after a quiet spell");
         }
-        let burst = raw.lcores.burst.unwrap_or(32);
+        let burst = raw.lcores.burst.unwrap_or(64);
         if !(1..=256).contains(&burst) {
             return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
         }

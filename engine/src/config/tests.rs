@@ -170,7 +170,7 @@ fn defaults_fill_in() {
     assert!(c.listeners.is_empty());
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.arp, ArpConfig::default());
-    assert_eq!(c.burst, 32);
+    assert_eq!(c.burst, 64);
     assert!(!c.eal_restricts_pci());
 }
 
