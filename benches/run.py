@@ -6,7 +6,8 @@ same run.
                    [--record] [--smoke] [--json FILE] [--no-build]
                    [--profile release] [--bin-dir DIR] [--work DIR]
 
-(as root).
+(as root). Unless --no-build, it first installs what is missing
+(testbed/install-deps.sh, idempotent) and builds the release binaries.
 
 For every scenario it generates the pcaps it needs (benches/pcapgen.rs;
 nothing large is committed), runs lbd with
@@ -341,6 +342,10 @@ def main():
     WORK = os.path.abspath(args.work)
     BIN = os.path.abspath(args.bin_dir or os.path.join(ROOT, "target", args.profile))
     if not args.no_build:
+        # A fresh machine: the same idempotent installer as the README's
+        # commands (DPDK, dpdk-testpmd, Rust); a no-op when all is there.
+        sh([os.path.join(ROOT, "testbed/install-deps.sh")], cwd=ROOT)
+        os.environ["PATH"] = os.path.expanduser("~/.cargo/bin") + os.pathsep + os.environ.get("PATH", "")
         sh(["cargo", "build", "--profile", args.profile, "--workspace", "--bins", "--examples", "-q"], cwd=ROOT)
     for need in (os.path.join(BIN, "lbd"), pcapgen()):
         if not os.path.exists(need):
