@@ -1,6 +1,6 @@
 //! The packet core on byte buffers (criterion): parse, session lookup,
 //! NAT rewrite with incremental checksums, next hop, for one packet at a
-//! time in bursts of 32 — no DPDK, so it isolates lbd's own cost per
+//! time in bursts of 64 (lbd's default) — no DPDK, so it isolates lbd's own cost per
 //! packet from the I/O.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -12,6 +12,9 @@ use engine::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
 use engine::wire::MacAddr;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Packets per burst: `lcores.burst`'s default.
+const BURST: usize = 64;
 
 /// A 64-byte frame.
 #[derive(Clone, Copy)]
@@ -190,7 +193,7 @@ fn established(c: &mut Criterion) {
         g.throughput(Throughput::Elements(65536));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             // Built here, so a filtered run builds only what it measures.
-            // 64k packets of random flows, processed in bursts of 32.
+            // 64k packets of random flows, processed in bursts of BURST.
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
             let pkts: Vec<Frame> = (0..65536)
                 .map(|_| {
@@ -204,15 +207,15 @@ fn established(c: &mut Criterion) {
             // moves, like mbufs); each burst first copies its frames into
             // them, as a PMD writes received packets.
             let mut dpb = dataplane_boxed(n as usize + n as usize / 8 + 64);
-            let mut rec = Recycler { free: (0..64).map(|_| Buf(Box::new(frame(0, 0)))).collect(), tx: 0 };
+            let mut rec = Recycler { free: (0..2 * BURST).map(|_| Buf(Box::new(frame(0, 0)))).collect(), tx: 0 };
             for i in 0..n {
                 let mut b = rec.free.pop().unwrap();
                 *b.0 = frame(i, 0x02);
                 dpb.process(b, &mut rec);
             }
-            let mut batch: Vec<Buf> = Vec::with_capacity(32);
+            let mut batch: Vec<Buf> = Vec::with_capacity(BURST);
             b.iter(|| {
-                for burst in pkts.chunks(32) {
+                for burst in pkts.chunks(BURST) {
                     for f in burst {
                         let mut b = rec.free.pop().unwrap();
                         *b.0 = *f;
@@ -237,7 +240,7 @@ fn new_flows(c: &mut Criterion) {
             || dataplane(n as usize + 64),
             |mut dp| {
                 let mut io = Sink::default();
-                for burst in pkts.chunks(32) {
+                for burst in pkts.chunks(BURST) {
                     dp.process_burst(burst.iter().copied(), &mut io);
                 }
                 dp
