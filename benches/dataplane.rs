@@ -148,26 +148,7 @@ fn frame(i: u64, flags: u8) -> Frame {
     Frame { data: f, len: 60 }
 }
 
-fn dataplane(capacity: usize) -> Dataplane<Frame> {
-    let cfg = config::parse(CONFIG, Path::new("bench")).unwrap();
-    let mut ids = IdRegistry::default();
-    ids.assign(&cfg, &|_, _| true).unwrap();
-    let macs = [MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2])];
-    let snap = Arc::new(Snapshot::build(&cfg, &macs, &ids, 1));
-    let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
-    let settings = CoreSettings {
-        worker: 0,
-        workers: 1,
-        session_capacity: capacity,
-        neighbor_capacity: 1024,
-        pending_capacity: 64,
-    };
-    let mut dp = Dataplane::new(settings, snap, counters);
-    dp.set_now(1);
-    dp
-}
-
-fn dataplane_boxed(capacity: usize) -> Dataplane<Buf> {
+fn dataplane<P: Packet>(capacity: usize) -> Dataplane<P> {
     let cfg = config::parse(CONFIG, Path::new("bench")).unwrap();
     let mut ids = IdRegistry::default();
     ids.assign(&cfg, &|_, _| true).unwrap();
@@ -206,7 +187,7 @@ fn established(c: &mut Criterion) {
             // The established packets go through boxed buffers (8-byte
             // moves, like mbufs); each burst first copies its frames into
             // them, as a PMD writes received packets.
-            let mut dpb = dataplane_boxed(n as usize + n as usize / 8 + 64);
+            let mut dpb = dataplane::<Buf>(n as usize + n as usize / 8 + 64);
             let mut rec = Recycler { free: (0..2 * BURST).map(|_| Buf(Box::new(frame(0, 0)))).collect(), tx: 0 };
             for i in 0..n {
                 let mut b = rec.free.pop().unwrap();
@@ -237,7 +218,7 @@ fn new_flows(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n));
     g.bench_function("syn_creates_session", |b| {
         b.iter_batched(
-            || dataplane(n as usize + 64),
+            || dataplane::<Frame>(n as usize + 64),
             |mut dp| {
                 let mut io = Sink::default();
                 for burst in pkts.chunks(BURST) {

@@ -79,15 +79,14 @@ struct State<P> {
     /// The last listener a packet matched: (listener key, snapshot
     /// generation, position). Most traffic goes to a few VIPs.
     listener_memo: std::cell::Cell<(u64, u64, u16)>,
-    /// The backend picked ahead for the packet being processed.
-    pick: Option<u16>,
     /// Recent next-hop resolutions: (port and address, MAC, cache epoch).
     next_hop_memo: [(u64, MacAddr, u64); NEXT_HOP_MEMO],
 }
 
 const NEXT_HOP_MEMO: usize = 16;
 
-/// A flow packet between the stages of a burst.
+/// A flow packet on its way through the core: between the stages of a
+/// burst, then into [`State::request`] or [`State::reply`].
 struct Staged<P> {
     pkt: P,
     key: FlowKey,
@@ -165,7 +164,6 @@ impl<P: Packet> Dataplane<P> {
                 staged: Vec::with_capacity(STAGE),
                 listener_memo: std::cell::Cell::new((0, 0, 0)),
                 next_hop_memo: [(0, MacAddr::ZERO, 0); NEXT_HOP_MEMO],
-                pick: None,
             },
             snap,
         }
@@ -445,7 +443,7 @@ impl<P: Packet> State<P> {
                 }
                 let hash = key.hash();
                 let found = self.sessions.lookup(&key, hash);
-                self.flow(snap, pkt, key, hash, flags, listener, found, io)
+                self.flow(snap, Staged { pkt, key, hash, flags, listener, found, pick: None }, io)
             }
             Class::Arp => self.arp(snap, pkt, from_handoff, io),
             Class::Icmp => self.icmp(snap, pkt, io),
@@ -539,53 +537,28 @@ impl<P: Packet> State<P> {
             }
         }
         let version = self.sessions.version();
-        for s in staged.drain(..) {
+        for mut s in staged.drain(..) {
             // An earlier packet of this burst may have created, removed or
             // replaced a session since: then check the answer again.
-            let found = if self.sessions.version() == version {
-                s.found
-            } else {
-                self.sessions.confirm(s.found, &s.key, s.hash)
-            };
-            self.pick = s.pick;
-            self.flow(snap, s.pkt, s.key, s.hash, s.flags, s.listener, found, io);
+            if self.sessions.version() != version {
+                s.found = self.sessions.confirm(s.found, &s.key, s.hash);
+            }
+            self.flow(snap, s, io);
         }
-        self.pick = None;
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn flow(
-        &mut self,
-        snap: &Snapshot,
-        pkt: P,
-        key: FlowKey,
-        hash: u64,
-        flags: u8,
-        listener: Option<u16>,
-        found: Option<(u32, Direction)>,
-        io: &mut impl Io<P>,
-    ) {
-        match listener {
-            Some(i) => self.request(snap, &snap.listeners[usize::from(i)], pkt, key, hash, flags, found, io),
-            None => self.reply(snap, pkt, key, hash, flags, found, io),
+    fn flow(&mut self, snap: &Snapshot, s: Staged<P>, io: &mut impl Io<P>) {
+        match s.listener {
+            Some(i) => self.request(snap, &snap.listeners[usize::from(i)], s, io),
+            None => self.reply(snap, s, io),
         }
     }
 
     /// Client→VIP: find or create the session, rewrite the destination to
     /// the backend, forward.
-    #[allow(clippy::too_many_arguments)]
-    fn request(
-        &mut self,
-        snap: &Snapshot,
-        l: &ListenerView,
-        mut pkt: P,
-        key: FlowKey,
-        h: u64,
-        flags: u8,
-        found: Option<(u32, Direction)>,
-        io: &mut impl Io<P>,
-    ) {
+    fn request(&mut self, snap: &Snapshot, l: &ListenerView, s: Staged<P>, io: &mut impl Io<P>) {
+        let Staged { mut pkt, key, hash: h, flags, found, pick, .. } = s;
         // A session whose backend left the configuration and moves on: the
         // TCP state it carries over.
         let mut carried: Option<SessionState> = None;
@@ -637,7 +610,7 @@ impl<P: Packet> State<P> {
                     }
                 }
                 // Picked ahead in the burst's prefetch pass, or now.
-                let picked = match self.pick.take() {
+                let picked = match pick {
                     Some(bi) => Some(bi),
                     None => l.scheduler.pick(h, &mut self.rr[usize::from(l.id)]),
                 };
@@ -727,17 +700,8 @@ impl<P: Packet> State<P> {
     }
 
     /// Backend→client: the session must exist; the source becomes the VIP.
-    #[allow(clippy::too_many_arguments)]
-    fn reply(
-        &mut self,
-        snap: &Snapshot,
-        mut pkt: P,
-        key: FlowKey,
-        _h: u64,
-        flags: u8,
-        found: Option<(u32, Direction)>,
-        io: &mut impl Io<P>,
-    ) {
+    fn reply(&mut self, snap: &Snapshot, s: Staged<P>, io: &mut impl Io<P>) {
+        let Staged { mut pkt, key, flags, found, .. } = s;
         let Some((slot, Direction::Reply)) = found else {
             return self.discard(DropReason::NoSession, pkt, io);
         };
