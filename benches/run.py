@@ -27,9 +27,11 @@ fast anything is.
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -229,6 +231,15 @@ def wait_ready(log_path, proc, timeout=300):
     raise RuntimeError(f"lbd not ready: {open(log_path).read()}")
 
 
+def remove_dpdk_files(prefix):
+    """What a DPDK process with --file-prefix PREFIX may leave behind once
+    it has exited: its runtime directory, and hugepage files when it was
+    killed instead of exiting cleanly."""
+    shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+    for f in glob.glob(f"/dev/hugepages/{prefix}map_*"):
+        os.remove(f)
+
+
 def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
     prefix = f"lbdbench{os.getpid()}{run_no}"
     mbufs = (s.sample or s.flows) + 65536 * s.workers + 16384
@@ -259,6 +270,7 @@ def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
         b = lbd.stats()
     finally:
         lbd.stop()
+        remove_dpdk_files(prefix)
     dt = b["uptime_seconds"] - a["uptime_seconds"]
     rx = b["ports"][0 if s.replay_side == "client" else 1]["rx_packets"] - a["ports"][0 if s.replay_side == "client" else 1]["rx_packets"]
     made = b["events"]["sessions_created"] - a["events"]["sessions_created"]
@@ -308,7 +320,7 @@ def run_testpmd(s, replay_files, args, huge, run_no):
             p.kill()
             p.wait()
         out.close()
-        subprocess.run(["rm", "-rf", f"/var/run/dpdk/tpbench{os.getpid()}{run_no}"])
+        remove_dpdk_files(f"tpbench{os.getpid()}{run_no}")
     text = open(f"{WORK}/testpmd.log").read()
     # Port 0's Rx-pps every second; skip the warm-up seconds.
     blocks = text.split("NIC statistics for port 0")[1:]
