@@ -209,15 +209,11 @@ class Lbd:
             time.sleep(0.02)
         raise RuntimeError("lbd gave no stats")
 
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(60)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.log.close()
+    def stop(self, prefix):
+        try:
+            finish(self.p, signal.SIGTERM, prefix)
+        finally:
+            self.log.close()
 
 
 def wait_ready(log_path, proc, timeout=300):
@@ -231,13 +227,28 @@ def wait_ready(log_path, proc, timeout=300):
     raise RuntimeError(f"lbd not ready: {open(log_path).read()}")
 
 
-def remove_dpdk_files(prefix):
-    """What a DPDK process with --file-prefix PREFIX may leave behind once
-    it has exited: its runtime directory, and hugepage files when it was
-    killed instead of exiting cleanly."""
+def finish(p, sig, prefix):
+    """Stops the DPDK process `p` started with --file-prefix PREFIX (SIGKILL
+    after 60 s) and removes what it may leave behind: its runtime directory,
+    and its hugepage files when it did not exit cleanly. A signal to the
+    runner meanwhile (Ctrl-C, SIGTERM) does not cut this short: it takes
+    effect afterwards."""
+    interrupted = None
+    if p.poll() is None:
+        p.send_signal(sig)
+    deadline = time.time() + 60
+    while p.returncode is None:
+        try:
+            p.wait(max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+        except (SystemExit, KeyboardInterrupt) as e:
+            interrupted = e
     shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
     for f in glob.glob(f"/dev/hugepages/{prefix}map_*"):
         os.remove(f)
+    if interrupted:
+        raise interrupted
 
 
 def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
@@ -269,8 +280,7 @@ def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
         time.sleep(args.seconds)
         b = lbd.stats()
     finally:
-        lbd.stop()
-        remove_dpdk_files(prefix)
+        lbd.stop(prefix)
     dt = b["uptime_seconds"] - a["uptime_seconds"]
     rx = b["ports"][0 if s.replay_side == "client" else 1]["rx_packets"] - a["ports"][0 if s.replay_side == "client" else 1]["rx_packets"]
     made = b["events"]["sessions_created"] - a["events"]["sessions_created"]
@@ -313,14 +323,10 @@ def run_testpmd(s, replay_files, args, huge, run_no):
             time.sleep(0.2)
         time.sleep(args.warmup + args.seconds)
     finally:
-        p.send_signal(signal.SIGINT)
         try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        out.close()
-        remove_dpdk_files(f"tpbench{os.getpid()}{run_no}")
+            finish(p, signal.SIGINT, f"tpbench{os.getpid()}{run_no}")
+        finally:
+            out.close()
     text = open(f"{WORK}/testpmd.log").read()
     # Port 0's Rx-pps every second; skip the warm-up seconds.
     blocks = text.split("NIC statistics for port 0")[1:]
@@ -344,6 +350,10 @@ def main():
     ap.add_argument("--bin-dir", help="where lbd and examples/pcapgen are (default target/PROFILE)")
     ap.add_argument("--work", default="/tmp/lbd-bench", help="generated pcaps and logs (kept between runs as a cache)")
     args = ap.parse_args()
+    # Killed or hung up on: unwind, so every `finally` stops the DPDK
+    # process it started and removes its files.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda n, _f: sys.exit(128 + n))
     if os.geteuid() != 0:
         sys.exit("run.py: run as root (DPDK)")
     if args.smoke:
