@@ -138,6 +138,25 @@ def cpus():
     return sorted(os.sched_getaffinity(0))
 
 
+# The EAL arguments of every DPDK process started, for --json: the smoke
+# test checks that each one keeps off the machine's PCI devices.
+DPDK_EAL = []
+
+
+def eal_args(prefix, huge, mem_mb):
+    """What every DPDK process here starts with: no PCI probing (the
+    machine's own NIC is never touched), its own file prefix, no telemetry
+    socket, and its memory."""
+    return ["--no-pci", "--file-prefix", prefix, "--no-telemetry"] + mem_args(huge, mem_mb)
+
+
+def mbuf_memory(s):
+    """mbufs for the scenario's replay plus each worker's own, and the MB
+    of DPDK memory they take (about 2.5 KB each, plus slack)."""
+    mbufs = (s.sample or s.flows) + 65536 * s.workers + 16384
+    return mbufs, mbufs * 2560 // (1 << 20) + 512
+
+
 def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock):
     w = s.workers
     sinks = ",".join(f"tx_pcap={SINK}" for _ in range(w))
@@ -145,7 +164,7 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
     vdevs = [f"net_pcap0,{rep_rx},{sinks},infinite_rx=1", "net_null0,no-rx=1"]
     if prefill_file:
         vdevs.append(f"net_pcap1,rx_pcap={prefill_file},{sinks}")
-    eal = ["--no-pci", "--file-prefix", prefix, "--no-telemetry"] + mem_args(huge, mem_mb)
+    eal = eal_args(prefix, huge, mem_mb)
     for v in vdevs:
         eal += ["--vdev", v]
     client = {"name": "ext", "address": "10.0.0.1/24", "gateway": "10.0.0.254", "mac": "02:00:00:00:00:01",
@@ -253,11 +272,12 @@ def finish(p, sig, prefix):
 
 def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
     prefix = f"lbdbench{os.getpid()}{run_no}"
-    mbufs = (s.sample or s.flows) + 65536 * s.workers + 16384
-    mem_mb = mbufs * 2560 // (1 << 20) + 512
+    mbufs, mem_mb = mbuf_memory(s)
     cfg_path, stats_path, log_path = f"{WORK}/lbd.yaml", f"{WORK}/stats.json", f"{WORK}/lbd.log"
+    cfg = lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, f"{WORK}/lbd.sock")
+    DPDK_EAL.append(json.loads(cfg)["eal"])
     with open(cfg_path, "w") as f:
-        f.write(lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, f"{WORK}/lbd.sock"))
+        f.write(cfg)
     for p in (stats_path,):
         if os.path.exists(p):
             os.remove(p)
@@ -302,14 +322,15 @@ def run_testpmd(s, replay_files, args, huge, run_no):
     """testpmd io forwarding from the same replay files into net_null, on
     the CPUs lbd's workers used."""
     q = s.workers
-    mbufs = (s.sample or s.flows) + 65536 * q + 16384
-    mem_mb = mbufs * 2560 // (1 << 20) + 512
+    mbufs, mem_mb = mbuf_memory(s)
     cs = cpus()
     rx = ",".join(f"rx_pcap={f}" for f in replay_files)
     # lcore 0 (main) floats; forwarding lcores pinned like lbd's workers.
     lcores = f"0@({','.join(map(str, cs))})," + ",".join(f"{i + 1}@{cs[i % len(cs)]}" for i in range(q))
-    cmd = ["dpdk-testpmd", "--no-pci", "--file-prefix", f"tpbench{os.getpid()}{run_no}", "--no-telemetry",
-           "--lcores", lcores, "--vdev", f"net_pcap0,{rx},infinite_rx=1", "--vdev", "net_null0,no-rx=1"] + mem_args(huge, mem_mb) + [
+    eal = eal_args(f"tpbench{os.getpid()}{run_no}", huge, mem_mb) + [
+        "--lcores", lcores, "--vdev", f"net_pcap0,{rx},infinite_rx=1", "--vdev", "net_null0,no-rx=1"]
+    DPDK_EAL.append(eal)
+    cmd = ["dpdk-testpmd"] + eal + [
         "--", "--forward-mode=io", "--auto-start", "--stats-period=1", f"--total-num-mbufs={mbufs}",
         f"--rxq={q}", f"--txq={q}", f"--nb-cores={q}", "--mbcache=256"]
     out = open(f"{WORK}/testpmd.log", "w")
@@ -401,7 +422,7 @@ def main():
     summary(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"hugepages": huge, "rows": rows}, f, indent=1)
+            json.dump({"hugepages": huge, "rows": rows, "dpdk_eal": DPDK_EAL}, f, indent=1)
     if args.record:
         record(rows, args, huge)
 

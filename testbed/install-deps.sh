@@ -8,6 +8,8 @@ PACKAGES=(
     # Build: DPDK headers and libraries, bindgen's libclang, the C shim.
     libdpdk-dev pkg-config build-essential libclang1-14 libclang-common-14-dev
     # dpdk: the vdev drivers (net_pcap, net_af_packet, ...); dpdk-dev: dpdk-testpmd.
+    # (This script starts no DPDK process; every one the project starts
+    # passes --no-pci, so the machine's own NIC is never probed.)
     dpdk dpdk-dev
     # Testbed: namespaces, veth offloads, real clients and servers.
     iproute2 ethtool procps iputils-ping curl socat iperf3 python3 python3-scapy

@@ -74,6 +74,15 @@ fn runner_smoke_run_reports_every_scenario() {
             assert_eq!(handoff, 0.0, "{name}: unexpected hand-offs: {r}");
         }
     }
+    // Every DPDK process the runner started (an lbd and a testpmd per
+    // scenario) kept off the machine's PCI devices.
+    let eals = doc["dpdk_eal"].as_array().expect("dpdk_eal");
+    assert_eq!(eals.len(), 2 * rows.len(), "{eals:?}");
+    for eal in eals {
+        let args: Vec<&str> = eal.as_array().expect("EAL argument list").iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(args.contains(&"--no-pci"), "a DPDK process without --no-pci: {args:?}");
+    }
+
     // Prefilled sessions all exist (smoke sizes: 1000, 5000 and 20000).
     let sessions = |n: &str| rows.iter().find(|r| r["scenario"] == n).unwrap()["sessions"].as_f64().unwrap();
     assert_eq!(sessions("tcp established, 1k sessions"), 1000.0);

@@ -32,11 +32,18 @@ const _: () = {
 /// architectural effect, whatever address it names.
 #[inline(always)]
 pub fn prefetch0<T>(p: &T) {
+    prefetch0_ptr(p as *const T);
+}
+
+/// [`prefetch0`] for an address held as a raw pointer (an mbuf, packet
+/// data): the pointer is never dereferenced, so any value is fine.
+#[inline(always)]
+pub fn prefetch0_ptr<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `_mm_prefetch` only needs SSE, which every x86-64 CPU has; it
     // reads nothing and cannot fault.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>((p as *const T).cast::<i8>());
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

@@ -215,7 +215,7 @@ impl<P: Packet> Dataplane<P> {
     /// owns, or a copy of an ARP packet to learn from.
     #[inline]
     pub fn process_handoff(&mut self, pkt: P, io: &mut impl Io<P>) {
-        self.st.handle(&self.snap, pkt, true, io);
+        self.process_handoff_burst(std::iter::once(pkt), io);
     }
 
     /// Processes a burst handed over by other workers.
@@ -337,23 +337,22 @@ impl<P: Packet> State<P> {
             PROTO_ICMP => return Class::Icmp,
             _ => return Class::Drop(DropReason::UnsupportedProtocol),
         };
-        let key = FlowKey::new(src, dst, sport, dport, proto);
-        match self.direction(snap, &key) {
-            Some(Some(listener)) => {
-                if ttl <= 1 {
-                    return Class::Drop(DropReason::TtlExceeded);
-                }
-                let owner = owner_shard(src, sport, self.workers);
-                Class::Flow { key, flags, listener: Some(listener), owner }
-            }
-            Some(None) => Class::Drop(DropReason::NoListener),
-            None => {
-                if ttl <= 1 {
-                    return Class::Drop(DropReason::TtlExceeded);
-                }
-                Class::Flow { key, flags, listener: None, owner: owner_shard(dst, dport, self.workers) }
-            }
+        self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, ttl)
+    }
+
+    /// The verdict on a valid TCP/UDP packet: to a listener, to a local
+    /// address nothing listens on, or a reply to forward; and its owner.
+    #[inline(always)]
+    fn flow_class(&self, snap: &Snapshot, key: FlowKey, flags: u8, ttl: u8) -> Class {
+        let (listener, owner) = match self.direction(snap, &key) {
+            Some(Some(listener)) => (Some(listener), owner_shard(key.src(), key.sport(), self.workers)),
+            Some(None) => return Class::Drop(DropReason::NoListener),
+            None => (None, owner_shard(key.dst(), key.dport(), self.workers)),
+        };
+        if ttl <= 1 {
+            return Class::Drop(DropReason::TtlExceeded);
         }
+        Class::Flow { key, flags, listener, owner }
     }
 
     /// Whether `key` goes to one of our addresses: `Some(Some(listener))`
@@ -397,7 +396,7 @@ impl<P: Packet> State<P> {
             return None;
         }
         let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-        if checksum::fold(w(14) + w(18) + w(22) + w(26) + w(30)) != 0xffff || h[22] <= 1 {
+        if checksum::fold(checksum::sum_ipv4_header(h[14..34].try_into().expect("20 bytes"))) != 0xffff {
             return None;
         }
         let (proto, src, dst) = (h[23], w(26) as u32, w(30) as u32);
@@ -424,31 +423,7 @@ impl<P: Packet> State<P> {
             }
             _ => return None,
         };
-        let key = FlowKey::new(src, dst, sport, dport, proto);
-        match self.direction(snap, &key) {
-            Some(Some(listener)) => {
-                Some(Class::Flow { key, flags, listener: Some(listener), owner: owner_shard(src, sport, self.workers) })
-            }
-            Some(None) => None,
-            None => Some(Class::Flow { key, flags, listener: None, owner: owner_shard(dst, dport, self.workers) }),
-        }
-    }
-
-    /// One packet, start to end.
-    fn handle(&mut self, snap: &Snapshot, pkt: P, from_handoff: bool, io: &mut impl Io<P>) {
-        match self.classify(snap, &pkt) {
-            Class::Flow { key, flags, listener, owner } => {
-                if !from_handoff && owner != self.worker {
-                    return io.handoff(owner, pkt);
-                }
-                let hash = key.hash();
-                let found = self.sessions.lookup(&key, hash);
-                self.flow(snap, Staged { pkt, key, hash, flags, listener, found, pick: None }, io)
-            }
-            Class::Arp => self.arp(snap, pkt, from_handoff, io),
-            Class::Icmp => self.icmp(snap, pkt, io),
-            Class::Drop(r) => self.discard(r, pkt, io),
-        }
+        Some(self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, h[22]))
     }
 
     /// A burst in stages, so the session-table cache misses of all its
@@ -493,13 +468,11 @@ impl<P: Packet> State<P> {
     }
 
     fn run_staged(&mut self, snap: &Snapshot, staged: &mut Vec<Staged<P>>, io: &mut impl Io<P>) {
-        // All lookups first, in a tight loop: the out-of-order core then
-        // overlaps their cache misses, which it cannot do across the long
-        // per-packet code below.
-        // The index lines in a loop of their own, not one per classify: at
-        // 10 M sessions each prefetch waits for a page walk before it can
-        // retire, and spread between classify code they filled the reorder
-        // buffer after two or three packets (10M row 8.1-8.9 -> 10.1 Mpps).
+        // All lookups first, each step in a tight loop of its own, so that
+        // the out-of-order core overlaps their cache misses. With large
+        // tables each prefetch waits for a page walk before it can retire:
+        // spread between classify code, only two or three were in flight
+        // (10M sessions 8.1-8.9 -> 10.1 Mpps when they moved here).
         for s in staged.iter() {
             self.sessions.prefetch(s.hash);
         }
@@ -516,14 +489,10 @@ impl<P: Packet> State<P> {
         for s in staged.iter_mut() {
             let Some(li) = s.listener else { continue };
             match s.found {
-                Some((slot, Direction::Request)) => {
-                    let old = self.sessions.session(slot);
-                    if self.now.wrapping_sub(old.last_seen) > snap.timeouts.get(old.state) {
-                        self.sessions.prefetch(old.reply_key().hash());
-                    } else {
-                        continue;
-                    }
+                Some((slot, Direction::Request)) if self.expired(snap, slot) => {
+                    self.sessions.prefetch(self.sessions.session(slot).reply_key().hash());
                 }
+                Some((_, Direction::Request)) => continue,
                 Some(_) => continue,
                 None => {}
             }

@@ -398,9 +398,7 @@ impl Burst {
     #[inline]
     pub fn prefetch_mbufs(&self) {
         for p in &self.pkts[..self.len] {
-            let line = p.cast::<i8>();
-            // SAFETY: prefetching never faults, whatever the address.
-            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line) };
+            sys::prefetch0_ptr(*p);
         }
     }
 
@@ -412,10 +410,7 @@ impl Burst {
             // SAFETY: the first len slots are valid mbufs we own; reading
             // one is a plain load.
             let m = unsafe { &**p };
-            let (addr, off) = (m.buf_addr, m.data_off);
-            let line = addr.cast::<u8>().wrapping_add(usize::from(off));
-            // SAFETY: prefetching never faults, whatever the address.
-            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.cast::<i8>()) };
+            sys::prefetch0_ptr(m.buf_addr.cast::<u8>().wrapping_add(usize::from(m.data_off)));
         }
     }
 

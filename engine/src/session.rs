@@ -217,6 +217,19 @@ struct Bucket {
 
 const _: () = assert!(core::mem::size_of::<Bucket>() == 64);
 
+/// A way's reference: the slab slot, and which of the session's keys the
+/// way indexes.
+#[inline(always)]
+fn encode(slot: u32, dir: Direction) -> u32 {
+    slot << 1 | dir as u32
+}
+
+/// See [`encode`].
+#[inline(always)]
+fn decode(r: u32) -> (u32, Direction) {
+    (r >> 1, if r & 1 == 0 { Direction::Request } else { Direction::Reply })
+}
+
 impl Bucket {
     const EMPTY: Bucket = Bucket { tags: [0; WAYS], refs: [EMPTY; WAYS] };
 
@@ -316,8 +329,8 @@ impl SessionTable {
         let (b1, _, tag) = self.place(h);
         let m = self.tag_mask(b1, tag);
         if m != 0 {
-            let r = self.buckets[b1].refs[m.trailing_zeros() as usize];
-            dpdk_sys::prefetch0(&self.slots[(r >> 1) as usize]);
+            let (slot, _) = decode(self.buckets[b1].refs[m.trailing_zeros() as usize]);
+            dpdk_sys::prefetch0(&self.slots[slot as usize]);
         }
     }
 
@@ -351,9 +364,7 @@ impl SessionTable {
         while m != 0 {
             let w = m.trailing_zeros() as usize;
             m &= m - 1;
-            let r = self.buckets[b].refs[w];
-            let slot = r >> 1;
-            let dir = if r & 1 == 0 { Direction::Request } else { Direction::Reply };
+            let (slot, dir) = decode(self.buckets[b].refs[w]);
             if self.slots[slot as usize].key(dir) == *key {
                 return Some((slot, dir));
             }
@@ -406,8 +417,8 @@ impl SessionTable {
         for b in [b1, b2] {
             for w in 0..WAYS {
                 let r = self.buckets[b].refs[w];
-                let dir = if r & 1 == 0 { Direction::Request } else { Direction::Reply };
-                let eh = self.slots[(r >> 1) as usize].key(dir).hash();
+                let (slot, dir) = decode(r);
+                let eh = self.slots[slot as usize].key(dir).hash();
                 let (e1, e2, etag) = self.place(eh);
                 let alt = if e1 == b { e2 } else { e1 };
                 if let Some(aw) = self.buckets[alt].free_way() {
@@ -446,14 +457,14 @@ impl SessionTable {
             return Err(InsertError::Full);
         };
         self.buckets[bq].tags[wq] = tq;
-        self.buckets[bq].refs[wq] = slot << 1;
+        self.buckets[bq].refs[wq] = encode(slot, Direction::Request);
         let Some((br, wr, tr)) = self.free_place(hr) else {
             self.buckets[bq].refs[wq] = EMPTY;
             self.free.push(slot);
             return Err(InsertError::Full);
         };
         self.buckets[br].tags[wr] = tr;
-        self.buckets[br].refs[wr] = slot << 1 | 1;
+        self.buckets[br].refs[wr] = encode(slot, Direction::Reply);
         self.slots[slot as usize] = s;
         self.len += 1;
         self.version += 1;
@@ -475,8 +486,8 @@ impl SessionTable {
     pub fn remove(&mut self, slot: u32) -> Session {
         let s = self.slots[slot as usize];
         debug_assert!(s.state != SessionState::Free);
-        self.unlink(s.request_key().hash(), slot << 1);
-        self.unlink(s.reply_key().hash(), slot << 1 | 1);
+        self.unlink(s.request_key().hash(), encode(slot, Direction::Request));
+        self.unlink(s.reply_key().hash(), encode(slot, Direction::Reply));
         self.slots[slot as usize].state = SessionState::Free;
         self.free.push(slot);
         self.len -= 1;

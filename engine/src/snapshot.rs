@@ -411,7 +411,7 @@ impl Snapshot {
     /// The listener serving (`vip`, `proto`, `port`), by position.
     #[inline]
     pub fn listener(&self, vip: u32, proto: u8, port: u16) -> Option<&ListenerView> {
-        self.listener_index.get(listener_key(vip, proto, port)).map(|i| &self.listeners[i as usize])
+        self.listener_position(vip, proto, port).map(|i| &self.listeners[usize::from(i)])
     }
 
     /// Position in `listeners` of the listener serving the tuple.

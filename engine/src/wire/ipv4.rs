@@ -99,11 +99,8 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// True when the header checksum verifies.
     pub fn verify_checksum(&self) -> bool {
         let b = self.buffer.as_ref();
-        if self.header_len() == MIN_HEADER_LEN {
-            // The common 20-byte header: five 32-bit words, no loop.
-            let w = |i: usize| u64::from(u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
-            let sum = w(0) + w(4) + w(8) + w(12) + w(16);
-            return checksum::fold(sum) == 0xffff;
+        if let Some(h) = b.get(..MIN_HEADER_LEN).filter(|_| self.header_len() == MIN_HEADER_LEN) {
+            return checksum::fold(checksum::sum_ipv4_header(h.try_into().expect("20 bytes"))) == 0xffff;
         }
         checksum::fold(checksum::sum_words(&b[..self.header_len()])) == 0xffff
     }
