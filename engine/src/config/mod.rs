@@ -662,6 +662,51 @@ impl Validator<'_> {
         Ok(out)
     }
 
+    /// A VIP is answered for in ARP on the port whose subnet holds it, so it
+    /// must not be an address the LAN already uses for something else:
+    /// answering for the gateway or a neighbour would pull their traffic
+    /// into lbd, and a subnet's network or broadcast address is no host's.
+    fn vip_is_free(&self, field: &str, vip: Ipv4Addr, ports: &[PortConfig]) -> VResult<()> {
+        for (i, p) in ports.iter().enumerate() {
+            if p.address == vip {
+                return self
+                    .err(field, format!("{vip} is the address of port `{}`; a VIP needs its own address", p.name));
+            }
+            if p.gateway == Some(vip) {
+                return self.err(
+                    field,
+                    format!(
+                        "{vip} is the gateway of port `{}` (ports[{i}].gateway); lbd would answer ARP for it",
+                        p.name
+                    ),
+                );
+            }
+            if let Some(k) = p.neighbors.iter().position(|n| n.ip == vip) {
+                return self.err(
+                    field,
+                    format!(
+                        "{vip} is a neighbour of port `{}` (ports[{i}].neighbors[{k}]); lbd would answer ARP for it",
+                        p.name
+                    ),
+                );
+            }
+            if p.subnet.prefix_len() < 31 && p.subnet.contains(&vip) {
+                let what = if vip == p.subnet.network() {
+                    Some("network")
+                } else if vip == p.subnet.broadcast() {
+                    Some("broadcast")
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    return self
+                        .err(field, format!("{vip} is the {what} address of port `{}`'s subnet {}", p.name, p.subnet));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn listeners(&self, raw: &[RawListener], ports: &[PortConfig]) -> VResult<Vec<ListenerConfig>> {
         if raw.len() > MAX_LISTENERS {
             return self
@@ -679,10 +724,7 @@ impl Validator<'_> {
                 return self.err(f("name"), format!("listener name `{}` is used twice", l.name));
             }
             let vip = self.unicast(&f("vip"), &l.vip)?;
-            if let Some(p) = ports.iter().find(|p| p.address == vip) {
-                return self
-                    .err(f("vip"), format!("{vip} is the address of port `{}`; a VIP needs its own address", p.name));
-            }
+            self.vip_is_free(&f("vip"), vip, ports)?;
             let protocol = match l.protocol {
                 RawProtocol::Tcp => Protocol::Tcp,
                 RawProtocol::Udp => Protocol::Udp,
@@ -755,7 +797,8 @@ impl Validator<'_> {
                     return self.err(
                         f("maglev_table_size"),
                         format!(
-                            "{table_size} is smaller than the {} backends; use at least 100 entries per backend",
+                            "{table_size} is smaller than the {} backends: every backend needs at least one \
+                             entry (100 or more per backend keep the shares within about 1 % of the weights)",
                             backends.len()
                         ),
                     );
@@ -766,6 +809,18 @@ impl Validator<'_> {
             }
             total_backends += backends.len();
             out.push(ListenerConfig { name: l.name.clone(), vip, protocol, port, scheduler, tcp_non_syn, backends });
+        }
+        // A VIP that is also a backend (of any listener) would send the
+        // backend's own replies back into the balancer as requests.
+        for (i, l) in out.iter().enumerate() {
+            for (j, other) in out.iter().enumerate() {
+                if let Some(k) = other.backends.iter().position(|b| b.address == l.vip) {
+                    return self.err(
+                        format!("listeners[{i}].vip"),
+                        format!("{} is also the address of backend listeners[{j}].backends[{k}]", l.vip),
+                    );
+                }
+            }
         }
         if total_backends > MAX_BACKENDS {
             return self.err(

@@ -182,3 +182,74 @@ fn primes() {
     assert!(!is_prime(1));
     assert!(is_prime(4_194_301));
 }
+
+#[test]
+fn duplicate_listener_name_is_rejected() {
+    let dup =
+        GOOD.replace("timeouts:", "  - {name: web, vip: 10.0.0.101, protocol: tcp, port: 80, backends: []}\ntimeouts:");
+    let e = parse_str(&dup).unwrap_err();
+    assert_eq!(e.field, "listeners[1].name");
+    assert!(e.message.contains("listener name `web` is used twice"), "{e}");
+}
+
+/// A VIP is answered for in ARP: it must not take an address the LAN
+/// already uses, nor one that is no host's.
+#[test]
+fn vip_must_not_take_an_address_in_use() {
+    let cases = [
+        ("10.0.0.254", "is the gateway of port `ext` (ports[0].gateway)"),
+        ("10.0.0.0", "is the network address of port `ext`'s subnet 10.0.0.0/24"),
+        ("10.0.0.255", "is the broadcast address of port `ext`'s subnet 10.0.0.0/24"),
+        ("10.1.0.11", "is also the address of backend listeners[0].backends[0]"),
+        ("10.0.0.1", "is the address of port `ext`"),
+    ];
+    for (vip, message) in cases {
+        let e = err_with("vip: 10.0.0.100", &format!("vip: {vip}"));
+        assert_eq!(e.field, "listeners[0].vip", "{vip}: {e}");
+        assert!(e.message.contains(message), "{vip}: {e}");
+    }
+
+    // A neighbour that is not the gateway.
+    let neighbor = GOOD.replace(
+        "neighbors: [{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}]",
+        "neighbors: [{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}, {ip: 10.0.0.7, mac: \"02:00:00:00:00:07\"}]",
+    );
+    let e = parse_str(&neighbor.replace("vip: 10.0.0.100", "vip: 10.0.0.7")).unwrap_err();
+    assert_eq!(e.field, "listeners[0].vip");
+    assert!(e.message.contains("is a neighbour of port `ext` (ports[0].neighbors[1])"), "{e}");
+    parse_str(&neighbor).unwrap();
+
+    // The backend of another listener, found whichever comes first.
+    let two = GOOD.replace(
+        "timeouts:",
+        "  - {name: dns, vip: 10.0.0.53, protocol: udp, port: 53, backends: [{address: 10.0.0.100, port: 53}]}\ntimeouts:",
+    );
+    let e = parse_str(&two).unwrap_err();
+    assert_eq!(e.field, "listeners[0].vip");
+    assert!(e.message.contains("10.0.0.100 is also the address of backend listeners[1].backends[0]"), "{e}");
+
+    // Outside every port's subnet (routed to lbd by the gateway) is fine.
+    parse_str(&GOOD.replace("vip: 10.0.0.100", "vip: 198.51.100.0")).unwrap();
+}
+
+/// The Maglev table must have an entry for every backend; the message says
+/// that rule (and the recommendation) and nothing stricter.
+#[test]
+fn maglev_table_needs_an_entry_per_backend() {
+    let backends: String =
+        (1..=8).map(|b| format!("      - {{address: 10.1.0.{b}, port: 8080, weight: 1}}\n")).collect();
+    let many = GOOD.replace("      - {address: 10.1.0.11, port: 8080, weight: 1}\n", &backends);
+    let small = many.replace("scheduler: maglev", "scheduler: maglev\n    maglev_table_size: 7");
+    let e = parse_str(&small).unwrap_err();
+    assert_eq!(e.field, "listeners[0].maglev_table_size");
+    assert!(e.message.contains("7 is smaller than the 8 backends: every backend needs at least one entry"), "{e}");
+    // M = N is allowed (if uneven), as the message says.
+    let seven: String = (1..=7).map(|b| format!("      - {{address: 10.1.0.{b}, port: 8080, weight: 1}}\n")).collect();
+    let c = parse_str(
+        &GOOD
+            .replace("      - {address: 10.1.0.11, port: 8080, weight: 1}\n", &seven)
+            .replace("scheduler: maglev", "scheduler: maglev\n    maglev_table_size: 7"),
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].backends.len(), 7);
+}
