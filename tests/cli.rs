@@ -233,3 +233,48 @@ fn lbctl_ends_quietly_when_its_output_is_closed() {
     let (status, _) = lbd.stop();
     assert!(status.success());
 }
+
+/// A stand-in for lbd that greets, reads one request and answers it with
+/// `answer` (raw bytes: frames of its own making).
+fn fake_lbd(socket: &std::path::Path, answer: Vec<u8>) -> std::thread::JoinHandle<()> {
+    use lbproto::{read_frame_bytes, write_frame, Outcome, Response, ResponseFrame};
+    use std::io::Write;
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let _ = read_frame_bytes(&mut s);
+        let hello = Response::Hello { protocol: lbproto::PROTOCOL_VERSION, server: "fake".into(), dpdk: "-".into() };
+        write_frame(&mut s, &ResponseFrame { id: 1, result: Outcome::Ok(hello) }).unwrap();
+        let _ = read_frame_bytes(&mut s);
+        // lbctl stops reading at its limit and goes: a failed write is
+        // expected.
+        let _ = s.write_all(&answer);
+    })
+}
+
+/// An answer lbctl cannot take is a clear error naming the limit, never a
+/// hang or a panic.
+#[test]
+fn lbctl_reports_an_over_limit_answer_clearly() {
+    let dir = TempDir::new("cli-bigans");
+    // Continued frames of 1 MiB past the 64 MiB an answer may have.
+    let mut stream = Vec::new();
+    for _ in 0..=lbproto::MAX_RESPONSE / lbproto::MAX_FRAME {
+        stream.extend_from_slice(&(lbproto::MAX_FRAME as u32 | lbproto::FRAME_CONTINUES).to_be_bytes());
+        stream.extend(std::iter::repeat_n(b' ', lbproto::MAX_FRAME));
+    }
+    // A frame header over the frame limit.
+    let bad_header = (lbproto::MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
+    for (name, answer, says) in [
+        ("long", stream, format!("lbd's answer exceeds the {}-byte limit of one answer", lbproto::MAX_RESPONSE)),
+        ("header", bad_header, format!("exceeds the {}-byte frame limit", lbproto::MAX_FRAME)),
+    ] {
+        let socket = dir.join(&format!("{name}.sock"));
+        let server = fake_lbd(&socket, answer);
+        let (code, _, err) = lbctl(&socket, &["stats"]);
+        assert_eq!(code, 3, "{name}: {err}");
+        assert!(err.starts_with("lbctl: ") && err.contains(&says), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        server.join().unwrap();
+    }
+}
