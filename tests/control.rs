@@ -310,6 +310,27 @@ fn closed(s: &mut UnixStream) -> bool {
     }
 }
 
+/// The body of `GET /metrics` from `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// `lbd_control_operations_total` for (operation, result).
+fn control_ops(metrics: &str, op: &str, result: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("lbd_control_operations_total{"))
+        .find(|l| l.contains(&format!("operation=\"{op}\"")) && l.contains(&format!("result=\"{result}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
 #[test]
 fn protocol_misuse_never_stops_the_server() {
     let f = Fixture::start("ctl-proto");
@@ -366,8 +387,9 @@ fn protocol_misuse_never_stops_the_server() {
     hello(&mut big);
     let mut frames = (lbproto::MAX_FRAME as u32 | lbproto::FRAME_CONTINUES).to_be_bytes().to_vec();
     frames.extend(std::iter::repeat_n(b' ', lbproto::MAX_FRAME));
+    // The header of one more byte is the last thing sent: lbd refuses on
+    // reading it, so nothing of ours is left unsent when it closes.
     frames.extend_from_slice(&1u32.to_be_bytes());
-    frames.push(b'{');
     big.write_all(&frames).unwrap();
     let r: ResponseFrame = read_frame(&mut big).unwrap().unwrap();
     assert_eq!(error_code(&r), "too_large", "{r:?}");
@@ -381,7 +403,9 @@ fn protocol_misuse_never_stops_the_server() {
     half.write_all(&[0, 0]).unwrap();
     let start = Instant::now();
     assert_eq!(f.json(&["status"])["status"]["workers"], 2);
-    assert!(start.elapsed() < Duration::from_secs(5), "other clients are served meanwhile");
+    // A liveness bound, not a speed one: served before the half client's
+    // 30 s idle timeout would have freed anything.
+    assert!(start.elapsed() < Duration::from_secs(20), "other clients are served meanwhile");
     // Many clients at once.
     let threads: Vec<_> = (0..24)
         .map(|_| {
@@ -400,8 +424,13 @@ fn protocol_misuse_never_stops_the_server() {
         t.join().unwrap();
     }
     drop(half);
-    // Still healthy, and the misuse was counted.
+    // Still healthy, and the misuse was counted: five messages that were
+    // not requests (garbage, not JSON, unknown op, two over limits) and
+    // two refused hellos.
     assert_eq!(f.json(&["status"])["status"]["config_generation"], 1);
+    let metrics = scrape(&f.lbd.as_ref().unwrap().metrics_addr().expect("metrics on"));
+    assert_eq!(control_ops(&metrics, "invalid", "error"), Some(5), "{metrics}");
+    assert_eq!(control_ops(&metrics, "hello", "error"), Some(2), "{metrics}");
 }
 
 #[test]
