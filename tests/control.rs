@@ -48,17 +48,25 @@ fn config_text(dir: &Path, prefix: &str, socket: &Path, listeners: &str) -> Stri
 
 impl Fixture {
     fn start(name: &str) -> Fixture {
+        Fixture::start_with(name, 40, |c| c)
+    }
+
+    /// An lbd that has read `flows` SYNs (one session each), its
+    /// configuration passed through `edit` first.
+    fn start_with(name: &str, flows: u32, edit: impl FnOnce(String) -> String) -> Fixture {
         assert!(is_root());
         let dir = TempDir::new(name);
         let prefix = unique("lbdc");
         let socket = dir.join("lbd.sock");
+        // Clients 192.168.7.1-5, one source port per flow (up to 35535
+        // flows).
         let script = "import sys\nfrom scapy.all import Ether, IP, TCP, wrpcap\n\
-            wrpcap(sys.argv[1], [Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:fe')/IP(src='192.168.7.%d' % (i % 5 + 1), dst='10.0.0.100')/TCP(sport=30000 + i, dport=80, flags='S') for i in range(40)])\n";
-        run(Command::new(python()).arg("-c").arg(script).arg(dir.join("in.pcap")));
+            wrpcap(sys.argv[1], [Ether(dst='02:00:00:00:00:01', src='02:00:00:00:00:fe')/IP(src='192.168.7.%d' % (i % 5 + 1), dst='10.0.0.100')/TCP(sport=30000 + i, dport=80, flags='S') for i in range(int(sys.argv[2]))])\n";
+        run(Command::new(python()).arg("-c").arg(script).arg(dir.join("in.pcap")).arg(flows.to_string()));
         let config = dir.join("lbd.yaml");
-        std::fs::write(&config, config_text(dir.path(), &prefix, &socket, LISTENERS)).unwrap();
+        std::fs::write(&config, edit(config_text(dir.path(), &prefix, &socket, LISTENERS))).unwrap();
         let mut lbd = Lbd::start(&config, dir.path(), &prefix);
-        lbd.wait_processed(40, false, Duration::from_secs(20));
+        lbd.wait_processed(u64::from(flows), false, Duration::from_secs(60));
         Fixture { dir, lbd: Some(lbd), socket, config }
     }
 
@@ -292,9 +300,35 @@ fn hello(s: &mut UnixStream) {
     assert!(matches!(r.result, lbproto::Outcome::Ok(lbproto::Response::Hello { .. })), "{r:?}");
 }
 
-/// The server read-side EOF: the connection was closed.
+/// The server closed the connection: end of stream, or a reset (the
+/// server closed with our bytes unread). A read timeout is not a close.
 fn closed(s: &mut UnixStream) -> bool {
-    matches!(read_frame::<_, ResponseFrame>(s), Ok(None) | Err(_))
+    match read_frame::<_, ResponseFrame>(s) {
+        Ok(None) => true,
+        Err(lbproto::FrameError::Io(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        _ => false,
+    }
+}
+
+/// The body of `GET /metrics` from `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// `lbd_control_operations_total` for (operation, result).
+fn control_ops(metrics: &str, op: &str, result: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("lbd_control_operations_total{"))
+        .find(|l| l.contains(&format!("operation=\"{op}\"")) && l.contains(&format!("result=\"{result}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 #[test]
@@ -310,12 +344,15 @@ fn protocol_misuse_never_stops_the_server() {
     // A request before the hello.
     let mut s = raw_client(&f.socket);
     assert_eq!(error_code(&send(&mut s, 1, Request::Status)), "hello_required");
-    // Garbage bytes: an error or a closed connection.
+    // Garbage bytes: "GET " read as a length is over the frame limit, so
+    // always a too_large error frame naming the limit, then a close (the
+    // documented answer to bytes that are not a frame).
     let mut s = raw_client(&f.socket);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    if let Ok(Some(r)) = read_frame::<_, ResponseFrame>(&mut s) {
-        assert_eq!(error_code(&r), "too_large");
-    }
+    let r: ResponseFrame = read_frame(&mut s).expect("an error frame, not a bare close").expect("an error frame");
+    assert_eq!((r.id, error_code(&r).as_str()), (0, "too_large"), "{r:?}");
+    assert!(format!("{r:?}").contains(&format!("{}-byte frame limit", lbproto::MAX_FRAME)), "{r:?}");
+    assert!(closed(&mut s), "the connection closes after garbage");
     // A frame of valid length but not JSON, after a hello: bad_request and
     // the connection stays usable.
     let mut s = raw_client(&f.socket);
@@ -342,13 +379,33 @@ fn protocol_misuse_never_stops_the_server() {
     big.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
     let r: ResponseFrame = read_frame(&mut big).unwrap().unwrap();
     assert_eq!(error_code(&r), "too_large");
+    assert!(format!("{r:?}").contains("frame limit"), "{r:?}");
+    assert!(closed(&mut big), "documented: closed after an over-limit frame");
+    // A request of continued frames adding up to more than a request may
+    // be: too_large naming the request limit, then a close.
+    let mut big = raw_client(&f.socket);
+    hello(&mut big);
+    let mut frames = (lbproto::MAX_FRAME as u32 | lbproto::FRAME_CONTINUES).to_be_bytes().to_vec();
+    frames.extend(std::iter::repeat_n(b' ', lbproto::MAX_FRAME));
+    // The header of one more byte is the last thing sent: lbd refuses on
+    // reading it, so nothing of ours is left unsent when it closes.
+    frames.extend_from_slice(&1u32.to_be_bytes());
+    big.write_all(&frames).unwrap();
+    let r: ResponseFrame = read_frame(&mut big).unwrap().unwrap();
+    assert_eq!(error_code(&r), "too_large", "{r:?}");
+    assert!(format!("{r:?}").contains(&format!("{}-byte limit of one request", lbproto::MAX_REQUEST)), "{r:?}");
+    assert!(closed(&mut big));
+    // Others are still served.
+    assert_eq!(f.json(&["status"])["status"]["workers"], 2);
     // A half-sent frame holds its own connection only.
     let mut half = raw_client(&f.socket);
     hello(&mut half);
     half.write_all(&[0, 0]).unwrap();
     let start = Instant::now();
     assert_eq!(f.json(&["status"])["status"]["workers"], 2);
-    assert!(start.elapsed() < Duration::from_secs(5), "other clients are served meanwhile");
+    // A liveness bound, not a speed one: served before the half client's
+    // 30 s idle timeout would have freed anything.
+    assert!(start.elapsed() < Duration::from_secs(20), "other clients are served meanwhile");
     // Many clients at once.
     let threads: Vec<_> = (0..24)
         .map(|_| {
@@ -367,8 +424,13 @@ fn protocol_misuse_never_stops_the_server() {
         t.join().unwrap();
     }
     drop(half);
-    // Still healthy, and the misuse was counted.
+    // Still healthy, and the misuse was counted: five messages that were
+    // not requests (garbage, not JSON, unknown op, two over limits) and
+    // two refused hellos.
     assert_eq!(f.json(&["status"])["status"]["config_generation"], 1);
+    let metrics = scrape(&f.lbd.as_ref().unwrap().metrics_addr().expect("metrics on"));
+    assert_eq!(control_ops(&metrics, "invalid", "error"), Some(5), "{metrics}");
+    assert_eq!(control_ops(&metrics, "hello", "error"), Some(2), "{metrics}");
 }
 
 #[test]
@@ -436,4 +498,194 @@ fn lbctl_does_not_link_dpdk() {
     assert!(!libs.contains("librte_"), "lbctl links DPDK:\n{libs}");
     let out = Command::new("ldd").arg(lbd_bin()).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("librte_eal"), "while lbd does");
+}
+
+/// More sessions than one frame holds: the answer is streamed in continued
+/// frames and lbctl gets every one.
+#[test]
+fn thousands_of_sessions_are_listed_whole() {
+    const FLOWS: u32 = 9000;
+    // SYN-only sessions would expire after 10 s; keep them for the test.
+    let f = Fixture::start_with("ctl-many", FLOWS, |c| c.replace("control:", "timeouts: {tcp_syn: 1h}\ncontrol:"));
+    assert_eq!(f.json(&["sessions", "--count"])["count"], FLOWS);
+    let all = f.json(&["sessions", "--limit", "10000"]);
+    let sessions = all["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), FLOWS as usize);
+    assert_eq!(all["truncated"], false);
+    let clients: std::collections::BTreeSet<&str> = sessions.iter().map(|s| s["client"].as_str().unwrap()).collect();
+    assert_eq!(clients.len(), FLOWS as usize, "each session once");
+    let compact = serde_json::to_vec(&all).unwrap();
+    assert!(compact.len() > lbproto::MAX_FRAME, "the answer ({} bytes) spans frames", compact.len());
+    // The human table too, and a limit still cuts.
+    let (code, out, err) = lbctl(&f.socket, &["sessions", "--limit", "10000"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{FLOWS} session(s)\n")), "{}", &out[out.len().saturating_sub(200)..]);
+    let some = f.json(&["sessions", "--limit", "7000"]);
+    assert_eq!((some["sessions"].as_array().unwrap().len(), &some["truncated"]), (7000, &Value::Bool(true)));
+    // The connection carries more requests after a streamed answer.
+    let mut s = raw_client(&f.socket);
+    hello(&mut s);
+    let r = send(
+        &mut s,
+        2,
+        Request::Sessions { filter: lbproto::SessionFilter::default(), limit: lbproto::MAX_SESSIONS_LISTED },
+    );
+    let lbproto::Outcome::Ok(lbproto::Response::Sessions { sessions, truncated: false }) = r.result else {
+        panic!("{r:?}")
+    };
+    assert_eq!(sessions.len(), FLOWS as usize);
+    assert!(matches!(send(&mut s, 3, Request::Status).result, lbproto::Outcome::Ok(_)));
+}
+
+/// A request larger than lbd accepts is refused by lbctl before sending,
+/// with the limit named; lbd and its configuration are untouched.
+#[test]
+fn an_over_limit_config_reload_is_a_clear_error() {
+    let f = Fixture::start("ctl-bigreload");
+    let g = f.generation();
+    let mut text = std::fs::read_to_string(&f.config).unwrap();
+    text.push_str("# padding\n");
+    while text.len() <= lbproto::MAX_REQUEST {
+        text.push_str(&format!("# {}\n", "x".repeat(200)));
+    }
+    let big = f.dir.join("big.yaml");
+    std::fs::write(&big, &text).unwrap();
+    let (code, _, err) = lbctl(&f.socket, &["config", "reload", big.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{}-byte limit", lbproto::MAX_REQUEST)) && err.contains("nothing was sent"), "{err}");
+    assert_eq!(f.generation(), g);
+    assert_eq!(f.json(&["status"])["status"]["workers"], 2);
+}
+
+/// 32 clients at once are served; the 33rd is told `busy` (id 0) and
+/// closed, the 32 keep working, and a slot frees when one leaves.
+#[test]
+fn the_client_limit_refuses_the_33rd_and_frees_slots() {
+    const LIMIT: usize = 32;
+    let f = Fixture::start("ctl-limit");
+    let mut clients: Vec<UnixStream> = (0..LIMIT)
+        .map(|_| {
+            let mut s = raw_client(&f.socket);
+            hello(&mut s);
+            s
+        })
+        .collect();
+    // The 33rd: refused without being asked anything.
+    let mut extra = raw_client(&f.socket);
+    let r: ResponseFrame = read_frame(&mut extra).unwrap().expect("a refusal");
+    assert_eq!((r.id, error_code(&r).as_str()), (0, "busy"), "{r:?}");
+    assert!(format!("{r:?}").contains(&format!("{LIMIT} clients are connected")), "{r:?}");
+    assert!(closed(&mut extra));
+    // lbctl says so clearly.
+    let (code, _, err) = lbctl(&f.socket, &["status"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("busy") && err.contains(&format!("{LIMIT} clients")), "{err}");
+    // The 32 are still served.
+    for (i, s) in clients.iter_mut().enumerate() {
+        let r = send(s, 2, Request::ListenerList);
+        assert!(matches!(r.result, lbproto::Outcome::Ok(_)), "client {i}: {r:?}");
+    }
+    // One leaves: a new client gets its slot (once lbd has seen it go).
+    drop(clients.pop());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut newcomer = loop {
+        let mut s = raw_client(&f.socket);
+        write_frame(
+            &mut s,
+            &RequestFrame { id: 1, request: Request::Hello { protocol: PROTOCOL_VERSION, client: "t".into() } },
+        )
+        .ok();
+        match read_frame::<_, ResponseFrame>(&mut s) {
+            Ok(Some(ResponseFrame { result: lbproto::Outcome::Ok(_), .. })) => break s,
+            other => assert!(Instant::now() < deadline, "no slot freed: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(matches!(send(&mut newcomer, 2, Request::Status).result, lbproto::Outcome::Ok(_)));
+    // Full again.
+    let mut extra = raw_client(&f.socket);
+    let r: ResponseFrame = read_frame(&mut extra).unwrap().expect("a refusal");
+    assert_eq!(error_code(&r), "busy");
+    drop(clients);
+    drop(newcomer);
+    // All gone: lbctl is served again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lbctl(&f.socket, &["status"]).0 != 0 {
+        assert!(Instant::now() < deadline, "slots not freed after every client left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A temporary group, removed on drop (also when the test fails).
+struct TempGroup {
+    name: String,
+    gid: u32,
+}
+
+impl TempGroup {
+    fn new() -> TempGroup {
+        let name = unique("lbdg");
+        run(Command::new("groupadd").arg(&name));
+        let line = run(Command::new("getent").args(["group", &name]));
+        let gid = line.trim().split(':').nth(2).and_then(|g| g.parse().ok()).expect("gid");
+        TempGroup { name, gid }
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).status();
+    }
+}
+
+/// lbctl as user nobody (uid 65534), with `groups` as its supplementary
+/// groups.
+fn lbctl_as_nobody(groups: Option<u32>, socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534"]);
+    match groups {
+        Some(g) => cmd.arg(format!("--groups={g}")),
+        None => cmd.arg("--clear-groups"),
+    };
+    let out = cmd.arg(lbctl_bin()).arg("--socket").arg(socket).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn control_group_opens_the_socket_to_its_members_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let group = TempGroup::new();
+    let f = Fixture::start_with("ctl-group", 40, |c| {
+        let socket_line = c.lines().find(|l| l.starts_with("control:")).unwrap().to_owned();
+        let with_group = socket_line.replace('}', &format!(", group: {}}}", group.name));
+        c.replace(&socket_line, &with_group)
+    });
+    let meta = std::fs::metadata(&f.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), group.gid);
+    // A member of the group (not root) is served.
+    let (code, out, err) = lbctl_as_nobody(Some(group.gid), &f.socket, &["--json", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"workers\": 2"), "{out}");
+    // Not a member: refused by the socket's mode, said clearly.
+    let (code, _, err) = lbctl_as_nobody(None, &f.socket, &["status"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("permission denied") && err.contains("control.group"), "{err}");
+}
+
+#[test]
+fn a_non_root_peer_is_refused_without_control_group() {
+    let f = Fixture::start("ctl-nobody");
+    // Even with some supplementary group: only root may use a 0600 socket.
+    for groups in [None, Some(0)] {
+        let (code, out, err) = lbctl_as_nobody(groups, &f.socket, &["--json", "status"]);
+        assert_eq!(code, 3, "{err}");
+        assert!(err.starts_with("lbctl: cannot connect to lbd at ") && err.contains("permission denied"), "{err}");
+        assert!(out.contains("\"unreachable\""), "{out}");
+    }
+    assert_eq!(f.json(&["status"])["status"]["workers"], 2);
 }

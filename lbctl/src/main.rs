@@ -2,7 +2,13 @@
 //!
 //! Talks the control protocol (`lbproto`) over lbd's Unix socket. Tables
 //! for people by default, `--json` for scripts; exit status 0 on success,
-//! 1 when lbd refused the request, 3 when lbd cannot be reached.
+//! 1 when lbd refused the request, 2 for bad input, 3 when lbd cannot be
+//! reached.
+//!
+//! Output goes through [`emit`]: when the reader of standard output goes
+//! away (`lbctl ... | head`), lbctl stops quietly with status 0, like a
+//! tool killed by SIGPIPE would stop, but without the signal (Rust ignores
+//! SIGPIPE and this crate has no unsafe code to restore it).
 
 #![forbid(unsafe_code)]
 
@@ -12,8 +18,23 @@ mod render;
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Client;
 use lbproto::{BackendRef, BackendSpec, ConfigText, ErrorReply, ListenerSpec, Request, Response, SessionFilter};
+use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// Shortest and longest `stats --watch` interval.
+const WATCH_MIN_SECONDS: f64 = 0.1;
+const WATCH_MAX_SECONDS: f64 = 86_400.0;
+
+/// `--watch SECONDS`: a finite number of seconds within the bounds.
+fn watch_interval(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !v.is_finite() || !(WATCH_MIN_SECONDS..=WATCH_MAX_SECONDS).contains(&v) {
+        return Err(format!("the interval must be from {WATCH_MIN_SECONDS} to {WATCH_MAX_SECONDS} seconds (one day)"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "lbctl", version, about = "Control a running lbd", propagate_version = true)]
@@ -46,8 +67,9 @@ enum Command {
         /// Only sessions on this backend (ADDRESS or ADDRESS:PORT).
         #[arg(long)]
         backend: Option<String>,
-        /// At most this many sessions.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many sessions (1 to 100000).
+        #[arg(long, default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(lbproto::MAX_SESSIONS_LISTED)))]
         limit: u32,
         /// Print the number of matching sessions only.
         #[arg(long)]
@@ -55,11 +77,11 @@ enum Command {
     },
     /// Counters: per port, listener and backend, drops by reason.
     Stats {
-        /// Refresh every SECONDS, showing rates.
-        #[arg(long, value_name = "SECONDS")]
-        watch: Option<f64>,
-        /// With --watch: stop after this many refreshes.
-        #[arg(long, value_name = "N", requires = "watch")]
+        /// Refresh every SECONDS (0.1 to 86400), showing rates.
+        #[arg(long, value_name = "SECONDS", value_parser = watch_interval)]
+        watch: Option<Duration>,
+        /// With --watch: stop after this many refreshes (at least 1).
+        #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
     },
     /// The workers' ARP neighbour caches.
@@ -146,13 +168,43 @@ enum ConfigCmd {
 }
 
 /// A failure and the exit status it maps to.
-enum Failure {
+pub(crate) enum Failure {
     /// lbd answered with an error.
     Refused(ErrorReply),
     /// lbd could not be reached or the exchange broke.
     Unreachable(String),
     /// Bad input caught before talking to lbd.
     Usage(String),
+    /// Whoever read our output stopped reading: stop quietly.
+    OutputClosed,
+    /// Standard output failed otherwise (disk full, ...).
+    Output(std::io::Error),
+}
+
+impl From<client::Error> for Failure {
+    fn from(e: client::Error) -> Failure {
+        match e {
+            client::Error::Refused(r) => Failure::Refused(r),
+            client::Error::Io(m) => Failure::Unreachable(m),
+            client::Error::RequestTooLarge(m) => Failure::Usage(m),
+        }
+    }
+}
+
+/// Writes `text` to standard output. A closed pipe is not an error to
+/// report: it ends lbctl quietly.
+pub(crate) fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| match e.kind() {
+        ErrorKind::BrokenPipe => Failure::OutputClosed,
+        _ => Failure::Output(e),
+    })
+}
+
+/// Writes a line to standard error; if that fails there is nobody left to
+/// tell.
+fn complain(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "lbctl: {msg}");
 }
 
 fn backend_ref(s: &str) -> Result<BackendRef, Failure> {
@@ -242,50 +294,51 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
 
 fn run(cli: &Cli) -> Result<(), Failure> {
     if let Command::Completions { shell } = &cli.command {
-        clap_complete::generate(*shell, &mut Cli::command(), "lbctl", &mut std::io::stdout());
-        return Ok(());
+        // Generated into memory: clap_complete panics when its writer
+        // fails, and a closed pipe must not be a panic.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "lbctl", &mut script);
+        return emit(&String::from_utf8_lossy(&script));
     }
     let request = request_for(&cli.command)?;
     let mut client = Client::connect(&cli.socket).map_err(Failure::Unreachable)?;
     if let Command::Stats { watch: Some(every), iterations } = &cli.command {
-        return render::watch_stats(&mut client, *every, *iterations, cli.json).map_err(|e| match e {
-            client::Error::Refused(r) => Failure::Refused(r),
-            client::Error::Io(m) => Failure::Unreachable(m),
-        });
+        return render::watch_stats(&mut client, *every, *iterations, cli.json);
     }
-    let response = client.call(request).map_err(|e| match e {
-        client::Error::Refused(r) => Failure::Refused(r),
-        client::Error::Io(m) => Failure::Unreachable(m),
-    })?;
+    let response = client.call(request)?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&response).unwrap_or_default());
+        emit(&format!("{}\n", serde_json::to_string_pretty(&response).unwrap_or_default()))
     } else {
-        render::human(&response);
+        emit(&render::human(&response))
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        // The reader had what it wanted; nothing went wrong on our side.
+        Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
         Err(Failure::Refused(e)) => {
             if cli.json {
-                println!("{}", serde_json::json!({"error": e}));
+                let _ = emit(&format!("{}\n", serde_json::json!({"error": e})));
             }
-            eprintln!("lbctl: {e}");
+            complain(&e.to_string());
             ExitCode::from(1)
         }
         Err(Failure::Unreachable(m)) => {
             if cli.json {
-                println!("{}", serde_json::json!({"error": {"code": "unreachable", "message": m}}));
+                let _ = emit(&format!("{}\n", serde_json::json!({"error": {"code": "unreachable", "message": m}})));
             }
-            eprintln!("lbctl: {m}");
+            complain(&m);
             ExitCode::from(3)
         }
         Err(Failure::Usage(m)) => {
-            eprintln!("lbctl: {m}");
+            complain(&m);
             ExitCode::from(2)
+        }
+        Err(Failure::Output(e)) => {
+            complain(&format!("cannot write the output: {e}"));
+            ExitCode::from(1)
         }
     }
 }

@@ -1,12 +1,21 @@
 //! Human-readable output.
 
-use crate::client::{Client, Error};
+use crate::client::Client;
+use crate::{emit, Failure};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{Cell, CellAlignment, Table};
 use lbproto::stats::Report;
 use lbproto::{Request, Response};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+
+/// Appends one formatted line to a String (writing to a String cannot
+/// fail).
+macro_rules! line {
+    ($s:expr) => {{ $s.push('\n'); }};
+    ($s:expr, $($arg:tt)*) => {{ let _ = writeln!($s, $($arg)*); }};
+}
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -44,12 +53,15 @@ fn duration(secs: f64) -> String {
     }
 }
 
-pub fn human(r: &crate::Answer) {
+/// The answer as text for people.
+pub fn human(r: &crate::Answer) -> String {
+    let mut out = String::new();
     match r {
-        Response::Hello { server, .. } => println!("{server}"),
+        Response::Hello { server, .. } => line!(out, "{server}"),
         Response::Status { status: s } => {
-            println!("lbd {}  DPDK {}", s.version, s.dpdk_version);
-            println!(
+            line!(out, "lbd {}  DPDK {}", s.version, s.dpdk_version);
+            line!(
+                out,
                 "uptime {}  workers {} (lcores {:?})  config generation {} ({})",
                 duration(s.uptime_seconds),
                 s.workers,
@@ -57,9 +69,13 @@ pub fn human(r: &crate::Answer) {
                 s.config_generation,
                 s.config_path
             );
-            println!(
+            line!(
+                out,
                 "{} listeners, {} backends, {} sessions, {} packets dropped",
-                s.listeners, s.backends, s.sessions_active, s.drops_total
+                s.listeners,
+                s.backends,
+                s.sessions_active,
+                s.drops_total
             );
             let mut t = table(&[
                 "port",
@@ -89,7 +105,7 @@ pub fn human(r: &crate::Answer) {
                     right(p.device_drops),
                 ]);
             }
-            println!("{t}");
+            line!(out, "{t}");
         }
         Response::Listeners { listeners } => {
             let mut t = table(&[
@@ -118,7 +134,7 @@ pub fn human(r: &crate::Answer) {
                     right(l.packets_out),
                 ]);
             }
-            println!("{t}");
+            line!(out, "{t}");
         }
         Response::Backends { backends } => {
             let mut t = table(&[
@@ -143,12 +159,16 @@ pub fn human(r: &crate::Answer) {
                     right(b.packets_out),
                 ]);
             }
-            println!("{t}");
+            line!(out, "{t}");
         }
         Response::Changed { change } => {
-            println!(
+            line!(
+                out,
                 "{} (generation {}; built in {} us, running on every worker {} us later)",
-                change.summary, change.generation, change.build_us, change.propagation_us
+                change.summary,
+                change.generation,
+                change.build_us,
+                change.propagation_us
             );
         }
         Response::Sessions { sessions, truncated } => {
@@ -165,15 +185,16 @@ pub fn human(r: &crate::Answer) {
                     right(duration(s.idle_ms as f64 / 1000.0)),
                 ]);
             }
-            println!("{t}");
-            println!(
+            line!(out, "{t}");
+            line!(
+                out,
                 "{} session(s){}",
                 sessions.len(),
                 if *truncated { " (limit reached; --limit shows more)" } else { "" }
             );
         }
-        Response::SessionCount { count } => println!("{count}"),
-        Response::Stats { stats } => print_stats(stats, None),
+        Response::SessionCount { count } => line!(out, "{count}"),
+        Response::Stats { stats } => out.push_str(&print_stats(stats, None)),
         Response::Neighbors { neighbors } => {
             let mut t = table(&["worker", "port", "address", "mac", "state", "age"]);
             for n in neighbors {
@@ -186,25 +207,28 @@ pub fn human(r: &crate::Answer) {
                     right(if n.state == "static" { "-".into() } else { duration(n.age_ms as f64 / 1000.0) }),
                 ]);
             }
-            println!("{t}");
+            line!(out, "{t}");
         }
         Response::Config { path, generation, yaml } => {
-            println!("# running configuration, generation {generation} (started from {path})");
-            print!("{yaml}");
+            line!(out, "# running configuration, generation {generation} (started from {path})");
+            out.push_str(yaml);
         }
     }
+    out
 }
 
 /// Prints a counters document; with `prev` (and the seconds between), also
 /// rates.
-fn print_stats(s: &Report, prev: Option<(&Report, f64)>) {
+fn print_stats(s: &Report, prev: Option<(&Report, f64)>) -> String {
+    let mut out = String::new();
     let rate = |now: u64, then: Option<u64>| -> String {
         match (prev, then) {
             (Some((_, dt)), Some(t)) if dt > 0.0 => si(now.saturating_sub(t) as f64 / dt),
             _ => "-".into(),
         }
     };
-    println!(
+    line!(
+        out,
         "uptime {}  generation {}  sessions {}  drops {}  per-packet time p50 {} ns p99 {} ns",
         duration(s.uptime_seconds),
         s.config_generation,
@@ -226,7 +250,7 @@ fn print_stats(s: &Report, prev: Option<(&Report, f64)>) {
             right(rate(p.tx_bytes * 8, pp.map(|x| x.tx_bytes * 8))),
         ]);
     }
-    println!("{t}");
+    line!(out, "{t}");
     let mut t = table(&[
         "listener / backend",
         "sessions",
@@ -268,39 +292,42 @@ fn print_stats(s: &Report, prev: Option<(&Report, f64)>) {
             ]);
         }
     }
-    println!("{t}");
+    line!(out, "{t}");
     let drops: Vec<(&String, &u64)> = s.drops.iter().filter(|(_, v)| **v > 0).collect();
     if drops.is_empty() {
-        println!("no drops");
+        line!(out, "no drops");
     } else {
         let mut t = table(&["drop reason", "packets", "per second"]);
         for (k, v) in drops {
             let before = prev.map(|(r, _)| r.drops.get(k).copied().unwrap_or(0));
             t.add_row(vec![Cell::new(k), right(v), right(rate(*v, before))]);
         }
-        println!("{t}");
+        line!(out, "{t}");
     }
+    out
 }
 
-/// `lbctl stats --watch`: a fresh document every `every` seconds, with
-/// rates against the previous one.
-pub fn watch_stats(client: &mut Client, every: f64, iterations: Option<u64>, json: bool) -> Result<(), Error> {
-    let every = Duration::from_secs_f64(every.max(0.1));
+/// `lbctl stats --watch`: a fresh document every `every`, with rates
+/// against the previous one, until `iterations` or until the reader of
+/// the output goes away.
+pub fn watch_stats(client: &mut Client, every: Duration, iterations: Option<u64>, json: bool) -> Result<(), Failure> {
     let mut prev: Option<(Report, Instant)> = None;
     let mut n = 0u64;
     loop {
-        let Response::Stats { stats } = client.call(Request::Stats)? else {
-            return Err(Error::Io("unexpected answer to stats".into()));
+        let Response::Stats { stats } = client.call(Request::Stats).map_err(Failure::from)? else {
+            return Err(Failure::Unreachable("unexpected answer to stats".into()));
         };
         let now = Instant::now();
+        let mut out = String::new();
         if json {
-            println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+            line!(out, "{}", serde_json::to_string(&stats).unwrap_or_default());
         } else {
             if n > 0 {
-                println!();
+                line!(out);
             }
-            print_stats(&stats, prev.as_ref().map(|(r, t)| (r, now.duration_since(*t).as_secs_f64())));
+            out.push_str(&print_stats(&stats, prev.as_ref().map(|(r, t)| (r, now.duration_since(*t).as_secs_f64()))));
         }
+        emit(&out)?;
         prev = Some((stats, now));
         n += 1;
         if iterations.is_some_and(|max| n >= max) {

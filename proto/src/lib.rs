@@ -1,11 +1,30 @@
 //! The control protocol between `lbd` and `lbctl`.
 //!
-//! A Unix stream socket carries frames: a 4-byte big-endian length, then
-//! that many bytes of JSON. The client's first request must be
-//! [`Request::Hello`] with its [`PROTOCOL_VERSION`]; a server speaking
-//! another version answers [`ErrorCode::ProtocolMismatch`] and closes.
-//! Every request carries an `id` that its response repeats. Errors carry a
-//! stable [`ErrorCode`] (for scripts) and a human message.
+//! A Unix stream socket carries messages: one JSON document each, sent as
+//! one or more frames. A frame is a 4-byte big-endian word, then that many
+//! bytes of the message (at most [`MAX_FRAME`]); when the word's top bit
+//! ([`FRAME_CONTINUES`]) is set, the message continues in the next frame,
+//! and the frame without it ends the message. So an answer larger than one
+//! frame (thousands of sessions, the counters of thousands of backends, a
+//! large configuration) is streamed as several frames instead of being cut.
+//! A request may be at most [`MAX_REQUEST`] bytes and an answer at most
+//! [`MAX_RESPONSE`]: a sender refuses to send more (lbd answers a
+//! [`ErrorCode::TooLarge`] error naming the limit instead), a receiver
+//! stops reading at the limit and reports it. A server that receives a
+//! frame header over [`MAX_FRAME`] or a request over [`MAX_REQUEST`]
+//! answers `too_large` and closes the connection (the rest of the stream
+//! cannot be resynchronised).
+//!
+//! The client's first request must be [`Request::Hello`] with its
+//! [`PROTOCOL_VERSION`]; a server speaking another version answers
+//! [`ErrorCode::ProtocolMismatch`] and closes. Every request carries an
+//! `id` that its response repeats; an answer with id 0 is the server
+//! speaking on its own (a refusal before any request was read, e.g.
+//! [`ErrorCode::Busy`]). Errors carry a stable [`ErrorCode`] (for scripts)
+//! and a human message.
+//!
+//! Version history: 1 had single frames only (an answer over 1 MiB closed
+//! the connection); 2 added continued frames and `busy`.
 //!
 //! This crate has no DPDK in it, so `lbctl` links none.
 
@@ -19,10 +38,25 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Largest frame either side accepts.
+/// Largest frame body either side accepts (a message may span frames).
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// The top bit of a frame's length word: the message continues in the
+/// next frame.
+pub const FRAME_CONTINUES: u32 = 1 << 31;
+
+/// Largest request message lbd reads (a `config reload` carries a whole
+/// configuration file).
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// Largest answer message: room for [`MAX_SESSIONS_LISTED`] sessions and
+/// the counters of every listener and backend a configuration may have.
+pub const MAX_RESPONSE: usize = 64 << 20;
+
+/// Most sessions one listing returns.
+pub const MAX_SESSIONS_LISTED: u32 = 100_000;
 
 /// Where `lbd` listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lbd/lbd.sock";
@@ -324,8 +358,11 @@ pub enum ErrorCode {
     ProtocolMismatch,
     /// The first request was not a hello.
     HelloRequired,
-    /// A frame longer than [`MAX_FRAME`].
+    /// A frame longer than [`MAX_FRAME`], a request longer than
+    /// [`MAX_REQUEST`] or an answer longer than [`MAX_RESPONSE`].
     TooLarge,
+    /// The server already serves as many clients as it allows.
+    Busy,
     /// No such listener or backend.
     NotFound,
     /// A listener or backend of that name or address exists already.
@@ -347,6 +384,7 @@ impl ErrorCode {
             ErrorCode::ProtocolMismatch => "protocol_mismatch",
             ErrorCode::HelloRequired => "hello_required",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::Busy => "busy",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Invalid => "invalid",
@@ -378,12 +416,16 @@ impl fmt::Display for ErrorReply {
 
 impl std::error::Error for ErrorReply {}
 
-/// Why a frame could not be read.
+/// Why a message could not be read.
 #[derive(Debug)]
 pub enum FrameError {
     Io(io::Error),
     /// The peer announced a frame above [`MAX_FRAME`].
     TooLarge(usize),
+    /// The frames of one message add up to more than the reader's limit.
+    MessageTooLarge {
+        limit: usize,
+    },
     /// The connection closed in the middle of a frame.
     Truncated,
     /// The bytes were not the expected JSON message.
@@ -394,7 +436,8 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::Io(e) => write!(f, "{e}"),
-            FrameError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit"),
+            FrameError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte frame limit"),
+            FrameError::MessageTooLarge { limit } => write!(f, "message exceeds the {limit}-byte limit"),
             FrameError::Truncated => f.write_str("connection closed in the middle of a frame"),
             FrameError::Malformed(e) => write!(f, "malformed message: {e}"),
         }
@@ -403,53 +446,83 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Writes `value` as one frame.
-pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
-    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
-    if body.len() > MAX_FRAME {
-        return Err(io::Error::other(format!("message of {} bytes exceeds the frame limit", body.len())));
+/// `value` as the bytes of one message.
+pub fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(io::Error::other)
+}
+
+/// Writes an encoded message as frames of at most [`MAX_FRAME`] bytes.
+/// Callers check the size against the receiver's limit first.
+pub fn write_message<W: Write>(w: &mut W, body: &[u8]) -> io::Result<()> {
+    let mut chunks = body.chunks(MAX_FRAME).peekable();
+    if chunks.peek().is_none() {
+        w.write_all(&0u32.to_be_bytes())?;
     }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
-    w.write_all(&buf)?;
+    while let Some(chunk) = chunks.next() {
+        let more = if chunks.peek().is_some() { FRAME_CONTINUES } else { 0 };
+        // A chunk is at most MAX_FRAME (2^20) bytes: it fits the low bits.
+        let word = chunk.len() as u32 | more;
+        w.write_all(&word.to_be_bytes())?;
+        w.write_all(chunk)?;
+    }
     w.flush()
 }
 
-/// Reads the raw body of one frame; `Ok(None)` on a clean end of stream
-/// before any byte of it.
-pub fn read_frame_bytes<R: Read>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut len = [0u8; 4];
+/// Writes `value` as one message (in as many frames as it needs).
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
+    write_message(w, &encode(value)?)
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` on end of stream before
+/// the first one (only when `eof_ok`).
+fn read_exact_or_eof<R: Read>(r: &mut R, buf: &mut [u8], eof_ok: bool) -> Result<bool, FrameError> {
     let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 && eof_ok => return Ok(false),
             Ok(0) => return Err(FrameError::Truncated),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
-    let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_FRAME {
-        return Err(FrameError::TooLarge(n));
-    }
-    let mut body = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        match r.read(&mut body[got..]) {
-            Ok(0) => return Err(FrameError::Truncated),
-            Ok(k) => got += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FrameError::Io(e)),
-        }
-    }
-    Ok(Some(body))
+    Ok(true)
 }
 
-/// Reads and decodes one frame.
+/// Reads the raw bytes of one message of at most `limit` bytes;
+/// `Ok(None)` on a clean end of stream before any byte of it.
+pub fn read_message<R: Read>(r: &mut R, limit: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut body = Vec::new();
+    loop {
+        let mut word = [0u8; 4];
+        if !read_exact_or_eof(r, &mut word, body.is_empty())? {
+            return Ok(None);
+        }
+        let word = u32::from_be_bytes(word);
+        let n = (word & !FRAME_CONTINUES) as usize;
+        if n > MAX_FRAME {
+            return Err(FrameError::TooLarge(n));
+        }
+        if body.len() + n > limit {
+            return Err(FrameError::MessageTooLarge { limit });
+        }
+        let at = body.len();
+        body.resize(at + n, 0);
+        read_exact_or_eof(r, &mut body[at..], false)?;
+        if word & FRAME_CONTINUES == 0 {
+            return Ok(Some(body));
+        }
+    }
+}
+
+/// Reads the raw bytes of one request (at most [`MAX_REQUEST`]).
+pub fn read_frame_bytes<R: Read>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    read_message(r, MAX_REQUEST)
+}
+
+/// Reads and decodes one message of at most [`MAX_RESPONSE`] bytes.
 pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<Option<T>, FrameError> {
-    match read_frame_bytes(r)? {
+    match read_message(r, MAX_RESPONSE)? {
         None => Ok(None),
         Some(b) => serde_json::from_slice(&b).map(Some).map_err(FrameError::Malformed),
     }
@@ -498,5 +571,39 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &serde_json::json!({"id": 1, "request": {"op": "format_disk"}})).unwrap();
         assert!(matches!(read_frame::<_, RequestFrame>(&mut &buf[..]), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn large_messages_span_frames_and_limits_hold() {
+        let yaml = "x".repeat(2 * MAX_FRAME + 17);
+        let resp = ResponseFrame {
+            id: 3,
+            result: Outcome::Ok(Response::Config { path: "p".into(), generation: 1, yaml: yaml.clone() }),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &resp).unwrap();
+        // Three frames: two full ones flagged as continued, then the end.
+        let first = u32::from_be_bytes(buf[..4].try_into().unwrap());
+        assert_eq!(first, MAX_FRAME as u32 | FRAME_CONTINUES);
+        let second_at = 4 + MAX_FRAME;
+        let second = u32::from_be_bytes(buf[second_at..second_at + 4].try_into().unwrap());
+        assert_eq!(second, MAX_FRAME as u32 | FRAME_CONTINUES);
+        let third_at = second_at + 4 + MAX_FRAME;
+        let third = u32::from_be_bytes(buf[third_at..third_at + 4].try_into().unwrap());
+        assert_eq!(third & FRAME_CONTINUES, 0);
+        assert_eq!(buf.len(), third_at + 4 + third as usize);
+        assert_eq!(read_frame::<_, ResponseFrame>(&mut &buf[..]).unwrap().unwrap(), resp);
+        // The same bytes are over a request's limit.
+        assert!(matches!(read_frame_bytes(&mut &buf[..]), Err(FrameError::MessageTooLarge { limit: MAX_REQUEST })));
+        assert!(matches!(read_message(&mut &buf[..], 2 * MAX_FRAME), Err(FrameError::MessageTooLarge { .. })));
+        // A message of exactly one frame's size is one frame.
+        let mut buf = Vec::new();
+        write_message(&mut buf, &vec![b' '; MAX_FRAME]).unwrap();
+        assert_eq!(buf.len(), 4 + MAX_FRAME);
+        assert_eq!(read_message(&mut &buf[..], MAX_FRAME).unwrap().unwrap().len(), MAX_FRAME);
+        // A continued frame whose end never comes is truncated.
+        let mut buf = (3u32 | FRAME_CONTINUES).to_be_bytes().to_vec();
+        buf.extend_from_slice(b"abc");
+        assert!(matches!(read_message(&mut &buf[..], MAX_FRAME), Err(FrameError::Truncated)));
     }
 }

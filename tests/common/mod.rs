@@ -283,3 +283,25 @@ impl Lbd {
         Some(log[i..i + end].to_owned())
     }
 }
+
+/// An lbd on one net_null port that receives nothing (no traffic, no
+/// listeners), serving its control socket in `dir`: for lbctl tests that
+/// need a live lbd but no packets. Returns it and its socket.
+pub fn start_idle_lbd(dir: &TempDir) -> (Lbd, PathBuf) {
+    let prefix = unique("lbdi");
+    let socket = dir.join("lbd.sock");
+    let cfg = dir.join("idle.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
+             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n\
+             control: {{socket: {}}}\n\
+             metrics: {{listen: \"off\"}}\n",
+            socket.display()
+        ),
+    )
+    .expect("write config");
+    let lbd = Lbd::start(&cfg, dir.path(), &prefix);
+    (lbd, socket)
+}

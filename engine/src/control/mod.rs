@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a worker may take to answer a query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most sessions one listing returns.
-pub const MAX_SESSIONS_LISTED: u32 = 100_000;
+/// Most sessions one listing returns (the protocol's bound on answers is
+/// sized for it).
+pub use lbproto::MAX_SESSIONS_LISTED;
 
 /// A port as the control plane sees it.
 #[derive(Debug, Clone)]

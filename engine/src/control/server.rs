@@ -1,13 +1,19 @@
 //! The Unix control socket: one accepting thread, one thread per client.
 //!
 //! A client that stalls mid-frame ties up only its own thread until the
-//! read timeout; a client that sends garbage gets an error or a closed
-//! connection. Neither can stop the others from being served.
+//! read timeout. A client that sends bytes that are not a frame (a length
+//! over the frame limit) gets a `too_large` error and a closed connection;
+//! a well-framed message that is not a request gets `bad_request` (and the
+//! connection stays open after the hello). An answer larger than one frame
+//! is streamed in continued frames; one over the answer limit is replaced
+//! by a `too_large` error naming the limit. The 33rd client at once gets a
+//! `busy` error (id 0) and a closed connection. None of this stops the
+//! others from being served.
 
 use super::Runtime;
 use lbproto::{
-    read_frame_bytes, write_frame, ErrorCode, ErrorReply, FrameError, Outcome, Request, RequestFrame, Response,
-    ResponseFrame, PROTOCOL_VERSION,
+    encode, read_frame_bytes, write_frame, write_message, ErrorCode, ErrorReply, FrameError, Outcome, Request,
+    RequestFrame, Response, ResponseFrame, MAX_REQUEST, MAX_RESPONSE, PROTOCOL_VERSION,
 };
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
@@ -18,8 +24,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Clients served at once; more are told so and closed.
-const MAX_CLIENTS: usize = 32;
+/// Clients served at once; more are told so (`busy`) and closed.
+pub const MAX_CLIENTS: usize = 32;
 /// A client silent this long (mid-frame or between requests) is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -114,8 +120,8 @@ fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) 
                     let reply = ResponseFrame {
                         id: 0,
                         result: Outcome::Error(ErrorReply::new(
-                            ErrorCode::Internal,
-                            format!("busy: {MAX_CLIENTS} clients connected"),
+                            ErrorCode::Busy,
+                            format!("lbd is busy: {MAX_CLIENTS} clients are connected, the most it serves at once; try again"),
                         )),
                     };
                     let _ = write_frame(&mut stream, &reply);
@@ -151,15 +157,32 @@ fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) 
     }
 }
 
-fn reply(stream: &mut UnixStream, id: u64, result: Result<Response, ErrorReply>) -> bool {
-    let frame = ResponseFrame {
+/// The bytes of the answer to request `id`: the answer itself, or a
+/// `too_large` error when it exceeds what a client accepts.
+fn encode_reply(id: u64, result: Result<Response, ErrorReply>) -> Vec<u8> {
+    let frame = |result| ResponseFrame {
         id,
         result: match result {
             Ok(r) => Outcome::Ok(r),
             Err(e) => Outcome::Error(e),
         },
     };
-    write_frame(stream, &frame).is_ok()
+    let e = match encode(&frame(result)) {
+        Ok(body) if body.len() <= MAX_RESPONSE => return body,
+        Ok(body) => ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the answer is {} bytes, more than the {MAX_RESPONSE}-byte limit of one answer; ask for less (e.g. a --limit or a filter)",
+                body.len()
+            ),
+        ),
+        Err(e) => ErrorReply::new(ErrorCode::Internal, format!("cannot encode the answer: {e}")),
+    };
+    encode(&frame(Err(e))).unwrap_or_default()
+}
+
+fn reply(stream: &mut UnixStream, id: u64, result: Result<Response, ErrorReply>) -> bool {
+    write_message(stream, &encode_reply(id, result)).is_ok()
 }
 
 /// The `id` of a request that did not decode, when it has one.
@@ -179,11 +202,22 @@ fn serve_client(mut stream: UnixStream, rt: &Runtime) {
         let body = match read_frame_bytes(&mut stream) {
             Ok(Some(b)) => b,
             Ok(None) => return,
+            // Not a frame or too much: say why, then close (what follows
+            // cannot be told apart from the next request).
             Err(FrameError::TooLarge(n)) => {
                 rt.record_op("invalid", false);
                 let e = ErrorReply::new(
                     ErrorCode::TooLarge,
-                    format!("frame of {n} bytes exceeds the {} byte limit", lbproto::MAX_FRAME),
+                    format!("frame of {n} bytes exceeds the {}-byte frame limit; closing", lbproto::MAX_FRAME),
+                );
+                reply(&mut stream, 0, Err(e));
+                return;
+            }
+            Err(FrameError::MessageTooLarge { .. }) => {
+                rt.record_op("invalid", false);
+                let e = ErrorReply::new(
+                    ErrorCode::TooLarge,
+                    format!("request exceeds the {MAX_REQUEST}-byte limit of one request; closing"),
                 );
                 reply(&mut stream, 0, Err(e));
                 return;
@@ -235,5 +269,26 @@ fn serve_client(mut stream: UnixStream, rt: &Runtime) {
         if !reply(&mut stream, frame.id, result) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_over_the_limit_becomes_a_too_large_error() {
+        let small = Ok(Response::SessionCount { count: 3 });
+        let body = encode_reply(5, small);
+        let back: ResponseFrame = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.result, Outcome::Ok(Response::SessionCount { count: 3 }));
+
+        let yaml = "y".repeat(MAX_RESPONSE + 1);
+        let body = encode_reply(6, Ok(Response::Config { path: "p".into(), generation: 1, yaml }));
+        let back: ResponseFrame = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.id, 6);
+        let Outcome::Error(e) = back.result else { panic!("{back:?}") };
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        assert!(e.message.contains(&format!("{MAX_RESPONSE}-byte limit")), "{}", e.message);
     }
 }
