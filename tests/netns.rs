@@ -61,7 +61,7 @@ fn start_lbd(t: &Topology, workers: usize, dir: &TempDir) -> Lbd {
 }
 
 /// What iperf3 must exceed through lbd (see netns_long_download_is_intact).
-const IPERF3_FLOOR_BITS_PER_SECOND: f64 = 200e6;
+const IPERF3_FLOOR_BITS_PER_SECOND: f64 = 300e6;
 
 /// Echo replies in `ping`'s output that came from `addr` ("64 bytes from
 /// 10.0.0.100: icmp_seq=1 ttl=64 time=0.1 ms").
@@ -202,9 +202,10 @@ fn netns_long_download_is_intact() {
     let v: Value = serde_json::from_str(&out).unwrap();
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
     println!("iperf3 through lbd: {:.2} Gbit/s", bps / 1e9);
-    // A floor, not a speed claim: this path carried 0.9-2.6 Gbit/s here
-    // with the CPUs shared; a path that loses or stalls segments (retransmission
-    // timeouts, packets parked or sent the slow way) falls far below.
+    // A floor, not a speed claim: this path carried 0.84-1.69 Gbit/s here
+    // with both CPUs shared (load ~5); 300 Mbit/s leaves a margin of ~3.
+    // A path that stalls or loses segments falls below it (a worker
+    // sleeping 5 ms per loop: 134 Mbit/s).
     assert!(bps > IPERF3_FLOOR_BITS_PER_SECOND, "iperf3 through lbd: {:.0} Mbit/s", bps / 1e6);
     let (status, stats) = lbd.stop();
     assert!(status.success());
@@ -266,8 +267,9 @@ fn netns_three_workers_thousands_of_flows() {
     // Retries: with no loss on the path every datagram is answered at the
     // first send (0 retries in each of 4 runs here). The bound, 1 % of the
     // flows, leaves room for a rare reply slower than the 2 s timeout on a
-    // loaded machine; a path losing even 2 % of the packets (each flow
-    // needs two to succeed) makes about 80 retries.
+    // loaded machine; a path losing a few per cent of the datagrams
+    // exceeds it (3 % of the requests dropped in flows.py: 36 resends),
+    // while nearly all its flows are still answered within three sends.
     let retries = summary["udp_retries"].as_u64().expect("udp_retries");
     assert!(retries <= udp / 100, "{retries} UDP resends for {udp} flows: packets are being lost: {summary}");
     let rx_per_worker: Vec<u64> =
