@@ -13,16 +13,19 @@ For every scenario it generates the pcaps it needs (benches/pcapgen.rs;
 nothing large is committed), runs lbd with
 `net_pcap,rx_pcap=...,infinite_rx=1` into `net_null,no-rx=1`, reads lbd's
 counters over a fixed window after a warm-up, then runs
-`dpdk-testpmd --forward-mode=io` on the same vdevs and CPU for the same
-window, and prints one row per scenario: the medians of --runs runs.
+`dpdk-testpmd --forward-mode=io` (interactive) on the same vdevs and CPU
+and reads its cumulative RX counter at both ends of the same window, and
+prints one row per scenario: the medians of --runs runs. A window with
+no packets is an error; --json never holds NaN or Infinity.
 Sessions that a scenario needs beforehand are created by streaming a SYN
 file through a second pcap port first (not measured).
 
 2 MB hugepages are reserved when the machine can spare them (they are
 worth +40-60 % here); otherwise every DPDK process runs with --no-huge and
 the table says so. --record writes benches/RESULTS.md. --smoke runs tiny
-sizes once for a few seconds: it checks that the runner works, never how
-fast anything is.
+sizes once for a few seconds (the new-flow scenario keeps its 1M flows,
+see scenarios()): it checks that the runner works and that each scenario
+does what its name says, never how fast anything is.
 """
 
 import argparse
