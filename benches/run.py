@@ -79,7 +79,7 @@ def scenarios(smoke, replay):
     # accepts; lbd checks expiry on lookup to the millisecond, so the sweep
     # adds no delay). One million flows keeps the cycle above 100 ms up
     # to 10 Mpps, about twice the fastest creation rate measured here with
-    # hugepages (4.6 M/s) and three times that without; the smoke run uses
+    # hugepages (4.6 M/s) and 2.7 times that without (3.7); the smoke run uses
     # the same size, since a smaller one makes the scenario measure
     # lookups of live SYN sessions (5000 flows came round every ~2 ms).
     churn = 1_000_000
