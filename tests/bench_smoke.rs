@@ -1,8 +1,11 @@
 //! The packet-rate runner (`benches/run.py`) works: a smoke run with tiny
 //! sizes runs every scenario through lbd and dpdk-testpmd and reports a
 //! row for each. Speed is never asserted here; what is checked is that
-//! each scenario did what it claims (sessions prefilled, packets forwarded,
-//! hand-offs only where the scenario makes them, nothing dropped).
+//! each scenario did what it claims (sessions prefilled, packets forwarded
+//! by lbd and by testpmd, hand-offs only where the scenario makes them, a
+//! session created by (nearly) every packet of the new-flow scenario and
+//! by none elsewhere, nothing dropped) and that every figure is a finite
+//! number in strict JSON.
 //!
 //! Needs root, `dpdk-testpmd` and the `pcapgen` example built with the
 //! same profile as this test (testbed/test.sh builds it).
@@ -51,19 +54,39 @@ fn runner_smoke_run_reports_every_scenario() {
     assert!(stdout.contains("lbd Mpps") && stdout.contains("testpmd") && stdout.contains("ratio"), "{stdout}");
     assert!(stdout.contains("scaling, RSS-aligned queues: 2 workers ="), "{stdout}");
     assert!(stdout.contains("bytes per session slot"), "{stdout}");
+    assert!(stdout.contains("% of the scenario's packets created one") && !stdout.contains("WARNING"), "{stdout}");
 
+    // Strict JSON: a NaN or Infinity written by Python fails to parse here.
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("rows.json")).expect("rows JSON");
     let rows = doc["rows"].as_array().expect("rows");
     let names: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
     assert_eq!(rows.len(), 10, "{names:?}");
     for r in rows {
         let name = r["scenario"].as_str().unwrap();
-        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{name}: {k} missing in {r}"));
+        // No figure is missing: no null anywhere in the row.
+        assert_no_null(name, r);
+        let f = |k: &str| {
+            let v = r[k].as_f64().unwrap_or_else(|| panic!("{name}: {k} missing or not a number in {r}"));
+            assert!(v.is_finite(), "{name}: {k} is not finite: {r}");
+            v
+        };
         assert!(f("lbd") > 0.0, "{name}: lbd forwarded nothing: {r}");
         assert!(f("testpmd") > 0.0, "{name}: testpmd forwarded nothing: {r}");
+        assert!(f("ratio") > 0.0, "{name}: ratio not positive: {r}");
         assert!(f("ns") > 0.0 && f("bytes_per_session") > 0.0, "{name}: {r}");
         assert_eq!(f("drops"), 0.0, "{name}: lbd dropped packets: {r}");
         assert!(f("sessions") > 0.0, "{name}: no sessions: {r}");
+        let created = f("created_share");
+        if name.starts_with("tcp new flows") {
+            // Every SYN's previous session must have lapsed (100 ms) when
+            // its flow comes round: with the replay cycle shorter than
+            // the timeout (the old 5000 flows), the share was 0.
+            assert!(created >= 0.9, "{name}: only {created} of the packets created a session: {r}");
+        } else {
+            // Every session was there before the window (prefilled, with
+            // timeouts of an hour): a creation means the prefill missed.
+            assert!(created < 0.001, "{name}: {created} of the packets created a session: {r}");
+        }
         let handoff = f("handoff_share");
         if name.contains("software hand-off") {
             // Round-robin queues: about half the packets belong to the
@@ -89,4 +112,15 @@ fn runner_smoke_run_reports_every_scenario() {
     assert_eq!(sessions("tcp established, 1M sessions"), 5000.0);
     assert_eq!(sessions("tcp established, 10M sessions"), 20000.0);
     assert_eq!(sessions("udp, 1M flows"), 5000.0);
+}
+
+/// Panics if `v` holds a null anywhere (a figure the runner could not
+/// measure).
+fn assert_no_null(scenario: &str, v: &Value) {
+    match v {
+        Value::Null => panic!("{scenario}: a null figure in the row"),
+        Value::Array(a) => a.iter().for_each(|x| assert_no_null(scenario, x)),
+        Value::Object(o) => o.values().for_each(|x| assert_no_null(scenario, x)),
+        _ => {}
+    }
 }

@@ -60,6 +60,28 @@ fn start_lbd(t: &Topology, workers: usize, dir: &TempDir) -> Lbd {
     Lbd::start(&path, dir.path(), &prefix)
 }
 
+/// What iperf3 must exceed through lbd (see netns_long_download_is_intact).
+const IPERF3_FLOOR_BITS_PER_SECOND: f64 = 300e6;
+
+/// Echo replies in `ping`'s output that came from `addr` ("64 bytes from
+/// 10.0.0.100: icmp_seq=1 ttl=64 time=0.1 ms").
+fn echo_replies_from(ping: &str, addr: &str) -> usize {
+    let from = format!(" from {addr}: icmp_seq=");
+    ping.lines().filter(|l| l.contains(&from) && l.contains(" bytes from ")).count()
+}
+
+#[test]
+fn ping_parser_counts_only_echo_replies_from_the_address() {
+    let out = "PING 10.0.0.100 (10.0.0.100) 56(84) bytes of data.\n\
+               64 bytes from 10.0.0.100: icmp_seq=1 ttl=64 time=0.211 ms\n\
+               From 10.0.0.254 icmp_seq=2 Destination Host Unreachable\n\
+               64 bytes from 10.0.0.1: icmp_seq=3 ttl=64 time=0.2 ms\n\
+               64 bytes from 10.0.0.100: icmp_seq=4 ttl=64 time=0.198 ms\n";
+    assert_eq!(echo_replies_from(out, "10.0.0.100"), 2);
+    assert_eq!(echo_replies_from(out, "10.0.0.1"), 1);
+    assert_eq!(echo_replies_from(out, "10.0.0.254"), 0);
+}
+
 /// Drops that must never happen in a healthy testbed run.
 fn assert_no_bad_drops(stats: &Value) {
     let d = &stats["drops"];
@@ -109,8 +131,12 @@ fn netns_curl_reaches_all_backends_with_the_client_address() {
         vec!["10.0.0.2".to_owned()],
         "NAT mode keeps the client address"
     );
-    // Ping the VIP: lbd answers ICMP echo for it.
-    t.client_ok(&["ping", "-c", "2", "-W", "2", "10.0.0.100"]);
+    // Ping the VIP: lbd answers ICMP echo for it. Both replies must come
+    // from the VIP itself (ping also prints replies and errors from other
+    // addresses, e.g. "From 10.0.0.254 ... Destination Host Unreachable").
+    let ping = t.client_ok(&["ping", "-n", "-c", "2", "-W", "2", "10.0.0.100"]);
+    assert_eq!(echo_replies_from(&ping, "10.0.0.100"), 2, "{ping}");
+    assert!(ping.contains("2 packets transmitted, 2 received"), "{ping}");
     let (status, stats) = lbd.stop();
     assert!(status.success());
     assert_no_bad_drops(&stats);
@@ -176,7 +202,11 @@ fn netns_long_download_is_intact() {
     let v: Value = serde_json::from_str(&out).unwrap();
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
     println!("iperf3 through lbd: {:.2} Gbit/s", bps / 1e9);
-    assert!(bps > 0.0);
+    // A floor, not a speed claim: this path carried 0.84-1.69 Gbit/s here
+    // with both CPUs shared (load ~5); 300 Mbit/s leaves a margin of ~3.
+    // A path that stalls or loses segments falls below it (a worker
+    // sleeping 5 ms per loop: 134 Mbit/s).
+    assert!(bps > IPERF3_FLOOR_BITS_PER_SECOND, "iperf3 through lbd: {:.0} Mbit/s", bps / 1e6);
     let (status, stats) = lbd.stop();
     assert!(status.success());
     assert_no_bad_drops(&stats);
@@ -226,7 +256,22 @@ fn netns_three_workers_thousands_of_flows() {
         .collect();
     println!("sessions per worker {per_worker:?}, hand-offs {}", ev["handoff_out"]);
     assert!(per_worker.iter().all(|n| *n > 0), "{per_worker:?}");
-    assert_eq!(ev["handoff_in"], ev["handoff_out"]);
+    // The kernel picks a flow's queue by its own hash, lbd picks the owner
+    // by another, and replies arrive on another port: most packets reach
+    // a worker that does not own their flow. Hand-offs must have happened,
+    // and each one arrived (none lost to a full ring).
+    let handoff_out = ev["handoff_out"].as_u64().unwrap();
+    assert!(handoff_out > 0, "no packet was handed to another worker: {ev}");
+    assert_eq!(ev["handoff_in"].as_u64(), Some(handoff_out), "{ev}");
+    assert_eq!(stats["drops"]["handoff_ring_full"].as_u64(), Some(0), "{}", stats["drops"]);
+    // Retries: with no loss on the path every datagram is answered at the
+    // first send (0 retries in each of 4 runs here). The bound, 1 % of the
+    // flows, leaves room for a rare reply slower than the 2 s timeout on a
+    // loaded machine; a path losing a few per cent of the datagrams
+    // exceeds it (3 % of the requests dropped in flows.py: 36 resends),
+    // while nearly all its flows are still answered within three sends.
+    let retries = summary["udp_retries"].as_u64().expect("udp_retries");
+    assert!(retries <= udp / 100, "{retries} UDP resends for {udp} flows: packets are being lost: {summary}");
     let rx_per_worker: Vec<u64> =
         live["workers"].as_array().unwrap().iter().map(|w| w["rx_packets"].as_u64().unwrap()).collect();
     println!("packets received per worker {rx_per_worker:?}");
