@@ -1030,3 +1030,77 @@ fn fast_classifier_takes_valid_flow_frames() {
         assert_eq!(fast.as_ref(), Some(&full), "{f:02x?}");
     }
 }
+
+/// Two VIPs on one backend, and ports without a gateway: a client off the
+/// ports' subnets can reach a VIP but cannot be answered.
+const NO_GATEWAY: &str = r#"
+ports:
+  - {name: ext, device: a, address: 10.0.0.1/24}
+  - name: int
+    device: b
+    address: 10.1.0.1/24
+    neighbors: [{ip: 10.1.0.11, mac: "02:00:00:00:00:11"}]
+listeners:
+  - {name: a, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{address: 10.1.0.11, port: 8080}]}
+  - {name: b, vip: 10.0.0.103, protocol: tcp, port: 80, backends: [{address: 10.1.0.11, port: 8080}]}
+"#;
+
+#[test]
+fn same_client_endpoint_through_two_vips_to_one_backend_is_a_nat_tuple_conflict() {
+    let mut h = harness_with(NO_GATEWAY, 0, 1, 100);
+    let client = ip("10.0.0.7");
+    h.rx(0, l4_frame(EXT_MAC, CLIENT_MAC, PROTO_TCP, client, ip("10.0.0.100"), 40000, 80, FLAG_SYN, b""));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    assert_frame(&out[0].1, B1_MAC, INT_MAC, client, ip("10.1.0.11"), 40000, 8080, 63);
+    // The backend would see the same 5-tuple for both: the second is refused.
+    for _ in 0..3 {
+        h.rx(0, l4_frame(EXT_MAC, CLIENT_MAC, PROTO_TCP, client, ip("10.0.0.103"), 40000, 80, FLAG_SYN, b""));
+    }
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::NatTupleConflict), 3);
+    assert_eq!(h.total_drops(), 3);
+    assert_eq!(h.io.freed, 3, "each refused packet is freed");
+    assert_eq!(h.dp.sessions().len(), 1);
+    // Another client port is no conflict.
+    h.rx(0, l4_frame(EXT_MAC, CLIENT_MAC, PROTO_TCP, client, ip("10.0.0.103"), 40001, 80, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(h.total_drops(), 3);
+}
+
+#[test]
+fn reply_to_a_client_without_route_is_dropped_as_no_route() {
+    let mut h = harness_with(NO_GATEWAY, 0, 1, 100);
+    let (client, vip, backend) = (ip("192.168.1.10"), ip("10.0.0.100"), ip("10.1.0.11"));
+    // The request reaches the backend (on-link)...
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    // ...its answers have nowhere to go: no port holds the client, no gateway.
+    for _ in 0..2 {
+        h.rx(1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, backend, client, 8080, 40000, FLAG_SYN | FLAG_ACK, b""));
+    }
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::NoRoute), 2);
+    assert_eq!(h.total_drops(), 2);
+    assert_eq!(h.io.freed, 2);
+    assert_eq!(h.dp.parked(), 0);
+}
+
+#[test]
+fn packets_parked_at_shutdown_are_freed_as_shutdown() {
+    let mut h = harness();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.101"));
+    // The backend 10.1.0.50 never answers ARP; the queue holds 4.
+    for sport in 5000..5003 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, vip, sport, 53, 0, b"q"));
+    }
+    assert_eq!(h.dp.parked(), 3);
+    assert_eq!(h.total_drops(), 0);
+    let freed = h.io.freed;
+    h.dp.drain(&mut h.io);
+    assert_eq!(h.drops(DropReason::Shutdown), 3);
+    assert_eq!(h.total_drops(), 3);
+    assert_eq!(h.io.freed, freed + 3, "every parked packet is freed");
+    assert_eq!(h.dp.parked(), 0);
+    assert_eq!(h.counters.parked.get(), 0);
+}
