@@ -304,13 +304,69 @@ mod tests {
 mod doc_tests {
     use super::DropReason;
 
-    /// The README's table lists every drop reason, so operators can look
-    /// up any counter they see.
-    #[test]
-    fn readme_documents_every_drop_reason() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        for r in DropReason::ALL {
-            assert!(readme.contains(&format!("| `{}` |", r.label())), "README lacks drop reason {}", r.label());
+    /// The labels in the README's drop-reason table (the table whose header
+    /// is `| reason | meaning |`), in order. Panics on a row that is not
+    /// exactly "| `label` | meaning |", so a typo cannot hide a row.
+    fn readme_drop_rows(readme: &str) -> Vec<String> {
+        let mut lines = readme.lines().skip_while(|l| l.trim() != "| reason | meaning |");
+        assert!(lines.next().is_some(), "README has no `| reason | meaning |` table");
+        assert_eq!(lines.next().map(str::trim), Some("|---|---|"), "drop-reason table separator");
+        let mut labels = Vec::new();
+        for row in lines.take_while(|l| l.trim_start().starts_with('|')) {
+            let cells: Vec<&str> = row.trim().trim_matches('|').split('|').map(str::trim).collect();
+            let [label, meaning] = cells[..] else {
+                panic!("drop-reason row without exactly two cells: {row}");
+            };
+            let label = label
+                .strip_prefix('`')
+                .and_then(|l| l.strip_suffix('`'))
+                .unwrap_or_else(|| panic!("drop-reason row whose reason is not `quoted`: {row}"));
+            assert!(!meaning.is_empty(), "drop-reason row without a meaning: {row}");
+            labels.push(label.to_owned());
         }
+        labels
+    }
+
+    fn check_readme(readme: &str) -> Result<(), String> {
+        let rows = readme_drop_rows(readme);
+        let mut seen = std::collections::HashSet::new();
+        for r in &rows {
+            if !seen.insert(r.as_str()) {
+                return Err(format!("README lists drop reason {r} twice"));
+            }
+            if !DropReason::ALL.iter().any(|d| d.label() == r) {
+                return Err(format!("README lists drop reason {r}, which no counter has"));
+            }
+        }
+        for d in DropReason::ALL {
+            if !seen.contains(d.label()) {
+                return Err(format!("README lacks drop reason {}", d.label()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The README's table lists every drop reason, so operators can look
+    /// up any counter they see, and nothing else, so it describes no
+    /// counter that does not exist.
+    #[test]
+    fn readme_drop_table_matches_the_counters() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        check_readme(&readme).unwrap();
+        assert_eq!(readme_drop_rows(&readme).len(), DropReason::COUNT);
+    }
+
+    /// The check itself: a row too many, a row missing and a duplicate row
+    /// are each found.
+    #[test]
+    fn readme_drop_table_check_finds_each_mismatch() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let extra = readme.replace("| `tx_full` |", "| `rx_full` | made up |\n| `tx_full` |");
+        assert_eq!(check_readme(&extra), Err("README lists drop reason rx_full, which no counter has".into()));
+        let without = readme.replace("| `tx_full` | the TX queue did not take the packet |\n", "");
+        assert_ne!(without, readme, "the README row this test removes has changed");
+        assert_eq!(check_readme(&without), Err("README lacks drop reason tx_full".into()));
+        let twice = readme.replace("| `tx_full` |", "| `no_route` | again |\n| `tx_full` |");
+        assert_eq!(check_readme(&twice), Err("README lists drop reason no_route twice".into()));
     }
 }

@@ -100,6 +100,7 @@ struct Staged<P> {
 }
 
 /// What [`State::classify`] found.
+#[derive(Debug, PartialEq, Eq)]
 enum Class {
     /// TCP or UDP to forward: a request to the listener at this position,
     /// or (no listener) a reply.
@@ -277,6 +278,12 @@ impl<P: Packet> State<P> {
         if let Some(c) = self.classify_fast(snap, port, data, pkt.packet_len()) {
             return c;
         }
+        self.classify_full(snap, port, data, pkt.packet_len())
+    }
+
+    /// Every check, in order, for any frame; names the reason for a drop.
+    /// `data` is the first segment of a packet of `pkt_len` bytes.
+    fn classify_full(&self, snap: &Snapshot, port: &crate::snapshot::PortView, data: &[u8], pkt_len: usize) -> Class {
         if data.len() < ethernet::HEADER_LEN {
             return Class::Drop(DropReason::Truncated);
         }
@@ -290,7 +297,7 @@ impl<P: Packet> State<P> {
             ETHERTYPE_VLAN | ETHERTYPE_QINQ => return Class::Drop(DropReason::VlanTagged),
             _ => return Class::Drop(DropReason::UnsupportedEthertype),
         }
-        let l3_len = pkt.packet_len() - ethernet::HEADER_LEN;
+        let l3_len = pkt_len - ethernet::HEADER_LEN;
         let ip = match Ipv4Packet::new_checked_in(&data[ethernet::HEADER_LEN..], l3_len) {
             Ok(ip) => ip,
             Err(e) => {

@@ -543,7 +543,7 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::tcp::*;
+    use crate::wire::tcp::{self, *};
     use std::collections::HashMap;
 
     fn sess(i: u32, now: u32) -> Session {
@@ -643,47 +643,244 @@ mod tests {
         assert_eq!(t.len(), 3);
     }
 
-    #[test]
-    fn random_operations_match_a_model() {
-        // Insert/remove/lookup against a HashMap model.
-        let mut t = SessionTable::new(4096);
-        let mut model: HashMap<FlowKey, u32> = HashMap::new();
-        let mut x: u64 = 0x1234_5678;
-        for step in 0..200_000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let i = (x % 6000) as u32;
-            let s = sess(i, step);
-            let k = s.request_key();
-            match (x >> 32) % 3 {
-                0 | 1 => {
-                    if t.lookup(&k, k.hash()).is_none() {
-                        match t.insert(s) {
-                            Ok(slot) => {
-                                model.insert(k, slot);
-                            }
-                            Err(e) => {
-                                assert_eq!(e, InsertError::Full);
-                                assert_eq!(t.len(), 4096);
-                            }
+    /// A plain model of the table: every live session by slot, and every
+    /// key (request and reply) to its slot and direction.
+    #[derive(Default)]
+    struct Model {
+        sessions: HashMap<u32, Session>,
+        keys: HashMap<FlowKey, (u32, Direction)>,
+    }
+
+    impl Model {
+        fn lookup(&self, k: &FlowKey) -> Option<(u32, Direction)> {
+            self.keys.get(k).copied()
+        }
+        fn add(&mut self, slot: u32, s: Session) {
+            assert!(self.sessions.insert(slot, s).is_none(), "slot {slot} handed out twice");
+            self.keys.insert(s.request_key(), (slot, Direction::Request));
+            self.keys.insert(s.reply_key(), (slot, Direction::Reply));
+        }
+        fn remove(&mut self, slot: u32) -> Session {
+            let s = self.sessions.remove(&slot).expect("live in the model");
+            self.keys.remove(&s.request_key());
+            self.keys.remove(&s.reply_key());
+            s
+        }
+        fn expired(&self, now: u32, timeouts: &StateTimeouts) -> Vec<u32> {
+            let mut v: Vec<u32> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| now.wrapping_sub(s.last_seen) > timeouts.get(s.state))
+                .map(|(slot, _)| *slot)
+                .collect();
+            v.sort_unstable();
+            v
+        }
+    }
+
+    /// A small xorshift generator: reproducible, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+            xs[self.below(xs.len() as u64) as usize]
+        }
+    }
+
+    /// Sessions from small pools of addresses and ports, overlapping on
+    /// purpose: two clients reach one backend with the same source (reply
+    /// key conflicts), and a backend's address and port can be another
+    /// session's client endpoint (a reply key equal to a request key).
+    fn random_session(r: &mut Rng, now: u32) -> Session {
+        const ADDRS: [u32; 4] = [0x0a00_0001, 0x0a00_0002, 0x0a00_0003, 0x0a00_0004];
+        loop {
+            let cport = if r.below(2) == 0 { r.pick(&[80, 81, 8080]) } else { 1000 + r.below(40) as u16 };
+            let client = (r.pick(&ADDRS), cport);
+            let vip = (r.pick(&ADDRS[2..]), r.pick(&[80, 81]));
+            let backend = (r.pick(&ADDRS[..3]), r.pick(&[80, 8080]));
+            let proto = r.pick(&[6, 17]);
+            let state = if proto == 17 {
+                SessionState::Udp
+            } else {
+                r.pick(&[SessionState::TcpSynSent, SessionState::TcpEstablished, SessionState::TcpClosing])
+            };
+            let s = Session::new(proto, client, vip, backend, 0, r.below(3) as u32, state, now);
+            // A session whose two keys are one key is not a flow.
+            if s.request_key() != s.reply_key() {
+                return s;
+            }
+        }
+    }
+
+    /// Every operation of the table, checked against the model at every
+    /// step: inserts (conflicting and full ones included), lookups of both
+    /// keys of live, removed and never-seen sessions (a false positive
+    /// fails), `confirm` with fresh, stale and made-up hints, removal,
+    /// updates, and expiry sweeps with a clock that moves and wraps.
+    fn run_model(seed: u64, capacity: usize, steps: u32) {
+        let timeouts = StateTimeouts([0, 3_000, 1_000, 1_000, 20_000, 2_000, 500]);
+        let mut t = SessionTable::new(capacity);
+        let mut m = Model::default();
+        let mut r = Rng(seed);
+        // Start close to the wrap of the millisecond clock.
+        let mut now: u32 = u32::MAX - 50_000;
+        // Keys seen so far (live or not) and answers given for them earlier.
+        let mut seen: Vec<FlowKey> = Vec::new();
+        let mut hints: Vec<(FlowKey, Option<(u32, Direction)>)> = Vec::new();
+        let (mut inserted, mut conflicts, mut full, mut expired, mut hits) = (0, 0, 0, 0, 0);
+        for step in 0..steps {
+            let ctx = |what: &str| format!("seed {seed:#x} step {step}: {what}");
+            // Phases: filling (time almost stands still, nothing removed),
+            // steady churn, and draining (time runs, sessions expire).
+            let phase = step / 4096 % 3;
+            let op = r.below(100);
+            let op = if phase == 0 && (70..80).contains(&op) { 0 } else { op };
+            match op {
+                // Insert, as the data plane does: only when the request key
+                // is unknown; the lookup itself is checked.
+                0..=34 => {
+                    let s = random_session(&mut r, now);
+                    let k = s.request_key();
+                    seen.push(k);
+                    seen.push(s.reply_key());
+                    let found = t.lookup(&k, k.hash());
+                    assert_eq!(found, m.lookup(&k), "{}", ctx("lookup before insert"));
+                    if found.is_some() {
+                        continue;
+                    }
+                    let expect_conflict = m.lookup(&s.reply_key()).is_some();
+                    match t.insert(s) {
+                        Ok(slot) => {
+                            assert!(!expect_conflict, "{}", ctx("insert accepted a taken reply key"));
+                            assert!(m.sessions.len() < capacity, "{}", ctx("insert past capacity"));
+                            assert!((slot as usize) < capacity);
+                            m.add(slot, s);
+                            inserted += 1;
+                        }
+                        Err(InsertError::Conflict) => {
+                            assert!(expect_conflict, "{}", ctx("conflict without a taken reply key"));
+                            conflicts += 1;
+                        }
+                        Err(InsertError::Full) => {
+                            assert!(!expect_conflict, "{}", ctx("full reported before the conflict"));
+                            assert_eq!(m.sessions.len(), capacity, "{}", ctx("full below capacity"));
+                            full += 1;
                         }
                     }
                 }
-                _ => {
-                    if let Some(slot) = model.remove(&k) {
-                        assert_eq!(t.lookup(&k, k.hash()), Some((slot, Direction::Request)));
-                        t.remove(slot);
+                // Lookups of any key seen (either direction), or a new one.
+                35..=59 => {
+                    let k = if seen.is_empty() || r.below(8) == 0 {
+                        random_session(&mut r, now).reply_key()
+                    } else {
+                        seen[r.below(seen.len() as u64) as usize]
+                    };
+                    let found = t.lookup(&k, k.hash());
+                    assert_eq!(found, m.lookup(&k), "{}", ctx(&format!("lookup {k:?}")));
+                    if let Some((slot, dir)) = found {
+                        assert_eq!(t.session(slot), &m.sessions[&slot], "{}", ctx("session contents"));
+                        assert_eq!(t.session(slot).key(dir), k);
+                        hits += 1;
+                    }
+                    hints.push((k, found));
+                }
+                // confirm: an earlier (maybe stale) answer, or a made-up one.
+                60..=69 if !hints.is_empty() => {
+                    let (k, mut hint) = hints[r.below(hints.len() as u64) as usize];
+                    if r.below(4) == 0 {
+                        let dir = if r.below(2) == 0 { Direction::Request } else { Direction::Reply };
+                        hint = Some((r.below(capacity as u64) as u32, dir));
+                    }
+                    assert_eq!(t.confirm(hint, &k, k.hash()), m.lookup(&k), "{}", ctx(&format!("confirm {hint:?}")));
+                }
+                // Remove a live session.
+                70..=79 if !m.sessions.is_empty() => {
+                    let slot = *m.sessions.keys().nth(r.below(m.sessions.len() as u64) as usize).unwrap();
+                    let want = m.remove(slot);
+                    assert_eq!(t.remove(slot), want, "{}", ctx("removed session"));
+                }
+                // Traffic on a live session: seen now, TCP state advances.
+                80..=89 if !m.sessions.is_empty() => {
+                    let slot = *m.sessions.keys().nth(r.below(m.sessions.len() as u64) as usize).unwrap();
+                    let flags = r.pick(&[tcp::FLAG_ACK, tcp::FLAG_FIN, tcp::FLAG_RST, tcp::FLAG_SYN]);
+                    let dir = if r.below(2) == 0 { Direction::Request } else { Direction::Reply };
+                    for s in [t.session_mut(slot), m.sessions.get_mut(&slot).unwrap()] {
+                        s.last_seen = now;
+                        if s.proto == 6 {
+                            s.track_tcp(flags, dir);
+                        }
                     }
                 }
+                // The clock moves (sometimes far), and a sweep runs: a part
+                // of the table, or all of it.
+                _ => {
+                    let steps: &[u32] = match phase {
+                        0 => &[0, 1, 2],
+                        1 => &[1, 10, 50, 100, 300, 1_000],
+                        _ => &[300, 1_000, 4_000, 25_000],
+                    };
+                    now = now.wrapping_add(r.pick(steps));
+                    let span = t.sweep_span();
+                    let whole = r.below(3) == 0;
+                    let budget = if whole { span } else { r.below(span as u64 / 4 + 2) as usize };
+                    let due = m.expired(now, &timeouts);
+                    let mut gone = Vec::new();
+                    let n = t.expire(now, budget, &timeouts, |s| gone.push(*s));
+                    assert_eq!(n, gone.len());
+                    for s in &gone {
+                        let k = s.request_key();
+                        let (slot, _) = m.lookup(&k).unwrap_or_else(|| panic!("{}", ctx("expired an unknown session")));
+                        assert!(due.contains(&slot), "{}", ctx(&format!("expired slot {slot} before its time")));
+                        assert_eq!(&m.remove(slot), s, "{}", ctx("expired session contents"));
+                    }
+                    if whole {
+                        assert_eq!(m.expired(now, &timeouts), Vec::<u32>::new(), "{}", ctx("a whole sweep left some"));
+                    }
+                    expired += n;
+                }
             }
-            assert_eq!(t.len(), model.len());
+            assert_eq!(t.len(), m.sessions.len(), "{}", ctx("len"));
+            if seen.len() > 4096 {
+                seen.drain(..2048);
+            }
+            if hints.len() > 1024 {
+                hints.drain(..512);
+            }
         }
-        for (k, slot) in &model {
-            assert_eq!(t.lookup(k, k.hash()), Some((*slot, Direction::Request)));
-            let rk = t.session(*slot).reply_key();
-            assert_eq!(t.lookup(&rk, rk.hash()), Some((*slot, Direction::Reply)));
+        // Everything left: both keys find it, and the table holds no more.
+        for (slot, s) in &m.sessions {
+            let (q, p) = (s.request_key(), s.reply_key());
+            assert_eq!(t.lookup(&q, q.hash()), Some((*slot, Direction::Request)));
+            assert_eq!(t.lookup(&p, p.hash()), Some((*slot, Direction::Reply)));
         }
+        assert_eq!(t.iter().count(), m.sessions.len());
+        // The run exercised each outcome.
+        assert!(
+            inserted > 1000 && conflicts > 100 && expired > 500 && hits > 1000,
+            "seed {seed:#x}: inserted {inserted}, conflicts {conflicts}, full {full}, expired {expired}, hits {hits}"
+        );
+        println!(
+            "seed {seed:#x}: inserted {inserted}, conflicts {conflicts}, full {full}, expired {expired}, hits {hits}"
+        );
+        if capacity < 200 {
+            assert!(full > 10, "seed {seed:#x}: the table never filled ({full})");
+        }
+    }
+
+    #[test]
+    fn random_operations_match_a_model() {
+        run_model(0x1234_5678, 4096, 200_000);
+        run_model(0x9e37_79b9, 64, 100_000);
+        run_model(0xdead_beef, 100, 100_000);
     }
 
     #[test]

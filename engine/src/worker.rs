@@ -95,6 +95,35 @@ pub struct Worker {
 /// Empty polls in a row before an idle worker sleeps.
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 256;
 
+/// Cycles from `start` to `now`, 0 when `now` reads behind `start`.
+///
+/// TSCs of different cores are not guaranteed to agree exactly, and a
+/// worker pinned to a set of CPUs may move between them: a reading can be
+/// behind one taken earlier (the start value comes from the main lcore).
+/// Plain subtraction would then wrap to a huge interval, or panic where
+/// overflow checks are on.
+#[inline(always)]
+fn elapsed(start: u64, now: u64) -> u64 {
+    now.saturating_sub(start)
+}
+
+/// The worker's TSC as a clock that never runs backwards: a reading behind
+/// the previous one (another core's TSC) counts as no time. Session and
+/// neighbour timers compare milliseconds with wrapping arithmetic, to
+/// which a step back would look like 49 days of idleness.
+#[derive(Debug)]
+struct MonotonicTsc {
+    last: u64,
+}
+
+impl MonotonicTsc {
+    #[inline(always)]
+    fn read(&mut self, raw: u64) -> u64 {
+        self.last = self.last.max(raw);
+        self.last
+    }
+}
+
 struct TxBuffer {
     queue: TxQueue,
     pending: Burst,
@@ -261,7 +290,8 @@ impl Worker {
         let mut generation = dataplane.snapshot().generation;
         counters.generation.set(generation);
         let mut last_ms = u32::MAX;
-        let mut last_drain = tsc();
+        let mut clock = MonotonicTsc { last: start_tsc };
+        let mut last_drain = clock.read(tsc());
         let mut idle_polls = 0u32;
         let mut polling_ports = true;
         // A ring this empty still takes a whole RX burst's hand-offs.
@@ -286,8 +316,8 @@ impl Worker {
                 counters.switched_tsc.set(tsc());
                 counters.generation.publish(g);
             }
-            let now_tsc = tsc();
-            let now_ms = ((now_tsc - start_tsc) / tsc_per_ms) as u32;
+            let now_tsc = clock.read(tsc());
+            let now_ms = (elapsed(start_tsc, now_tsc) / tsc_per_ms) as u32;
             dataplane.set_now(now_ms);
             if now_ms != last_ms {
                 last_ms = now_ms;
@@ -339,11 +369,11 @@ impl Worker {
                         }),
                         &mut io,
                     );
-                    counters.latency.record(cycles_to_ns(tsc() - t0) / n as u64, n as u64);
+                    counters.latency.record(cycles_to_ns(elapsed(t0, tsc())) / n as u64, n as u64);
                 }
             }
             io.flush_handoffs();
-            if io.tx_buffered() && (got == 0 || now_tsc - last_drain >= drain_tsc) {
+            if io.tx_buffered() && (got == 0 || elapsed(last_drain, now_tsc) >= drain_tsc) {
                 io.flush_tx();
                 last_drain = now_tsc;
             }
@@ -383,5 +413,36 @@ impl Worker {
         io.free.free_all();
         counters.sessions_active.set(dataplane.sessions().len() as u64);
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elapsed_saturates_when_time_reads_backwards() {
+        assert_eq!(elapsed(100, 250), 150);
+        assert_eq!(elapsed(250, 250), 0);
+        // Another core's TSC a little behind the start value.
+        assert_eq!(elapsed(250, 100), 0);
+        assert_eq!(elapsed(u64::MAX, 0), 0);
+        assert_eq!(elapsed(0, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn worker_clock_never_runs_backwards() {
+        let start = 1_000_000;
+        let mut clock = MonotonicTsc { last: start };
+        let tsc_per_ms = 1000;
+        let mut last_ms = 0;
+        // Readings from cores whose TSCs disagree, some behind the start.
+        for raw in [999_000, 1_000_500, 1_003_000, 1_002_000, 990_000, 1_004_000, 1_003_999] {
+            let now = clock.read(raw);
+            let ms = elapsed(start, now) / tsc_per_ms;
+            assert!(ms >= last_ms, "clock went from {last_ms} to {ms} ms at raw {raw}");
+            last_ms = ms;
+        }
+        assert_eq!(last_ms, 4);
     }
 }

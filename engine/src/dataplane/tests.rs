@@ -836,3 +836,271 @@ fn drained_backend_gets_no_new_flows_but_keeps_sessions() {
     }
     assert_eq!(h.counters.event_count(Event::SessionsReset), 0);
 }
+
+/// The fast classifier's answer (None: it declined) and the full one's,
+/// for `data`, the first segment of a packet of `pkt_len` bytes on `port`.
+fn classify_both(h: &Harness, port: u16, data: &[u8], pkt_len: usize) -> (Option<Class>, Class) {
+    let snap = &h.dp.snap;
+    let pv = &snap.ports[usize::from(port)];
+    (h.dp.st.classify_fast(snap, pv, data, pkt_len), h.dp.st.classify_full(snap, pv, data, pkt_len))
+}
+
+/// Whenever the fast classifier answers, the full one gives the same
+/// verdict (flow key, flags, direction, owner) or drop reason.
+fn check_classifiers_agree(h: &Harness, port: u16, data: &[u8], pkt_len: usize) -> Result<bool, TestCaseError> {
+    let (fast, full) = classify_both(h, port, data, pkt_len);
+    match fast {
+        Some(fast) => {
+            prop_assert_eq!(
+                &fast,
+                &full,
+                "fast and full classifiers disagree on {:02x?} (packet_len {})",
+                data,
+                pkt_len
+            );
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Addresses that matter to the classifiers: VIPs, the ports' own
+/// addresses, backends, a client, and anything else.
+const CLASSIFY_ADDRS: [&str; 7] =
+    ["10.0.0.100", "10.0.0.101", "10.0.0.102", "10.0.0.1", "10.1.0.1", "10.1.0.11", "192.168.1.10"];
+
+/// A frame of which each header field is either random or made valid, as
+/// the bits of `valid` say; so every mix of sound and broken fields comes up.
+fn assemble_frame(mut f: Vec<u8>, valid: u16, port: u16, (proto, dst, dport): (u8, u32, u16), cut: usize) -> Vec<u8> {
+    f.resize(f.len().max(60), 0);
+    let mac = if port == 0 { EXT_MAC } else { INT_MAC };
+    let bit = |b: u16| valid & (1 << b) != 0;
+    if bit(0) {
+        f[0..6].copy_from_slice(&mac.0);
+    }
+    if bit(1) {
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    }
+    if bit(2) {
+        f[14] = 0x45;
+    }
+    if bit(3) {
+        let total = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+    }
+    if bit(4) {
+        // Not a fragment (DF at most), or one of the fragment cases.
+        let frag: u16 = [0x0000, 0x4000, 0x2000, 0x0001, 0x1fff, 0x8000][usize::from(f[21] % 6)];
+        f[20..22].copy_from_slice(&frag.to_be_bytes());
+    }
+    if bit(5) {
+        f[23] = proto;
+    }
+    if bit(6) {
+        f[30..34].copy_from_slice(&dst.to_be_bytes());
+    }
+    if bit(7) {
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+    }
+    if bit(8) {
+        f[46] = (f[46] & 0x0f) | 5 << 4;
+    }
+    if bit(9) {
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let ulen = total.saturating_sub(20) as u16;
+        f[38..40].copy_from_slice(&ulen.to_be_bytes());
+    }
+    if bit(10) {
+        f[22] = f[22].max(2); // TTL
+    }
+    if bit(11) {
+        fix_ip_checksum(&mut f);
+    }
+    let keep = f.len() - cut % (f.len() + 1);
+    f.truncate(keep);
+    f
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// Arbitrary frames, each header field random or valid: whenever the
+    /// fast classifier answers, the full one agrees. Also for packets
+    /// longer than their first segment (multi-segment mbufs).
+    #[test]
+    fn fast_and_full_classifiers_agree_on_arbitrary_frames(
+        bytes in proptest::collection::vec(any::<u8>(), 0..120),
+        valid in any::<u16>(),
+        port in 0u16..2,
+        proto in prop::sample::select(vec![PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47]),
+        dst in prop::sample::select(CLASSIFY_ADDRS.to_vec()),
+        dport in prop::sample::select(vec![80u16, 81, 53, 22]),
+        cut in 0usize..100,
+        more_segments in prop::sample::select(vec![0usize, 0, 1, 7, 400]),
+        workers in 1usize..4,
+    ) {
+        let h = harness_with(CONFIG, 0, workers, 16);
+        let f = assemble_frame(bytes, valid, port, (proto, ip(dst), dport), cut);
+        check_classifiers_agree(&h, port, &f, f.len() + more_segments)?;
+        // Fully random bytes as well (nearly always declined by the fast path).
+        let raw = &f[..f.len().min(cut)];
+        check_classifiers_agree(&h, port, raw, raw.len())?;
+    }
+
+    /// Valid TCP and UDP frames to VIPs, port addresses and elsewhere, with
+    /// single-byte and field mutations, flag changes and truncations (the IP
+    /// checksum fixed up after some, so the mutation is what is judged).
+    #[test]
+    fn fast_and_full_classifiers_agree_on_mutated_valid_frames(
+        proto in prop::sample::select(vec![PROTO_TCP, PROTO_UDP]),
+        src in prop::sample::select(CLASSIFY_ADDRS.to_vec()),
+        dst in prop::sample::select(CLASSIFY_ADDRS.to_vec()),
+        sport in prop::sample::select(vec![80u16, 8080, 5353, 40000]),
+        dport in prop::sample::select(vec![80u16, 81, 53, 22, 40000]),
+        flags in any::<u8>(),
+        payload_len in 0usize..30,
+        port in 0u16..2,
+        mutations in proptest::collection::vec((0u8..8, 0usize..80, any::<u8>()), 0..3),
+        padding in prop::sample::select(vec![0usize, 0, 1, 6, 20]),
+        fix_checksum in any::<bool>(),
+        more_segments in prop::sample::select(vec![0usize, 0, 3, 100]),
+        workers in 1usize..4,
+    ) {
+        let h = harness_with(CONFIG, 0, workers, 16);
+        let mac = if port == 0 { EXT_MAC } else { INT_MAC };
+        let payload = vec![0x5a; payload_len];
+        let mut f = l4_frame(mac, GW_MAC, proto, ip(src), ip(dst), sport, dport, flags, &payload);
+        // Unmutated, the fast path must take it: otherwise this test would
+        // compare nothing.
+        prop_assert!(check_classifiers_agree(&h, port, &f, f.len())?, "fast path declined a valid frame");
+        // Ethernet padding after the IP packet (a short frame padded to 60).
+        f.resize(f.len() + padding, 0);
+        // Field mutations first, truncations last (the fields are in the
+        // untruncated frame).
+        let mut mutations = mutations;
+        mutations.sort_by_key(|m| m.0 == 7);
+        for (kind, at, v) in mutations {
+            match kind {
+                // One byte anywhere.
+                0 => { let i = at % f.len(); f[i] ^= v.max(1); }
+                // IPv4 total length: anything, or a few bytes off.
+                1 if v & 0x80 != 0 => { f[16] = v >> 5 & 3; f[17] = f[17].wrapping_add(v); }
+                1 => {
+                    let total = i32::from(u16::from_be_bytes([f[16], f[17]])) + i32::from(v & 0x3f) - 32;
+                    f[16..18].copy_from_slice(&(total.max(0) as u16).to_be_bytes());
+                }
+                // Flags and fragment offset: MF alone, an offset alone, DF, the reserved bit.
+                2 => {
+                    let frag: u16 = [0x2000, 0x0001, 0x1fff, 0x6000, 0x4000, 0x8000, 0x0100][usize::from(v % 7)];
+                    f[20..22].copy_from_slice(&frag.to_be_bytes());
+                }
+                // TTL.
+                3 => f[22] = v % 4,
+                // TCP data offset / UDP length.
+                4 => { if proto == PROTO_TCP { f[46] = v; } else { f[38] = v >> 5; f[39] = v; } }
+                // TCP flags.
+                5 => { if proto == PROTO_TCP { f[47] = v; } }
+                // Protocol.
+                6 => f[23] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, v][usize::from(v % 4)],
+                // Truncation.
+                _ => { let keep = f.len() - (at % f.len()); f.truncate(keep.max(1)); }
+            }
+        }
+        if fix_checksum && f.len() >= 34 {
+            fix_ip_checksum(&mut f);
+        }
+        check_classifiers_agree(&h, port, &f, f.len() + more_segments)?;
+    }
+}
+
+/// The property tests above only compare when the fast path answers: make
+/// sure it answers for each kind of valid flow packet.
+#[test]
+fn fast_classifier_takes_valid_flow_frames() {
+    let h = harness_with(CONFIG, 0, 2, 16);
+    let client = ip("192.168.1.10");
+    let frames = [
+        (0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.100"), 40000, 80, FLAG_SYN, b"")),
+        (0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, ip("10.0.0.100"), 40000, 53, 0, b"q")),
+        (0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.100"), 40000, 22, FLAG_SYN, b"")),
+        (1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, ip("10.1.0.11"), client, 8080, 40000, FLAG_ACK, b"x")),
+    ];
+    for (port, f) in &frames {
+        let (fast, full) = classify_both(&h, *port, f, f.len());
+        assert_eq!(fast.as_ref(), Some(&full), "{f:02x?}");
+    }
+}
+
+/// Two VIPs on one backend, and ports without a gateway: a client off the
+/// ports' subnets can reach a VIP but cannot be answered.
+const NO_GATEWAY: &str = r#"
+ports:
+  - {name: ext, device: a, address: 10.0.0.1/24}
+  - name: int
+    device: b
+    address: 10.1.0.1/24
+    neighbors: [{ip: 10.1.0.11, mac: "02:00:00:00:00:11"}]
+listeners:
+  - {name: a, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{address: 10.1.0.11, port: 8080}]}
+  - {name: b, vip: 10.0.0.103, protocol: tcp, port: 80, backends: [{address: 10.1.0.11, port: 8080}]}
+"#;
+
+#[test]
+fn same_client_endpoint_through_two_vips_to_one_backend_is_a_nat_tuple_conflict() {
+    let mut h = harness_with(NO_GATEWAY, 0, 1, 100);
+    let client = ip("10.0.0.7");
+    h.rx(0, l4_frame(EXT_MAC, CLIENT_MAC, PROTO_TCP, client, ip("10.0.0.100"), 40000, 80, FLAG_SYN, b""));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    assert_frame(&out[0].1, B1_MAC, INT_MAC, client, ip("10.1.0.11"), 40000, 8080, 63);
+    // The backend would see the same 5-tuple for both: the second is refused.
+    for _ in 0..3 {
+        h.rx(0, l4_frame(EXT_MAC, CLIENT_MAC, PROTO_TCP, client, ip("10.0.0.103"), 40000, 80, FLAG_SYN, b""));
+    }
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::NatTupleConflict), 3);
+    assert_eq!(h.total_drops(), 3);
+    assert_eq!(h.io.freed, 3, "each refused packet is freed");
+    assert_eq!(h.dp.sessions().len(), 1);
+    // Another client port is no conflict.
+    h.rx(0, l4_frame(EXT_MAC, CLIENT_MAC, PROTO_TCP, client, ip("10.0.0.103"), 40001, 80, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(h.total_drops(), 3);
+}
+
+#[test]
+fn reply_to_a_client_without_route_is_dropped_as_no_route() {
+    let mut h = harness_with(NO_GATEWAY, 0, 1, 100);
+    let (client, vip, backend) = (ip("192.168.1.10"), ip("10.0.0.100"), ip("10.1.0.11"));
+    // The request reaches the backend (on-link)...
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    // ...its answers have nowhere to go: no port holds the client, no gateway.
+    for _ in 0..2 {
+        h.rx(1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, backend, client, 8080, 40000, FLAG_SYN | FLAG_ACK, b""));
+    }
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::NoRoute), 2);
+    assert_eq!(h.total_drops(), 2);
+    assert_eq!(h.io.freed, 2);
+    assert_eq!(h.dp.parked(), 0);
+}
+
+#[test]
+fn packets_parked_at_shutdown_are_freed_as_shutdown() {
+    let mut h = harness();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.101"));
+    // The backend 10.1.0.50 never answers ARP; the queue holds 4.
+    for sport in 5000..5003 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, vip, sport, 53, 0, b"q"));
+    }
+    assert_eq!(h.dp.parked(), 3);
+    assert_eq!(h.total_drops(), 0);
+    let freed = h.io.freed;
+    h.dp.drain(&mut h.io);
+    assert_eq!(h.drops(DropReason::Shutdown), 3);
+    assert_eq!(h.total_drops(), 3);
+    assert_eq!(h.io.freed, freed + 3, "every parked packet is freed");
+    assert_eq!(h.dp.parked(), 0);
+    assert_eq!(h.counters.parked.get(), 0);
+}
