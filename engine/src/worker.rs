@@ -294,8 +294,14 @@ impl Worker {
         let mut last_drain = clock.read(tsc());
         let mut idle_polls = 0u32;
         let mut polling_ports = true;
-        // A ring this empty still takes a whole RX burst's hand-offs.
-        let ring_low_water = (4 * burst) as u32;
+        // One loop iteration takes at most a burst from each RX queue and
+        // hands each packet over at most once, so a ring with this much
+        // room takes everything the iteration can give it: below it, RX
+        // pauses and `handoff_ring_full` cannot happen. (It was 4 bursts,
+        // which a worker with more than 4 RX queues could overrun.)
+        let rx_ports = rx_queues.iter().flatten().count().max(1);
+        let ring_low_water = (rx_ports * burst) as u32;
+        debug_assert!(io.rings.iter().flatten().all(|r| r.free_count() >= ring_low_water), "rings hold a full poll");
 
         loop {
             match control.state.load(Ordering::Relaxed) {
