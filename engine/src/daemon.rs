@@ -347,16 +347,13 @@ fn serve(
             start_tsc,
         });
     }
-    let mut launched = Vec::new();
+    // From here on every early return drops `launched`, which stops and
+    // joins the workers before the ports they poll are stopped and closed
+    // (locals drop in reverse order: `launched` before `ports` and `pool`).
+    let mut launched = LaunchedLcores { eal, control, lcores: Vec::with_capacity(n) };
     for (w, lcore) in workers.into_iter().zip(&lcores) {
-        if let Err(e) = eal.launch(*lcore, Box::new(move || w.run())) {
-            control.exit();
-            for l in launched {
-                eal.wait(l);
-            }
-            return Err(e.to_string());
-        }
-        launched.push(*lcore);
+        eal.launch(*lcore, Box::new(move || w.run())).map_err(|e| e.to_string())?;
+        launched.lcores.push(*lcore);
     }
 
     let port_infos: Vec<PortInfo> = cfg
@@ -381,7 +378,7 @@ fn serve(
         counters,
         snapshots,
         ports: port_infos,
-        pool,
+        pool: Arc::clone(&pool),
         rings,
         queries: query_senders,
         plane: Mutex::new(ControlPlane::new(path.to_owned(), raw, cfg.clone(), registry, macs.clone())),
@@ -389,9 +386,11 @@ fn serve(
         propagation: Mutex::new(crate::latency::new_histogram()),
         seq: AtomicU64::new(0),
     });
+    // The metrics server first: dropped on an early return, it stops and
+    // joins its thread (the control server has no such drop).
+    let metrics_server = metrics.map(|b| b.start(Arc::clone(&rt))).transpose()?;
     let control_server = ControlServer::spawn(listener, cfg.control_socket.clone(), Arc::clone(&rt))
         .map_err(|e| format!("cannot start the control thread: {e}"))?;
-    let metrics_server = metrics.map(|b| b.start(Arc::clone(&rt)));
 
     let port_list: Vec<String> = cfg
         .ports
@@ -447,21 +446,49 @@ fn serve(
     if let Some(m) = metrics_server {
         m.shutdown();
     }
-    Ok(shutdown(rt, control, ports, &lcores, eal))
+    Ok(shutdown(rt, launched, ports))
 }
 
-fn shutdown(rt: Arc<Runtime>, control: Arc<RunControl>, mut ports: Vec<Port>, lcores: &[u32], eal: &Eal) -> Report {
-    // Stop RX everywhere first, so no worker hands packets to one that
-    // already left; then let every worker drain its rings and exit.
-    control.quiesce();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while control.quiesced() < lcores.len() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
+/// Worker lcores that were launched. Dropping this (an early return during
+/// start-up) tells them to exit at once and waits for each; the orderly
+/// way out is [`LaunchedLcores::stop`].
+struct LaunchedLcores<'a> {
+    eal: &'a Eal,
+    control: Arc<RunControl>,
+    lcores: Vec<u32>,
+}
+
+impl LaunchedLcores<'_> {
+    /// Stops RX everywhere first, so no worker hands packets to one that
+    /// already left; then lets every worker drain its rings and exit.
+    fn stop(mut self) {
+        self.control.quiesce();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.control.quiesced() < self.lcores.len() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.exit_and_wait();
     }
-    control.exit();
-    for l in lcores {
-        eal.wait(*l);
+
+    fn exit_and_wait(&mut self) {
+        self.control.exit();
+        for l in self.lcores.drain(..) {
+            self.eal.wait(l);
+        }
     }
+}
+
+impl Drop for LaunchedLcores<'_> {
+    fn drop(&mut self) {
+        if !self.lcores.is_empty() {
+            eprintln!("lbd: start-up failed: stopping the {} launched worker(s)", self.lcores.len());
+            self.exit_and_wait();
+        }
+    }
+}
+
+fn shutdown(rt: Arc<Runtime>, lcores: LaunchedLcores<'_>, mut ports: Vec<Port>) -> Report {
+    lcores.stop();
     for p in &mut ports {
         p.stop();
     }

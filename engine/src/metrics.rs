@@ -9,15 +9,23 @@
 use crate::control::Runtime;
 use crate::counters::{DropReason, Event};
 use crate::latency;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -348,10 +356,45 @@ pub fn registry(rt: Arc<Runtime>) -> Registry {
     r
 }
 
-/// The `/metrics` HTTP endpoint.
+// The `/metrics` HTTP endpoint.
+//
+// Anyone who can reach `metrics.listen` can talk to it, so nothing a
+// client sends or withholds may take lbd down, stall another scrape or hold
+// up shutdown. hyper's HTTP/1 server on a current-thread tokio runtime,
+// owned by the `lbd-metrics` thread, gives every connection a task of its
+// own (a slow or idle client occupies a slot, not the server) and enforces
+// the limits below. The request body is never read: `/metrics` takes none,
+// and with keep-alive off hyper closes the connection after the answer
+// instead of waiting for a body. A scrape renders synchronously on this
+// thread, so once the thread is joined no scrape can run: shutdown joins it
+// before the daemon stops the ports a scrape reads through DPDK.
+
+/// Connections served at once; more are answered 503 and closed at once.
+/// Prometheus holds one per scrape and operators add a few `curl`s; the
+/// cap bounds the sockets and buffers a connection flood can hold.
+const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its request line and headers. Loopback and
+/// LAN clients need milliseconds; a silent or trickling client loses its
+/// slot after this, so a flood of idle connections cannot lock out the
+/// scraper for longer.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for a whole exchange, from accept to the last byte of the answer:
+/// also bounds a client that never reads the answer. Prometheus's default
+/// scrape timeout is 10 s as well.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// Request line plus headers, in bytes (hyper answers 431 and closes
+/// above it). A scrape request is a few hundred bytes; 16 KiB is hyper's
+/// smallest allowed buffer (8 KiB) with room to spare.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Pause after a failed accept (such as EMFILE), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+const BUSY_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The `/metrics` HTTP endpoint. Dropping it (or [`MetricsServer::shutdown`])
+/// stops it: every connection is cut and the thread joined.
 pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     pub addr: SocketAddr,
 }
@@ -365,7 +408,7 @@ impl std::fmt::Debug for MetricsServer {
 /// A bound `/metrics` socket, not serving yet (bound early so a taken
 /// port fails before DPDK starts).
 pub struct Bound {
-    server: Arc<tiny_http::Server>,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
 }
 
@@ -376,55 +419,113 @@ impl std::fmt::Debug for Bound {
 }
 
 pub fn bind(addr: SocketAddr) -> Result<Bound, String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("metrics: cannot listen on {addr}: {e}"))?;
-    let addr = server.server_addr().to_ip().unwrap_or(addr);
-    Ok(Bound { server: Arc::new(server), addr })
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("metrics: cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    Ok(Bound { listener, addr })
+}
+
+/// The answer to one request; the body, if any, is left unread.
+fn answer(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => match render(registry) {
+            Ok(body) => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=UTF-8", e),
+        },
+        "/" => (StatusCode::OK, "text/plain; charset=UTF-8", "lbd: metrics at /metrics\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=UTF-8", "not found\n".to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Accepts connections until the runtime is dropped, each served by a task
+/// of its own under the limits above.
+async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(false);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Best effort, never waiting: the client may not even read it.
+            let _ = stream.try_write(BUSY_ANSWER);
+            continue;
+        };
+        let registry = Arc::clone(&registry);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let response = answer(&registry, request.uri().path());
+            std::future::ready(Ok::<_, Infallible>(response))
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            // Errors (bad requests, resets, timeouts) concern only this
+            // client; hyper has answered what deserves an answer.
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 impl Bound {
     /// Serves `/metrics` for `rt` on a thread of its own.
-    pub fn start(self, rt: Arc<Runtime>) -> MetricsServer {
-        let Bound { server, addr } = self;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s2, stop2) = (Arc::clone(&server), Arc::clone(&stop));
-        let registry = registry(rt);
+    pub fn start(self, rt: Arc<Runtime>) -> Result<MetricsServer, String> {
+        let Bound { listener, addr } = self;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("metrics: cannot start the HTTP runtime: {e}"))?;
+        let listener = {
+            let _context = runtime.enter();
+            listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                .map_err(|e| format!("metrics: cannot serve {addr}: {e}"))?
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let registry = Arc::new(registry(rt));
         let thread = std::thread::Builder::new()
             .name("lbd-metrics".into())
             .spawn(move || {
-                while !stop2.load(Ordering::SeqCst) {
-                    let req = match s2.recv_timeout(Duration::from_millis(200)) {
-                        Ok(Some(r)) => r,
-                        Ok(None) => continue,
-                        Err(_) => break,
-                    };
-                    let resp = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
-                        match render(&registry) {
-                            Ok(body) => tiny_http::Response::from_string(body).with_header(
-                                tiny_http::Header::from_bytes(
-                                    "Content-Type",
-                                    "text/plain; version=0.0.4; charset=utf-8",
-                                )
-                                .expect("static header"),
-                            ),
-                            Err(e) => tiny_http::Response::from_string(e).with_status_code(500),
-                        }
-                    } else if req.url() == "/" {
-                        tiny_http::Response::from_string("lbd: metrics at /metrics\n")
-                    } else {
-                        tiny_http::Response::from_string("not found\n").with_status_code(404)
-                    };
-                    let _ = req.respond(resp);
-                }
+                runtime.block_on(async move {
+                    tokio::spawn(accept_loop(listener, registry));
+                    // Ends on shutdown, or when the server handle is gone.
+                    let _ = stopped.await;
+                });
+                // Dropping the runtime drops every connection task (and
+                // closes its socket) without waiting for any client.
+                drop(runtime);
             })
-            .ok();
-        MetricsServer { server, stop, thread, addr }
+            .map_err(|e| format!("metrics: cannot start the metrics thread: {e}"))?;
+        Ok(MetricsServer { stop: Some(stop), thread: Some(thread), addr })
     }
 }
 
 impl MetricsServer {
-    pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.server.unblock();
+    /// Stops serving: cuts every connection and joins the thread, so no
+    /// scrape runs after this returns.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

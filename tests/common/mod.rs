@@ -305,3 +305,19 @@ pub fn start_idle_lbd(dir: &TempDir) -> (Lbd, PathBuf) {
     let lbd = Lbd::start(&cfg, dir.path(), &prefix);
     (lbd, socket)
 }
+
+impl Lbd {
+    /// Waits up to `t` for lbd to exit by itself and returns how; once it
+    /// has exited the guard forgets it (no signal to a reused PID), but
+    /// still removes the EAL runtime directory on drop.
+    pub fn wait_exit(&mut self, t: Duration) -> Option<ExitStatus> {
+        let status = wait_timeout(self.child.as_mut()?, t)?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// How lbd exited, when it has (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.wait_exit(Duration::ZERO)
+    }
+}
