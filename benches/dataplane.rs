@@ -45,6 +45,8 @@ impl Packet for Buf {
         self.0.len = len;
         true
     }
+    // As lbd runs it: real prefetches, huge-page advice.
+    type Placement = engine::dpdk::DpdkPlacement;
 }
 
 impl Packet for Frame {
@@ -64,6 +66,8 @@ impl Packet for Frame {
         self.len = len;
         true
     }
+    // As lbd runs it: real prefetches, huge-page advice.
+    type Placement = engine::dpdk::DpdkPlacement;
 }
 
 /// Takes the boxes back for the next burst.

@@ -3,9 +3,13 @@
 //! the data path does), insert, and the expiry sweep.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use engine::flow::FlowKey;
-use engine::session::{Session, SessionState, SessionTable, StateTimeouts};
+use engine::dpdk::DpdkPlacement;
+use lbcore::flow::FlowKey;
+use lbcore::session::{Session, SessionState, StateTimeouts};
 use std::hint::black_box;
+
+/// As lbd's workers have it: real prefetches, huge-page advice.
+type SessionTable = lbcore::session::SessionTable<DpdkPlacement>;
 
 fn session(i: u64) -> Session {
     Session::new(
@@ -21,7 +25,7 @@ fn session(i: u64) -> Session {
 }
 
 fn table(n: u64) -> SessionTable {
-    let mut t = SessionTable::new(n as usize + n as usize / 8 + 16);
+    let mut t = SessionTable::with_placement(n as usize + n as usize / 8 + 16);
     for i in 0..n {
         t.insert(session(i)).unwrap();
     }
@@ -91,7 +95,7 @@ fn insert_and_expire(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n));
     g.bench_function("insert_1M", |b| {
         b.iter_batched(
-            || SessionTable::new(n as usize + 16),
+            || SessionTable::with_placement(n as usize + 16),
             |mut t| {
                 for i in 0..n {
                     t.insert(session(i)).unwrap();

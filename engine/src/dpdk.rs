@@ -923,25 +923,33 @@ pub fn tsc_hz() -> u64 {
 /// A 2 MB huge page.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// An empty `Vec` with room for `n` elements whose memory the kernel is
-/// asked to back with transparent huge pages. Large tables read at random
-/// (the session index and slab) otherwise spend much of each lookup on TLB
-/// misses. Fill it before use; advice the kernel cannot follow is ignored.
-pub fn huge_vec<T>(n: usize) -> Vec<T> {
-    let v: Vec<T> = Vec::with_capacity(n);
-    let bytes = n.saturating_mul(std::mem::size_of::<T>());
-    if bytes >= HUGE_PAGE {
-        let start = v.as_ptr() as usize;
-        let first = (start + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
-        let end = (start + bytes) & !(HUGE_PAGE - 1);
+/// The packet core's memory hints on this machine: real prefetches, and
+/// transparent huge pages for its large tables (the session index and
+/// slab are read at random and otherwise spend much of each lookup on TLB
+/// misses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DpdkPlacement;
+
+impl lbcore::memory::Placement for DpdkPlacement {
+    #[inline(always)]
+    fn prefetch<T>(value: &T) {
+        sys::prefetch0(value);
+    }
+
+    fn advise_huge_pages(addr: usize, len: usize) {
+        if len < HUGE_PAGE {
+            return;
+        }
+        let first = (addr + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+        let end = (addr + len) & !(HUGE_PAGE - 1);
         if end > first {
-            // SAFETY: the range lies inside the vector's own untouched
-            // allocation; MADV_HUGEPAGE changes no contents and fails
-            // harmlessly where THP is off.
+            // SAFETY: madvise(MADV_HUGEPAGE) changes no contents and no
+            // mapping's validity, whatever the range (it fails harmlessly on
+            // unmapped ranges or where THP is off); the caller's range is
+            // its own fresh allocation.
             unsafe {
                 libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
             }
         }
     }
-    v
 }

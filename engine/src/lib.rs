@@ -1,26 +1,16 @@
-//! lbd's engine: a NAT-mode layer-4 load balancer on DPDK.
+//! lbd's engine: runs the packet core ([`lbcore`]) on DPDK lcores.
 //!
-//! Everything that touches packets is plain safe Rust over byte buffers
-//! (`wire`, `nat`, `session`, `maglev`, `scheduler`, `neighbor`,
-//! `dataplane`), testable without EAL. `dpdk` is the one module with
-//! `unsafe`: a thin safe layer over `dpdk-sys` that `worker` and `daemon`
-//! use to run the core on lcores.
+//! `dpdk` is the one module with `unsafe`: a thin safe layer over
+//! `dpdk-sys` that `worker` (the lcore loop) and `daemon` (start-up and
+//! shutdown) use; `control` (the control socket, hot changes), `metrics`
+//! (Prometheus) and `stats` (the counters document) serve operators. The
+//! packet core's modules are re-exported under their own names.
 
 #![deny(unsafe_code)]
 
-pub mod config;
-pub mod counters;
-pub mod dataplane;
-pub mod flow;
-pub mod latency;
-pub mod maglev;
-pub mod nat;
-pub mod neighbor;
-pub mod rss;
-pub mod scheduler;
-pub mod session;
-pub mod snapshot;
-pub mod wire;
+pub use lbcore::{
+    config, counters, dataplane, flow, latency, maglev, memory, nat, neighbor, rss, scheduler, session, snapshot, wire,
+};
 
 pub mod cli;
 pub mod control;

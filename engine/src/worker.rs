@@ -8,7 +8,7 @@
 use crate::control::query::{self, QueryInbox};
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::dataplane::{Dataplane, Io, Packet};
-use crate::dpdk::{tsc, Burst, Mbuf, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::dpdk::{tsc, Burst, DpdkPlacement, Mbuf, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
 use crate::snapshot::SnapshotCell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,6 +35,7 @@ impl Packet for Mbuf {
     fn truncate(&mut self, len: usize) -> bool {
         Mbuf::truncate(self, len)
     }
+    type Placement = DpdkPlacement;
 }
 
 /// Run state shared by the control thread and the workers.

@@ -9,6 +9,7 @@
 use crate::config::{NonSynPolicy, RemovedBackendPolicy};
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::flow::{owner_shard, FlowKey};
+use crate::memory::Placement;
 use crate::nat::{self, Endpoint};
 use crate::neighbor::{Learned, Maintenance, NeighborCache, Parked, PendingQueue, Resolution};
 use crate::session::{Direction, InsertError, Session, SessionState, SessionTable};
@@ -34,6 +35,10 @@ pub trait Packet {
     /// Shortens the packet to `len` bytes; false when it cannot (e.g. a
     /// multi-segment packet).
     fn truncate(&mut self, len: usize) -> bool;
+    /// How the core's tables are placed and prefetched on the machine this
+    /// packet type lives on: DPDK's mbufs bring DPDK's hints, plain
+    /// buffers none (see [`crate::memory`]).
+    type Placement: Placement;
 }
 
 /// Where the core sends packets; the worker implements it over DPDK queues
@@ -60,10 +65,10 @@ const MAX_NEIGHBOR_SCAN_PER_TICK: u64 = 1024;
 
 /// Mutable per-worker state: everything but the snapshot, so a `&Snapshot`
 /// and a `&mut State` can be held together.
-struct State<P> {
+struct State<P: Packet> {
     worker: usize,
     workers: usize,
-    sessions: SessionTable,
+    sessions: SessionTable<P::Placement>,
     neighbors: NeighborCache,
     pending: PendingQueue<P>,
     /// Round-robin cursor per listener id.
@@ -118,12 +123,12 @@ enum Class {
 /// Flow packets processed per stage round.
 const STAGE: usize = 256;
 
-pub struct Dataplane<P> {
+pub struct Dataplane<P: Packet> {
     snap: Arc<Snapshot>,
     st: State<P>,
 }
 
-impl<P> std::fmt::Debug for Dataplane<P> {
+impl<P: Packet> std::fmt::Debug for Dataplane<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataplane").field("worker", &self.st.worker).field("sessions", &self.st.sessions).finish()
     }
@@ -141,7 +146,7 @@ pub struct CoreSettings {
 
 impl<P: Packet> Dataplane<P> {
     pub fn new(settings: CoreSettings, snap: Arc<Snapshot>, counters: Arc<WorkerCounters>) -> Dataplane<P> {
-        let sessions = SessionTable::new(settings.session_capacity);
+        let sessions = SessionTable::with_placement(settings.session_capacity);
         counters.session_capacity.set(sessions.capacity() as u64);
         counters.session_memory.set(sessions.memory_bytes() as u64);
         let mut neighbors = NeighborCache::new(settings.neighbor_capacity, snap.arp);
@@ -188,7 +193,7 @@ impl<P: Packet> Dataplane<P> {
         self.st.now = now_ms;
     }
 
-    pub fn sessions(&self) -> &SessionTable {
+    pub fn sessions(&self) -> &SessionTable<P::Placement> {
         &self.st.sessions
     }
 

@@ -93,6 +93,7 @@ impl Packet for Pkt {
         self.data.truncate(len);
         true
     }
+    type Placement = crate::memory::NoHints;
 }
 
 #[derive(Default)]

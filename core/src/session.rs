@@ -17,6 +17,8 @@
 //! and never stalls packet processing.
 
 use crate::flow::FlowKey;
+use crate::memory::{table_vec, NoHints, Placement};
+use std::marker::PhantomData;
 
 /// Session lifecycle. TCP states follow what the balancer sees of the
 /// handshake and teardown; they decide which idle timeout applies.
@@ -239,7 +241,9 @@ impl Bucket {
     }
 }
 
-pub struct SessionTable {
+/// `M` says how the table's memory is placed and prefetched (see
+/// [`crate::memory`]); lookups give the same answers with any `M`.
+pub struct SessionTable<M: Placement = NoHints> {
     buckets: Box<[Bucket]>,
     mask: usize,
     slots: Box<[Session]>,
@@ -251,35 +255,44 @@ pub struct SessionTable {
     /// Bumped by every insert and remove: a lookup answer taken at one
     /// version stays true while the version does.
     version: u64,
+    placement: PhantomData<M>,
 }
 
-impl std::fmt::Debug for SessionTable {
+impl<M: Placement> std::fmt::Debug for SessionTable<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionTable").field("len", &self.len).field("capacity", &self.slots.len()).finish()
     }
 }
 
 impl SessionTable {
+    /// A table for `capacity` sessions without memory hints (tests, tools).
+    pub fn new(capacity: usize) -> SessionTable {
+        SessionTable::with_placement(capacity)
+    }
+}
+
+impl<M: Placement> SessionTable<M> {
     /// A table for `capacity` sessions. Memory is reserved up front
     /// (32 bytes per session plus about 21 bytes of index at most), and
     /// the kernel backs it lazily as it is touched.
-    pub fn new(capacity: usize) -> SessionTable {
+    pub fn with_placement(capacity: usize) -> SessionTable<M> {
         assert!((1..=(1 << 30)).contains(&capacity));
         // Two keys per session, at most 6 of 8 ways used on average.
         let nbuckets = (2 * capacity).div_ceil(6).next_power_of_two().max(2);
-        let mut buckets = crate::dpdk::huge_vec(nbuckets);
+        let mut buckets = table_vec::<_, M>(nbuckets);
         buckets.resize(nbuckets, Bucket::EMPTY);
-        let mut slots = crate::dpdk::huge_vec(capacity);
+        let mut slots = table_vec::<_, M>(capacity);
         slots.resize(capacity, Session::default());
         SessionTable {
             buckets: buckets.into_boxed_slice(),
             mask: nbuckets - 1,
             slots: slots.into_boxed_slice(),
-            free: crate::dpdk::huge_vec(capacity),
+            free: table_vec::<_, M>(capacity),
             high_water: 0,
             len: 0,
             cursor: 0,
             version: 0,
+            placement: PhantomData,
         }
     }
 
@@ -317,7 +330,7 @@ impl SessionTable {
     /// (the first bucket: where the key almost always is).
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        dpdk_sys::prefetch0(&self.buckets[(h as usize) & self.mask]);
+        M::prefetch(&self.buckets[(h as usize) & self.mask]);
     }
 
     /// Hints the CPU to load the sessions that the first index line of
@@ -330,7 +343,7 @@ impl SessionTable {
         let m = self.tag_mask(b1, tag);
         if m != 0 {
             let (slot, _) = decode(self.buckets[b1].refs[m.trailing_zeros() as usize]);
-            dpdk_sys::prefetch0(&self.slots[slot as usize]);
+            M::prefetch(&self.slots[slot as usize]);
         }
     }
 
@@ -339,8 +352,8 @@ impl SessionTable {
     #[inline]
     pub fn prefetch_both(&self, h: u64) {
         let (b1, b2, _) = self.place(h);
-        dpdk_sys::prefetch0(&self.buckets[b1]);
-        dpdk_sys::prefetch0(&self.buckets[b2]);
+        M::prefetch(&self.buckets[b1]);
+        M::prefetch(&self.buckets[b2]);
     }
 
     /// Ways of bucket `b` whose tag is `tag` and that are in use, as a

@@ -1,0 +1,30 @@
+//! lbd's packet core: everything that decides what happens to a packet,
+//! in plain safe Rust over byte buffers, with no DPDK in it.
+//!
+//! `wire` (header views and builders), `dataplane` (classify, sessions,
+//! NAT rewrite, next hop, local answers), `session`, `maglev`,
+//! `scheduler`, `neighbor`, `flow` and `rss` (hashes), `snapshot` (the
+//! immutable forwarding state workers run), `counters` and `latency`
+//! (per-worker, single-writer), `config` (validated configuration).
+//! What needs the machine (prefetch, huge pages) comes in through
+//! [`memory::Placement`]; packets and queues through the dataplane's
+//! `Packet` and `Io` traits. The `engine` crate drives this core on DPDK
+//! lcores; tests drive it with vectors. This crate must never depend on
+//! DPDK (checked by tests/boundary.rs).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod counters;
+pub mod dataplane;
+pub mod flow;
+pub mod latency;
+pub mod maglev;
+pub mod memory;
+pub mod nat;
+pub mod neighbor;
+pub mod rss;
+pub mod scheduler;
+pub mod session;
+pub mod snapshot;
+pub mod wire;

@@ -1,0 +1,51 @@
+//! What the packet core needs from the machine and cannot do in safe Rust:
+//! cache prefetch hints, and huge-page advice for its large tables.
+//!
+//! The core owns this interface and the DPDK layer implements it (real
+//! prefetch instructions, `madvise(MADV_HUGEPAGE)`); tests and tools use
+//! [`NoHints`]. Both are hints: results are the same either way, only the
+//! speed on large tables differs. A [`Packet`](crate::dataplane::Packet)
+//! type names its placement, so the type that brings DPDK's packets also
+//! brings DPDK's hints, and everything is resolved at compile time (no
+//! indirect call in the burst loops).
+
+/// Cache and page hints for the core's tables.
+pub trait Placement: 'static {
+    /// Asks the CPU to load the cache line holding `value` into all
+    /// levels. Never faults, never changes anything observable.
+    fn prefetch<T>(value: &T);
+    /// Advises that the `len` bytes at address `addr`, a fresh allocation
+    /// not yet touched, be backed by huge pages. May do nothing.
+    fn advise_huge_pages(addr: usize, len: usize);
+}
+
+/// No hints at all: for tests and tools.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHints;
+
+impl Placement for NoHints {
+    #[inline(always)]
+    fn prefetch<T>(_: &T) {}
+    fn advise_huge_pages(_: usize, _: usize) {}
+}
+
+/// An empty `Vec` with room for `n` elements, advised to huge pages by `M`.
+/// Large tables read at random (the session index and slab) otherwise
+/// spend much of each lookup on TLB misses. Fill it before use.
+pub fn table_vec<T, M: Placement>(n: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(n);
+    M::advise_huge_pages(v.as_ptr() as usize, n.saturating_mul(std::mem::size_of::<T>()));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_vec_has_room_and_no_elements() {
+        let v: Vec<u64> = table_vec::<u64, NoHints>(1000);
+        assert!(v.is_empty());
+        assert!(v.capacity() >= 1000);
+    }
+}
