@@ -7,7 +7,7 @@
 //! resolution). Readers replay the buckets into an
 //! `hdrhistogram::Histogram` for quantiles and Prometheus buckets.
 
-use crate::counters::Counter;
+use crate::counter::Counter;
 use hdrhistogram::Histogram;
 
 const SUB_BITS: u32 = 4;

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod counter;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
