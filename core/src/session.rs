@@ -8,9 +8,10 @@
 //! Layout: sessions live in a preallocated slab; the index is an array of
 //! 64-byte buckets of 8 ways, each way a 32-bit hash tag and a 32-bit
 //! reference (slab slot << 1 | direction). A key may sit in either of two
-//! buckets picked from its hash (two-choice hashing), which keeps buckets
-//! from overflowing at the load factors used here without cuckoo moves. A
-//! lookup reads at most two index cache lines and one session.
+//! buckets picked from its hash (two-choice hashing); when both are full,
+//! an insert moves one entry to its other bucket (a single cuckoo step,
+//! never a chain of them), which is enough at the load factors used here.
+//! A lookup reads at most two index cache lines and one session.
 //!
 //! Expiry is a clock sweep over the slab: each call looks at a bounded
 //! number of slots, so a full sweep is spread across many loop iterations
