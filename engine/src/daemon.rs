@@ -429,10 +429,12 @@ impl Services {
 /// Brings everything up in phases, each returning the owner of what it
 /// made, then runs until a stop signal. The owners are locals declared in
 /// start-up order, so an error at any phase drops what exists in reverse:
-/// services, then the launched lcores (stopped and joined), then rings,
-/// ports and the pool. Each DPDK object also holds what it depends on
-/// (queues their port, ports and rings the pool, all of them the EAL), so
-/// no drop order can free anything still in use.
+/// services, the runtime, the launched lcores (stopped and joined, which
+/// drops the queues and ring ends the workers own), the ports (closed once
+/// their queues are gone), the pool. Each DPDK object also holds what it
+/// depends on (queues their port, ports and rings the pool, all of them the
+/// EAL), so no drop order can free anything still in use: the order above
+/// is needed only so that workers stop before anything waits on them.
 #[allow(clippy::too_many_arguments)]
 fn serve(
     eal: &Eal,
