@@ -310,8 +310,8 @@ fn handoff_rings(eal: &Eal, pool: &Arc<Mempool>, n: usize) -> Result<HandoffRing
             if i == j {
                 continue;
             }
-            let (p, c) =
-                dpdk::ring(eal, pool, &format!("lbd_ho_{i}_{j}"), HANDOFF_RING_SIZE, -1).map_err(|e| e.to_string())?;
+            let (p, c) = dpdk::spsc_ring(eal, pool, &format!("lbd_ho_{i}_{j}"), HANDOFF_RING_SIZE, -1)
+                .map_err(|e| e.to_string())?;
             *slot = Some(p);
             from[j].push(c);
         }

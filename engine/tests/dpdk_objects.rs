@@ -72,7 +72,7 @@ fn dpdk_objects_hold_what_they_depend_on() {
     assert_eq!(pool.in_use(), 0, "closing the port returns its descriptors' mbufs");
 
     // Rings hold the pool and free what they still hold when they go.
-    let (mut producer, consumer) = dpdk::ring(&eal, &pool, "t_ring", 1024, -1).expect("ring");
+    let (mut producer, consumer) = dpdk::spsc_ring(&eal, &pool, "t_ring", 1024, -1).expect("ring");
     let mut b = Burst::default();
     b.push(pool.alloc().expect("mbuf")).expect("room");
     assert_eq!(producer.enqueue(&mut b), 1);

@@ -1,7 +1,7 @@
 //! The Environment Abstraction Layer: initialisation, lcores, cleanup.
 //!
 //! [`Eal`] is the main thread's owner; every DPDK object made from it holds
-//! an [`EalHandle`], so `rte_eal_cleanup` (which unmaps DPDK's memory) runs
+//! an `EalHandle`, so `rte_eal_cleanup` (which unmaps DPDK's memory) runs
 //! only after the [`Eal`] and every such object are gone.
 use super::{rte_errno, strerror, sys, DpdkError};
 use std::ffi::{CStr, CString};

@@ -37,7 +37,7 @@ pub use mbuf::{Burst, BurstDrain, Mbuf, MAX_BURST};
 pub use mempool::Mempool;
 pub use port::{Port, PortInfo, PortMonitor, PortSetup, PortStats, RssFields, RssRequest, RssState};
 pub use queue::{RxQueue, TxQueue};
-pub use ring::{ring, RingConsumer, RingMonitor, RingProducer};
+pub use ring::{spsc_ring, RingConsumer, RingMonitor, RingProducer};
 
 /// An error from DPDK with the failing call and DPDK's own description.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! RX and TX queues: the one handle each for polling a queue of a port.
 //!
-//! A queue holds its port's [`Device`] (which holds the mempool), so
+//! A queue holds its port's `Device` (which holds the mempool), so
 //! neither the port nor the pool can go while the queue lives.
 use super::mbuf::{Burst, MAX_BURST};
 use super::port::Device;

@@ -61,7 +61,7 @@ impl fmt::Debug for RingConsumer {
 
 /// Creates an SP/SC ring of `size` (a power of two) slots for mbufs of
 /// `pool`.
-pub fn ring(
+pub fn spsc_ring(
     eal: &Eal,
     pool: &Arc<Mempool>,
     name: &str,
