@@ -17,11 +17,6 @@ struct rte_mbuf *lbd_shim_pktmbuf_alloc(struct rte_mempool *mp)
 	return rte_pktmbuf_alloc(mp);
 }
 
-int lbd_shim_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs,
-                                unsigned int count)
-{
-	return rte_pktmbuf_alloc_bulk(mp, mbufs, count);
-}
 
 void lbd_shim_pktmbuf_free(struct rte_mbuf *m)
 {
@@ -65,25 +60,13 @@ int lbd_shim_errno(void)
 	return rte_errno;
 }
 
-unsigned int lbd_shim_lcore_id(void)
-{
-	return rte_lcore_id();
-}
 
 uint64_t lbd_shim_rdtsc(void)
 {
 	return rte_rdtsc();
 }
 
-void lbd_shim_pause(void)
-{
-	rte_pause();
-}
 
-uint64_t lbd_shim_rss_ip_tcp_udp(void)
-{
-	return RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP;
-}
 
 uint64_t lbd_shim_rss_ipv4_tcp_udp(void)
 {
@@ -100,10 +83,6 @@ uint64_t lbd_shim_rss_dst_only(void)
 	return RTE_ETH_RSS_L3_DST_ONLY | RTE_ETH_RSS_L4_DST_ONLY;
 }
 
-uint64_t lbd_shim_rx_offload_rss_hash(void)
-{
-	return RTE_ETH_RX_OFFLOAD_RSS_HASH;
-}
 
 uint32_t lbd_shim_ring_f_sp_enq(void)
 {

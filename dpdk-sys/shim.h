@@ -28,8 +28,6 @@ uint16_t lbd_shim_tx_burst(uint16_t port_id, uint16_t queue_id,
                            struct rte_mbuf **tx_pkts, uint16_t nb_pkts);
 
 struct rte_mbuf *lbd_shim_pktmbuf_alloc(struct rte_mempool *mp);
-int lbd_shim_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs,
-                                unsigned int count);
 void lbd_shim_pktmbuf_free(struct rte_mbuf *m);
 char *lbd_shim_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 
@@ -43,16 +41,12 @@ unsigned int lbd_shim_ring_free_count(const struct rte_ring *r);
 unsigned int lbd_shim_mempool_in_use(const struct rte_mempool *mp);
 
 int lbd_shim_errno(void);
-unsigned int lbd_shim_lcore_id(void);
 uint64_t lbd_shim_rdtsc(void);
-void lbd_shim_pause(void);
 
 /* Flag values built with RTE_BIT64(), which bindgen does not evaluate. */
-uint64_t lbd_shim_rss_ip_tcp_udp(void);
 uint64_t lbd_shim_rss_ipv4_tcp_udp(void);
 uint64_t lbd_shim_rss_src_only(void);
 uint64_t lbd_shim_rss_dst_only(void);
-uint64_t lbd_shim_rx_offload_rss_hash(void);
 uint32_t lbd_shim_ring_f_sp_enq(void);
 uint32_t lbd_shim_ring_f_sc_deq(void);
 

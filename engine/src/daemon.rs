@@ -8,7 +8,7 @@ use crate::control::server::{self, ControlServer};
 use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::counters::WorkerCounters;
 use crate::dataplane::{CoreSettings, Dataplane};
-use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingProducer};
+use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingMonitor, RingProducer, RxQueue, TxQueue};
 use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
 use crate::wire::MacAddr;
 use crate::worker::{PortQueues, RunControl, Worker};
@@ -169,30 +169,16 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
         })?),
         None => None,
     };
-    let allowed = dpdk::allowed_cpus();
-    let args = eal_args(&cfg, &allowed);
-    let expected_dir = expected_runtime_dir(&args);
-    let existed = expected_dir.exists();
-    let eal = match Eal::init(&args) {
-        Ok(e) => e,
-        Err(e) => {
-            // EAL creates its runtime directory before it can fail; remove it
-            // when this attempt created it (never one a live process may own).
-            if !existed {
-                let _ = std::fs::remove_dir_all(&expected_dir);
-            }
-            let _ = std::fs::remove_file(&cfg.control_socket);
-            return Err(format!(
-                "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
-            ));
-        }
-    };
+    let eal = start_eal(&cfg).inspect_err(|_| {
+        let _ = std::fs::remove_file(&cfg.control_socket);
+    })?;
     let runtime_dir = eal.runtime_dir();
-    // Every DPDK object lives and dies inside `serve`, so EAL cleanup below
-    // runs after all of them, on success and on error alike.
+    // Every DPDK object `serve` makes holds the EAL; they are all gone when
+    // it returns, so the cleanup runs here, on success and on error alike.
     let result = serve(&eal, path, raw, &cfg, &signals, build, listener, metrics, &opts.stats_out);
-    eal.cleanup();
-    if runtime_dir.starts_with("/var/run/dpdk") || runtime_dir.starts_with("/run/dpdk") {
+    if !eal.cleanup() {
+        eprintln!("lbd: warning: DPDK objects outlived the daemon; EAL cleanup deferred");
+    } else if runtime_dir.starts_with("/var/run/dpdk") || runtime_dir.starts_with("/run/dpdk") {
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
     let _ = std::fs::remove_file(&cfg.control_socket);
@@ -202,6 +188,253 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     }
 }
 
+/// Start-up phase 1: the EAL, on this thread (the main lcore).
+fn start_eal(cfg: &Config) -> Result<Eal, String> {
+    let allowed = dpdk::allowed_cpus();
+    let args = eal_args(cfg, &allowed);
+    let expected_dir = expected_runtime_dir(&args);
+    let existed = expected_dir.exists();
+    Eal::init(&args).map_err(|e| {
+        // EAL creates its runtime directory before it can fail; remove it
+        // when this attempt created it (never one a live process may own).
+        if !existed {
+            let _ = std::fs::remove_dir_all(&expected_dir);
+        }
+        format!(
+            "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
+        )
+    })
+}
+
+/// The worker lcores the configuration asks for.
+fn worker_lcores(eal: &Eal, cfg: &Config) -> Result<Vec<u32>, String> {
+    let lcores = eal.worker_lcores();
+    if lcores.len() < cfg.workers {
+        return Err(format!(
+            "{} workers need {} worker lcores, but the EAL has {} (check -l/--lcores in `eal`)",
+            cfg.workers,
+            cfg.workers,
+            lcores.len()
+        ));
+    }
+    Ok(lcores[..cfg.workers].to_vec())
+}
+
+/// A configured port's device, found before anything is allocated.
+struct PortPlan {
+    id: u16,
+    rx_queues: u16,
+}
+
+/// Start-up phase 2: find the devices and decide queue counts.
+fn probe_ports(eal: &Eal, cfg: &Config) -> Result<Vec<PortPlan>, String> {
+    let mut plans = Vec::with_capacity(cfg.ports.len());
+    for p in &cfg.ports {
+        let id = Port::find(eal, &p.device).ok_or_else(|| {
+            format!(
+                "port `{}`: no DPDK device named `{}` (is it created by a --vdev in `eal`, or allowed with -a?)",
+                p.name, p.device
+            )
+        })?;
+        let info = Port::info(eal, id).map_err(|e| format!("port `{}`: {e}", p.name))?;
+        if usize::from(info.max_tx_queues) < cfg.workers {
+            return Err(format!(
+                "port `{}` ({}, driver {}) has {} TX queue(s) but {} workers need one each (net_af_packet: qpairs=N; net_pcap: one tx_pcap per queue)",
+                p.name, p.device, info.driver, info.max_tx_queues, cfg.workers
+            ));
+        }
+        plans.push(PortPlan { id, rx_queues: info.max_rx_queues.min(cfg.workers as u16).max(1) });
+    }
+    Ok(plans)
+}
+
+/// Started ports, their addresses, and every queue handle (each port's
+/// RX and TX queues, in queue order).
+struct StartedPorts {
+    ports: Vec<Port>,
+    macs: Vec<MacAddr>,
+    queues: Vec<(Vec<RxQueue>, Vec<TxQueue>)>,
+}
+
+/// Start-up phase 4: configure and start every port on `pool`.
+fn start_ports(eal: &Eal, cfg: &Config, plans: &[PortPlan], pool: &Arc<Mempool>) -> Result<StartedPorts, String> {
+    let mut started = StartedPorts {
+        ports: Vec::with_capacity(plans.len()),
+        macs: Vec::with_capacity(plans.len()),
+        queues: Vec::with_capacity(plans.len()),
+    };
+    for (i, (p, plan)) in cfg.ports.iter().zip(plans).enumerate() {
+        let setup = PortSetup {
+            rx_queues: plan.rx_queues,
+            tx_queues: cfg.workers as u16,
+            rx_descriptors: p.rx_descriptors,
+            tx_descriptors: p.tx_descriptors,
+            rss: rss_request(cfg, i, plan.rx_queues),
+            promiscuous: p.promiscuous,
+        };
+        let (port, rx, tx) =
+            Port::start(eal, plan.id, &setup, pool).map_err(|e| format!("port `{}` ({}): {e}", p.name, p.device))?;
+        let mac = match p.mac {
+            None => MacAddr(port.mac()),
+            Some(m) => {
+                if let Err(e) = port.set_mac(m.0) {
+                    // Some PMDs (net_pcap, net_ring) have a fixed address:
+                    // use the configured one in software and let every frame
+                    // in, filtering on it in the dataplane.
+                    eprintln!("lbd: port `{}`: {e}; using {m} in software (promiscuous)", p.name);
+                    let _ = port.enable_promiscuous();
+                }
+                m
+            }
+        };
+        started.macs.push(mac);
+        started.ports.push(port);
+        started.queues.push((rx, tx));
+    }
+    Ok(started)
+}
+
+/// Hand-off rings: `to[i][j]` sends from worker i to worker j (`None` on
+/// the diagonal); `from[j]` are the rings into worker j.
+struct HandoffRings {
+    to: Vec<Vec<Option<RingProducer>>>,
+    from: Vec<Vec<RingConsumer>>,
+}
+
+/// Start-up phase 5: the rings between every pair of workers.
+fn handoff_rings(eal: &Eal, pool: &Arc<Mempool>, n: usize) -> Result<HandoffRings, String> {
+    let mut to: Vec<Vec<Option<RingProducer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut from: Vec<Vec<RingConsumer>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, row) in to.iter_mut().enumerate() {
+        for (j, slot) in row.iter_mut().enumerate() {
+            if i == j {
+                continue;
+            }
+            let (p, c) = dpdk::spsc_ring(eal, pool, &format!("lbd_ho_{i}_{j}"), HANDOFF_RING_SIZE, -1)
+                .map_err(|e| e.to_string())?;
+            *slot = Some(p);
+            from[j].push(c);
+        }
+    }
+    Ok(HandoffRings { to, from })
+}
+
+/// What every worker shares, for [`build_workers`].
+struct Shared<'a> {
+    cfg: &'a Config,
+    pool: &'a Arc<Mempool>,
+    counters: &'a [Arc<WorkerCounters>],
+    snapshots: &'a Arc<SnapshotCell>,
+    control: &'a Arc<RunControl>,
+    tsc_hz: u64,
+    start_tsc: u64,
+}
+
+/// Start-up phase 6: one [`Worker`] per lcore, owning its queues (queue i
+/// of each port to worker i) and its ring ends, and a query channel to
+/// each.
+fn build_workers(
+    sh: &Shared<'_>,
+    queues: Vec<(Vec<RxQueue>, Vec<TxQueue>)>,
+    rings: HandoffRings,
+) -> (Vec<Worker>, Vec<crossbeam_channel::Sender<query::WorkerQuery>>) {
+    let n = sh.cfg.workers;
+    let mut per_worker: Vec<Vec<PortQueues>> = (0..n).map(|_| Vec::new()).collect();
+    for (rx, tx) in queues {
+        let mut rx = rx.into_iter().map(Some).collect::<Vec<_>>();
+        rx.resize_with(n, || None);
+        for (w, (r, t)) in rx.into_iter().zip(tx).enumerate() {
+            per_worker[w].push(PortQueues { rx: r, tx: t });
+        }
+    }
+    let mut query_senders = Vec::with_capacity(n);
+    let mut workers = Vec::with_capacity(n);
+    for (w, ((ports_q, to), from)) in per_worker.into_iter().zip(rings.to).zip(rings.from).enumerate() {
+        let settings = CoreSettings {
+            worker: w,
+            workers: n,
+            session_capacity: sh.cfg.session_capacity,
+            neighbor_capacity: sh.cfg.arp.cache_size,
+            pending_capacity: sh.cfg.arp.queue_length,
+        };
+        let (qtx, inbox) = query::channel();
+        query_senders.push(qtx);
+        workers.push(Worker {
+            index: w,
+            dataplane: Dataplane::new(settings, sh.snapshots.load(), Arc::clone(&sh.counters[w])),
+            ports: ports_q,
+            to,
+            from,
+            queries: inbox,
+            pool: Arc::clone(sh.pool),
+            counters: Arc::clone(&sh.counters[w]),
+            snapshots: Arc::clone(sh.snapshots),
+            control: Arc::clone(sh.control),
+            burst: sh.cfg.burst,
+            idle_sleep: sh.cfg.idle_sleep,
+            tsc_hz: sh.tsc_hz,
+            start_tsc: sh.start_tsc,
+        });
+    }
+    (workers, query_senders)
+}
+
+/// Start-up phase 7: each worker on its lcore. On an error the workers
+/// already launched are stopped and joined before this returns.
+fn launch_workers<'e>(
+    eal: &'e Eal,
+    control: &Arc<RunControl>,
+    workers: Vec<Worker>,
+    lcores: &[u32],
+) -> Result<LaunchedLcores<'e>, String> {
+    let mut launched = LaunchedLcores { eal, control: Arc::clone(control), lcores: Vec::with_capacity(lcores.len()) };
+    for (w, lcore) in workers.into_iter().zip(lcores) {
+        eal.launch(*lcore, Box::new(move || w.run())).map_err(|e| e.to_string())?;
+        launched.lcores.push(*lcore);
+    }
+    Ok(launched)
+}
+
+/// The threads that answer outside requests: control socket and metrics.
+struct Services {
+    metrics: Option<crate::metrics::MetricsServer>,
+    control: ControlServer,
+}
+
+impl Services {
+    /// Start-up phase 8. The metrics server first: dropped on an early
+    /// return, it stops and joins its thread (the control server has no
+    /// such drop).
+    fn start(
+        rt: &Arc<Runtime>,
+        cfg: &Config,
+        listener: std::os::unix::net::UnixListener,
+        metrics: Option<crate::metrics::Bound>,
+    ) -> Result<Services, String> {
+        let metrics = metrics.map(|b| b.start(Arc::clone(rt))).transpose()?;
+        let control = ControlServer::spawn(listener, cfg.control_socket.clone(), Arc::clone(rt))
+            .map_err(|e| format!("cannot start the control thread: {e}"))?;
+        Ok(Services { metrics, control })
+    }
+
+    /// Nobody may ask or scrape while the data plane goes away.
+    fn shutdown(self) {
+        self.control.shutdown();
+        if let Some(m) = self.metrics {
+            m.shutdown();
+        }
+    }
+}
+
+/// Brings everything up in phases, each returning the owner of what it
+/// made, then runs until a stop signal. The owners are locals declared in
+/// start-up order, so an error at any phase drops what exists in reverse:
+/// services, the runtime, the launched lcores (stopped and joined, which
+/// drops the queues and ring ends the workers own), the ports (closed once
+/// their queues are gone), the pool. Each DPDK object also holds what it
+/// depends on (queues their port, ports and rings the pool, all of them the
+/// EAL), so no drop order can free anything still in use: the order above
+/// is needed only so that workers stop before anything waits on them.
 #[allow(clippy::too_many_arguments)]
 fn serve(
     eal: &Eal,
@@ -214,154 +447,44 @@ fn serve(
     metrics: Option<crate::metrics::Bound>,
     stats_out: &Option<PathBuf>,
 ) -> Result<Report, String> {
-    let lcores: Vec<u32> = eal.worker_lcores();
-    if lcores.len() < cfg.workers {
-        return Err(format!(
-            "{} workers need {} worker lcores, but the EAL has {} (check -l/--lcores in `eal`)",
-            cfg.workers,
-            cfg.workers,
-            lcores.len()
-        ));
-    }
-    let lcores: Vec<u32> = lcores[..cfg.workers].to_vec();
-    let tsc_hz = dpdk::tsc_hz();
-
-    // Find the devices and decide queue counts before allocating anything.
-    let mut ids = Vec::with_capacity(cfg.ports.len());
-    let mut rxq = Vec::with_capacity(cfg.ports.len());
-    for p in &cfg.ports {
-        let id = Port::find(&p.device).ok_or_else(|| {
-            format!(
-                "port `{}`: no DPDK device named `{}` (is it created by a --vdev in `eal`, or allowed with -a?)",
-                p.name, p.device
-            )
-        })?;
-        let info = Port::info(id).map_err(|e| format!("port `{}`: {e}", p.name))?;
-        if usize::from(info.max_tx_queues) < cfg.workers {
-            return Err(format!(
-                "port `{}` ({}, driver {}) has {} TX queue(s) but {} workers need one each (net_af_packet: qpairs=N; net_pcap: one tx_pcap per queue)",
-                p.name, p.device, info.driver, info.max_tx_queues, cfg.workers
-            ));
-        }
-        ids.push(id);
-        rxq.push(info.max_rx_queues.min(cfg.workers as u16).max(1));
-    }
-    let mbufs = mempool_size(cfg, &rxq);
-    let pool = Arc::new(Mempool::new("lbd_mbufs", mbufs, cfg.mempool_cache, -1).map_err(|e| e.to_string())?);
-
-    let mut ports = Vec::with_capacity(ids.len());
-    let mut queues: Vec<(Vec<dpdk::RxQueue>, Vec<dpdk::TxQueue>)> = Vec::new();
-    let mut macs = Vec::new();
-    for (i, ((p, id), nrx)) in cfg.ports.iter().zip(&ids).zip(&rxq).enumerate() {
-        let setup = PortSetup {
-            rx_queues: *nrx,
-            tx_queues: cfg.workers as u16,
-            rx_descriptors: p.rx_descriptors,
-            tx_descriptors: p.tx_descriptors,
-            rss: rss_request(cfg, i, *nrx),
-            promiscuous: p.promiscuous,
-        };
-        let (port, rx, tx) =
-            Port::start(*id, &setup, &pool).map_err(|e| format!("port `{}` ({}): {e}", p.name, p.device))?;
-        let mac = match p.mac {
-            None => MacAddr(Port::mac(*id)),
-            Some(m) => {
-                if let Err(e) = Port::set_mac(*id, m.0) {
-                    // Some PMDs (net_pcap, net_ring) have a fixed address:
-                    // use the configured one in software and let every frame
-                    // in, filtering on it in the dataplane.
-                    eprintln!("lbd: port `{}`: {e}; using {m} in software (promiscuous)", p.name);
-                    let _ = Port::enable_promiscuous(*id);
-                }
-                m
-            }
-        };
-        macs.push(mac);
-        ports.push(port);
-        queues.push((rx, tx));
-    }
+    let lcores = worker_lcores(eal, cfg)?;
+    let tsc_hz = eal.tsc_hz();
+    let plans = probe_ports(eal, cfg)?;
+    // Phase 3: the mbuf pool, sized for the queues just decided.
+    let rxq: Vec<u16> = plans.iter().map(|p| p.rx_queues).collect();
+    let pool =
+        Mempool::new(eal, "lbd_mbufs", mempool_size(cfg, &rxq), cfg.mempool_cache, -1).map_err(|e| e.to_string())?;
+    let StartedPorts { ports, macs, queues } = start_ports(eal, cfg, &plans, &pool)?;
+    let rings = handoff_rings(eal, &pool, cfg.workers)?;
+    let ring_monitors: Vec<Vec<RingMonitor>> =
+        rings.from.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
 
     let mut registry = IdRegistry::default();
     registry.assign(cfg, &|_, _| true)?;
-    let snapshot = Snapshot::build(cfg, &macs, &registry, 1);
-    let snapshots = Arc::new(SnapshotCell::new(snapshot));
-
-    // Hand-off rings: producers[i][j] sends from worker i to worker j.
-    let n = cfg.workers;
-    let mut producers: Vec<Vec<Option<RingProducer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut consumers: Vec<Vec<RingConsumer>> = (0..n).map(|_| Vec::new()).collect();
-    for (i, row) in producers.iter_mut().enumerate() {
-        for (j, slot) in row.iter_mut().enumerate() {
-            if i == j {
-                continue;
-            }
-            let (p, c) = dpdk::ring(&format!("lbd_ho_{i}_{j}"), HANDOFF_RING_SIZE, -1).map_err(|e| e.to_string())?;
-            *slot = Some(p);
-            consumers[j].push(c);
-        }
-    }
-    let rings: Vec<Vec<dpdk::RingMonitor>> =
-        consumers.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
-
+    let snapshots = Arc::new(SnapshotCell::new(Snapshot::build(cfg, &macs, &registry, 1)));
     let counters: Vec<Arc<WorkerCounters>> =
-        (0..n).map(|_| Arc::new(WorkerCounters::new(cfg.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
+        (0..cfg.workers).map(|_| Arc::new(WorkerCounters::new(cfg.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
     let control = Arc::new(RunControl::default());
-    let start_tsc = dpdk::tsc();
-
-    // Per-port queue handles, dealt out to workers: queue i to worker i.
-    let mut per_worker: Vec<Vec<PortQueues>> = (0..n).map(|_| Vec::new()).collect();
-    for (rx, tx) in queues {
-        let mut rx = rx.into_iter().map(Some).collect::<Vec<_>>();
-        rx.resize_with(n, || None);
-        for (w, (r, t)) in rx.into_iter().zip(tx).enumerate() {
-            per_worker[w].push(PortQueues { rx: r, tx: t });
-        }
-    }
-
-    let mut query_senders = Vec::with_capacity(n);
-    let mut workers = Vec::with_capacity(n);
-    for (w, ((ports_q, to), from)) in per_worker.into_iter().zip(producers).zip(consumers).enumerate() {
-        let settings = CoreSettings {
-            worker: w,
-            workers: n,
-            session_capacity: cfg.session_capacity,
-            neighbor_capacity: cfg.arp.cache_size,
-            pending_capacity: cfg.arp.queue_length,
-        };
-        let (qtx, inbox) = query::channel();
-        query_senders.push(qtx);
-        workers.push(Worker {
-            index: w,
-            dataplane: Dataplane::new(settings, snapshots.load(), Arc::clone(&counters[w])),
-            ports: ports_q,
-            to,
-            from,
-            queries: inbox,
-            pool: Arc::clone(&pool),
-            counters: Arc::clone(&counters[w]),
-            snapshots: Arc::clone(&snapshots),
-            control: Arc::clone(&control),
-            burst: cfg.burst,
-            idle_sleep: cfg.idle_sleep,
-            tsc_hz,
-            start_tsc,
-        });
-    }
-    // From here on every early return drops `launched`, which stops and
-    // joins the workers before the ports they poll are stopped and closed
-    // (locals drop in reverse order: `launched` before `ports` and `pool`).
-    let mut launched = LaunchedLcores { eal, control, lcores: Vec::with_capacity(n) };
-    for (w, lcore) in workers.into_iter().zip(&lcores) {
-        eal.launch(*lcore, Box::new(move || w.run())).map_err(|e| e.to_string())?;
-        launched.lcores.push(*lcore);
-    }
+    let shared = Shared {
+        cfg,
+        pool: &pool,
+        counters: &counters,
+        snapshots: &snapshots,
+        control: &control,
+        tsc_hz,
+        start_tsc: dpdk::tsc(),
+    };
+    let (workers, query_senders) = build_workers(&shared, queues, rings);
+    // From here on an early return drops `launched`, which stops and joins
+    // the workers (and with them the queues they own).
+    let launched = launch_workers(eal, &control, workers, &lcores)?;
 
     let port_infos: Vec<PortInfo> = cfg
         .ports
         .iter()
         .zip(&ports)
         .map(|(p, port)| PortInfo {
-            id: port.id,
+            monitor: port.monitor(),
             name: p.name.clone(),
             device: p.device.clone(),
             driver: port.driver.clone(),
@@ -379,24 +502,29 @@ fn serve(
         snapshots,
         ports: port_infos,
         pool: Arc::clone(&pool),
-        rings,
+        rings: ring_monitors,
         queries: query_senders,
         plane: Mutex::new(ControlPlane::new(path.to_owned(), raw, cfg.clone(), registry, macs.clone())),
         ops: Mutex::default(),
         propagation: Mutex::new(crate::latency::new_histogram()),
         seq: AtomicU64::new(0),
     });
-    // The metrics server first: dropped on an early return, it stops and
-    // joins its thread (the control server has no such drop).
-    let metrics_server = metrics.map(|b| b.start(Arc::clone(&rt))).transpose()?;
-    let control_server = ControlServer::spawn(listener, cfg.control_socket.clone(), Arc::clone(&rt))
-        .map_err(|e| format!("cannot start the control thread: {e}"))?;
+    let services = Services::start(&rt, cfg, listener, metrics)?;
 
+    announce(cfg, &lcores, &macs, &ports, &services);
+    wait_for_stop(signals, &rt, stats_out);
+    eprintln!("lbd: stopping");
+    services.shutdown();
+    Ok(shutdown(rt, launched, ports))
+}
+
+/// The "ready" line.
+fn announce(cfg: &Config, lcores: &[u32], macs: &[MacAddr], ports: &[Port], services: &Services) {
     let port_list: Vec<String> = cfg
         .ports
         .iter()
-        .zip(&macs)
-        .zip(&ports)
+        .zip(macs)
+        .zip(ports)
         .map(|((p, m), port)| {
             format!(
                 "{}={} {} {}/{} rxq={} rss={}",
@@ -410,17 +538,22 @@ fn serve(
             )
         })
         .collect();
-    let metrics_at = metrics_server.as_ref().map_or_else(|| "off".to_owned(), |m| format!("http://{}/metrics", m.addr));
+    let metrics_at =
+        services.metrics.as_ref().map_or_else(|| "off".to_owned(), |m| format!("http://{}/metrics", m.addr));
     eprintln!(
         "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), control {}, metrics {}, ports: {}",
-        n,
+        cfg.workers,
         lcores,
         cfg.listeners.len(),
         cfg.control_socket.display(),
         metrics_at,
         port_list.join(", ")
     );
+}
 
+/// Runs until SIGINT/SIGTERM, answering SIGUSR1 (counters) and SIGHUP
+/// (reload) meanwhile.
+fn wait_for_stop(signals: &Signals, rt: &Runtime, stats_out: &Option<PathBuf>) {
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
         if signals.dump.swap(false, Ordering::Relaxed) {
@@ -440,13 +573,6 @@ fn serve(
             }
         }
     }
-    eprintln!("lbd: stopping");
-    // Nobody may ask or scrape while the data plane goes away.
-    control_server.shutdown();
-    if let Some(m) = metrics_server {
-        m.shutdown();
-    }
-    Ok(shutdown(rt, launched, ports))
 }
 
 /// Worker lcores that were launched. Dropping this (an early return during
@@ -488,12 +614,16 @@ impl Drop for LaunchedLcores<'_> {
 }
 
 fn shutdown(rt: Arc<Runtime>, lcores: LaunchedLcores<'_>, mut ports: Vec<Port>) -> Report {
+    // The workers return, dropping the queues they own.
     lcores.stop();
     for p in &mut ports {
-        p.stop();
+        if let Err(e) = p.stop() {
+            eprintln!("lbd: {e}");
+        }
     }
     let mut report = rt.report(true);
-    // Ports close (flushing net_pcap's files) before their mempool goes.
+    // Ports close (flushing net_pcap's files, returning descriptor mbufs to
+    // the pool) when the last of port and queues goes: here.
     drop(ports);
     // With the ports closed nothing may hold an mbuf any more: what is still
     // out is a leak, and the report says so.

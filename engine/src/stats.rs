@@ -79,6 +79,20 @@ pub struct ReportContext<'a> {
     pub baselines: &'a Baselines,
 }
 
+/// A device's own counters in the report's form.
+pub fn device_stats(s: crate::dpdk::PortStats) -> DeviceStats {
+    DeviceStats {
+        ipackets: s.ipackets,
+        opackets: s.opackets,
+        ibytes: s.ibytes,
+        obytes: s.obytes,
+        imissed: s.imissed,
+        ierrors: s.ierrors,
+        oerrors: s.oerrors,
+        rx_nombuf: s.rx_nombuf,
+    }
+}
+
 /// Quantiles of per-packet processing time over all workers.
 pub fn latency(workers: &[Arc<WorkerCounters>]) -> LatencyReport {
     let mut h = crate::latency::new_histogram();

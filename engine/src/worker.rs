@@ -83,6 +83,9 @@ pub struct Worker {
     pub from: Vec<RingConsumer>,
     /// Questions from the control thread, looked at once a millisecond.
     pub queries: QueryInbox,
+    /// Allocates the frames lbd originates, and keeps the pool alive while
+    /// this worker holds mbufs (an `Mbuf` does not hold its pool: see
+    /// `dpdk::mbuf`).
     pub pool: Arc<Mempool>,
     pub counters: Arc<WorkerCounters>,
     pub snapshots: Arc<SnapshotCell>,

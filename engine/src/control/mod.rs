@@ -47,7 +47,7 @@ pub use lbproto::MAX_SESSIONS_LISTED;
 /// A port as the control plane sees it.
 #[derive(Debug, Clone)]
 pub struct PortInfo {
-    pub id: u16,
+    pub monitor: dpdk::PortMonitor,
     pub name: String,
     pub device: String,
     pub driver: String,
@@ -158,8 +158,8 @@ impl Runtime {
 
     /// The counters document.
     pub fn report(&self, is_final: bool) -> Report {
-        let device_stats: Vec<_> = self.ports.iter().map(|p| dpdk::Port::stats(p.id)).collect();
-        let link_up: Vec<bool> = self.ports.iter().map(|p| dpdk::Port::link_up(p.id)).collect();
+        let device_stats: Vec<_> = self.ports.iter().map(|p| stats::device_stats(p.monitor.stats())).collect();
+        let link_up: Vec<bool> = self.ports.iter().map(|p| p.monitor.link_up()).collect();
         let rss: Vec<RssState> = self.ports.iter().map(|p| p.rss.clone()).collect();
         let snap = self.snapshots.load();
         let baselines = self.plane.lock().baselines.clone();
