@@ -1,7 +1,8 @@
 //! `lbd`'s command line.
 
 use crate::config;
-use crate::daemon::{self, BuildInfo, RunOptions};
+use crate::build_info::BuildInfo;
+use crate::daemon::{self, RunOptions};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;

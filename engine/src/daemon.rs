@@ -1,15 +1,16 @@
 //! Bringing `lbd` up and down: EAL, ports, rings, workers, signals, final
 //! counters.
 
+use crate::build_info::BuildInfo;
 use crate::config::raw::RawConfig;
 use crate::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
-use crate::control::query;
 use crate::control::server::{self, ControlServer};
 use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::counters::WorkerCounters;
 use crate::dataplane::{CoreSettings, Dataplane};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingProducer};
 use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
+use crate::query;
 use crate::wire::MacAddr;
 use crate::worker::{PortQueues, RunControl, Worker};
 use lbproto::stats::Report;
@@ -18,14 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Build facts for `--version` and the stats.
-#[derive(Debug, Clone, Copy)]
-pub struct BuildInfo {
-    pub version: &'static str,
-    pub git_revision: &'static str,
-    pub dpdk_build_version: &'static str,
-}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {

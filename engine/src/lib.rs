@@ -22,13 +22,15 @@ pub mod session;
 pub mod snapshot;
 pub mod wire;
 
+pub mod build_info;
 pub mod cli;
 pub mod control;
 pub mod daemon;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod metrics;
+pub mod query;
 pub mod stats;
 pub mod worker;
 
-pub use daemon::BuildInfo;
+pub use build_info::BuildInfo;

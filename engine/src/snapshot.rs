@@ -3,9 +3,12 @@
 //!
 //! The control thread builds a whole new [`Snapshot`] for every change and
 //! publishes it through a [`SnapshotCell`]; each worker checks the
-//! generation between bursts (one relaxed load) and takes the new `Arc` when
-//! it moved. The old snapshot is freed when the last worker drops its
-//! reference, so no worker ever reads freed memory and none ever waits.
+//! generation between bursts (one Acquire load, paired with the Release
+//! store in [`SnapshotCell::publish`]) and takes the new `Arc` when it moved.
+//! The control thread keeps the snapshots it replaced until every worker
+//! reports the new generation and then frees them itself, so no worker ever
+//! reads freed memory, none ever waits, and none pays for freeing a large
+//! table.
 
 use crate::config::{Config, NonSynPolicy, Protocol, RemovedBackendPolicy, MAX_BACKENDS, MAX_LISTENERS};
 use crate::flow::fold_mul;

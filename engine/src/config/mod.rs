@@ -255,10 +255,6 @@ impl Config {
         }
     }
 
-    /// The port whose connected subnet holds `ip`.
-    pub fn port_for(&self, ip: Ipv4Addr) -> Option<usize> {
-        self.ports.iter().position(|p| p.subnet.contains(&ip))
-    }
     /// True when the EAL arguments keep DPDK off PCI devices not listed.
     pub fn eal_restricts_pci(&self) -> bool {
         self.eal.iter().any(|a| {

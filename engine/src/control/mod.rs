@@ -9,14 +9,14 @@
 //! change, is refused and nothing changes. The control plane's lock is
 //! taken by control threads only, never by a worker.
 
-pub mod query;
 pub mod server;
 
+use crate::build_info::BuildInfo;
 use crate::config::raw::{RawBackend, RawConfig, RawListener};
 use crate::config::{self, Config};
 use crate::counters::WorkerCounters;
-use crate::daemon::BuildInfo;
 use crate::dpdk::{self, Mempool, RingMonitor, RssState};
+use crate::query::{SessionMatch, WorkerQuery};
 use crate::snapshot::{IdKind, IdRegistry, Snapshot, SnapshotCell};
 use crate::stats::{self, Baselines, ReportContext};
 use crate::wire::MacAddr;
@@ -27,7 +27,6 @@ use lbproto::{
     PortStatus, Request, Response, SessionFilter, SessionInfo, Status,
 };
 use parking_lot::Mutex;
-use query::{SessionMatch, WorkerQuery};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,10 @@
 //! A worker looks at its query channel once a millisecond, between bursts;
 //! a session listing walks a bounded slice of the table per question, so a
 //! large table is listed over many short visits instead of one long stall.
+//!
+//! This is the contract between the two sides: the control plane sends
+//! [`WorkerQuery`]s, the worker answers them with [`answer`]. It lives
+//! outside `control` so the data path does not import the control plane.
 
 use crate::session::Session;
 use crate::wire::MacAddr;
