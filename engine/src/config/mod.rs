@@ -9,6 +9,7 @@ pub mod raw;
 use crate::wire::MacAddr;
 use ipnet::Ipv4Net;
 use raw::*;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -49,7 +50,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -70,6 +72,15 @@ impl Protocol {
     }
 }
 
+/// The scheduling algorithms, by the name a listener's `scheduler` gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerAlgorithm {
+    Maglev,
+    RoundRobin,
+}
+
+/// A listener's scheduler: the algorithm with its validated parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
     Maglev { table_size: u32 },
@@ -77,16 +88,23 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
-    pub fn name(self) -> &'static str {
+    pub fn algorithm(self) -> SchedulerAlgorithm {
         match self {
-            SchedulerKind::Maglev { .. } => "maglev",
-            SchedulerKind::RoundRobin => "round_robin",
+            SchedulerKind::Maglev { .. } => SchedulerAlgorithm::Maglev,
+            SchedulerKind::RoundRobin => SchedulerAlgorithm::RoundRobin,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self.algorithm() {
+            SchedulerAlgorithm::Maglev => "maglev",
+            SchedulerAlgorithm::RoundRobin => "round_robin",
         }
     }
 }
 
 /// Handling of a TCP segment without SYN that matches no session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NonSynPolicy {
     /// Pick the backend the scheduler would have picked and create the
     /// session: with Maglev this is the backend the flow had before an
@@ -117,7 +135,8 @@ pub struct PortConfig {
 }
 
 /// Which fields the NIC's RSS hash covers on a port (see `crate::rss`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RssMode {
     /// Source if the port faces clients (holds a VIP or the gateway),
     /// destination otherwise.
@@ -150,7 +169,8 @@ impl BackendConfig {
 }
 
 /// What happens to a session whose backend left the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RemovedBackendPolicy {
     /// The session keeps its backend until it ends or times out.
     Keep,
@@ -483,11 +503,7 @@ impl Validator<'_> {
         if mempool_cache > 512 {
             return self.err("mempool.cache_size", format!("{mempool_cache} is above DPDK's limit of 512"));
         }
-        let removed_backend = match raw.sessions.removed_backend {
-            None | Some(RawRemovedBackend::Keep) => RemovedBackendPolicy::Keep,
-            Some(RawRemovedBackend::Reset) => RemovedBackendPolicy::Reset,
-            Some(RawRemovedBackend::Reschedule) => RemovedBackendPolicy::Reschedule,
-        };
+        let removed_backend = raw.sessions.removed_backend.unwrap_or(RemovedBackendPolicy::Keep);
         let control_socket =
             PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
         if !control_socket.is_absolute() || control_socket.as_os_str().len() > 100 {
@@ -647,12 +663,7 @@ impl Validator<'_> {
                 rx_descriptors: desc(p.rx_descriptors, "rx_descriptors")?,
                 tx_descriptors: desc(p.tx_descriptors, "tx_descriptors")?,
                 promiscuous: p.promiscuous.unwrap_or(false),
-                rss: match p.rss {
-                    None | Some(RawRss::Auto) => RssMode::Auto,
-                    Some(RawRss::Source) => RssMode::Source,
-                    Some(RawRss::Destination) => RssMode::Destination,
-                    Some(RawRss::Off) => RssMode::Off,
-                },
+                rss: p.rss.unwrap_or(RssMode::Auto),
             });
         }
         Ok(out)
@@ -721,10 +732,7 @@ impl Validator<'_> {
             }
             let vip = self.unicast(&f("vip"), &l.vip)?;
             self.vip_is_free(&f("vip"), vip, ports)?;
-            let protocol = match l.protocol {
-                RawProtocol::Tcp => Protocol::Tcp,
-                RawProtocol::Udp => Protocol::Udp,
-            };
+            let protocol = l.protocol;
             let port = self.l4_port(&f("port"), l.port)?;
             if let Some(j) = tuples.insert((vip, protocol, port), i) {
                 return self.err(
@@ -733,7 +741,7 @@ impl Validator<'_> {
                 );
             }
             let scheduler = match l.scheduler {
-                RawScheduler::Maglev => {
+                SchedulerAlgorithm::Maglev => {
                     let m = l.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
                     if !(7..=MAX_MAGLEV_TABLE_SIZE).contains(&m) || !is_prime(m) {
                         return self.err(
@@ -743,7 +751,7 @@ impl Validator<'_> {
                     }
                     SchedulerKind::Maglev { table_size: m }
                 }
-                RawScheduler::RoundRobin => {
+                SchedulerAlgorithm::RoundRobin => {
                     if l.maglev_table_size.is_some() {
                         return self.err(f("maglev_table_size"), "only applies to `scheduler: maglev`");
                     }
@@ -751,14 +759,14 @@ impl Validator<'_> {
                 }
             };
             let tcp_non_syn = match (l.tcp_non_syn, scheduler) {
-                (Some(RawNonSynPolicy::Schedule), SchedulerKind::RoundRobin) => {
+                (Some(NonSynPolicy::Schedule), SchedulerKind::RoundRobin) => {
                     return self.err(
                         f("tcp_non_syn"),
                         "`schedule` needs `scheduler: maglev` (round robin cannot find a flow's earlier backend)",
                     );
                 }
-                (Some(RawNonSynPolicy::Drop), _) | (None, SchedulerKind::RoundRobin) => NonSynPolicy::Drop,
-                (Some(RawNonSynPolicy::Schedule), _) | (None, SchedulerKind::Maglev { .. }) => NonSynPolicy::Schedule,
+                (Some(NonSynPolicy::Drop), _) | (None, SchedulerKind::RoundRobin) => NonSynPolicy::Drop,
+                (Some(NonSynPolicy::Schedule), _) | (None, SchedulerKind::Maglev { .. }) => NonSynPolicy::Schedule,
             };
             if l.tcp_non_syn.is_some() && protocol == Protocol::Udp {
                 return self.err(f("tcp_non_syn"), "only applies to TCP listeners");
