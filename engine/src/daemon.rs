@@ -9,8 +9,8 @@ use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::counters::WorkerCounters;
 use crate::dataplane::{CoreSettings, Dataplane};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingProducer};
-use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
 use crate::query;
+use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
 use crate::wire::MacAddr;
 use crate::worker::{PortQueues, RunControl, Worker};
 use lbproto::stats::Report;
@@ -41,15 +41,15 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
     let mut args = vec!["lbd".to_owned()];
     // DPDK's INFO chatter ("Detected CPU lcores", ...) buries lbd's own
     // lines; warnings and errors still show. `--log-level` in `eal` wins.
-    if !cfg.eal.iter().any(|a| a.starts_with("--log-level")) {
+    if !cfg.startup.eal.iter().any(|a| a.starts_with("--log-level")) {
         args.push("--log-level=notice".to_owned());
     }
-    args.extend(cfg.eal.iter().cloned());
-    if !has_lcore_arg(&cfg.eal) {
-        let cpus: Vec<u32> = cfg.cpus.clone().unwrap_or_else(|| allowed.to_vec());
+    args.extend(cfg.startup.eal.iter().cloned());
+    if !has_lcore_arg(&cfg.startup.eal) {
+        let cpus: Vec<u32> = cfg.startup.cpus.clone().unwrap_or_else(|| allowed.to_vec());
         let all: Vec<String> = allowed.iter().map(u32::to_string).collect();
         let mut map = vec![format!("0@({})", all.join(","))];
-        for i in 1..=cfg.workers {
+        for i in 1..=cfg.startup.workers {
             map.push(format!("{}@{}", i, cpus[(i - 1) % cpus.len()]));
         }
         args.push(format!("--lcores={}", map.join(",")));
@@ -67,7 +67,7 @@ fn rss_request(cfg: &Config, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
         RssMode::Off | RssMode::Auto => return None,
     };
     let buckets = (0..crate::rss::BUCKETS)
-        .map(|b| (crate::rss::bucket_owner(b, cfg.workers) % usize::from(nrx.max(1))) as u16)
+        .map(|b| (crate::rss::bucket_owner(b, cfg.startup.workers) % usize::from(nrx.max(1))) as u16)
         .collect();
     Some(dpdk::RssRequest { fields, key: crate::rss::RSS_KEY, buckets })
 }
@@ -91,17 +91,19 @@ fn expected_runtime_dir(args: &[String]) -> PathBuf {
 /// Mbufs enough for every descriptor, ring slot and buffer that can hold
 /// one at the same time, plus per-lcore caches.
 fn mempool_size(cfg: &Config, rxq: &[u16]) -> u32 {
-    if let Some(n) = cfg.mempool_mbufs {
+    if let Some(n) = cfg.startup.mempool_mbufs {
         return n;
     }
-    let w = cfg.workers as u64;
+    let w = cfg.startup.workers as u64;
     let mut n: u64 = 0;
-    for (p, q) in cfg.ports.iter().zip(rxq) {
+    for (p, q) in cfg.startup.ports.iter().zip(rxq) {
         n += u64::from(*q) * u64::from(p.rx_descriptors) + w * u64::from(p.tx_descriptors);
     }
     n += w * w.saturating_sub(1) * u64::from(HANDOFF_RING_SIZE);
-    n += w * (cfg.arp.queue_length as u64 + dpdk::MAX_BURST as u64 * (cfg.ports.len() as u64 + w + 2));
-    n += (w + 1) * u64::from(cfg.mempool_cache) + 4096;
+    n += w
+        * (cfg.startup.arp_tables.queue_length as u64
+            + dpdk::MAX_BURST as u64 * (cfg.startup.ports.len() as u64 + w + 2));
+    n += (w + 1) * u64::from(cfg.startup.mempool_cache) + 4096;
     n.min(u64::from(u32::MAX)) as u32
 }
 
@@ -149,16 +151,16 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     if !dpdk::is_root() {
         return Err("must run as root (DPDK needs raw access to devices and hugepages)".into());
     }
-    if !cfg.eal_restricts_pci() {
+    if !cfg.startup.eal_restricts_pci() {
         eprintln!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
     }
     let signals = Signals::install()?;
     // The control socket first: a second lbd on the same socket stops here,
     // before it touches DPDK.
-    let listener = server::bind(&cfg.control_socket, cfg.control_group.as_deref())?;
-    let metrics = match cfg.metrics_listen {
+    let listener = server::bind(&cfg.startup.control_socket, cfg.startup.control_group.as_deref())?;
+    let metrics = match cfg.startup.metrics_listen {
         Some(a) => Some(crate::metrics::bind(a).inspect_err(|_| {
-            let _ = std::fs::remove_file(&cfg.control_socket);
+            let _ = std::fs::remove_file(&cfg.startup.control_socket);
         })?),
         None => None,
     };
@@ -174,7 +176,7 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
             if !existed {
                 let _ = std::fs::remove_dir_all(&expected_dir);
             }
-            let _ = std::fs::remove_file(&cfg.control_socket);
+            let _ = std::fs::remove_file(&cfg.startup.control_socket);
             return Err(format!(
                 "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
             ));
@@ -188,7 +190,7 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     if runtime_dir.starts_with("/var/run/dpdk") || runtime_dir.starts_with("/run/dpdk") {
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
-    let _ = std::fs::remove_file(&cfg.control_socket);
+    let _ = std::fs::remove_file(&cfg.startup.control_socket);
     match result {
         Ok(report) => write_report(&report, &opts.stats_out),
         Err(e) => Err(e),
@@ -208,21 +210,21 @@ fn serve(
     stats_out: &Option<PathBuf>,
 ) -> Result<Report, String> {
     let lcores: Vec<u32> = eal.worker_lcores();
-    if lcores.len() < cfg.workers {
+    if lcores.len() < cfg.startup.workers {
         return Err(format!(
             "{} workers need {} worker lcores, but the EAL has {} (check -l/--lcores in `eal`)",
-            cfg.workers,
-            cfg.workers,
+            cfg.startup.workers,
+            cfg.startup.workers,
             lcores.len()
         ));
     }
-    let lcores: Vec<u32> = lcores[..cfg.workers].to_vec();
+    let lcores: Vec<u32> = lcores[..cfg.startup.workers].to_vec();
     let tsc_hz = dpdk::tsc_hz();
 
     // Find the devices and decide queue counts before allocating anything.
-    let mut ids = Vec::with_capacity(cfg.ports.len());
-    let mut rxq = Vec::with_capacity(cfg.ports.len());
-    for p in &cfg.ports {
+    let mut ids = Vec::with_capacity(cfg.startup.ports.len());
+    let mut rxq = Vec::with_capacity(cfg.startup.ports.len());
+    for p in &cfg.startup.ports {
         let id = Port::find(&p.device).ok_or_else(|| {
             format!(
                 "port `{}`: no DPDK device named `{}` (is it created by a --vdev in `eal`, or allowed with -a?)",
@@ -230,25 +232,25 @@ fn serve(
             )
         })?;
         let info = Port::info(id).map_err(|e| format!("port `{}`: {e}", p.name))?;
-        if usize::from(info.max_tx_queues) < cfg.workers {
+        if usize::from(info.max_tx_queues) < cfg.startup.workers {
             return Err(format!(
                 "port `{}` ({}, driver {}) has {} TX queue(s) but {} workers need one each (net_af_packet: qpairs=N; net_pcap: one tx_pcap per queue)",
-                p.name, p.device, info.driver, info.max_tx_queues, cfg.workers
+                p.name, p.device, info.driver, info.max_tx_queues, cfg.startup.workers
             ));
         }
         ids.push(id);
-        rxq.push(info.max_rx_queues.min(cfg.workers as u16).max(1));
+        rxq.push(info.max_rx_queues.min(cfg.startup.workers as u16).max(1));
     }
     let mbufs = mempool_size(cfg, &rxq);
-    let pool = Arc::new(Mempool::new("lbd_mbufs", mbufs, cfg.mempool_cache, -1).map_err(|e| e.to_string())?);
+    let pool = Arc::new(Mempool::new("lbd_mbufs", mbufs, cfg.startup.mempool_cache, -1).map_err(|e| e.to_string())?);
 
     let mut ports = Vec::with_capacity(ids.len());
     let mut queues: Vec<(Vec<dpdk::RxQueue>, Vec<dpdk::TxQueue>)> = Vec::new();
     let mut macs = Vec::new();
-    for (i, ((p, id), nrx)) in cfg.ports.iter().zip(&ids).zip(&rxq).enumerate() {
+    for (i, ((p, id), nrx)) in cfg.startup.ports.iter().zip(&ids).zip(&rxq).enumerate() {
         let setup = PortSetup {
             rx_queues: *nrx,
-            tx_queues: cfg.workers as u16,
+            tx_queues: cfg.startup.workers as u16,
             rx_descriptors: p.rx_descriptors,
             tx_descriptors: p.tx_descriptors,
             rss: rss_request(cfg, i, *nrx),
@@ -275,12 +277,12 @@ fn serve(
     }
 
     let mut registry = IdRegistry::default();
-    registry.assign(cfg, &|_, _| true)?;
+    registry.assign(&cfg.forwarding, &|_, _| true)?;
     let snapshot = Snapshot::build(cfg, &macs, &registry, 1);
     let snapshots = Arc::new(SnapshotCell::new(snapshot));
 
     // Hand-off rings: producers[i][j] sends from worker i to worker j.
-    let n = cfg.workers;
+    let n = cfg.startup.workers;
     let mut producers: Vec<Vec<Option<RingProducer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     let mut consumers: Vec<Vec<RingConsumer>> = (0..n).map(|_| Vec::new()).collect();
     for (i, row) in producers.iter_mut().enumerate() {
@@ -297,7 +299,7 @@ fn serve(
         consumers.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
 
     let counters: Vec<Arc<WorkerCounters>> =
-        (0..n).map(|_| Arc::new(WorkerCounters::new(cfg.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
+        (0..n).map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
     let control = Arc::new(RunControl::default());
     let start_tsc = dpdk::tsc();
 
@@ -317,9 +319,9 @@ fn serve(
         let settings = CoreSettings {
             worker: w,
             workers: n,
-            session_capacity: cfg.session_capacity,
-            neighbor_capacity: cfg.arp.cache_size,
-            pending_capacity: cfg.arp.queue_length,
+            session_capacity: cfg.startup.session_capacity,
+            neighbor_capacity: cfg.startup.arp_tables.cache_size,
+            pending_capacity: cfg.startup.arp_tables.queue_length,
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);
@@ -334,8 +336,8 @@ fn serve(
             counters: Arc::clone(&counters[w]),
             snapshots: Arc::clone(&snapshots),
             control: Arc::clone(&control),
-            burst: cfg.burst,
-            idle_sleep: cfg.idle_sleep,
+            burst: cfg.startup.burst,
+            idle_sleep: cfg.startup.idle_sleep,
             tsc_hz,
             start_tsc,
         });
@@ -350,6 +352,7 @@ fn serve(
     }
 
     let port_infos: Vec<PortInfo> = cfg
+        .startup
         .ports
         .iter()
         .zip(&ports)
@@ -382,10 +385,11 @@ fn serve(
     // The metrics server first: dropped on an early return, it stops and
     // joins its thread (the control server has no such drop).
     let metrics_server = metrics.map(|b| b.start(Arc::clone(&rt))).transpose()?;
-    let control_server = ControlServer::spawn(listener, cfg.control_socket.clone(), Arc::clone(&rt))
+    let control_server = ControlServer::spawn(listener, cfg.startup.control_socket.clone(), Arc::clone(&rt))
         .map_err(|e| format!("cannot start the control thread: {e}"))?;
 
     let port_list: Vec<String> = cfg
+        .startup
         .ports
         .iter()
         .zip(&macs)
@@ -408,8 +412,8 @@ fn serve(
         "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), control {}, metrics {}, ports: {}",
         n,
         lcores,
-        cfg.listeners.len(),
-        cfg.control_socket.display(),
+        cfg.forwarding.listeners.len(),
+        cfg.startup.control_socket.display(),
         metrics_at,
         port_list.join(", ")
     );

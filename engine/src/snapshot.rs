@@ -10,7 +10,7 @@
 //! reads freed memory, none ever waits, and none pays for freeing a large
 //! table.
 
-use crate::config::{Config, NonSynPolicy, Protocol, RemovedBackendPolicy, MAX_BACKENDS, MAX_LISTENERS};
+use crate::config::{Config, Forwarding, NonSynPolicy, Protocol, RemovedBackendPolicy, MAX_BACKENDS, MAX_LISTENERS};
 use crate::flow::fold_mul;
 use crate::neighbor::ArpTimers;
 use crate::scheduler::Scheduler;
@@ -214,19 +214,23 @@ pub struct IdRegistry {
 }
 
 impl IdRegistry {
-    /// Gives every listener and backend of `cfg` an id. `idle(kind, id)`
+    /// Gives every listener and backend of `forwarding` an id. `idle(kind, id)`
     /// says whether a removed id has no session left. Returns the ids that
     /// changed owner; fails, changing nothing, when ids run out.
-    pub fn assign(&mut self, cfg: &Config, idle: &dyn Fn(IdKind, u32) -> bool) -> Result<Vec<(IdKind, u32)>, String> {
+    pub fn assign(
+        &mut self,
+        forwarding: &Forwarding,
+        idle: &dyn Fn(IdKind, u32) -> bool,
+    ) -> Result<Vec<(IdKind, u32)>, String> {
         let mut next = self.clone();
-        let live_l: HashSet<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
-        let live_b: HashSet<BackendKey> = cfg
+        let live_l: HashSet<&str> = forwarding.listeners.iter().map(|l| l.name.as_str()).collect();
+        let live_b: HashSet<BackendKey> = forwarding
             .listeners
             .iter()
             .flat_map(|l| l.backends.iter().map(move |b| (l.name.clone(), b.address, b.port)))
             .collect();
         let mut recycled = Vec::new();
-        for l in &cfg.listeners {
+        for l in &forwarding.listeners {
             if next.listeners.contains_key(&l.name) {
                 continue;
             }
@@ -250,7 +254,7 @@ impl IdRegistry {
             next.listener_owner[usize::from(id)] = Some(l.name.clone());
             next.listeners.insert(l.name.clone(), id);
         }
-        for l in &cfg.listeners {
+        for l in &forwarding.listeners {
             for b in &l.backends {
                 let key = (l.name.clone(), b.address, b.port);
                 if next.backends.contains_key(&key) {
@@ -307,8 +311,9 @@ impl Snapshot {
     /// port `i` ended up with (known only once DPDK opened the device);
     /// `ids` must have assigned every listener and backend of `cfg`.
     pub fn build(cfg: &Config, macs: &[MacAddr], ids: &IdRegistry, generation: u64) -> Snapshot {
-        assert_eq!(macs.len(), cfg.ports.len());
+        assert_eq!(macs.len(), cfg.startup.ports.len());
         let ports: Vec<PortView> = cfg
+            .startup
             .ports
             .iter()
             .zip(macs)
@@ -328,11 +333,11 @@ impl Snapshot {
             .collect();
         let routes = RouteTable::new(&ports);
 
-        let mut listeners = Vec::with_capacity(cfg.listeners.len());
+        let mut listeners = Vec::with_capacity(cfg.forwarding.listeners.len());
         let mut backend_slots = vec![(u16::MAX, u16::MAX); MAX_BACKENDS].into_boxed_slice();
         let mut listener_slots = vec![u16::MAX; MAX_LISTENERS].into_boxed_slice();
         let mut lindex = Vec::new();
-        for (li, l) in cfg.listeners.iter().enumerate() {
+        for (li, l) in cfg.forwarding.listeners.iter().enumerate() {
             let id = ids.listener(&l.name).expect("listener ids assigned before build");
             listener_slots[usize::from(id)] = li as u16;
             let backends: Vec<BackendView> = l
@@ -382,6 +387,7 @@ impl Snapshot {
         }
 
         let static_neighbors = cfg
+            .startup
             .ports
             .iter()
             .enumerate()
@@ -389,9 +395,9 @@ impl Snapshot {
             .collect();
 
         let arp = ArpTimers {
-            reachable_ms: ms(cfg.arp.reachable_time),
-            retry_ms: ms(cfg.arp.retry_interval),
-            max_retries: cfg.arp.max_retries,
+            reachable_ms: ms(cfg.forwarding.arp.reachable_time),
+            retry_ms: ms(cfg.forwarding.arp.retry_interval),
+            max_retries: cfg.forwarding.arp.max_retries,
         };
         Snapshot {
             generation,
@@ -404,10 +410,10 @@ impl Snapshot {
             backend_slots,
             listener_slots,
             static_neighbors,
-            timeouts: StateTimeouts::from_config(&cfg.timeouts),
+            timeouts: StateTimeouts::from_config(&cfg.forwarding.timeouts),
             park_max_ms: arp.retry_ms.saturating_mul(arp.max_retries + 1),
             arp,
-            removed_backend: cfg.removed_backend,
+            removed_backend: cfg.forwarding.removed_backend,
         }
     }
 
@@ -522,7 +528,7 @@ mod tests {
         assert_eq!(r.lookup(ip([8, 8, 8, 8])), None);
     }
 
-    fn cfg_with(listeners: &[(&str, &[u16])]) -> Config {
+    fn cfg_with(listeners: &[(&str, &[u16])]) -> Forwarding {
         let mut y = String::from("ports:\n  - {name: p, device: d, address: 10.0.0.1/16}\nlisteners:\n");
         for (i, (name, ports)) in listeners.iter().enumerate() {
             y += &format!(
@@ -533,7 +539,7 @@ mod tests {
                 y += &format!("      - {{address: 10.0.2.1, port: {p}}}\n");
             }
         }
-        crate::config::parse(&y, std::path::Path::new("t")).unwrap()
+        crate::config::parse(&y, std::path::Path::new("t")).unwrap().forwarding
     }
 
     #[test]
@@ -562,13 +568,14 @@ mod tests {
                 y += &format!("  - {{name: {n}, vip: 10.1.0.{}, protocol: tcp, port: 80}}\n", i + 1);
             }
             let c = crate::config::parse(&y, std::path::Path::new("t")).unwrap();
-            ids.assign(&c, &|_, _| true).unwrap();
+            ids.assign(&c.forwarding, &|_, _| true).unwrap();
         }
         let fresh = crate::config::parse(
             "ports:\n  - {name: p, device: d, address: 10.0.0.1/8}\nlisteners:\n  - {name: new, vip: 10.1.0.1, protocol: tcp, port: 80}\n",
             std::path::Path::new("t"),
         )
-        .unwrap();
+        .unwrap()
+        .forwarding;
         // Every removed id still has sessions: refused, nothing changed.
         let before = ids.clone();
         assert!(ids.assign(&fresh, &|_, _| false).is_err());

@@ -216,55 +216,83 @@ impl Default for Timeouts {
     }
 }
 
+/// How neighbours are resolved: timers a snapshot carries, so a reload
+/// changes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArpConfig {
+pub struct ArpTiming {
     pub reachable_time: Duration,
     pub retry_interval: Duration,
     pub max_retries: u32,
-    pub queue_length: usize,
-    pub cache_size: usize,
 }
 
-impl Default for ArpConfig {
+impl Default for ArpTiming {
     fn default() -> Self {
-        ArpConfig {
-            reachable_time: Duration::from_secs(300),
-            retry_interval: Duration::from_secs(1),
-            max_retries: 3,
-            queue_length: 256,
-            cache_size: 16384,
-        }
+        ArpTiming { reachable_time: Duration::from_secs(300), retry_interval: Duration::from_secs(1), max_retries: 3 }
     }
 }
 
+/// Sizes of the per-worker neighbour tables, allocated at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpTables {
+    /// Packets per worker held while their next hop resolves.
+    pub queue_length: usize,
+    /// Neighbour entries per worker.
+    pub cache_size: usize,
+}
+
+impl Default for ArpTables {
+    fn default() -> Self {
+        ArpTables { queue_length: 256, cache_size: 16384 }
+    }
+}
+
+/// A validated configuration: what `lbd` is started with and what it
+/// forwards by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub source: PathBuf,
+    pub startup: Startup,
+    pub forwarding: Forwarding,
+}
+
+/// What is fixed from start to exit: the EAL, lcores, ports, memory and
+/// table sizes, the control and metrics endpoints. A change that touches
+/// any of it is refused; see [`Startup::changed_fields`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Startup {
     pub eal: Vec<String>,
     pub workers: usize,
     pub cpus: Option<Vec<u32>>,
     pub idle_sleep: Duration,
     pub burst: usize,
     pub ports: Vec<PortConfig>,
-    pub listeners: Vec<ListenerConfig>,
-    pub timeouts: Timeouts,
     pub session_capacity: usize,
-    pub arp: ArpConfig,
+    pub arp_tables: ArpTables,
     pub mempool_mbufs: Option<u32>,
     pub mempool_cache: u32,
-    pub removed_backend: RemovedBackendPolicy,
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// What a snapshot is built from, so a reload or an `lbctl` change can
+/// replace it while lbd runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    pub listeners: Vec<ListenerConfig>,
+    pub timeouts: Timeouts,
+    pub arp: ArpTiming,
+    pub removed_backend: RemovedBackendPolicy,
+}
+
 impl Config {
     /// The RSS mode of port `i` with `Auto` resolved.
     pub fn rss_mode(&self, i: usize) -> RssMode {
-        let p = &self.ports[i];
+        let p = &self.startup.ports[i];
         match p.rss {
             RssMode::Auto => {
-                let faces_clients = p.gateway.is_some() || self.listeners.iter().any(|l| p.subnet.contains(&l.vip));
+                let faces_clients =
+                    p.gateway.is_some() || self.forwarding.listeners.iter().any(|l| p.subnet.contains(&l.vip));
                 if faces_clients {
                     RssMode::Source
                 } else {
@@ -274,7 +302,9 @@ impl Config {
             m => m,
         }
     }
+}
 
+impl Startup {
     /// True when the EAL arguments keep DPDK off PCI devices not listed.
     pub fn eal_restricts_pci(&self) -> bool {
         self.eal.iter().any(|a| {
@@ -285,6 +315,46 @@ impl Config {
                 || a.starts_with("--block")
                 || (a.starts_with("-a") && a.len() > 2)
         })
+    }
+
+    /// The file's names of the fields that differ between `self` and
+    /// `other`, for the refusal message. Whether a restart is needed is
+    /// `self != other`; this only names why. The destructuring lists every
+    /// field without `..`, so a field added to [`Startup`] does not compile
+    /// until it is named here too.
+    pub fn changed_fields(&self, other: &Startup) -> Vec<&'static str> {
+        let Startup {
+            eal,
+            workers,
+            cpus,
+            idle_sleep,
+            burst,
+            ports,
+            session_capacity,
+            arp_tables: ArpTables { queue_length, cache_size },
+            mempool_mbufs,
+            mempool_cache,
+            control_socket,
+            control_group,
+            metrics_listen,
+        } = self;
+        let same = [
+            ("eal", *eal == other.eal),
+            ("lcores.workers", *workers == other.workers),
+            ("lcores.cpus", *cpus == other.cpus),
+            ("lcores.idle_sleep", *idle_sleep == other.idle_sleep),
+            ("lcores.burst", *burst == other.burst),
+            ("ports", *ports == other.ports),
+            ("sessions.capacity_per_worker", *session_capacity == other.session_capacity),
+            ("arp.queue_length", *queue_length == other.arp_tables.queue_length),
+            ("arp.cache_size", *cache_size == other.arp_tables.cache_size),
+            ("mempool.mbufs", *mempool_mbufs == other.mempool_mbufs),
+            ("mempool.cache_size", *mempool_cache == other.mempool_cache),
+            ("control.socket", *control_socket == other.control_socket),
+            ("control.group", *control_group == other.control_group),
+            ("metrics.listen", *metrics_listen == other.metrics_listen),
+        ];
+        same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
 }
 
@@ -471,9 +541,9 @@ impl Validator<'_> {
                 .err("sessions.capacity_per_worker", format!("{cap} is out of range (1..={MAX_SESSIONS_PER_WORKER})"));
         }
 
-        let da = ArpConfig::default();
+        let da = ArpTiming::default();
         let a = &raw.arp;
-        let arp = ArpConfig {
+        let arp = ArpTiming {
             reachable_time: self.duration("arp.reachable_time", a.reachable_time.as_ref(), da.reachable_time, one)?,
             retry_interval: self.duration(
                 "arp.retry_interval",
@@ -482,17 +552,20 @@ impl Validator<'_> {
                 Duration::from_millis(10),
             )?,
             max_retries: a.max_retries.unwrap_or(da.max_retries),
-            queue_length: a.queue_length.map_or(da.queue_length, |v| v as usize),
-            cache_size: a.cache_size.map_or(da.cache_size, |v| v as usize),
+        };
+        let dt = ArpTables::default();
+        let arp_tables = ArpTables {
+            queue_length: a.queue_length.map_or(dt.queue_length, |v| v as usize),
+            cache_size: a.cache_size.map_or(dt.cache_size, |v| v as usize),
         };
         if !(1..=100).contains(&arp.max_retries) {
             return self.err("arp.max_retries", format!("{} is out of range (1..=100)", arp.max_retries));
         }
-        if !(1..=65536).contains(&arp.queue_length) {
-            return self.err("arp.queue_length", format!("{} is out of range (1..=65536)", arp.queue_length));
+        if !(1..=65536).contains(&arp_tables.queue_length) {
+            return self.err("arp.queue_length", format!("{} is out of range (1..=65536)", arp_tables.queue_length));
         }
-        if !(16..=1 << 20).contains(&arp.cache_size) {
-            return self.err("arp.cache_size", format!("{} is out of range (16..=1048576)", arp.cache_size));
+        if !(16..=1 << 20).contains(&arp_tables.cache_size) {
+            return self.err("arp.cache_size", format!("{} is out of range (16..=1048576)", arp_tables.cache_size));
         }
         if let Some(n) = raw.mempool.mbufs {
             if n < 1024 {
@@ -532,22 +605,22 @@ impl Validator<'_> {
 
         Ok(Config {
             source: self.file.to_owned(),
-            eal: raw.eal,
-            workers: workers as usize,
-            cpus: raw.lcores.cpus,
-            idle_sleep,
-            burst: burst as usize,
-            ports,
-            listeners,
-            timeouts,
-            session_capacity: cap as usize,
-            arp,
-            mempool_mbufs: raw.mempool.mbufs,
-            mempool_cache,
-            removed_backend,
-            control_socket,
-            control_group: raw.control.group.clone(),
-            metrics_listen,
+            startup: Startup {
+                eal: raw.eal,
+                workers: workers as usize,
+                cpus: raw.lcores.cpus,
+                idle_sleep,
+                burst: burst as usize,
+                ports,
+                session_capacity: cap as usize,
+                arp_tables,
+                mempool_mbufs: raw.mempool.mbufs,
+                mempool_cache,
+                control_socket,
+                control_group: raw.control.group.clone(),
+                metrics_listen,
+            },
+            forwarding: Forwarding { listeners, timeouts, arp, removed_backend },
         })
     }
 

@@ -118,29 +118,6 @@ fn config_error(e: config::ConfigError, api: bool) -> ErrorReply {
     err(ErrorCode::Invalid, msg)
 }
 
-/// What only a restart can change, by name, that differs between `a` and
-/// `b`.
-fn restart_needed(a: &Config, b: &Config) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let mut check = |name, same: bool| {
-        if !same {
-            v.push(name);
-        }
-    };
-    check("eal", a.eal == b.eal);
-    check("lcores", a.workers == b.workers && a.cpus == b.cpus && a.idle_sleep == b.idle_sleep && a.burst == b.burst);
-    check("ports", a.ports == b.ports);
-    check("sessions.capacity_per_worker", a.session_capacity == b.session_capacity);
-    check(
-        "arp.queue_length/cache_size",
-        a.arp.queue_length == b.arp.queue_length && a.arp.cache_size == b.arp.cache_size,
-    );
-    check("mempool", a.mempool_mbufs == b.mempool_mbufs && a.mempool_cache == b.mempool_cache);
-    check("control", a.control_socket == b.control_socket && a.control_group == b.control_group);
-    check("metrics", a.metrics_listen == b.metrics_listen);
-    v
-}
-
 fn parse_backend_filter(s: &str) -> Result<(Ipv4Addr, Option<u16>), ErrorReply> {
     let bad = || err(ErrorCode::Invalid, format!("`{s}` is not a backend address (ADDRESS or ADDRESS:PORT)"));
     match s.split_once(':') {
@@ -273,11 +250,11 @@ impl Runtime {
     ) -> Result<Change, ErrorReply> {
         let t0 = Instant::now();
         let cfg = config::validate(raw.clone(), origin).map_err(|e| config_error(e, api))?;
-        let fixed = restart_needed(&plane.config, &cfg);
-        if !fixed.is_empty() {
+        if cfg.startup != plane.config.startup {
+            let changed = plane.config.startup.changed_fields(&cfg.startup);
             return Err(err(
                 ErrorCode::RestartRequired,
-                format!("changing {} needs a restart of lbd; nothing was applied", fixed.join(", ")),
+                format!("changing {} needs a restart of lbd; nothing was applied", changed.join(", ")),
             ));
         }
         let mut ids = plane.ids.clone();
@@ -290,7 +267,7 @@ impl Runtime {
             };
             t.sessions_active == 0
         };
-        let recycled = ids.assign(&cfg, &idle).map_err(|e| err(ErrorCode::Invalid, e))?;
+        let recycled = ids.assign(&cfg.forwarding, &idle).map_err(|e| err(ErrorCode::Invalid, e))?;
         let generation = plane.generation + 1;
         let snapshot = Snapshot::build(&cfg, &plane.macs, &ids, generation);
         let build_us = t0.elapsed().as_micros() as u64;
@@ -394,8 +371,8 @@ impl Runtime {
             lcores: self.lcores.clone(),
             config_path: plane.path.display().to_string(),
             config_generation: plane.generation,
-            listeners: plane.config.listeners.len(),
-            backends: plane.config.listeners.iter().map(|l| l.backends.len()).sum(),
+            listeners: plane.config.forwarding.listeners.len(),
+            backends: plane.config.forwarding.listeners.iter().map(|l| l.backends.len()).sum(),
             sessions_active: report.sessions_active,
             drops_total: report.drops_total,
             ports,
