@@ -277,7 +277,7 @@ fn serve(
     }
 
     let mut registry = IdRegistry::default();
-    registry.assign(&cfg.forwarding, &|_, _| true)?;
+    registry.assign(&cfg.forwarding, &|_| true)?;
     let snapshot = Snapshot::build(cfg, &macs, &registry, 1);
     let snapshots = Arc::new(SnapshotCell::new(snapshot));
 

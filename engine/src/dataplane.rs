@@ -373,7 +373,7 @@ impl<P: Packet> State<P> {
             return Some(Some(memo_pos));
         }
         snap.local(key.dst())?;
-        let pos = snap.listener_position(key.dst(), key.proto(), key.dport());
+        let pos = snap.listener_position(key.dst(), key.proto(), key.dport()).map(|p| p.0);
         if let Some(p) = pos {
             self.listener_memo.set((lk, snap.generation, p));
         }
@@ -547,7 +547,8 @@ impl<P: Packet> State<P> {
             }
             Some((slot, Direction::Request)) => {
                 let s = self.sessions.session(slot);
-                let configured = snap.backend_by_id(s.backend_id).is_some_and(|(lv, _)| lv.id == l.id);
+                let configured =
+                    snap.backend_by_id(crate::ids::BackendId(s.backend_id)).is_some_and(|(lv, _)| lv.id == l.id);
                 match (configured, snap.removed_backend) {
                     (true, _) | (false, RemovedBackendPolicy::Keep) => Some(slot),
                     (false, policy) => {
@@ -600,7 +601,7 @@ impl<P: Packet> State<P> {
                     // create state for it.
                     nat::rewrite(pkt.data_mut(), Endpoint::Destination, b.addr, b.port);
                     self.counters.listeners[usize::from(l.id)].count(Direction::Request, pkt.packet_len());
-                    self.counters.backends[b.id as usize].count(Direction::Request, pkt.packet_len());
+                    self.counters.backends[usize::from(b.id)].count(Direction::Request, pkt.packet_len());
                     return self.route(snap, pkt, b.addr, io);
                 }
                 let s = Session::new(
@@ -608,8 +609,8 @@ impl<P: Packet> State<P> {
                     (key.src(), key.sport()),
                     (key.dst(), key.dport()),
                     (b.addr, b.port),
-                    l.id,
-                    b.id,
+                    l.id.0,
+                    b.id.0,
                     state,
                     self.now,
                 );
@@ -620,7 +621,7 @@ impl<P: Packet> State<P> {
                             self.counters.event(Event::SessionsRescheduled);
                         }
                         self.counters.listeners[usize::from(l.id)].sessions_created.inc();
-                        self.counters.backends[b.id as usize].sessions_created.inc();
+                        self.counters.backends[usize::from(b.id)].sessions_created.inc();
                         self.counters.sessions_active.set(self.sessions.len() as u64);
                         slot
                     }

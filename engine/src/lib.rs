@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod ids;
 pub mod latency;
 pub mod maglev;
 pub mod nat;

@@ -9,6 +9,7 @@
 //! [`WorkerQuery`]s, the worker answers them with [`answer`]. It lives
 //! outside `control` so the data path does not import the control plane.
 
+use crate::ids::{ListenerId, PortIndex};
 use crate::session::Session;
 use crate::wire::MacAddr;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -19,14 +20,14 @@ pub const SCAN_BUDGET: u32 = 16_384;
 /// Which sessions a listing wants.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionMatch {
-    pub listener: Option<u16>,
+    pub listener: Option<ListenerId>,
     pub backend_ip: Option<u32>,
     pub backend_port: Option<u16>,
 }
 
 impl SessionMatch {
     pub fn matches(&self, s: &Session) -> bool {
-        self.listener.is_none_or(|l| l == s.listener)
+        self.listener.is_none_or(|l| l.0 == s.listener)
             && self.backend_ip.is_none_or(|a| a == s.backend_ip)
             && self.backend_port.is_none_or(|p| p == s.backend_port)
     }
@@ -43,7 +44,7 @@ pub struct SessionsChunk {
 
 #[derive(Debug, Clone)]
 pub struct NeighborRecord {
-    pub port: u16,
+    pub port: PortIndex,
     pub ip: u32,
     pub mac: MacAddr,
     pub state: &'static str,
@@ -82,7 +83,7 @@ pub fn answer<P: crate::dataplane::Packet>(dp: &crate::dataplane::Dataplane<P>, 
                 .neighbors()
                 .iter()
                 .map(|e| NeighborRecord {
-                    port: e.port,
+                    port: PortIndex(e.port),
                     ip: e.ip,
                     mac: e.mac,
                     state: match e.state {

@@ -17,7 +17,7 @@ use crate::config::{self, Config};
 use crate::counters::WorkerCounters;
 use crate::dpdk::{self, Mempool, RingMonitor, RssState};
 use crate::query::{SessionMatch, WorkerQuery};
-use crate::snapshot::{IdKind, IdRegistry, Snapshot, SnapshotCell};
+use crate::snapshot::{IdRegistry, RecycledId, Snapshot, SnapshotCell};
 use crate::stats::{self, Baselines, ReportContext};
 use crate::wire::MacAddr;
 use hdrhistogram::Histogram;
@@ -259,11 +259,11 @@ impl Runtime {
         }
         let mut ids = plane.ids.clone();
         let counters = &self.counters;
-        let idle = |kind: IdKind, id: u32| {
+        let idle = |id: RecycledId| {
             let empty = Baselines::default();
-            let t = match kind {
-                IdKind::Listener => stats::listener_totals(counters, id as u16, &empty),
-                IdKind::Backend => stats::backend_totals(counters, id, &empty),
+            let t = match id {
+                RecycledId::Listener(id) => stats::listener_totals(counters, id, &empty),
+                RecycledId::Backend(id) => stats::backend_totals(counters, id, &empty),
             };
             t.sessions_active == 0
         };
@@ -274,13 +274,13 @@ impl Runtime {
 
         // Ids that change owner: the new owner's counters start from here.
         let empty = Baselines::default();
-        for (kind, id) in recycled {
-            match kind {
-                IdKind::Listener => {
-                    let t = stats::listener_totals(counters, id as u16, &empty);
-                    plane.baselines.listeners.insert(id as u16, t);
+        for id in recycled {
+            match id {
+                RecycledId::Listener(id) => {
+                    let t = stats::listener_totals(counters, id, &empty);
+                    plane.baselines.listeners.insert(id, t);
                 }
-                IdKind::Backend => {
+                RecycledId::Backend(id) => {
                     let t = stats::backend_totals(counters, id, &empty);
                     plane.baselines.backends.insert(id, t);
                 }
@@ -490,8 +490,9 @@ impl Runtime {
                     .recv_timeout(QUERY_TIMEOUT)
                     .map_err(|_| err(ErrorCode::Timeout, format!("worker {w} did not answer in {QUERY_TIMEOUT:?}")))?;
                 for s in &chunk.sessions {
-                    let listener =
-                        snap.listener_by_id(s.listener).map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
+                    let listener = snap
+                        .listener_by_id(crate::ids::ListenerId(s.listener))
+                        .map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
                     out.push(SessionInfo {
                         worker: w,
                         protocol: if s.proto == crate::wire::ipv4::PROTO_TCP { "tcp" } else { "udp" }.into(),
