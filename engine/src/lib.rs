@@ -5,6 +5,11 @@
 //! `dataplane`), testable without EAL. `dpdk` is the one module with
 //! `unsafe`: a thin safe layer over `dpdk-sys` that `worker` and `daemon`
 //! use to run the core on lcores.
+//!
+//! Control and data meet in three places only: the configuration
+//! (`config`: a startup part fixed until restart, a forwarding part),
+//! the published [`snapshot::Snapshot`] built from it, and the worker
+//! queries (`query`). `ids` names the integers both sides share.
 
 #![deny(unsafe_code)]
 
