@@ -547,8 +547,7 @@ impl<P: Packet> State<P> {
             }
             Some((slot, Direction::Request)) => {
                 let s = self.sessions.session(slot);
-                let configured =
-                    snap.backend_by_id(crate::ids::BackendId(s.backend_id)).is_some_and(|(lv, _)| lv.id == l.id);
+                let configured = snap.backend_by_id(s.backend_id).is_some_and(|(lv, _)| lv.id == l.id);
                 match (configured, snap.removed_backend) {
                     (true, _) | (false, RemovedBackendPolicy::Keep) => Some(slot),
                     (false, policy) => {
@@ -609,8 +608,8 @@ impl<P: Packet> State<P> {
                     (key.src(), key.sport()),
                     (key.dst(), key.dport()),
                     (b.addr, b.port),
-                    l.id.0,
-                    b.id.0,
+                    l.id,
+                    b.id,
                     state,
                     self.now,
                 );
@@ -639,7 +638,7 @@ impl<P: Packet> State<P> {
         nat::rewrite(pkt.data_mut(), Endpoint::Destination, addr, port);
         let len = pkt.packet_len();
         self.counters.listeners[usize::from(lid)].count(Direction::Request, len);
-        self.counters.backends[bid as usize].count(Direction::Request, len);
+        self.counters.backends[usize::from(bid)].count(Direction::Request, len);
         self.route(snap, pkt, addr, io)
     }
 
@@ -658,7 +657,7 @@ impl<P: Packet> State<P> {
 
     fn close_counters(&self, s: &Session) {
         self.counters.listeners[usize::from(s.listener)].sessions_closed.inc();
-        self.counters.backends[s.backend_id as usize].sessions_closed.inc();
+        self.counters.backends[usize::from(s.backend_id)].sessions_closed.inc();
         self.counters.sessions_active.set(self.sessions.len() as u64);
     }
 
@@ -695,7 +694,7 @@ impl<P: Packet> State<P> {
         nat::rewrite(pkt.data_mut(), Endpoint::Source, vip, vport);
         let len = pkt.packet_len();
         self.counters.listeners[usize::from(lid)].count(Direction::Reply, len);
-        self.counters.backends[bid as usize].count(Direction::Reply, len);
+        self.counters.backends[usize::from(bid)].count(Direction::Reply, len);
         self.route(snap, pkt, key.dst(), io)
     }
 
@@ -883,7 +882,7 @@ impl<P: Packet> State<P> {
             let c = &self.counters;
             let n = self.sessions.expire(now, budget as usize, &snap.timeouts, |s| {
                 c.listeners[usize::from(s.listener)].sessions_closed.inc();
-                c.backends[s.backend_id as usize].sessions_closed.inc();
+                c.backends[usize::from(s.backend_id)].sessions_closed.inc();
             });
             if n > 0 {
                 c.event_n(Event::SessionsExpired, n as u64);

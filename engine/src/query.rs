@@ -27,7 +27,7 @@ pub struct SessionMatch {
 
 impl SessionMatch {
     pub fn matches(&self, s: &Session) -> bool {
-        self.listener.is_none_or(|l| l.0 == s.listener)
+        self.listener.is_none_or(|l| l == s.listener)
             && self.backend_ip.is_none_or(|a| a == s.backend_ip)
             && self.backend_port.is_none_or(|p| p == s.backend_port)
     }

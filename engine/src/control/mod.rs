@@ -490,9 +490,8 @@ impl Runtime {
                     .recv_timeout(QUERY_TIMEOUT)
                     .map_err(|_| err(ErrorCode::Timeout, format!("worker {w} did not answer in {QUERY_TIMEOUT:?}")))?;
                 for s in &chunk.sessions {
-                    let listener = snap
-                        .listener_by_id(crate::ids::ListenerId(s.listener))
-                        .map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
+                    let listener =
+                        snap.listener_by_id(s.listener).map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
                     out.push(SessionInfo {
                         worker: w,
                         protocol: if s.proto == crate::wire::ipv4::PROTO_TCP { "tcp" } else { "udp" }.into(),
