@@ -155,7 +155,7 @@ fn frame(i: u64, flags: u8) -> Frame {
 fn dataplane<P: Packet>(capacity: usize) -> Dataplane<P> {
     let cfg = config::parse(CONFIG, Path::new("bench")).unwrap();
     let mut ids = IdRegistry::default();
-    ids.assign(&cfg, &|_, _| true).unwrap();
+    ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let macs = [MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2])];
     let snap = Arc::new(Snapshot::build(&cfg, &macs, &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));

@@ -378,7 +378,7 @@ impl<P: Packet> State<P> {
             return Some(Some(memo_pos));
         }
         snap.local(key.dst())?;
-        let pos = snap.listener_position(key.dst(), key.proto(), key.dport());
+        let pos = snap.listener_position(key.dst(), key.proto(), key.dport()).map(|p| p.0);
         if let Some(p) = pos {
             self.listener_memo.set((lk, snap.generation, p));
         }
@@ -605,7 +605,7 @@ impl<P: Packet> State<P> {
                     // create state for it.
                     nat::rewrite(pkt.data_mut(), Endpoint::Destination, b.addr, b.port);
                     self.counters.listeners[usize::from(l.id)].count(Direction::Request, pkt.packet_len());
-                    self.counters.backends[b.id as usize].count(Direction::Request, pkt.packet_len());
+                    self.counters.backends[usize::from(b.id)].count(Direction::Request, pkt.packet_len());
                     return self.route(snap, pkt, b.addr, io);
                 }
                 let s = Session::new(
@@ -625,7 +625,7 @@ impl<P: Packet> State<P> {
                             self.counters.event(Event::SessionsRescheduled);
                         }
                         self.counters.listeners[usize::from(l.id)].sessions_created.inc();
-                        self.counters.backends[b.id as usize].sessions_created.inc();
+                        self.counters.backends[usize::from(b.id)].sessions_created.inc();
                         self.counters.sessions_active.set(self.sessions.len() as u64);
                         slot
                     }
@@ -643,7 +643,7 @@ impl<P: Packet> State<P> {
         nat::rewrite(pkt.data_mut(), Endpoint::Destination, addr, port);
         let len = pkt.packet_len();
         self.counters.listeners[usize::from(lid)].count(Direction::Request, len);
-        self.counters.backends[bid as usize].count(Direction::Request, len);
+        self.counters.backends[usize::from(bid)].count(Direction::Request, len);
         self.route(snap, pkt, addr, io)
     }
 
@@ -662,7 +662,7 @@ impl<P: Packet> State<P> {
 
     fn close_counters(&self, s: &Session) {
         self.counters.listeners[usize::from(s.listener)].sessions_closed.inc();
-        self.counters.backends[s.backend_id as usize].sessions_closed.inc();
+        self.counters.backends[usize::from(s.backend_id)].sessions_closed.inc();
         self.counters.sessions_active.set(self.sessions.len() as u64);
     }
 
@@ -699,7 +699,7 @@ impl<P: Packet> State<P> {
         nat::rewrite(pkt.data_mut(), Endpoint::Source, vip, vport);
         let len = pkt.packet_len();
         self.counters.listeners[usize::from(lid)].count(Direction::Reply, len);
-        self.counters.backends[bid as usize].count(Direction::Reply, len);
+        self.counters.backends[usize::from(bid)].count(Direction::Reply, len);
         self.route(snap, pkt, key.dst(), io)
     }
 
@@ -887,7 +887,7 @@ impl<P: Packet> State<P> {
             let c = &self.counters;
             let n = self.sessions.expire(now, budget as usize, &snap.timeouts, |s| {
                 c.listeners[usize::from(s.listener)].sessions_closed.inc();
-                c.backends[s.backend_id as usize].sessions_closed.inc();
+                c.backends[usize::from(s.backend_id)].sessions_closed.inc();
             });
             if n > 0 {
                 c.event_n(Event::SessionsExpired, n as u64);

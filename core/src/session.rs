@@ -18,6 +18,7 @@
 //! and never stalls packet processing.
 
 use crate::flow::FlowKey;
+use crate::ids::{BackendId, ListenerId};
 use crate::memory::{table_vec, NoHints, Placement};
 use std::marker::PhantomData;
 
@@ -79,8 +80,8 @@ pub struct Session {
     pub client_port: u16,
     pub vip_port: u16,
     pub backend_port: u16,
-    pub listener: u16,
-    pub backend_id: u32,
+    pub listener: ListenerId,
+    pub backend_id: BackendId,
     /// Milliseconds on the worker's clock; compared with wrapping arithmetic.
     pub last_seen: u32,
     pub proto: u8,
@@ -98,8 +99,8 @@ impl Session {
         client: (u32, u16),
         vip: (u32, u16),
         backend: (u32, u16),
-        listener: u16,
-        backend_id: u32,
+        listener: ListenerId,
+        backend_id: BackendId,
         state: SessionState,
         now: u32,
     ) -> Session {
@@ -566,8 +567,8 @@ mod tests {
             (0x0a00_0000 | (i >> 14), 1024 + (i & 0x3fff) as u16),
             (0x0a00_0064, 80),
             (0x0a01_0000 | (i % 3 + 11), 8080),
-            0,
-            i % 3,
+            ListenerId(0),
+            BackendId(i % 3),
             SessionState::TcpSynSent,
             now,
         )
@@ -727,7 +728,7 @@ mod tests {
             } else {
                 r.pick(&[SessionState::TcpSynSent, SessionState::TcpEstablished, SessionState::TcpClosing])
             };
-            let s = Session::new(proto, client, vip, backend, 0, r.below(3) as u32, state, now);
+            let s = Session::new(proto, client, vip, backend, ListenerId(0), BackendId(r.below(3) as u32), state, now);
             // A session whose two keys are one key is not a flow.
             if s.request_key() != s.reply_key() {
                 return s;

@@ -3,12 +3,16 @@
 //!
 //! The control thread builds a whole new [`Snapshot`] for every change and
 //! publishes it through a [`SnapshotCell`]; each worker checks the
-//! generation between bursts (one relaxed load) and takes the new `Arc` when
-//! it moved. The old snapshot is freed when the last worker drops its
-//! reference, so no worker ever reads freed memory and none ever waits.
+//! generation between bursts (one Acquire load, paired with the Release
+//! store in [`SnapshotCell::publish`]) and takes the new `Arc` when it moved.
+//! The control thread keeps the snapshots it replaced until every worker
+//! reports the new generation and then frees them itself, so no worker ever
+//! reads freed memory, none ever waits, and none pays for freeing a large
+//! table.
 
-use crate::config::{Config, NonSynPolicy, Protocol, RemovedBackendPolicy, MAX_BACKENDS, MAX_LISTENERS};
+use crate::config::{Config, Forwarding, NonSynPolicy, Protocol, RemovedBackendPolicy, MAX_BACKENDS, MAX_LISTENERS};
 use crate::flow::fold_mul;
+use crate::ids::{BackendId, ListenerId, ListenerPos, PortIndex};
 use crate::neighbor::ArpTimers;
 use crate::scheduler::Scheduler;
 use crate::session::StateTimeouts;
@@ -134,7 +138,7 @@ impl RouteTable {
 #[derive(Debug, Clone)]
 pub struct BackendView {
     /// Stable id: indexes per-backend counters and lives in sessions.
-    pub id: u32,
+    pub id: BackendId,
     pub addr: u32,
     pub port: u16,
     pub weight: u32,
@@ -144,7 +148,7 @@ pub struct BackendView {
 #[derive(Debug, Clone)]
 pub struct ListenerView {
     /// Stable id: indexes per-listener counters and lives in sessions.
-    pub id: u16,
+    pub id: ListenerId,
     pub name: String,
     pub vip: u32,
     pub proto: u8,
@@ -159,9 +163,9 @@ pub struct ListenerView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalAddress {
     /// A port's own address.
-    Port(u16),
+    Port(PortIndex),
     /// A VIP; `owner` is the port whose subnet holds it (answers its ARP).
-    Vip { owner: Option<u16> },
+    Vip { owner: Option<PortIndex> },
 }
 
 #[derive(Debug)]
@@ -175,9 +179,9 @@ pub struct Snapshot {
     locals: Vec<LocalAddress>,
     /// Backend id → (listener position, backend position), `u16::MAX` when
     /// the id is not configured.
-    backend_slots: Box<[(u16, u16)]>,
+    backend_slots: Box<[(ListenerPos, u16)]>,
     /// Listener id → position in `listeners`.
-    listener_slots: Box<[u16]>,
+    listener_slots: Box<[ListenerPos]>,
     pub static_neighbors: Vec<(u16, u32, MacAddr)>,
     pub timeouts: StateTimeouts,
     pub arp: ArpTimers,
@@ -186,11 +190,11 @@ pub struct Snapshot {
     pub removed_backend: RemovedBackendPolicy,
 }
 
-/// Which id space.
+/// An id that changed owner in [`IdRegistry::assign`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IdKind {
-    Listener,
-    Backend,
+pub enum RecycledId {
+    Listener(ListenerId),
+    Backend(BackendId),
 }
 
 type BackendKey = (String, Ipv4Addr, u16);
@@ -204,36 +208,40 @@ type BackendKey = (String, Ipv4Addr, u16);
 /// baseline for it).
 #[derive(Debug, Default, Clone)]
 pub struct IdRegistry {
-    listeners: HashMap<String, u16>,
-    backends: HashMap<BackendKey, u32>,
+    listeners: HashMap<String, ListenerId>,
+    backends: HashMap<BackendKey, BackendId>,
     listener_owner: Vec<Option<String>>,
     backend_owner: Vec<Option<BackendKey>>,
 }
 
 impl IdRegistry {
-    /// Gives every listener and backend of `cfg` an id. `idle(kind, id)`
+    /// Gives every listener and backend of `forwarding` an id. `idle(kind, id)`
     /// says whether a removed id has no session left. Returns the ids that
     /// changed owner; fails, changing nothing, when ids run out.
-    pub fn assign(&mut self, cfg: &Config, idle: &dyn Fn(IdKind, u32) -> bool) -> Result<Vec<(IdKind, u32)>, String> {
+    pub fn assign(
+        &mut self,
+        forwarding: &Forwarding,
+        idle: &dyn Fn(RecycledId) -> bool,
+    ) -> Result<Vec<RecycledId>, String> {
         let mut next = self.clone();
-        let live_l: HashSet<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
-        let live_b: HashSet<BackendKey> = cfg
+        let live_l: HashSet<&str> = forwarding.listeners.iter().map(|l| l.name.as_str()).collect();
+        let live_b: HashSet<BackendKey> = forwarding
             .listeners
             .iter()
             .flat_map(|l| l.backends.iter().map(move |b| (l.name.clone(), b.address, b.port)))
             .collect();
         let mut recycled = Vec::new();
-        for l in &cfg.listeners {
+        for l in &forwarding.listeners {
             if next.listeners.contains_key(&l.name) {
                 continue;
             }
             let id = if next.listener_owner.len() < MAX_LISTENERS {
                 next.listener_owner.push(None);
-                (next.listener_owner.len() - 1) as u16
+                ListenerId((next.listener_owner.len() - 1) as u16)
             } else {
-                let free = (0..MAX_LISTENERS as u16).find(|id| {
+                let free = (0..MAX_LISTENERS as u16).map(ListenerId).find(|id| {
                     let owner = next.listener_owner[usize::from(*id)].as_deref();
-                    owner.is_none_or(|o| !live_l.contains(o)) && idle(IdKind::Listener, u32::from(*id))
+                    owner.is_none_or(|o| !live_l.contains(o)) && idle(RecycledId::Listener(*id))
                 });
                 let id = free.ok_or_else(|| {
                     format!("no listener id free: {MAX_LISTENERS} listeners exist or still have sessions")
@@ -241,13 +249,13 @@ impl IdRegistry {
                 if let Some(old) = next.listener_owner[usize::from(id)].take() {
                     next.listeners.remove(&old);
                 }
-                recycled.push((IdKind::Listener, u32::from(id)));
+                recycled.push(RecycledId::Listener(id));
                 id
             };
             next.listener_owner[usize::from(id)] = Some(l.name.clone());
             next.listeners.insert(l.name.clone(), id);
         }
-        for l in &cfg.listeners {
+        for l in &forwarding.listeners {
             for b in &l.backends {
                 let key = (l.name.clone(), b.address, b.port);
                 if next.backends.contains_key(&key) {
@@ -255,22 +263,22 @@ impl IdRegistry {
                 }
                 let id = if next.backend_owner.len() < MAX_BACKENDS {
                     next.backend_owner.push(None);
-                    (next.backend_owner.len() - 1) as u32
+                    BackendId((next.backend_owner.len() - 1) as u32)
                 } else {
-                    let free = (0..MAX_BACKENDS as u32).find(|id| {
-                        let owner = next.backend_owner[*id as usize].as_ref();
-                        owner.is_none_or(|o| !live_b.contains(o)) && idle(IdKind::Backend, *id)
+                    let free = (0..MAX_BACKENDS as u32).map(BackendId).find(|id| {
+                        let owner = next.backend_owner[usize::from(*id)].as_ref();
+                        owner.is_none_or(|o| !live_b.contains(o)) && idle(RecycledId::Backend(*id))
                     });
                     let id = free.ok_or_else(|| {
                         format!("no backend id free: {MAX_BACKENDS} backends exist or still have sessions")
                     })?;
-                    if let Some(old) = next.backend_owner[id as usize].take() {
+                    if let Some(old) = next.backend_owner[usize::from(id)].take() {
                         next.backends.remove(&old);
                     }
-                    recycled.push((IdKind::Backend, id));
+                    recycled.push(RecycledId::Backend(id));
                     id
                 };
-                next.backend_owner[id as usize] = Some(key.clone());
+                next.backend_owner[usize::from(id)] = Some(key.clone());
                 next.backends.insert(key, id);
             }
         }
@@ -278,11 +286,11 @@ impl IdRegistry {
         Ok(recycled)
     }
 
-    pub fn listener(&self, name: &str) -> Option<u16> {
+    pub fn listener(&self, name: &str) -> Option<ListenerId> {
         self.listeners.get(name).copied()
     }
 
-    pub fn backend(&self, listener: &str, addr: Ipv4Addr, port: u16) -> Option<u32> {
+    pub fn backend(&self, listener: &str, addr: Ipv4Addr, port: u16) -> Option<BackendId> {
         self.backends.get(&(listener.to_owned(), addr, port)).copied()
     }
 }
@@ -304,8 +312,9 @@ impl Snapshot {
     /// port `i` ended up with (known only once DPDK opened the device);
     /// `ids` must have assigned every listener and backend of `cfg`.
     pub fn build(cfg: &Config, macs: &[MacAddr], ids: &IdRegistry, generation: u64) -> Snapshot {
-        assert_eq!(macs.len(), cfg.ports.len());
+        assert_eq!(macs.len(), cfg.startup.ports.len());
         let ports: Vec<PortView> = cfg
+            .startup
             .ports
             .iter()
             .zip(macs)
@@ -325,20 +334,20 @@ impl Snapshot {
             .collect();
         let routes = RouteTable::new(&ports);
 
-        let mut listeners = Vec::with_capacity(cfg.listeners.len());
-        let mut backend_slots = vec![(u16::MAX, u16::MAX); MAX_BACKENDS].into_boxed_slice();
-        let mut listener_slots = vec![u16::MAX; MAX_LISTENERS].into_boxed_slice();
+        let mut listeners = Vec::with_capacity(cfg.forwarding.listeners.len());
+        let mut backend_slots = vec![(ListenerPos(u16::MAX), u16::MAX); MAX_BACKENDS].into_boxed_slice();
+        let mut listener_slots = vec![ListenerPos(u16::MAX); MAX_LISTENERS].into_boxed_slice();
         let mut lindex = Vec::new();
-        for (li, l) in cfg.listeners.iter().enumerate() {
+        for (li, l) in cfg.forwarding.listeners.iter().enumerate() {
             let id = ids.listener(&l.name).expect("listener ids assigned before build");
-            listener_slots[usize::from(id)] = li as u16;
+            listener_slots[usize::from(id)] = ListenerPos(li as u16);
             let backends: Vec<BackendView> = l
                 .backends
                 .iter()
                 .enumerate()
                 .map(|(bi, b)| {
                     let bid = ids.backend(&l.name, b.address, b.port).expect("backend ids assigned before build");
-                    backend_slots[bid as usize] = (li as u16, bi as u16);
+                    backend_slots[usize::from(bid)] = (ListenerPos(li as u16), bi as u16);
                     BackendView {
                         id: bid,
                         addr: u32::from(b.address),
@@ -367,18 +376,19 @@ impl Snapshot {
         let mut lentries = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             lentries.push((1 << 40 | u64::from(p.addr), locals.len() as u32));
-            locals.push(LocalAddress::Port(i as u16));
+            locals.push(LocalAddress::Port(PortIndex(i as u16)));
         }
         let mut vips: Vec<u32> = listeners.iter().map(|l| l.vip).collect();
         vips.sort_unstable();
         vips.dedup();
         for vip in vips {
-            let owner = ports.iter().position(|p| p.on_link(vip)).map(|i| i as u16);
+            let owner = ports.iter().position(|p| p.on_link(vip)).map(|i| PortIndex(i as u16));
             lentries.push((1 << 40 | u64::from(vip), locals.len() as u32));
             locals.push(LocalAddress::Vip { owner });
         }
 
         let static_neighbors = cfg
+            .startup
             .ports
             .iter()
             .enumerate()
@@ -386,9 +396,9 @@ impl Snapshot {
             .collect();
 
         let arp = ArpTimers {
-            reachable_ms: ms(cfg.arp.reachable_time),
-            retry_ms: ms(cfg.arp.retry_interval),
-            max_retries: cfg.arp.max_retries,
+            reachable_ms: ms(cfg.forwarding.arp.reachable_time),
+            retry_ms: ms(cfg.forwarding.arp.retry_interval),
+            max_retries: cfg.forwarding.arp.max_retries,
         };
         Snapshot {
             generation,
@@ -401,10 +411,10 @@ impl Snapshot {
             backend_slots,
             listener_slots,
             static_neighbors,
-            timeouts: StateTimeouts::from_config(&cfg.timeouts),
+            timeouts: StateTimeouts::from_config(&cfg.forwarding.timeouts),
             park_max_ms: arp.retry_ms.saturating_mul(arp.max_retries + 1),
             arp,
-            removed_backend: cfg.removed_backend,
+            removed_backend: cfg.forwarding.removed_backend,
         }
     }
 
@@ -416,8 +426,8 @@ impl Snapshot {
 
     /// Position in `listeners` of the listener serving the tuple.
     #[inline]
-    pub fn listener_position(&self, vip: u32, proto: u8, port: u16) -> Option<u16> {
-        self.listener_index.get(listener_key(vip, proto, port)).map(|i| i as u16)
+    pub fn listener_position(&self, vip: u32, proto: u8, port: u16) -> Option<ListenerPos> {
+        self.listener_index.get(listener_key(vip, proto, port)).map(|i| ListenerPos(i as u16))
     }
 
     /// Whether `ip` is one of our addresses (a port's or a VIP).
@@ -429,6 +439,9 @@ impl Snapshot {
     /// True when `ip` should be answered for in ARP on `port`.
     #[inline]
     pub fn owns_on_port(&self, ip: u32, port: u16) -> bool {
+        // `port` is the config port index the data path carries as a bare
+        // `u16` (in `mbuf.port`); typed here until that path is.
+        let port = PortIndex(port);
         match self.local(ip) {
             Some(LocalAddress::Port(p)) => p == port,
             Some(LocalAddress::Vip { owner }) => owner == Some(port),
@@ -438,15 +451,15 @@ impl Snapshot {
 
     /// The listener with stable id `id`, if still configured.
     #[inline]
-    pub fn listener_by_id(&self, id: u16) -> Option<&ListenerView> {
+    pub fn listener_by_id(&self, id: ListenerId) -> Option<&ListenerView> {
         let i = *self.listener_slots.get(usize::from(id))?;
         self.listeners.get(usize::from(i))
     }
 
     /// The backend with stable id `id`, if still configured.
     #[inline]
-    pub fn backend_by_id(&self, id: u32) -> Option<(&ListenerView, &BackendView)> {
-        let (li, bi) = *self.backend_slots.get(id as usize)?;
+    pub fn backend_by_id(&self, id: BackendId) -> Option<(&ListenerView, &BackendView)> {
+        let (li, bi) = *self.backend_slots.get(usize::from(id))?;
         let l = self.listeners.get(usize::from(li))?;
         Some((l, l.backends.get(usize::from(bi))?))
     }
@@ -519,7 +532,7 @@ mod tests {
         assert_eq!(r.lookup(ip([8, 8, 8, 8])), None);
     }
 
-    fn cfg_with(listeners: &[(&str, &[u16])]) -> Config {
+    fn cfg_with(listeners: &[(&str, &[u16])]) -> Forwarding {
         let mut y = String::from("ports:\n  - {name: p, device: d, address: 10.0.0.1/16}\nlisteners:\n");
         for (i, (name, ports)) in listeners.iter().enumerate() {
             y += &format!(
@@ -530,21 +543,21 @@ mod tests {
                 y += &format!("      - {{address: 10.0.2.1, port: {p}}}\n");
             }
         }
-        crate::config::parse(&y, std::path::Path::new("t")).unwrap()
+        crate::config::parse(&y, std::path::Path::new("t")).unwrap().forwarding
     }
 
     #[test]
     fn ids_are_stable_across_changes() {
         let mut ids = IdRegistry::default();
-        ids.assign(&cfg_with(&[("web", &[80, 81]), ("dns", &[53])]), &|_, _| true).unwrap();
+        ids.assign(&cfg_with(&[("web", &[80, 81]), ("dns", &[53])]), &|_| true).unwrap();
         let web = ids.listener("web").unwrap();
         let b81 = ids.backend("web", Ipv4Addr::new(10, 0, 2, 1), 81).unwrap();
         // Remove dns and a backend, add another: the survivors keep theirs.
-        ids.assign(&cfg_with(&[("web", &[80]), ("api", &[82])]), &|_, _| true).unwrap();
+        ids.assign(&cfg_with(&[("web", &[80]), ("api", &[82])]), &|_| true).unwrap();
         assert_eq!(ids.listener("web"), Some(web));
         assert_ne!(ids.listener("api"), ids.listener("dns"));
         // Put the backend back: same id as before.
-        ids.assign(&cfg_with(&[("web", &[80, 81])]), &|_, _| true).unwrap();
+        ids.assign(&cfg_with(&[("web", &[80, 81])]), &|_| true).unwrap();
         assert_eq!(ids.backend("web", Ipv4Addr::new(10, 0, 2, 1), 81), Some(b81));
     }
 
@@ -559,22 +572,23 @@ mod tests {
                 y += &format!("  - {{name: {n}, vip: 10.1.0.{}, protocol: tcp, port: 80}}\n", i + 1);
             }
             let c = crate::config::parse(&y, std::path::Path::new("t")).unwrap();
-            ids.assign(&c, &|_, _| true).unwrap();
+            ids.assign(&c.forwarding, &|_| true).unwrap();
         }
         let fresh = crate::config::parse(
             "ports:\n  - {name: p, device: d, address: 10.0.0.1/8}\nlisteners:\n  - {name: new, vip: 10.1.0.1, protocol: tcp, port: 80}\n",
             std::path::Path::new("t"),
         )
-        .unwrap();
+        .unwrap()
+        .forwarding;
         // Every removed id still has sessions: refused, nothing changed.
         let before = ids.clone();
-        assert!(ids.assign(&fresh, &|_, _| false).is_err());
+        assert!(ids.assign(&fresh, &|_| false).is_err());
         assert_eq!(ids.listener("new"), None);
         assert_eq!(before.listener("l3"), ids.listener("l3"));
         // l3's id is idle: it is recycled and reported.
         let l3 = ids.listener("l3").unwrap();
-        let recycled = ids.assign(&fresh, &|k, id| k == IdKind::Listener && id == u32::from(l3)).unwrap();
-        assert_eq!(recycled, vec![(IdKind::Listener, u32::from(l3))]);
+        let recycled = ids.assign(&fresh, &|id| id == RecycledId::Listener(l3)).unwrap();
+        assert_eq!(recycled, vec![RecycledId::Listener(l3)]);
         assert_eq!(ids.listener("new"), Some(l3));
         assert_eq!(ids.listener("l3"), None);
     }

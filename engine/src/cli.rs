@@ -1,7 +1,8 @@
 //! `lbd`'s command line.
 
+use crate::build_info::BuildInfo;
 use crate::config;
-use crate::daemon::{self, BuildInfo, RunOptions};
+use crate::daemon::{self, RunOptions};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,14 +37,14 @@ pub fn main(build: BuildInfo) -> ExitCode {
     if let Some(path) = args.check_config {
         return match config::load(&path) {
             Ok(c) => {
-                let backends: usize = c.listeners.iter().map(|l| l.backends.len()).sum();
+                let backends: usize = c.forwarding.listeners.iter().map(|l| l.backends.len()).sum();
                 println!(
                     "{}: ok ({} port(s), {} listener(s), {} backend(s), {} worker(s))",
                     path.display(),
-                    c.ports.len(),
-                    c.listeners.len(),
+                    c.startup.ports.len(),
+                    c.forwarding.listeners.len(),
                     backends,
-                    c.workers
+                    c.startup.workers
                 );
                 ExitCode::SUCCESS
             }

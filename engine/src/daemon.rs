@@ -1,14 +1,15 @@
 //! Bringing `lbd` up and down: EAL, ports, rings, workers, signals, final
 //! counters.
 
+use crate::build_info::BuildInfo;
 use crate::config::raw::RawConfig;
 use crate::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
-use crate::control::query;
 use crate::control::server::{self, ControlServer};
 use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::counters::WorkerCounters;
 use crate::dataplane::{CoreSettings, Dataplane};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingMonitor, RingProducer, RxQueue, TxQueue};
+use crate::query;
 use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
 use crate::wire::MacAddr;
 use crate::worker::{PortQueues, RunControl, Worker};
@@ -18,14 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Build facts for `--version` and the stats.
-#[derive(Debug, Clone, Copy)]
-pub struct BuildInfo {
-    pub version: &'static str,
-    pub git_revision: &'static str,
-    pub dpdk_build_version: &'static str,
-}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -48,15 +41,15 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
     let mut args = vec!["lbd".to_owned()];
     // DPDK's INFO chatter ("Detected CPU lcores", ...) buries lbd's own
     // lines; warnings and errors still show. `--log-level` in `eal` wins.
-    if !cfg.eal.iter().any(|a| a.starts_with("--log-level")) {
+    if !cfg.startup.eal.iter().any(|a| a.starts_with("--log-level")) {
         args.push("--log-level=notice".to_owned());
     }
-    args.extend(cfg.eal.iter().cloned());
-    if !has_lcore_arg(&cfg.eal) {
-        let cpus: Vec<u32> = cfg.cpus.clone().unwrap_or_else(|| allowed.to_vec());
+    args.extend(cfg.startup.eal.iter().cloned());
+    if !has_lcore_arg(&cfg.startup.eal) {
+        let cpus: Vec<u32> = cfg.startup.cpus.clone().unwrap_or_else(|| allowed.to_vec());
         let all: Vec<String> = allowed.iter().map(u32::to_string).collect();
         let mut map = vec![format!("0@({})", all.join(","))];
-        for i in 1..=cfg.workers {
+        for i in 1..=cfg.startup.workers {
             map.push(format!("{}@{}", i, cpus[(i - 1) % cpus.len()]));
         }
         args.push(format!("--lcores={}", map.join(",")));
@@ -74,7 +67,7 @@ fn rss_request(cfg: &Config, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
         RssMode::Off | RssMode::Auto => return None,
     };
     let buckets = (0..crate::rss::BUCKETS)
-        .map(|b| (crate::rss::bucket_owner(b, cfg.workers) % usize::from(nrx.max(1))) as u16)
+        .map(|b| (crate::rss::bucket_owner(b, cfg.startup.workers) % usize::from(nrx.max(1))) as u16)
         .collect();
     Some(dpdk::RssRequest { fields, key: crate::rss::RSS_KEY, buckets })
 }
@@ -98,17 +91,19 @@ fn expected_runtime_dir(args: &[String]) -> PathBuf {
 /// Mbufs enough for every descriptor, ring slot and buffer that can hold
 /// one at the same time, plus per-lcore caches.
 fn mempool_size(cfg: &Config, rxq: &[u16]) -> u32 {
-    if let Some(n) = cfg.mempool_mbufs {
+    if let Some(n) = cfg.startup.mempool_mbufs {
         return n;
     }
-    let w = cfg.workers as u64;
+    let w = cfg.startup.workers as u64;
     let mut n: u64 = 0;
-    for (p, q) in cfg.ports.iter().zip(rxq) {
+    for (p, q) in cfg.startup.ports.iter().zip(rxq) {
         n += u64::from(*q) * u64::from(p.rx_descriptors) + w * u64::from(p.tx_descriptors);
     }
     n += w * w.saturating_sub(1) * u64::from(HANDOFF_RING_SIZE);
-    n += w * (cfg.arp.queue_length as u64 + dpdk::MAX_BURST as u64 * (cfg.ports.len() as u64 + w + 2));
-    n += (w + 1) * u64::from(cfg.mempool_cache) + 4096;
+    n += w
+        * (cfg.startup.arp_tables.queue_length as u64
+            + dpdk::MAX_BURST as u64 * (cfg.startup.ports.len() as u64 + w + 2));
+    n += (w + 1) * u64::from(cfg.startup.mempool_cache) + 4096;
     n.min(u64::from(u32::MAX)) as u32
 }
 
@@ -156,21 +151,21 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     if !dpdk::is_root() {
         return Err("must run as root (DPDK needs raw access to devices and hugepages)".into());
     }
-    if !cfg.eal_restricts_pci() {
+    if !cfg.startup.eal_restricts_pci() {
         eprintln!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
     }
     let signals = Signals::install()?;
     // The control socket first: a second lbd on the same socket stops here,
     // before it touches DPDK.
-    let listener = server::bind(&cfg.control_socket, cfg.control_group.as_deref())?;
-    let metrics = match cfg.metrics_listen {
+    let listener = server::bind(&cfg.startup.control_socket, cfg.startup.control_group.as_deref())?;
+    let metrics = match cfg.startup.metrics_listen {
         Some(a) => Some(crate::metrics::bind(a).inspect_err(|_| {
-            let _ = std::fs::remove_file(&cfg.control_socket);
+            let _ = std::fs::remove_file(&cfg.startup.control_socket);
         })?),
         None => None,
     };
     let eal = start_eal(&cfg).inspect_err(|_| {
-        let _ = std::fs::remove_file(&cfg.control_socket);
+        let _ = std::fs::remove_file(&cfg.startup.control_socket);
     })?;
     let runtime_dir = eal.runtime_dir();
     // Every DPDK object `serve` makes holds the EAL; they are all gone when
@@ -181,7 +176,7 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     } else if runtime_dir.starts_with("/var/run/dpdk") || runtime_dir.starts_with("/run/dpdk") {
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
-    let _ = std::fs::remove_file(&cfg.control_socket);
+    let _ = std::fs::remove_file(&cfg.startup.control_socket);
     match result {
         Ok(report) => write_report(&report, &opts.stats_out),
         Err(e) => Err(e),
@@ -209,15 +204,15 @@ fn start_eal(cfg: &Config) -> Result<Eal, String> {
 /// The worker lcores the configuration asks for.
 fn worker_lcores(eal: &Eal, cfg: &Config) -> Result<Vec<u32>, String> {
     let lcores = eal.worker_lcores();
-    if lcores.len() < cfg.workers {
+    if lcores.len() < cfg.startup.workers {
         return Err(format!(
             "{} workers need {} worker lcores, but the EAL has {} (check -l/--lcores in `eal`)",
-            cfg.workers,
-            cfg.workers,
+            cfg.startup.workers,
+            cfg.startup.workers,
             lcores.len()
         ));
     }
-    Ok(lcores[..cfg.workers].to_vec())
+    Ok(lcores[..cfg.startup.workers].to_vec())
 }
 
 /// A configured port's device, found before anything is allocated.
@@ -228,8 +223,8 @@ struct PortPlan {
 
 /// Start-up phase 2: find the devices and decide queue counts.
 fn probe_ports(eal: &Eal, cfg: &Config) -> Result<Vec<PortPlan>, String> {
-    let mut plans = Vec::with_capacity(cfg.ports.len());
-    for p in &cfg.ports {
+    let mut plans = Vec::with_capacity(cfg.startup.ports.len());
+    for p in &cfg.startup.ports {
         let id = Port::find(eal, &p.device).ok_or_else(|| {
             format!(
                 "port `{}`: no DPDK device named `{}` (is it created by a --vdev in `eal`, or allowed with -a?)",
@@ -237,13 +232,13 @@ fn probe_ports(eal: &Eal, cfg: &Config) -> Result<Vec<PortPlan>, String> {
             )
         })?;
         let info = Port::info(eal, id).map_err(|e| format!("port `{}`: {e}", p.name))?;
-        if usize::from(info.max_tx_queues) < cfg.workers {
+        if usize::from(info.max_tx_queues) < cfg.startup.workers {
             return Err(format!(
                 "port `{}` ({}, driver {}) has {} TX queue(s) but {} workers need one each (net_af_packet: qpairs=N; net_pcap: one tx_pcap per queue)",
-                p.name, p.device, info.driver, info.max_tx_queues, cfg.workers
+                p.name, p.device, info.driver, info.max_tx_queues, cfg.startup.workers
             ));
         }
-        plans.push(PortPlan { id, rx_queues: info.max_rx_queues.min(cfg.workers as u16).max(1) });
+        plans.push(PortPlan { id, rx_queues: info.max_rx_queues.min(cfg.startup.workers as u16).max(1) });
     }
     Ok(plans)
 }
@@ -263,10 +258,10 @@ fn start_ports(eal: &Eal, cfg: &Config, plans: &[PortPlan], pool: &Arc<Mempool>)
         macs: Vec::with_capacity(plans.len()),
         queues: Vec::with_capacity(plans.len()),
     };
-    for (i, (p, plan)) in cfg.ports.iter().zip(plans).enumerate() {
+    for (i, (p, plan)) in cfg.startup.ports.iter().zip(plans).enumerate() {
         let setup = PortSetup {
             rx_queues: plan.rx_queues,
-            tx_queues: cfg.workers as u16,
+            tx_queues: cfg.startup.workers as u16,
             rx_descriptors: p.rx_descriptors,
             tx_descriptors: p.tx_descriptors,
             rss: rss_request(cfg, i, plan.rx_queues),
@@ -338,7 +333,7 @@ fn build_workers(
     queues: Vec<(Vec<RxQueue>, Vec<TxQueue>)>,
     rings: HandoffRings,
 ) -> (Vec<Worker>, Vec<crossbeam_channel::Sender<query::WorkerQuery>>) {
-    let n = sh.cfg.workers;
+    let n = sh.cfg.startup.workers;
     let mut per_worker: Vec<Vec<PortQueues>> = (0..n).map(|_| Vec::new()).collect();
     for (rx, tx) in queues {
         let mut rx = rx.into_iter().map(Some).collect::<Vec<_>>();
@@ -353,9 +348,9 @@ fn build_workers(
         let settings = CoreSettings {
             worker: w,
             workers: n,
-            session_capacity: sh.cfg.session_capacity,
-            neighbor_capacity: sh.cfg.arp.cache_size,
-            pending_capacity: sh.cfg.arp.queue_length,
+            session_capacity: sh.cfg.startup.session_capacity,
+            neighbor_capacity: sh.cfg.startup.arp_tables.cache_size,
+            pending_capacity: sh.cfg.startup.arp_tables.queue_length,
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);
@@ -370,8 +365,8 @@ fn build_workers(
             counters: Arc::clone(&sh.counters[w]),
             snapshots: Arc::clone(sh.snapshots),
             control: Arc::clone(sh.control),
-            burst: sh.cfg.burst,
-            idle_sleep: sh.cfg.idle_sleep,
+            burst: sh.cfg.startup.burst,
+            idle_sleep: sh.cfg.startup.idle_sleep,
             tsc_hz: sh.tsc_hz,
             start_tsc: sh.start_tsc,
         });
@@ -412,7 +407,7 @@ impl Services {
         metrics: Option<crate::metrics::Bound>,
     ) -> Result<Services, String> {
         let metrics = metrics.map(|b| b.start(Arc::clone(rt))).transpose()?;
-        let control = ControlServer::spawn(listener, cfg.control_socket.clone(), Arc::clone(rt))
+        let control = ControlServer::spawn(listener, cfg.startup.control_socket.clone(), Arc::clone(rt))
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
         Ok(Services { metrics, control })
     }
@@ -452,18 +447,19 @@ fn serve(
     let plans = probe_ports(eal, cfg)?;
     // Phase 3: the mbuf pool, sized for the queues just decided.
     let rxq: Vec<u16> = plans.iter().map(|p| p.rx_queues).collect();
-    let pool =
-        Mempool::new(eal, "lbd_mbufs", mempool_size(cfg, &rxq), cfg.mempool_cache, -1).map_err(|e| e.to_string())?;
+    let pool = Mempool::new(eal, "lbd_mbufs", mempool_size(cfg, &rxq), cfg.startup.mempool_cache, -1)
+        .map_err(|e| e.to_string())?;
     let StartedPorts { ports, macs, queues } = start_ports(eal, cfg, &plans, &pool)?;
-    let rings = handoff_rings(eal, &pool, cfg.workers)?;
+    let rings = handoff_rings(eal, &pool, cfg.startup.workers)?;
     let ring_monitors: Vec<Vec<RingMonitor>> =
         rings.from.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
 
     let mut registry = IdRegistry::default();
-    registry.assign(cfg, &|_, _| true)?;
+    registry.assign(&cfg.forwarding, &|_| true)?;
     let snapshots = Arc::new(SnapshotCell::new(Snapshot::build(cfg, &macs, &registry, 1)));
-    let counters: Vec<Arc<WorkerCounters>> =
-        (0..cfg.workers).map(|_| Arc::new(WorkerCounters::new(cfg.ports.len(), MAX_LISTENERS, MAX_BACKENDS))).collect();
+    let counters: Vec<Arc<WorkerCounters>> = (0..cfg.startup.workers)
+        .map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS)))
+        .collect();
     let control = Arc::new(RunControl::default());
     let shared = Shared {
         cfg,
@@ -480,6 +476,7 @@ fn serve(
     let launched = launch_workers(eal, &control, workers, &lcores)?;
 
     let port_infos: Vec<PortInfo> = cfg
+        .startup
         .ports
         .iter()
         .zip(&ports)
@@ -521,6 +518,7 @@ fn serve(
 /// The "ready" line.
 fn announce(cfg: &Config, lcores: &[u32], macs: &[MacAddr], ports: &[Port], services: &Services) {
     let port_list: Vec<String> = cfg
+        .startup
         .ports
         .iter()
         .zip(macs)
@@ -542,10 +540,10 @@ fn announce(cfg: &Config, lcores: &[u32], macs: &[MacAddr], ports: &[Port], serv
         services.metrics.as_ref().map_or_else(|| "off".to_owned(), |m| format!("http://{}/metrics", m.addr));
     eprintln!(
         "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), control {}, metrics {}, ports: {}",
-        cfg.workers,
+        cfg.startup.workers,
         lcores,
-        cfg.listeners.len(),
-        cfg.control_socket.display(),
+        cfg.forwarding.listeners.len(),
+        cfg.startup.control_socket.display(),
         metrics_at,
         port_list.join(", ")
     );

@@ -5,20 +5,28 @@
 //! shutdown) use; `control` (the control socket, hot changes), `metrics`
 //! (Prometheus) and `stats` (the counters document) serve operators. The
 //! packet core's modules are re-exported under their own names.
+//!
+//! Control and data meet in three places only: the configuration
+//! (`config`: a startup part fixed until restart, a forwarding part), the
+//! published [`snapshot::Snapshot`] built from it, and the worker queries
+//! (`query`). `ids` names the integers both sides share.
 
 #![deny(unsafe_code)]
 
 pub use lbcore::{
-    config, counters, dataplane, flow, latency, maglev, memory, nat, neighbor, rss, scheduler, session, snapshot, wire,
+    config, counters, dataplane, flow, ids, latency, maglev, memory, nat, neighbor, rss, scheduler, session, snapshot,
+    wire,
 };
 
+pub mod build_info;
 pub mod cli;
 pub mod control;
 pub mod daemon;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod metrics;
+pub mod query;
 pub mod stats;
 pub mod worker;
 
-pub use daemon::BuildInfo;
+pub use build_info::BuildInfo;

@@ -3,6 +3,7 @@
 //! to `lbctl stats`, and the source of most Prometheus metrics.
 
 use crate::counters::{DropReason, Event, FlowCounters, WorkerCounters};
+use crate::ids::{BackendId, ListenerId};
 use crate::snapshot::Snapshot;
 use lbproto::stats::{
     BackendReport, DeviceStats, FlowReport, LatencyReport, ListenerReport, PortReport, Report, WorkerReport,
@@ -15,8 +16,8 @@ use std::sync::Arc;
 /// previous owner; reports subtract them so the new owner starts at zero.
 #[derive(Debug, Default, Clone)]
 pub struct Baselines {
-    pub listeners: HashMap<u16, FlowReport>,
-    pub backends: HashMap<u32, FlowReport>,
+    pub listeners: HashMap<ListenerId, FlowReport>,
+    pub backends: HashMap<BackendId, FlowReport>,
 }
 
 /// Adds one worker's flow counters to `r`.
@@ -43,7 +44,7 @@ fn minus(mut r: FlowReport, b: Option<&FlowReport>) -> FlowReport {
 }
 
 /// Summed counters of listener id `id`, net of its baseline.
-pub fn listener_totals(workers: &[Arc<WorkerCounters>], id: u16, base: &Baselines) -> FlowReport {
+pub fn listener_totals(workers: &[Arc<WorkerCounters>], id: ListenerId, base: &Baselines) -> FlowReport {
     let mut r = FlowReport::default();
     for w in workers {
         add_flow(&mut r, &w.listeners[usize::from(id)]);
@@ -52,10 +53,10 @@ pub fn listener_totals(workers: &[Arc<WorkerCounters>], id: u16, base: &Baseline
 }
 
 /// Summed counters of backend id `id`, net of its baseline.
-pub fn backend_totals(workers: &[Arc<WorkerCounters>], id: u32, base: &Baselines) -> FlowReport {
+pub fn backend_totals(workers: &[Arc<WorkerCounters>], id: BackendId, base: &Baselines) -> FlowReport {
     let mut r = FlowReport::default();
     for w in workers {
-        add_flow(&mut r, &w.backends[id as usize]);
+        add_flow(&mut r, &w.backends[usize::from(id)]);
     }
     minus(r, base.backends.get(&id))
 }

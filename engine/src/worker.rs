@@ -5,10 +5,10 @@
 //! full, when a poll finds nothing more to batch with, or when the drain
 //! timer (100 µs) fires, whichever comes first.
 
-use crate::control::query::{self, QueryInbox};
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::dataplane::{Dataplane, Io, Packet};
 use crate::dpdk::{tsc, Burst, DpdkPlacement, Mbuf, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::query::{self, QueryInbox};
 use crate::snapshot::SnapshotCell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -9,6 +9,7 @@ pub mod raw;
 use crate::wire::MacAddr;
 use ipnet::Ipv4Net;
 use raw::*;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -49,7 +50,8 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -70,6 +72,15 @@ impl Protocol {
     }
 }
 
+/// The scheduling algorithms, by the name a listener's `scheduler` gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerAlgorithm {
+    Maglev,
+    RoundRobin,
+}
+
+/// A listener's scheduler: the algorithm with its validated parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
     Maglev { table_size: u32 },
@@ -77,16 +88,23 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
-    pub fn name(self) -> &'static str {
+    pub fn algorithm(self) -> SchedulerAlgorithm {
         match self {
-            SchedulerKind::Maglev { .. } => "maglev",
-            SchedulerKind::RoundRobin => "round_robin",
+            SchedulerKind::Maglev { .. } => SchedulerAlgorithm::Maglev,
+            SchedulerKind::RoundRobin => SchedulerAlgorithm::RoundRobin,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self.algorithm() {
+            SchedulerAlgorithm::Maglev => "maglev",
+            SchedulerAlgorithm::RoundRobin => "round_robin",
         }
     }
 }
 
 /// Handling of a TCP segment without SYN that matches no session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NonSynPolicy {
     /// Pick the backend the scheduler would have picked and create the
     /// session: with Maglev this is the backend the flow had before an
@@ -117,7 +135,8 @@ pub struct PortConfig {
 }
 
 /// Which fields the NIC's RSS hash covers on a port (see `crate::rss`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RssMode {
     /// Source if the port faces clients (holds a VIP or the gateway),
     /// destination otherwise.
@@ -150,7 +169,8 @@ impl BackendConfig {
 }
 
 /// What happens to a session whose backend left the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RemovedBackendPolicy {
     /// The session keeps its backend until it ends or times out.
     Keep,
@@ -196,55 +216,83 @@ impl Default for Timeouts {
     }
 }
 
+/// How neighbours are resolved: timers a snapshot carries, so a reload
+/// changes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArpConfig {
+pub struct ArpTiming {
     pub reachable_time: Duration,
     pub retry_interval: Duration,
     pub max_retries: u32,
-    pub queue_length: usize,
-    pub cache_size: usize,
 }
 
-impl Default for ArpConfig {
+impl Default for ArpTiming {
     fn default() -> Self {
-        ArpConfig {
-            reachable_time: Duration::from_secs(300),
-            retry_interval: Duration::from_secs(1),
-            max_retries: 3,
-            queue_length: 256,
-            cache_size: 16384,
-        }
+        ArpTiming { reachable_time: Duration::from_secs(300), retry_interval: Duration::from_secs(1), max_retries: 3 }
     }
 }
 
+/// Sizes of the per-worker neighbour tables, allocated at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpTables {
+    /// Packets per worker held while their next hop resolves.
+    pub queue_length: usize,
+    /// Neighbour entries per worker.
+    pub cache_size: usize,
+}
+
+impl Default for ArpTables {
+    fn default() -> Self {
+        ArpTables { queue_length: 256, cache_size: 16384 }
+    }
+}
+
+/// A validated configuration: what `lbd` is started with and what it
+/// forwards by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub source: PathBuf,
+    pub startup: Startup,
+    pub forwarding: Forwarding,
+}
+
+/// What is fixed from start to exit: the EAL, lcores, ports, memory and
+/// table sizes, the control and metrics endpoints. A change that touches
+/// any of it is refused; see [`Startup::changed_fields`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Startup {
     pub eal: Vec<String>,
     pub workers: usize,
     pub cpus: Option<Vec<u32>>,
     pub idle_sleep: Duration,
     pub burst: usize,
     pub ports: Vec<PortConfig>,
-    pub listeners: Vec<ListenerConfig>,
-    pub timeouts: Timeouts,
     pub session_capacity: usize,
-    pub arp: ArpConfig,
+    pub arp_tables: ArpTables,
     pub mempool_mbufs: Option<u32>,
     pub mempool_cache: u32,
-    pub removed_backend: RemovedBackendPolicy,
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// What a snapshot is built from, so a reload or an `lbctl` change can
+/// replace it while lbd runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    pub listeners: Vec<ListenerConfig>,
+    pub timeouts: Timeouts,
+    pub arp: ArpTiming,
+    pub removed_backend: RemovedBackendPolicy,
+}
+
 impl Config {
     /// The RSS mode of port `i` with `Auto` resolved.
     pub fn rss_mode(&self, i: usize) -> RssMode {
-        let p = &self.ports[i];
+        let p = &self.startup.ports[i];
         match p.rss {
             RssMode::Auto => {
-                let faces_clients = p.gateway.is_some() || self.listeners.iter().any(|l| p.subnet.contains(&l.vip));
+                let faces_clients =
+                    p.gateway.is_some() || self.forwarding.listeners.iter().any(|l| p.subnet.contains(&l.vip));
                 if faces_clients {
                     RssMode::Source
                 } else {
@@ -254,11 +302,9 @@ impl Config {
             m => m,
         }
     }
+}
 
-    /// The port whose connected subnet holds `ip`.
-    pub fn port_for(&self, ip: Ipv4Addr) -> Option<usize> {
-        self.ports.iter().position(|p| p.subnet.contains(&ip))
-    }
+impl Startup {
     /// True when the EAL arguments keep DPDK off PCI devices not listed.
     pub fn eal_restricts_pci(&self) -> bool {
         self.eal.iter().any(|a| {
@@ -269,6 +315,46 @@ impl Config {
                 || a.starts_with("--block")
                 || (a.starts_with("-a") && a.len() > 2)
         })
+    }
+
+    /// The file's names of the fields that differ between `self` and
+    /// `other`, for the refusal message. Whether a restart is needed is
+    /// `self != other`; this only names why. The destructuring lists every
+    /// field without `..`, so a field added to [`Startup`] does not compile
+    /// until it is named here too.
+    pub fn changed_fields(&self, other: &Startup) -> Vec<&'static str> {
+        let Startup {
+            eal,
+            workers,
+            cpus,
+            idle_sleep,
+            burst,
+            ports,
+            session_capacity,
+            arp_tables: ArpTables { queue_length, cache_size },
+            mempool_mbufs,
+            mempool_cache,
+            control_socket,
+            control_group,
+            metrics_listen,
+        } = self;
+        let same = [
+            ("eal", *eal == other.eal),
+            ("lcores.workers", *workers == other.workers),
+            ("lcores.cpus", *cpus == other.cpus),
+            ("lcores.idle_sleep", *idle_sleep == other.idle_sleep),
+            ("lcores.burst", *burst == other.burst),
+            ("ports", *ports == other.ports),
+            ("sessions.capacity_per_worker", *session_capacity == other.session_capacity),
+            ("arp.queue_length", *queue_length == other.arp_tables.queue_length),
+            ("arp.cache_size", *cache_size == other.arp_tables.cache_size),
+            ("mempool.mbufs", *mempool_mbufs == other.mempool_mbufs),
+            ("mempool.cache_size", *mempool_cache == other.mempool_cache),
+            ("control.socket", *control_socket == other.control_socket),
+            ("control.group", *control_group == other.control_group),
+            ("metrics.listen", *metrics_listen == other.metrics_listen),
+        ];
+        same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
 }
 
@@ -455,9 +541,9 @@ impl Validator<'_> {
                 .err("sessions.capacity_per_worker", format!("{cap} is out of range (1..={MAX_SESSIONS_PER_WORKER})"));
         }
 
-        let da = ArpConfig::default();
+        let da = ArpTiming::default();
         let a = &raw.arp;
-        let arp = ArpConfig {
+        let arp = ArpTiming {
             reachable_time: self.duration("arp.reachable_time", a.reachable_time.as_ref(), da.reachable_time, one)?,
             retry_interval: self.duration(
                 "arp.retry_interval",
@@ -466,17 +552,20 @@ impl Validator<'_> {
                 Duration::from_millis(10),
             )?,
             max_retries: a.max_retries.unwrap_or(da.max_retries),
-            queue_length: a.queue_length.map_or(da.queue_length, |v| v as usize),
-            cache_size: a.cache_size.map_or(da.cache_size, |v| v as usize),
+        };
+        let dt = ArpTables::default();
+        let arp_tables = ArpTables {
+            queue_length: a.queue_length.map_or(dt.queue_length, |v| v as usize),
+            cache_size: a.cache_size.map_or(dt.cache_size, |v| v as usize),
         };
         if !(1..=100).contains(&arp.max_retries) {
             return self.err("arp.max_retries", format!("{} is out of range (1..=100)", arp.max_retries));
         }
-        if !(1..=65536).contains(&arp.queue_length) {
-            return self.err("arp.queue_length", format!("{} is out of range (1..=65536)", arp.queue_length));
+        if !(1..=65536).contains(&arp_tables.queue_length) {
+            return self.err("arp.queue_length", format!("{} is out of range (1..=65536)", arp_tables.queue_length));
         }
-        if !(16..=1 << 20).contains(&arp.cache_size) {
-            return self.err("arp.cache_size", format!("{} is out of range (16..=1048576)", arp.cache_size));
+        if !(16..=1 << 20).contains(&arp_tables.cache_size) {
+            return self.err("arp.cache_size", format!("{} is out of range (16..=1048576)", arp_tables.cache_size));
         }
         if let Some(n) = raw.mempool.mbufs {
             if n < 1024 {
@@ -487,11 +576,7 @@ impl Validator<'_> {
         if mempool_cache > 512 {
             return self.err("mempool.cache_size", format!("{mempool_cache} is above DPDK's limit of 512"));
         }
-        let removed_backend = match raw.sessions.removed_backend {
-            None | Some(RawRemovedBackend::Keep) => RemovedBackendPolicy::Keep,
-            Some(RawRemovedBackend::Reset) => RemovedBackendPolicy::Reset,
-            Some(RawRemovedBackend::Reschedule) => RemovedBackendPolicy::Reschedule,
-        };
+        let removed_backend = raw.sessions.removed_backend.unwrap_or(RemovedBackendPolicy::Keep);
         let control_socket =
             PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
         if !control_socket.is_absolute() || control_socket.as_os_str().len() > 100 {
@@ -520,22 +605,22 @@ impl Validator<'_> {
 
         Ok(Config {
             source: self.file.to_owned(),
-            eal: raw.eal,
-            workers: workers as usize,
-            cpus: raw.lcores.cpus,
-            idle_sleep,
-            burst: burst as usize,
-            ports,
-            listeners,
-            timeouts,
-            session_capacity: cap as usize,
-            arp,
-            mempool_mbufs: raw.mempool.mbufs,
-            mempool_cache,
-            removed_backend,
-            control_socket,
-            control_group: raw.control.group.clone(),
-            metrics_listen,
+            startup: Startup {
+                eal: raw.eal,
+                workers: workers as usize,
+                cpus: raw.lcores.cpus,
+                idle_sleep,
+                burst: burst as usize,
+                ports,
+                session_capacity: cap as usize,
+                arp_tables,
+                mempool_mbufs: raw.mempool.mbufs,
+                mempool_cache,
+                control_socket,
+                control_group: raw.control.group.clone(),
+                metrics_listen,
+            },
+            forwarding: Forwarding { listeners, timeouts, arp, removed_backend },
         })
     }
 
@@ -651,12 +736,7 @@ impl Validator<'_> {
                 rx_descriptors: desc(p.rx_descriptors, "rx_descriptors")?,
                 tx_descriptors: desc(p.tx_descriptors, "tx_descriptors")?,
                 promiscuous: p.promiscuous.unwrap_or(false),
-                rss: match p.rss {
-                    None | Some(RawRss::Auto) => RssMode::Auto,
-                    Some(RawRss::Source) => RssMode::Source,
-                    Some(RawRss::Destination) => RssMode::Destination,
-                    Some(RawRss::Off) => RssMode::Off,
-                },
+                rss: p.rss.unwrap_or(RssMode::Auto),
             });
         }
         Ok(out)
@@ -725,10 +805,7 @@ impl Validator<'_> {
             }
             let vip = self.unicast(&f("vip"), &l.vip)?;
             self.vip_is_free(&f("vip"), vip, ports)?;
-            let protocol = match l.protocol {
-                RawProtocol::Tcp => Protocol::Tcp,
-                RawProtocol::Udp => Protocol::Udp,
-            };
+            let protocol = l.protocol;
             let port = self.l4_port(&f("port"), l.port)?;
             if let Some(j) = tuples.insert((vip, protocol, port), i) {
                 return self.err(
@@ -737,7 +814,7 @@ impl Validator<'_> {
                 );
             }
             let scheduler = match l.scheduler {
-                RawScheduler::Maglev => {
+                SchedulerAlgorithm::Maglev => {
                     let m = l.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
                     if !(7..=MAX_MAGLEV_TABLE_SIZE).contains(&m) || !is_prime(m) {
                         return self.err(
@@ -747,7 +824,7 @@ impl Validator<'_> {
                     }
                     SchedulerKind::Maglev { table_size: m }
                 }
-                RawScheduler::RoundRobin => {
+                SchedulerAlgorithm::RoundRobin => {
                     if l.maglev_table_size.is_some() {
                         return self.err(f("maglev_table_size"), "only applies to `scheduler: maglev`");
                     }
@@ -755,14 +832,14 @@ impl Validator<'_> {
                 }
             };
             let tcp_non_syn = match (l.tcp_non_syn, scheduler) {
-                (Some(RawNonSynPolicy::Schedule), SchedulerKind::RoundRobin) => {
+                (Some(NonSynPolicy::Schedule), SchedulerKind::RoundRobin) => {
                     return self.err(
                         f("tcp_non_syn"),
                         "`schedule` needs `scheduler: maglev` (round robin cannot find a flow's earlier backend)",
                     );
                 }
-                (Some(RawNonSynPolicy::Drop), _) | (None, SchedulerKind::RoundRobin) => NonSynPolicy::Drop,
-                (Some(RawNonSynPolicy::Schedule), _) | (None, SchedulerKind::Maglev { .. }) => NonSynPolicy::Schedule,
+                (Some(NonSynPolicy::Drop), _) | (None, SchedulerKind::RoundRobin) => NonSynPolicy::Drop,
+                (Some(NonSynPolicy::Schedule), _) | (None, SchedulerKind::Maglev { .. }) => NonSynPolicy::Schedule,
             };
             if l.tcp_non_syn.is_some() && protocol == Protocol::Udp {
                 return self.err(f("tcp_non_syn"), "only applies to TCP listeners");

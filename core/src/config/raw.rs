@@ -3,8 +3,11 @@
 //! Every struct denies unknown fields so a typo is an error, not a silently
 //! ignored key. Values stay as written (strings for addresses and
 //! durations); `validate` turns them into typed values and names the field
-//! when one is wrong.
+//! when one is wrong. Closed sets of names (protocol, scheduler, policies,
+//! RSS mode) are the validated enums themselves: the YAML names are their
+//! serde names, so there is one list of values, not a raw copy beside it.
 
+use super::{NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -89,16 +92,7 @@ pub struct RawPort {
     /// How the NIC's RSS hashes: on the client endpoint as source or as
     /// destination, or not at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rss: Option<RawRss>,
-}
-
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RawRss {
-    Auto,
-    Source,
-    Destination,
-    Off,
+    pub rss: Option<RssMode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -108,47 +102,26 @@ pub struct RawNeighbor {
     pub mac: String,
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RawProtocol {
-    Tcp,
-    Udp,
-}
-
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RawScheduler {
-    Maglev,
-    RoundRobin,
-}
-
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RawNonSynPolicy {
-    Schedule,
-    Drop,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
     pub vip: String,
-    pub protocol: RawProtocol,
+    pub protocol: Protocol,
     pub port: u32,
     #[serde(default = "default_scheduler")]
-    pub scheduler: RawScheduler,
+    pub scheduler: SchedulerAlgorithm,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_table_size: Option<u32>,
     /// What to do with a TCP packet other than a SYN that has no session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_non_syn: Option<RawNonSynPolicy>,
+    pub tcp_non_syn: Option<NonSynPolicy>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
 }
 
-fn default_scheduler() -> RawScheduler {
-    RawScheduler::Maglev
+fn default_scheduler() -> SchedulerAlgorithm {
+    SchedulerAlgorithm::Maglev
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -193,15 +166,7 @@ pub struct RawSessions {
     pub capacity_per_worker: Option<u64>,
     /// What happens to sessions whose backend is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub removed_backend: Option<RawRemovedBackend>,
-}
-
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum RawRemovedBackend {
-    Keep,
-    Reset,
-    Reschedule,
+    pub removed_backend: Option<RemovedBackendPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -37,16 +37,16 @@ fn err_with(from: &str, to: &str) -> ConfigError {
 #[test]
 fn issue_example_is_valid() {
     let c = parse_str(GOOD).unwrap();
-    assert_eq!(c.workers, 1);
-    assert_eq!(c.ports[0].address, Ipv4Addr::new(10, 0, 0, 1));
-    assert_eq!(c.ports[0].subnet.to_string(), "10.0.0.0/24");
-    assert_eq!(c.ports[0].gateway, Some(Ipv4Addr::new(10, 0, 0, 254)));
-    assert_eq!(c.listeners[0].scheduler, SchedulerKind::Maglev { table_size: 65537 });
-    assert_eq!(c.listeners[0].tcp_non_syn, NonSynPolicy::Schedule);
-    assert_eq!(c.timeouts.tcp_established, Duration::from_secs(900));
-    assert_eq!(c.timeouts.tcp_closed, Duration::from_secs(5));
-    assert_eq!(c.session_capacity, 1_000_000);
-    assert!(c.eal_restricts_pci());
+    assert_eq!(c.startup.workers, 1);
+    assert_eq!(c.startup.ports[0].address, Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(c.startup.ports[0].subnet.to_string(), "10.0.0.0/24");
+    assert_eq!(c.startup.ports[0].gateway, Some(Ipv4Addr::new(10, 0, 0, 254)));
+    assert_eq!(c.forwarding.listeners[0].scheduler, SchedulerKind::Maglev { table_size: 65537 });
+    assert_eq!(c.forwarding.listeners[0].tcp_non_syn, NonSynPolicy::Schedule);
+    assert_eq!(c.forwarding.timeouts.tcp_established, Duration::from_secs(900));
+    assert_eq!(c.forwarding.timeouts.tcp_closed, Duration::from_secs(5));
+    assert_eq!(c.startup.session_capacity, 1_000_000);
+    assert!(c.startup.eal_restricts_pci());
 }
 
 #[test]
@@ -166,12 +166,13 @@ fn semantic_conflicts_are_rejected() {
 fn defaults_fill_in() {
     let minimal = "ports:\n  - {name: p, device: net_null0, address: 192.168.0.1/24}\n";
     let c = parse_str(minimal).unwrap();
-    assert_eq!(c.workers, 1);
-    assert!(c.listeners.is_empty());
-    assert_eq!(c.timeouts, Timeouts::default());
-    assert_eq!(c.arp, ArpConfig::default());
-    assert_eq!(c.burst, 64);
-    assert!(!c.eal_restricts_pci());
+    assert_eq!(c.startup.workers, 1);
+    assert!(c.forwarding.listeners.is_empty());
+    assert_eq!(c.forwarding.timeouts, Timeouts::default());
+    assert_eq!(c.forwarding.arp, ArpTiming::default());
+    assert_eq!(c.startup.arp_tables, ArpTables::default());
+    assert_eq!(c.startup.burst, 64);
+    assert!(!c.startup.eal_restricts_pci());
 }
 
 #[test]
@@ -251,5 +252,36 @@ fn maglev_table_needs_an_entry_per_backend() {
             .replace("scheduler: maglev", "scheduler: maglev\n    maglev_table_size: 7"),
     )
     .unwrap();
-    assert_eq!(c.listeners[0].backends.len(), 7);
+    assert_eq!(c.forwarding.listeners[0].backends.len(), 7);
+}
+
+/// What a reload may change lands in the forwarding part; what needs a
+/// restart lands in the startup part, and the refusal names the field.
+#[test]
+fn startup_part_holds_the_restart_only_fields() {
+    let base = parse_str(GOOD).unwrap();
+    let changed = |from: &str, to: &str| {
+        assert!(GOOD.contains(from), "fixture lacks {from:?}");
+        let c = parse_str(&GOOD.replacen(from, to, 1)).unwrap();
+        (c.startup != base.startup, base.startup.changed_fields(&c.startup), c.forwarding != base.forwarding)
+    };
+    // Forwarding only: weights, timeouts, ARP timers.
+    assert_eq!(changed("weight: 1", "weight: 3"), (false, vec![], true));
+    assert_eq!(changed("tcp_syn: 10s", "tcp_syn: 5s"), (false, vec![], true));
+    assert_eq!(changed("sessions: {", "arp: {reachable_time: 60s}\nsessions: {"), (false, vec![], true));
+    // Restart-only, each named by its path in the file.
+    assert_eq!(changed("workers: 1", "workers: 2"), (true, vec!["lcores.workers"], false));
+    assert_eq!(
+        changed("capacity_per_worker: 1000000", "capacity_per_worker: 5000"),
+        (true, vec!["sessions.capacity_per_worker"], false)
+    );
+    assert_eq!(changed("sessions: {", "arp: {cache_size: 64}\nsessions: {"), (true, vec!["arp.cache_size"], false));
+    assert_eq!(
+        changed("sessions: {", "mempool: {cache_size: 32}\nsessions: {"),
+        (true, vec!["mempool.cache_size"], false)
+    );
+    assert_eq!(changed("sessions: {", "metrics: {listen: off}\nsessions: {"), (true, vec!["metrics.listen"], false));
+    assert_eq!(changed("sessions: {", "control: {group: lbd}\nsessions: {"), (true, vec!["control.group"], false));
+    assert_eq!(changed("10.0.0.254, mac", "10.0.0.253, mac"), (true, vec!["ports"], false));
+    assert_eq!(changed("\"-m\", \"1024\"", "\"-m\", \"2048\""), (true, vec!["eal"], false));
 }

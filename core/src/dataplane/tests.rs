@@ -133,7 +133,7 @@ struct Harness {
 fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> Harness {
     let cfg = config::parse(yaml, Path::new("test.yaml")).expect("test config is valid");
     let mut ids = IdRegistry::default();
-    ids.assign(&cfg, &|_, _| true).unwrap();
+    ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings =
@@ -703,7 +703,7 @@ proptest! {
 /// configuration change would.
 fn reconfigure(h: &mut Harness, ids: &mut IdRegistry, yaml: &str, generation: u64) {
     let cfg = config::parse(yaml, Path::new("test.yaml")).expect("valid");
-    ids.assign(&cfg, &|_, _| true).unwrap();
+    ids.assign(&cfg.forwarding, &|_| true).unwrap();
     h.dp.set_snapshot(Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], ids, generation)));
 }
 
@@ -723,7 +723,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
     let yaml = web_only("{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080}", policy);
     let cfg = config::parse(&yaml, Path::new("t")).unwrap();
     let mut ids = IdRegistry::default();
-    ids.assign(&cfg, &|_, _| true).unwrap();
+    ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings =
         CoreSettings { worker: 0, workers: 1, session_capacity: 100, neighbor_capacity: 64, pending_capacity: 4 };

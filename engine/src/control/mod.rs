@@ -9,15 +9,15 @@
 //! change, is refused and nothing changes. The control plane's lock is
 //! taken by control threads only, never by a worker.
 
-pub mod query;
 pub mod server;
 
+use crate::build_info::BuildInfo;
 use crate::config::raw::{RawBackend, RawConfig, RawListener};
 use crate::config::{self, Config};
 use crate::counters::WorkerCounters;
-use crate::daemon::BuildInfo;
 use crate::dpdk::{self, Mempool, RingMonitor, RssState};
-use crate::snapshot::{IdKind, IdRegistry, Snapshot, SnapshotCell};
+use crate::query::{SessionMatch, WorkerQuery};
+use crate::snapshot::{IdRegistry, RecycledId, Snapshot, SnapshotCell};
 use crate::stats::{self, Baselines, ReportContext};
 use crate::wire::MacAddr;
 use hdrhistogram::Histogram;
@@ -27,7 +27,6 @@ use lbproto::{
     PortStatus, Request, Response, SessionFilter, SessionInfo, Status,
 };
 use parking_lot::Mutex;
-use query::{SessionMatch, WorkerQuery};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -117,29 +116,6 @@ fn config_error(e: config::ConfigError, api: bool) -> ErrorReply {
     // A change made through the API has no file: name the field only.
     let msg = if api && !e.field.is_empty() { format!("{}: {}", e.field, e.message) } else { e.to_string() };
     err(ErrorCode::Invalid, msg)
-}
-
-/// What only a restart can change, by name, that differs between `a` and
-/// `b`.
-fn restart_needed(a: &Config, b: &Config) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let mut check = |name, same: bool| {
-        if !same {
-            v.push(name);
-        }
-    };
-    check("eal", a.eal == b.eal);
-    check("lcores", a.workers == b.workers && a.cpus == b.cpus && a.idle_sleep == b.idle_sleep && a.burst == b.burst);
-    check("ports", a.ports == b.ports);
-    check("sessions.capacity_per_worker", a.session_capacity == b.session_capacity);
-    check(
-        "arp.queue_length/cache_size",
-        a.arp.queue_length == b.arp.queue_length && a.arp.cache_size == b.arp.cache_size,
-    );
-    check("mempool", a.mempool_mbufs == b.mempool_mbufs && a.mempool_cache == b.mempool_cache);
-    check("control", a.control_socket == b.control_socket && a.control_group == b.control_group);
-    check("metrics", a.metrics_listen == b.metrics_listen);
-    v
 }
 
 fn parse_backend_filter(s: &str) -> Result<(Ipv4Addr, Option<u16>), ErrorReply> {
@@ -274,37 +250,37 @@ impl Runtime {
     ) -> Result<Change, ErrorReply> {
         let t0 = Instant::now();
         let cfg = config::validate(raw.clone(), origin).map_err(|e| config_error(e, api))?;
-        let fixed = restart_needed(&plane.config, &cfg);
-        if !fixed.is_empty() {
+        if cfg.startup != plane.config.startup {
+            let changed = plane.config.startup.changed_fields(&cfg.startup);
             return Err(err(
                 ErrorCode::RestartRequired,
-                format!("changing {} needs a restart of lbd; nothing was applied", fixed.join(", ")),
+                format!("changing {} needs a restart of lbd; nothing was applied", changed.join(", ")),
             ));
         }
         let mut ids = plane.ids.clone();
         let counters = &self.counters;
-        let idle = |kind: IdKind, id: u32| {
+        let idle = |id: RecycledId| {
             let empty = Baselines::default();
-            let t = match kind {
-                IdKind::Listener => stats::listener_totals(counters, id as u16, &empty),
-                IdKind::Backend => stats::backend_totals(counters, id, &empty),
+            let t = match id {
+                RecycledId::Listener(id) => stats::listener_totals(counters, id, &empty),
+                RecycledId::Backend(id) => stats::backend_totals(counters, id, &empty),
             };
             t.sessions_active == 0
         };
-        let recycled = ids.assign(&cfg, &idle).map_err(|e| err(ErrorCode::Invalid, e))?;
+        let recycled = ids.assign(&cfg.forwarding, &idle).map_err(|e| err(ErrorCode::Invalid, e))?;
         let generation = plane.generation + 1;
         let snapshot = Snapshot::build(&cfg, &plane.macs, &ids, generation);
         let build_us = t0.elapsed().as_micros() as u64;
 
         // Ids that change owner: the new owner's counters start from here.
         let empty = Baselines::default();
-        for (kind, id) in recycled {
-            match kind {
-                IdKind::Listener => {
-                    let t = stats::listener_totals(counters, id as u16, &empty);
-                    plane.baselines.listeners.insert(id as u16, t);
+        for id in recycled {
+            match id {
+                RecycledId::Listener(id) => {
+                    let t = stats::listener_totals(counters, id, &empty);
+                    plane.baselines.listeners.insert(id, t);
                 }
-                IdKind::Backend => {
+                RecycledId::Backend(id) => {
                     let t = stats::backend_totals(counters, id, &empty);
                     plane.baselines.backends.insert(id, t);
                 }
@@ -395,8 +371,8 @@ impl Runtime {
             lcores: self.lcores.clone(),
             config_path: plane.path.display().to_string(),
             config_generation: plane.generation,
-            listeners: plane.config.listeners.len(),
-            backends: plane.config.listeners.iter().map(|l| l.backends.len()).sum(),
+            listeners: plane.config.forwarding.listeners.len(),
+            backends: plane.config.forwarding.listeners.iter().map(|l| l.backends.len()).sum(),
             sessions_active: report.sessions_active,
             drops_total: report.drops_total,
             ports,

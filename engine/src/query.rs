@@ -4,7 +4,12 @@
 //! A worker looks at its query channel once a millisecond, between bursts;
 //! a session listing walks a bounded slice of the table per question, so a
 //! large table is listed over many short visits instead of one long stall.
+//!
+//! This is the contract between the two sides: the control plane sends
+//! [`WorkerQuery`]s, the worker answers them with [`answer`]. It lives
+//! outside `control` so the data path does not import the control plane.
 
+use crate::ids::{ListenerId, PortIndex};
 use crate::session::Session;
 use crate::wire::MacAddr;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -15,7 +20,7 @@ pub const SCAN_BUDGET: u32 = 16_384;
 /// Which sessions a listing wants.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionMatch {
-    pub listener: Option<u16>,
+    pub listener: Option<ListenerId>,
     pub backend_ip: Option<u32>,
     pub backend_port: Option<u16>,
 }
@@ -39,7 +44,7 @@ pub struct SessionsChunk {
 
 #[derive(Debug, Clone)]
 pub struct NeighborRecord {
-    pub port: u16,
+    pub port: PortIndex,
     pub ip: u32,
     pub mac: MacAddr,
     pub state: &'static str,
@@ -78,7 +83,7 @@ pub fn answer<P: crate::dataplane::Packet>(dp: &crate::dataplane::Dataplane<P>, 
                 .neighbors()
                 .iter()
                 .map(|e| NeighborRecord {
-                    port: e.port,
+                    port: PortIndex(e.port),
                     ip: e.ip,
                     mac: e.mac,
                     state: match e.state {
