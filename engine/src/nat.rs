@@ -280,6 +280,71 @@ mod tests {
         }
     }
 
+    /// The RST as lbd built it by hand before the wire builders: the
+    /// reference [`tcp_reset_reply`] must match byte for byte.
+    fn reset_reference(frame: &mut [u8]) -> usize {
+        let (src, dst) = (rd32(frame, IP + 12), rd32(frame, IP + 16));
+        let (sport, dport) = (rd16(frame, L4), rd16(frame, L4 + 2));
+        let (seq, ack, flags) = (rd32(frame, L4 + 4), rd32(frame, L4 + 8), frame[L4 + 13]);
+        let data_off = usize::from(frame[L4 + 12] >> 4) * 4;
+        let seg_len = usize::from(rd16(frame, IP + 2)).saturating_sub(20 + data_off) as u32
+            + u32::from(flags & tcp::FLAG_SYN != 0)
+            + u32::from(flags & tcp::FLAG_FIN != 0);
+        let (rseq, rack, rflags) = if flags & tcp::FLAG_ACK != 0 {
+            (ack, 0, tcp::FLAG_RST)
+        } else {
+            (0, seq.wrapping_add(seg_len), tcp::FLAG_RST | tcp::FLAG_ACK)
+        };
+        let ip = &mut frame[IP..IP + 20];
+        ip[0] = 0x45;
+        ip[1] = 0;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&0u16.to_be_bytes());
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = PROTO_TCP;
+        ip[12..16].copy_from_slice(&dst.to_be_bytes());
+        ip[16..20].copy_from_slice(&src.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let t = &mut frame[L4..L4 + 20];
+        t[0..2].copy_from_slice(&dport.to_be_bytes());
+        t[2..4].copy_from_slice(&sport.to_be_bytes());
+        t[4..8].copy_from_slice(&rseq.to_be_bytes());
+        t[8..12].copy_from_slice(&rack.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = rflags;
+        t[14..20].fill(0);
+        let sum = pseudo_header_sum(dst.to_be_bytes(), src.to_be_bytes(), PROTO_TCP, 20) + sum_words(t);
+        t[16..18].copy_from_slice(&(!fold(sum)).to_be_bytes());
+        L4 + 20
+    }
+
+    proptest! {
+        #[test]
+        fn reset_reply_matches_the_hand_built_reference(
+            src in any::<u32>(), dst in any::<u32>(), sport in any::<u16>(), dport in any::<u16>(),
+            seq in any::<u32>(), ack in any::<u32>(), flags in any::<u8>(), window in any::<u16>(),
+            tos in any::<u8>(), ident in any::<u16>(), ttl in any::<u8>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut f = frame(PROTO_TCP, src, dst, sport, dport, &payload, false);
+            wr32(&mut f, L4 + 4, seq);
+            wr32(&mut f, L4 + 8, ack);
+            f[L4 + 13] = flags;
+            wr16(&mut f, L4 + 14, window);
+            f[IP + 1] = tos;
+            wr16(&mut f, IP + 4, ident);
+            f[IP + 8] = ttl;
+            let mut reference = f.clone();
+            let n = tcp_reset_reply(&mut f);
+            let m = reset_reference(&mut reference);
+            prop_assert_eq!(n, m);
+            prop_assert_eq!(&f[..n], &reference[..m]);
+        }
+    }
+
     #[test]
     fn macs() {
         let mut f = frame(PROTO_UDP, 1, 2, 3, 4, b"", false);
