@@ -21,13 +21,13 @@ enum Known {
     Live(u32),
     /// No session: a new flow, maybe carrying the TCP state of a session
     /// just removed with its backend.
-    None {
+    NewFlow {
         carried: Option<SessionState>,
     },
     /// The session was removed with its backend: answer the client with a
     /// RST.
     ResetClient,
-    Drop(DropReason),
+    Discard(DropReason),
 }
 
 /// The state a new flow's session starts in, and whether it is a
@@ -72,8 +72,8 @@ impl<P: Packet> State<P> {
         let slot = match self.known_session(snap, l, &key, found) {
             Known::Live(slot) => slot,
             Known::ResetClient => return self.reset_client(snap, pkt, io),
-            Known::Drop(reason) => return self.discard(reason, pkt, io),
-            Known::None { carried } => {
+            Known::Discard(reason) => return self.discard(reason, pkt, io),
+            Known::NewFlow { carried } => {
                 let (state, rescheduled) = match new_flow_state(l, &key, flags, carried) {
                     Ok(s) => s,
                     Err(reason) => return self.discard(reason, pkt, io),
@@ -126,13 +126,13 @@ impl<P: Packet> State<P> {
         found: Option<(u32, Direction)>,
     ) -> Known {
         match found {
-            None => Known::None { carried: None },
-            Some((_, Direction::Reply)) => Known::Drop(DropReason::NatTupleConflict),
+            None => Known::NewFlow { carried: None },
+            Some((_, Direction::Reply)) => Known::Discard(DropReason::NatTupleConflict),
             Some((slot, Direction::Request)) if self.expired(snap, slot) => {
                 // Idle past its timeout but not swept yet: gone, as it
                 // would be a moment later.
                 self.expire_now(slot);
-                Known::None { carried: None }
+                Known::NewFlow { carried: None }
             }
             Some((slot, Direction::Request)) => {
                 let s = self.sessions.session(slot);
@@ -158,7 +158,7 @@ impl<P: Packet> State<P> {
         }
         // Reschedule (and UDP under reset): on as a new flow.
         self.counters.event(Event::SessionsMoved);
-        Known::None { carried: Some(old.state) }
+        Known::NewFlow { carried: Some(old.state) }
     }
 
     /// The session of a new flow of listener `l` to its backend at
@@ -212,8 +212,9 @@ impl<P: Packet> State<P> {
 
     /// The forward tail every flow packet takes: the rewrite of the
     /// forwarding mode (NAT), the session's counters, then route, next hop
-    /// and TX.
-    #[inline]
+    /// and TX. Inlined into each caller, so the direction is a constant
+    /// there and the mode's rewrite is called directly.
+    #[inline(always)]
     fn forward(&mut self, snap: &Snapshot, mut pkt: P, s: &Session, dir: Direction, io: &mut impl Io<P>) {
         let to = match dir {
             Direction::Request => Nat.request(pkt.data_mut(), s),
