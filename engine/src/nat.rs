@@ -153,7 +153,7 @@ pub fn set_macs(frame: &mut [u8], src: MacAddr, dst: MacAddr) {
 mod tests {
     use super::*;
     use crate::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
-    use crate::wire::ethernet::HEADER_LEN as ETH;
+    use crate::wire::frame::FrameBuilder;
     use proptest::prelude::*;
 
     const IP: usize = IPV4;
@@ -171,33 +171,15 @@ mod tests {
         set32(b, at..at + 4, v)
     }
 
-    /// Builds a valid frame with full checksums.
+    /// Builds a valid frame with full checksums (UDP: none with `udp_zero`).
     fn frame(proto: u8, src: u32, dst: u32, sport: u16, dport: u16, payload: &[u8], udp_zero: bool) -> Vec<u8> {
-        let l4h = if proto == PROTO_TCP { 20 } else { 8 };
-        let total = 20 + l4h + payload.len();
-        let mut f = vec![0u8; ETH + total];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[IP] = 0x45;
-        wr16(&mut f, IP + 2, total as u16);
-        f[IP + 8] = 64;
-        f[IP + 9] = proto;
-        wr32(&mut f, IP + 12, src);
-        wr32(&mut f, IP + 16, dst);
-        let c = checksum(&f[IP..IP + 20]);
-        wr16(&mut f, IP + 10, c);
-        wr16(&mut f, L4, sport);
-        wr16(&mut f, L4 + 2, dport);
-        if proto == PROTO_TCP {
-            f[L4 + 12] = 5 << 4;
-            f[L4 + 13] = 0x18;
-        } else {
-            wr16(&mut f, L4 + 4, (8 + payload.len()) as u16);
-        }
-        f[L4 + l4h..].copy_from_slice(payload);
-        if !(proto == PROTO_UDP && udp_zero) {
-            fill_l4(&mut f);
-        }
-        f
+        let b = FrameBuilder {
+            seq: 0,
+            window: 0,
+            udp_checksum: !udp_zero,
+            ..FrameBuilder::new(MacAddr::ZERO, MacAddr::ZERO)
+        };
+        b.l4(proto, src, dst, sport, dport, tcp::FLAG_PSH | tcp::FLAG_ACK, payload)
     }
 
     fn l4_checksum_full(f: &[u8]) -> u16 {
@@ -217,12 +199,6 @@ mod tests {
         } else {
             c
         }
-    }
-
-    fn fill_l4(f: &mut [u8]) {
-        let c = l4_checksum_full(f);
-        let at = if f[IP + 9] == PROTO_TCP { L4 + 16 } else { L4 + 6 };
-        wr16(f, at, c);
     }
 
     fn ip_checksum_full(f: &[u8]) -> u16 {
