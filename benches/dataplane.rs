@@ -8,7 +8,7 @@ use engine::config;
 use engine::counters::WorkerCounters;
 use engine::dataplane::{CoreSettings, Dataplane, Io, Packet};
 use engine::snapshot::{IdRegistry, Snapshot};
-use engine::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
+use engine::wire::frame::FrameBuilder;
 use engine::wire::MacAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -131,24 +131,13 @@ timeouts: {tcp_syn: 1h, tcp_established: 1h}
 
 fn frame(i: u64, flags: u8) -> Frame {
     let (src, sport) = (0xac10_0000 | (i >> 14) as u32, 1024 + (i & 0x3fff) as u16);
+    let b = FrameBuilder {
+        seq: 0,
+        window: 0,
+        ..FrameBuilder::new(MacAddr([2, 0, 0, 0, 0, 0xfe]), MacAddr([2, 0, 0, 0, 0, 1]))
+    };
     let mut f = [0u8; 64];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xfe]);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&46u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&src.to_be_bytes());
-    f[30..34].copy_from_slice(&0x0a00_0064u32.to_be_bytes());
-    let c = checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&80u16.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = flags;
-    let sum = pseudo_header_sum(src.to_be_bytes(), [10, 0, 0, 100], 6, 26) + sum_words(&f[34..60]);
-    f[50..52].copy_from_slice(&(!fold(sum)).to_be_bytes());
+    f[..60].copy_from_slice(&b.tcp(src, 0x0a00_0064, sport, 80, flags, &[0; 6]));
     Frame { data: f, len: 60 }
 }
 

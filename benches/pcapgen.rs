@@ -19,7 +19,9 @@
 
 use engine::flow::FlowKey;
 use engine::maglev::MaglevTable;
-use engine::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
+use engine::wire::frame::FrameBuilder;
+use engine::wire::ipv4::PROTO_TCP;
+use engine::wire::MacAddr;
 use std::io::{BufWriter, Write};
 
 const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -32,7 +34,8 @@ fn client(i: u64) -> (u32, u16) {
     (0xac10_0000 | (i >> 14) as u32, 1024 + (i & 0x3fff) as u16)
 }
 
-/// A 60-byte Ethernet/IPv4/TCP or UDP frame with correct checksums.
+/// A 60-byte Ethernet/IPv4/TCP or UDP frame with correct checksums
+/// (DF set; TCP seq 1, window 65535).
 #[allow(clippy::too_many_arguments)]
 fn frame(
     src_mac: [u8; 6],
@@ -44,42 +47,9 @@ fn frame(
     dport: u16,
     flags: u8,
 ) -> [u8; 60] {
-    let mut f = [0u8; 60];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let total: u16 = 46;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&src.to_be_bytes());
-    ip[16..20].copy_from_slice(&dst.to_be_bytes());
-    let c = checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let l4 = &mut f[34..60];
-    l4[0..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
-    if proto == 6 {
-        l4[4..8].copy_from_slice(&1u32.to_be_bytes());
-        l4[12] = 5 << 4;
-        l4[13] = flags;
-        l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
-        l4[20..26].copy_from_slice(b"lbdlbd");
-    } else {
-        l4[4..6].copy_from_slice(&26u16.to_be_bytes());
-        l4[8..26].copy_from_slice(b"lbd-bench-payload!");
-    }
-    let at = if proto == 6 { 16 } else { 6 };
-    let sum = pseudo_header_sum(src.to_be_bytes(), dst.to_be_bytes(), proto, 26) + sum_words(l4);
-    let mut c = !fold(sum);
-    if proto == 17 && c == 0 {
-        c = 0xffff;
-    }
-    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    f
+    let payload: &[u8] = if proto == PROTO_TCP { b"lbdlbd" } else { b"lbd-bench-payload!" };
+    let b = FrameBuilder { dont_fragment: true, ..FrameBuilder::new(MacAddr(src_mac), MacAddr(dst_mac)) };
+    b.l4(proto, src, dst, sport, dport, flags, payload).try_into().expect("60-byte frame")
 }
 
 struct Pcap(BufWriter<std::fs::File>);

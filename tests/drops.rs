@@ -12,7 +12,8 @@
 mod common;
 
 use common::*;
-use engine::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
+use engine::wire::frame::FrameBuilder;
+use engine::wire::MacAddr;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -30,7 +31,7 @@ fn ip(s: &str) -> u32 {
     u32::from(s.parse::<Ipv4Addr>().unwrap())
 }
 
-/// An Ethernet/IPv4/TCP|UDP frame with valid checksums.
+/// An Ethernet/IPv4/TCP|UDP frame with valid checksums, from the peer.
 #[allow(clippy::too_many_arguments)]
 fn frame(
     dst_mac: [u8; 6],
@@ -42,39 +43,7 @@ fn frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let l4h = if proto == TCP { 20 } else { 8 };
-    let total = 20 + l4h + payload.len();
-    let mut f = vec![0u8; 14 + total];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&PEER_MAC);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ipb = &mut f[14..];
-    ipb[0] = 0x45;
-    ipb[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    ipb[8] = 64;
-    ipb[9] = proto;
-    ipb[12..16].copy_from_slice(&src.to_be_bytes());
-    ipb[16..20].copy_from_slice(&dst.to_be_bytes());
-    let c = checksum(&ipb[..20]);
-    ipb[10..12].copy_from_slice(&c.to_be_bytes());
-    let l4 = &mut ipb[20..];
-    l4[0..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
-    if proto == TCP {
-        l4[4..8].copy_from_slice(&1u32.to_be_bytes());
-        l4[12] = 5 << 4;
-        l4[13] = flags;
-        l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    } else {
-        l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    }
-    l4[l4h..].copy_from_slice(payload);
-    let sum =
-        pseudo_header_sum(src.to_be_bytes(), dst.to_be_bytes(), proto, (l4h + payload.len()) as u16) + sum_words(l4);
-    let c = !fold(sum);
-    let at = if proto == TCP { 16 } else { 6 };
-    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    f
+    FrameBuilder::new(MacAddr(PEER_MAC), MacAddr(dst_mac)).l4(proto, src, dst, sport, dport, flags, payload)
 }
 
 /// A classic pcap file (microsecond timestamps, Ethernet).

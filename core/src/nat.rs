@@ -1,4 +1,10 @@
-//! NAT rewrites of an Ethernet/IPv4/TCP|UDP frame, in place.
+//! The rewrite tail of the flow path, and NAT, its one kind so far.
+//!
+//! [`Rewrite`] is what the flow path asks of a forwarding mode: make a
+//! session's packet ready for its next hop. NAT rewrites one endpoint in
+//! place; FULLNAT (both endpoints) and DSR (encapsulation) would be
+//! siblings behind the same trait, chosen statically, never per packet
+//! through a vtable.
 //!
 //! Only header words change, so every checksum is patched incrementally
 //! (RFC 1624) and the payload is never read: the cost does not depend on
@@ -6,29 +12,43 @@
 //! Callers pass frames the dataplane has already validated (20-byte IPv4
 //! header at offset 14, complete L4 header after it).
 
+use crate::session::Session;
 use crate::wire::checksum::{adjust16, adjust32};
-use crate::wire::ethernet::HEADER_LEN as ETH;
-use crate::wire::ipv4::{PROTO_TCP, PROTO_UDP};
-use crate::wire::{tcp, udp, MacAddr};
+use crate::wire::frame::{
+    IPV4, IP_CHECKSUM, IP_DST_ADDR, IP_LENGTH, IP_PROTOCOL, IP_SRC_ADDR, IP_TTL, IP_TTL_PROTOCOL, L4, L4_DST_PORT,
+    L4_SRC_PORT, PORTS_LEN, TCP_CHECKSUM, TCP_HEADERS_LEN, UDP_CHECKSUM, UDP_HEADERS_LEN,
+};
+use crate::wire::ipv4::{self, Ipv4Repr, PROTO_TCP, PROTO_UDP};
+use crate::wire::tcp::{self, TcpPacket, TcpRepr};
+use crate::wire::{ethernet, get16, get32, set16, set32, Field, MacAddr};
 
-const IP: usize = ETH;
-const L4: usize = ETH + 20;
+/// What the flow path does to a session's packet before routing it: the
+/// forwarding mode. Implementations rewrite the frame in place, TTL
+/// included (NAT folds it into the same checksum update), and return the
+/// address to route the result to.
+pub trait Rewrite {
+    /// A client→service packet of session `s`.
+    fn request(&self, frame: &mut [u8], s: &Session) -> u32;
+    /// A backend→client packet of session `s`.
+    fn reply(&self, frame: &mut [u8], s: &Session) -> u32;
+}
 
-#[inline(always)]
-fn rd16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-#[inline(always)]
-fn wr16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-#[inline(always)]
-fn rd32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-#[inline(always)]
-fn wr32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+/// Destination NAT: requests go to the backend's address and port,
+/// replies leave from the VIP's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Nat;
+
+impl Rewrite for Nat {
+    #[inline(always)]
+    fn request(&self, frame: &mut [u8], s: &Session) -> u32 {
+        rewrite(frame, Endpoint::Destination, s.backend_ip, s.backend_port);
+        s.backend_ip
+    }
+    #[inline(always)]
+    fn reply(&self, frame: &mut [u8], s: &Session) -> u32 {
+        rewrite(frame, Endpoint::Source, s.vip, s.vip_port);
+        s.client_ip
+    }
 }
 
 /// Which endpoint of the packet to rewrite.
@@ -45,17 +65,19 @@ pub enum Endpoint {
 #[inline]
 pub fn rewrite(frame: &mut [u8], which: Endpoint, addr: u32, port: u16) {
     // Fixed-size views: the offsets are constants, the bounds checks go.
-    match frame[IP + 9] {
+    match frame[IP_PROTOCOL] {
         PROTO_TCP => {
-            let f: &mut [u8; L4 + 20] = (&mut frame[..L4 + 20]).try_into().expect("validated TCP frame");
-            rewrite_fixed(f, which, addr, port, Some(L4 + tcp::CHECKSUM_OFFSET), false);
+            let f: &mut [u8; TCP_HEADERS_LEN] =
+                (&mut frame[..TCP_HEADERS_LEN]).try_into().expect("validated TCP frame");
+            rewrite_fixed(f, which, addr, port, Some(TCP_CHECKSUM), false);
         }
         PROTO_UDP => {
-            let f: &mut [u8; L4 + 8] = (&mut frame[..L4 + 8]).try_into().expect("validated UDP frame");
-            rewrite_fixed(f, which, addr, port, Some(L4 + udp::CHECKSUM_OFFSET), true);
+            let f: &mut [u8; UDP_HEADERS_LEN] =
+                (&mut frame[..UDP_HEADERS_LEN]).try_into().expect("validated UDP frame");
+            rewrite_fixed(f, which, addr, port, Some(UDP_CHECKSUM), true);
         }
         _ => {
-            let f: &mut [u8; L4 + 4] = (&mut frame[..L4 + 4]).try_into().expect("validated frame");
+            let f: &mut [u8; PORTS_LEN] = (&mut frame[..PORTS_LEN]).try_into().expect("validated frame");
             rewrite_fixed(f, which, addr, port, None, false);
         }
     }
@@ -67,29 +89,29 @@ fn rewrite_fixed<const N: usize>(
     which: Endpoint,
     addr: u32,
     port: u16,
-    csum_at: Option<usize>,
+    csum_at: Option<Field>,
     udp: bool,
 ) {
-    let (ip_at, port_at) = match which {
-        Endpoint::Destination => (IP + 16, L4 + 2),
-        Endpoint::Source => (IP + 12, L4),
+    let (addr_at, port_at) = match which {
+        Endpoint::Destination => (IP_DST_ADDR, L4_DST_PORT),
+        Endpoint::Source => (IP_SRC_ADDR, L4_SRC_PORT),
     };
-    let old_addr = rd32(f, ip_at);
-    let old_port = rd16(f, port_at);
+    let old_addr = get32(f, addr_at.clone());
+    let old_port = get16(f, port_at.clone());
 
     // IPv4 header: TTL (shares a word with the protocol) and the address.
-    let old_ttl_word = rd16(f, IP + 8);
-    f[IP + 8] = f[IP + 8].wrapping_sub(1);
-    let new_ttl_word = rd16(f, IP + 8);
-    let mut c = rd16(f, IP + 10);
+    let old_ttl_word = get16(f, IP_TTL_PROTOCOL);
+    f[IP_TTL] = f[IP_TTL].wrapping_sub(1);
+    let new_ttl_word = get16(f, IP_TTL_PROTOCOL);
+    let mut c = get16(f, IP_CHECKSUM);
     c = adjust16(c, old_ttl_word, new_ttl_word);
     c = adjust32(c, old_addr, addr);
-    wr16(f, IP + 10, c);
-    wr32(f, ip_at, addr);
+    set16(f, IP_CHECKSUM, c);
+    set32(f, addr_at, addr);
 
     // L4 checksum covers the pseudo-header address and the port.
     if let Some(at) = csum_at {
-        let old = rd16(f, at);
+        let old = get16(f, at.clone());
         // UDP checksum 0 means "none" (RFC 768): leave it so.
         if !(udp && old == 0) {
             let mut c = adjust32(old, old_addr, addr);
@@ -97,101 +119,67 @@ fn rewrite_fixed<const N: usize>(
             if udp && c == 0 {
                 c = 0xffff;
             }
-            wr16(f, at, c);
+            set16(f, at, c);
         }
     }
-    wr16(f, port_at, port);
+    set16(f, port_at, port);
 }
 
 /// Turns a client's TCP segment (client→VIP) into a RST from the VIP back
 /// to the client, in place; returns the new frame length (54). MACs are
 /// left to the caller (it routes the result).
 pub fn tcp_reset_reply(frame: &mut [u8]) -> usize {
-    let (src, dst) = (rd32(frame, IP + 12), rd32(frame, IP + 16));
-    let (sport, dport) = (rd16(frame, L4), rd16(frame, L4 + 2));
-    let seq = rd32(frame, L4 + 4);
-    let ack = rd32(frame, L4 + 8);
-    let flags = frame[L4 + 13];
-    let ihl_total = usize::from(rd16(frame, IP + 2));
-    let data_off = usize::from(frame[L4 + 12] >> 4) * 4;
-    let seg_len = ihl_total.saturating_sub(20 + data_off) as u32
+    let (src, dst) = (get32(frame, IP_SRC_ADDR), get32(frame, IP_DST_ADDR));
+    let ip_total = usize::from(get16(frame, IP_LENGTH));
+    let t = TcpPacket::new_checked(&frame[L4..]).expect("validated TCP frame");
+    let flags = t.flags();
+    let seg_len = ip_total.saturating_sub(ipv4::MIN_HEADER_LEN + t.header_len()) as u32
         + u32::from(flags & tcp::FLAG_SYN != 0)
         + u32::from(flags & tcp::FLAG_FIN != 0);
-    // RFC 9293 3.10.7.1: answer an ACK with seq = its ack number; anything
-    // else with seq 0 and an ACK of what it carried.
-    let (rseq, rack, rflags) = if flags & tcp::FLAG_ACK != 0 {
-        (ack, 0, tcp::FLAG_RST)
-    } else {
-        (0, seq.wrapping_add(seg_len), tcp::FLAG_RST | tcp::FLAG_ACK)
-    };
-    let ip = &mut frame[IP..IP + 20];
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[4..6].copy_from_slice(&0u16.to_be_bytes());
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = PROTO_TCP;
-    ip[12..16].copy_from_slice(&dst.to_be_bytes());
-    ip[16..20].copy_from_slice(&src.to_be_bytes());
-    ip[10..12].copy_from_slice(&[0, 0]);
-    let c = crate::wire::checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let t = &mut frame[L4..L4 + 20];
-    t[0..2].copy_from_slice(&dport.to_be_bytes());
-    t[2..4].copy_from_slice(&sport.to_be_bytes());
-    t[4..8].copy_from_slice(&rseq.to_be_bytes());
-    t[8..12].copy_from_slice(&rack.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = rflags;
-    t[14..20].fill(0);
-    let sum = crate::wire::checksum::pseudo_header_sum(dst.to_be_bytes(), src.to_be_bytes(), PROTO_TCP, 20)
-        + crate::wire::checksum::sum_words(t);
-    let c = !crate::wire::checksum::fold(sum);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    L4 + 20
+    let rst = TcpRepr::reset_for(&t, seg_len);
+    let ip = Ipv4Repr::originated(dst, src, PROTO_TCP, tcp::MIN_HEADER_LEN as u16);
+    ip.emit(&mut frame[IPV4..]);
+    rst.emit(&mut frame[L4..TCP_HEADERS_LEN], ip.pseudo_header_sum());
+    TCP_HEADERS_LEN
 }
 
 /// Sets the Ethernet addresses for the next hop.
 #[inline]
 pub fn set_macs(frame: &mut [u8], src: MacAddr, dst: MacAddr) {
-    frame[0..6].copy_from_slice(&dst.0);
-    frame[6..12].copy_from_slice(&src.0);
+    ethernet::set_addresses(frame, src, dst);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
+    use crate::wire::frame::FrameBuilder;
     use proptest::prelude::*;
 
-    /// Builds a valid frame with full checksums.
+    const IP: usize = IPV4;
+
+    fn rd16(b: &[u8], at: usize) -> u16 {
+        get16(b, at..at + 2)
+    }
+    fn wr16(b: &mut [u8], at: usize, v: u16) {
+        set16(b, at..at + 2, v)
+    }
+    fn rd32(b: &[u8], at: usize) -> u32 {
+        get32(b, at..at + 4)
+    }
+    fn wr32(b: &mut [u8], at: usize, v: u32) {
+        set32(b, at..at + 4, v)
+    }
+
+    /// Builds a valid frame with full checksums (UDP: none with `udp_zero`).
     fn frame(proto: u8, src: u32, dst: u32, sport: u16, dport: u16, payload: &[u8], udp_zero: bool) -> Vec<u8> {
-        let l4h = if proto == PROTO_TCP { 20 } else { 8 };
-        let total = 20 + l4h + payload.len();
-        let mut f = vec![0u8; ETH + total];
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f[IP] = 0x45;
-        wr16(&mut f, IP + 2, total as u16);
-        f[IP + 8] = 64;
-        f[IP + 9] = proto;
-        wr32(&mut f, IP + 12, src);
-        wr32(&mut f, IP + 16, dst);
-        let c = checksum(&f[IP..IP + 20]);
-        wr16(&mut f, IP + 10, c);
-        wr16(&mut f, L4, sport);
-        wr16(&mut f, L4 + 2, dport);
-        if proto == PROTO_TCP {
-            f[L4 + 12] = 5 << 4;
-            f[L4 + 13] = 0x18;
-        } else {
-            wr16(&mut f, L4 + 4, (8 + payload.len()) as u16);
-        }
-        f[L4 + l4h..].copy_from_slice(payload);
-        if !(proto == PROTO_UDP && udp_zero) {
-            fill_l4(&mut f);
-        }
-        f
+        let b = FrameBuilder {
+            seq: 0,
+            window: 0,
+            udp_checksum: !udp_zero,
+            ..FrameBuilder::new(MacAddr::ZERO, MacAddr::ZERO)
+        };
+        b.l4(proto, src, dst, sport, dport, tcp::FLAG_PSH | tcp::FLAG_ACK, payload)
     }
 
     fn l4_checksum_full(f: &[u8]) -> u16 {
@@ -211,12 +199,6 @@ mod tests {
         } else {
             c
         }
-    }
-
-    fn fill_l4(f: &mut [u8]) {
-        let c = l4_checksum_full(f);
-        let at = if f[IP + 9] == PROTO_TCP { L4 + 16 } else { L4 + 6 };
-        wr16(f, at, c);
     }
 
     fn ip_checksum_full(f: &[u8]) -> u16 {
@@ -271,6 +253,71 @@ mod tests {
             rewrite(&mut f, Endpoint::Destination, new_addr, new_port);
             prop_assert_eq!(rd16(&f, L4 + 6), 0);
             prop_assert_eq!(rd16(&f, IP + 10), ip_checksum_full(&f));
+        }
+    }
+
+    /// The RST as lbd built it by hand before the wire builders: the
+    /// reference [`tcp_reset_reply`] must match byte for byte.
+    fn reset_reference(frame: &mut [u8]) -> usize {
+        let (src, dst) = (rd32(frame, IP + 12), rd32(frame, IP + 16));
+        let (sport, dport) = (rd16(frame, L4), rd16(frame, L4 + 2));
+        let (seq, ack, flags) = (rd32(frame, L4 + 4), rd32(frame, L4 + 8), frame[L4 + 13]);
+        let data_off = usize::from(frame[L4 + 12] >> 4) * 4;
+        let seg_len = usize::from(rd16(frame, IP + 2)).saturating_sub(20 + data_off) as u32
+            + u32::from(flags & tcp::FLAG_SYN != 0)
+            + u32::from(flags & tcp::FLAG_FIN != 0);
+        let (rseq, rack, rflags) = if flags & tcp::FLAG_ACK != 0 {
+            (ack, 0, tcp::FLAG_RST)
+        } else {
+            (0, seq.wrapping_add(seg_len), tcp::FLAG_RST | tcp::FLAG_ACK)
+        };
+        let ip = &mut frame[IP..IP + 20];
+        ip[0] = 0x45;
+        ip[1] = 0;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&0u16.to_be_bytes());
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = PROTO_TCP;
+        ip[12..16].copy_from_slice(&dst.to_be_bytes());
+        ip[16..20].copy_from_slice(&src.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let t = &mut frame[L4..L4 + 20];
+        t[0..2].copy_from_slice(&dport.to_be_bytes());
+        t[2..4].copy_from_slice(&sport.to_be_bytes());
+        t[4..8].copy_from_slice(&rseq.to_be_bytes());
+        t[8..12].copy_from_slice(&rack.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = rflags;
+        t[14..20].fill(0);
+        let sum = pseudo_header_sum(dst.to_be_bytes(), src.to_be_bytes(), PROTO_TCP, 20) + sum_words(t);
+        t[16..18].copy_from_slice(&(!fold(sum)).to_be_bytes());
+        L4 + 20
+    }
+
+    proptest! {
+        #[test]
+        fn reset_reply_matches_the_hand_built_reference(
+            src in any::<u32>(), dst in any::<u32>(), sport in any::<u16>(), dport in any::<u16>(),
+            seq in any::<u32>(), ack in any::<u32>(), flags in any::<u8>(), window in any::<u16>(),
+            tos in any::<u8>(), ident in any::<u16>(), ttl in any::<u8>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut f = frame(PROTO_TCP, src, dst, sport, dport, &payload, false);
+            wr32(&mut f, L4 + 4, seq);
+            wr32(&mut f, L4 + 8, ack);
+            f[L4 + 13] = flags;
+            wr16(&mut f, L4 + 14, window);
+            f[IP + 1] = tos;
+            wr16(&mut f, IP + 4, ident);
+            f[IP + 8] = ttl;
+            let mut reference = f.clone();
+            let n = tcp_reset_reply(&mut f);
+            let m = reset_reference(&mut reference);
+            prop_assert_eq!(n, m);
+            prop_assert_eq!(&f[..n], &reference[..m]);
         }
     }
 

@@ -3,8 +3,17 @@
 use super::*;
 use crate::config;
 use crate::counters::{DropReason, Event};
+use crate::flow::owner_shard;
+use crate::session::SessionState;
 use crate::snapshot::IdRegistry;
+use crate::wire::arp::{self, ArpPacket};
 use crate::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
+use crate::wire::ethernet::ETHERTYPE_VLAN;
+use crate::wire::ethernet::{ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use crate::wire::frame::FrameBuilder;
+use crate::wire::icmp;
+use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::wire::tcp::{self, TcpPacket, FLAG_ACK, FLAG_RST, FLAG_SYN};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -175,39 +184,8 @@ fn l4_frame(
     tcp_flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let l4h = if proto == PROTO_TCP { 20 } else { 8 };
-    let total = 20 + l4h + payload.len();
-    let mut f = vec![0u8; 14 + total];
-    f[0..6].copy_from_slice(&dst_mac.0);
-    f[6..12].copy_from_slice(&src_mac.0);
-    f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    let ip = &mut f[14..];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&src.to_be_bytes());
-    ip[16..20].copy_from_slice(&dst.to_be_bytes());
-    let c = checksum(&ip[..20]);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let l4 = &mut ip[20..];
-    l4[0..2].copy_from_slice(&sport.to_be_bytes());
-    l4[2..4].copy_from_slice(&dport.to_be_bytes());
-    if proto == PROTO_TCP {
-        l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
-        l4[12] = 5 << 4;
-        l4[13] = tcp_flags;
-        l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    } else {
-        l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    }
-    l4[l4h..].copy_from_slice(payload);
-    let at = if proto == PROTO_TCP { 16 } else { 6 };
-    let c = l4_checksum(&f);
-    f[14 + 20 + at..14 + 20 + at + 2].copy_from_slice(&c.to_be_bytes());
-    f
+    let b = FrameBuilder { ident: 0x1234, dont_fragment: true, seq: 1000, ..FrameBuilder::new(src_mac, dst_mac) };
+    b.l4(proto, src, dst, sport, dport, tcp_flags, payload)
 }
 
 fn l4_checksum(f: &[u8]) -> u16 {

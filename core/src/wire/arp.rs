@@ -1,9 +1,26 @@
 //! ARP for Ethernet and IPv4 (RFC 826), the only kind the engine speaks.
 
-use super::ethernet::MacAddr;
+use super::ethernet::{mac_at, MacAddr, ETHERTYPE_IPV4};
+use super::{get16, get32, set16, set32};
 use std::net::Ipv4Addr;
 
-pub const PACKET_LEN: usize = 28;
+/// Where each field sits in the packet.
+pub mod field {
+    use super::super::Field;
+    pub const HTYPE: Field = 0..2;
+    pub const PTYPE: Field = 2..4;
+    pub const HLEN: usize = 4;
+    pub const PLEN: usize = 5;
+    pub const OPER: Field = 6..8;
+    pub const SHA: Field = 8..14;
+    pub const SPA: Field = 14..18;
+    pub const THA: Field = 18..24;
+    pub const TPA: Field = 24..28;
+}
+
+pub const PACKET_LEN: usize = field::TPA.end;
+/// Hardware type Ethernet.
+pub const HTYPE_ETHERNET: u16 = 1;
 pub const OP_REQUEST: u16 = 1;
 pub const OP_REPLY: u16 = 2;
 
@@ -19,28 +36,52 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         if b.len() < PACKET_LEN {
             return None;
         }
-        let ok = b[0..2] == [0, 1] && b[2..4] == [0x08, 0x00] && b[4] == 6 && b[5] == 4;
+        let ok = get16(b, field::HTYPE) == HTYPE_ETHERNET
+            && get16(b, field::PTYPE) == ETHERTYPE_IPV4
+            && b[field::HLEN] == 6
+            && b[field::PLEN] == 4;
         ok.then_some(ArpPacket { buffer })
     }
     pub fn operation(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[6], b[7]])
+        get16(self.buffer.as_ref(), field::OPER)
     }
     pub fn sender_mac(&self) -> MacAddr {
-        let b = self.buffer.as_ref();
-        MacAddr([b[8], b[9], b[10], b[11], b[12], b[13]])
+        mac_at(self.buffer.as_ref(), field::SHA.start)
     }
     pub fn sender_ip(&self) -> Ipv4Addr {
-        let b = self.buffer.as_ref();
-        Ipv4Addr::new(b[14], b[15], b[16], b[17])
+        Ipv4Addr::from(get32(self.buffer.as_ref(), field::SPA))
     }
     pub fn target_mac(&self) -> MacAddr {
-        let b = self.buffer.as_ref();
-        MacAddr([b[18], b[19], b[20], b[21], b[22], b[23]])
+        mac_at(self.buffer.as_ref(), field::THA.start)
     }
     pub fn target_ip(&self) -> Ipv4Addr {
-        let b = self.buffer.as_ref();
-        Ipv4Addr::new(b[24], b[25], b[26], b[27])
+        Ipv4Addr::from(get32(self.buffer.as_ref(), field::TPA))
+    }
+}
+
+/// An Ethernet/IPv4 ARP packet to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpRepr {
+    pub op: u16,
+    pub sender_mac: MacAddr,
+    pub sender_ip: u32,
+    pub target_mac: MacAddr,
+    pub target_ip: u32,
+}
+
+impl ArpRepr {
+    /// Writes the packet into the first [`PACKET_LEN`] bytes of `buffer`.
+    pub fn emit(&self, buffer: &mut [u8]) {
+        let b = &mut buffer[..PACKET_LEN];
+        set16(b, field::HTYPE, HTYPE_ETHERNET);
+        set16(b, field::PTYPE, ETHERTYPE_IPV4);
+        b[field::HLEN] = 6;
+        b[field::PLEN] = 4;
+        set16(b, field::OPER, self.op);
+        b[field::SHA].copy_from_slice(&self.sender_mac.0);
+        set32(b, field::SPA, self.sender_ip);
+        b[field::THA].copy_from_slice(&self.target_mac.0);
+        set32(b, field::TPA, self.target_ip);
     }
 }
 
@@ -55,16 +96,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
         target_mac: MacAddr,
         target_ip: Ipv4Addr,
     ) -> Self {
-        let b = &mut buffer.as_mut()[..PACKET_LEN];
-        b[0..2].copy_from_slice(&1u16.to_be_bytes());
-        b[2..4].copy_from_slice(&0x0800u16.to_be_bytes());
-        b[4] = 6;
-        b[5] = 4;
-        b[6..8].copy_from_slice(&op.to_be_bytes());
-        b[8..14].copy_from_slice(&sender_mac.0);
-        b[14..18].copy_from_slice(&sender_ip.octets());
-        b[18..24].copy_from_slice(&target_mac.0);
-        b[24..28].copy_from_slice(&target_ip.octets());
+        ArpRepr { op, sender_mac, sender_ip: sender_ip.into(), target_mac, target_ip: target_ip.into() }
+            .emit(buffer.as_mut());
         ArpPacket { buffer }
     }
 }

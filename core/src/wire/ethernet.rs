@@ -3,7 +3,17 @@
 use core::fmt;
 use core::str::FromStr;
 
-pub const HEADER_LEN: usize = 14;
+/// Where each field sits in the header.
+pub mod field {
+    use super::super::Field;
+    pub const DST: Field = 0..6;
+    pub const SRC: Field = 6..12;
+    pub const ETHERTYPE: Field = 12..14;
+}
+
+pub const HEADER_LEN: usize = field::ETHERTYPE.end;
+/// The shortest frame on the wire, without FCS.
+pub const MIN_FRAME_LEN: usize = 60;
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
@@ -71,16 +81,13 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         (buffer.as_ref().len() >= HEADER_LEN).then_some(EthernetFrame { buffer })
     }
     pub fn dst(&self) -> MacAddr {
-        let b = self.buffer.as_ref();
-        MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]])
+        mac_at(self.buffer.as_ref(), field::DST.start)
     }
     pub fn src(&self) -> MacAddr {
-        let b = self.buffer.as_ref();
-        MacAddr([b[6], b[7], b[8], b[9], b[10], b[11]])
+        mac_at(self.buffer.as_ref(), field::SRC.start)
     }
     pub fn ethertype(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[12], b[13]])
+        super::get16(self.buffer.as_ref(), field::ETHERTYPE)
     }
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
@@ -89,17 +96,50 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     pub fn set_dst(&mut self, mac: MacAddr) {
-        self.buffer.as_mut()[0..6].copy_from_slice(&mac.0);
+        self.buffer.as_mut()[field::DST].copy_from_slice(&mac.0);
     }
     pub fn set_src(&mut self, mac: MacAddr) {
-        self.buffer.as_mut()[6..12].copy_from_slice(&mac.0);
+        self.buffer.as_mut()[field::SRC].copy_from_slice(&mac.0);
     }
     pub fn set_ethertype(&mut self, t: u16) {
-        self.buffer.as_mut()[12..14].copy_from_slice(&t.to_be_bytes());
+        super::set16(self.buffer.as_mut(), field::ETHERTYPE, t);
     }
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }
+}
+
+/// The MAC address at byte `at` of `b`.
+#[inline(always)]
+pub fn mac_at(b: &[u8], at: usize) -> MacAddr {
+    MacAddr([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5]])
+}
+
+/// An Ethernet II header to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EthernetRepr {
+    pub src: MacAddr,
+    pub dst: MacAddr,
+    pub ethertype: u16,
+}
+
+impl EthernetRepr {
+    /// Writes the header into the first [`HEADER_LEN`] bytes of `buffer`.
+    #[inline]
+    pub fn emit(&self, buffer: &mut [u8]) {
+        let b = &mut buffer[..HEADER_LEN];
+        b[field::DST].copy_from_slice(&self.dst.0);
+        b[field::SRC].copy_from_slice(&self.src.0);
+        super::set16(b, field::ETHERTYPE, self.ethertype);
+    }
+}
+
+/// Sets only the addresses of the frame in `buffer` (the next hop's, when
+/// forwarding; the ethertype stays).
+#[inline(always)]
+pub fn set_addresses(buffer: &mut [u8], src: MacAddr, dst: MacAddr) {
+    buffer[field::DST].copy_from_slice(&dst.0);
+    buffer[field::SRC].copy_from_slice(&src.0);
 }
 
 #[cfg(test)]

@@ -1,9 +1,36 @@
 //! IPv4 headers (RFC 791).
 
-use super::checksum;
+use super::{checksum, get16, get32, set16, set32};
 use std::net::Ipv4Addr;
 
-pub const MIN_HEADER_LEN: usize = 20;
+/// Where each field sits in the header.
+pub mod field {
+    use super::super::Field;
+    /// Version (high nibble) and header length in words (low nibble).
+    pub const VER_IHL: usize = 0;
+    pub const TOS: usize = 1;
+    pub const LENGTH: Field = 2..4;
+    pub const IDENT: Field = 4..6;
+    /// Flags (3 bits) and fragment offset (13 bits).
+    pub const FLG_OFF: Field = 6..8;
+    pub const TTL: usize = 8;
+    pub const PROTOCOL: usize = 9;
+    /// TTL and protocol: the 16-bit word a TTL change adjusts the checksum by.
+    pub const TTL_PROTOCOL: Field = 8..10;
+    pub const CHECKSUM: Field = 10..12;
+    pub const SRC_ADDR: Field = 12..16;
+    pub const DST_ADDR: Field = 16..20;
+}
+
+pub const MIN_HEADER_LEN: usize = field::DST_ADDR.end;
+/// Version 4, five words: the only header the fast paths take.
+pub const VER_IHL_NO_OPTIONS: u8 = 0x45;
+/// Don't fragment.
+pub const FLAG_DF: u16 = 0x4000;
+/// More-fragments and the fragment offset: non-zero in any fragment.
+pub const FRAGMENT_MASK: u16 = 0x3fff;
+/// The TTL of packets lbd originates.
+pub const DEFAULT_TTL: u8 = 64;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -42,14 +69,14 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         if b.len() < MIN_HEADER_LEN {
             return Err(Ipv4Error::Truncated);
         }
-        let ihl = usize::from(b[0] & 0x0f) * 4;
-        if b[0] >> 4 != 4 || ihl < MIN_HEADER_LEN {
+        let ihl = usize::from(b[field::VER_IHL] & 0x0f) * 4;
+        if b[field::VER_IHL] >> 4 != 4 || ihl < MIN_HEADER_LEN {
             return Err(Ipv4Error::BadHeader);
         }
         if ihl > MIN_HEADER_LEN {
             return Err(Ipv4Error::Options);
         }
-        let total = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        let total = usize::from(get16(b, field::LENGTH));
         if total < ihl || total > packet_len {
             return Err(Ipv4Error::BadTotalLength);
         }
@@ -57,38 +84,32 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     pub fn header_len(&self) -> usize {
-        usize::from(self.buffer.as_ref()[0] & 0x0f) * 4
+        usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
     pub fn total_len(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[2], b[3]])
+        get16(self.buffer.as_ref(), field::LENGTH)
     }
     pub fn ident(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[4], b[5]])
+        get16(self.buffer.as_ref(), field::IDENT)
     }
     /// More-fragments set or a non-zero fragment offset.
     pub fn is_fragment(&self) -> bool {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[6], b[7]]) & 0x3fff != 0
+        get16(self.buffer.as_ref(), field::FLG_OFF) & FRAGMENT_MASK != 0
     }
     pub fn ttl(&self) -> u8 {
-        self.buffer.as_ref()[8]
+        self.buffer.as_ref()[field::TTL]
     }
     pub fn protocol(&self) -> u8 {
-        self.buffer.as_ref()[9]
+        self.buffer.as_ref()[field::PROTOCOL]
     }
     pub fn checksum(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[10], b[11]])
+        get16(self.buffer.as_ref(), field::CHECKSUM)
     }
     pub fn src_u32(&self) -> u32 {
-        let b = self.buffer.as_ref();
-        u32::from_be_bytes([b[12], b[13], b[14], b[15]])
+        get32(self.buffer.as_ref(), field::SRC_ADDR)
     }
     pub fn dst_u32(&self) -> u32 {
-        let b = self.buffer.as_ref();
-        u32::from_be_bytes([b[16], b[17], b[18], b[19]])
+        get32(self.buffer.as_ref(), field::DST_ADDR)
     }
     pub fn src(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.src_u32())
@@ -115,39 +136,39 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     pub fn set_checksum(&mut self, c: u16) {
-        self.buffer.as_mut()[10..12].copy_from_slice(&c.to_be_bytes());
+        set16(self.buffer.as_mut(), field::CHECKSUM, c);
     }
     /// Decrements TTL and patches the header checksum incrementally.
     pub fn decrement_ttl(&mut self) {
         let b = self.buffer.as_mut();
-        let old = u16::from_be_bytes([b[8], b[9]]);
-        b[8] = b[8].wrapping_sub(1);
-        let new = u16::from_be_bytes([b[8], b[9]]);
-        let c = checksum::adjust16(u16::from_be_bytes([b[10], b[11]]), old, new);
-        b[10..12].copy_from_slice(&c.to_be_bytes());
+        let old = get16(b, field::TTL_PROTOCOL);
+        b[field::TTL] = b[field::TTL].wrapping_sub(1);
+        let new = get16(b, field::TTL_PROTOCOL);
+        let c = checksum::adjust16(get16(b, field::CHECKSUM), old, new);
+        set16(b, field::CHECKSUM, c);
     }
     /// Rewrites the source address, patching the header checksum.
     pub fn set_src_adjust(&mut self, addr: u32) {
         let old = self.src_u32();
-        self.buffer.as_mut()[12..16].copy_from_slice(&addr.to_be_bytes());
+        set32(self.buffer.as_mut(), field::SRC_ADDR, addr);
         let c = checksum::adjust32(self.checksum(), old, addr);
         self.set_checksum(c);
     }
     /// Rewrites the destination address, patching the header checksum.
     pub fn set_dst_adjust(&mut self, addr: u32) {
         let old = self.dst_u32();
-        self.buffer.as_mut()[16..20].copy_from_slice(&addr.to_be_bytes());
+        set32(self.buffer.as_mut(), field::DST_ADDR, addr);
         let c = checksum::adjust32(self.checksum(), old, addr);
         self.set_checksum(c);
     }
     /// Sets both addresses without touching the checksum (callers refill it).
     pub fn set_addrs_raw(&mut self, src: u32, dst: u32) {
         let b = self.buffer.as_mut();
-        b[12..16].copy_from_slice(&src.to_be_bytes());
-        b[16..20].copy_from_slice(&dst.to_be_bytes());
+        set32(b, field::SRC_ADDR, src);
+        set32(b, field::DST_ADDR, dst);
     }
     pub fn set_ttl_raw(&mut self, ttl: u8) {
-        self.buffer.as_mut()[8] = ttl;
+        self.buffer.as_mut()[field::TTL] = ttl;
     }
     /// Recomputes the header checksum from scratch.
     pub fn fill_checksum(&mut self) {
@@ -161,6 +182,65 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         let b = self.buffer.as_mut();
         let end = total.min(b.len());
         &mut b[hl..end]
+    }
+}
+
+/// An option-less IPv4 header to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Repr {
+    pub src: u32,
+    pub dst: u32,
+    pub protocol: u8,
+    /// Bytes after the header.
+    pub payload_len: u16,
+    pub ttl: u8,
+    pub tos: u8,
+    pub ident: u16,
+    /// The flags and fragment offset word, as sent.
+    pub flags_fragment: u16,
+}
+
+impl Ipv4Repr {
+    /// A header for a packet lbd originates: not fragmented, DF set, TTL 64.
+    pub fn originated(src: u32, dst: u32, protocol: u8, payload_len: u16) -> Ipv4Repr {
+        Ipv4Repr { src, dst, protocol, payload_len, ttl: DEFAULT_TTL, tos: 0, ident: 0, flags_fragment: FLAG_DF }
+    }
+
+    /// The header of a validated (option-less) packet.
+    pub fn parse<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) -> Ipv4Repr {
+        let b = p.buffer.as_ref();
+        Ipv4Repr {
+            src: p.src_u32(),
+            dst: p.dst_u32(),
+            protocol: p.protocol(),
+            payload_len: p.total_len() - MIN_HEADER_LEN as u16,
+            ttl: p.ttl(),
+            tos: b[field::TOS],
+            ident: p.ident(),
+            flags_fragment: get16(b, field::FLG_OFF),
+        }
+    }
+
+    /// Writes the 20-byte header, checksum included, into `buffer`.
+    pub fn emit(&self, buffer: &mut [u8]) {
+        let b = &mut buffer[..MIN_HEADER_LEN];
+        b[field::VER_IHL] = VER_IHL_NO_OPTIONS;
+        b[field::TOS] = self.tos;
+        set16(b, field::LENGTH, MIN_HEADER_LEN as u16 + self.payload_len);
+        set16(b, field::IDENT, self.ident);
+        set16(b, field::FLG_OFF, self.flags_fragment);
+        b[field::TTL] = self.ttl;
+        b[field::PROTOCOL] = self.protocol;
+        set32(b, field::SRC_ADDR, self.src);
+        set32(b, field::DST_ADDR, self.dst);
+        set16(b, field::CHECKSUM, 0);
+        let c = checksum::checksum(b);
+        set16(b, field::CHECKSUM, c);
+    }
+
+    /// The sum of the TCP/UDP pseudo-header for this packet.
+    pub fn pseudo_header_sum(&self) -> u64 {
+        checksum::pseudo_header_sum(self.src.to_be_bytes(), self.dst.to_be_bytes(), self.protocol, self.payload_len)
     }
 }
 
@@ -227,5 +307,17 @@ mod tests {
         let c = p.checksum();
         p.fill_checksum();
         assert_eq!(p.checksum(), c);
+    }
+
+    #[test]
+    fn repr_round_trip() {
+        let h = header();
+        let p = Ipv4Packet::new_checked(&h[..]).unwrap();
+        let r = Ipv4Repr::parse(&p);
+        assert_eq!((r.ident, r.flags_fragment, r.payload_len, r.ttl), (0x1234, FLAG_DF, 8, 64));
+        let mut out = h.clone();
+        out[..20].fill(0);
+        r.emit(&mut out);
+        assert_eq!(out, h);
     }
 }

@@ -1,23 +1,53 @@
-//! Zero-copy views of the protocol headers the engine reads and rewrites.
+//! The one place that knows packet layout: per header, where each field
+//! sits (`<header>::field`, constant ranges as in smoltcp), zero-copy views,
+//! and a `Repr` with `emit` for every header lbd writes itself.
 //!
 //! Each view checks the length once in `new_checked`; accessors after that
 //! index without further checks, and setters exist only when the buffer is
-//! mutable.
+//! mutable. The fast paths (the classifier, the NAT rewrite) read the same
+//! field constants through [`frame`] on fixed-size arrays, so their offsets
+//! are compile-time constants and their bounds checks fold away.
 
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod frame;
+pub mod icmp;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;
 
 pub use ethernet::MacAddr;
 
-/// ICMP echo (RFC 792): types and header length.
-pub mod icmp {
-    pub const ECHO_REPLY: u8 = 0;
-    pub const ECHO_REQUEST: u8 = 8;
-    pub const HEADER_LEN: usize = 8;
+/// A field's byte range within its header.
+pub type Field = core::ops::Range<usize>;
+
+/// The big-endian 16-bit field `f` of `b`.
+#[inline(always)]
+pub fn get16(b: &[u8], f: Field) -> u16 {
+    u16::from_be_bytes([b[f.start], b[f.start + 1]])
+}
+
+/// The big-endian 32-bit field `f` of `b`.
+#[inline(always)]
+pub fn get32(b: &[u8], f: Field) -> u32 {
+    u32::from_be_bytes([b[f.start], b[f.start + 1], b[f.start + 2], b[f.start + 3]])
+}
+
+#[inline(always)]
+pub fn set16(b: &mut [u8], f: Field, v: u16) {
+    b[f.start..f.start + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline(always)]
+pub fn set32(b: &mut [u8], f: Field, v: u32) {
+    b[f.start..f.start + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// `f` moved `by` bytes further: a header field's place in a whole frame.
+#[inline(always)]
+pub const fn at(by: usize, f: Field) -> Field {
+    by + f.start..by + f.end
 }
 
 #[cfg(test)]

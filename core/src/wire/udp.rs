@@ -1,8 +1,19 @@
 //! UDP headers (RFC 768).
 
-pub const HEADER_LEN: usize = 8;
+use super::{checksum, get16, set16};
+
+/// Where each field sits in the header.
+pub mod field {
+    use super::super::Field;
+    pub const SRC_PORT: Field = 0..2;
+    pub const DST_PORT: Field = 2..4;
+    pub const LENGTH: Field = 4..6;
+    pub const CHECKSUM: Field = 6..8;
+}
+
+pub const HEADER_LEN: usize = field::CHECKSUM.end;
 /// Offset of the checksum within the UDP header.
-pub const CHECKSUM_OFFSET: usize = 6;
+pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 
 #[derive(Debug)]
 pub struct UdpPacket<T: AsRef<[u8]>> {
@@ -16,20 +27,43 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         if b.len() < HEADER_LEN {
             return None;
         }
-        let len = usize::from(u16::from_be_bytes([b[4], b[5]]));
+        let len = usize::from(get16(b, field::LENGTH));
         (len >= HEADER_LEN && len <= b.len()).then_some(UdpPacket { buffer })
     }
     pub fn src_port(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[0], b[1]])
+        get16(self.buffer.as_ref(), field::SRC_PORT)
     }
     pub fn dst_port(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[2], b[3]])
+        get16(self.buffer.as_ref(), field::DST_PORT)
     }
     pub fn checksum(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[6], b[7]])
+        get16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+}
+
+/// A UDP header to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpRepr {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl UdpRepr {
+    /// Writes the header into `datagram` (header and payload, the payload
+    /// already in place; its length is the datagram's); with `pseudo` (the
+    /// pseudo-header sum) the checksum, without it 0, "no checksum".
+    pub fn emit(&self, datagram: &mut [u8], pseudo: Option<u64>) {
+        let len = datagram.len() as u16;
+        let b = &mut datagram[..HEADER_LEN];
+        set16(b, field::SRC_PORT, self.src_port);
+        set16(b, field::DST_PORT, self.dst_port);
+        set16(b, field::LENGTH, len);
+        set16(b, field::CHECKSUM, 0);
+        if let Some(pseudo) = pseudo {
+            let c = !checksum::fold(pseudo + checksum::sum_words(datagram));
+            // 0 means "none" (RFC 768): a computed 0 goes out as all ones.
+            set16(datagram, field::CHECKSUM, if c == 0 { 0xffff } else { c });
+        }
     }
 }
 
