@@ -1,4 +1,5 @@
 //! Ethernet ports: lookup, start-up with RSS, control, statistics.
+use super::device::Device;
 use super::eal::{Eal, EalHandle};
 use super::mempool::Mempool;
 use super::queue::{RxQueue, TxQueue};
@@ -55,34 +56,6 @@ pub struct RssState {
     pub key_set: bool,
     /// The RETA read back from the device (empty when none).
     pub reta: Vec<u16>,
-}
-
-/// A started port's device, shared by its [`Port`] and its queues; the
-/// last of them to go stops and closes it.
-#[derive(Debug)]
-pub(super) struct Device {
-    pub(super) id: u16,
-    /// Changed only through `Arc::get_mut`, i.e. with no queue alive.
-    started: bool,
-    eal: EalHandle,
-    /// RX descriptors and unsent TX mbufs belong to this pool until the
-    /// device is closed.
-    _pool: Arc<Mempool>,
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        if self.started {
-            // SAFETY: this is the last reference: no queue of the port is
-            // left to poll it.
-            unsafe { sys::rte_eth_dev_stop(self.id) };
-        }
-        // SAFETY: closing releases the queues (and the mbufs they hold, into
-        // the pool, still alive) and flushes drivers such as net_pcap's TX
-        // file; nothing uses the port afterwards.
-        unsafe { sys::rte_eth_dev_close(self.id) };
-        self.eal.release_port(self.id);
-    }
 }
 
 /// A configured, started ethdev port. Its queues come from

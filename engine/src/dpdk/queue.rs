@@ -2,8 +2,8 @@
 //!
 //! A queue holds its port's `Device` (which holds the mempool), so
 //! neither the port nor the pool can go while the queue lives.
+use super::device::Device;
 use super::mbuf::{Burst, MAX_BURST};
-use super::port::Device;
 use super::sys;
 use std::sync::Arc;
 
