@@ -4,12 +4,12 @@
 //! packet from the I/O.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use engine::config;
-use engine::counters::WorkerCounters;
-use engine::dataplane::{CoreSettings, Dataplane, Io, Packet};
-use engine::snapshot::{IdRegistry, Snapshot};
-use engine::wire::frame::FrameBuilder;
-use engine::wire::MacAddr;
+use lbcore::config;
+use lbcore::counters::WorkerCounters;
+use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
+use lbcore::snapshot::{IdRegistry, Snapshot};
+use lbcore::wire::frame::FrameBuilder;
+use lbcore::wire::MacAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -230,7 +230,7 @@ fn rewrite(c: &mut Criterion) {
     c.bench_function("nat_rewrite_and_checksums", |b| {
         b.iter(|| {
             let mut g = f;
-            engine::nat::rewrite(&mut g.data[..60], engine::nat::Endpoint::Destination, 0x0a01_000b, 8080);
+            lbcore::nat::rewrite(&mut g.data[..60], lbcore::nat::Endpoint::Destination, 0x0a01_000b, 8080);
             std::hint::black_box(g.data[50])
         })
     });

@@ -4,7 +4,7 @@
 //! M = 65537 entries for 1000 backends (and 22.7 ms for M = 655373).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use engine::maglev::MaglevTable;
+use lbcore::maglev::MaglevTable;
 use std::hint::black_box;
 
 fn names(n: usize) -> Vec<String> {

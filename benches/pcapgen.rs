@@ -17,11 +17,11 @@
 //! RSS), `spread` deals them round robin (every worker sees every flow,
 //! so about (Q-1)/Q of them are handed over in software).
 
-use engine::flow::FlowKey;
-use engine::maglev::MaglevTable;
-use engine::wire::frame::FrameBuilder;
-use engine::wire::ipv4::PROTO_TCP;
-use engine::wire::MacAddr;
+use lbcore::flow::FlowKey;
+use lbcore::maglev::MaglevTable;
+use lbcore::wire::frame::FrameBuilder;
+use lbcore::wire::ipv4::PROTO_TCP;
+use lbcore::wire::MacAddr;
 use std::io::{BufWriter, Write};
 
 const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -135,7 +135,7 @@ fn main() {
         };
         let q = match (queues, split.as_str()) {
             (1, _) => 0,
-            (_, "owner") => engine::rss::owner(owner_of.0, owner_of.1, queues),
+            (_, "owner") => lbcore::rss::owner(owner_of.0, owner_of.1, queues),
             _ => (n as usize) % queues,
         };
         files[q].write(&f);

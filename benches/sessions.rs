@@ -17,8 +17,8 @@ fn session(i: u64) -> Session {
         (0xac10_0000 | (i >> 14) as u32, 1024 + (i & 0x3fff) as u16),
         (0x0a00_0064, 80),
         (0x0a01_000b + (i % 4) as u32, 8080),
-        engine::ids::ListenerId(0),
-        engine::ids::BackendId((i % 4) as u32),
+        lbcore::ids::ListenerId(0),
+        lbcore::ids::BackendId((i % 4) as u32),
         SessionState::TcpEstablished,
         0,
     )

@@ -12,8 +12,8 @@
 mod common;
 
 use common::*;
-use engine::wire::frame::FrameBuilder;
-use engine::wire::MacAddr;
+use lbcore::wire::frame::FrameBuilder;
+use lbcore::wire::MacAddr;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -248,7 +248,7 @@ fn six_ports_flooding_another_worker_pause_rx_instead_of_overrunning_its_ring() 
     let workers = 2;
     let client = ip("10.0.0.7");
     let flows: Vec<u16> =
-        (1024..u16::MAX).filter(|p| engine::flow::owner_shard(client, *p, workers) == 1).take(64).collect();
+        (1024..u16::MAX).filter(|p| lbcore::flow::owner_shard(client, *p, workers) == 1).take(64).collect();
     let mut vdevs = Vec::new();
     let mut port_yaml = String::new();
     for p in 0..ports {

@@ -1,9 +1,9 @@
 //! `lbd`'s command line.
 
 use crate::build_info::BuildInfo;
-use crate::config;
 use crate::daemon::{self, RunOptions};
 use clap::Parser;
+use lbcore::config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -2,17 +2,17 @@
 //! counters.
 
 use crate::build_info::BuildInfo;
-use crate::config::raw::RawConfig;
-use crate::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use crate::control::server::{self, ControlServer};
 use crate::control::{ControlPlane, PortInfo, Runtime};
-use crate::counters::WorkerCounters;
-use crate::dataplane::{CoreSettings, Dataplane};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingMonitor, RingProducer, RxQueue, TxQueue};
 use crate::query;
-use crate::snapshot::{IdRegistry, Snapshot, SnapshotCell};
-use crate::wire::MacAddr;
 use crate::worker::{PortQueues, RunControl, Worker};
+use lbcore::config::raw::RawConfig;
+use lbcore::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
+use lbcore::counters::WorkerCounters;
+use lbcore::dataplane::{CoreSettings, Dataplane};
+use lbcore::snapshot::{IdRegistry, Snapshot, SnapshotCell};
+use lbcore::wire::MacAddr;
 use lbproto::stats::Report;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
@@ -66,10 +66,10 @@ fn rss_request(cfg: &Config, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
         RssMode::Destination => dpdk::RssFields::Destination,
         RssMode::Off | RssMode::Auto => return None,
     };
-    let buckets = (0..crate::rss::BUCKETS)
-        .map(|b| (crate::rss::bucket_owner(b, cfg.startup.workers) % usize::from(nrx.max(1))) as u16)
+    let buckets = (0..lbcore::rss::BUCKETS)
+        .map(|b| (lbcore::rss::bucket_owner(b, cfg.startup.workers) % usize::from(nrx.max(1))) as u16)
         .collect();
-    Some(dpdk::RssRequest { fields, key: crate::rss::RSS_KEY, buckets })
+    Some(dpdk::RssRequest { fields, key: lbcore::rss::RSS_KEY, buckets })
 }
 
 /// Where EAL (as root) keeps its runtime files for these arguments.
@@ -503,7 +503,7 @@ fn serve(
         queries: query_senders,
         plane: Mutex::new(ControlPlane::new(path.to_owned(), raw, cfg.clone(), registry, macs.clone())),
         ops: Mutex::default(),
-        propagation: Mutex::new(crate::latency::new_histogram()),
+        propagation: Mutex::new(lbcore::latency::new_histogram()),
         seq: AtomicU64::new(0),
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
@@ -639,7 +639,7 @@ mod tests {
         let y = format!(
             "eal: [\"--no-pci\"{extra}]\nlcores: {{workers: 3}}\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"
         );
-        crate::config::parse(&y, Path::new("t.yaml")).unwrap()
+        lbcore::config::parse(&y, Path::new("t.yaml")).unwrap()
     }
 
     #[test]

@@ -3,20 +3,14 @@
 //! `dpdk` is the one module with `unsafe`: a thin safe layer over
 //! `dpdk-sys` that `worker` (the lcore loop) and `daemon` (start-up and
 //! shutdown) use; `control` (the control socket, hot changes), `metrics`
-//! (Prometheus) and `stats` (the counters document) serve operators. The
-//! packet core's modules are re-exported under their own names.
+//! (Prometheus) and `stats` (the counters document) serve operators.
 //!
 //! Control and data meet in three places only: the configuration
-//! (`config`: a startup part fixed until restart, a forwarding part), the
-//! published [`snapshot::Snapshot`] built from it, and the worker queries
-//! (`query`). `ids` names the integers both sides share.
+//! (`lbcore::config`: a startup part fixed until restart, a forwarding part), the
+//! published [`lbcore::snapshot::Snapshot`] built from it, and the worker queries
+//! (`query`). `lbcore::ids` names the integers both sides share.
 
 #![deny(unsafe_code)]
-
-pub use lbcore::{
-    config, counters, dataplane, flow, ids, latency, maglev, memory, nat, neighbor, rss, scheduler, session, snapshot,
-    wire,
-};
 
 pub mod build_info;
 pub mod cli;

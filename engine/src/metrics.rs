@@ -7,8 +7,6 @@
 //! [`METRICS`], which the README's table is checked against.
 
 use crate::control::Runtime;
-use crate::counters::{DropReason, Event};
-use crate::latency;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -16,6 +14,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use lbcore::counters::{DropReason, Event};
+use lbcore::latency;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};

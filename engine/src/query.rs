@@ -9,10 +9,10 @@
 //! [`WorkerQuery`]s, the worker answers them with [`answer`]. It lives
 //! outside `control` so the data path does not import the control plane.
 
-use crate::ids::{ListenerId, PortIndex};
-use crate::session::Session;
-use crate::wire::MacAddr;
 use crossbeam_channel::{bounded, Receiver, Sender};
+use lbcore::ids::{ListenerId, PortIndex};
+use lbcore::session::Session;
+use lbcore::wire::MacAddr;
 
 /// Session slots one query may walk.
 pub const SCAN_BUDGET: u32 = 16_384;
@@ -70,14 +70,14 @@ impl QueryInbox {
 }
 
 /// Answers `q` from the worker's state (on the worker, between bursts).
-pub fn answer<P: crate::dataplane::Packet>(dp: &crate::dataplane::Dataplane<P>, q: WorkerQuery) {
+pub fn answer<P: lbcore::dataplane::Packet>(dp: &lbcore::dataplane::Dataplane<P>, q: WorkerQuery) {
     match q {
         WorkerQuery::Sessions { filter, start, limit, reply } => {
             let (sessions, next) = dp.scan_sessions(start, SCAN_BUDGET, limit.max(1) as usize, &|s| filter.matches(s));
             let _ = reply.try_send(SessionsChunk { sessions, next, now_ms: dp.now() });
         }
         WorkerQuery::Neighbors { reply } => {
-            use crate::neighbor::NeighborState;
+            use lbcore::neighbor::NeighborState;
             let now = dp.now();
             let list = dp
                 .neighbors()

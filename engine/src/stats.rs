@@ -2,9 +2,9 @@
 //! ([`lbproto::stats::Report`]): written at exit and on SIGUSR1, returned
 //! to `lbctl stats`, and the source of most Prometheus metrics.
 
-use crate::counters::{DropReason, Event, FlowCounters, WorkerCounters};
-use crate::ids::{BackendId, ListenerId};
-use crate::snapshot::Snapshot;
+use lbcore::counters::{DropReason, Event, FlowCounters, WorkerCounters};
+use lbcore::ids::{BackendId, ListenerId};
+use lbcore::snapshot::Snapshot;
 use lbproto::stats::{
     BackendReport, DeviceStats, FlowReport, LatencyReport, ListenerReport, PortReport, Report, WorkerReport,
 };
@@ -96,7 +96,7 @@ pub fn device_stats(s: crate::dpdk::PortStats) -> DeviceStats {
 
 /// Quantiles of per-packet processing time over all workers.
 pub fn latency(workers: &[Arc<WorkerCounters>]) -> LatencyReport {
-    let mut h = crate::latency::new_histogram();
+    let mut h = lbcore::latency::new_histogram();
     let mut sum = 0u64;
     for w in workers {
         w.latency.merge_into(&mut h);

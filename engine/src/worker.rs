@@ -5,11 +5,11 @@
 //! full, when a poll finds nothing more to batch with, or when the drain
 //! timer (100 µs) fires, whichever comes first.
 
-use crate::counters::{DropReason, Event, WorkerCounters};
-use crate::dataplane::{Dataplane, Io, Packet};
 use crate::dpdk::{tsc, Burst, DpdkPlacement, Mbuf, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
 use crate::query::{self, QueryInbox};
-use crate::snapshot::SnapshotCell;
+use lbcore::counters::{DropReason, Event, WorkerCounters};
+use lbcore::dataplane::{Dataplane, Io, Packet};
+use lbcore::snapshot::SnapshotCell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

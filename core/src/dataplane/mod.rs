@@ -217,7 +217,7 @@ impl<P: Packet> Dataplane<P> {
         self.st.tick(&self.snap, io);
     }
 
-    /// See [`State::scan_sessions`]: a bounded slice of the session table
+    /// See `State::scan_sessions`: a bounded slice of the session table
     /// for a control-plane listing.
     pub fn scan_sessions(
         &self,

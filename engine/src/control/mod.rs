@@ -12,15 +12,15 @@
 pub mod server;
 
 use crate::build_info::BuildInfo;
-use crate::config::raw::{RawBackend, RawConfig, RawListener};
-use crate::config::{self, Config};
-use crate::counters::WorkerCounters;
 use crate::dpdk::{self, Mempool, RingMonitor, RssState};
 use crate::query::{SessionMatch, WorkerQuery};
-use crate::snapshot::{IdRegistry, RecycledId, Snapshot, SnapshotCell};
 use crate::stats::{self, Baselines, ReportContext};
-use crate::wire::MacAddr;
 use hdrhistogram::Histogram;
+use lbcore::config::raw::{RawBackend, RawConfig, RawListener};
+use lbcore::config::{self, Config};
+use lbcore::counters::WorkerCounters;
+use lbcore::snapshot::{IdRegistry, RecycledId, Snapshot, SnapshotCell};
+use lbcore::wire::MacAddr;
 use lbproto::stats::Report;
 use lbproto::{
     BackendInfo, BackendRef, BackendSpec, Change, ErrorCode, ErrorReply, ListenerInfo, ListenerSpec, NeighborInfo,
@@ -494,7 +494,7 @@ impl Runtime {
                         snap.listener_by_id(s.listener).map_or_else(|| "(removed)".to_owned(), |l| l.name.clone());
                     out.push(SessionInfo {
                         worker: w,
-                        protocol: if s.proto == crate::wire::ipv4::PROTO_TCP { "tcp" } else { "udp" }.into(),
+                        protocol: if s.proto == lbcore::wire::ipv4::PROTO_TCP { "tcp" } else { "udp" }.into(),
                         client: format!("{}:{}", Ipv4Addr::from(s.client_ip), s.client_port),
                         vip: format!("{}:{}", Ipv4Addr::from(s.vip), s.vip_port),
                         backend: format!("{}:{}", Ipv4Addr::from(s.backend_ip), s.backend_port),
