@@ -2,7 +2,7 @@
 
 lbd fixes its hashes (no random seed) so every instance and every restart
 picks the same backend for a flow. This module re-implements them from the
-specification in engine/src/flow.rs and engine/src/maglev.rs, so the
+specification in core/src/flow.rs and core/src/maglev.rs, so the
 golden tests can predict the backend of every flow and check lbd against
 it, rather than trusting lbd's own answer.
 """
