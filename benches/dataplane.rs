@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lbcore::config;
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
+use lbcore::ids::PortIndex;
 use lbcore::snapshot::{IdRegistry, Snapshot};
 use lbcore::wire::frame::FrameBuilder;
 use lbcore::wire::MacAddr;
@@ -38,8 +39,8 @@ impl Packet for Buf {
     fn packet_len(&self) -> usize {
         self.0.len
     }
-    fn port(&self) -> u16 {
-        0
+    fn port(&self) -> PortIndex {
+        PortIndex(0)
     }
     fn truncate(&mut self, len: usize) -> bool {
         self.0.len = len;
@@ -59,8 +60,8 @@ impl Packet for Frame {
     fn packet_len(&self) -> usize {
         self.len
     }
-    fn port(&self) -> u16 {
-        0
+    fn port(&self) -> PortIndex {
+        PortIndex(0)
     }
     fn truncate(&mut self, len: usize) -> bool {
         self.len = len;
@@ -78,7 +79,7 @@ struct Recycler {
 }
 
 impl Io<Buf> for Recycler {
-    fn tx(&mut self, _port: u16, pkt: Buf) {
+    fn tx(&mut self, _port: PortIndex, pkt: Buf) {
         self.tx += 1;
         self.free.push(pkt);
     }
@@ -88,7 +89,7 @@ impl Io<Buf> for Recycler {
     fn free(&mut self, pkt: Buf) {
         self.free.push(pkt);
     }
-    fn alloc(&mut self, len: usize, _port: u16) -> Option<Buf> {
+    fn alloc(&mut self, len: usize, _port: PortIndex) -> Option<Buf> {
         let mut b = self.free.pop()?;
         b.0.len = len;
         Some(b)
@@ -102,7 +103,7 @@ struct Sink {
 }
 
 impl Io<Frame> for Sink {
-    fn tx(&mut self, _port: u16, pkt: Frame) {
+    fn tx(&mut self, _port: PortIndex, pkt: Frame) {
         self.tx += u64::from(pkt.data[30]);
     }
     fn handoff(&mut self, _w: usize, _pkt: Frame) {
@@ -111,7 +112,7 @@ impl Io<Frame> for Sink {
     fn free(&mut self, _pkt: Frame) {
         self.other += 1;
     }
-    fn alloc(&mut self, len: usize, _port: u16) -> Option<Frame> {
+    fn alloc(&mut self, len: usize, _port: PortIndex) -> Option<Frame> {
         Some(Frame { data: [0; 64], len })
     }
 }

@@ -6,6 +6,7 @@
 //! backward-shift deletion: fixed memory, no tombstones, no allocation.
 
 use crate::flow::fold_mul;
+use crate::ids::PortIndex;
 use crate::wire::MacAddr;
 use std::collections::VecDeque;
 
@@ -23,7 +24,7 @@ pub enum NeighborState {
 
 #[derive(Clone, Copy, Debug)]
 pub struct NeighborEntry {
-    pub port: u16,
+    pub port: PortIndex,
     pub ip: u32,
     pub mac: MacAddr,
     pub state: NeighborState,
@@ -85,9 +86,9 @@ impl std::fmt::Debug for NeighborCache {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Maintenance {
     /// Send an ARP request for (port, ip).
-    Request { port: u16, ip: u32 },
+    Request { port: PortIndex, ip: u32 },
     /// Resolution of (port, ip) failed for good: drop what waits for it.
-    Failed { port: u16, ip: u32 },
+    Failed { port: PortIndex, ip: u32 },
 }
 
 impl NeighborCache {
@@ -124,12 +125,12 @@ impl NeighborCache {
     }
 
     #[inline]
-    fn home(&self, port: u16, ip: u32) -> usize {
-        (fold_mul(u64::from(ip) << 16 | u64::from(port), 0x9e37_79b9_7f4a_7c15) as usize) & self.mask
+    fn home(&self, port: PortIndex, ip: u32) -> usize {
+        (fold_mul(u64::from(ip) << 16 | u64::from(port.0), 0x9e37_79b9_7f4a_7c15) as usize) & self.mask
     }
 
     #[inline]
-    fn find(&self, port: u16, ip: u32) -> Option<usize> {
+    fn find(&self, port: PortIndex, ip: u32) -> Option<usize> {
         let mut i = self.home(port, ip);
         loop {
             match &self.slots[i] {
@@ -140,7 +141,7 @@ impl NeighborCache {
         }
     }
 
-    pub fn get(&self, port: u16, ip: u32) -> Option<&NeighborEntry> {
+    pub fn get(&self, port: PortIndex, ip: u32) -> Option<&NeighborEntry> {
         self.find(port, ip).and_then(|i| self.slots[i].as_ref())
     }
 
@@ -178,7 +179,7 @@ impl NeighborCache {
     }
 
     /// Adds a configured neighbour.
-    pub fn add_static(&mut self, port: u16, ip: u32, mac: MacAddr) {
+    pub fn add_static(&mut self, port: PortIndex, ip: u32, mac: MacAddr) {
         self.epoch += 1;
         let e = NeighborEntry { port, ip, mac, state: NeighborState::Static, updated: 0, requested: 0, retries: 0 };
         match self.find(port, ip) {
@@ -191,7 +192,7 @@ impl NeighborCache {
 
     /// The MAC for `ip` on `port`, noting a request when none is known.
     #[inline]
-    pub fn resolve(&mut self, port: u16, ip: u32, now: u32) -> Resolution {
+    pub fn resolve(&mut self, port: PortIndex, ip: u32, now: u32) -> Resolution {
         let timers = self.timers;
         match self.find(port, ip) {
             Some(i) => {
@@ -227,7 +228,7 @@ impl NeighborCache {
 
     /// Records that `ip` on `port` is at `mac`. Unknown addresses are added
     /// only when `create` (RFC 826: when the packet was addressed to us).
-    pub fn learn(&mut self, port: u16, ip: u32, mac: MacAddr, now: u32, create: bool) -> Learned {
+    pub fn learn(&mut self, port: PortIndex, ip: u32, mac: MacAddr, now: u32, create: bool) -> Learned {
         match self.find(port, ip) {
             Some(i) => {
                 let e = self.slots[i].as_mut().expect("found slot is occupied");
@@ -317,7 +318,7 @@ impl NeighborCache {
 #[derive(Debug)]
 pub struct Parked<P> {
     pub packet: P,
-    pub port: u16,
+    pub port: PortIndex,
     pub next_hop: u32,
     pub since: u32,
 }
@@ -351,7 +352,7 @@ impl<P> PendingQueue<P> {
     }
 
     /// Hands every packet waiting for (port, ip) to `f`, in arrival order.
-    pub fn release(&mut self, port: u16, ip: u32, mut f: impl FnMut(Parked<P>)) {
+    pub fn release(&mut self, port: PortIndex, ip: u32, mut f: impl FnMut(Parked<P>)) {
         if self.queue.is_empty() {
             return;
         }
@@ -391,27 +392,27 @@ mod tests {
     #[test]
     fn resolve_learn_and_retry() {
         let mut c = NeighborCache::new(64, T);
-        assert_eq!(c.resolve(0, 10, 0), Resolution::Miss { request: true });
+        assert_eq!(c.resolve(PortIndex(0), 10, 0), Resolution::Miss { request: true });
         // Within the retry interval: no second request.
-        assert_eq!(c.resolve(0, 10, 500), Resolution::Miss { request: false });
-        assert_eq!(c.resolve(0, 10, 1000), Resolution::Miss { request: true });
-        assert_eq!(c.learn(0, 10, MAC, 1200, false), Learned::Changed);
-        assert_eq!(c.resolve(0, 10, 1300), Resolution::Hit(MAC));
-        assert_eq!(c.learn(0, 10, MAC, 1400, false), Learned::Refreshed);
+        assert_eq!(c.resolve(PortIndex(0), 10, 500), Resolution::Miss { request: false });
+        assert_eq!(c.resolve(PortIndex(0), 10, 1000), Resolution::Miss { request: true });
+        assert_eq!(c.learn(PortIndex(0), 10, MAC, 1200, false), Learned::Changed);
+        assert_eq!(c.resolve(PortIndex(0), 10, 1300), Resolution::Hit(MAC));
+        assert_eq!(c.learn(PortIndex(0), 10, MAC, 1400, false), Learned::Refreshed);
         // Unknown address: created only when asked to.
-        assert_eq!(c.learn(0, 11, MAC, 0, false), Learned::Ignored);
-        assert!(c.get(0, 11).is_none());
-        assert_eq!(c.learn(0, 11, MAC, 0, true), Learned::Changed);
+        assert_eq!(c.learn(PortIndex(0), 11, MAC, 0, false), Learned::Ignored);
+        assert!(c.get(PortIndex(0), 11).is_none());
+        assert_eq!(c.learn(PortIndex(0), 11, MAC, 0, true), Learned::Changed);
         // Same IP on another port is another neighbour.
-        assert!(c.get(1, 10).is_none());
+        assert!(c.get(PortIndex(1), 10).is_none());
     }
 
     #[test]
     fn static_entries_do_not_change() {
         let mut c = NeighborCache::new(64, T);
-        c.add_static(0, 10, MAC);
-        assert_eq!(c.learn(0, 10, MacAddr([9; 6]), 0, true), Learned::Ignored);
-        assert_eq!(c.resolve(0, 10, 0), Resolution::Hit(MAC));
+        c.add_static(PortIndex(0), 10, MAC);
+        assert_eq!(c.learn(PortIndex(0), 10, MacAddr([9; 6]), 0, true), Learned::Ignored);
+        assert_eq!(c.resolve(PortIndex(0), 10, 0), Resolution::Hit(MAC));
         let mut n = 0;
         c.maintain(10_000_000, 1000, |_| n += 1);
         assert_eq!(n, 0);
@@ -420,12 +421,12 @@ mod tests {
     #[test]
     fn aging_refreshes_then_fails() {
         let mut c = NeighborCache::new(64, T);
-        c.learn(0, 10, MAC, 0, true);
+        c.learn(PortIndex(0), 10, MAC, 0, true);
         let mut out = Vec::new();
         c.maintain(300_000, 1000, |m| out.push(m));
-        assert_eq!(out, vec![Maintenance::Request { port: 0, ip: 10 }]);
+        assert_eq!(out, vec![Maintenance::Request { port: PortIndex(0), ip: 10 }]);
         // Stale entries keep forwarding while refreshing.
-        assert_eq!(c.resolve(0, 10, 300_001), Resolution::Hit(MAC));
+        assert_eq!(c.resolve(PortIndex(0), 10, 300_001), Resolution::Hit(MAC));
         out.clear();
         c.maintain(301_000, 1000, |m| out.push(m));
         c.maintain(302_000, 1000, |m| out.push(m));
@@ -434,13 +435,13 @@ mod tests {
         c.maintain(303_000, 1000, |m| out.push(m));
         // Stale entry dropped silently (nothing waits on it).
         assert!(out.is_empty());
-        assert!(c.get(0, 10).is_none());
+        assert!(c.get(PortIndex(0), 10).is_none());
         // An incomplete entry failing reports it.
-        c.resolve(0, 20, 0);
+        c.resolve(PortIndex(0), 20, 0);
         c.maintain(1000, 1000, |m| out.push(m));
         c.maintain(2000, 1000, |m| out.push(m));
         c.maintain(3000, 1000, |m| out.push(m));
-        assert_eq!(out.last(), Some(&Maintenance::Failed { port: 0, ip: 20 }));
+        assert_eq!(out.last(), Some(&Maintenance::Failed { port: PortIndex(0), ip: 20 }));
         assert!(c.is_empty());
     }
 
@@ -448,14 +449,14 @@ mod tests {
     fn deletion_keeps_probe_chains_intact() {
         let mut c = NeighborCache::new(1000, T);
         for ip in 0..1000 {
-            c.learn(0, ip, MAC, 0, true);
+            c.learn(PortIndex(0), ip, MAC, 0, true);
         }
         for ip in (0..1000).step_by(3) {
-            let i = c.find(0, ip).unwrap();
+            let i = c.find(PortIndex(0), ip).unwrap();
             c.remove_at(i);
         }
         for ip in 0..1000 {
-            assert_eq!(c.get(0, ip).is_some(), ip % 3 != 0, "ip {ip}");
+            assert_eq!(c.get(PortIndex(0), ip).is_some(), ip % 3 != 0, "ip {ip}");
         }
         assert_eq!(c.len(), 1000 - 334);
     }
@@ -464,21 +465,21 @@ mod tests {
     fn cache_limit_is_respected() {
         let mut c = NeighborCache::new(16, T);
         for ip in 0..16 {
-            assert_eq!(c.learn(0, ip, MAC, 0, true), Learned::Changed);
+            assert_eq!(c.learn(PortIndex(0), ip, MAC, 0, true), Learned::Changed);
         }
-        assert_eq!(c.learn(0, 99, MAC, 0, true), Learned::Ignored);
-        assert_eq!(c.resolve(0, 99, 0), Resolution::Miss { request: false });
+        assert_eq!(c.learn(PortIndex(0), 99, MAC, 0, true), Learned::Ignored);
+        assert_eq!(c.resolve(PortIndex(0), 99, 0), Resolution::Miss { request: false });
     }
 
     #[test]
     fn pending_queue_releases_and_expires_in_order() {
         let mut q = PendingQueue::new(3);
         for (i, hop) in [(1, 7), (2, 8), (3, 7)] {
-            q.push(Parked { packet: i, port: 0, next_hop: hop, since: i }).unwrap();
+            q.push(Parked { packet: i, port: PortIndex(0), next_hop: hop, since: i }).unwrap();
         }
-        assert!(q.push(Parked { packet: 4, port: 0, next_hop: 7, since: 4 }).is_err());
+        assert!(q.push(Parked { packet: 4, port: PortIndex(0), next_hop: 7, since: 4 }).is_err());
         let mut got = Vec::new();
-        q.release(0, 7, |p| got.push(p.packet));
+        q.release(PortIndex(0), 7, |p| got.push(p.packet));
         assert_eq!(got, vec![1, 3]);
         let mut old = Vec::new();
         q.expire(100, 50, |p| old.push(p.packet));

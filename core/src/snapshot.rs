@@ -98,7 +98,7 @@ impl PortView {
 pub struct Route {
     pub net: u32,
     pub mask: u32,
-    pub port: u16,
+    pub port: PortIndex,
     /// `None`: the destination is on the link.
     pub via: Option<u32>,
 }
@@ -115,18 +115,18 @@ impl RouteTable {
         let mut routes: Vec<Route> = ports
             .iter()
             .enumerate()
-            .map(|(i, p)| Route { net: p.net, mask: p.mask, port: i as u16, via: None })
+            .map(|(i, p)| Route { net: p.net, mask: p.mask, port: PortIndex(i as u16), via: None })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.mask.count_ones()));
         if let Some((i, p)) = ports.iter().enumerate().find(|(_, p)| p.gateway.is_some()) {
-            routes.push(Route { net: 0, mask: 0, port: i as u16, via: p.gateway });
+            routes.push(Route { net: 0, mask: 0, port: PortIndex(i as u16), via: p.gateway });
         }
         RouteTable { routes }
     }
 
     /// (egress port, next-hop address) for `dst`.
     #[inline]
-    pub fn lookup(&self, dst: u32) -> Option<(u16, u32)> {
+    pub fn lookup(&self, dst: u32) -> Option<(PortIndex, u32)> {
         self.routes.iter().find(|r| dst & r.mask == r.net).map(|r| (r.port, r.via.unwrap_or(dst)))
     }
 
@@ -182,7 +182,7 @@ pub struct Snapshot {
     backend_slots: Box<[(ListenerPos, u16)]>,
     /// Listener id → position in `listeners`.
     listener_slots: Box<[ListenerPos]>,
-    pub static_neighbors: Vec<(u16, u32, MacAddr)>,
+    pub static_neighbors: Vec<(PortIndex, u32, MacAddr)>,
     pub timeouts: StateTimeouts,
     pub arp: ArpTimers,
     /// Oldest a parked packet may get before it is dropped (ms).
@@ -392,7 +392,7 @@ impl Snapshot {
             .ports
             .iter()
             .enumerate()
-            .flat_map(|(i, p)| p.neighbors.iter().map(move |n| (i as u16, u32::from(n.ip), n.mac)))
+            .flat_map(|(i, p)| p.neighbors.iter().map(move |n| (PortIndex(i as u16), u32::from(n.ip), n.mac)))
             .collect();
 
         let arp = ArpTimers {
@@ -438,10 +438,7 @@ impl Snapshot {
 
     /// True when `ip` should be answered for in ARP on `port`.
     #[inline]
-    pub fn owns_on_port(&self, ip: u32, port: u16) -> bool {
-        // `port` is the config port index the data path carries as a bare
-        // `u16` (in `mbuf.port`); typed here until that path is.
-        let port = PortIndex(port);
+    pub fn owns_on_port(&self, ip: u32, port: PortIndex) -> bool {
         match self.local(ip) {
             Some(LocalAddress::Port(p)) => p == port,
             Some(LocalAddress::Vip { owner }) => owner == Some(port),
@@ -525,9 +522,9 @@ mod tests {
         let ports = vec![p([10, 0, 0, 0], 16, Some([10, 0, 0, 254])), p([10, 0, 5, 0], 24, None)];
         let r = RouteTable::new(&ports);
         let ip = |a: [u8; 4]| u32::from(Ipv4Addr::from(a));
-        assert_eq!(r.lookup(ip([10, 0, 5, 9])), Some((1, ip([10, 0, 5, 9]))));
-        assert_eq!(r.lookup(ip([10, 0, 6, 9])), Some((0, ip([10, 0, 6, 9]))));
-        assert_eq!(r.lookup(ip([8, 8, 8, 8])), Some((0, ip([10, 0, 0, 254]))));
+        assert_eq!(r.lookup(ip([10, 0, 5, 9])), Some((PortIndex(1), ip([10, 0, 5, 9]))));
+        assert_eq!(r.lookup(ip([10, 0, 6, 9])), Some((PortIndex(0), ip([10, 0, 6, 9]))));
+        assert_eq!(r.lookup(ip([8, 8, 8, 8])), Some((PortIndex(0), ip([10, 0, 0, 254]))));
         let r = RouteTable::new(&ports[1..]);
         assert_eq!(r.lookup(ip([8, 8, 8, 8])), None);
     }

@@ -83,7 +83,7 @@ pub fn answer<P: lbcore::dataplane::Packet>(dp: &lbcore::dataplane::Dataplane<P>
                 .neighbors()
                 .iter()
                 .map(|e| NeighborRecord {
-                    port: PortIndex(e.port),
+                    port: e.port,
                     ip: e.ip,
                     mac: e.mac,
                     state: match e.state {

@@ -9,10 +9,21 @@ use crate::dpdk::{tsc, Burst, DpdkPlacement, Mbuf, Mempool, RingConsumer, RingPr
 use crate::query::{self, QueryInbox};
 use lbcore::counters::{DropReason, Event, WorkerCounters};
 use lbcore::dataplane::{Dataplane, Io, Packet};
+use lbcore::ids::PortIndex;
 use lbcore::snapshot::SnapshotCell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// An mbuf's `port` field carries, inside lbd, the configuration's
+/// [`PortIndex`] of the port it arrived on (set at RX, or at allocation for
+/// frames lbd originates), not DPDK's port id: the core knows ports by
+/// configuration index only. These two functions are the only place the
+/// field is read or written as such.
+#[inline(always)]
+fn set_arrival_port(m: &mut Mbuf, port: PortIndex) {
+    m.set_port(port.0);
+}
 
 impl Packet for Mbuf {
     #[inline(always)]
@@ -28,8 +39,8 @@ impl Packet for Mbuf {
         Mbuf::packet_len(self)
     }
     #[inline(always)]
-    fn port(&self) -> u16 {
-        Mbuf::port(self)
+    fn port(&self) -> PortIndex {
+        PortIndex(Mbuf::port(self))
     }
     #[inline]
     fn truncate(&mut self, len: usize) -> bool {
@@ -205,7 +216,7 @@ impl WorkerIo<'_> {
 
 impl Io<Mbuf> for WorkerIo<'_> {
     #[inline]
-    fn tx(&mut self, port: u16, pkt: Mbuf) {
+    fn tx(&mut self, port: PortIndex, pkt: Mbuf) {
         let p = usize::from(port);
         let len = pkt.packet_len() as u64;
         let t = &mut self.tx[p];
@@ -240,12 +251,12 @@ impl Io<Mbuf> for WorkerIo<'_> {
         }
     }
 
-    fn alloc(&mut self, len: usize, port: u16) -> Option<Mbuf> {
+    fn alloc(&mut self, len: usize, port: PortIndex) -> Option<Mbuf> {
         let mut m = self.pool.alloc()?;
         if !m.append(len) {
             return None;
         }
-        m.set_port(port);
+        set_arrival_port(&mut m, port);
         Some(m)
     }
 }
@@ -370,11 +381,10 @@ impl Worker {
                     got += n;
                     let t0 = tsc();
                     rx.prefetch_data();
-                    let port = pi as u16;
-                    // Ports are known to the core by config index.
+                    let port = PortIndex(pi as u16);
                     dataplane.process_burst(
                         rx.drain_iter().map(|mut m| {
-                            m.set_port(port);
+                            set_arrival_port(&mut m, port);
                             m
                         }),
                         &mut io,

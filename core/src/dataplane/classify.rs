@@ -5,6 +5,7 @@
 use super::{Packet, State};
 use crate::counters::DropReason;
 use crate::flow::{owner_shard, FlowKey};
+use crate::ids::ListenerPos;
 use crate::snapshot::{PortView, Snapshot};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_QINQ, ETHERTYPE_VLAN};
 use crate::wire::frame::{
@@ -23,7 +24,7 @@ pub(super) enum Class {
     Flow {
         key: FlowKey,
         flags: u8,
-        listener: Option<u16>,
+        listener: Option<ListenerPos>,
         owner: usize,
     },
     Arp,
@@ -132,14 +133,14 @@ impl<P: Packet> State<P> {
     /// for a listener's tuple, `Some(None)` for a local address nothing
     /// listens on, `None` for anything else (a reply to forward).
     #[inline]
-    pub(super) fn direction(&self, snap: &Snapshot, key: &FlowKey) -> Option<Option<u16>> {
+    pub(super) fn direction(&self, snap: &Snapshot, key: &FlowKey) -> Option<Option<ListenerPos>> {
         let lk = crate::snapshot::listener_key(key.dst(), key.proto(), key.dport());
         let (memo_key, memo_gen, memo_pos) = self.listener_memo.get();
         if memo_key == lk && memo_gen == snap.generation {
             return Some(Some(memo_pos));
         }
         snap.local(key.dst())?;
-        let pos = snap.listener_position(key.dst(), key.proto(), key.dport()).map(|p| p.0);
+        let pos = snap.listener_position(key.dst(), key.proto(), key.dport());
         if let Some(p) = pos {
             self.listener_memo.set((lk, snap.generation, p));
         }

@@ -6,6 +6,7 @@ use super::{Io, Packet, Staged, State, NEXT_HOP_MEMO};
 use crate::config::{NonSynPolicy, RemovedBackendPolicy};
 use crate::counters::{DropReason, Event};
 use crate::flow::FlowKey;
+use crate::ids::PortIndex;
 use crate::nat::{self, Nat, Rewrite};
 use crate::neighbor::{Parked, Resolution};
 use crate::session::{Direction, InsertError, Session, SessionState};
@@ -265,10 +266,10 @@ impl<P: Packet> State<P> {
 
     /// Addresses the frame to `next_hop` on `port` and queues it, or parks
     /// it until ARP resolves the next hop.
-    pub(super) fn send(&mut self, snap: &Snapshot, mut pkt: P, port: u16, next_hop: u32, io: &mut impl Io<P>) {
+    pub(super) fn send(&mut self, snap: &Snapshot, mut pkt: P, port: PortIndex, next_hop: u32, io: &mut impl Io<P>) {
         // Traffic goes to few next hops (backends, the gateway): remember
         // the last answers while the neighbour cache has not changed.
-        let key = 1 << 48 | u64::from(port) << 32 | u64::from(next_hop);
+        let key = 1 << 48 | u64::from(port.0) << 32 | u64::from(next_hop);
         let memo = &mut self.next_hop_memo[(next_hop as usize ^ usize::from(port)) & (NEXT_HOP_MEMO - 1)];
         if memo.0 == key && memo.2 == self.neighbors.epoch() {
             nat::set_macs(pkt.data_mut(), snap.ports[usize::from(port)].mac, memo.1);

@@ -3,6 +3,7 @@
 
 use super::{Io, Packet, State};
 use crate::counters::{DropReason, Event};
+use crate::ids::PortIndex;
 use crate::neighbor::Learned;
 use crate::snapshot::Snapshot;
 use crate::wire::arp::{self, ArpPacket, ArpRepr};
@@ -13,7 +14,7 @@ use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
 use crate::wire::{get16, get32};
 
 impl<P: Packet> State<P> {
-    pub(super) fn arp_request(&self, snap: &Snapshot, port: u16, target: u32, io: &mut impl Io<P>) {
+    pub(super) fn arp_request(&self, snap: &Snapshot, port: PortIndex, target: u32, io: &mut impl Io<P>) {
         let p = &snap.ports[usize::from(port)];
         let Some(mut pkt) = io.alloc(ethernet::MIN_FRAME_LEN, port) else {
             self.counters.event(Event::MbufAllocFailed);

@@ -14,6 +14,7 @@
 
 use crate::counters::{DropReason, WorkerCounters};
 use crate::flow::FlowKey;
+use crate::ids::{ListenerPos, PortIndex};
 use crate::memory::Placement;
 use crate::neighbor::{Maintenance, NeighborCache, PendingQueue};
 use crate::session::{Direction, Session, SessionTable};
@@ -37,7 +38,7 @@ pub trait Packet {
     /// Length of the whole packet, all segments.
     fn packet_len(&self) -> usize;
     /// Index (in the configuration) of the port the packet arrived on.
-    fn port(&self) -> u16;
+    fn port(&self) -> PortIndex;
     /// Shortens the packet to `len` bytes; false when it cannot (e.g. a
     /// multi-segment packet).
     fn truncate(&mut self, len: usize) -> bool;
@@ -51,13 +52,13 @@ pub trait Packet {
 /// and rings, tests over vectors.
 pub trait Io<P> {
     /// Queue for transmission on config port `port`.
-    fn tx(&mut self, port: u16, pkt: P);
+    fn tx(&mut self, port: PortIndex, pkt: P);
     /// Pass to worker `worker`, which owns the packet's flow.
     fn handoff(&mut self, worker: usize, pkt: P);
     /// Release a packet that was dropped (already counted) or consumed.
     fn free(&mut self, pkt: P);
     /// A new packet of `len` bytes, noted as arrived on `port`.
-    fn alloc(&mut self, len: usize, port: u16) -> Option<P>;
+    fn alloc(&mut self, len: usize, port: PortIndex) -> Option<P>;
 }
 
 /// Mutable per-worker state: everything but the snapshot, so a `&Snapshot`
@@ -80,7 +81,7 @@ struct State<P: Packet> {
     staged: Vec<Staged<P>>,
     /// The last listener a packet matched: (listener key, snapshot
     /// generation, position). Most traffic goes to a few VIPs.
-    listener_memo: std::cell::Cell<(u64, u64, u16)>,
+    listener_memo: std::cell::Cell<(u64, u64, ListenerPos)>,
     /// Recent next-hop resolutions: (port and address, MAC, cache epoch).
     next_hop_memo: [(u64, MacAddr, u64); NEXT_HOP_MEMO],
 }
@@ -94,7 +95,7 @@ struct Staged<P> {
     key: FlowKey,
     hash: u64,
     flags: u8,
-    listener: Option<u16>,
+    listener: Option<ListenerPos>,
     /// The session lookup's answer (stage 2).
     found: Option<(u32, Direction)>,
     /// The backend picked ahead for a new flow (stage 2).
@@ -149,7 +150,7 @@ impl<P: Packet> Dataplane<P> {
                 neighbor_credit: 0,
                 maintenance: Vec::with_capacity(MAX_NEIGHBOR_SCAN_PER_TICK as usize),
                 staged: Vec::with_capacity(STAGE),
-                listener_memo: std::cell::Cell::new((0, 0, 0)),
+                listener_memo: std::cell::Cell::new((0, 0, ListenerPos(0))),
                 next_hop_memo: [(0, MacAddr::ZERO, 0); NEXT_HOP_MEMO],
             },
             snap,

@@ -4,6 +4,7 @@ use super::*;
 use crate::config;
 use crate::counters::{DropReason, Event};
 use crate::flow::owner_shard;
+use crate::ids::PortIndex;
 use crate::session::SessionState;
 use crate::snapshot::IdRegistry;
 use crate::wire::arp::{self, ArpPacket};
@@ -95,8 +96,8 @@ impl Packet for Pkt {
     fn packet_len(&self) -> usize {
         self.data.len()
     }
-    fn port(&self) -> u16 {
-        self.port
+    fn port(&self) -> PortIndex {
+        PortIndex(self.port)
     }
     fn truncate(&mut self, len: usize) -> bool {
         self.data.truncate(len);
@@ -115,8 +116,8 @@ struct TestIo {
 }
 
 impl Io<Pkt> for TestIo {
-    fn tx(&mut self, port: u16, pkt: Pkt) {
-        self.tx.push((port, pkt.data));
+    fn tx(&mut self, port: PortIndex, pkt: Pkt) {
+        self.tx.push((port.0, pkt.data));
     }
     fn handoff(&mut self, worker: usize, pkt: Pkt) {
         self.handoff.push((worker, pkt));
@@ -124,12 +125,12 @@ impl Io<Pkt> for TestIo {
     fn free(&mut self, _pkt: Pkt) {
         self.freed += 1;
     }
-    fn alloc(&mut self, len: usize, port: u16) -> Option<Pkt> {
+    fn alloc(&mut self, len: usize, port: PortIndex) -> Option<Pkt> {
         if self.alloc_fails {
             return None;
         }
         self.allocs += 1;
-        Some(Pkt { data: vec![0; len], port })
+        Some(Pkt { data: vec![0; len], port: port.0 })
     }
 }
 
@@ -272,7 +273,7 @@ fn arp_requests_for_vip_and_port_address_are_answered() {
     assert!(h.take_tx().is_empty());
     assert_eq!(h.drops(DropReason::ArpNotOurs), 1);
     // The client was learned from its request to us.
-    assert!(h.dp.neighbors().get(0, ip("10.0.0.2")).is_some());
+    assert!(h.dp.neighbors().get(PortIndex(0), ip("10.0.0.2")).is_some());
 }
 
 #[test]
@@ -623,7 +624,7 @@ fn learned_neighbours_are_shared_with_other_workers() {
     assert_eq!(w, 1);
     h1.dp.process_handoff(copy, &mut h1.io);
     assert!(h1.take_tx().is_empty(), "copies are never answered");
-    assert_eq!(h1.dp.neighbors().get(0, c).map(|e| e.mac), Some(CLIENT_MAC));
+    assert_eq!(h1.dp.neighbors().get(PortIndex(0), c).map(|e| e.mac), Some(CLIENT_MAC));
     assert_eq!(h1.total_drops(), 0);
 }
 

@@ -104,9 +104,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     pub fn set_ethertype(&mut self, t: u16) {
         super::set16(self.buffer.as_mut(), field::ETHERTYPE, t);
     }
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer.as_mut()[HEADER_LEN..]
-    }
 }
 
 /// The MAC address at byte `at` of `b`.

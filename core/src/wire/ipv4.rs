@@ -177,12 +177,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         let c = checksum::checksum(&self.buffer.as_ref()[..hl]);
         self.set_checksum(c);
     }
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (hl, total) = (self.header_len(), usize::from(self.total_len()));
-        let b = self.buffer.as_mut();
-        let end = total.min(b.len());
-        &mut b[hl..end]
-    }
 }
 
 /// An option-less IPv4 header to write.
