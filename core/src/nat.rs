@@ -153,7 +153,7 @@ pub fn set_macs(frame: &mut [u8], src: MacAddr, dst: MacAddr) {
 mod tests {
     use super::*;
     use crate::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
-    use crate::wire::frame::FrameBuilder;
+    use crate::wire::frame::{full_l4_checksum, FrameBuilder};
     use proptest::prelude::*;
 
     const IP: usize = IPV4;
@@ -180,25 +180,6 @@ mod tests {
             ..FrameBuilder::new(MacAddr::ZERO, MacAddr::ZERO)
         };
         b.l4(proto, src, dst, sport, dport, tcp::FLAG_PSH | tcp::FLAG_ACK, payload)
-    }
-
-    fn l4_checksum_full(f: &[u8]) -> u16 {
-        let proto = f[IP + 9];
-        let total = usize::from(rd16(f, IP + 2));
-        let l4 = &f[L4..IP + total];
-        let at = if proto == PROTO_TCP { 16 } else { 6 };
-        let mut copy = l4.to_vec();
-        copy[at] = 0;
-        copy[at + 1] = 0;
-        let src = rd32(f, IP + 12).to_be_bytes();
-        let dst = rd32(f, IP + 16).to_be_bytes();
-        let sum = pseudo_header_sum(src, dst, proto, l4.len() as u16) + sum_words(&copy);
-        let c = !fold(sum);
-        if proto == PROTO_UDP && c == 0 {
-            0xffff
-        } else {
-            c
-        }
     }
 
     fn ip_checksum_full(f: &[u8]) -> u16 {
@@ -241,7 +222,7 @@ mod tests {
             prop_assert!(ipc == ipfull || (ipc ^ ipfull) == 0xffff && (ipc == 0 || ipfull == 0));
             let at = if tcp { L4 + 16 } else { L4 + 6 };
             let l4c = rd16(&f, at);
-            let l4full = l4_checksum_full(&f);
+            let l4full = full_l4_checksum(&f);
             prop_assert!(l4c == l4full || (l4c == 0xffff && l4full == 0) || (l4c == 0 && l4full == 0xffff),
                 "l4 {:#06x} full {:#06x}", l4c, l4full);
         }

@@ -8,10 +8,10 @@ use crate::ids::PortIndex;
 use crate::session::SessionState;
 use crate::snapshot::IdRegistry;
 use crate::wire::arp::{self, ArpPacket};
-use crate::wire::checksum::{checksum, fold, pseudo_header_sum, sum_words};
+use crate::wire::checksum::checksum;
 use crate::wire::ethernet::ETHERTYPE_VLAN;
 use crate::wire::ethernet::{ETHERTYPE_ARP, ETHERTYPE_IPV4};
-use crate::wire::frame::FrameBuilder;
+use crate::wire::frame::{full_l4_checksum, FrameBuilder};
 use crate::wire::icmp;
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::wire::tcp::{self, TcpPacket, FLAG_ACK, FLAG_RST, FLAG_SYN};
@@ -189,24 +189,6 @@ fn l4_frame(
     b.l4(proto, src, dst, sport, dport, tcp_flags, payload)
 }
 
-fn l4_checksum(f: &[u8]) -> u16 {
-    let ip = &f[14..];
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let proto = ip[9];
-    let mut l4 = ip[20..total].to_vec();
-    let at = if proto == PROTO_TCP { 16 } else { 6 };
-    l4[at] = 0;
-    l4[at + 1] = 0;
-    let sum = pseudo_header_sum(ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap(), proto, l4.len() as u16)
-        + sum_words(&l4);
-    let c = !fold(sum);
-    if proto == PROTO_UDP && c == 0 {
-        0xffff
-    } else {
-        c
-    }
-}
-
 /// Checks a forwarded frame field by field.
 #[allow(clippy::too_many_arguments)]
 fn assert_frame(f: &[u8], dst_mac: MacAddr, src_mac: MacAddr, src: u32, dst: u32, sport: u16, dport: u16, ttl: u8) {
@@ -221,7 +203,7 @@ fn assert_frame(f: &[u8], dst_mac: MacAddr, src_mac: MacAddr, src: u32, dst: u32
     assert_eq!(u16::from_be_bytes([ip[22], ip[23]]), dport, "dport");
     let at = if ip[9] == PROTO_TCP { 16 } else { 6 };
     let got = u16::from_be_bytes([ip[20 + at], ip[21 + at]]);
-    assert_eq!(got, l4_checksum(f), "l4 checksum");
+    assert_eq!(got, full_l4_checksum(f), "l4 checksum");
 }
 
 /// Recomputes the IPv4 header checksum of a frame after an edit.
@@ -763,7 +745,7 @@ fn removed_backend_reset_policy_resets_tcp_and_moves_udp() {
     assert_eq!((t.src_port(), t.dst_port()), (80, tp));
     assert_eq!(t.flags(), FLAG_RST);
     assert_eq!(t.seq(), 0, "RST carries the segment's ack number (0 in the test frame)");
-    assert_eq!(t.checksum(), l4_checksum(rst));
+    assert_eq!(t.checksum(), full_l4_checksum(rst));
     assert_eq!(h.dp.sessions().len(), before - 1);
     assert_eq!(h.counters.event_count(Event::SessionsReset), 1);
     // UDP: the session moves to a configured backend.

@@ -140,6 +140,27 @@ impl FrameBuilder {
     }
 }
 
+/// The TCP/UDP checksum of a frame recomputed from scratch over the
+/// pseudo-header and the whole segment (UDP's zero sent as 0xffff): the
+/// oracle the incremental rewrites are tested against.
+#[cfg(test)]
+pub(crate) fn full_l4_checksum(f: &[u8]) -> u16 {
+    use super::checksum::{fold, pseudo_header_sum, sum_words};
+    let total = usize::from(super::get16(f, IP_LENGTH));
+    let proto = f[IP_PROTOCOL];
+    let mut l4 = f[L4..IPV4 + total].to_vec();
+    let at = if proto == PROTO_TCP { tcp::field::CHECKSUM } else { udp::field::CHECKSUM };
+    l4[at].fill(0);
+    let src: [u8; 4] = f[IP_SRC_ADDR].try_into().expect("4 bytes");
+    let dst: [u8; 4] = f[IP_DST_ADDR].try_into().expect("4 bytes");
+    let c = !fold(pseudo_header_sum(src, dst, proto, l4.len() as u16) + sum_words(&l4));
+    if proto == PROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::checksum::{checksum, fold, sum_words};
