@@ -428,6 +428,9 @@ pub enum FrameError {
     },
     /// The connection closed in the middle of a frame.
     Truncated,
+    /// A frame of no bytes that says the message continues: it carries
+    /// nothing, so a stream of them would keep a reader busy forever.
+    EmptyContinuation,
     /// The bytes were not the expected JSON message.
     Malformed(serde_json::Error),
 }
@@ -439,6 +442,7 @@ impl fmt::Display for FrameError {
             FrameError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte frame limit"),
             FrameError::MessageTooLarge { limit } => write!(f, "message exceeds the {limit}-byte limit"),
             FrameError::Truncated => f.write_str("connection closed in the middle of a frame"),
+            FrameError::EmptyContinuation => f.write_str("an empty frame cannot continue a message"),
             FrameError::Malformed(e) => write!(f, "malformed message: {e}"),
         }
     }
@@ -503,13 +507,17 @@ pub fn read_message<R: Read>(r: &mut R, limit: usize) -> Result<Option<Vec<u8>>,
         if n > MAX_FRAME {
             return Err(FrameError::TooLarge(n));
         }
+        let continues = word & FRAME_CONTINUES != 0;
+        if continues && n == 0 {
+            return Err(FrameError::EmptyContinuation);
+        }
         if body.len() + n > limit {
             return Err(FrameError::MessageTooLarge { limit });
         }
         let at = body.len();
         body.resize(at + n, 0);
         read_exact_or_eof(r, &mut body[at..], false)?;
-        if word & FRAME_CONTINUES == 0 {
+        if !continues {
             return Ok(Some(body));
         }
     }
@@ -565,6 +573,9 @@ mod tests {
         assert!(matches!(read_frame::<_, RequestFrame>(&mut &[0, 0][..]), Err(FrameError::Truncated)));
         assert!(matches!(read_frame::<_, RequestFrame>(&mut &[0, 0, 0, 9, b'{'][..]), Err(FrameError::Truncated)));
         assert!(matches!(read_frame::<_, RequestFrame>(&mut &[0xff, 0, 0, 0][..]), Err(FrameError::TooLarge(_))));
+        // Empty frames that claim to continue would never end a message.
+        let empty_continued: Vec<u8> = std::iter::repeat_n(FRAME_CONTINUES.to_be_bytes(), 1000).flatten().collect();
+        assert!(matches!(read_frame_bytes(&mut &empty_continued[..]), Err(FrameError::EmptyContinuation)));
         let mut buf = vec![0, 0, 0, 5];
         buf.extend_from_slice(b"hello");
         assert!(matches!(read_frame::<_, RequestFrame>(&mut &buf[..]), Err(FrameError::Malformed(_))));

@@ -222,6 +222,12 @@ fn serve_client(mut stream: UnixStream, rt: &Runtime) {
                 reply(&mut stream, 0, Err(e));
                 return;
             }
+            Err(FrameError::EmptyContinuation) => {
+                rt.record_op("invalid", false);
+                let e = ErrorReply::new(ErrorCode::BadRequest, "an empty frame cannot continue a message; closing");
+                reply(&mut stream, 0, Err(e));
+                return;
+            }
             // Timeouts, resets, half-sent frames: nothing more to say.
             Err(_) => return,
         };
