@@ -557,6 +557,24 @@ fn an_over_limit_config_reload_is_a_clear_error() {
     assert_eq!(f.json(&["status"])["status"]["workers"], 2);
 }
 
+/// A stream of empty frames that each claim the message continues carries
+/// nothing and would keep a reader busy forever without reaching any size
+/// limit: lbd refuses the first with `bad_request` and closes.
+#[test]
+fn empty_continued_frames_are_refused() {
+    let f = Fixture::start("ctl-empty");
+    let mut s = raw_client(&f.socket);
+    hello(&mut s);
+    let flood: Vec<u8> = std::iter::repeat_n(lbproto::FRAME_CONTINUES.to_be_bytes(), 4096).flatten().collect();
+    // lbd may close before taking all of it; the answer is what matters.
+    let _ = s.write_all(&flood);
+    let r: ResponseFrame = read_frame(&mut s).unwrap().unwrap();
+    assert_eq!(error_code(&r), "bad_request", "{r:?}");
+    assert!(format!("{r:?}").contains("empty frame"), "{r:?}");
+    assert!(closed(&mut s));
+    assert_eq!(f.json(&["status"])["status"]["workers"], 2);
+}
+
 /// 32 clients at once are served; the 33rd is told `busy` (id 0) and
 /// closed, the 32 keep working, and a slot frees when one leaves.
 #[test]
@@ -626,9 +644,11 @@ impl TempGroup {
     fn new() -> TempGroup {
         let name = unique("lbdg");
         run(Command::new("groupadd").arg(&name));
-        let line = run(Command::new("getent").args(["group", &name]));
-        let gid = line.trim().split(':').nth(2).and_then(|g| g.parse().ok()).expect("gid");
-        TempGroup { name, gid }
+        // The guard first, so the group goes even if reading it back fails.
+        let mut group = TempGroup { name, gid: 0 };
+        let line = run(Command::new("getent").args(["group", &group.name]));
+        group.gid = line.trim().split(':').nth(2).and_then(|g| g.parse().ok()).expect("gid");
+        group
     }
 }
 
