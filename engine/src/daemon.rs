@@ -28,10 +28,9 @@ pub struct RunOptions {
 
 /// Ring between each pair of workers; a power of two.
 const HANDOFF_RING_SIZE: u32 = 16384;
-
-fn has_lcore_arg(eal: &[String]) -> bool {
-    eal.iter().any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2))
-}
+// A worker pauses RX while a ring has less room than one burst per RX
+// port: a ring must hold that much, or RX would never resume.
+const _: () = assert!((lbcore::config::MAX_PORTS * dpdk::MAX_BURST) < HANDOFF_RING_SIZE as usize);
 
 /// The EAL argument vector: program name, the configured arguments, and an
 /// `--lcores` map when the configuration does not give one: lcore 0 (the
@@ -45,7 +44,7 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
         args.push("--log-level=notice".to_owned());
     }
     args.extend(cfg.startup.eal.iter().cloned());
-    if !has_lcore_arg(&cfg.startup.eal) {
+    if !lbcore::config::eal_sets_lcores(&cfg.startup.eal) {
         let cpus: Vec<u32> = cfg.startup.cpus.clone().unwrap_or_else(|| allowed.to_vec());
         let all: Vec<String> = allowed.iter().map(u32::to_string).collect();
         let mut map = vec![format!("0@({})", all.join(","))];

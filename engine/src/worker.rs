@@ -18,8 +18,8 @@ use std::time::Duration;
 /// An mbuf's `port` field carries, inside lbd, the configuration's
 /// [`PortIndex`] of the port it arrived on (set at RX, or at allocation for
 /// frames lbd originates), not DPDK's port id: the core knows ports by
-/// configuration index only. These two functions are the only place the
-/// field is read or written as such.
+/// configuration index only. This function and `Packet::port` below are
+/// the only places the field is written or read as such.
 #[inline(always)]
 fn set_arrival_port(m: &mut Mbuf, port: PortIndex) {
     m.set_port(port.0);

@@ -304,6 +304,13 @@ impl Config {
     }
 }
 
+/// True when the EAL arguments choose the lcores themselves (`-l`, `-c`,
+/// `--lcores`, joined to their value or not), so lbd must not add its own
+/// `--lcores` map.
+pub fn eal_sets_lcores(eal: &[String]) -> bool {
+    eal.iter().any(|a| a.starts_with("-l") || a.starts_with("-c") || a.starts_with("--lcores"))
+}
+
 impl Startup {
     /// True when the EAL arguments keep DPDK off PCI devices not listed.
     pub fn eal_restricts_pci(&self) -> bool {
@@ -506,11 +513,7 @@ impl Validator<'_> {
         if !(1..=256).contains(&burst) {
             return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
         }
-        let has_lcore_arg = raw
-            .eal
-            .iter()
-            .any(|a| a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2));
-        if has_lcore_arg && raw.lcores.cpus.is_some() {
+        if eal_sets_lcores(&raw.eal) && raw.lcores.cpus.is_some() {
             return self.err("lcores.cpus", "cannot be combined with -l/-c/--lcores in `eal`; use one or the other");
         }
 

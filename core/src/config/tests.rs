@@ -285,3 +285,18 @@ fn startup_part_holds_the_restart_only_fields() {
     assert_eq!(changed("10.0.0.254, mac", "10.0.0.253, mac"), (true, vec!["ports"], false));
     assert_eq!(changed("\"-m\", \"1024\"", "\"-m\", \"2048\""), (true, vec!["eal"], false));
 }
+
+/// `lcores.cpus` makes lbd add its own `--lcores` map: refused beside any
+/// form of `-l`, `-c` or `--lcores` in `eal`, joined to its value or not.
+#[test]
+fn cpus_and_eal_lcore_arguments_exclude_each_other() {
+    for arg in ["\"-l\", \"0-1\"", "\"-l0-1\"", "\"-c\", \"0x3\"", "\"-c0x3\"", "\"--lcores=0@0,1@1\""] {
+        let cfg = GOOD
+            .replace("lcores: {workers: 1}", "lcores: {workers: 1, cpus: [0]}")
+            .replace("\"--no-pci\"", &format!("\"--no-pci\", {arg}"));
+        let e = parse_str(&cfg).unwrap_err();
+        assert_eq!(e.field, "lcores.cpus", "{arg}: {e}");
+    }
+    assert!(eal_sets_lcores(&["-c0xf".to_owned()]));
+    assert!(!eal_sets_lcores(&["--no-pci".to_owned(), "--log-level=notice".to_owned()]));
+}

@@ -24,9 +24,6 @@ pub const FLAG_RST: u8 = 0x04;
 pub const FLAG_PSH: u8 = 0x08;
 pub const FLAG_ACK: u8 = 0x10;
 
-/// Offset of the checksum within the TCP header.
-pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
-
 #[derive(Debug)]
 pub struct TcpPacket<T: AsRef<[u8]>> {
     buffer: T,

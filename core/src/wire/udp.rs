@@ -12,8 +12,6 @@ pub mod field {
 }
 
 pub const HEADER_LEN: usize = field::CHECKSUM.end;
-/// Offset of the checksum within the UDP header.
-pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 
 #[derive(Debug)]
 pub struct UdpPacket<T: AsRef<[u8]>> {

@@ -141,9 +141,4 @@ impl RingConsumer {
         b.len += n;
         n
     }
-
-    pub fn count(&self) -> u32 {
-        // SAFETY: reading the counters of a valid ring is always safe.
-        unsafe { sys::lbd_shim_ring_count(self.0.ptr.as_ptr()) }
-    }
 }
