@@ -14,13 +14,19 @@ use std::time::{Duration, Instant};
 
 /// A pids cgroup of our own (cgroup v1 `pids` hierarchy, or cgroup v2 with
 /// the pids controller); on drop, whatever still runs in it is killed by
-/// PID and the group removed.
-struct PidsCgroup(PathBuf);
+/// PID, the group removed, and the root's `subtree_control` given back
+/// the pids controller state it had.
+struct PidsCgroup {
+    dir: PathBuf,
+    /// The v2 root's `cgroup.subtree_control`, when this test turned pids on there.
+    enabled_pids: Option<PathBuf>,
+}
 
 impl PidsCgroup {
     fn new(name: &str) -> PidsCgroup {
         let v1 = Path::new("/sys/fs/cgroup/pids");
         let v2 = Path::new("/sys/fs/cgroup");
+        let mut enabled_pids = None;
         let root = if v1.join("cgroup.procs").exists() {
             v1
         } else if fs::read_to_string(v2.join("cgroup.controllers"))
@@ -28,23 +34,27 @@ impl PidsCgroup {
         {
             // Children of the root get the pids controller only when the
             // root passes it down.
-            let _ = fs::write(v2.join("cgroup.subtree_control"), "+pids");
+            let control = v2.join("cgroup.subtree_control");
+            let on = fs::read_to_string(&control).is_ok_and(|c| c.split_whitespace().any(|w| w == "pids"));
+            if !on && fs::write(&control, "+pids").is_ok() {
+                enabled_pids = Some(control);
+            }
             v2
         } else {
             panic!("this test needs the cgroup pids controller (v1 /sys/fs/cgroup/pids or v2 with `pids`)")
         };
         let dir = root.join(name);
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        PidsCgroup(dir)
+        PidsCgroup { dir, enabled_pids }
     }
 
     fn set_max(&self, max: Option<u32>) {
         let v = max.map_or_else(|| "max".to_owned(), |m| m.to_string());
-        fs::write(self.0.join("pids.max"), v).unwrap();
+        fs::write(self.dir.join("pids.max"), v).unwrap();
     }
 
     fn current(&self) -> u32 {
-        fs::read_to_string(self.0.join("pids.current")).unwrap().trim().parse().unwrap()
+        fs::read_to_string(self.dir.join("pids.current")).unwrap().trim().parse().unwrap()
     }
 
     /// Starts `lbd -c config` inside the group, stderr into `log`.
@@ -53,7 +63,7 @@ impl PidsCgroup {
             .arg("-c")
             .arg("echo $$ > \"$1\" && shift && exec \"$@\"")
             .arg("sh")
-            .arg(self.0.join("cgroup.procs"))
+            .arg(self.dir.join("cgroup.procs"))
             .arg(lbd_bin())
             .arg("-c")
             .arg(config)
@@ -70,7 +80,7 @@ impl Drop for PidsCgroup {
     fn drop(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let procs = fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            let procs = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
             if procs.trim().is_empty() || Instant::now() > deadline {
                 break;
             }
@@ -79,7 +89,27 @@ impl Drop for PidsCgroup {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = fs::remove_dir(&self.0);
+        let _ = fs::remove_dir(&self.dir);
+        if let Some(control) = &self.enabled_pids {
+            // Best effort: refused while another group still uses it.
+            let _ = fs::write(control, "-pids");
+        }
+    }
+}
+
+/// An EAL runtime directory removed on drop, so a failed assertion leaves
+/// none behind.
+struct RuntimeDir(PathBuf);
+
+impl RuntimeDir {
+    fn of(prefix: &str) -> RuntimeDir {
+        RuntimeDir(PathBuf::from(format!("/var/run/dpdk/{prefix}")))
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -121,6 +151,7 @@ fn a_thread_that_cannot_start_after_lcore_launch_stops_the_workers_first() {
     // Unlimited: count lbd's tasks once it is ready (main, EAL's threads,
     // the worker lcore, the metrics and control threads).
     let prefix = unique("lbds");
+    let _run_dir = RuntimeDir::of(&prefix);
     let log = dir.join("full.log");
     let mut lbd = Reaped(group.spawn_lbd(&config(dir.path(), &prefix), dir.path(), &log));
     let start = Instant::now();
@@ -136,7 +167,6 @@ fn a_thread_that_cannot_start_after_lcore_launch_stops_the_workers_first() {
     let st = wait_timeout(&mut lbd.0, Duration::from_secs(30)).expect("lbd exits on SIGTERM");
     assert!(st.success(), "{st}:\n{}", fs::read_to_string(&log).unwrap());
     drop(lbd);
-    let _ = fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
 
     // One and two tasks fewer: the last thread, then the last two, cannot
     // start (the lcores are already running by then).

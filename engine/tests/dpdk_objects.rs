@@ -20,10 +20,7 @@ fn setup() -> PortSetup {
 
 #[test]
 fn dpdk_objects_hold_what_they_depend_on() {
-    if !dpdk::is_root() {
-        eprintln!("skipped: DPDK needs root");
-        return;
-    }
+    assert!(dpdk::is_root(), "starts DPDK: run as root");
     let prefix = format!("lbd_t_dpdkobj_{}", std::process::id());
     let _dir = RuntimeDir(PathBuf::from("/var/run/dpdk").join(&prefix));
     let args: Vec<String> = ["lbd-test", "--no-pci", "--no-huge", "-m", "256", "--log-level=error", "-l", "0"]

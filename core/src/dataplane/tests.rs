@@ -888,16 +888,19 @@ proptest! {
 
     /// Arbitrary frames, each header field random or valid: whenever the
     /// fast classifier answers, the full one agrees. Also for packets
-    /// longer than their first segment (multi-segment mbufs).
+    /// longer than their first segment (multi-segment mbufs). Most cases
+    /// make every field valid and keep the frame whole (only the fragment
+    /// field, the protocol and the addresses vary), so the fast path
+    /// answers often enough for the comparison to mean something.
     #[test]
     fn fast_and_full_classifiers_agree_on_arbitrary_frames(
         bytes in proptest::collection::vec(any::<u8>(), 0..120),
-        valid in any::<u16>(),
+        valid in prop_oneof![3 => Just(0x0fffu16), 1 => any::<u16>()],
         port in 0u16..2,
         proto in prop::sample::select(vec![PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47]),
         dst in prop::sample::select(CLASSIFY_ADDRS.to_vec()),
         dport in prop::sample::select(vec![80u16, 81, 53, 22]),
-        cut in 0usize..100,
+        cut in prop_oneof![3 => Just(0usize), 1 => 0usize..100],
         more_segments in prop::sample::select(vec![0usize, 0, 1, 7, 400]),
         workers in 1usize..4,
     ) {
