@@ -18,14 +18,17 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
-    pub fn build(kind: SchedulerKind, backends: &[BackendConfig]) -> Scheduler {
-        let weights: Vec<u32> = backends.iter().map(|b| b.effective_weight()).collect();
+    /// Builds the scheduler of `backends` with the weights it schedules by
+    /// (`weights[i]` for `backends[i]`; 0 takes no new flows): the
+    /// configured weights after drain, health and slow start.
+    pub fn build(kind: SchedulerKind, backends: &[BackendConfig], weights: &[u32]) -> Scheduler {
+        assert_eq!(backends.len(), weights.len());
         match kind {
             SchedulerKind::Maglev { table_size } => {
                 let names: Vec<String> = backends.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
-                Scheduler::Maglev(MaglevTable::build_named(&names, &weights, table_size))
+                Scheduler::Maglev(MaglevTable::build_named(&names, weights, table_size))
             }
-            SchedulerKind::RoundRobin => Scheduler::RoundRobin(RoundRobinSequence::new(&weights)),
+            SchedulerKind::RoundRobin => Scheduler::RoundRobin(RoundRobinSequence::new(weights)),
         }
     }
 

@@ -357,6 +357,7 @@ impl Snapshot {
                     }
                 })
                 .collect();
+            let weights: Vec<u32> = l.backends.iter().map(|b| b.effective_weight()).collect();
             let vip = u32::from(l.vip);
             lindex.push((listener_key(vip, l.protocol.number(), l.port), li as u32));
             listeners.push(ListenerView {
@@ -366,7 +367,7 @@ impl Snapshot {
                 proto: l.protocol.number(),
                 protocol: l.protocol,
                 port: l.port,
-                scheduler: Scheduler::build(l.scheduler, &l.backends),
+                scheduler: Scheduler::build(l.scheduler, &l.backends, &weights),
                 non_syn: l.tcp_non_syn,
                 backends,
             });
