@@ -13,6 +13,8 @@ PACKAGES=(
     dpdk dpdk-dev
     # Testbed: namespaces, veth offloads, real clients and servers.
     iproute2 ethtool procps iputils-ping curl socat iperf3 python3 python3-scapy
+    # Health-check tests make a backend hang by dropping its traffic.
+    nftables
     # A real Prometheus server for the metrics test (not started as a service).
     prometheus
     ca-certificates

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::topology::Topology;
 use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,51 +15,6 @@ use std::process::Command;
 use std::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A testbed topology, torn down on drop (also when the test fails).
-struct Topology {
-    name: String,
-}
-
-impl Topology {
-    fn up() -> Topology {
-        let name = unique("t");
-        assert!(name.len() <= 8);
-        let t = Topology { name };
-        run(Command::new(repo().join("testbed/topology.sh")).arg("up").arg(&t.name));
-        t
-    }
-
-    fn client(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &format!("{}-client", self.name)])
-            .args(args)
-            .output()
-            .expect("run in the client namespace")
-    }
-
-    fn client_ok(&self, args: &[&str]) -> String {
-        let out = self.client(args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{args:?} failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
-        text
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("testbed/topology.sh")).arg("down").arg(&self.name).status();
-    }
-}
-
-fn start_lbd(t: &Topology, workers: usize, dir: &TempDir) -> Lbd {
-    let prefix = unique("lbdn");
-    let cfg =
-        run(Command::new(repo().join("testbed/topology.sh")).args(["config", &t.name, &workers.to_string(), &prefix]));
-    let path = dir.join("lbd.yaml");
-    std::fs::write(&path, cfg).unwrap();
-    Lbd::start(&path, dir.path(), &prefix)
-}
 
 /// What iperf3 must exceed through lbd (see netns_long_download_is_intact).
 const IPERF3_FLOOR_BITS_PER_SECOND: f64 = 300e6;
@@ -112,7 +68,7 @@ fn netns_curl_reaches_all_backends_with_the_client_address() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-http");
-    let lbd = start_lbd(&t, 1, &dir);
+    let lbd = t.start_lbd(1, &dir);
     let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
     let mut clients = BTreeSet::new();
     for _ in 0..60 {
@@ -149,7 +105,7 @@ fn netns_udp_round_trip_through_socat() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-udp");
-    let lbd = start_lbd(&t, 1, &dir);
+    let lbd = t.start_lbd(1, &dir);
     let mut backends = BTreeSet::new();
     for i in 0..30 {
         let msg = format!("datagram-{i}");
@@ -178,7 +134,7 @@ fn netns_long_download_is_intact() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-dl");
-    let lbd = start_lbd(&t, 1, &dir);
+    let lbd = t.start_lbd(1, &dir);
     let size = 64 * 1024 * 1024;
     let file = dir.join("download.bin");
     let start = std::time::Instant::now();
@@ -220,7 +176,7 @@ fn netns_three_workers_thousands_of_flows() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-mw");
-    let mut lbd = start_lbd(&t, 3, &dir);
+    let mut lbd = t.start_lbd(3, &dir);
     let (udp, tcp) = (2000u64, 300u64);
     let out = t.client_ok(&[
         "/usr/bin/python3",
@@ -290,7 +246,7 @@ fn netns_hot_reconfiguration_under_traffic_loses_nothing() {
     let t = Topology::up();
     let dir = TempDir::new("netns-reconf");
     let prefix = unique("lbdn");
-    let socket = std::path::PathBuf::from(format!("/run/lbd-testbed/{}/lbd.sock", t.name));
+    let socket = t.socket();
     let cfg = run(Command::new(repo().join("testbed/topology.sh")).args(["config", &t.name, "2", &prefix]));
     let path = dir.join("lbd.yaml");
     std::fs::write(&path, &cfg).unwrap();

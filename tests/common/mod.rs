@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod topology;
+
 use serde_json::Value;
 use std::fs;
 use std::io::Read;
@@ -78,10 +80,24 @@ pub struct Lbd {
 impl Lbd {
     /// Starts `lbd -c config`, and waits until it says it is ready.
     pub fn start(config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
+        Lbd::start_in(None, config, dir, file_prefix)
+    }
+
+    /// [`Lbd::start`] in network namespace `netns` (`ip netns exec`, which
+    /// execs lbd in place: the child's PID is lbd's).
+    pub fn start_in(netns: Option<&str>, config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
         let stats = dir.join("stats.json");
         let log = dir.join("lbd.log");
         let logf = fs::File::create(&log).expect("log file");
-        let child = Command::new(lbd_bin())
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, lbd_bin()]);
+                c
+            }
+            None => Command::new(lbd_bin()),
+        };
+        let child = cmd
             .arg("-c")
             .arg(config)
             .arg("--stats-out")

@@ -132,6 +132,56 @@ pub struct PortConfig {
     pub tx_descriptors: u16,
     pub promiscuous: bool,
     pub rss: RssMode,
+    /// The kernel interface of the exception path, when on.
+    pub exception_interface: Option<String>,
+}
+
+/// An on/off setting (`on` and `off` in YAML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// How the kernel interfaces of the exception path are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExceptionBackend {
+    /// DPDK's net_tap: a TAP device (needs /dev/net/tun).
+    Tap,
+    /// DPDK's virtio_user with the vhost-kernel backend (needs
+    /// /dev/vhost-net); DPDK's recommended replacement for KNI.
+    VirtioUser,
+}
+
+impl ExceptionBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExceptionBackend::Tap => "tap",
+            ExceptionBackend::VirtioUser => "virtio_user",
+        }
+    }
+}
+
+/// The exception path's backend and limits (see [`RawException`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExceptionSettings {
+    pub backend: ExceptionBackend,
+    pub to_kernel_rate: u32,
+    pub from_kernel_rate: u32,
+    pub queue_length: u32,
+}
+
+impl Default for ExceptionSettings {
+    fn default() -> Self {
+        ExceptionSettings {
+            backend: ExceptionBackend::Tap,
+            to_kernel_rate: 20_000,
+            from_kernel_rate: 20_000,
+            queue_length: 1024,
+        }
+    }
 }
 
 /// Which fields the NIC's RSS hash covers on a port (see `crate::rss`).
@@ -273,6 +323,7 @@ pub struct Startup {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub exception: ExceptionSettings,
 }
 
 /// What a snapshot is built from, so a reload or an `lbctl` change can
@@ -344,6 +395,7 @@ impl Startup {
             control_socket,
             control_group,
             metrics_listen,
+            exception,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -360,6 +412,7 @@ impl Startup {
             ("control.socket", *control_socket == other.control_socket),
             ("control.group", *control_group == other.control_group),
             ("metrics.listen", *metrics_listen == other.metrics_listen),
+            ("exception", *exception == other.exception),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -606,6 +659,8 @@ impl Validator<'_> {
             }
         };
 
+        let exception = self.exception(&raw.exception)?;
+
         Ok(Config {
             source: self.file.to_owned(),
             startup: Startup {
@@ -622,9 +677,71 @@ impl Validator<'_> {
                 control_socket,
                 control_group: raw.control.group.clone(),
                 metrics_listen,
+                exception,
             },
             forwarding: Forwarding { listeners, timeouts, arp, removed_backend },
         })
+    }
+
+    fn exception(&self, raw: &RawException) -> VResult<ExceptionSettings> {
+        let d = ExceptionSettings::default();
+        let rate = |v: Option<u32>, dflt: u32, k: &str| -> VResult<u32> {
+            let v = v.unwrap_or(dflt);
+            if !(1..=10_000_000).contains(&v) {
+                return self
+                    .err(format!("exception.{k}"), format!("{v} packets per second is out of range (1..=10000000)"));
+            }
+            Ok(v)
+        };
+        let queue_length = raw.queue_length.unwrap_or(d.queue_length);
+        if !(32..=65536).contains(&queue_length) || !queue_length.is_power_of_two() {
+            return self.err("exception.queue_length", format!("{queue_length} must be a power of two in 32..=65536"));
+        }
+        Ok(ExceptionSettings {
+            backend: raw.backend.unwrap_or(d.backend),
+            to_kernel_rate: rate(raw.to_kernel_rate, d.to_kernel_rate, "to_kernel_rate")?,
+            from_kernel_rate: rate(raw.from_kernel_rate, d.from_kernel_rate, "from_kernel_rate")?,
+            queue_length,
+        })
+    }
+
+    /// The kernel interface name of port `i`, `None` when its exception
+    /// path is off. Linux names are at most 15 bytes and no two ports may
+    /// share one.
+    fn exception_interface(&self, i: usize, p: &RawPort, earlier: &[PortConfig]) -> VResult<Option<String>> {
+        if p.exception == Some(Switch::Off) {
+            if p.exception_interface.is_some() {
+                return self.err(format!("ports[{i}].exception_interface"), "set, but the port's exception is off");
+            }
+            return Ok(None);
+        }
+        let field = format!("ports[{i}].exception_interface");
+        let name = match &p.exception_interface {
+            Some(n) => n.clone(),
+            None => {
+                let n = format!("lbd-{}", p.name);
+                if n.len() > 15 {
+                    return self.err(
+                        field,
+                        format!("the default `{n}` is longer than 15 bytes (a Linux limit): name the interface"),
+                    );
+                }
+                n
+            }
+        };
+        let ok = !name.is_empty()
+            && name.len() <= 15
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            && name != "."
+            && name != "..";
+        if !ok {
+            return self
+                .err(field, format!("`{name}` is not an interface name (1-15 of a-z, A-Z, 0-9, `_`, `-`, `.`)"));
+        }
+        if let Some(q) = earlier.iter().find(|q| q.exception_interface.as_deref() == Some(name.as_str())) {
+            return self.err(field, format!("`{name}` is also the exception interface of port `{}`", q.name));
+        }
+        Ok(Some(name))
     }
 
     fn ports(&self, raw: &[RawPort]) -> VResult<Vec<PortConfig>> {
@@ -740,6 +857,7 @@ impl Validator<'_> {
                 tx_descriptors: desc(p.tx_descriptors, "tx_descriptors")?,
                 promiscuous: p.promiscuous.unwrap_or(false),
                 rss: p.rss.unwrap_or(RssMode::Auto),
+                exception_interface: self.exception_interface(i, p, &out)?,
             });
         }
         Ok(out)

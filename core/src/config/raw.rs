@@ -7,7 +7,7 @@
 //! RSS mode) are the validated enums themselves: the YAML names are their
 //! serde names, so there is one list of values, not a raw copy beside it.
 
-use super::{NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm};
+use super::{ExceptionBackend, NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm, Switch};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -33,6 +33,27 @@ pub struct RawConfig {
     pub control: RawControl,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub exception: RawException,
+}
+
+/// The kernel exception path: how the ports' kernel interfaces are made
+/// and how much traffic may cross them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawException {
+    /// `tap` (net_tap) or `virtio_user` (virtio-user on /dev/vhost-net).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<ExceptionBackend>,
+    /// Packets per second all workers together pass up to the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_kernel_rate: Option<u32>,
+    /// Packets per second the kernel may send out through the ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_kernel_rate: Option<u32>,
+    /// Packets each direction's queue holds (per worker towards the kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_length: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -93,6 +114,13 @@ pub struct RawPort {
     /// destination, or not at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss: Option<RssMode>,
+    /// A kernel interface carrying the port's address and MAC, for the
+    /// host's own traffic on the port (`on` unless set `off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<Switch>,
+    /// Name of that interface (default `lbd-<port name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception_interface: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

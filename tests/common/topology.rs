@@ -1,0 +1,107 @@
+//! The namespace testbed of `testbed/topology.sh` as a test guard: built
+//! on creation, torn down on drop (also when the test fails).
+
+use super::{repo, run, unique, Lbd, TempDir};
+use std::process::{Command, Output};
+
+/// A testbed topology: a client namespace, lbd's two ports, three backend
+/// namespaces behind a bridge (see `testbed/topology.sh`).
+pub struct Topology {
+    pub name: String,
+    /// lbd's ports live in namespace `NAME-lb` (and lbd runs there), so
+    /// its kernel exception interfaces can be on.
+    pub lb_netns: bool,
+}
+
+impl Topology {
+    /// lbd's ports in the root namespace; exception interfaces off.
+    pub fn up() -> Topology {
+        Topology::build(false)
+    }
+
+    /// lbd's ports, lbd and its exception interfaces in namespace `NAME-lb`.
+    pub fn up_with_lb_netns() -> Topology {
+        Topology::build(true)
+    }
+
+    fn build(lb_netns: bool) -> Topology {
+        let name = unique("t");
+        assert!(name.len() <= 8);
+        let t = Topology { name, lb_netns };
+        let mut cmd = Command::new(repo().join("testbed/topology.sh"));
+        cmd.arg("up").arg(&t.name);
+        if lb_netns {
+            cmd.arg("lbns");
+        }
+        run(&mut cmd);
+        t
+    }
+
+    /// The full name of namespace `NAME-<role>` (client, sw, be1..3, lb).
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.name)
+    }
+
+    /// Runs `args` in namespace `NAME-<role>`.
+    pub fn exec(&self, role: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(role)])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {args:?} in {}: {e}", self.ns(role)))
+    }
+
+    /// Runs `args` in namespace `NAME-<role>`; its stdout, which it must
+    /// succeed.
+    pub fn exec_ok(&self, role: &str, args: &[&str]) -> String {
+        let out = self.exec(role, args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?} in {} failed: {}{}",
+            self.ns(role),
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    pub fn client(&self, args: &[&str]) -> Output {
+        self.exec("client", args)
+    }
+
+    pub fn client_ok(&self, args: &[&str]) -> String {
+        self.exec_ok("client", args)
+    }
+
+    /// The topology's lbd configuration (`topology.sh config`).
+    pub fn config(&self, workers: usize, prefix: &str) -> String {
+        run(Command::new(repo().join("testbed/topology.sh")).args(["config", &self.name, &workers.to_string(), prefix]))
+    }
+
+    /// Starts lbd with the topology's configuration, edited by `edit`
+    /// (e.g. to add health checks), in `dir`, in the namespace its ports
+    /// live in.
+    pub fn start_lbd_with(&self, workers: usize, dir: &TempDir, edit: impl FnOnce(String) -> String) -> Lbd {
+        let prefix = unique("lbdn");
+        let path = dir.join("lbd.yaml");
+        std::fs::write(&path, edit(self.config(workers, &prefix))).expect("write config");
+        let ns = self.ns("lb");
+        Lbd::start_in(self.lb_netns.then_some(ns.as_str()), &path, dir.path(), &prefix)
+    }
+
+    pub fn start_lbd(&self, workers: usize, dir: &TempDir) -> Lbd {
+        self.start_lbd_with(workers, dir, |c| c)
+    }
+
+    /// The control socket of the lbd the configuration describes.
+    pub fn socket(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/lbd-testbed/{}/lbd.sock", self.name))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("testbed/topology.sh")).arg("down").arg(&self.name).status();
+    }
+}
