@@ -115,6 +115,8 @@ reasons! {
         SessionsExpired = "sessions_expired",
         /// TCP non-SYN packets without session rescheduled by Maglev.
         SessionsRescheduled = "sessions_rescheduled",
+        /// New flows sent to the backend their client's persistence entry named.
+        PersistenceHits = "persistence_hits",
         /// Sessions of a removed backend reset (TCP RST to the client).
         SessionsReset = "sessions_reset",
         /// Sessions of a removed backend moved to another backend.
@@ -234,6 +236,23 @@ impl WorkerCounters {
     pub fn event_count(&self, e: Event) -> u64 {
         self.events[e as usize].get()
     }
+}
+
+/// Sessions backend `id` has in all workers' tables: created minus
+/// closed, summed over `workers`, with relaxed loads of counters each
+/// worker writes alone (no lock; a sum may miss a session created or
+/// closed a moment ago on another core). Closed is read first: both only
+/// grow, so created read after it is never smaller, and a worker whose
+/// pair reads otherwise counts 0.
+#[inline]
+pub fn active_sessions(workers: &[std::sync::Arc<WorkerCounters>], id: crate::ids::BackendId) -> u64 {
+    let mut n = 0u64;
+    for w in workers {
+        let b = &w.backends[usize::from(id)];
+        let closed = b.sessions_closed.get();
+        n += b.sessions_created.get().saturating_sub(closed);
+    }
+    n
 }
 
 #[cfg(test)]

@@ -57,7 +57,25 @@ impl FlowKey {
     pub fn hash(&self) -> u64 {
         fold_mul(fold_mul(self.addrs ^ K0, self.ports ^ K1), K2)
     }
+    /// The hash of the client (source) address alone, fixed like
+    /// [`Self::hash`]: `hash: source_ip` and `source_hash` place a client
+    /// by it.
+    #[inline]
+    pub fn source_hash(&self) -> u64 {
+        fold_mul(fold_mul(self.addrs & SOURCE ^ K0, K1), K2)
+    }
+    /// The hash of the client address and the destination (listener)
+    /// port: `hash: source_ip_and_destination_port`.
+    #[inline]
+    pub fn source_and_destination_port_hash(&self) -> u64 {
+        fold_mul(fold_mul(self.addrs & SOURCE ^ K0, self.ports & DESTINATION_PORT ^ K1), K2)
+    }
 }
+
+/// The source address in `FlowKey::addrs`, the destination port in
+/// `FlowKey::ports`.
+const SOURCE: u64 = 0xffff_ffff << 32;
+const DESTINATION_PORT: u64 = 0xffff << 32;
 
 /// The worker that owns every session of the client endpoint
 /// (`ip`, `port`): source fields of a request, destination fields of a
@@ -84,5 +102,21 @@ mod tests {
         // Fixed across runs and builds: Maglev consistency depends on it
         // (tests/golden/lbmodel.py computes the same value).
         assert_eq!(h, 0x662b_210d_fc27_6e65);
+    }
+
+    #[test]
+    fn client_hashes_depend_on_their_fields_only() {
+        let k = FlowKey::new(1, 2, 3, 4, 6);
+        // Other client ports, VIPs and protocols: the same source hash.
+        for other in [FlowKey::new(1, 9, 3, 4, 6), FlowKey::new(1, 2, 9, 9, 17)] {
+            assert_eq!(k.source_hash(), other.source_hash());
+        }
+        assert_ne!(k.source_hash(), FlowKey::new(9, 2, 3, 4, 6).source_hash());
+        let h = k.source_and_destination_port_hash();
+        assert_eq!(h, FlowKey::new(1, 9, 9, 4, 17).source_and_destination_port_hash());
+        assert_ne!(h, FlowKey::new(9, 2, 3, 4, 6).source_and_destination_port_hash());
+        assert_ne!(h, FlowKey::new(1, 2, 3, 9, 6).source_and_destination_port_hash());
+        // Fixed across runs and builds, like the five-tuple hash.
+        assert_eq!((k.source_hash(), h), (0xb4c6_e737_b246_3d38, 0x4f8a_b4e4_0747_84a2));
     }
 }

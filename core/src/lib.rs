@@ -3,7 +3,7 @@
 //!
 //! `wire` (header views and builders), `dataplane` (classify, sessions,
 //! NAT rewrite, next hop, local answers), `session`, `maglev`,
-//! `scheduler`, `neighbor`, `flow` and `rss` (hashes), `snapshot` (the
+//! `scheduler`, `persistence` (client affinity shared by workers), `neighbor`, `flow` and `rss` (hashes), `snapshot` (the
 //! immutable forwarding state workers run), `counters` and `latency`
 //! (per-worker, single-writer), `config` (validated configuration).
 //! What needs the machine (prefetch, huge pages) comes in through
@@ -25,6 +25,7 @@ pub mod maglev;
 pub mod memory;
 pub mod nat;
 pub mod neighbor;
+pub mod persistence;
 pub mod rss;
 pub mod scheduler;
 pub mod session;

@@ -155,6 +155,13 @@ pub struct ListenerView {
     pub protocol: Protocol,
     pub port: u16,
     pub scheduler: Scheduler,
+    /// How long a client keeps its backend after its last new connection
+    /// (ms); `None`: no persistence.
+    pub persistence_ms: Option<u32>,
+    /// Whether a new flow's backend may be picked in the burst's prefetch
+    /// pass: when neither the scheduler nor persistence depends on the
+    /// sessions earlier packets of the burst create.
+    pub decides_ahead: bool,
     pub non_syn: NonSynPolicy,
     pub backends: Vec<BackendView>,
 }
@@ -360,6 +367,7 @@ impl Snapshot {
             let weights: Vec<u32> = l.backends.iter().map(|b| b.effective_weight()).collect();
             let vip = u32::from(l.vip);
             lindex.push((listener_key(vip, l.protocol.number(), l.port), li as u32));
+            let scheduler = Scheduler::build(l.scheduler, &l.backends, &weights);
             listeners.push(ListenerView {
                 id,
                 name: l.name.clone(),
@@ -367,7 +375,9 @@ impl Snapshot {
                 proto: l.protocol.number(),
                 protocol: l.protocol,
                 port: l.port,
-                scheduler: Scheduler::build(l.scheduler, &l.backends, &weights),
+                decides_ahead: scheduler.decides_ahead() && l.persistence.is_none(),
+                scheduler,
+                persistence_ms: l.persistence.map(ms),
                 non_syn: l.tcp_non_syn,
                 backends,
             });
@@ -452,6 +462,14 @@ impl Snapshot {
     pub fn listener_by_id(&self, id: ListenerId) -> Option<&ListenerView> {
         let i = *self.listener_slots.get(usize::from(id))?;
         self.listeners.get(usize::from(i))
+    }
+
+    /// Where the backend with stable id `id` is configured: its listener's
+    /// and its own position.
+    #[inline]
+    pub fn backend_position(&self, id: BackendId) -> Option<(ListenerPos, u16)> {
+        let p = *self.backend_slots.get(usize::from(id))?;
+        (p.1 != u16::MAX).then_some(p)
     }
 
     /// The backend with stable id `id`, if still configured.

@@ -11,6 +11,7 @@ use lbcore::config::raw::RawConfig;
 use lbcore::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane};
+use lbcore::persistence::PersistenceTable;
 use lbcore::snapshot::{IdRegistry, Snapshot, SnapshotCell};
 use lbcore::wire::MacAddr;
 use lbproto::stats::Report;
@@ -318,6 +319,9 @@ struct Shared<'a> {
     cfg: &'a Config,
     pool: &'a Arc<Mempool>,
     counters: &'a [Arc<WorkerCounters>],
+    /// What the workers' cores share: every worker's counters (least
+    /// connections) and the persistence table.
+    dataplanes: lbcore::dataplane::Shared,
     snapshots: &'a Arc<SnapshotCell>,
     control: &'a Arc<RunControl>,
     tsc_hz: u64,
@@ -355,7 +359,12 @@ fn build_workers(
         query_senders.push(qtx);
         workers.push(Worker {
             index: w,
-            dataplane: Dataplane::new(settings, sh.snapshots.load(), Arc::clone(&sh.counters[w])),
+            dataplane: Dataplane::with_shared(
+                settings,
+                sh.snapshots.load(),
+                Arc::clone(&sh.counters[w]),
+                sh.dataplanes.clone(),
+            ),
             ports: ports_q,
             to,
             from,
@@ -460,10 +469,15 @@ fn serve(
         .map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS)))
         .collect();
     let control = Arc::new(RunControl::default());
+    let dataplanes = lbcore::dataplane::Shared {
+        counters: counters.iter().cloned().collect(),
+        persistence: Arc::new(PersistenceTable::with_placement::<dpdk::DpdkPlacement>(cfg.startup.persistence_entries)),
+    };
     let shared = Shared {
         cfg,
         pool: &pool,
         counters: &counters,
+        dataplanes,
         snapshots: &snapshots,
         control: &control,
         tsc_hz,

@@ -28,6 +28,10 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 4_194_301;
 /// Session slots are addressed by 31 bits (one bit marks the direction).
 pub const MAX_SESSIONS_PER_WORKER: u64 = 1 << 30;
+/// Persistence table entries (8 bytes each) unless `sessions.persistence_entries` says.
+pub const DEFAULT_PERSISTENCE_ENTRIES: u64 = 1 << 20;
+pub const MIN_PERSISTENCE_ENTRIES: u64 = 1 << 10;
+pub const MAX_PERSISTENCE_ENTRIES: u64 = 1 << 28;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -78,13 +82,55 @@ impl Protocol {
 pub enum SchedulerAlgorithm {
     Maglev,
     RoundRobin,
+    LeastConnections,
+    SourceHash,
+}
+
+/// The fields of a flow Maglev hashes to place it (a listener's `hash`).
+/// The VIP and protocol are fixed per listener, so they add nothing but
+/// are part of the five-tuple hash all the same (it is also the session
+/// table's hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashFields {
+    /// Client address and port, VIP, listener port, protocol: every
+    /// connection is placed on its own.
+    FiveTuple,
+    /// The client address alone: all of a client's connections share a
+    /// backend, and its place in the table is the same on every listener
+    /// (and every lbd), so listeners with the same backends (say TCP and
+    /// UDP DNS) send one client to the same one.
+    SourceIp,
+    /// The client address and the listener's port: a client's connections
+    /// to one listener share a backend; on other listeners it is placed
+    /// independently.
+    SourceIpAndDestinationPort,
+}
+
+impl HashFields {
+    pub fn name(self) -> &'static str {
+        match self {
+            HashFields::FiveTuple => "five_tuple",
+            HashFields::SourceIp => "source_ip",
+            HashFields::SourceIpAndDestinationPort => "source_ip_and_destination_port",
+        }
+    }
 }
 
 /// A listener's scheduler: the algorithm with its validated parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
-    Maglev { table_size: u32 },
+    Maglev {
+        table_size: u32,
+        hash: HashFields,
+    },
     RoundRobin,
+    LeastConnections,
+    /// Maglev over the client address (`Maglev` with `HashFields::SourceIp`
+    /// under its own name).
+    SourceHash {
+        table_size: u32,
+    },
 }
 
 impl SchedulerKind {
@@ -92,13 +138,23 @@ impl SchedulerKind {
         match self {
             SchedulerKind::Maglev { .. } => SchedulerAlgorithm::Maglev,
             SchedulerKind::RoundRobin => SchedulerAlgorithm::RoundRobin,
+            SchedulerKind::LeastConnections => SchedulerAlgorithm::LeastConnections,
+            SchedulerKind::SourceHash { .. } => SchedulerAlgorithm::SourceHash,
         }
     }
     pub fn name(self) -> &'static str {
         match self.algorithm() {
             SchedulerAlgorithm::Maglev => "maglev",
             SchedulerAlgorithm::RoundRobin => "round_robin",
+            SchedulerAlgorithm::LeastConnections => "least_connections",
+            SchedulerAlgorithm::SourceHash => "source_hash",
         }
+    }
+    /// Whether the backend follows from the flow alone (a hash), so a
+    /// packet in the middle of a connection can be sent where its first
+    /// packet went.
+    pub fn is_consistent(self) -> bool {
+        matches!(self, SchedulerKind::Maglev { .. } | SchedulerKind::SourceHash { .. })
     }
 }
 
@@ -241,6 +297,9 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     pub port: u16,
     pub scheduler: SchedulerKind,
+    /// How long a client address keeps its backend after its last new
+    /// connection (`None`: no persistence).
+    pub persistence: Option<Duration>,
     pub tcp_non_syn: NonSynPolicy,
     pub backends: Vec<BackendConfig>,
 }
@@ -317,6 +376,8 @@ pub struct Startup {
     pub burst: usize,
     pub ports: Vec<PortConfig>,
     pub session_capacity: usize,
+    /// Entries of the persistence table all workers share.
+    pub persistence_entries: usize,
     pub arp_tables: ArpTables,
     pub mempool_mbufs: Option<u32>,
     pub mempool_cache: u32,
@@ -389,6 +450,7 @@ impl Startup {
             burst,
             ports,
             session_capacity,
+            persistence_entries,
             arp_tables: ArpTables { queue_length, cache_size },
             mempool_mbufs,
             mempool_cache,
@@ -405,6 +467,7 @@ impl Startup {
             ("lcores.burst", *burst == other.burst),
             ("ports", *ports == other.ports),
             ("sessions.capacity_per_worker", *session_capacity == other.session_capacity),
+            ("sessions.persistence_entries", *persistence_entries == other.persistence_entries),
             ("arp.queue_length", *queue_length == other.arp_tables.queue_length),
             ("arp.cache_size", *cache_size == other.arp_tables.cache_size),
             ("mempool.mbufs", *mempool_mbufs == other.mempool_mbufs),
@@ -597,6 +660,19 @@ impl Validator<'_> {
                 .err("sessions.capacity_per_worker", format!("{cap} is out of range (1..={MAX_SESSIONS_PER_WORKER})"));
         }
 
+        let persistence_entries = raw.sessions.persistence_entries.unwrap_or(DEFAULT_PERSISTENCE_ENTRIES);
+        if !(MIN_PERSISTENCE_ENTRIES..=MAX_PERSISTENCE_ENTRIES).contains(&persistence_entries)
+            || !persistence_entries.is_power_of_two()
+        {
+            return self.err(
+                "sessions.persistence_entries",
+                format!(
+                    "{persistence_entries} must be a power of two from {MIN_PERSISTENCE_ENTRIES} to \
+                     {MAX_PERSISTENCE_ENTRIES} (e.g. 1048576)"
+                ),
+            );
+        }
+
         let da = ArpTiming::default();
         let a = &raw.arp;
         let arp = ArpTiming {
@@ -671,6 +747,7 @@ impl Validator<'_> {
                 burst: burst as usize,
                 ports,
                 session_capacity: cap as usize,
+                persistence_entries: persistence_entries as usize,
                 arp_tables,
                 mempool_mbufs: raw.mempool.mbufs,
                 mempool_cache,
@@ -934,33 +1011,21 @@ impl Validator<'_> {
                     format!("{vip} {} port {port} is already served by listeners[{j}]", protocol.name()),
                 );
             }
-            let scheduler = match l.scheduler {
-                SchedulerAlgorithm::Maglev => {
-                    let m = l.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
-                    if !(7..=MAX_MAGLEV_TABLE_SIZE).contains(&m) || !is_prime(m) {
-                        return self.err(
-                            f("maglev_table_size"),
-                            format!("{m} must be a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} (e.g. 65537, 655373)"),
-                        );
-                    }
-                    SchedulerKind::Maglev { table_size: m }
-                }
-                SchedulerAlgorithm::RoundRobin => {
-                    if l.maglev_table_size.is_some() {
-                        return self.err(f("maglev_table_size"), "only applies to `scheduler: maglev`");
-                    }
-                    SchedulerKind::RoundRobin
-                }
-            };
-            let tcp_non_syn = match (l.tcp_non_syn, scheduler) {
-                (Some(NonSynPolicy::Schedule), SchedulerKind::RoundRobin) => {
+            let (scheduler, persistence) = self.scheduling(i, l)?;
+            let tcp_non_syn = match l.tcp_non_syn {
+                Some(NonSynPolicy::Schedule) if !scheduler.is_consistent() => {
                     return self.err(
                         f("tcp_non_syn"),
-                        "`schedule` needs `scheduler: maglev` (round robin cannot find a flow's earlier backend)",
+                        format!(
+                            "`schedule` needs `scheduler: maglev` or `source_hash` ({} cannot find a flow's \
+                             earlier backend)",
+                            scheduler.name()
+                        ),
                     );
                 }
-                (Some(NonSynPolicy::Drop), _) | (None, SchedulerKind::RoundRobin) => NonSynPolicy::Drop,
-                (Some(NonSynPolicy::Schedule), _) | (None, SchedulerKind::Maglev { .. }) => NonSynPolicy::Schedule,
+                Some(p) => p,
+                None if scheduler.is_consistent() => NonSynPolicy::Schedule,
+                None => NonSynPolicy::Drop,
             };
             if l.tcp_non_syn.is_some() && protocol == Protocol::Udp {
                 return self.err(f("tcp_non_syn"), "only applies to TCP listeners");
@@ -990,7 +1055,7 @@ impl Validator<'_> {
                 }
                 backends.push(BackendConfig { address, port: bport, weight: b.weight, drained: b.drained });
             }
-            if let SchedulerKind::Maglev { table_size } = scheduler {
+            if let SchedulerKind::Maglev { table_size, .. } | SchedulerKind::SourceHash { table_size } = scheduler {
                 if backends.len() as u64 > u64::from(table_size) {
                     return self.err(
                         f("maglev_table_size"),
@@ -1006,7 +1071,16 @@ impl Validator<'_> {
                 return self.err(f("backends"), "more than 65535 backends");
             }
             total_backends += backends.len();
-            out.push(ListenerConfig { name: l.name.clone(), vip, protocol, port, scheduler, tcp_non_syn, backends });
+            out.push(ListenerConfig {
+                name: l.name.clone(),
+                vip,
+                protocol,
+                port,
+                scheduler,
+                persistence,
+                tcp_non_syn,
+                backends,
+            });
         }
         // A VIP that is also a backend (of any listener) would send the
         // backend's own replies back into the balancer as requests.
@@ -1027,6 +1101,70 @@ impl Validator<'_> {
             );
         }
         Ok(out)
+    }
+}
+
+impl Validator<'_> {
+    /// A listener's `scheduler` with the keys that refine it
+    /// (`maglev_table_size`, `hash`) and its `persistence`; a key that
+    /// means nothing for the chosen algorithm is an error, not ignored.
+    fn scheduling(&self, i: usize, l: &RawListener) -> VResult<(SchedulerKind, Option<Duration>)> {
+        let f = |k: &str| format!("listeners[{i}].{k}");
+        let table_size = || -> VResult<u32> {
+            let m = l.maglev_table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE);
+            if !(7..=MAX_MAGLEV_TABLE_SIZE).contains(&m) || !is_prime(m) {
+                return self.err(
+                    f("maglev_table_size"),
+                    format!("{m} must be a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} (e.g. 65537, 655373)"),
+                );
+            }
+            Ok(m)
+        };
+        let algorithm = l.scheduler;
+        let kind = match algorithm {
+            SchedulerAlgorithm::Maglev => {
+                SchedulerKind::Maglev { table_size: table_size()?, hash: l.hash.unwrap_or(HashFields::FiveTuple) }
+            }
+            SchedulerAlgorithm::SourceHash => {
+                if l.hash.is_some() {
+                    return self.err(
+                        f("hash"),
+                        "`source_hash` always hashes the client address; for other fields use \
+                         `scheduler: maglev` with `hash`",
+                    );
+                }
+                SchedulerKind::SourceHash { table_size: table_size()? }
+            }
+            SchedulerAlgorithm::RoundRobin | SchedulerAlgorithm::LeastConnections => {
+                let name =
+                    if algorithm == SchedulerAlgorithm::RoundRobin { "round_robin" } else { "least_connections" };
+                if l.maglev_table_size.is_some() {
+                    return self.err(
+                        f("maglev_table_size"),
+                        format!("only applies to `scheduler: maglev` or `source_hash`, not `{name}`"),
+                    );
+                }
+                if l.hash.is_some() {
+                    return self.err(
+                        f("hash"),
+                        format!(
+                            "only applies to `scheduler: maglev` (`{name}` hashes nothing; `persistence` keeps \
+                             a client on its backend)"
+                        ),
+                    );
+                }
+                if algorithm == SchedulerAlgorithm::RoundRobin {
+                    SchedulerKind::RoundRobin
+                } else {
+                    SchedulerKind::LeastConnections
+                }
+            }
+        };
+        let persistence = match &l.persistence {
+            None => None,
+            Some(s) => Some(self.duration(&f("persistence"), Some(s), Duration::ZERO, Duration::from_secs(1))?),
+        };
+        Ok((kind, persistence))
     }
 }
 

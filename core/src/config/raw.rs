@@ -7,7 +7,9 @@
 //! RSS mode) are the validated enums themselves: the YAML names are their
 //! serde names, so there is one list of values, not a raw copy beside it.
 
-use super::{ExceptionBackend, NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm, Switch};
+use super::{
+    ExceptionBackend, HashFields, NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm, Switch,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -141,6 +143,13 @@ pub struct RawListener {
     pub scheduler: SchedulerAlgorithm,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_table_size: Option<u32>,
+    /// Which fields of a flow Maglev hashes (default `five_tuple`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<HashFields>,
+    /// How long a client address keeps its backend after its last new
+    /// connection (a duration); absent: no persistence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<String>,
     /// What to do with a TCP packet other than a SYN that has no session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_non_syn: Option<NonSynPolicy>,
@@ -192,6 +201,9 @@ pub struct RawTimeouts {
 pub struct RawSessions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity_per_worker: Option<u64>,
+    /// Entries of the persistence table shared by all workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_entries: Option<u64>,
     /// What happens to sessions whose backend is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_backend: Option<RemovedBackendPolicy>,

@@ -41,7 +41,10 @@ fn issue_example_is_valid() {
     assert_eq!(c.startup.ports[0].address, Ipv4Addr::new(10, 0, 0, 1));
     assert_eq!(c.startup.ports[0].subnet.to_string(), "10.0.0.0/24");
     assert_eq!(c.startup.ports[0].gateway, Some(Ipv4Addr::new(10, 0, 0, 254)));
-    assert_eq!(c.forwarding.listeners[0].scheduler, SchedulerKind::Maglev { table_size: 65537 });
+    assert_eq!(
+        c.forwarding.listeners[0].scheduler,
+        SchedulerKind::Maglev { table_size: 65537, hash: HashFields::FiveTuple }
+    );
     assert_eq!(c.forwarding.listeners[0].tcp_non_syn, NonSynPolicy::Schedule);
     assert_eq!(c.forwarding.timeouts.tcp_established, Duration::from_secs(900));
     assert_eq!(c.forwarding.timeouts.tcp_closed, Duration::from_secs(5));

@@ -80,7 +80,7 @@ impl<P: Packet> State<P> {
                     Err(reason) => return self.discard(reason, pkt, io),
                 };
                 // Picked ahead in the burst's prefetch pass, or now.
-                let Some(bi) = pick.or_else(|| l.scheduler.pick(hash, &mut self.rr[usize::from(l.id)])) else {
+                let Some(bi) = pick.or_else(|| self.choose(snap, l, &key, hash)) else {
                     return self.discard(DropReason::NoBackend, pkt, io);
                 };
                 let new = self.session_for(l, bi, &key, state);
@@ -90,8 +90,17 @@ impl<P: Packet> State<P> {
                     // create state for it.
                     return self.forward(snap, pkt, &new, Direction::Request, io);
                 }
+                let backend = new.backend_id;
                 match self.insert_session(new, rescheduled) {
-                    Ok(slot) => slot,
+                    Ok(slot) => {
+                        if l.persistence_ms.is_some() {
+                            // Every new connection restarts the client's
+                            // persistence time.
+                            let table = &self.shared.persistence;
+                            table.remember(table.key(l.id, key.src()), backend, self.now);
+                        }
+                        slot
+                    }
                     Err(reason) => return self.discard(reason, pkt, io),
                 }
             }

@@ -12,13 +12,15 @@
 //! `Vec<u8>` packets and inspect what comes out. Nothing here allocates,
 //! locks or makes a system call per packet.
 
-use crate::counters::{DropReason, WorkerCounters};
+use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::flow::FlowKey;
+use crate::ids::BackendId;
 use crate::ids::{ListenerPos, PortIndex};
 use crate::memory::Placement;
 use crate::neighbor::{Maintenance, NeighborCache, PendingQueue};
+use crate::persistence::PersistenceTable;
 use crate::session::{Direction, Session, SessionTable};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ListenerView, Snapshot};
 use crate::wire::MacAddr;
 use std::sync::Arc;
 
@@ -69,9 +71,10 @@ struct State<P: Packet> {
     sessions: SessionTable<P::Placement>,
     neighbors: NeighborCache,
     pending: PendingQueue<P>,
-    /// Round-robin cursor per listener id.
+    /// Round-robin (and least-connections tie) cursor per listener id.
     rr: Box<[u32]>,
     counters: Arc<WorkerCounters>,
+    shared: Shared,
     now: u32,
     last_tick: u32,
     sweep_credit: u64,
@@ -116,6 +119,22 @@ impl<P: Packet> std::fmt::Debug for Dataplane<P> {
     }
 }
 
+/// What the workers' cores share besides the snapshot, given to each at
+/// construction.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Every worker's counters, this one's included: least connections
+    /// sums each backend's sessions over them (relaxed loads of
+    /// single-writer counters, no lock).
+    pub counters: Arc<[Arc<WorkerCounters>]>,
+    /// The persistence table of all listeners, read and written by every
+    /// worker.
+    pub persistence: Arc<PersistenceTable>,
+}
+
+/// Persistence entries of a core made by [`Dataplane::new`] (tests, tools).
+const STANDALONE_PERSISTENCE_ENTRIES: usize = 4096;
+
 /// Settings of a worker's core that do not change with snapshots.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreSettings {
@@ -127,7 +146,24 @@ pub struct CoreSettings {
 }
 
 impl<P: Packet> Dataplane<P> {
+    /// A core that shares nothing with other workers: least connections
+    /// counts its own sessions only, its persistence table is its own.
     pub fn new(settings: CoreSettings, snap: Arc<Snapshot>, counters: Arc<WorkerCounters>) -> Dataplane<P> {
+        let shared = Shared {
+            counters: Arc::new([Arc::clone(&counters)]),
+            persistence: Arc::new(PersistenceTable::new(STANDALONE_PERSISTENCE_ENTRIES)),
+        };
+        Self::with_shared(settings, snap, counters, shared)
+    }
+
+    /// A worker's core among others: `shared.counters` holds every
+    /// worker's counters, `counters` among them.
+    pub fn with_shared(
+        settings: CoreSettings,
+        snap: Arc<Snapshot>,
+        counters: Arc<WorkerCounters>,
+        shared: Shared,
+    ) -> Dataplane<P> {
         let sessions = SessionTable::with_placement(settings.session_capacity);
         counters.session_capacity.set(sessions.capacity() as u64);
         counters.session_memory.set(sessions.memory_bytes() as u64);
@@ -144,6 +180,7 @@ impl<P: Packet> Dataplane<P> {
                 pending: PendingQueue::new(settings.pending_capacity),
                 rr: vec![0; crate::config::MAX_LISTENERS].into_boxed_slice(),
                 counters,
+                shared,
                 now: 0,
                 last_tick: 0,
                 sweep_credit: 0,
@@ -294,6 +331,27 @@ impl<P: Packet> State<P> {
         self.staged = staged;
     }
 
+    /// The one decision of a new flow's backend (position in `l`), made
+    /// in the prefetch pass or in `request`, never both: the client's
+    /// remembered backend while persistence holds and it still takes new
+    /// flows, else the scheduler's pick.
+    #[inline]
+    fn choose(&mut self, snap: &Snapshot, l: &ListenerView, key: &FlowKey, hash: u64) -> Option<u16> {
+        if let Some(ttl) = l.persistence_ms {
+            let table = &self.shared.persistence;
+            if let Some(bid) = table.lookup(table.key(l.id, key.src()), self.now, ttl) {
+                if let Some(bi) = remembered_position(snap, l, bid) {
+                    self.counters.event(Event::PersistenceHits);
+                    return Some(bi);
+                }
+            }
+        }
+        let workers = &self.shared.counters;
+        l.scheduler.pick(key, hash, &mut self.rr[usize::from(l.id)], |bi| {
+            crate::counters::active_sessions(workers, l.backends[bi].id)
+        })
+    }
+
     fn run_staged(&mut self, snap: &Snapshot, staged: &mut Vec<Staged<P>>, io: &mut impl Io<P>) {
         // All lookups first, each step in a tight loop of its own, so that
         // the out-of-order core overlaps their cache misses. With large
@@ -312,7 +370,9 @@ impl<P: Packet> State<P> {
         // New flows (and flows whose session has lapsed) will touch more
         // random lines: the backend-side key's bucket, the lapsed
         // session's. Pick their backends now and prefetch those lines, so
-        // they too arrive together.
+        // they too arrive together. Where the decision depends on what
+        // earlier packets of the burst do (persistence, least
+        // connections), it waits for `request`; prefetch what it will read.
         for s in staged.iter_mut() {
             let Some(li) = s.listener else { continue };
             match s.found {
@@ -324,7 +384,14 @@ impl<P: Packet> State<P> {
                 None => {}
             }
             let l = &snap.listeners[usize::from(li)];
-            if let Some(bi) = l.scheduler.pick(s.hash, &mut self.rr[usize::from(l.id)]) {
+            if !l.decides_ahead {
+                if l.persistence_ms.is_some() {
+                    let k = self.shared.persistence.key(l.id, s.key.src());
+                    self.shared.persistence.prefetch::<P::Placement>(k);
+                }
+                continue;
+            }
+            if let Some(bi) = self.choose(snap, l, &s.key, s.hash) {
                 let b = &l.backends[usize::from(bi)];
                 let rk = FlowKey::new(b.addr, s.key.src(), b.port, s.key.sport(), s.key.proto());
                 // The conflict check of the insert reads both of its lines.
@@ -342,6 +409,16 @@ impl<P: Packet> State<P> {
             self.flow(snap, s, io);
         }
     }
+}
+
+/// The position in `l` of backend `id`, remembered for a client, when it
+/// may still take the client's new flows: still configured for `l`, with
+/// weight (not drained, healthy, past slow start's zero).
+#[inline]
+fn remembered_position(snap: &Snapshot, l: &ListenerView, id: BackendId) -> Option<u16> {
+    let (li, bi) = snap.backend_position(id)?;
+    let same_listener = snap.listeners.get(usize::from(li)).is_some_and(|x| x.id == l.id);
+    (same_listener && l.scheduler.weight(usize::from(bi)) > 0).then_some(bi)
 }
 
 #[cfg(test)]
