@@ -303,3 +303,64 @@ fn cpus_and_eal_lcore_arguments_exclude_each_other() {
     assert!(eal_sets_lcores(&["-c0xf".to_owned()]));
     assert!(!eal_sets_lcores(&["--no-pci".to_owned(), "--log-level=notice".to_owned()]));
 }
+
+/// Schedulers, the fields Maglev hashes and persistence: what each
+/// listener key means where it applies, and a named error where it does not.
+#[test]
+fn scheduler_hash_and_persistence_keys() {
+    let with = |lines: &str| GOOD.replacen("    scheduler: maglev\n", lines, 1);
+    let ok = |lines: &str| {
+        parse_str(&with(lines)).unwrap_or_else(|e| panic!("{lines}: {e}")).forwarding.listeners[0].clone()
+    };
+    let err = |lines: &str| parse_str(&with(lines)).expect_err(lines);
+
+    let l = ok("    scheduler: maglev\n    hash: source_ip\n    persistence: 10m\n");
+    assert_eq!(l.scheduler, SchedulerKind::Maglev { table_size: 65537, hash: HashFields::SourceIp });
+    assert_eq!(l.persistence, Some(Duration::from_secs(600)));
+    let l = ok("    hash: source_ip_and_destination_port\n");
+    assert_eq!(l.scheduler, SchedulerKind::Maglev { table_size: 65537, hash: HashFields::SourceIpAndDestinationPort });
+    assert_eq!(l.persistence, None);
+    let l = ok("    scheduler: source_hash\n    maglev_table_size: 251\n");
+    assert_eq!(l.scheduler, SchedulerKind::SourceHash { table_size: 251 });
+    assert_eq!(l.tcp_non_syn, NonSynPolicy::Schedule, "source hash finds a flow's backend again");
+    let l = ok("    scheduler: least_connections\n    persistence: 1s\n");
+    assert_eq!((l.scheduler, l.persistence), (SchedulerKind::LeastConnections, Some(Duration::from_secs(1))));
+    assert_eq!(l.tcp_non_syn, NonSynPolicy::Drop);
+    assert_eq!(ok("    scheduler: round_robin\n    persistence: 2h\n").scheduler, SchedulerKind::RoundRobin);
+
+    for (lines, field, says) in [
+        ("    scheduler: round_robin\n    hash: source_ip\n", "hash", "only applies to `scheduler: maglev`"),
+        ("    scheduler: least_connections\n    hash: five_tuple\n", "hash", "only applies to `scheduler: maglev`"),
+        ("    scheduler: source_hash\n    hash: five_tuple\n", "hash", "always hashes the client address"),
+        ("    scheduler: least_connections\n    maglev_table_size: 251\n", "maglev_table_size", "only applies"),
+        ("    scheduler: least_connections\n    tcp_non_syn: schedule\n", "tcp_non_syn", "`schedule` needs"),
+        ("    scheduler: source_hash\n    maglev_table_size: 100\n", "maglev_table_size", "must be a prime"),
+        ("    persistence: 500ms\n", "persistence", "too short"),
+        ("    persistence: 30d\n", "persistence", "too long"),
+        ("    persistence: soon\n", "persistence", "not a duration"),
+    ] {
+        let e = err(lines);
+        assert_eq!(e.field, format!("listeners[0].{field}"), "{lines}: {e}");
+        assert!(e.message.contains(says), "{lines}: {e}");
+    }
+    // Unknown names are serde's errors, naming the field and the choices.
+    let e = err("    hash: client_ip\n");
+    assert_eq!(e.field, "listeners[0].hash", "{e}");
+    assert!(e.message.contains("five_tuple"), "{e}");
+    let e = err("    scheduler: least_conn\n");
+    assert!(e.message.contains("least_connections"), "{e}");
+}
+
+#[test]
+fn persistence_table_size_is_a_restart_only_power_of_two() {
+    assert_eq!(parse_str(GOOD).unwrap().startup.persistence_entries, 1 << 20);
+    let set = |n: &str| GOOD.replace("sessions: {", &format!("sessions: {{persistence_entries: {n}, "));
+    let c = parse_str(&set("4096")).unwrap();
+    assert_eq!(c.startup.persistence_entries, 4096);
+    assert_eq!(parse_str(GOOD).unwrap().startup.changed_fields(&c.startup), vec!["sessions.persistence_entries"]);
+    for bad in ["1000", "512", "536870912"] {
+        let e = parse_str(&set(bad)).unwrap_err();
+        assert_eq!(e.field, "sessions.persistence_entries", "{bad}: {e}");
+        assert!(e.message.contains("power of two"), "{e}");
+    }
+}

@@ -5,6 +5,7 @@ use crate::config;
 use crate::counters::{DropReason, Event};
 use crate::flow::owner_shard;
 use crate::ids::PortIndex;
+use crate::persistence::PersistenceTable;
 use crate::session::SessionState;
 use crate::snapshot::IdRegistry;
 use crate::wire::arp::{self, ArpPacket};
@@ -1068,4 +1069,244 @@ fn packets_parked_at_shutdown_are_freed_as_shutdown() {
     assert_eq!(h.io.freed, freed + 3, "every parked packet is freed");
     assert_eq!(h.dp.parked(), 0);
     assert_eq!(h.counters.parked.get(), 0);
+}
+
+// Schedulers and persistence, through whole packets.
+
+/// One TCP listener `web` (10.0.0.100:80) with `listener` lines added and
+/// three backends 10.1.0.11-13 of `weights`.
+fn sched_config(listener: &str, weights: [u32; 3]) -> String {
+    let [w1, w2, w3] = weights;
+    format!(
+        "ports:\n  - {{name: ext, device: a, address: 10.0.0.1/24, gateway: 10.0.0.254, neighbors: [{{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}}]}}\n  \
+         - {{name: int, device: b, address: 10.1.0.1/24, neighbors: [{{ip: 10.1.0.11, mac: \"02:00:00:00:00:11\"}}, {{ip: 10.1.0.12, mac: \"02:00:00:00:00:12\"}}, {{ip: 10.1.0.13, mac: \"02:00:00:00:00:13\"}}]}}\n\
+         listeners:\n  - name: web\n    vip: 10.0.0.100\n    protocol: tcp\n    port: 80\n{listener}    backends:\n      \
+         - {{address: 10.1.0.11, port: 8080, weight: {w1}}}\n      - {{address: 10.1.0.12, port: 8080, weight: {w2}}}\n      \
+         - {{address: 10.1.0.13, port: 8080, weight: {w3}}}\n"
+    )
+}
+
+/// `workers` cores sharing their counters and one persistence table, as
+/// the daemon builds them.
+fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<PersistenceTable>) {
+    let cfg = config::parse(yaml, Path::new("test.yaml")).expect("test config is valid");
+    let mut ids = IdRegistry::default();
+    ids.assign(&cfg.forwarding, &|_| true).unwrap();
+    let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1));
+    let counters: Vec<Arc<WorkerCounters>> =
+        (0..workers).map(|_| Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS))).collect();
+    let table = Arc::new(PersistenceTable::new(4096));
+    let shared = Shared { counters: counters.iter().cloned().collect(), persistence: Arc::clone(&table) };
+    let hs = (0..workers)
+        .map(|w| {
+            let settings =
+                CoreSettings { worker: w, workers, session_capacity: 1000, neighbor_capacity: 64, pending_capacity: 4 };
+            let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
+            dp.set_now(1);
+            Harness { dp, counters: Arc::clone(&counters[w]), io: TestIo::default() }
+        })
+        .collect();
+    (hs, ids, table)
+}
+
+fn reconfigure_all(hs: &mut [Harness], ids: &mut IdRegistry, yaml: &str, generation: u64) {
+    let cfg = config::parse(yaml, Path::new("test.yaml")).expect("valid");
+    ids.assign(&cfg.forwarding, &|_| true).unwrap();
+    let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], ids, generation));
+    for h in hs {
+        h.dp.set_snapshot(Arc::clone(&snap));
+    }
+}
+
+fn syn(client: u32, port: u16) -> Vec<u8> {
+    l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.100"), port, 80, FLAG_SYN, b"")
+}
+
+/// Opens a connection (its SYN) from `client`:`port` at the worker that
+/// owns it; returns the last octet of the backend it went to.
+fn connect(hs: &mut [Harness], client: u32, port: u16) -> u8 {
+    let owner = owner_shard(client, port, hs.len());
+    hs[owner].rx(0, syn(client, port));
+    let out = hs[owner].take_tx();
+    assert_eq!(out.len(), 1, "the SYN from port {port} was forwarded");
+    backend_of(&out[0].1).0 as u8
+}
+
+fn hits(hs: &[Harness]) -> u64 {
+    hs.iter().map(|h| h.counters.event_count(Event::PersistenceHits)).sum()
+}
+
+fn set_now(hs: &mut [Harness], now: u32) {
+    for h in hs {
+        h.dp.set_now(now);
+    }
+}
+
+/// A client's connections come from many ports and so land on both
+/// workers; the shared table keeps every one on the backend the first got,
+/// under round robin, which would otherwise rotate them.
+#[test]
+fn persistence_keeps_a_client_on_one_backend_across_workers() {
+    let yaml = sched_config("    scheduler: round_robin\n    persistence: 10s\n", [1, 1, 1]);
+    let (mut hs, _, table) = worker_group(&yaml, 2);
+    let client = ip("192.168.1.10");
+    let first = connect(&mut hs, client, 20000);
+    let mut on_worker = [0; 2];
+    for port in 20001..20100u16 {
+        on_worker[owner_shard(client, port, 2)] += 1;
+        assert_eq!(connect(&mut hs, client, port), first, "port {port}");
+    }
+    assert!(on_worker.iter().all(|n| *n > 20), "both workers took connections: {on_worker:?}");
+    assert_eq!(hits(&hs), 99);
+    assert_eq!(table.count(1, 10_000), (1, 1), "one entry for the client");
+    // Other clients still rotate over all backends.
+    let others: std::collections::HashSet<u8> =
+        (1..30).map(|c| connect(&mut hs, ip("192.168.2.0") + c, 1000)).collect();
+    assert_eq!(others.len(), 3);
+    // Without persistence, the same client's connections rotate.
+    let (mut plain, _, _) = worker_group(&sched_config("    scheduler: round_robin\n", [1, 1, 1]), 2);
+    let spread: std::collections::HashSet<u8> = (20000..20030u16).map(|p| connect(&mut plain, client, p)).collect();
+    assert_eq!(spread.len(), 3);
+}
+
+/// Expiry counts from the last connection: a client that keeps coming
+/// back within the time keeps its backend for far longer than the time;
+/// after the time without a connection, round robin moves it on.
+#[test]
+fn persistence_expires_after_its_time_without_connections() {
+    let yaml = sched_config("    scheduler: round_robin\n    persistence: 10s\n", [1, 1, 1]);
+    let (mut hs, _, _) = worker_group(&yaml, 1);
+    let client = ip("192.168.1.10");
+    let first = connect(&mut hs, client, 20000);
+    for (i, now) in (9_001..60_000u32).step_by(9_000).enumerate() {
+        set_now(&mut hs, now);
+        assert_eq!(connect(&mut hs, client, 20001 + i as u16), first, "at {now} ms");
+    }
+    let hits_before = hits(&hs);
+    // 10 s after the last connection (at 54001 ms) and one ms more.
+    set_now(&mut hs, 64_002);
+    let moved = connect(&mut hs, client, 30000);
+    assert_ne!(moved, first, "round robin's next backend after the entry expired");
+    assert_eq!(hits(&hs), hits_before);
+    // And the new backend holds from then on.
+    assert_eq!(connect(&mut hs, client, 30001), moved);
+    assert_eq!(hits(&hs), hits_before + 1);
+}
+
+/// The remembered backend is used only while it takes new flows: drained
+/// (weight 0) or removed, the client is scheduled anew and the entry
+/// overwritten; its open connection stays where it is.
+#[test]
+fn persistence_repicks_when_the_remembered_backend_takes_no_new_flows() {
+    let lines = "    scheduler: least_connections\n    persistence: 1h\n";
+    let (mut hs, mut ids, _) = worker_group(&sched_config(lines, [1, 1, 1]), 1);
+    let client = ip("192.168.1.10");
+    let first = connect(&mut hs, client, 20000);
+    assert_eq!(connect(&mut hs, client, 20001), first);
+    let mut weights = [1, 1, 1];
+    weights[usize::from(first - 11)] = 0;
+    reconfigure_all(&mut hs, &mut ids, &sched_config(lines, weights), 2);
+    let second = connect(&mut hs, client, 20002);
+    assert_ne!(second, first);
+    // The open connection continues to its backend.
+    let ack = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.100"), 20000, 80, FLAG_ACK, b"more");
+    hs[0].rx(0, ack);
+    assert_eq!(backend_of(&hs[0].take_tx()[0].1).0 as u8, first);
+    // Weight back: the client stays where it was sent last.
+    reconfigure_all(&mut hs, &mut ids, &sched_config(lines, [1, 1, 1]), 3);
+    for p in 20003..20010 {
+        assert_eq!(connect(&mut hs, client, p), second);
+    }
+    // Its backend removed from the listener: scheduled anew.
+    let kept: Vec<String> =
+        (11..14u8).filter(|b| *b != second).map(|b| format!("      - {{address: 10.1.0.{b}, port: 8080}}\n")).collect();
+    let without = sched_config(lines, [1, 1, 1]).split("    backends:\n").next().unwrap().to_owned()
+        + "    backends:\n"
+        + &kept.concat();
+    reconfigure_all(&mut hs, &mut ids, &without, 4);
+    let third = connect(&mut hs, client, 20010);
+    assert_ne!(third, second);
+    assert_eq!(connect(&mut hs, client, 20011), third);
+}
+
+/// Two connections of one client in one burst: the second sees what the
+/// first remembered (persistence decides at session creation, not in the
+/// prefetch pass).
+#[test]
+fn persistence_holds_within_one_burst() {
+    let yaml = sched_config("    scheduler: round_robin\n    persistence: 10s\n", [1, 1, 1]);
+    let (mut hs, _, _) = worker_group(&yaml, 1);
+    let client = ip("192.168.1.10");
+    let burst: Vec<Pkt> = (20000..20010u16).map(|p| Pkt { data: syn(client, p), port: 0 }).collect();
+    let h = &mut hs[0];
+    h.dp.process_burst(burst.into_iter(), &mut h.io);
+    let backends: std::collections::HashSet<u32> = h.take_tx().iter().map(|(_, f)| backend_of(f).0).collect();
+    assert_eq!(backends.len(), 1, "{backends:?}");
+}
+
+/// Weighted least connections over two workers: open sessions spread by
+/// weight, counted across both workers' tables, also within one burst
+/// (the decision waits for the sessions before it); after a weight change,
+/// new flows go where sessions per weight are fewest.
+#[test]
+fn least_connections_spreads_open_sessions_by_weight_across_workers() {
+    let lines = "    scheduler: least_connections\n";
+    let (mut hs, mut ids, _) = worker_group(&sched_config(lines, [1, 1, 1]), 2);
+    let active = |hs: &[Harness]| -> [usize; 3] {
+        let mut n = [0; 3];
+        for h in hs {
+            for (_, s) in h.dp.sessions().iter() {
+                n[usize::from(s.backend_ip as u8 - 11)] += 1;
+            }
+        }
+        n
+    };
+    // `n` SYNs from new clients owned by the workers `on` names, in one
+    // burst per worker.
+    let mut next_client = ip("192.168.3.0");
+    let mut open = |hs: &mut [Harness], n: usize, on: &[usize]| {
+        let mut bursts: Vec<Vec<Pkt>> = vec![Vec::new(); hs.len()];
+        let mut opened = 0;
+        while opened < n {
+            next_client += 1;
+            let owner = owner_shard(next_client, 1000, hs.len());
+            if on.contains(&owner) {
+                bursts[owner].push(Pkt { data: syn(next_client, 1000), port: 0 });
+                opened += 1;
+            }
+        }
+        for (h, b) in hs.iter_mut().zip(bursts) {
+            h.dp.process_burst(b.into_iter(), &mut h.io);
+            h.take_tx();
+        }
+    };
+    open(&mut hs, 30, &[0]);
+    assert_eq!(active(&hs), [10, 10, 10]);
+    // Worker 1 schedules by worker 0's sessions too.
+    reconfigure_all(&mut hs, &mut ids, &sched_config(lines, [1, 2, 3]), 2);
+    open(&mut hs, 30, &[1]);
+    assert_eq!(active(&hs), [10, 20, 30], "the new 30 went to the backends with fewest sessions per weight");
+    // Weight 0: nothing more for the first backend.
+    reconfigure_all(&mut hs, &mut ids, &sched_config(lines, [0, 2, 3]), 3);
+    open(&mut hs, 50, &[0, 1]);
+    assert_eq!(active(&hs), [10, 40, 60]);
+    assert_eq!(hs.iter().map(|h| h.total_drops()).sum::<u64>(), 0);
+}
+
+/// Source hash: a client always reaches the same backend, whatever its
+/// port and whichever worker owns the connection; clients spread.
+#[test]
+fn source_hash_sends_each_client_to_one_backend() {
+    let (mut hs, _, _) = worker_group(&sched_config("    scheduler: source_hash\n", [1, 1, 1]), 2);
+    let mut per_backend = [0; 3];
+    for c in 0..60u32 {
+        let client = ip("172.16.0.0") + c * 257;
+        let first = connect(&mut hs, client, 1000);
+        per_backend[usize::from(first - 11)] += 1;
+        for port in 1001..1010 {
+            assert_eq!(connect(&mut hs, client, port), first);
+        }
+    }
+    assert!(per_backend.iter().all(|n| *n >= 8), "{per_backend:?}");
+    assert_eq!(hits(&hs), 0, "no persistence configured");
 }
