@@ -252,6 +252,8 @@ mod tests {
         assert_eq!(s.sequence(), &[0, 0, 1, 0, 2, 0, 0]);
         let s = RoundRobinSequence::new(&[2, 0, 4]);
         assert_eq!(s.sequence(), &[2, 0, 2]);
+        // README's example: 1:2:3 interleaved as c b a c b c.
+        assert_eq!(RoundRobinSequence::new(&[1, 2, 3]).sequence(), &[2, 1, 0, 2, 1, 2]);
     }
 
     #[test]
