@@ -136,6 +136,21 @@ fn every_lbctl_command_works() {
     assert!(out.contains("dns") && out.contains("round_robin"), "{out}");
     f.json(&["listener", "del", "dns"]);
     assert_eq!(f.json(&["listener", "list"])["listeners"].as_array().unwrap().len(), 1);
+    // The other schedulers, hash fields and persistence, as in a file.
+    let add = |name: &str, port: &str, extra: &[&str]| {
+        let mut args = vec!["listener", "add", name, "--vip", "10.0.0.100", "--protocol", "tcp", "--port", port];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--backend", "10.0.0.21:80"]);
+        f.json(&args)
+    };
+    add("lc", "81", &["--scheduler", "least_connections", "--persistence", "30s"]);
+    add("src", "82", &["--scheduler", "maglev", "--hash", "source_ip_and_destination_port"]);
+    let (code, out, _) = lbctl(&f.socket, &["listener", "list"]);
+    assert!(code == 0 && out.contains("least_connections"), "{out}");
+    let (_, shown, _) = lbctl(&f.socket, &["config", "show"]);
+    assert!(shown.contains("persistence: 30s") && shown.contains("hash: source_ip_and_destination_port"), "{shown}");
+    f.json(&["listener", "del", "lc"]);
+    f.json(&["listener", "del", "src"]);
 
     // backend list / add / set-weight / drain / undrain / del.
     let b = backends(&f, "web");
@@ -248,6 +263,12 @@ fn wrong_input_is_refused_and_changes_nothing() {
         "invalid"
     );
     assert_eq!(f.refused(&["sessions", "--backend", "nonsense"]), "invalid");
+    for extra in [["--hash", "source_ip"], ["--persistence", "soon"]] {
+        let mut args = vec!["listener", "add", "x", "--vip", "10.0.0.100", "--protocol", "tcp", "--port", "99"];
+        args.extend_from_slice(&["--scheduler", "round_robin"]);
+        args.extend_from_slice(&extra);
+        assert_eq!(f.refused(&args), "invalid", "{extra:?}");
+    }
     // The messages say what is wrong, with the field.
     let (_, _, err) = lbctl(&f.socket, &["backend", "set-weight", "web", "10.0.0.11", "70000"]);
     assert!(err.contains("listeners[0].backends[0].weight") && err.contains("out of range"), "{err}");

@@ -108,11 +108,19 @@ enum ListenerCmd {
         protocol: String,
         #[arg(long)]
         port: u32,
-        /// maglev (default) or round_robin.
+        /// maglev (default), source_hash, round_robin or least_connections.
         #[arg(long)]
         scheduler: Option<String>,
         #[arg(long)]
         maglev_table_size: Option<u32>,
+        /// The fields Maglev hashes: five_tuple (default), source_ip or
+        /// source_ip_and_destination_port.
+        #[arg(long)]
+        hash: Option<String>,
+        /// Keep a client address on its backend for this long after its
+        /// last new connection (e.g. 10m).
+        #[arg(long)]
+        persistence: Option<String>,
         /// schedule or drop.
         #[arg(long)]
         tcp_non_syn: Option<String>,
@@ -239,6 +247,8 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
             port,
             scheduler,
             maglev_table_size,
+            hash,
+            persistence,
             tcp_non_syn,
             backends,
         }) => Request::ListenerAdd {
@@ -249,6 +259,8 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
                 port: *port,
                 scheduler: scheduler.clone(),
                 maglev_table_size: *maglev_table_size,
+                hash: hash.clone(),
+                persistence: persistence.clone(),
                 tcp_non_syn: tcp_non_syn.clone(),
                 backends: backends.iter().map(|b| backend_spec(b, None)).collect::<Result<_, _>>()?,
             },

@@ -126,6 +126,10 @@ pub struct ListenerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_table_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_non_syn: Option<String>,
     #[serde(default)]
     pub backends: Vec<BackendSpec>,
