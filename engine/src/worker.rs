@@ -104,6 +104,9 @@ pub struct Worker {
     pub burst: usize,
     pub idle_sleep: Duration,
     pub tsc_hz: u64,
+    /// The epoch of the worker's millisecond clock: one value for all
+    /// workers (read once on the main lcore), so times one worker writes
+    /// into the shared persistence table mean the same to the others.
     pub start_tsc: u64,
 }
 
