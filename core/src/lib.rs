@@ -26,6 +26,7 @@ pub mod memory;
 pub mod nat;
 pub mod neighbor;
 pub mod persistence;
+pub mod ratelimit;
 pub mod rss;
 pub mod scheduler;
 pub mod session;
