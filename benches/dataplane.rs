@@ -149,7 +149,14 @@ fn frame(i: u64, flags: u8) -> Frame {
 }
 
 fn dataplane<P: Packet>(capacity: usize) -> Dataplane<P> {
-    let cfg = config::parse(CONFIG, Path::new("bench")).unwrap();
+    dataplane_scheduling::<P>(capacity, "")
+}
+
+/// [`dataplane`] with `lines` (scheduler, persistence) added to the
+/// listener.
+fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P> {
+    let yaml = CONFIG.replacen("    port: 80\n", &format!("    port: 80\n{lines}"), 1);
+    let cfg = config::parse(&yaml, Path::new("bench")).unwrap();
     let mut ids = IdRegistry::default();
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let macs = [MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2])];
@@ -217,19 +224,29 @@ fn new_flows(c: &mut Criterion) {
     let n = 1 << 20;
     let pkts: Vec<Frame> = (0..n).map(|i| frame(i, 0x02)).collect();
     g.throughput(Throughput::Elements(n));
-    g.bench_function("syn_creates_session", |b| {
-        b.iter_batched(
-            || dataplane::<Frame>(n as usize + 64),
-            |mut dp| {
-                let mut io = Sink::default();
-                for burst in pkts.chunks(BURST) {
-                    dp.process_burst(burst.iter().copied(), &mut io);
-                }
-                dp
-            },
-            criterion::BatchSize::PerIteration,
-        )
-    });
+    // Maglev (the default), then the schedulers that read more per new
+    // flow: least connections (4 backends x 1 worker's counters) and
+    // persistence (the frames come from 64 client addresses, so nearly
+    // every SYN finds its client's entry).
+    for (name, lines) in [
+        ("syn_creates_session", ""),
+        ("least_connections", "    scheduler: least_connections\n"),
+        ("round_robin_persistence", "    scheduler: round_robin\n    persistence: 1h\n"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || dataplane_scheduling::<Frame>(n as usize + 64, lines),
+                |mut dp| {
+                    let mut io = Sink::default();
+                    for burst in pkts.chunks(BURST) {
+                        dp.process_burst(burst.iter().copied(), &mut io);
+                    }
+                    dp
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
 }
 
