@@ -409,19 +409,24 @@ impl<P: Packet> State<P> {
                 None => {}
             }
             let l = &snap.listeners[usize::from(li)];
-            if !l.decides_ahead {
-                if l.persistence_ms.is_some() {
-                    let k = self.shared.persistence.key(l.id, s.key.src());
-                    self.shared.persistence.prefetch::<P::Placement>(k);
-                }
-                continue;
-            }
-            if let Some(bi) = self.choose(snap, l, &s.key, s.hash) {
+            let bi = if l.decides_ahead {
+                s.pick = self.choose(snap, l, &s.key, s.hash);
+                s.pick
+            } else {
+                // `request` decides; a client with a live persistence entry
+                // will most likely get its backend, so prefetch for that
+                // (a guess, never a decision).
+                l.persistence_ms.and_then(|ttl| {
+                    let table = &self.shared.persistence;
+                    let bid = table.lookup(table.key(l.id, s.key.src()), self.now, ttl)?;
+                    remembered_position(snap, l, bid)
+                })
+            };
+            if let Some(bi) = bi {
                 let b = &l.backends[usize::from(bi)];
                 let rk = FlowKey::new(b.addr, s.key.src(), b.port, s.key.sport(), s.key.proto());
                 // The conflict check of the insert reads both of its lines.
                 self.sessions.prefetch_both(rk.hash());
-                s.pick = Some(bi);
             }
         }
         let version = self.sessions.version();
