@@ -393,6 +393,7 @@ fn launch_workers<'e>(
 struct Services {
     metrics: Option<crate::metrics::MetricsServer>,
     control: ControlServer,
+    health: crate::control::health::HealthApplier,
 }
 
 impl Services {
@@ -406,13 +407,15 @@ impl Services {
         metrics: Option<crate::metrics::Bound>,
     ) -> Result<Services, String> {
         let metrics = metrics.map(|b| b.start(Arc::clone(rt))).transpose()?;
+        let health = crate::control::health::HealthShared::start(rt, cfg)?;
         let control = ControlServer::spawn(listener, cfg.startup.control_socket.clone(), Arc::clone(rt))
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
-        Ok(Services { metrics, control })
+        Ok(Services { metrics, control, health })
     }
 
     /// Nobody may ask or scrape while the data plane goes away.
     fn shutdown(self) {
+        self.health.shutdown();
         self.control.shutdown();
         if let Some(m) = self.metrics {
             m.shutdown();
@@ -504,6 +507,7 @@ fn serve(
         ops: Mutex::default(),
         propagation: Mutex::new(lbcore::latency::new_histogram()),
         seq: AtomicU64::new(0),
+        health: crate::control::health::HealthShared::default(),
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
 

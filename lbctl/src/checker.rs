@@ -1,0 +1,158 @@
+//! `lbctl health-check`: the independent checker. Runs the health checks
+//! of an lbd configuration file from this host and reports each backend's
+//! state (after rise/fall) to one or more lbd through their control
+//! sockets, as checker NAME with an expiry: a report counts for
+//! 3 × interval + timeout, and is renewed about every interval, so when
+//! this checker dies its reports go stale within that time and lbd falls
+//! back to its other sources.
+
+use crate::client::{self, Client};
+use crate::Failure;
+use lbcore::health::{check_targets, BackendKey, Health, HealthCheck};
+use lbhealth::{Outcome, Runner};
+use lbproto::{BackendRef, HealthSetting, Request, MAX_HEALTH_REASON};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a report of a target with `check` counts in lbd.
+pub fn report_ttl(check: &HealthCheck) -> Duration {
+    check.interval * 3 + check.timeout
+}
+
+/// One lbd the checker reports to.
+struct Sink {
+    socket: PathBuf,
+    client: Option<Client>,
+    /// The last failure said, so a persistent one is said once.
+    last_error: Option<String>,
+    /// Per backend: the state last accepted and when.
+    sent: HashMap<BackendKey, (Health, Instant)>,
+}
+
+impl Sink {
+    fn report(&mut self, key: &BackendKey, req: Request) {
+        if self.client.is_none() {
+            match Client::connect(&self.socket) {
+                Ok(c) => self.client = Some(c),
+                Err(e) => return self.fail(e),
+            }
+        }
+        let Some(c) = self.client.as_mut() else { return };
+        match c.call(req) {
+            Ok(_) => {
+                if self.last_error.take().is_some() {
+                    say(&format!("{}: reporting again", self.socket.display()));
+                }
+            }
+            Err(client::Error::Refused(e)) => {
+                // lbd is there but does not take this one (e.g. it has no
+                // such listener): keep the connection.
+                self.sent.remove(key);
+                self.fail(format!("{key}: {e}"));
+            }
+            Err(client::Error::Io(m) | client::Error::RequestTooLarge(m)) => {
+                self.client = None;
+                self.sent.remove(key);
+                self.fail(m);
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.last_error.as_deref() != Some(msg.as_str()) {
+            say(&format!("{}: {msg}", self.socket.display()));
+            self.last_error = Some(msg);
+        }
+    }
+}
+
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "lbctl health-check: {msg}");
+}
+
+fn reason_of(o: &Outcome) -> String {
+    let kind = o.target.check.kind.name();
+    let mut r = if o.result.ok { format!("{kind} check passed") } else { format!("{kind} check: {}", o.result.error) };
+    if r.len() > MAX_HEALTH_REASON {
+        let mut cut = MAX_HEALTH_REASON;
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        r.truncate(cut);
+    }
+    r.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Runs until killed.
+pub fn run(config: &Path, sockets: &[PathBuf], name: &str) -> Result<(), Failure> {
+    let cfg = lbcore::config::load(config).map_err(|e| Failure::Usage(e.to_string()))?;
+    let targets = check_targets(&cfg.forwarding);
+    if targets.is_empty() {
+        return Err(Failure::Usage(format!("{}: no listener has a health_check", config.display())));
+    }
+    let mut sinks: Vec<Sink> = sockets
+        .iter()
+        .map(|s| Sink { socket: s.clone(), client: None, last_error: None, sent: HashMap::new() })
+        .collect();
+    say(&format!(
+        "checker {name}: {} probe(s) for {} backend(s), reporting to {}",
+        targets.len(),
+        targets.iter().map(|(_, b)| b.len()).sum::<usize>(),
+        sockets.iter().map(|s| s.display().to_string()).collect::<Vec<_>>().join(", ")
+    ));
+    let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+    let _runner = Runner::spawn("health-check", targets, move |o| {
+        let _ = tx.send(o);
+    })
+    .map_err(|e| Failure::Unreachable(format!("cannot start the probes: {e}")))?;
+    for o in rx {
+        let ttl = report_ttl(&o.target.check);
+        let refresh = o.target.check.interval;
+        let reason = reason_of(&o);
+        if o.changed {
+            for key in o.backends.iter() {
+                say(&format!("{key}: {} ({reason})", o.state));
+            }
+        }
+        for key in o.backends.iter() {
+            for sink in &mut sinks {
+                let due = match sink.sent.get(key) {
+                    Some((state, at)) => *state != o.state || at.elapsed() >= refresh / 2,
+                    None => true,
+                };
+                if !due {
+                    continue;
+                }
+                let req = Request::BackendSetHealth {
+                    listener: key.listener.clone(),
+                    backend: BackendRef { address: key.addr.to_string(), port: Some(key.port) },
+                    state: if o.state == Health::Up { HealthSetting::Up } else { HealthSetting::Down },
+                    checker: Some(name.to_owned()),
+                    reason: Some(reason.clone()),
+                    ttl_ms: Some(ttl.as_millis() as u64),
+                };
+                sink.sent.insert(key.clone(), (o.state, Instant::now()));
+                sink.report(key, req);
+            }
+        }
+    }
+    Err(Failure::Unreachable("the probes stopped".into()))
+}
+
+/// The default checker name: this host's name, made a valid one.
+pub fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let n: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_-.".contains(c) { c } else { '_' })
+        .take(lbproto::MAX_CHECKER_NAME)
+        .collect();
+    if n.is_empty() {
+        "checker".into()
+    } else {
+        n
+    }
+}
