@@ -56,7 +56,7 @@ fn main() {
             format!(
                 "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"512\", \"--file-prefix\", \"lbdbench{n}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
                  lcores: {{workers: 2}}\n\
-                 ports:\n  - {{name: p, device: net_null0, address: 10.0.0.1/8}}\n\
+                 ports:\n  - {{name: p, device: net_null0, address: 10.0.0.1/8, exception: off}}\n\
                  listeners:\n  - name: web\n    vip: 10.0.0.100\n    protocol: tcp\n    port: 80\n    backends:\n{backends}\
                  sessions: {{capacity_per_worker: 1000}}\n\
                  control: {{socket: {}}}\nmetrics: {{listen: \"off\"}}\n",

@@ -94,6 +94,9 @@ impl Io<Buf> for Recycler {
         b.0.len = len;
         Some(b)
     }
+    fn to_kernel(&mut self, _port: PortIndex, pkt: Buf) {
+        self.free.push(pkt);
+    }
 }
 
 #[derive(Default)]
@@ -114,6 +117,9 @@ impl Io<Frame> for Sink {
     }
     fn alloc(&mut self, len: usize, _port: PortIndex) -> Option<Frame> {
         Some(Frame { data: [0; 64], len })
+    }
+    fn to_kernel(&mut self, _port: PortIndex, _pkt: Frame) {
+        self.other += 1;
     }
 }
 
@@ -155,6 +161,7 @@ fn dataplane<P: Packet>(capacity: usize) -> Dataplane<P> {
         session_capacity: capacity,
         neighbor_capacity: 1024,
         pending_capacity: 64,
+        to_kernel_rate: 1000,
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

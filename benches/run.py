@@ -182,9 +182,10 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
     eal = eal_args(prefix, huge, mem_mb)
     for v in vdevs:
         eal += ["--vdev", v]
-    client = {"name": "ext", "address": "10.0.0.1/24", "gateway": "10.0.0.254", "mac": "02:00:00:00:00:01",
+    # exception off: the runner's lbd lives in the root namespace.
+    client = {"name": "ext", "address": "10.0.0.1/24", "exception": "off", "gateway": "10.0.0.254", "mac": "02:00:00:00:00:01",
               "neighbors": [{"ip": "10.0.0.254", "mac": "02:00:00:00:00:fe"}]}
-    backend = {"name": "int", "address": "10.1.0.1/24", "mac": "02:00:00:00:00:01",
+    backend = {"name": "int", "address": "10.1.0.1/24", "exception": "off", "mac": "02:00:00:00:00:01",
                "neighbors": [{"ip": f"10.1.0.{b}", "mac": f"02:00:00:00:00:{b:02x}"} for b in range(11, 15)]}
     # The replay enters on the pcap port; what lbd forwards leaves on null.
     if s.replay_side == "client":
@@ -193,7 +194,8 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
         client["device"], backend["device"] = "net_null0", "net_pcap0"
     ports = [client, backend]
     if prefill_file:
-        ports.append({"name": "pre", "device": "net_pcap1", "address": "10.9.0.1/24", "mac": "02:00:00:00:00:01"})
+        ports.append({"name": "pre", "device": "net_pcap1", "address": "10.9.0.1/24", "mac": "02:00:00:00:00:01",
+                      "exception": "off"})
     per_worker = max(s.prefill, s.flows) // w + 65536
     if s.churn:
         per_worker = 2 * s.flows // w + 65536

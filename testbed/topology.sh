@@ -91,6 +91,15 @@ up() {
         # Frames above the mbuf size stall af_packet: no GRO towards DPDK.
         "${lbx[@]}" ethtool -K "$dev" gro off lro off >/dev/null 2>&1 || true
         "${lbx[@]}" ip link set "$dev" up
+        if [[ "$lbns" == lbns ]]; then
+            # af_packet leaves the veth to the kernel too, and the kernel of
+            # NAME-lb owns the port addresses (on lbd's exception
+            # interfaces): without these it would answer ARP and accept IP
+            # arriving on the veth itself, beside lbd. Strict reverse-path
+            # filtering drops that IP (its source routes via lbd's
+            # interface), arp_ignore=8 silences ARP.
+            "${lbx[@]}" sysctl -qw "net.ipv4.conf.$dev.rp_filter=1" "net.ipv4.conf.$dev.arp_ignore=8"
+        fi
     done
 
     nsx "$name-client" ip addr add 10.0.0.2/24 dev eth0

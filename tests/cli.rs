@@ -42,7 +42,7 @@ fn check_config_errors_name_file_field_and_problem() {
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "ports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24}\nlisteners:\n  - name: web\n    vip: 10.0.0.100\n    protocol: tcp\n    port: 80\n    backends:\n      - {address: 10.0.0.11, port: 8080, weight: 70000}\n",
+        "ports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}\nlisteners:\n  - name: web\n    vip: 10.0.0.100\n    protocol: tcp\n    port: 80\n    backends:\n      - {address: 10.0.0.11, port: 8080, weight: 70000}\n",
     )
     .unwrap();
     let (code, _, err) = lbd(&["--check-config", bad.to_str().unwrap()]);
@@ -64,8 +64,11 @@ fn check_config_errors_name_file_field_and_problem() {
 fn not_root_is_one_clear_line() {
     let dir = TempDir::new("cli-user");
     let cfg = dir.join("ok.yaml");
-    std::fs::write(&cfg, "eal: [\"--no-pci\"]\nports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24}\n")
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        "eal: [\"--no-pci\"]\nports:\n  - {name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}\n",
+    )
+    .unwrap();
     // The directory must be readable by the unprivileged user.
     Command::new("chmod").args(["755", dir.path().to_str().unwrap()]).status().unwrap();
     Command::new("chmod").args(["644", cfg.to_str().unwrap()]).status().unwrap();
@@ -88,7 +91,7 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
     std::fs::write(
         &cfg,
         format!(
-            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--vdev\", \"net_pcap0,rx_pcap=/nonexistent.pcap,tx_pcap=/tmp/x.pcap\"]\nports:\n  - {{name: ext, device: net_pcap0, address: 10.0.0.1/24}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()
+            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--vdev\", \"net_pcap0,rx_pcap=/nonexistent.pcap,tx_pcap=/tmp/x.pcap\"]\nports:\n  - {{name: ext, device: net_pcap0, address: 10.0.0.1/24, exception: off}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()
         ),
     )
     .unwrap();
@@ -104,7 +107,7 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
     let cfg2 = dir.join("nodev.yaml");
     std::fs::write(
         &cfg2,
-        format!("eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}b\"]\nports:\n  - {{name: ext, device: net_null7, address: 10.0.0.1/24}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()),
+        format!("eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}b\"]\nports:\n  - {{name: ext, device: net_null7, address: 10.0.0.1/24, exception: off}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()),
     )
     .unwrap();
     let (code, _, err) = lbd(&["-c", cfg2.to_str().unwrap()]);
@@ -120,7 +123,7 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
         let cfg3 = dir.join("huge.yaml");
         std::fs::write(
             &cfg3,
-            format!("eal: [\"--no-pci\", \"--file-prefix\", \"{prefix}c\", \"--vdev\", \"net_null0\"]\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()),
+            format!("eal: [\"--no-pci\", \"--file-prefix\", \"{prefix}c\", \"--vdev\", \"net_null0\"]\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\ncontrol: {{socket: {sock}}}\nmetrics: {{listen: \"off\"}}\n", sock = dir.join("lbd.sock").display()),
         )
         .unwrap();
         let (code, _, err) = lbd(&["-c", cfg3.to_str().unwrap()]);

@@ -36,7 +36,7 @@ fn config_text(dir: &Path, prefix: &str, socket: &Path, listeners: &str) -> Stri
         "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"512\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\",\n\
          \x20     \"--vdev\", \"net_pcap0,rx_pcap={d}/in.pcap,tx_pcap={d}/out0.pcap,tx_pcap={d}/out1.pcap\"]\n\
          lcores: {{workers: 2, idle_sleep: 100us}}\n\
-         ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    gateway: 10.0.0.254\n    mac: \"02:00:00:00:00:01\"\n\
+         ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    exception: off\n    gateway: 10.0.0.254\n    mac: \"02:00:00:00:00:01\"\n\
          \x20   neighbors: [{{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}}, {{ip: 10.0.0.11, mac: \"02:00:00:00:00:11\"}}, {{ip: 10.0.0.12, mac: \"02:00:00:00:00:12\"}}]\n\
          {listeners}\
          control: {{socket: {s}}}\n\

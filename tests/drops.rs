@@ -130,7 +130,7 @@ fn nat_tuple_conflict_no_route_and_shutdown() {
             &prefix,
             &[format!("net_pcap0,rx_pcap={0}/in.pcap,tx_pcap={0}/out.pcap", dir.path().display())],
         ) + "lcores: {workers: 1}\n\
-             ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    mac: \"02:00:00:00:00:01\"\n    \
+             ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    exception: off\n    mac: \"02:00:00:00:00:01\"\n    \
              neighbors: [{ip: 10.0.0.11, mac: \"02:00:00:00:00:11\"}]\n\
              listeners:\n  \
              - {name: a, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{address: 10.0.0.11, port: 8080}]}\n  \
@@ -206,7 +206,7 @@ fn tx_full_when_the_transmit_link_is_down() {
         &cfg,
         eal(&prefix, &[format!("net_pcap0,rx_iface={rx_dev},tx_iface={tx_dev}")])
             + "lcores: {workers: 1}\n\
-               ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    mac: \"02:00:00:00:00:01\"\n    \
+               ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    exception: off\n    mac: \"02:00:00:00:00:01\"\n    \
                neighbors: [{ip: 10.0.0.11, mac: \"02:00:00:00:00:11\"}]\n\
                listeners:\n  \
                - {name: a, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{address: 10.0.0.11, port: 8080}]}\n"
@@ -266,7 +266,7 @@ fn six_ports_flooding_another_worker_pause_rx_instead_of_overrunning_its_ring() 
         ));
         let neighbors = if p == 0 { "\n    neighbors: [{ip: 10.0.0.11, mac: \"02:00:00:00:00:11\"}]" } else { "" };
         port_yaml += &format!(
-            "  - name: p{p}\n    device: net_pcap{p}\n    address: 10.0.{p}.1/24\n    mac: \"02:00:00:00:01:{p:02x}\"{neighbors}\n"
+            "  - name: p{p}\n    device: net_pcap{p}\n    address: 10.0.{p}.1/24\n    exception: off\n    mac: \"02:00:00:00:01:{p:02x}\"{neighbors}\n"
         );
     }
     let cfg = dir.join("lbd.yaml");

@@ -35,7 +35,7 @@ fn rss_reta_points_buckets_at_their_owner() {
         &prefix,
         3,
         "\"--vdev\", \"net_null0,no-rx=1\", \"--vdev\", \"net_null1,no-rx=1\"",
-        "  - {name: ext, device: net_null0, address: 10.0.0.1/24}\n  - {name: int, device: net_null1, address: 10.1.0.1/24}\n",
+        "  - {name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}\n  - {name: int, device: net_null1, address: 10.1.0.1/24, exception: off}\n",
     );
     let mut lbd = Lbd::start(&cfg, dir.path(), &prefix);
     let log = lbd.log_text();
@@ -68,7 +68,7 @@ fn too_few_tx_queues_is_one_clear_line() {
         &prefix,
         2,
         &format!("\"--vdev\", \"net_pcap0,rx_pcap={0}/in.pcap,tx_pcap={0}/out.pcap\"", dir.path().display()),
-        "  - {name: ext, device: net_pcap0, address: 10.0.0.1/24, gateway: 10.0.0.254}\n",
+        "  - {name: ext, device: net_pcap0, address: 10.0.0.1/24, exception: off, gateway: 10.0.0.254}\n",
     );
     // An empty but valid pcap file.
     let mut hdr = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];

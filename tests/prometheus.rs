@@ -56,8 +56,8 @@ fn prometheus_scrapes_rising_counters_and_the_latency_histogram() {
             "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"512\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\",\n\
              \x20     \"--vdev\", \"net_pcap0,rx_pcap={d}/in.pcap,infinite_rx=1\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
              ports:\n\
-             \x20 - {{name: ext, device: net_pcap0, address: 10.0.0.1/24, mac: \"02:00:00:00:00:01\", gateway: 10.0.0.254, neighbors: [{{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}}]}}\n\
-             \x20 - {{name: int, device: net_null0, address: 10.1.0.1/24, neighbors: [{{ip: 10.1.0.11, mac: \"02:00:00:00:00:11\"}}]}}\n\
+             \x20 - {{name: ext, device: net_pcap0, address: 10.0.0.1/24, exception: off, mac: \"02:00:00:00:00:01\", gateway: 10.0.0.254, neighbors: [{{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}}]}}\n\
+             \x20 - {{name: int, device: net_null0, address: 10.1.0.1/24, exception: off, neighbors: [{{ip: 10.1.0.11, mac: \"02:00:00:00:00:11\"}}]}}\n\
              listeners:\n  - {{name: web, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{{address: 10.1.0.11, port: 8080}}]}}\n\
              control: {{socket: {d}/lbd.sock}}\n\
              metrics: {{listen: \"127.0.0.1:0\"}}\n",

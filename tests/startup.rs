@@ -132,7 +132,7 @@ fn config(dir: &Path, prefix: &str) -> PathBuf {
         format!(
             "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
              lcores: {{workers: 1, idle_sleep: 100us}}\n\
-             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n\
+             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\n\
              control: {{socket: {d}/{prefix}.sock}}\n\
              metrics: {{listen: \"127.0.0.1:0\"}}\n",
             d = dir.display()

@@ -87,6 +87,16 @@ reasons! {
         TxFull = "tx_full",
         /// Freed at shutdown while in flight.
         Shutdown = "shutdown",
+        /// For the host's kernel, over the exception path's rate limit (`exception.to_kernel_rate`).
+        KernelRateLimited = "kernel_rate_limited",
+        /// For the host's kernel, but the queue to the exception thread was full.
+        KernelQueueFull = "kernel_queue_full",
+        /// For the host's kernel, but its interface did not take the frame.
+        KernelTxFull = "kernel_tx_full",
+        /// From the host's kernel, over the exception path's rate limit (`exception.from_kernel_rate`).
+        FromKernelRateLimited = "from_kernel_rate_limited",
+        /// From the host's kernel, but the queue to the worker that sends it was full.
+        FromKernelQueueFull = "from_kernel_queue_full",
     }
 }
 
@@ -119,6 +129,10 @@ reasons! {
         SessionsReset = "sessions_reset",
         /// Sessions of a removed backend moved to another backend.
         SessionsMoved = "sessions_moved",
+        /// Frames passed up to the host's kernel (exception path).
+        ToKernel = "to_kernel",
+        /// Frames from the host's kernel sent out of a port (exception path).
+        FromKernel = "from_kernel",
         /// Allocation of an mbuf for an ARP request or copy failed.
         MbufAllocFailed = "mbuf_alloc_failed",
         /// Loop iterations that skipped RX because a hand-off ring to a

@@ -26,6 +26,7 @@ pub mod maglev;
 pub mod memory;
 pub mod nat;
 pub mod neighbor;
+pub mod ratelimit;
 pub mod rss;
 pub mod scheduler;
 pub mod session;

@@ -86,6 +86,9 @@ pub struct PortView {
     pub mask: u32,
     pub prefix_len: u8,
     pub gateway: Option<u32>,
+    /// The port has a kernel interface (exception path): traffic for the
+    /// host on this port's address goes up to it.
+    pub kernel: bool,
 }
 
 impl PortView {
@@ -356,6 +359,7 @@ impl Snapshot {
                     mask: mask_of(prefix_len),
                     prefix_len,
                     gateway: p.gateway.map(u32::from),
+                    kernel: p.exception_interface.is_some(),
                 }
             })
             .collect();
@@ -565,6 +569,7 @@ mod tests {
             mask: mask_of(len),
             prefix_len: len,
             gateway: gw.map(|g| u32::from(Ipv4Addr::from(g))),
+            kernel: false,
         };
         let ports = vec![p([10, 0, 0, 0], 16, Some([10, 0, 0, 254])), p([10, 0, 5, 0], 24, None)];
         let r = RouteTable::new(&ports);

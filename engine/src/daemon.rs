@@ -5,12 +5,14 @@ use crate::build_info::BuildInfo;
 use crate::control::server::{self, ControlServer};
 use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingMonitor, RingProducer, RxQueue, TxQueue};
+use crate::exception::{self, ExceptionThread, KernelInterface};
 use crate::query;
 use crate::worker::{PortQueues, RunControl, Worker};
 use lbcore::config::raw::RawConfig;
 use lbcore::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane};
+use lbcore::ids::PortIndex;
 use lbcore::snapshot::{IdRegistry, Snapshot, SnapshotCell};
 use lbcore::wire::MacAddr;
 use lbproto::stats::Report;
@@ -102,6 +104,7 @@ fn mempool_size(cfg: &Config, rxq: &[u16]) -> u32 {
     n += w
         * (cfg.startup.arp_tables.queue_length as u64
             + dpdk::MAX_BURST as u64 * (cfg.startup.ports.len() as u64 + w + 2));
+    n += crate::exception::mbufs_needed(cfg);
     n += (w + 1) * u64::from(cfg.startup.mempool_cache) + 4096;
     n.min(u64::from(u32::MAX)) as u32
 }
@@ -331,6 +334,7 @@ fn build_workers(
     sh: &Shared<'_>,
     queues: Vec<(Vec<RxQueue>, Vec<TxQueue>)>,
     rings: HandoffRings,
+    kernel_rings: Option<exception::WorkerRings>,
 ) -> (Vec<Worker>, Vec<crossbeam_channel::Sender<query::WorkerQuery>>) {
     let n = sh.cfg.startup.workers;
     let mut per_worker: Vec<Vec<PortQueues>> = (0..n).map(|_| Vec::new()).collect();
@@ -341,15 +345,23 @@ fn build_workers(
             per_worker[w].push(PortQueues { rx: r, tx: t });
         }
     }
+    let (mut to_kernel, mut from_kernel) = match kernel_rings {
+        Some(r) => (r.to_kernel.into_iter().map(Some).collect(), Some(r.from_kernel)),
+        None => (Vec::new(), None),
+    };
+    to_kernel.resize_with(n, || None);
     let mut query_senders = Vec::with_capacity(n);
     let mut workers = Vec::with_capacity(n);
-    for (w, ((ports_q, to), from)) in per_worker.into_iter().zip(rings.to).zip(rings.from).enumerate() {
+    for (w, (((ports_q, to), from), to_kernel)) in
+        per_worker.into_iter().zip(rings.to).zip(rings.from).zip(to_kernel).enumerate()
+    {
         let settings = CoreSettings {
             worker: w,
             workers: n,
             session_capacity: sh.cfg.startup.session_capacity,
             neighbor_capacity: sh.cfg.startup.arp_tables.cache_size,
             pending_capacity: sh.cfg.startup.arp_tables.queue_length,
+            to_kernel_rate: (sh.cfg.startup.exception.to_kernel_rate / n as u32).max(1),
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);
@@ -359,6 +371,9 @@ fn build_workers(
             ports: ports_q,
             to,
             from,
+            to_kernel,
+            // Worker 0 sends what the kernel sends out.
+            from_kernel: from_kernel.take(),
             queries: inbox,
             pool: Arc::clone(sh.pool),
             counters: Arc::clone(&sh.counters[w]),
@@ -453,6 +468,25 @@ fn serve(
         .map_err(|e| e.to_string())?;
     let StartedPorts { ports, macs, queues } = start_ports(eal, cfg, &plans, &pool)?;
     let rings = handoff_rings(eal, &pool, cfg.startup.workers)?;
+    // The exception path: kernel interfaces (after the ports, whose MACs
+    // they take), their rings, and the thread between them.
+    let (kernel_ifaces, kernel_queues) = exception::create_interfaces(eal, cfg, &macs, &pool)?;
+    let exception_counters = Arc::new(WorkerCounters::new(cfg.startup.ports.len(), 0, 0));
+    let (exception_thread, kernel_rings) = if kernel_ifaces.is_empty() {
+        (None, None)
+    } else {
+        let (thread_side, worker_side) =
+            exception::rings(eal, &pool, cfg.startup.workers, cfg.startup.exception.queue_length)?;
+        let t = ExceptionThread::spawn(
+            kernel_queues,
+            thread_side,
+            Arc::clone(&exception_counters),
+            cfg.startup.exception.from_kernel_rate,
+            cfg.startup.ports.len(),
+        )?;
+        (Some(t), Some(worker_side))
+    };
+    let kernel = KernelSide { thread: exception_thread, ifaces: kernel_ifaces };
     let ring_monitors: Vec<Vec<RingMonitor>> =
         rings.from.iter().map(|cs| cs.iter().map(|c| c.monitor()).collect()).collect();
 
@@ -472,7 +506,7 @@ fn serve(
         tsc_hz,
         start_tsc: dpdk::tsc(),
     };
-    let (workers, query_senders) = build_workers(&shared, queues, rings);
+    let (workers, query_senders) = build_workers(&shared, queues, rings, kernel_rings);
     // From here on an early return drops `launched`, which stops and joins
     // the workers (and with them the queues they own).
     let launched = launch_workers(eal, &control, workers, &lcores)?;
@@ -482,13 +516,15 @@ fn serve(
         .ports
         .iter()
         .zip(&ports)
-        .map(|(p, port)| PortInfo {
+        .enumerate()
+        .map(|(i, (p, port))| PortInfo {
             monitor: port.monitor(),
             name: p.name.clone(),
             device: p.device.clone(),
             driver: port.driver.clone(),
             rx_queues: port.rx_queues,
             rss: port.rss.clone(),
+            exception_interface: kernel.ifaces.iter().find(|k| k.port == PortIndex(i as u16)).map(|k| k.name.clone()),
         })
         .collect();
     let rt = Arc::new(Runtime {
@@ -498,6 +534,7 @@ fn serve(
         started: Instant::now(),
         lcores: lcores.clone(),
         counters,
+        exception: exception_counters,
         snapshots,
         ports: port_infos,
         pool: Arc::clone(&pool),
@@ -511,31 +548,68 @@ fn serve(
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
 
-    announce(cfg, &lcores, &macs, &ports, &services);
+    announce(cfg, &lcores, &macs, &ports, &kernel.ifaces, &services);
     wait_for_stop(signals, &rt, stats_out);
     eprintln!("lbd: stopping");
     services.shutdown();
-    Ok(shutdown(rt, launched, ports))
+    Ok(shutdown(rt, launched, kernel, ports))
+}
+
+/// The exception path's thread and the kernel interfaces it serves.
+/// Dropping it (an early return during start-up) ends the thread first,
+/// which drops the interfaces' queues, then closes the interfaces.
+struct KernelSide {
+    thread: Option<ExceptionThread>,
+    ifaces: Vec<KernelInterface>,
+}
+
+impl KernelSide {
+    fn stop(mut self) {
+        if let Some(t) = self.thread.take() {
+            t.stop();
+        }
+        for k in &mut self.ifaces {
+            if let Err(e) = k.dev.stop() {
+                eprintln!("lbd: exception interface {}: {e}", k.name);
+            }
+        }
+    }
+}
+
+impl Drop for KernelSide {
+    fn drop(&mut self) {
+        self.thread.take();
+    }
 }
 
 /// The "ready" line.
-fn announce(cfg: &Config, lcores: &[u32], macs: &[MacAddr], ports: &[Port], services: &Services) {
+fn announce(
+    cfg: &Config,
+    lcores: &[u32],
+    macs: &[MacAddr],
+    ports: &[Port],
+    kernel: &[KernelInterface],
+    services: &Services,
+) {
     let port_list: Vec<String> = cfg
         .startup
         .ports
         .iter()
         .zip(macs)
         .zip(ports)
-        .map(|((p, m), port)| {
+        .enumerate()
+        .map(|(i, ((p, m), port))| {
+            let kernel = kernel.iter().find(|k| k.port == PortIndex(i as u16)).map_or("off", |k| k.name.as_str());
             format!(
-                "{}={} {} {}/{} rxq={} rss={}",
+                "{}={} {} {}/{} rxq={} rss={} kernel={}",
                 p.name,
                 p.device,
                 m,
                 p.address,
                 p.subnet.prefix_len(),
                 port.rx_queues,
-                port.rss.mode
+                port.rss.mode,
+                kernel
             )
         })
         .collect();
@@ -614,9 +688,11 @@ impl Drop for LaunchedLcores<'_> {
     }
 }
 
-fn shutdown(rt: Arc<Runtime>, lcores: LaunchedLcores<'_>, mut ports: Vec<Port>) -> Report {
-    // The workers return, dropping the queues they own.
+fn shutdown(rt: Arc<Runtime>, lcores: LaunchedLcores<'_>, kernel: KernelSide, mut ports: Vec<Port>) -> Report {
+    // The workers return, dropping the queues they own; then the exception
+    // thread, which frees what the workers left for the kernel.
     lcores.stop();
+    kernel.stop();
     for p in &mut ports {
         if let Err(e) = p.stop() {
             eprintln!("lbd: {e}");

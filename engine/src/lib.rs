@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 #[allow(unsafe_code)]
 pub mod dpdk;
+pub mod exception;
 pub mod metrics;
 pub mod query;
 pub mod stats;

@@ -63,7 +63,8 @@ defs! {
     "lbd_port_device_rx_errors_total" Counter ["port"] "Receive errors the device counted.";
     "lbd_port_device_tx_errors_total" Counter ["port"] "Transmit errors the device counted.";
     "lbd_port_device_rx_nombuf_total" Counter ["port"] "Receives that failed for lack of an mbuf.";
-    "lbd_drops_total" Counter ["reason", "worker"] "Packets dropped, by reason.";
+    "lbd_drops_total" Counter ["reason", "worker"] "Packets dropped, by reason (worker \"exception\": the exception path's thread).";
+    "lbd_exception_packets_total" Counter ["port", "direction"] "Frames through a port's kernel interface: to_kernel (written to it), from_kernel (read from it).";
     "lbd_worker_events_total" Counter ["worker", "event"] "Local events: ARP and ICMP answers, sessions created, expired, reset, moved.";
     "lbd_handoff_packets_total" Counter ["worker", "direction"] "Packets handed to (out) or received from (in) other workers.";
     "lbd_handoff_ring_used" Gauge ["worker"] "Packets waiting in the hand-off rings into the worker.";
@@ -246,6 +247,17 @@ impl LbdCollector {
             f.counter("lbd_port_device_rx_errors_total", &l, p.device_stats.ierrors as f64);
             f.counter("lbd_port_device_tx_errors_total", &l, p.device_stats.oerrors as f64);
             f.counter("lbd_port_device_rx_nombuf_total", &l, p.device_stats.rx_nombuf as f64);
+            if p.exception_interface.is_some() {
+                let l = |d: &str| [p.name.clone(), d.to_owned()];
+                f.counter("lbd_exception_packets_total", &l("to_kernel"), p.to_kernel_packets as f64);
+                f.counter("lbd_exception_packets_total", &l("from_kernel"), p.from_kernel_packets as f64);
+            }
+        }
+        for r in DropReason::ALL {
+            let n = rt.exception.drop_count(*r);
+            if n > 0 {
+                f.counter("lbd_drops_total", &[r.label().to_owned(), "exception".into()], n as f64);
+            }
         }
 
         let mut previous = self.previous.lock().unwrap_or_else(|e| e.into_inner());

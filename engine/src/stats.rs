@@ -71,6 +71,10 @@ pub struct ReportContext<'a> {
     pub uptime_seconds: f64,
     pub snapshot: &'a Snapshot,
     pub workers: &'a [Arc<WorkerCounters>],
+    /// The exception thread's counters: its drops count with the workers'.
+    pub exception: &'a WorkerCounters,
+    /// Per port, its kernel interface's name.
+    pub exception_interfaces: &'a [Option<String>],
     pub lcores: &'a [u32],
     pub device_stats: &'a [DeviceStats],
     pub link_up: &'a [bool],
@@ -136,11 +140,16 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
             device_stats: cx.device_stats.get(i).copied().unwrap_or_default(),
             rss_mode: cx.rss.get(i).map_or_else(|| "off".to_owned(), |r| r.mode.clone()),
             rss_reta: cx.rss.get(i).map(|r| r.reta.clone()).unwrap_or_default(),
+            exception_interface: cx.exception_interfaces.get(i).cloned().flatten(),
+            to_kernel_packets: cx.exception.ports.get(i).map_or(0, |c| c.tx_packets.get()),
+            from_kernel_packets: cx.exception.ports.get(i).map_or(0, |c| c.rx_packets.get()),
         })
         .collect();
+    // The exception thread's drops and events count with the workers'.
+    let all = |f: &dyn Fn(&WorkerCounters) -> u64| sum(f) + f(cx.exception);
     let drops: std::collections::BTreeMap<String, u64> =
-        DropReason::ALL.iter().map(|r| (r.label().to_owned(), sum(&|w| w.drop_count(*r)))).collect();
-    let events = Event::ALL.iter().map(|e| (e.label().to_owned(), sum(&|w| w.event_count(*e)))).collect();
+        DropReason::ALL.iter().map(|r| (r.label().to_owned(), all(&|w| w.drop_count(*r)))).collect();
+    let events = Event::ALL.iter().map(|e| (e.label().to_owned(), all(&|w| w.event_count(*e)))).collect();
     let listeners = snap
         .listeners
         .iter()

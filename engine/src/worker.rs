@@ -18,10 +18,12 @@ use std::time::Duration;
 /// An mbuf's `port` field carries, inside lbd, the configuration's
 /// [`PortIndex`] of the port it arrived on (set at RX, or at allocation for
 /// frames lbd originates), not DPDK's port id: the core knows ports by
-/// configuration index only. This function and `Packet::port` below are
-/// the only places the field is written or read as such.
+/// configuration index only. On the exception path it names the port whose
+/// kernel interface a frame goes to or came from. This function and
+/// `Packet::port` below are the only places the field is written or read
+/// as such.
 #[inline(always)]
-fn set_arrival_port(m: &mut Mbuf, port: PortIndex) {
+pub(crate) fn set_arrival_port(m: &mut Mbuf, port: PortIndex) {
     m.set_port(port.0);
 }
 
@@ -92,6 +94,10 @@ pub struct Worker {
     /// Ring to each other worker (`None` at this worker's own index).
     pub to: Vec<Option<RingProducer>>,
     pub from: Vec<RingConsumer>,
+    /// The exception path: this worker's ring towards the kernel, and (on
+    /// worker 0) the ring of frames the kernel sends out.
+    pub to_kernel: Option<RingProducer>,
+    pub from_kernel: Option<RingConsumer>,
     /// Questions from the control thread, looked at once a millisecond.
     pub queries: QueryInbox,
     /// Allocates the frames lbd originates, and keeps the pool alive while
@@ -150,6 +156,8 @@ struct WorkerIo<'a> {
     tx: &'a mut [TxBuffer],
     handoff: &'a mut [Burst],
     rings: &'a mut [Option<RingProducer>],
+    kernel: Option<&'a mut RingProducer>,
+    kernel_pending: Burst,
     free: Burst,
     pool: &'a Mempool,
     counters: &'a WorkerCounters,
@@ -200,6 +208,20 @@ impl WorkerIo<'_> {
         if left > 0 {
             self.counters.count_drop_n(DropReason::HandoffRingFull, left as u64);
             b.free_all();
+        }
+    }
+
+    fn flush_kernel(&mut self) {
+        if self.kernel_pending.is_empty() {
+            return;
+        }
+        if let Some(r) = self.kernel.as_deref_mut() {
+            r.enqueue(&mut self.kernel_pending);
+        }
+        let left = self.kernel_pending.len();
+        if left > 0 {
+            self.counters.count_drop_n(DropReason::KernelQueueFull, left as u64);
+            self.kernel_pending.free_all();
         }
     }
 
@@ -259,6 +281,20 @@ impl Io<Mbuf> for WorkerIo<'_> {
         set_arrival_port(&mut m, port);
         Some(m)
     }
+
+    #[inline]
+    fn to_kernel(&mut self, port: PortIndex, mut pkt: Mbuf) {
+        // The exception thread reads the field as the interface to write to.
+        set_arrival_port(&mut pkt, port);
+        if let Err(m) = self.kernel_pending.push(pkt) {
+            self.counters.count_drop(DropReason::KernelQueueFull);
+            drop(m);
+            return;
+        }
+        if self.kernel_pending.len() >= self.burst {
+            self.flush_kernel();
+        }
+    }
 }
 
 impl Worker {
@@ -270,6 +306,8 @@ impl Worker {
             ports,
             mut to,
             mut from,
+            mut to_kernel,
+            mut from_kernel,
             queries,
             pool,
             counters,
@@ -296,6 +334,8 @@ impl Worker {
             tx: &mut tx,
             handoff: &mut handoff,
             rings: &mut to,
+            kernel: to_kernel.as_mut(),
+            kernel_pending: Burst::default(),
             free: Burst::default(),
             pool: &pool,
             counters: &counters,
@@ -363,6 +403,16 @@ impl Worker {
                 rx.prefetch_data();
                 dataplane.process_handoff_burst(rx.drain_iter(), &mut io);
             }
+            // Frames the host's kernel sends out (worker 0 only): a bounded
+            // amount per loop, already rate-limited by the exception thread.
+            if let Some(c) = from_kernel.as_mut() {
+                let n = c.dequeue(&mut rx, burst);
+                if n > 0 {
+                    got += n;
+                    counters.event_n(Event::FromKernel, n as u64);
+                    rx.drain(|m| io.tx(Packet::port(&m), m));
+                }
+            }
             // Back-pressure: while a ring to another worker is filling, take
             // nothing new from the ports. The packets wait in the NIC queue
             // (and, past its size, the NIC drops and counts them) instead of
@@ -393,6 +443,7 @@ impl Worker {
                 }
             }
             io.flush_handoffs();
+            io.flush_kernel();
             if io.tx_buffered() && (got == 0 || elapsed(last_drain, now_tsc) >= drain_tsc) {
                 io.flush_tx();
                 last_drain = now_tsc;
@@ -428,6 +479,7 @@ impl Worker {
             }
         }
         io.flush_handoffs();
+        io.flush_kernel();
         io.flush_tx();
         dataplane.drain(&mut io);
         io.free.free_all();

@@ -92,6 +92,7 @@ pub fn human(r: &crate::Answer) -> String {
                 "rx pkts",
                 "tx pkts",
                 "dev drops",
+                "kernel",
             ]);
             for p in &s.ports {
                 t.add_row(vec![
@@ -106,6 +107,7 @@ pub fn human(r: &crate::Answer) -> String {
                     right(p.rx_packets),
                     right(p.tx_packets),
                     right(p.device_drops),
+                    Cell::new(p.exception_interface.as_deref().unwrap_or("-")),
                 ]);
             }
             line!(out, "{t}");

@@ -289,6 +289,8 @@ pub struct PortStatus {
     pub tx_bytes: u64,
     /// Drops the PMD reports (missed, errors, no mbuf) for this port.
     pub device_drops: u64,
+    /// The port's kernel interface (exception path), when it has one.
+    pub exception_interface: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

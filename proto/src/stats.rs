@@ -37,6 +37,11 @@ pub struct PortReport {
     pub rss_mode: String,
     /// The device's RETA read back (RX queue per entry; empty without).
     pub rss_reta: Vec<u16>,
+    /// The port's kernel interface (exception path), when it has one.
+    pub exception_interface: Option<String>,
+    /// Frames written to that interface, and read from it.
+    pub to_kernel_packets: u64,
+    pub from_kernel_packets: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -311,7 +311,7 @@ pub fn start_idle_lbd(dir: &TempDir) -> (Lbd, PathBuf) {
         &cfg,
         format!(
             "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
-             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n\
+             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\n\
              control: {{socket: {}}}\n\
              metrics: {{listen: \"off\"}}\n",
             socket.display()

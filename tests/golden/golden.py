@@ -499,6 +499,7 @@ def config_yaml(s, d, prefix):
         "  - name: lan\n"
         "    device: net_pcap0\n"
         "    address: 10.0.0.1/24\n"
+        "    exception: off\n"
         "    gateway: 10.0.0.254\n"
         f'    mac: "{LB_MAC}"\n'
         + neighbors

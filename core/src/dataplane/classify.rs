@@ -5,8 +5,8 @@
 use super::{Packet, State};
 use crate::counters::DropReason;
 use crate::flow::{owner_shard, FlowKey};
-use crate::ids::ListenerPos;
-use crate::snapshot::{PortView, Snapshot};
+use crate::ids::{ListenerPos, PortIndex};
+use crate::snapshot::{LocalAddress, PortView, Snapshot};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_QINQ, ETHERTYPE_VLAN};
 use crate::wire::frame::{
     ETHERTYPE, ETH_DST, IPV4, IP_DST_ADDR, IP_FLG_OFF, IP_HEADER, IP_LENGTH, IP_PROTOCOL, IP_SRC_ADDR, IP_TTL,
@@ -29,6 +29,9 @@ pub(super) enum Class {
     },
     Arp,
     Icmp,
+    /// TCP or UDP for the host (a port's own address, where no listener
+    /// is): up to that port's kernel interface.
+    Kernel(PortIndex),
     Drop(DropReason),
 }
 
@@ -120,13 +123,24 @@ impl<P: Packet> State<P> {
     pub(super) fn flow_class(&self, snap: &Snapshot, key: FlowKey, flags: u8, ttl: u8) -> Class {
         let (listener, owner) = match self.direction(snap, &key) {
             Some(Some(listener)) => (Some(listener), owner_shard(key.src(), key.sport(), self.workers)),
-            Some(None) => return Class::Drop(DropReason::NoListener),
+            Some(None) => return self.host_bound(snap, key.dst()),
             None => (None, owner_shard(key.dst(), key.dport(), self.workers)),
         };
         if ttl <= 1 {
             return Class::Drop(DropReason::TtlExceeded);
         }
         Class::Flow { key, flags, listener, owner }
+    }
+
+    /// A TCP/UDP packet to local address `dst` that no listener serves:
+    /// for the host when `dst` is the address of a port with a kernel
+    /// interface, nobody's otherwise.
+    #[inline]
+    pub(super) fn host_bound(&self, snap: &Snapshot, dst: u32) -> Class {
+        match snap.local(dst) {
+            Some(LocalAddress::Port(p)) if snap.ports[usize::from(p)].kernel => Class::Kernel(p),
+            _ => Class::Drop(DropReason::NoListener),
+        }
     }
 
     /// Whether `key` goes to one of our addresses: `Some(Some(listener))`

@@ -1,11 +1,12 @@
 //! Local answers: ARP (requests for our addresses, learning neighbours,
-//! our own requests) and ICMP echo.
+//! our own requests) and ICMP echo; what the host's kernel needs of ARP and
+//! ICMP goes up to it (the exception path).
 
 use super::{Io, Packet, State};
 use crate::counters::{DropReason, Event};
 use crate::ids::PortIndex;
 use crate::neighbor::Learned;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{LocalAddress, Snapshot};
 use crate::wire::arp::{self, ArpPacket, ArpRepr};
 use crate::wire::ethernet::{self, EthernetRepr, MacAddr, ETHERTYPE_ARP};
 use crate::wire::frame::{ETH_SRC, IPV4, IP_DST_ADDR, IP_LENGTH, L4};
@@ -85,6 +86,12 @@ impl<P: Packet> State<P> {
             self.counters.event(Event::ArpRepliesSent);
             return io.tx(in_port, pkt);
         }
+        if op == arp::OP_REPLY && tpa == port.addr && port.kernel {
+            // An answer to the kernel's own request (it resolves its
+            // neighbours itself): learned here too, and passed up, which is
+            // what the packet is counted as.
+            return self.pass_up(in_port, pkt, io);
+        }
         if learned != Learned::Ignored {
             self.counters.event(Event::ArpLearned);
             return io.free(pkt);
@@ -111,20 +118,26 @@ impl<P: Packet> State<P> {
         }
     }
 
-    /// Answers echo requests to our addresses; drops other ICMP.
+    /// Answers echo requests to our addresses; passes other ICMP for a
+    /// port address up to the kernel (errors and echo replies for the
+    /// host's own connections and pings) when the port has an exception
+    /// interface; drops the rest.
     pub(super) fn icmp(&mut self, snap: &Snapshot, mut pkt: P, io: &mut impl Io<P>) {
         let in_port = pkt.port();
         let data = pkt.data();
         let dst = get32(data, IP_DST_ADDR);
         let total = usize::from(get16(data, IP_LENGTH));
-        if snap.local(dst).is_none() {
+        let Some(local) = snap.local(dst) else {
             return self.discard(DropReason::IcmpUnsupported, pkt, io);
-        }
+        };
         if total < ipv4::MIN_HEADER_LEN + icmp::HEADER_LEN || data.len() < L4 + icmp::HEADER_LEN {
             return self.discard(DropReason::Truncated, pkt, io);
         }
         if !icmp::is_echo_request(&data[L4..]) {
-            return self.discard(DropReason::IcmpUnsupported, pkt, io);
+            return match local {
+                LocalAddress::Port(p) if snap.ports[usize::from(p)].kernel => self.pass_up(p, pkt, io),
+                _ => self.discard(DropReason::IcmpUnsupported, pkt, io),
+            };
         }
         let src_mac = ethernet::mac_at(data, ETH_SRC.start);
         let my_mac = snap.ports[usize::from(in_port)].mac;

@@ -17,6 +17,7 @@ use crate::flow::FlowKey;
 use crate::ids::{ListenerPos, PortIndex};
 use crate::memory::Placement;
 use crate::neighbor::{Maintenance, NeighborCache, PendingQueue};
+use crate::ratelimit::TokenBucket;
 use crate::session::{Direction, Session, SessionTable};
 use crate::snapshot::Snapshot;
 use crate::wire::MacAddr;
@@ -59,6 +60,10 @@ pub trait Io<P> {
     fn free(&mut self, pkt: P);
     /// A new packet of `len` bytes, noted as arrived on `port`.
     fn alloc(&mut self, len: usize, port: PortIndex) -> Option<P>;
+    /// Pass up to the kernel interface of config port `port` (the
+    /// exception path); already admitted by the rate limit. Counts its own
+    /// drop when the queue towards the kernel is full.
+    fn to_kernel(&mut self, port: PortIndex, pkt: P);
 }
 
 /// Mutable per-worker state: everything but the snapshot, so a `&Snapshot`
@@ -84,6 +89,8 @@ struct State<P: Packet> {
     listener_memo: std::cell::Cell<(u64, u64, ListenerPos)>,
     /// Recent next-hop resolutions: (port and address, MAC, cache epoch).
     next_hop_memo: [(u64, MacAddr, u64); NEXT_HOP_MEMO],
+    /// What may still go up to the kernel (exception path).
+    to_kernel: TokenBucket,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -124,6 +131,9 @@ pub struct CoreSettings {
     pub session_capacity: usize,
     pub neighbor_capacity: usize,
     pub pending_capacity: usize,
+    /// Packets per second this worker may pass up to the kernel (its share
+    /// of `exception.to_kernel_rate`).
+    pub to_kernel_rate: u32,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -152,6 +162,10 @@ impl<P: Packet> Dataplane<P> {
                 staged: Vec::with_capacity(STAGE),
                 listener_memo: std::cell::Cell::new((0, 0, ListenerPos(0))),
                 next_hop_memo: [(0, MacAddr::ZERO, 0); NEXT_HOP_MEMO],
+                to_kernel: TokenBucket::new(
+                    settings.to_kernel_rate,
+                    TokenBucket::default_burst(settings.to_kernel_rate),
+                ),
             },
             snap,
         }
@@ -253,6 +267,16 @@ impl<P: Packet> State<P> {
         io.free(pkt);
     }
 
+    /// Passes a frame for the host up to `port`'s kernel interface, within
+    /// the exception path's rate: a flood to the host costs the data plane
+    /// a token check per packet, never the kernel's time.
+    fn pass_up(&mut self, port: PortIndex, pkt: P, io: &mut impl Io<P>) {
+        if !self.to_kernel.take(self.now) {
+            return self.discard(DropReason::KernelRateLimited, pkt, io);
+        }
+        io.to_kernel(port, pkt);
+    }
+
     /// A burst in stages, so the session-table cache misses of all its
     /// packets overlap instead of queueing one after another: classify
     /// every packet; prefetch all their index buckets; then prefetch the
@@ -284,6 +308,7 @@ impl<P: Packet> State<P> {
                     match other {
                         Class::Arp => self.arp(snap, pkt, from_handoff, io),
                         Class::Icmp => self.icmp(snap, pkt, io),
+                        Class::Kernel(port) => self.pass_up(port, pkt, io),
                         Class::Drop(r) => self.discard(r, pkt, io),
                         Class::Flow { .. } => unreachable!("matched above"),
                     }

@@ -37,6 +37,7 @@ ports:
     address: 10.0.0.1/24
     gateway: 10.0.0.254
     neighbors: [{ip: 10.0.0.254, mac: "02:00:00:00:00:fe"}]
+    exception: off
   - name: int
     device: net_ring1
     address: 10.1.0.1/24
@@ -80,6 +81,9 @@ listeners:
 timeouts: {tcp_syn: 10s, tcp_established: 900s, tcp_closing: 30s, udp: 60s}
 "#;
 
+/// The test workers' share of the exception path's rate (packets/s).
+const KERNEL_RATE: u32 = 1000;
+
 #[derive(Debug, Clone)]
 struct Pkt {
     data: Vec<u8>,
@@ -110,6 +114,7 @@ impl Packet for Pkt {
 struct TestIo {
     tx: Vec<(u16, Vec<u8>)>,
     handoff: Vec<(usize, Pkt)>,
+    to_kernel: Vec<(u16, Vec<u8>)>,
     freed: usize,
     allocs: usize,
     alloc_fails: bool,
@@ -132,6 +137,9 @@ impl Io<Pkt> for TestIo {
         self.allocs += 1;
         Some(Pkt { data: vec![0; len], port: port.0 })
     }
+    fn to_kernel(&mut self, port: PortIndex, pkt: Pkt) {
+        self.to_kernel.push((port.0, pkt.data));
+    }
 }
 
 struct Harness {
@@ -146,8 +154,14 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
-    let settings =
-        CoreSettings { worker, workers, session_capacity: capacity, neighbor_capacity: 64, pending_capacity: 4 };
+    let settings = CoreSettings {
+        worker,
+        workers,
+        session_capacity: capacity,
+        neighbor_capacity: 64,
+        pending_capacity: 4,
+        to_kernel_rate: KERNEL_RATE,
+    };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
     Harness { dp, counters, io: TestIo::default() }
@@ -390,7 +404,11 @@ fn unresolved_next_hop_is_parked_then_released() {
         assert_frame(f, bmac, INT_MAC, client, backend, 5000, 53, 63);
     }
     assert_eq!(&out[0].1[42..44], b"q1");
-    assert_eq!(h.counters.event_count(Event::ArpLearned), 1);
+    // The int port has a kernel interface: a reply to the port address
+    // (lbd and the kernel ask with the same address) is learned here and
+    // passed up too, which is what it counts as.
+    assert_eq!(h.io.to_kernel.len(), 1);
+    assert_eq!(h.counters.event_count(Event::ArpLearned), 0);
     assert_eq!(h.dp.parked(), 0);
 }
 
@@ -621,7 +639,12 @@ fn accounted(h: &Harness) -> u64 {
         - h.counters.event_count(Event::ArpRequestsSent)
         - h.counters.event_count(Event::ArpRepliesSent)
         - h.counters.event_count(Event::IcmpEchoReplies);
-    forwarded + h.total_drops() + consumed + h.dp.parked() as u64 + h.io.handoff.len() as u64
+    forwarded
+        + h.total_drops()
+        + consumed
+        + h.dp.parked() as u64
+        + h.io.handoff.len() as u64
+        + h.io.to_kernel.len() as u64
 }
 
 proptest! {
@@ -686,8 +709,14 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
     let mut ids = IdRegistry::default();
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
-    let settings =
-        CoreSettings { worker: 0, workers: 1, session_capacity: 100, neighbor_capacity: 64, pending_capacity: 4 };
+    let settings = CoreSettings {
+        worker: 0,
+        workers: 1,
+        session_capacity: 100,
+        neighbor_capacity: 64,
+        pending_capacity: 4,
+        to_kernel_rate: KERNEL_RATE,
+    };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
     dp.set_now(1);
@@ -1068,4 +1097,71 @@ fn packets_parked_at_shutdown_are_freed_as_shutdown() {
     assert_eq!(h.io.freed, freed + 3, "every parked packet is freed");
     assert_eq!(h.dp.parked(), 0);
     assert_eq!(h.counters.parked.get(), 0);
+}
+
+#[test]
+fn host_traffic_goes_up_to_the_kernel_of_its_port() {
+    // The int port (10.1.0.1) has a kernel interface, the ext port not.
+    let mut h = harness();
+    let (backend, port_addr) = (ip("10.1.0.11"), ip("10.1.0.1"));
+    // A backend's answer to the host's own connection (a health check).
+    let syn_ack = l4_frame(INT_MAC, B1_MAC, PROTO_TCP, backend, port_addr, 8080, 40001, FLAG_SYN | FLAG_ACK, b"");
+    h.rx(1, syn_ack.clone());
+    // UDP to the port address, and ICMP other than an echo request
+    // (a port unreachable for the host's UDP probe).
+    let udp = l4_frame(INT_MAC, B1_MAC, PROTO_UDP, backend, port_addr, 9000, 40002, 0, b"pong");
+    h.rx(1, udp.clone());
+    let mut unreachable = l4_frame(INT_MAC, B1_MAC, PROTO_ICMP, backend, port_addr, 0, 0, 0, b"");
+    unreachable[34] = 3; // destination unreachable
+    unreachable[35] = 3; // port unreachable
+    h.rx(1, unreachable.clone());
+    assert!(h.take_tx().is_empty(), "nothing answered or forwarded by lbd");
+    let up: Vec<(u16, Vec<u8>)> = std::mem::take(&mut h.io.to_kernel);
+    assert_eq!(up, vec![(1, syn_ack), (1, udp), (1, unreachable)], "passed up unchanged, to port int");
+    assert_eq!(h.total_drops(), 0);
+
+    // An echo request to the port address is still answered here.
+    let mut echo = l4_frame(INT_MAC, B1_MAC, PROTO_ICMP, backend, port_addr, 0, 0, 0, b"");
+    echo[34] = icmp::ECHO_REQUEST;
+    h.rx(1, echo);
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(h.counters.event_count(Event::IcmpEchoReplies), 1);
+    assert!(h.io.to_kernel.is_empty());
+
+    // The ext port has none: the same packets to its address are dropped.
+    let client = ip("192.168.1.10");
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, ip("10.0.0.1"), 1, 22, FLAG_SYN, b""));
+    assert_eq!(h.drops(DropReason::NoListener), 1);
+    // A VIP without a listener on the port is nobody's host traffic.
+    h.rx(1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, backend, ip("10.0.0.100"), 1, 22, FLAG_SYN, b""));
+    assert_eq!(h.drops(DropReason::NoListener), 2);
+    assert!(h.io.to_kernel.is_empty());
+}
+
+#[test]
+fn a_flood_to_the_host_is_cut_to_the_rate_without_touching_flows() {
+    let mut h = harness();
+    let (backend, port_addr) = (ip("10.1.0.11"), ip("10.1.0.1"));
+    let flood = l4_frame(INT_MAC, B1_MAC, PROTO_UDP, backend, port_addr, 9000, 40002, 0, b"x");
+    let burst = crate::ratelimit::TokenBucket::default_burst(KERNEL_RATE) as usize;
+    // All in the same millisecond: only the bucket's burst passes.
+    for _ in 0..10 * burst {
+        h.rx(1, flood.clone());
+    }
+    assert_eq!(h.io.to_kernel.len(), burst);
+    assert_eq!(h.drops(DropReason::KernelRateLimited), 9 * burst as u64);
+    // Load-balanced traffic in the same millisecond is not limited.
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.100"));
+    for sport in 0..100 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 20000 + sport, 80, FLAG_SYN, b""));
+    }
+    assert_eq!(h.take_tx().len(), 100);
+    // A second later the rate's worth passes again (1000/s, capped by the
+    // burst).
+    h.dp.set_now(1001);
+    h.io.to_kernel.clear();
+    for _ in 0..10 * burst {
+        h.rx(1, flood.clone());
+    }
+    assert_eq!(h.io.to_kernel.len(), burst);
 }

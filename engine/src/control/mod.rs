@@ -54,6 +54,8 @@ pub struct PortInfo {
     pub driver: String,
     pub rx_queues: u16,
     pub rss: RssState,
+    /// The port's kernel interface (exception path), when it has one.
+    pub exception_interface: Option<String>,
 }
 
 /// The configuration as it runs now, and what is needed to change it.
@@ -103,6 +105,8 @@ pub struct Runtime {
     pub started: Instant,
     pub lcores: Vec<u32>,
     pub counters: Vec<Arc<WorkerCounters>>,
+    /// The exception thread's counters (it is no worker).
+    pub exception: Arc<WorkerCounters>,
     pub snapshots: Arc<SnapshotCell>,
     pub ports: Vec<PortInfo>,
     pub pool: Arc<Mempool>,
@@ -159,6 +163,8 @@ impl Runtime {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             snapshot: &snap,
             workers: &self.counters,
+            exception: &self.exception,
+            exception_interfaces: &self.ports.iter().map(|p| p.exception_interface.clone()).collect::<Vec<_>>(),
             lcores: &self.lcores,
             device_stats: &device_stats,
             link_up: &link_up,
@@ -490,6 +496,7 @@ impl Runtime {
                     + r.device_stats.ierrors
                     + r.device_stats.rx_nombuf
                     + r.device_stats.oerrors,
+                exception_interface: p.exception_interface.clone(),
             })
             .collect();
         Status {

@@ -104,6 +104,22 @@ impl Eal {
         out
     }
 
+    /// Creates a virtual device after start-up (`rte_dev_probe`), e.g.
+    /// `net_tap_lbd0,iface=lbd-ext`; its port is then found by the name
+    /// before the first comma. The device lives until the EAL is cleaned
+    /// up; closing its port releases what it holds.
+    pub fn probe_vdev(&self, devargs: &str) -> Result<(), DpdkError> {
+        let c =
+            CString::new(devargs).map_err(|_| DpdkError(format!("device arguments {devargs:?} contain a NUL byte")))?;
+        // SAFETY: a valid C string, read during the call only; the EAL is
+        // initialised and this runs on the main thread (Eal is not Send).
+        let rc = unsafe { sys::rte_dev_probe(c.as_ptr()) };
+        if rc < 0 {
+            return Err(DpdkError(format!("cannot create device `{devargs}`: {}", strerror(-rc))));
+        }
+        Ok(())
+    }
+
     /// The TSC frequency DPDK measured at init.
     pub fn tsc_hz(&self) -> u64 {
         // SAFETY: plain query after init.

@@ -1,0 +1,250 @@
+//! The kernel exception path end to end: lbd and its ports in a namespace
+//! of their own (`topology.sh up NAME lbns`), its kernel interfaces there,
+//! real clients and servers on both sides.
+//!
+//! The tests share the machine's two CPUs with busy-polling lcores, so they
+//! run one at a time.
+
+mod common;
+
+use common::topology::Topology;
+use common::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn guard() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A process started in a namespace, killed (by its PID) on drop.
+struct Background(Child);
+
+impl Background {
+    fn spawn(ns: &str, args: &[&str]) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {args:?} in {ns}: {e}"));
+        Background(child)
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` until it gives a value or `deadline` passes (then panics with
+/// `what`).
+fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "{what}: not within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn event(stats: &Value, name: &str) -> u64 {
+    stats["events"][name].as_u64().unwrap_or_else(|| panic!("no event {name}"))
+}
+
+fn drop_count(stats: &Value, name: &str) -> u64 {
+    stats["drops"][name].as_u64().unwrap_or_else(|| panic!("no drop reason {name}"))
+}
+
+fn port<'a>(stats: &'a Value, name: &str) -> &'a Value {
+    stats["ports"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()
+}
+
+/// Packets the iperf listener forwarded so far.
+fn iperf_packets(stats: &Value) -> u64 {
+    let l = stats["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "iperf").unwrap();
+    l["packets_in"].as_u64().unwrap() + l["packets_out"].as_u64().unwrap()
+}
+
+/// Waits until something listens on TCP `port` in namespace `ns`.
+fn wait_listening(t: &Topology, role: &str, port: u16) {
+    wait_for(&format!("a listener on tcp/{port} in {}", t.ns(role)), Duration::from_secs(10), || {
+        let out = t.exec(role, &["ss", "-H", "-ltn", &format!("sport = :{port}")]);
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    })
+}
+
+/// Only these drop reasons may appear: anything else lost a packet the
+/// test did not mean to lose.
+fn assert_only_drops(stats: &Value, allowed: &[&str]) {
+    for (reason, n) in stats["drops"].as_object().unwrap() {
+        if n.as_u64().unwrap() > 0 {
+            assert!(allowed.contains(&reason.as_str()), "unexpected drops {reason}={n}: {}", stats["drops"]);
+        }
+    }
+}
+
+#[test]
+fn host_traffic_crosses_the_exception_path_while_the_data_plane_is_loaded() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = guard();
+    let t = Topology::up_with_lb_netns();
+    let dir = TempDir::new("exc-host");
+    let mut lbd = t.start_lbd(1, &dir);
+    let socket = t.socket();
+
+    // Each port has its interface, with the port's address, where lbd runs.
+    let status = lbctl_json(&socket, &["status"]);
+    let ifaces: Vec<&str> = status["status"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["exception_interface"].as_str().unwrap())
+        .collect();
+    assert_eq!(ifaces, vec!["lbd-ext", "lbd-int"]);
+    let addrs = t.exec_ok("lb", &["ip", "-br", "-4", "address", "show"]);
+    assert!(addrs.lines().any(|l| l.starts_with("lbd-ext") && l.contains("10.0.0.1/24")), "{addrs}");
+    assert!(addrs.lines().any(|l| l.starts_with("lbd-int") && l.contains("10.1.0.1/24")), "{addrs}");
+
+    // Load the data plane: an iperf3 stream through the VIP, until we stop
+    // it. Wait until it is really flowing.
+    let mut load = Background::spawn(&t.ns("client"), &["iperf3", "-c", "10.0.0.100", "-t", "600"]);
+    let before = wait_for("iperf3 traffic through lbd", Duration::from_secs(30), || {
+        let s = lbd.stats_now();
+        (iperf_packets(&s) > 1000).then_some(s)
+    });
+
+    // A TCP session from the client to a server of the host on the port
+    // address: up through lbd-ext and back out.
+    let _server =
+        Background::spawn(&t.ns("lb"), &["socat", "TCP-LISTEN:2222,bind=10.0.0.1,reuseaddr,fork", "EXEC:cat"]);
+    wait_listening(&t, "lb", 2222);
+    let echoed = t.client_ok(&["sh", "-c", "seq 1 3000 | socat -T10 - TCP:10.0.0.1:2222,connect-timeout=10"]);
+    let want: String = (1..=3000).map(|i| format!("{i}\n")).collect();
+    assert!(echoed == want, "the host's echo server returned {} bytes, not the {} sent", echoed.len(), want.len());
+
+    // The host reaches a backend by itself: ARP and ICMP out through
+    // lbd-int, the replies (ARP reply, echo reply) up again.
+    let ping = t.exec_ok("lb", &["ping", "-n", "-c", "3", "-W", "5", "10.1.0.12"]);
+    assert!(ping.contains("3 packets transmitted, 3 received"), "{ping}");
+    assert!(!ping.contains("DUP"), "duplicate replies: the kernel also answers on the veth\n{ping}");
+    // And the host's own HTTP client to a backend.
+    let body = t.exec_ok("lb", &["curl", "-sS", "--max-time", "10", "http://10.1.0.11:8080/"]);
+    assert!(body.starts_with("backend=be1 client=10.1.0.1:"), "{body}");
+    // A ping to the port address is answered by lbd itself.
+    let ping = t.client_ok(&["ping", "-n", "-c", "2", "-W", "5", "10.0.0.1"]);
+    assert!(ping.contains("2 packets transmitted, 2 received"), "{ping}");
+    assert!(!ping.contains("DUP"), "{ping}");
+
+    // All of that happened while the data plane kept forwarding.
+    let after = lbd.stats_now();
+    assert!(load.running(), "iperf3 ended early: {:?}", load.0.try_wait());
+    assert!(
+        iperf_packets(&after) > iperf_packets(&before),
+        "no forwarded traffic during the host's traffic: {} then {}",
+        iperf_packets(&before),
+        iperf_packets(&after)
+    );
+    drop(load);
+
+    // The exception path's counters moved, on the ports they belong to.
+    assert!(event(&after, "to_kernel") > 0 && event(&after, "from_kernel") > 0, "{}", after["events"]);
+    let (ext, int) = (port(&after, "ext"), port(&after, "int"));
+    assert_eq!(ext["exception_interface"], "lbd-ext");
+    for p in [ext, int] {
+        assert!(p["to_kernel_packets"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["from_kernel_packets"].as_u64().unwrap() > 0, "{p}");
+    }
+    // The 3000-line session alone is more than a few frames each way.
+    assert!(ext["to_kernel_packets"].as_u64().unwrap() >= 5, "{ext}");
+    // The Prometheus view of the same.
+    let addr = lbd.metrics_addr().expect("metrics are on");
+    let metrics = t.exec_ok("lb", &["curl", "-sS", "--max-time", "10", &format!("http://{addr}/metrics")]);
+    assert!(metrics.contains("lbd_exception_packets_total{port=\"ext\",direction=\"to_kernel\"}"), "{metrics}");
+
+    let (status, stats) = lbd.stop();
+    assert!(status.success(), "{}", lbd_log(&dir));
+    // The interfaces go with lbd.
+    let addrs = t.exec_ok("lb", &["ip", "-br", "link", "show"]);
+    assert!(!addrs.contains("lbd-ext") && !addrs.contains("lbd-int"), "{addrs}");
+    // Nothing was dropped but frames addressed to the veth by the kernel's
+    // own neighbours before they learned lbd's MAC, and iperf3's teardown.
+    assert_only_drops(&stats, &["wrong_dst_mac", "no_session", "tcp_no_session"]);
+}
+
+fn lbd_log(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.join("lbd.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_flood_to_the_host_is_rate_limited_without_hurting_forwarded_traffic() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = guard();
+    let t = Topology::up_with_lb_netns();
+    let dir = TempDir::new("exc-flood");
+    let rate = 500;
+    let mut lbd = t.start_lbd_with(1, &dir, |c| format!("{c}exception: {{to_kernel_rate: {rate}}}\n"));
+
+    // A UDP flood at the host's address, as fast as one Python can send,
+    // until we stop it.
+    let flood = "import socket\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 while True:\n    s.sendto(b'x' * 64, ('10.0.0.1', 9999))\n";
+    let py = python();
+    let mut flooder = Background::spawn(&t.ns("client"), &[&py, "-c", flood]);
+    wait_for("the rate limit to cut the flood", Duration::from_secs(30), || {
+        (drop_count(&lbd.stats_now(), "kernel_rate_limited") > 20 * rate).then_some(())
+    });
+
+    // Forwarded traffic in the meantime: every flow answered.
+    let out = t.client_ok(&[
+        &py,
+        repo().join("testbed/flows.py").to_str().unwrap(),
+        "--vip",
+        "10.0.0.100",
+        "--tcp-flows",
+        "200",
+        "--udp-flows",
+        "200",
+        "--parallel",
+        "16",
+        "--timeout",
+        "5",
+    ]);
+    let summary: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("flows.py: {e}: {out}"));
+    assert_eq!(summary["tcp"]["ok"].as_u64(), Some(200), "{summary}");
+    assert_eq!(summary["udp"]["ok"].as_u64(), Some(200), "{summary}");
+    assert_eq!(summary["udp_retries"].as_u64(), Some(0), "forwarded UDP lost to the flood: {summary}");
+    assert!(flooder.running(), "the flood ended before the forwarded traffic did");
+    drop(flooder);
+
+    let (status, stats) = lbd.stop();
+    assert!(status.success(), "{}", lbd_log(&dir));
+    let limited = drop_count(&stats, "kernel_rate_limited");
+    let passed = port(&stats, "ext")["to_kernel_packets"].as_u64().unwrap();
+    println!("flood to the host: {passed} frames passed up, {limited} cut by the rate limit");
+    // Most of the flood was cut: what passed is what the limit allows, not
+    // what was sent.
+    assert!(limited > passed, "{limited} cut, {passed} passed");
+    assert!(passed > 0, "the host got nothing at all");
+    // Nothing else was lost: forwarded traffic did not pay for the flood.
+    assert_only_drops(&stats, &["kernel_rate_limited", "kernel_queue_full", "wrong_dst_mac"]);
+}
