@@ -110,10 +110,13 @@ fn curls(t: &Topology, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
     (by, failed)
 }
 
+/// Each request's start time and the backend that answered (or the error).
+type RequestLog = Vec<(Instant, Result<String, String>)>;
+
 /// Requests in a loop on a thread of their own, each with its start time.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(Instant, Result<String, String>)>>>,
+    thread: Option<std::thread::JoinHandle<RequestLog>>,
 }
 
 impl Traffic {
@@ -142,7 +145,7 @@ impl Traffic {
         Traffic { stop, thread: Some(thread) }
     }
 
-    fn finish(mut self) -> Vec<(Instant, Result<String, String>)> {
+    fn finish(mut self) -> RequestLog {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
     }
