@@ -16,7 +16,6 @@ use lbhealth::{Outcome, Runner};
 use lbproto::{ErrorCode, ErrorReply, MAX_CHECKER_NAME, MAX_HEALTH_REASON};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -319,12 +318,43 @@ fn slow_start_step_due(rt: &Runtime, plane: &mut ControlPlane, now: Duration) ->
     due
 }
 
-/// `address:port` as metrics label it.
-pub fn backend_label(addr: u32, port: u16) -> String {
-    format!("{}:{port}", Ipv4Addr::from(addr))
-}
-
 /// Whether `h` says down.
 pub fn is_down(h: Option<&BackendHealth>) -> bool {
     h.is_some_and(|h| h.state() == Health::Down)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checker_names_and_reasons_are_checked() {
+        for ok in ["edge-1", "lb2.example.org", "probe@host:2", &"x".repeat(MAX_CHECKER_NAME)] {
+            assert!(check_checker_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "builtin", "manual", "none", "a b", "x/y", "é", &"x".repeat(MAX_CHECKER_NAME + 1)] {
+            let e = check_checker_name(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Invalid, "{bad}");
+        }
+        assert_eq!(check_reason(None).unwrap(), None);
+        assert_eq!(check_reason(Some("disk swap")).unwrap().as_deref(), Some("disk swap"));
+        assert!(check_reason(Some("a\nb")).is_err());
+        assert!(check_reason(Some(&"r".repeat(MAX_HEALTH_REASON + 1))).is_err());
+    }
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let mut b = LatencyBuckets::default();
+        assert!(b.cumulative().iter().all(|(_, n)| *n == 0));
+        b.record(Duration::from_micros(500));
+        b.record(Duration::from_millis(30));
+        b.record(Duration::from_secs(60));
+        let c = b.cumulative();
+        assert_eq!(c.len(), CHECK_BUCKETS_S.len());
+        assert_eq!(c[0], (0.001, 1));
+        assert_eq!(c.iter().find(|(le, _)| *le == 0.05).unwrap().1, 2);
+        assert_eq!(c.last().unwrap().1, 2, "60 s is above every bound (only in +Inf, i.e. the count)");
+        assert_eq!(b.count, 3);
+        assert!((b.sum_s - 60.0305).abs() < 1e-9);
+    }
 }
