@@ -528,6 +528,18 @@ fn health_set_by_hand_beats_reports_and_reports_expire() {
     );
     assert_eq!(backend(&socket, "web", "10.1.0.12:8080")["health_source"], "none");
 
+    // At most 16 checkers report on one backend.
+    for i in 0..16 {
+        let r = raw_request(&socket, report("web", "10.1.0.12", 8080, up, &format!("c{i}"), Some(600_000)));
+        assert_eq!(code(r), "ok");
+    }
+    assert_eq!(code(raw_request(&socket, report("web", "10.1.0.12", 8080, up, "c16", Some(600_000)))), "invalid");
+    assert_eq!(code(raw_request(&socket, report("web", "10.1.0.12", 8080, down, "c3", Some(600_000)))), "ok");
+    // The newest fresh report decides.
+    let b = backend(&socket, "web", "10.1.0.12:8080");
+    assert_eq!((b["health"].as_str(), b["health_source"].as_str()), (Some("down"), Some("checker:c3")), "{b}");
+    assert_eq!(b["reports"].as_array().unwrap().len(), 16, "{b}");
+
     // A report that is not renewed goes stale and stops counting.
     assert_eq!(code(raw_request(&socket, report("web", "10.1.0.13", 8080, down, "probe-b", Some(1000)))), "ok");
     let b = wait_for("the report to expire", 30, || {

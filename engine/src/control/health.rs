@@ -25,6 +25,9 @@ use std::time::Duration;
 /// no result arrives.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Most checkers whose fresh reports one backend keeps.
+pub const MAX_CHECKERS: usize = 16;
+
 /// Upper bounds of `lbd_health_check_seconds`.
 pub const CHECK_BUCKETS_S: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 

@@ -427,6 +427,21 @@ impl Runtime {
                 record.reports.remove(c);
             }
             (Some(c), s) => {
+                if !record.reports.contains_key(c) {
+                    // Bounded: stale reports of other checkers make room;
+                    // fresh ones are never pushed out.
+                    record.reports.retain(|_, r| !BackendHealth::stale(r, now));
+                    if record.reports.len() >= health::MAX_CHECKERS {
+                        return Err(err(
+                            ErrorCode::Invalid,
+                            format!(
+                                "{} checkers already report on backend {addr}:{port} of {listener}; at most {} do",
+                                record.reports.len(),
+                                health::MAX_CHECKERS
+                            ),
+                        ));
+                    }
+                }
                 let s = if s == HealthSetting::Up { Health::Up } else { Health::Down };
                 let expires = now + ttl.unwrap_or_default();
                 record.reports.insert(c.to_owned(), hc::Report { verdict: verdict(s), expires });
