@@ -325,9 +325,9 @@ pub struct Transition {
 
 /// Everything lbd knows about one backend's health.
 ///
-/// Precedence: a manual state beats everything; then the newest report of
-/// an independent checker that has not expired; then the built-in check;
-/// with none of them the backend is up.
+/// Precedence: a manual state beats everything; then the reports of
+/// independent checkers that have not expired (up while any says up);
+/// then the built-in check; with none of them the backend is up.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BackendHealth {
     /// The built-in check's state (after rise/fall), `None` when no
@@ -355,8 +355,13 @@ impl BackendHealth {
         if let Some(v) = &self.manual {
             return (v.state, Source::Manual, v.reason.clone());
         }
-        let fresh = self.reports.iter().filter(|(_, r)| r.expires > now).max_by_key(|(_, r)| r.verdict.at);
-        if let Some((name, r)) = fresh {
+        // Checkers that disagree (a checker cut off from a backend that
+        // others reach) must not make it flap: up while any fresh report
+        // says up, down when all of them say down; the newest of those
+        // reports is the one shown.
+        let fresh = self.reports.iter().filter(|(_, r)| r.expires > now);
+        let newest_up = fresh.clone().filter(|(_, r)| r.verdict.state == Health::Up).max_by_key(|(_, r)| r.verdict.at);
+        if let Some((name, r)) = newest_up.or_else(|| fresh.max_by_key(|(_, r)| r.verdict.at)) {
             return (r.verdict.state, Source::Checker(name.clone()), r.verdict.reason.clone());
         }
         if let Some(v) = &self.builtin {
@@ -551,8 +556,12 @@ mod tests {
         h.reports.insert("a".into(), Report { verdict: verdict(Health::Up, 2), expires: s(10) });
         assert_eq!(h.update(s(2)).unwrap().source, Source::Checker("a".into()));
         assert_eq!(h.ramp_from, Some(s(2)), "coming back up starts the ramp");
-        // The newer of two fresh reports wins.
+        // Checkers disagree: up while any fresh report says up.
         h.reports.insert("b".into(), Report { verdict: verdict(Health::Down, 3), expires: s(10) });
+        assert_eq!(h.update(s(3)), None);
+        assert_eq!(h.source, Some(Source::Checker("a".into())));
+        // All say down: down, shown from the newest.
+        h.reports.insert("a".into(), Report { verdict: verdict(Health::Down, 2), expires: s(10) });
         assert_eq!(h.update(s(3)).unwrap().source, Source::Checker("b".into()));
         h.manual = Some(verdict(Health::Up, 4));
         assert_eq!(h.update(s(4)).unwrap().source, Source::Manual);
