@@ -248,3 +248,142 @@ fn a_flood_to_the_host_is_rate_limited_without_hurting_forwarded_traffic() {
     // Nothing else was lost: forwarded traffic did not pay for the flood.
     assert_only_drops(&stats, &["kernel_rate_limited", "kernel_queue_full", "wrong_dst_mac"]);
 }
+
+/// A network namespace of the test's own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = unique("exn");
+        run(Command::new("ip").args(["netns", "add", &name]));
+        Netns(name)
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        run(Command::new("ip").args(["netns", "exec", &self.0]).args(args))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// An lbd configuration on one null port, with `port_extra` on the port
+/// and `extra` at the end.
+fn null_port_config(dir: &TempDir, prefix: &str, port_extra: &str, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("lbd.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
+             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24{port_extra}}}\n\
+             control: {{socket: {}}}\n\
+             metrics: {{listen: \"off\"}}\n{extra}",
+            dir.join("lbd.sock").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Runs lbd in `ns` until it is ready (then stops it) or exits; its exit
+/// status (`None`: it became ready) and log.
+fn run_lbd_in(ns: &Netns, cfg: &std::path::Path, dir: &TempDir, prefix: &str) -> (Option<i32>, String) {
+    let log = dir.join("lbd.log");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, lbd_bin(), "-c"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let outcome = wait_for("lbd to be ready or to exit", Duration::from_secs(60), || {
+        if text().contains("lbd: ready") {
+            return Some(None);
+        }
+        child.try_wait().ok().flatten().map(|s| Some(s.code().unwrap_or(-1)))
+    });
+    if outcome.is_none() {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    (outcome, text())
+}
+
+#[test]
+fn an_exception_backend_the_host_lacks_is_skipped_by_default_and_refused_when_asked_for() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = guard();
+    let ns = Netns::new();
+    let have_vhost = std::path::Path::new("/dev/vhost-net").exists();
+    let dir = TempDir::new("exc-backend");
+    let prefix = unique("lbdx");
+    // Default (no `exception:` on the port): on where it works.
+    let cfg = null_port_config(&dir, &prefix, "", "exception: {backend: virtio_user}\n");
+    let (outcome, log) = run_lbd_in(&ns, &cfg, &dir, &prefix);
+    assert_eq!(outcome, None, "lbd did not start:\n{log}");
+    if have_vhost {
+        assert!(log.contains("kernel=lbd-ext"), "{log}");
+    } else {
+        assert!(log.contains("needs /dev/vhost-net, which this host lacks"), "{log}");
+        assert!(log.contains("kernel=off"), "{log}");
+        assert!(!ns.exec(&["ip", "-br", "link"]).contains("lbd-ext"));
+    }
+    // Asked for explicitly: a host without it refuses to start.
+    if !have_vhost {
+        let cfg = null_port_config(&dir, &prefix, ", exception: on", "exception: {backend: virtio_user}\n");
+        let (outcome, log) = run_lbd_in(&ns, &cfg, &dir, &prefix);
+        assert!(matches!(outcome, Some(c) if c != 0), "lbd started without /dev/vhost-net:\n{log}");
+        assert!(
+            log.contains("port `ext`: exception interface `lbd-ext`: backend virtio_user needs /dev/vhost-net"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn an_interface_name_already_taken_stops_lbd_with_a_clear_error() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let _g = guard();
+    let ns = Netns::new();
+    ns.exec(&["ip", "link", "add", "lbd-ext", "type", "veth", "peer", "name", "lbd-extp"]);
+    let dir = TempDir::new("exc-taken");
+    let prefix = unique("lbdx");
+    let cfg = null_port_config(&dir, &prefix, ", exception: on", "");
+    let (outcome, log) = run_lbd_in(&ns, &cfg, &dir, &prefix);
+    assert!(matches!(outcome, Some(c) if c != 0), "lbd started over an existing interface:\n{log}");
+    assert!(log.contains("port `ext`: exception interface `lbd-ext`: cannot create device"), "{log}");
+    // The veth is untouched, and lbd left no socket behind.
+    assert!(ns.exec(&["ip", "-br", "link"]).contains("lbd-ext"));
+    assert!(!dir.join("lbd.sock").exists());
+    // With a free name it works in the same namespace, and the address is
+    // the port's.
+    let cfg = null_port_config(&dir, &prefix, ", exception: on, exception_interface: lbd-x0", "");
+    let log_path = dir.join("lbd.log");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, lbd_bin(), "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("lbd ready", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log_path).unwrap_or_default().contains("lbd: ready").then_some(())
+    });
+    let addrs = ns.exec(&["ip", "-br", "-4", "address", "show", "dev", "lbd-x0"]);
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    assert!(addrs.contains("10.0.0.1/24"), "{addrs}");
+    assert!(status.success(), "{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+}

@@ -91,10 +91,13 @@ pub fn create_interfaces(
             ExceptionBackend::VirtioUser => "/dev/vhost-net",
         };
         if !std::path::Path::new(needs).exists() {
-            return Err(format!(
-                "{what}: backend {} needs {needs}, which this host lacks (choose `exception.backend`, or set `exception: off` on the port)",
-                backend.name()
-            ));
+            let why = format!("backend {} needs {needs}, which this host lacks", backend.name());
+            if !p.exception_required {
+                // On by default only where it works.
+                eprintln!("lbd: warning: {what} not created: {why} (set `exception: off` on the port to silence this)");
+                continue;
+            }
+            return Err(format!("{what}: {why} (choose `exception.backend`, or set `exception: off` on the port)"));
         }
         let mac = macs[i];
         let device = match backend {

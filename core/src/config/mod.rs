@@ -135,6 +135,9 @@ pub struct PortConfig {
     pub rss: RssMode,
     /// The kernel interface of the exception path, when on.
     pub exception_interface: Option<String>,
+    /// `exception: on` was written: a host that cannot make the interface
+    /// is an error. By default it is skipped with a warning instead.
+    pub exception_required: bool,
 }
 
 /// An on/off setting (`on` and `off` in YAML).
@@ -871,6 +874,7 @@ impl Validator<'_> {
                 promiscuous: p.promiscuous.unwrap_or(false),
                 rss: p.rss.unwrap_or(RssMode::Auto),
                 exception_interface: self.exception_interface(i, p, &out)?,
+                exception_required: p.exception == Some(Switch::On),
             });
         }
         Ok(out)

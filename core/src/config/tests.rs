@@ -302,6 +302,75 @@ fn cpus_and_eal_lcore_arguments_exclude_each_other() {
 }
 
 #[test]
+fn exception_interfaces_default_on_and_are_validated() {
+    let c = parse_str(GOOD).unwrap();
+    let p = &c.startup.ports[0];
+    assert_eq!(p.exception_interface.as_deref(), Some("lbd-ext"));
+    assert!(!p.exception_required, "on by default only where the host can make it");
+    assert_eq!(c.startup.exception, ExceptionSettings::default());
+
+    let on = parse_str(&GOOD.replacen(
+        "    gateway: 10.0.0.254\n",
+        "    gateway: 10.0.0.254\n    exception: on\n    exception_interface: host0\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(on.startup.ports[0].exception_interface.as_deref(), Some("host0"));
+    assert!(on.startup.ports[0].exception_required);
+    let off =
+        parse_str(&GOOD.replacen("    gateway: 10.0.0.254\n", "    gateway: 10.0.0.254\n    exception: off\n", 1))
+            .unwrap();
+    assert_eq!(off.startup.ports[0].exception_interface, None);
+
+    let e = err_with("    gateway: 10.0.0.254\n", "    gateway: 10.0.0.254\n    exception: maybe\n");
+    assert_eq!(e.field, "ports[0].exception");
+    let e = err_with(
+        "    gateway: 10.0.0.254\n",
+        "    gateway: 10.0.0.254\n    exception: off\n    exception_interface: x\n",
+    );
+    assert_eq!(e.field, "ports[0].exception_interface");
+    let e = err_with(
+        "    gateway: 10.0.0.254\n",
+        "    gateway: 10.0.0.254\n    exception_interface: a-name-too-long-for-linux\n",
+    );
+    assert_eq!(e.field, "ports[0].exception_interface");
+    assert!(e.message.contains("15"), "{e}");
+    let e = err_with("    gateway: 10.0.0.254\n", "    gateway: 10.0.0.254\n    exception_interface: \"a/b\"\n");
+    assert_eq!(e.field, "ports[0].exception_interface");
+    let e = err_with("  - name: ext\n", "  - name: a-very-long-port\n");
+    assert_eq!(e.field, "ports[0].exception_interface", "the default name lbd-<port> is too long: {e}");
+
+    let e = err_with("sessions:", "exception: {queue_length: 1000}\nsessions:");
+    assert_eq!(e.field, "exception.queue_length");
+    let e = err_with("sessions:", "exception: {to_kernel_rate: 0}\nsessions:");
+    assert_eq!(e.field, "exception.to_kernel_rate");
+    let e = err_with("sessions:", "exception: {backend: kni}\nsessions:");
+    assert_eq!(e.field, "exception.backend");
+    let c = parse_str(&GOOD.replacen(
+        "sessions:",
+        "exception: {backend: virtio_user, from_kernel_rate: 5000}\nsessions:",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.startup.exception.backend, ExceptionBackend::VirtioUser);
+    assert_eq!(c.startup.exception.from_kernel_rate, 5000);
+    // Fixed at start: a change is refused with the field named.
+    assert_eq!(c.startup.changed_fields(&parse_str(GOOD).unwrap().startup), vec!["exception"]);
+}
+
+#[test]
+fn two_ports_cannot_share_an_exception_interface() {
+    let two = GOOD.replacen(
+        "listeners:",
+        "  - {name: int, device: net_pcap1, address: 10.1.0.1/24, exception_interface: lbd-ext}\nlisteners:",
+        1,
+    );
+    let e = parse_str(&two).unwrap_err();
+    assert_eq!(e.field, "ports[1].exception_interface");
+    assert!(e.message.contains("port `ext`"), "{e}");
+}
+
+#[test]
 fn health_checks_fill_in_defaults() {
     let c = parse_str(&GOOD.replacen(
         "    scheduler: maglev\n",
