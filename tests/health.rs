@@ -453,10 +453,15 @@ fn independent_checker_takes_out_a_backend_answering_500() {
     wait_health(&socket, "web", "10.1.0.13:8080", "up", "checker:edge-2");
     servers.stop(&t, 3);
     servers.start(&t, 3, &["--status", "500"]);
-    let b = wait_health(&socket, "web", "10.1.0.13:8080", "down", "checker:edge-2");
-    assert_eq!(b["health_reason"], "http check: HTTP status 500", "{b}");
-    // UDP still answers: echo keeps be3.
-    assert_eq!(backend(&socket, "echo", "10.1.0.13:9000")["health"], "up");
+    // (While it restarts it refuses connections: the reason that stays is
+    // the status.)
+    wait_for("be3 down for its HTTP status", 30, || {
+        let b = backend(&socket, "web", "10.1.0.13:8080");
+        (b["health"] == "down" && b["health_reason"] == "http check: HTTP status 500").then_some(())
+    });
+    // UDP answers again: echo has be3 back.
+    wait_health(&socket, "echo", "10.1.0.13:9000", "up", "checker:edge-2");
+    assert_eq!(backend(&socket, "web", "10.1.0.13:8080")["health"], "down");
     let (by, failed) = curls(&t, 30);
     assert!(failed.is_empty() && !by.contains_key("be3"), "{by:?} {failed:?}");
     servers.stop(&t, 3);
