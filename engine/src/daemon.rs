@@ -412,17 +412,17 @@ struct Services {
 }
 
 impl Services {
-    /// Start-up phase 8. The metrics server first: dropped on an early
-    /// return, it stops and joins its thread (the control server has no
-    /// such drop).
+    /// Start-up phase 8. The health threads and the metrics server before
+    /// the control server: dropped on an early return, they stop and join
+    /// their threads (the control server has no such drop).
     fn start(
         rt: &Arc<Runtime>,
         cfg: &Config,
         listener: std::os::unix::net::UnixListener,
         metrics: Option<crate::metrics::Bound>,
     ) -> Result<Services, String> {
-        let metrics = metrics.map(|b| b.start(Arc::clone(rt))).transpose()?;
         let health = crate::control::health::HealthShared::start(rt, cfg)?;
+        let metrics = metrics.map(|b| b.start(Arc::clone(rt))).transpose()?;
         let control = ControlServer::spawn(listener, cfg.startup.control_socket.clone(), Arc::clone(rt))
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
         Ok(Services { metrics, control, health })
