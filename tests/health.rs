@@ -710,3 +710,35 @@ fn builtin_checks_take_out_stopped_and_hanging_backends() {
     let (status, _) = lbd.stop();
     assert!(status.success());
 }
+
+/// The independent checker refuses what it cannot run, before probing
+/// anything: an invalid file (named with its field) or one without checks.
+#[test]
+fn health_check_mode_refuses_bad_configurations() {
+    let dir = TempDir::new("health-cli");
+    let run_checker = |yaml: &str| {
+        let path = dir.join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = Command::new(lbctl_bin())
+            .args(["health-check", "--config"])
+            .arg(&path)
+            .args(["--report-to", "/nonexistent/lbd.sock"])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let base = "ports:\n  - {name: p, device: d, address: 10.1.0.1/24}\nlisteners:\n  - name: web\n    vip: 10.1.0.100\n    protocol: tcp\n    port: 80\n    backends: [{address: 10.1.0.11, port: 8080}]\n";
+    let (code, err) = run_checker(base);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no listener has a health_check"), "{err}");
+    let bad = base.replace("    port: 80\n", "    port: 80\n    health_check: {kind: tcp, rise: 0}\n");
+    let (code, err) = run_checker(&bad);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("listeners[0].health_check.rise: 0 is out of range"), "{err}");
+    let (code, err) = Command::new(lbctl_bin())
+        .args(["health-check", "--config", "/nonexistent.yaml"])
+        .output()
+        .map(|o| (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned()))
+        .unwrap();
+    assert_eq!(code, Some(2), "--report-to is required: {err}");
+}

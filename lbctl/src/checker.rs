@@ -156,3 +156,37 @@ pub fn default_name() -> String {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lbcore::health::{CheckKind, CheckTarget};
+    use lbhealth::ProbeResult;
+    use std::sync::Arc;
+
+    fn outcome(ok: bool, error: &str) -> Outcome {
+        Outcome {
+            target: CheckTarget {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 80,
+                check: HealthCheck::new(CheckKind::Http),
+            },
+            backends: Arc::new(Vec::new()),
+            result: ProbeResult { ok, latency: Duration::ZERO, error: error.into() },
+            state: Health::Up,
+            changed: false,
+        }
+    }
+
+    #[test]
+    fn reports_outlive_three_intervals_and_reasons_fit_lbd_limits() {
+        let c = HealthCheck::new(CheckKind::Tcp);
+        assert_eq!(report_ttl(&c), Duration::from_secs(7));
+        assert_eq!(reason_of(&outcome(true, "")), "http check passed");
+        assert_eq!(reason_of(&outcome(false, "HTTP status 500")), "http check: HTTP status 500");
+        let long = reason_of(&outcome(false, &format!("é\n{}", "x".repeat(1000))));
+        assert!(long.len() <= MAX_HEALTH_REASON && !long.chars().any(char::is_control), "{long}");
+        let n = default_name();
+        assert!(!n.is_empty() && n.len() <= lbproto::MAX_CHECKER_NAME);
+    }
+}
