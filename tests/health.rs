@@ -280,7 +280,7 @@ struct Checker {
 }
 
 impl Checker {
-    fn start(ns: &CheckerNs, config: &Path, socket: &Path, name: &str, log: PathBuf) -> Checker {
+    fn start(ns: &CheckerNs, config: &Path, sockets: &[&Path], name: &str, log: PathBuf) -> Checker {
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.ns])
@@ -288,8 +288,7 @@ impl Checker {
             .arg("health-check")
             .arg("--config")
             .arg(config)
-            .arg("--report-to")
-            .arg(socket)
+            .args(sockets.iter().flat_map(|s| [Path::new("--report-to"), s]))
             .args(["--name", name])
             .stdout(Stdio::null())
             .stderr(logf)
@@ -370,7 +369,10 @@ fn independent_checker_takes_a_stopped_backend_out_and_lets_it_rejoin() {
     let socket = t.socket();
     let mut servers = Backends::default();
     let hc = CheckerNs::new(&t);
-    let mut checker = Checker::start(&hc, &dir.join("lbd.yaml"), &socket, "edge-1", dir.join("checker.log"));
+    // It reports to a second lbd that is not there: that costs the first
+    // nothing.
+    let gone = dir.join("gone.sock");
+    let mut checker = Checker::start(&hc, &dir.join("lbd.yaml"), &[&gone, &socket], "edge-1", dir.join("checker.log"));
     for be in ["10.1.0.11", "10.1.0.12", "10.1.0.13"] {
         wait_health(&socket, "web", &format!("{be}:8080"), "up", "checker:edge-1");
         wait_health(&socket, "echo", &format!("{be}:9000"), "up", "checker:edge-1");
@@ -423,6 +425,7 @@ fn independent_checker_takes_a_stopped_backend_out_and_lets_it_rejoin() {
     let transitions = metric(&metrics, "lbd_backend_health_transitions_total", "web", "10.1.0.12:8080");
     assert!(transitions >= Some(2.0), "{transitions:?}");
     assert!(checker.log_text().contains("web 10.1.0.12:8080: down"), "{}", checker.log_text());
+    assert!(checker.log_text().contains("gone.sock: cannot connect to lbd"), "{}", checker.log_text());
 
     // The checker dies: its reports go stale and stop counting.
     checker.kill();
@@ -449,7 +452,7 @@ fn independent_checker_takes_out_a_backend_answering_500() {
     let socket = t.socket();
     let mut servers = Backends::default();
     let hc = CheckerNs::new(&t);
-    let _checker = Checker::start(&hc, &dir.join("lbd.yaml"), &socket, "edge-2", dir.join("checker.log"));
+    let _checker = Checker::start(&hc, &dir.join("lbd.yaml"), &[&socket], "edge-2", dir.join("checker.log"));
     wait_health(&socket, "web", "10.1.0.13:8080", "up", "checker:edge-2");
     servers.stop(&t, 3);
     servers.start(&t, 3, &["--status", "500"]);

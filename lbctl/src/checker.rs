@@ -14,6 +14,7 @@ use lbproto::{BackendRef, HealthSetting, Request, MAX_HEALTH_REASON};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a report of a target with `check` counts in lbd.
@@ -21,9 +22,25 @@ pub fn report_ttl(check: &HealthCheck) -> Duration {
     check.interval * 3 + check.timeout
 }
 
-/// One lbd the checker reports to.
+/// What the checker tells every lbd about one backend.
+struct Update {
+    key: BackendKey,
+    state: Health,
+    reason: String,
+    ttl: Duration,
+    /// Renew an unchanged state this often.
+    refresh: Duration,
+}
+
+/// Most updates queued for one lbd; a stalled lbd loses the excess (the
+/// next result of each target carries the same information).
+const QUEUE: usize = 4096;
+
+/// Reports to one lbd on a thread of its own, so a stalled lbd delays no
+/// other.
 struct Sink {
     socket: PathBuf,
+    name: String,
     client: Option<Client>,
     /// The last failure said, so a persistent one is said once.
     last_error: Option<String>,
@@ -32,11 +49,45 @@ struct Sink {
 }
 
 impl Sink {
+    fn spawn(socket: PathBuf, name: String) -> std::io::Result<std::sync::mpsc::SyncSender<Arc<Update>>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Update>>(QUEUE);
+        let mut sink = Sink { socket, name, client: None, last_error: None, sent: HashMap::new() };
+        std::thread::Builder::new().name("report".into()).spawn(move || {
+            for u in rx {
+                sink.update(&u);
+            }
+        })?;
+        Ok(tx)
+    }
+
+    fn update(&mut self, u: &Update) {
+        let due = match self.sent.get(&u.key) {
+            Some((state, at)) => *state != u.state || at.elapsed() >= u.refresh / 2,
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        let req = Request::BackendSetHealth {
+            listener: u.key.listener.clone(),
+            backend: BackendRef { address: u.key.addr.to_string(), port: Some(u.key.port) },
+            state: if u.state == Health::Up { HealthSetting::Up } else { HealthSetting::Down },
+            checker: Some(self.name.clone()),
+            reason: Some(u.reason.clone()),
+            ttl_ms: Some(u.ttl.as_millis() as u64),
+        };
+        self.sent.insert(u.key.clone(), (u.state, Instant::now()));
+        self.report(&u.key, req);
+    }
+
     fn report(&mut self, key: &BackendKey, req: Request) {
         if self.client.is_none() {
             match Client::connect(&self.socket) {
                 Ok(c) => self.client = Some(c),
-                Err(e) => return self.fail(e),
+                Err(e) => {
+                    self.sent.remove(key);
+                    return self.fail(e);
+                }
             }
         }
         let Some(c) = self.client.as_mut() else { return };
@@ -92,10 +143,11 @@ pub fn run(config: &Path, sockets: &[PathBuf], name: &str) -> Result<(), Failure
     if targets.is_empty() {
         return Err(Failure::Usage(format!("{}: no listener has a health_check", config.display())));
     }
-    let mut sinks: Vec<Sink> = sockets
+    let sinks = sockets
         .iter()
-        .map(|s| Sink { socket: s.clone(), client: None, last_error: None, sent: HashMap::new() })
-        .collect();
+        .map(|s| Sink::spawn(s.clone(), name.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Unreachable(format!("cannot start a reporting thread: {e}")))?;
     say(&format!(
         "checker {name}: {} probe(s) for {} backend(s), reporting to {}",
         targets.len(),
@@ -108,8 +160,6 @@ pub fn run(config: &Path, sockets: &[PathBuf], name: &str) -> Result<(), Failure
     })
     .map_err(|e| Failure::Unreachable(format!("cannot start the probes: {e}")))?;
     for o in rx {
-        let ttl = report_ttl(&o.target.check);
-        let refresh = o.target.check.interval;
         let reason = reason_of(&o);
         if o.changed {
             for key in o.backends.iter() {
@@ -117,24 +167,15 @@ pub fn run(config: &Path, sockets: &[PathBuf], name: &str) -> Result<(), Failure
             }
         }
         for key in o.backends.iter() {
-            for sink in &mut sinks {
-                let due = match sink.sent.get(key) {
-                    Some((state, at)) => *state != o.state || at.elapsed() >= refresh / 2,
-                    None => true,
-                };
-                if !due {
-                    continue;
-                }
-                let req = Request::BackendSetHealth {
-                    listener: key.listener.clone(),
-                    backend: BackendRef { address: key.addr.to_string(), port: Some(key.port) },
-                    state: if o.state == Health::Up { HealthSetting::Up } else { HealthSetting::Down },
-                    checker: Some(name.to_owned()),
-                    reason: Some(reason.clone()),
-                    ttl_ms: Some(ttl.as_millis() as u64),
-                };
-                sink.sent.insert(key.clone(), (o.state, Instant::now()));
-                sink.report(key, req);
+            let u = Arc::new(Update {
+                key: key.clone(),
+                state: o.state,
+                reason: reason.clone(),
+                ttl: report_ttl(&o.target.check),
+                refresh: o.target.check.interval,
+            });
+            for sink in &sinks {
+                let _ = sink.try_send(Arc::clone(&u));
             }
         }
     }
@@ -162,7 +203,6 @@ mod tests {
     use super::*;
     use lbcore::health::{CheckKind, CheckTarget};
     use lbhealth::ProbeResult;
-    use std::sync::Arc;
 
     fn outcome(ok: bool, error: &str) -> Outcome {
         Outcome {

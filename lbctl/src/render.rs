@@ -176,7 +176,13 @@ pub fn human(r: &crate::Answer) -> String {
                 t.add_row(vec![
                     Cell::new(&b.listener),
                     Cell::new(format!("{}:{}", b.address, b.port)),
-                    right(b.weight),
+                    // The weight it is scheduled by, when health or slow
+                    // start make it differ (drain shows in the state).
+                    right(if b.scheduled_weight == b.weight || b.drained {
+                        b.weight.to_string()
+                    } else {
+                        format!("{} (now {})", b.weight, b.scheduled_weight)
+                    }),
                     Cell::new(if b.drained { "drained" } else { "active" }),
                     right(format!("{share:.1}%")),
                     right(b.sessions_active),
