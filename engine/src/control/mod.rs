@@ -430,17 +430,17 @@ impl Runtime {
                 if !record.reports.contains_key(c) {
                     // Bounded: stale reports of other checkers make room;
                     // fresh ones are never pushed out.
-                    record.reports.retain(|_, r| !BackendHealth::stale(r, now));
-                    if record.reports.len() >= health::MAX_CHECKERS {
+                    let fresh = record.reports.values().filter(|r| !BackendHealth::stale(r, now)).count();
+                    if fresh >= health::MAX_CHECKERS {
                         return Err(err(
                             ErrorCode::Invalid,
                             format!(
-                                "{} checkers already report on backend {addr}:{port} of {listener}; at most {} do",
-                                record.reports.len(),
+                                "{fresh} checkers already report on backend {addr}:{port} of {listener}; at most {} do",
                                 health::MAX_CHECKERS
                             ),
                         ));
                     }
+                    record.reports.retain(|_, r| !BackendHealth::stale(r, now));
                 }
                 let s = if s == HealthSetting::Up { Health::Up } else { Health::Down };
                 let expires = now + ttl.unwrap_or_default();
