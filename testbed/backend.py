@@ -2,10 +2,11 @@
 """A testbed backend: an HTTP server and a UDP echo, both saying who they
 are and which client address they saw (in NAT mode: the real client).
 
-    backend.py --name be1 [--http-port 8080] [--udp-port 9000]
+    backend.py --name be1 [--http-port 8080] [--udp-port 9000] [--status 200]
 
 HTTP:
-    GET /            -> "backend=be1 client=10.0.0.2:41234\n"
+    GET /            -> "backend=be1 client=10.0.0.2:41234\n", with --status
+                        (200 unless given: a failing health check's target)
     GET /bytes/N     -> N bytes, byte i = i % 251 (checkable by the client)
 UDP: each datagram is answered with "backend=be1 client=IP:PORT data=<payload>".
 """
@@ -48,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
                 sent += len(chunk)
             return
         body = f"backend={name} client={client}\n".encode()
-        self.send_response(200)
+        self.send_response(self.server.status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Backend", name)
@@ -71,12 +72,14 @@ def main():
     ap.add_argument("--name", required=True)
     ap.add_argument("--http-port", type=int, default=8080)
     ap.add_argument("--udp-port", type=int, default=9000)
+    ap.add_argument("--status", type=int, default=200)
     a = ap.parse_args()
     threading.Thread(target=udp_echo, args=(a.name, a.udp_port), daemon=True).start()
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.request_queue_size = 512
     srv = ThreadingHTTPServer(("0.0.0.0", a.http_port), Handler)
     srv.backend_name = a.name
+    srv.status = a.status
     print(f"{a.name}: http :{a.http_port}, udp :{a.udp_port}", file=sys.stderr, flush=True)
     srv.serve_forever()
 

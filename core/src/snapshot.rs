@@ -12,6 +12,7 @@
 
 use crate::config::{Config, Forwarding, NonSynPolicy, Protocol, RemovedBackendPolicy, MAX_BACKENDS, MAX_LISTENERS};
 use crate::flow::fold_mul;
+use crate::health::{listener_weights, AllDownPolicy, HealthTable};
 use crate::ids::{BackendId, ListenerId, ListenerPos, PortIndex};
 use crate::neighbor::ArpTimers;
 use crate::scheduler::Scheduler;
@@ -146,6 +147,15 @@ pub struct BackendView {
     pub port: u16,
     pub weight: u32,
     pub drained: bool,
+    /// The weight the scheduler was built with (after drain, health and
+    /// slow start).
+    pub scheduled_weight: u32,
+    /// Health down (see `serving` for whether that counts now).
+    pub down: bool,
+    /// Whether the backend serves its listener: not down, or down while
+    /// the listener fails open. Sessions on a backend that does not serve
+    /// follow `sessions.removed_backend`.
+    pub serving: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +177,9 @@ pub struct ListenerView {
     pub decides_ahead: bool,
     pub non_syn: NonSynPolicy,
     pub backends: Vec<BackendView>,
+    /// Every backend not drained is down.
+    pub all_down: bool,
+    pub all_down_policy: AllDownPolicy,
 }
 
 /// What a local (non-forwarded) destination address is.
@@ -318,10 +331,24 @@ fn ms(d: std::time::Duration) -> u32 {
 }
 
 impl Snapshot {
+    /// Builds the forwarding state of `cfg` with every backend healthy.
+    pub fn build(cfg: &Config, macs: &[MacAddr], ids: &IdRegistry, generation: u64) -> Snapshot {
+        Snapshot::build_with_health(cfg, macs, ids, generation, &HealthTable::default(), std::time::Duration::ZERO)
+    }
+
     /// Builds the forwarding state of `cfg`. `macs[i]` is the MAC address
     /// port `i` ended up with (known only once DPDK opened the device);
     /// `ids` must have assigned every listener and backend of `cfg`.
-    pub fn build(cfg: &Config, macs: &[MacAddr], ids: &IdRegistry, generation: u64) -> Snapshot {
+    /// `health` (at time `now`, for slow start) decides which backends
+    /// take new flows and with what weight.
+    pub fn build_with_health(
+        cfg: &Config,
+        macs: &[MacAddr],
+        ids: &IdRegistry,
+        generation: u64,
+        health: &HealthTable,
+        now: std::time::Duration,
+    ) -> Snapshot {
         assert_eq!(macs.len(), cfg.startup.ports.len());
         let ports: Vec<PortView> = cfg
             .startup
@@ -352,12 +379,19 @@ impl Snapshot {
         for (li, l) in cfg.forwarding.listeners.iter().enumerate() {
             let id = ids.listener(&l.name).expect("listener ids assigned before build");
             listener_slots[usize::from(id)] = ListenerPos(li as u16);
+            let bids: Vec<BackendId> = l
+                .backends
+                .iter()
+                .map(|b| ids.backend(&l.name, b.address, b.port).expect("backend ids assigned before build"))
+                .collect();
+            let records: Vec<_> = bids.iter().map(|id| health.get(*id)).collect();
+            let lw = listener_weights(l, &records, now);
             let backends: Vec<BackendView> = l
                 .backends
                 .iter()
                 .enumerate()
                 .map(|(bi, b)| {
-                    let bid = ids.backend(&l.name, b.address, b.port).expect("backend ids assigned before build");
+                    let bid = bids[bi];
                     backend_slots[usize::from(bid)] = (ListenerPos(li as u16), bi as u16);
                     BackendView {
                         id: bid,
@@ -365,10 +399,13 @@ impl Snapshot {
                         port: b.port,
                         weight: b.weight,
                         drained: b.drained,
+                        scheduled_weight: lw.weights[bi],
+                        down: records[bi].is_some_and(|h| h.state() == crate::health::Health::Down),
+                        serving: lw.serving[bi],
                     }
                 })
                 .collect();
-            let weights: Vec<u32> = l.backends.iter().map(|b| b.effective_weight()).collect();
+            let weights = lw.weights;
             let vip = u32::from(l.vip);
             lindex.push((listener_key(vip, l.protocol.number(), l.port), li as u32));
             let scheduler = Scheduler::build(l.scheduler, &l.backends, &weights);
@@ -384,6 +421,8 @@ impl Snapshot {
                 persistence_ms: l.persistence.map(ms),
                 non_syn: l.tcp_non_syn,
                 backends,
+                all_down: lw.all_down,
+                all_down_policy: l.all_down,
             });
         }
 
@@ -482,6 +521,13 @@ impl Snapshot {
         let (li, bi) = *self.backend_slots.get(usize::from(id))?;
         let l = self.listeners.get(usize::from(li))?;
         Some((l, l.backends.get(usize::from(bi))?))
+    }
+
+    /// Whether the backend with stable id `id` still serves listener
+    /// `listener`: configured for it and not taken out by its health.
+    #[inline]
+    pub fn backend_serves(&self, id: BackendId, listener: ListenerId) -> bool {
+        self.backend_by_id(id).is_some_and(|(l, b)| l.id == listener && b.serving)
     }
 }
 

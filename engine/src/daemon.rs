@@ -417,26 +417,29 @@ fn launch_workers<'e>(
 struct Services {
     metrics: Option<crate::metrics::MetricsServer>,
     control: ControlServer,
+    health: crate::control::health::HealthApplier,
 }
 
 impl Services {
-    /// Start-up phase 8. The metrics server first: dropped on an early
-    /// return, it stops and joins its thread (the control server has no
-    /// such drop).
+    /// Start-up phase 8. The health threads and the metrics server before
+    /// the control server: dropped on an early return, they stop and join
+    /// their threads (the control server has no such drop).
     fn start(
         rt: &Arc<Runtime>,
         cfg: &Config,
         listener: std::os::unix::net::UnixListener,
         metrics: Option<crate::metrics::Bound>,
     ) -> Result<Services, String> {
+        let health = crate::control::health::HealthShared::start(rt, cfg)?;
         let metrics = metrics.map(|b| b.start(Arc::clone(rt))).transpose()?;
         let control = ControlServer::spawn(listener, cfg.startup.control_socket.clone(), Arc::clone(rt))
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
-        Ok(Services { metrics, control })
+        Ok(Services { metrics, control, health })
     }
 
     /// Nobody may ask or scrape while the data plane goes away.
     fn shutdown(self) {
+        self.health.shutdown();
         self.control.shutdown();
         if let Some(m) = self.metrics {
             m.shutdown();
@@ -555,6 +558,7 @@ fn serve(
         ops: Mutex::default(),
         propagation: Mutex::new(lbcore::latency::new_histogram()),
         seq: AtomicU64::new(0),
+        health: crate::control::health::HealthShared::default(),
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
 

@@ -84,6 +84,10 @@ defs! {
     "lbd_backend_weight" Gauge ["listener", "backend"] "Configured weight.";
     "lbd_backend_state" Gauge ["listener", "backend", "state"] "1 for the backend's state (active or drained).";
     "lbd_backend_share_ratio" Gauge ["listener", "backend"] "Fraction of new flows the scheduler gives the backend.";
+    "lbd_backend_health_up" Gauge ["listener", "backend"] "1 when the backend's effective health is up, 0 when down.";
+    "lbd_backend_health_transitions_total" Counter ["listener", "backend"] "Changes of the backend's effective health.";
+    "lbd_health_check_seconds" Histogram ["listener", "backend"] "Duration of the built-in health checks' probes.";
+    "lbd_listener_all_down" Gauge ["listener"] "1 while every backend of the listener (not drained) is down.";
     "lbd_mempool_mbufs_in_use" Gauge [] "Packet buffers in use.";
     "lbd_mempool_mbufs_available" Gauge [] "Packet buffers free.";
     "lbd_control_operations_total" Counter ["operation", "result"] "Control requests by operation and result (ok, error).";
@@ -296,7 +300,10 @@ impl LbdCollector {
         drop(previous);
 
         let snap = rt.snapshots.load();
+        let health = rt.plane.lock().health.clone();
+        let latency = rt.health.latency.lock().clone();
         for (l, lr) in snap.listeners.iter().zip(&report.listeners) {
+            f.gauge("lbd_listener_all_down", std::slice::from_ref(&l.name), f64::from(u8::from(l.all_down)));
             let t = &lr.traffic;
             let name = [l.name.clone()];
             f.gauge("lbd_listener_sessions_active", &name, t.sessions_active as f64);
@@ -323,6 +330,11 @@ impl LbdCollector {
                     f.gauge("lbd_backend_state", &[l.name.clone(), id.clone(), state.into()], f64::from(u8::from(on)));
                 }
                 f.gauge("lbd_backend_share_ratio", &lb, if total == 0 { 0.0 } else { share as f64 / total as f64 });
+                let h = health.get(b.id);
+                f.gauge("lbd_backend_health_up", &lb, if crate::control::health::is_down(h) { 0.0 } else { 1.0 });
+                f.counter("lbd_backend_health_transitions_total", &lb, h.map_or(0, |h| h.transitions) as f64);
+                let lat = latency.get(&b.id).cloned().unwrap_or_default();
+                f.histogram("lbd_health_check_seconds", &lb, lat.cumulative(), lat.count, lat.sum_s);
             }
         }
 

@@ -12,12 +12,15 @@
 
 #![forbid(unsafe_code)]
 
+mod checker;
 mod client;
 mod render;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Client;
-use lbproto::{BackendRef, BackendSpec, ConfigText, ErrorReply, ListenerSpec, Request, Response, SessionFilter};
+use lbproto::{
+    BackendRef, BackendSpec, ConfigText, ErrorReply, HealthSetting, ListenerSpec, Request, Response, SessionFilter,
+};
 use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +92,21 @@ enum Command {
     /// Show or reload the running configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Run the health checks of an lbd configuration from this host and
+    /// report the backends' states to one or more lbd (an independent
+    /// checker; runs until stopped).
+    HealthCheck {
+        /// The lbd configuration whose listeners' health_check to run.
+        #[arg(long)]
+        config: PathBuf,
+        /// A control socket of an lbd to report to; repeat for more.
+        #[arg(long = "report-to", value_name = "SOCKET", required = true)]
+        report_to: Vec<PathBuf>,
+        /// The name lbd shows as the source of the states (default: this
+        /// host's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -165,6 +183,25 @@ enum BackendCmd {
         listener: String,
         backend: String,
     },
+    /// Set the backend's health by hand (beats checks and checkers'
+    /// reports) or give it back to them (`auto`).
+    SetHealth {
+        listener: String,
+        /// ADDRESS or ADDRESS:PORT
+        backend: String,
+        #[arg(value_enum)]
+        state: HealthArg,
+        /// Why (shown in `backend list`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HealthArg {
+    Up,
+    Down,
+    Auto,
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +319,18 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
         Command::Backend(BackendCmd::Undrain { listener, backend }) => {
             Request::BackendUndrain { listener: listener.clone(), backend: backend_ref(backend)? }
         }
+        Command::Backend(BackendCmd::SetHealth { listener, backend, state, reason }) => Request::BackendSetHealth {
+            listener: listener.clone(),
+            backend: backend_ref(backend)?,
+            state: match state {
+                HealthArg::Up => HealthSetting::Up,
+                HealthArg::Down => HealthSetting::Down,
+                HealthArg::Auto => HealthSetting::Auto,
+            },
+            checker: None,
+            reason: reason.clone(),
+            ttl_ms: None,
+        },
         Command::Sessions { listener, backend, limit, count } => {
             let filter = SessionFilter { listener: listener.clone(), backend: backend.clone() };
             if *count {
@@ -300,7 +349,7 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
             let yaml = std::fs::read_to_string(f).map_err(|e| Failure::Usage(format!("{}: {e}", f.display())))?;
             Request::ConfigReload { source: Some(ConfigText { path: f.display().to_string(), yaml }) }
         }
-        Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::Completions { .. } | Command::HealthCheck { .. } => unreachable!("handled before connecting"),
     })
 }
 
@@ -311,6 +360,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         let mut script = Vec::new();
         clap_complete::generate(*shell, &mut Cli::command(), "lbctl", &mut script);
         return emit(&String::from_utf8_lossy(&script));
+    }
+    if let Command::HealthCheck { config, report_to, name } = &cli.command {
+        let name = name.clone().unwrap_or_else(checker::default_name);
+        return checker::run(config, report_to, &name);
     }
     let request = request_for(&cli.command)?;
     let mut client = Client::connect(&cli.socket).map_err(Failure::Unreachable)?;

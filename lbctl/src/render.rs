@@ -77,6 +77,9 @@ pub fn human(r: &crate::Answer) -> String {
                 s.sessions_active,
                 s.drops_total
             );
+            if !s.listeners_all_down.is_empty() {
+                line!(out, "every backend down: {}", s.listeners_all_down.join(", "));
+            }
             let mut t = table(&[
                 "port",
                 "device",
@@ -121,6 +124,8 @@ pub fn human(r: &crate::Answer) -> String {
                 "created",
                 "pkts in",
                 "pkts out",
+                "check",
+                "all down",
             ]);
             for l in listeners {
                 t.add_row(vec![
@@ -134,13 +139,32 @@ pub fn human(r: &crate::Answer) -> String {
                     right(l.sessions_created),
                     right(l.packets_in),
                     right(l.packets_out),
+                    Cell::new(l.health_check.as_deref().unwrap_or("-")),
+                    Cell::new(if l.all_down {
+                        format!("YES ({})", l.all_down_policy)
+                    } else {
+                        format!("no ({})", l.all_down_policy)
+                    }),
                 ]);
             }
             line!(out, "{t}");
         }
         Response::Backends { backends } => {
             let mut t = table(&[
-                "listener", "backend", "weight", "state", "share", "sessions", "created", "pkts in", "pkts out",
+                "listener",
+                "backend",
+                "weight",
+                "state",
+                "share",
+                "sessions",
+                "created",
+                "pkts in",
+                "pkts out",
+                "health",
+                "source",
+                "since",
+                "checked",
+                "last error",
             ]);
             let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
             for b in backends {
@@ -152,16 +176,50 @@ pub fn human(r: &crate::Answer) -> String {
                 t.add_row(vec![
                     Cell::new(&b.listener),
                     Cell::new(format!("{}:{}", b.address, b.port)),
-                    right(b.weight),
+                    // The weight it is scheduled by, when health or slow
+                    // start make it differ (drain shows in the state).
+                    right(if b.scheduled_weight == b.weight || b.drained {
+                        b.weight.to_string()
+                    } else {
+                        format!("{} (now {})", b.weight, b.scheduled_weight)
+                    }),
                     Cell::new(if b.drained { "drained" } else { "active" }),
                     right(format!("{share:.1}%")),
                     right(b.sessions_active),
                     right(b.sessions_created),
                     right(b.packets_in),
                     right(b.packets_out),
+                    Cell::new(if b.serving || b.health == "up" {
+                        b.health.clone()
+                    } else {
+                        format!("{} (out)", b.health)
+                    }),
+                    Cell::new(&b.health_source),
+                    right(format!("{} ago", duration(b.health_since_ms as f64 / 1000.0))),
+                    right(
+                        b.last_check_ms
+                            .map_or_else(|| "-".into(), |ms| format!("{} ago", duration(ms as f64 / 1000.0))),
+                    ),
+                    Cell::new(b.last_error.as_deref().unwrap_or("")),
                 ]);
             }
             line!(out, "{t}");
+            for b in backends {
+                for r in &b.reports {
+                    line!(
+                        out,
+                        "{} {}:{}: checker {} says {} ({}), {} ago{}",
+                        b.listener,
+                        b.address,
+                        b.port,
+                        r.checker,
+                        r.health,
+                        r.reason,
+                        duration(r.age_ms as f64 / 1000.0),
+                        if r.stale { ", STALE (expired, not counted)" } else { "" }
+                    );
+                }
+            }
         }
         Response::Changed { change } => {
             line!(

@@ -24,7 +24,8 @@
 //! and a human message.
 //!
 //! Version history: 1 had single frames only (an answer over 1 MiB closed
-//! the connection); 2 added continued frames and `busy`.
+//! the connection); 2 added continued frames and `busy`; 3 added
+//! `backend_set_health` and the health fields of backends and listeners.
 //!
 //! This crate has no DPDK in it, so `lbctl` links none.
 
@@ -38,7 +39,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame body either side accepts (a message may span frames).
 pub const MAX_FRAME: usize = 1 << 20;
@@ -135,6 +136,32 @@ pub struct ListenerSpec {
     pub backends: Vec<BackendSpec>,
 }
 
+/// A backend's health as set by hand or reported by a checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthSetting {
+    Up,
+    Down,
+    /// Withdraw the setting (by hand) or the report (a checker's): the
+    /// remaining sources decide again.
+    Auto,
+}
+
+impl HealthSetting {
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthSetting::Up => "up",
+            HealthSetting::Down => "down",
+            HealthSetting::Auto => "auto",
+        }
+    }
+}
+
+/// Longest checker name lbd accepts.
+pub const MAX_CHECKER_NAME: usize = 64;
+/// Longest reason lbd keeps (longer ones are refused).
+pub const MAX_HEALTH_REASON: usize = 256;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionFilter {
@@ -184,6 +211,20 @@ pub enum Request {
         listener: String,
         backend: BackendRef,
     },
+    /// Sets a backend's health by hand (`checker` absent) or reports it
+    /// from an independent checker (`checker` names it; `ttl_ms` says how
+    /// long the report counts before it is stale).
+    BackendSetHealth {
+        listener: String,
+        backend: BackendRef,
+        state: HealthSetting,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checker: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
     Sessions {
         filter: SessionFilter,
         limit: u32,
@@ -224,6 +265,7 @@ impl Request {
             Request::BackendSetWeight { .. } => "backend_set_weight",
             Request::BackendDrain { .. } => "backend_drain",
             Request::BackendUndrain { .. } => "backend_undrain",
+            Request::BackendSetHealth { .. } => "backend_set_health",
             Request::Sessions { .. } => "sessions",
             Request::SessionCount { .. } => "session_count",
             Request::Stats => "stats",
@@ -270,6 +312,8 @@ pub struct Status {
     pub sessions_active: u64,
     pub drops_total: u64,
     pub ports: Vec<PortStatus>,
+    /// Listeners whose every backend (not drained) is down.
+    pub listeners_all_down: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +331,35 @@ pub struct BackendInfo {
     pub sessions_created: u64,
     pub packets_in: u64,
     pub packets_out: u64,
+    /// `up` or `down`.
+    pub health: String,
+    /// Where the state comes from: `none`, `builtin`, `checker:NAME`,
+    /// `manual`.
+    pub health_source: String,
+    /// Why (the last check's error, a checker's or operator's reason).
+    pub health_reason: String,
+    /// Milliseconds since the state last changed (or the backend appeared).
+    pub health_since_ms: u64,
+    /// Milliseconds since the built-in check last probed it.
+    pub last_check_ms: Option<u64>,
+    pub last_error: Option<String>,
+    /// Whether it serves its listener now (up, or the listener fails open).
+    pub serving: bool,
+    /// The weight it is scheduled by (after drain, health, slow start).
+    pub scheduled_weight: u32,
+    /// Independent checkers' reports, fresh or stale.
+    pub reports: Vec<HealthReportInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthReportInfo {
+    pub checker: String,
+    pub health: String,
+    pub reason: String,
+    pub age_ms: u64,
+    /// Expired: shown, no longer counted.
+    pub stale: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +375,12 @@ pub struct ListenerInfo {
     pub sessions_created: u64,
     pub packets_in: u64,
     pub packets_out: u64,
+    /// The health check (`tcp`, `udp`, `http`), if any.
+    pub health_check: Option<String>,
+    /// Every backend not drained is down.
+    pub all_down: bool,
+    /// What it does then: `drop` or `fail_open`.
+    pub all_down_policy: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

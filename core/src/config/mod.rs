@@ -6,6 +6,7 @@
 
 pub mod raw;
 
+use crate::health::{self, AllDownPolicy, CheckKind, HealthCheck};
 use crate::wire::MacAddr;
 use ipnet::Ipv4Net;
 use raw::*;
@@ -305,6 +306,10 @@ pub struct ListenerConfig {
     pub persistence: Option<Duration>,
     pub tcp_non_syn: NonSynPolicy,
     pub backends: Vec<BackendConfig>,
+    // Health checking (kept together).
+    pub health_check: Option<HealthCheck>,
+    pub all_down: AllDownPolicy,
+    pub slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +403,8 @@ pub struct Forwarding {
     pub timeouts: Timeouts,
     pub arp: ArpTiming,
     pub removed_backend: RemovedBackendPolicy,
+    /// lbd runs the listeners' health checks itself (`health.builtin`).
+    pub health_builtin: bool,
 }
 
 impl Config {
@@ -759,7 +766,13 @@ impl Validator<'_> {
                 metrics_listen,
                 exception,
             },
-            forwarding: Forwarding { listeners, timeouts, arp, removed_backend },
+            forwarding: Forwarding {
+                listeners,
+                timeouts,
+                arp,
+                removed_backend,
+                health_builtin: raw.health.builtin != Some(Switch::Off),
+            },
         })
     }
 
@@ -989,6 +1002,114 @@ impl Validator<'_> {
         Ok(())
     }
 
+    /// A listener's `health_check`: defaults filled in, every field
+    /// checked, fields of another kind of check refused.
+    fn health_check(&self, i: usize, h: &RawHealthCheck) -> VResult<HealthCheck> {
+        let f = |k: &str| format!("listeners[{i}].health_check.{k}");
+        let mut c = HealthCheck::new(h.kind);
+        if let Some(p) = h.port {
+            c.port = Some(self.l4_port(&f("port"), p)?);
+        }
+        let ms = Duration::from_millis;
+        c.interval = self.duration(&f("interval"), h.interval.as_ref(), health::DEFAULT_INTERVAL, ms(100))?;
+        if c.interval > Duration::from_secs(3600) {
+            return self.err(f("interval"), "is too long (maximum 1h)");
+        }
+        let default_timeout = health::DEFAULT_TIMEOUT.min(c.interval);
+        c.timeout = self.duration(&f("timeout"), h.timeout.as_ref(), default_timeout, ms(10))?;
+        if c.timeout > c.interval {
+            return self.err(
+                f("timeout"),
+                format!(
+                    "{} is longer than the interval ({}): a probe must end before the next starts",
+                    humantime::format_duration(c.timeout),
+                    humantime::format_duration(c.interval)
+                ),
+            );
+        }
+        for (k, v, dflt) in [("rise", h.rise, health::DEFAULT_RISE), ("fall", h.fall, health::DEFAULT_FALL)] {
+            let v = v.unwrap_or(dflt);
+            if !(1..=100).contains(&v) {
+                return self.err(f(k), format!("{v} is out of range (1..=100)"));
+            }
+            if k == "rise" {
+                c.rise = v;
+            } else {
+                c.fall = v;
+            }
+        }
+        let text = |k: &str, v: &str, max: usize| -> VResult<()> {
+            if v.is_empty() || v.len() > max {
+                return self.err(f(k), format!("must be 1 to {max} bytes"));
+            }
+            if v.chars().any(|ch| ch.is_control()) {
+                return self.err(f(k), "must not contain control characters");
+            }
+            Ok(())
+        };
+        let only = |k: &str, set: bool, kind: CheckKind| -> VResult<()> {
+            if set && h.kind != kind {
+                return self.err(f(k), format!("only applies to `kind: {}` checks", kind.name()));
+            }
+            Ok(())
+        };
+        only("payload", h.payload.is_some(), CheckKind::Udp)?;
+        only("expect", h.expect.is_some(), CheckKind::Udp)?;
+        for (k, set) in [
+            ("path", h.path.is_some()),
+            ("host", h.host.is_some()),
+            ("status", h.status.is_some()),
+            ("body", h.body.is_some()),
+        ] {
+            only(k, set, CheckKind::Http)?;
+        }
+        if let Some(p) = &h.payload {
+            // A payload may hold any bytes a protocol needs, but not be empty.
+            if p.is_empty() || p.len() > 1024 {
+                return self.err(f("payload"), "must be 1 to 1024 bytes");
+            }
+            c.payload = p.as_bytes().to_vec();
+        }
+        if let Some(e) = &h.expect {
+            if e.is_empty() || e.len() > 1024 {
+                return self.err(f("expect"), "must be 1 to 1024 bytes");
+            }
+            c.expect = Some(e.as_bytes().to_vec());
+        }
+        if let Some(p) = &h.path {
+            text("path", p, 1024)?;
+            if !p.starts_with('/') || p.contains(' ') {
+                return self.err(f("path"), format!("`{p}` must start with `/` and contain no spaces"));
+            }
+            c.path = p.clone();
+        }
+        if let Some(host) = &h.host {
+            text("host", host, 255)?;
+            if host.contains(' ') {
+                return self.err(f("host"), "must not contain spaces");
+            }
+            c.host = Some(host.clone());
+        }
+        if let Some(list) = &h.status {
+            if list.is_empty() {
+                return self.err(f("status"), "must list at least one code or range");
+            }
+            c.status = list
+                .iter()
+                .map(|s| match s {
+                    RawStatus::Code(n) => health::parse_status_range(&n.to_string()),
+                    RawStatus::Range(r) => health::parse_status_range(r),
+                })
+                .collect::<Result<_, _>>()
+                .or_else(|e| self.err(f("status"), e))?;
+        }
+        if let Some(b) = &h.body {
+            text("body", b, 1024)?;
+            c.body = Some(b.clone());
+        }
+        Ok(c)
+    }
+
     fn listeners(&self, raw: &[RawListener], ports: &[PortConfig]) -> VResult<Vec<ListenerConfig>> {
         if raw.len() > MAX_LISTENERS {
             return self
@@ -1075,6 +1196,16 @@ impl Validator<'_> {
                 return self.err(f("backends"), "more than 65535 backends");
             }
             total_backends += backends.len();
+            let health_check = l.health_check.as_ref().map(|h| self.health_check(i, h)).transpose()?;
+            let all_down = l.all_down.unwrap_or(AllDownPolicy::FailOpen);
+            let slow_start = l
+                .slow_start
+                .as_ref()
+                .map(|s| self.duration(&f("slow_start"), Some(s), Duration::ZERO, Duration::from_millis(100)))
+                .transpose()?;
+            if slow_start.is_some_and(|d| d > Duration::from_secs(3600)) {
+                return self.err(f("slow_start"), "is too long (maximum 1h)");
+            }
             out.push(ListenerConfig {
                 name: l.name.clone(),
                 vip,
@@ -1084,6 +1215,9 @@ impl Validator<'_> {
                 persistence,
                 tcp_non_syn,
                 backends,
+                health_check,
+                all_down,
+                slow_start,
             });
         }
         // A VIP that is also a backend (of any listener) would send the

@@ -10,6 +10,7 @@
 use super::{
     ExceptionBackend, HashFields, NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm, Switch,
 };
+use crate::health::{AllDownPolicy, CheckKind};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -37,6 +38,61 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub exception: RawException,
+    #[serde(default, skip_serializing_if = "RawHealth::is_default")]
+    pub health: RawHealth,
+}
+
+/// lbd's own health checking.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// `off`: lbd runs no checks itself (an independent `lbctl
+    /// health-check` reports instead); `on` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Switch>,
+}
+
+impl RawHealth {
+    fn is_default(&self) -> bool {
+        *self == RawHealth::default()
+    }
+}
+
+/// A listener's `health_check`, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub kind: CheckKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Vec<RawStatus>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// An HTTP status code (`200`) or range (`"200-399"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawStatus {
+    Code(u32),
+    Range(String),
 }
 
 /// The kernel exception path: how the ports' kernel interfaces are made
@@ -155,6 +211,15 @@ pub struct RawListener {
     pub tcp_non_syn: Option<NonSynPolicy>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+    // Health checking (kept together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<RawHealthCheck>,
+    /// When every backend is down: `drop` new flows or `fail_open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_down: Option<AllDownPolicy>,
+    /// A new or recovered backend's weight ramps up over this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<String>,
 }
 
 fn default_scheduler() -> SchedulerAlgorithm {

@@ -373,6 +373,86 @@ fn two_ports_cannot_share_an_exception_interface() {
     assert!(e.message.contains("port `ext`"), "{e}");
 }
 
+#[test]
+fn health_checks_fill_in_defaults() {
+    let c = parse_str(&GOOD.replacen(
+        "    scheduler: maglev\n",
+        "    scheduler: maglev\n    health_check: {kind: http}\n    slow_start: 30s\n",
+        1,
+    ))
+    .unwrap();
+    let l = &c.forwarding.listeners[0];
+    let h = l.health_check.as_ref().unwrap();
+    assert_eq!((h.interval, h.timeout, h.rise, h.fall), (Duration::from_secs(2), Duration::from_secs(1), 2, 3));
+    assert_eq!((h.path.as_str(), h.status.as_slice(), h.port), ("/", &[(200, 399)][..], None));
+    assert_eq!(l.all_down, crate::health::AllDownPolicy::FailOpen);
+    assert_eq!(l.slow_start, Some(Duration::from_secs(30)));
+    assert!(c.forwarding.health_builtin);
+    // No check, no slow start by default; builtin can be switched off.
+    let c = parse_str(&format!("{GOOD}health: {{builtin: off}}\n")).unwrap();
+    assert!(c.forwarding.listeners[0].health_check.is_none() && c.forwarding.listeners[0].slow_start.is_none());
+    assert!(!c.forwarding.health_builtin);
+    let c = parse_str(&GOOD.replacen(
+        "    scheduler: maglev\n",
+        "    scheduler: maglev\n    all_down: drop\n    health_check: {kind: udp, payload: ping, expect: pong, port: 53, interval: 500ms, timeout: 200ms, rise: 1, fall: 1}\n",
+        1,
+    ))
+    .unwrap();
+    let l = &c.forwarding.listeners[0];
+    let h = l.health_check.as_ref().unwrap();
+    assert_eq!((h.payload.as_slice(), h.expect.as_deref(), h.port), (&b"ping"[..], Some(&b"pong"[..]), Some(53)));
+    assert_eq!(l.all_down, crate::health::AllDownPolicy::Drop);
+    let c = parse_str(&GOOD.replacen(
+        "    scheduler: maglev\n",
+        "    scheduler: maglev\n    health_check: {kind: http, status: [200, \"300-302\"], body: ok, host: example.org, path: /healthz}\n",
+        1,
+    ))
+    .unwrap();
+    let h = c.forwarding.listeners[0].health_check.clone().unwrap();
+    assert_eq!(h.status, vec![(200, 200), (300, 302)]);
+    assert_eq!((h.body.as_deref(), h.host.as_deref(), h.path.as_str()), (Some("ok"), Some("example.org"), "/healthz"));
+}
+
+#[test]
+fn health_check_errors_name_the_field() {
+    let with = |check: &str| err_with("    scheduler: maglev\n", &format!("    scheduler: maglev\n{check}"));
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "    health_check: {kind: tcp, interval: 1s, timeout: 2s}\n",
+            "health_check.timeout",
+            "longer than the interval",
+        ),
+        ("    health_check: {kind: tcp, rise: 0}\n", "health_check.rise", "out of range"),
+        ("    health_check: {kind: tcp, fall: 101}\n", "health_check.fall", "out of range"),
+        ("    health_check: {kind: tcp, interval: 10ms}\n", "health_check.interval", "too short"),
+        ("    health_check: {kind: tcp, interval: often}\n", "health_check.interval", "not a duration"),
+        ("    health_check: {kind: tcp, port: 0}\n", "health_check.port", "not a port"),
+        ("    health_check: {kind: tcp, path: /x}\n", "health_check.path", "only applies to `kind: http`"),
+        ("    health_check: {kind: http, payload: x}\n", "health_check.payload", "only applies to `kind: udp`"),
+        ("    health_check: {kind: http, path: nope}\n", "health_check.path", "must start with `/`"),
+        ("    health_check: {kind: http, status: [700]}\n", "health_check.status", "not an HTTP status"),
+        ("    health_check: {kind: http, status: [\"500-200\"]}\n", "health_check.status", "ends before"),
+        ("    health_check: {kind: http, status: []}\n", "health_check.status", "at least one"),
+        ("    health_check: {kind: http, body: \"\"}\n", "health_check.body", "1 to 1024"),
+        ("    health_check: {kind: udp, payload: \"\"}\n", "health_check.payload", "1 to 1024"),
+        ("    slow_start: 2h\n", "slow_start", "too long"),
+        ("    slow_start: 1ms\n", "slow_start", "too short"),
+    ];
+    for (check, field, msg) in cases {
+        let e = with(check);
+        assert_eq!(e.field, format!("listeners[0].{field}"), "{check}: {e}");
+        assert!(e.message.contains(msg), "{check}: {e}");
+    }
+    let e = with("    health_check: {kind: icmp}\n");
+    assert!(e.to_string().contains("unknown variant `icmp`"), "{e}");
+    let e = with("    all_down: maybe\n");
+    assert!(e.to_string().contains("unknown variant `maybe`"), "{e}");
+    let e = with("    health_check: {kind: tcp, retries: 3}\n");
+    assert!(e.to_string().contains("unknown field `retries`"), "{e}");
+    let e = parse_str(&format!("{GOOD}health: {{builtin: maybe}}\n")).unwrap_err();
+    assert!(e.to_string().contains("unknown variant `maybe`"), "{e}");
+}
+
 /// Schedulers, the fields Maglev hashes and persistence: what each
 /// listener key means where it applies, and a named error where it does not.
 #[test]

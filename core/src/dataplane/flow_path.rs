@@ -146,7 +146,7 @@ impl<P: Packet> State<P> {
             }
             Some((slot, Direction::Request)) => {
                 let s = self.sessions.session(slot);
-                let configured = snap.backend_by_id(s.backend_id).is_some_and(|(lv, _)| lv.id == l.id);
+                let configured = snap.backend_serves(s.backend_id, l.id);
                 match (configured, snap.removed_backend) {
                     (true, _) | (false, RemovedBackendPolicy::Keep) => Known::Live(slot),
                     (false, policy) => self.leave_removed_backend(slot, policy, key),

@@ -1167,6 +1167,49 @@ fn a_flood_to_the_host_is_cut_to_the_rate_without_touching_flows() {
     assert_eq!(h.io.to_kernel.len(), burst);
 }
 
+/// A backend whose health is down serves its listener no more: its
+/// sessions follow `sessions.removed_backend` as if it were removed (here
+/// `reschedule`), unless every backend is down and the listener fails open.
+#[test]
+fn sessions_on_a_down_backend_follow_the_removed_backend_policy() {
+    use crate::health::{BackendHealth, Health, HealthTable};
+    let (mut h, ids, tp, up) = flows_on_second_backend("reschedule");
+    let vip = ip("10.0.0.100");
+    let client = ip("192.168.1.10");
+    let with_down = |yaml: &str, down: &[&str], generation: u64| {
+        let cfg = config::parse(yaml, Path::new("t")).unwrap();
+        let mut table = HealthTable::default();
+        for l in ["web", "dns"] {
+            for b in down {
+                let id = ids.backend(l, b.parse().unwrap(), 8080).unwrap();
+                table.backends.insert(id, BackendHealth { state: Some(Health::Down), ..BackendHealth::default() });
+            }
+        }
+        Snapshot::build_with_health(&cfg, &[EXT_MAC, INT_MAC], &ids, generation, &table, std::time::Duration::ZERO)
+    };
+    let both = "{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080}";
+    // Both down, failing open (the default): sessions stay where they are.
+    let yaml = web_only(both, "reschedule");
+    h.dp.set_snapshot(Arc::new(with_down(&yaml, &["10.1.0.11", "10.1.0.12"], 2)));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, tp, 80, FLAG_ACK, b"more"));
+    assert_eq!(backend_of(&h.take_tx()[0].1).0, ip("10.1.0.12"));
+    // Only .12 down: both flows move to .11.
+    h.dp.set_snapshot(Arc::new(with_down(&yaml, &["10.1.0.12"], 3)));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, tp, 80, FLAG_ACK, b"more"));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, vip, up, 53, 0, b"more"));
+    let out = h.take_tx();
+    assert_eq!(backend_of(&out[0].1).0, ip("10.1.0.11"));
+    assert_eq!(backend_of(&out[1].1).0, ip("10.1.0.11"));
+    assert_eq!(h.counters.event_count(Event::SessionsMoved), 2);
+    // Both down and `all_down: drop`: a new flow finds no backend.
+    let drop_yaml = yaml.replace("    port: 80\n", "    port: 80\n    all_down: drop\n");
+    assert_ne!(drop_yaml, yaml);
+    h.dp.set_snapshot(Arc::new(with_down(&drop_yaml, &["10.1.0.11", "10.1.0.12"], 4)));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 41000, 80, FLAG_SYN, b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.counters.drop_count(DropReason::NoBackend), 1);
+}
+
 // Schedulers and persistence, through whole packets.
 
 /// One TCP listener `web` (10.0.0.100:80) with `listener` lines added and

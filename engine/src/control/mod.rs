@@ -9,6 +9,7 @@
 //! change, is refused and nothing changes. The control plane's lock is
 //! taken by control threads only, never by a worker.
 
+pub mod health;
 pub mod server;
 
 use crate::build_info::BuildInfo;
@@ -19,12 +20,13 @@ use hdrhistogram::Histogram;
 use lbcore::config::raw::{RawBackend, RawConfig, RawListener};
 use lbcore::config::{self, Config};
 use lbcore::counters::WorkerCounters;
+use lbcore::health::{self as hc, BackendHealth, Health, HealthTable, Source, Verdict};
 use lbcore::snapshot::{IdRegistry, RecycledId, Snapshot, SnapshotCell};
 use lbcore::wire::MacAddr;
 use lbproto::stats::Report;
 use lbproto::{
-    BackendInfo, BackendRef, BackendSpec, Change, ErrorCode, ErrorReply, ListenerInfo, ListenerSpec, NeighborInfo,
-    PortStatus, Request, Response, SessionFilter, SessionInfo, Status,
+    BackendInfo, BackendRef, BackendSpec, Change, ErrorCode, ErrorReply, HealthReportInfo, HealthSetting, ListenerInfo,
+    ListenerSpec, NeighborInfo, PortStatus, Request, Response, SessionFilter, SessionInfo, Status,
 };
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -67,6 +69,9 @@ pub struct ControlPlane {
     pub ids: IdRegistry,
     pub baselines: Baselines,
     pub macs: Vec<MacAddr>,
+    /// Every configured backend's health, by stable id (kept across
+    /// changes for the backends that remain).
+    pub health: HealthTable,
     /// Snapshots some worker may still hold; dropped here, never on a
     /// worker (freeing a large table there would stall its traffic).
     retired: Vec<Arc<Snapshot>>,
@@ -74,6 +79,9 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn new(path: PathBuf, raw: RawConfig, config: Config, ids: IdRegistry, macs: Vec<MacAddr>) -> ControlPlane {
+        let mut health = HealthTable::default();
+        health.sync(&health::live_backends(&config, &ids), Duration::ZERO, true);
+        health.update_all(Duration::ZERO);
         ControlPlane {
             path,
             raw,
@@ -82,6 +90,7 @@ impl ControlPlane {
             ids,
             baselines: Baselines::default(),
             macs,
+            health,
             retired: Vec::new(),
         }
     }
@@ -110,6 +119,8 @@ pub struct Runtime {
     /// Microseconds from publishing a change until every worker ran it.
     pub propagation: Mutex<Histogram<u64>>,
     pub seq: AtomicU64,
+    /// The built-in checks and their metrics.
+    pub health: health::HealthShared,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
@@ -200,6 +211,9 @@ impl Runtime {
                 raw.listeners[l].backends[b].drained = false;
                 Ok(format!("backend {backend} of {listener} takes new flows again"))
             }),
+            Request::BackendSetHealth { listener, backend, state, checker, reason, ttl_ms } => {
+                self.set_health(listener, backend, *state, checker.as_deref(), reason.as_deref(), *ttl_ms)
+            }
             Request::Sessions { filter, limit } => self.sessions(filter, *limit),
             Request::SessionCount { filter } => Ok(Response::SessionCount { count: self.session_count(filter)? }),
             Request::Stats => Ok(Response::Stats { stats: self.report(false) }),
@@ -274,8 +288,20 @@ impl Runtime {
             t.sessions_active == 0
         };
         let recycled = ids.assign(&cfg.forwarding, &idle).map_err(|e| err(ErrorCode::Invalid, e))?;
+        // Health carries over for the backends that remain; a recycled id
+        // is a new backend and starts afresh.
+        let now = self.health_now();
+        let mut health = plane.health.clone();
+        for id in &recycled {
+            if let RecycledId::Backend(id) = id {
+                health.backends.remove(id);
+            }
+        }
+        health.sync(&health::live_backends(&cfg, &ids), now, false);
+        health::drop_unchecked_builtin(&mut health, &cfg, &ids);
+        let transitions = health.update_all(now);
         let generation = plane.generation + 1;
-        let snapshot = Snapshot::build(&cfg, &plane.macs, &ids, generation);
+        let snapshot = build_snapshot(&cfg, &plane.macs, &ids, &health, generation, now);
         let build_us = t0.elapsed().as_micros() as u64;
 
         // Ids that change owner: the new owner's counters start from here.
@@ -293,6 +319,45 @@ impl Runtime {
             }
         }
 
+        let (reached, propagation_us) = self.install(plane, snapshot, generation);
+        plane.ids = ids;
+        plane.config = cfg;
+        plane.raw = raw;
+        plane.health = health;
+        plane.generation = generation;
+        self.health.log_transitions(plane, &transitions);
+        self.health.set_targets(&plane.config);
+        if !reached {
+            return Err(not_reached(generation));
+        }
+        Ok(Change { generation, propagation_us, build_us, summary })
+    }
+
+    /// Seconds since lbd started: the clock of health and slow start.
+    pub fn health_now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Publishes a snapshot of the running configuration with the current
+    /// health (a health change or a slow-start step; no configuration
+    /// change).
+    pub fn rebuild(&self, plane: &mut ControlPlane, summary: String) -> Result<Change, ErrorReply> {
+        let t0 = Instant::now();
+        let generation = plane.generation + 1;
+        let now = self.health_now();
+        let snapshot = build_snapshot(&plane.config, &plane.macs, &plane.ids, &plane.health, generation, now);
+        let build_us = t0.elapsed().as_micros() as u64;
+        let (reached, propagation_us) = self.install(plane, snapshot, generation);
+        plane.generation = generation;
+        if !reached {
+            return Err(not_reached(generation));
+        }
+        Ok(Change { generation, propagation_us, build_us, summary })
+    }
+
+    /// Publishes `snapshot` and waits for the workers to run it; whether
+    /// they all did, and how long it took them.
+    fn install(&self, plane: &mut ControlPlane, snapshot: Snapshot, generation: u64) -> (bool, u64) {
         plane.retired.push(self.snapshots.load());
         let published = dpdk::tsc();
         self.snapshots.publish(snapshot);
@@ -307,19 +372,98 @@ impl Runtime {
             plane.retired.clear();
             let _ = self.propagation.lock().record(propagation_us.max(1));
         }
-        plane.ids = ids;
-        plane.config = cfg;
-        plane.raw = raw;
-        plane.generation = generation;
-        if !reached {
-            return Err(err(
-                ErrorCode::Timeout,
-                format!(
-                    "generation {generation} published but not every worker switched within {PROPAGATION_TIMEOUT:?}"
-                ),
-            ));
+        (reached, propagation_us)
+    }
+
+    /// `backend set-health`: by hand (no `checker`) or a checker's report.
+    fn set_health(
+        &self,
+        listener: &str,
+        backend: &BackendRef,
+        state: HealthSetting,
+        checker: Option<&str>,
+        reason: Option<&str>,
+        ttl_ms: Option<u64>,
+    ) -> Result<Response, ErrorReply> {
+        if let Some(name) = checker {
+            health::check_checker_name(name)?;
         }
-        Ok(Change { generation, propagation_us, build_us, summary })
+        let reason = health::check_reason(reason)?;
+        let ttl = match (checker, ttl_ms) {
+            (Some(_), Some(ms)) if ms >= 1 && Duration::from_millis(ms) <= lbcore::health::MAX_REPORT_TTL => {
+                Some(Duration::from_millis(ms))
+            }
+            (Some(_), Some(ms)) => {
+                return Err(err(
+                    ErrorCode::Invalid,
+                    format!("ttl_ms {ms} is out of range (1..={})", lbcore::health::MAX_REPORT_TTL.as_millis()),
+                ))
+            }
+            (Some(_), None) if state != HealthSetting::Auto => {
+                return Err(err(ErrorCode::Invalid, "a checker's report needs ttl_ms (how long it counts)"))
+            }
+            (None, Some(_)) => return Err(err(ErrorCode::Invalid, "ttl_ms only applies to a checker's report")),
+            _ => None,
+        };
+        let mut plane = self.plane.lock();
+        let (l, b) = find_backend(&plane.raw, listener, backend)?;
+        let cfg_b = &plane.config.forwarding.listeners[l].backends[b];
+        let (addr, port) = (cfg_b.address, cfg_b.port);
+        let id =
+            plane.ids.backend(listener, addr, port).ok_or_else(|| err(ErrorCode::Internal, "backend has no id"))?;
+        let now = self.health_now();
+        let by = checker.map_or_else(|| "by hand".to_owned(), |c| format!("checker {c}"));
+        let record = plane.health.backends.entry(id).or_default();
+        let verdict = |s: Health| Verdict {
+            state: s,
+            reason: reason.clone().unwrap_or_else(|| format!("set {} {by}", s.name())),
+            at: now,
+        };
+        match (checker, state) {
+            (None, HealthSetting::Auto) => record.manual = None,
+            (None, HealthSetting::Up) => record.manual = Some(verdict(Health::Up)),
+            (None, HealthSetting::Down) => record.manual = Some(verdict(Health::Down)),
+            (Some(c), HealthSetting::Auto) => {
+                record.reports.remove(c);
+            }
+            (Some(c), s) => {
+                if !record.reports.contains_key(c) {
+                    // Bounded: stale reports of other checkers make room;
+                    // fresh ones are never pushed out.
+                    let fresh = record.reports.values().filter(|r| !BackendHealth::stale(r, now)).count();
+                    if fresh >= health::MAX_CHECKERS {
+                        return Err(err(
+                            ErrorCode::Invalid,
+                            format!(
+                                "{fresh} checkers already report on backend {addr}:{port} of {listener}; at most {} do",
+                                health::MAX_CHECKERS
+                            ),
+                        ));
+                    }
+                    record.reports.retain(|_, r| !BackendHealth::stale(r, now));
+                }
+                let s = if s == HealthSetting::Up { Health::Up } else { Health::Down };
+                let expires = now + ttl.unwrap_or_default();
+                record.reports.insert(c.to_owned(), hc::Report { verdict: verdict(s), expires });
+            }
+        }
+        let transition = record.update(now);
+        let effective = record.state();
+        let summary = format!(
+            "backend {addr}:{port} of {listener}: {} {by}; now {effective} ({})",
+            state.name(),
+            record.source.clone().unwrap_or(Source::None)
+        );
+        match transition {
+            Some(t) => {
+                self.health.log_transitions(&plane, &[(id, t)]);
+                self.rebuild(&mut plane, summary).map(|change| Response::Changed { change })
+            }
+            None => {
+                let generation = plane.generation;
+                Ok(Response::Changed { change: Change { generation, propagation_us: 0, build_us: 0, summary } })
+            }
+        }
     }
 
     /// Waits until every worker runs `generation` or later.
@@ -383,16 +527,26 @@ impl Runtime {
             sessions_active: report.sessions_active,
             drops_total: report.drops_total,
             ports,
+            listeners_all_down: self
+                .snapshots
+                .load()
+                .listeners
+                .iter()
+                .filter(|l| l.all_down)
+                .map(|l| l.name.clone())
+                .collect(),
         }
     }
 
     fn listeners(&self) -> Vec<ListenerInfo> {
         let snap = self.snapshots.load();
-        let base = self.plane.lock().baselines.clone();
+        let plane = self.plane.lock();
+        let base = plane.baselines.clone();
         snap.listeners
             .iter()
             .map(|l| {
                 let t = stats::listener_totals(&self.counters, l.id, &base);
+                let check = plane.config.forwarding.listeners.iter().find(|c| c.name == l.name);
                 ListenerInfo {
                     name: l.name.clone(),
                     vip: Ipv4Addr::from(l.vip).to_string(),
@@ -404,6 +558,9 @@ impl Runtime {
                     sessions_created: t.sessions_created,
                     packets_in: t.packets_in,
                     packets_out: t.packets_out,
+                    health_check: check.and_then(|c| c.health_check.as_ref()).map(|h| h.kind.name().to_owned()),
+                    all_down: l.all_down,
+                    all_down_policy: l.all_down_policy.name().into(),
                 }
             })
             .collect()
@@ -411,7 +568,9 @@ impl Runtime {
 
     fn backends(&self, listener: Option<&str>) -> Result<Vec<BackendInfo>, ErrorReply> {
         let snap = self.snapshots.load();
-        let base = self.plane.lock().baselines.clone();
+        let plane = self.plane.lock();
+        let base = plane.baselines.clone();
+        let now = self.health_now();
         if let Some(name) = listener {
             if !snap.listeners.iter().any(|l| l.name == name) {
                 return Err(err(ErrorCode::NotFound, format!("no listener `{name}`")));
@@ -422,7 +581,7 @@ impl Runtime {
             let shares = l.scheduler.shares(l.backends.len());
             for (b, share) in l.backends.iter().zip(shares) {
                 let t = stats::backend_totals(&self.counters, b.id, &base);
-                out.push(BackendInfo {
+                let mut info = BackendInfo {
                     listener: l.name.clone(),
                     address: Ipv4Addr::from(b.addr).to_string(),
                     port: b.port,
@@ -433,7 +592,18 @@ impl Runtime {
                     sessions_created: t.sessions_created,
                     packets_in: t.packets_in,
                     packets_out: t.packets_out,
-                });
+                    health: "up".into(),
+                    health_source: Source::None.to_string(),
+                    health_reason: String::new(),
+                    health_since_ms: 0,
+                    last_check_ms: None,
+                    last_error: None,
+                    serving: b.serving,
+                    scheduled_weight: b.scheduled_weight,
+                    reports: Vec::new(),
+                };
+                health_info(&mut info, plane.health.get(b.id), now);
+                out.push(info);
             }
         }
         Ok(out)
@@ -616,4 +786,45 @@ fn add_backend(raw: &mut RawConfig, listener: &str, spec: &BackendSpec) -> Resul
         drained: false,
     });
     Ok(format!("backend {}:{} added to {listener}", spec.address, spec.port))
+}
+
+/// The one way snapshots are built: the configuration with its health.
+fn build_snapshot(
+    cfg: &Config,
+    macs: &[MacAddr],
+    ids: &IdRegistry,
+    health: &HealthTable,
+    generation: u64,
+    now: Duration,
+) -> Snapshot {
+    Snapshot::build_with_health(cfg, macs, ids, generation, health, now)
+}
+
+fn not_reached(generation: u64) -> ErrorReply {
+    err(
+        ErrorCode::Timeout,
+        format!("generation {generation} published but not every worker switched within {PROPAGATION_TIMEOUT:?}"),
+    )
+}
+
+/// The health fields of a backend's listing.
+fn health_info(info: &mut BackendInfo, h: Option<&BackendHealth>, now: Duration) {
+    let Some(h) = h else { return };
+    info.health = h.state().name().into();
+    info.health_source = h.source.clone().unwrap_or(Source::None).to_string();
+    info.health_reason = h.resolve_at(now).2;
+    info.health_since_ms = now.saturating_sub(h.since).as_millis() as u64;
+    info.last_check_ms = h.last_check.map(|t| now.saturating_sub(t).as_millis() as u64);
+    info.last_error = h.last_error.clone();
+    info.reports = h
+        .reports
+        .iter()
+        .map(|(name, r)| HealthReportInfo {
+            checker: name.clone(),
+            health: r.verdict.state.name().into(),
+            reason: r.verdict.reason.clone(),
+            age_ms: now.saturating_sub(r.verdict.at).as_millis() as u64,
+            stale: BackendHealth::stale(r, now),
+        })
+        .collect();
 }
