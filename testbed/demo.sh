@@ -1,9 +1,11 @@
 #!/bin/bash
 # The README demo: install what is missing, build lbd, bring up the
-# namespace testbed, run lbd with config/demo.yaml, send 300 HTTP requests
-# and 100 UDP datagrams from the client namespace to the VIP, show which
-# backend got what and which client address the backends saw, tear down.
-# Run as root on Debian 12.
+# namespace testbed, run lbd with config/demo.yaml in a namespace of its
+# own, send 300 HTTP requests and 100 UDP datagrams from the client
+# namespace to the VIP, show which backend got what and which client
+# address the backends saw; then stop a backend's server and watch the
+# health checks take it out and bring it back while requests keep
+# succeeding; tear down. Run as root on Debian 12.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,12 +43,13 @@ LBD="$ROOT/target/release/lbd"
 LBCTL="$ROOT/target/release/lbctl"
 "$LBD" --version
 
-step "Bringing up the testbed: client, 3 backends, lbd in between"
-"$ROOT/testbed/topology.sh" up "$TOPO"
+step "Bringing up the testbed: client, 3 backends, lbd in between (in namespace $TOPO-lb)"
+"$ROOT/testbed/topology.sh" up "$TOPO" lbns
 
 step "Starting lbd with config/demo.yaml"
 "$LBD" --check-config config/demo.yaml
-"$LBD" -c config/demo.yaml --stats-out "$WORK/stats.json" >"$WORK/stdout" 2>"$WORK/lbd.log" &
+# `ip netns exec` execs lbd in place: $! is lbd's PID.
+ip netns exec "$TOPO-lb" "$LBD" -c config/demo.yaml --stats-out "$WORK/stats.json" >"$WORK/stdout" 2>"$WORK/lbd.log" &
 LBD_PID=$!
 for _ in $(seq 150); do
     grep -q "lbd: ready" "$WORK/lbd.log" && break
@@ -94,6 +97,57 @@ step "What lbctl says about the running lbd"
 "$LBCTL" backend list
 "$LBCTL" sessions --limit 5
 
+step "The host keeps a network stack on the DPDK ports (kernel interfaces lbd-ext, lbd-int)"
+ip netns exec "$TOPO-lb" ip -br -4 address show
+ip netns exec "$TOPO-lb" ping -n -c 2 -W 2 10.1.0.11
+
+# health STATE LISTENER BACKEND: waits (20 s at most) until lbctl shows
+# BACKEND of LISTENER in STATE.
+health() {
+    for _ in $(seq 200); do
+        "$LBCTL" --json backend list --listener "$2" | /usr/bin/python3 -c '
+import json, sys
+want, state = sys.argv[1], sys.argv[2]
+ok = any("%s:%d" % (b["address"], b["port"]) == want and b["health"] == state for b in json.load(sys.stdin)["backends"])
+sys.exit(0 if ok else 1)' "$3" "$1" && return 0
+        sleep 0.1
+    done
+    echo "$3 of $2 did not become $1" >&2
+    return 1
+}
+
+step "Health checks: stopping be2's servers (kill by its recorded PID)"
+kill "$(cat /run/lbd-testbed/$TOPO/be2.pid)"
+T0=$(date +%s%N)
+health down web 10.1.0.12:8080
+health down echo 10.1.0.12:9000
+echo "be2 taken out $(( ($(date +%s%N) - T0) / 1000000 )) ms after it stopped (checks every 500 ms, down after 2 failures)"
+"$LBCTL" backend list --listener web
+step "100 HTTP requests with be2 down"
+seq 100 | xargs -P 8 -I{} "${C[@]}" curl -sS --max-time 5 http://10.0.0.100/ >"$WORK/http-down.txt" || true
+
+step "Restarting be2; it rejoins after 2 successful checks"
+ip netns exec "$TOPO-be2" /usr/bin/python3 "$ROOT/testbed/backend.py" --name be2 --http-port 8080 --udp-port 9000 \
+    >>"/run/lbd-testbed/$TOPO/be2.log" 2>&1 &
+echo $! >"/run/lbd-testbed/$TOPO/be2.pid"
+health up web 10.1.0.12:8080
+health up echo 10.1.0.12:9000
+"$LBCTL" backend list --listener web
+step "100 HTTP requests with be2 back"
+seq 100 | xargs -P 8 -I{} "${C[@]}" curl -sS --max-time 5 http://10.0.0.100/ >"$WORK/http-up.txt"
+/usr/bin/python3 - "$WORK" <<'PY'
+import collections, sys
+work = sys.argv[1]
+ok = True
+for title, path, want in (("be2 down", f"{work}/http-down.txt", {"be1", "be3"}),
+                          ("be2 back", f"{work}/http-up.txt", {"be1", "be2", "be3"})):
+    per = collections.Counter(l.split()[0].split("=", 1)[1] for l in open(path) if l.startswith("backend="))
+    n = sum(per.values())
+    print(f"{title}: {n}/100 answered, by " + ", ".join(f"{b} {per[b]}" for b in sorted(per)))
+    ok &= n == 100 and set(per) == want
+sys.exit(0 if ok else 1)
+PY
+
 step "Stopping lbd; its final counters"
 kill -TERM "$LBD_PID"
 wait "$LBD_PID" || true
@@ -110,4 +164,5 @@ drops = {k: v for k, v in s["drops"].items() if v}
 print(f"  drops: {drops if drops else 'none'}")
 PY
 echo
-echo "Demo complete: every request reached a backend through the VIP, and the backends saw the client's own address."
+echo "Demo complete: every request reached a backend through the VIP, the backends saw the client's own address,"
+echo "and a stopped backend was taken out and brought back by the health checks without a failed request."
