@@ -16,7 +16,7 @@ use lbcore::wire::frame::FrameBuilder;
 use lbcore::wire::MacAddr;
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::path::Path;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -44,25 +44,6 @@ fn frame(
     payload: &[u8],
 ) -> Vec<u8> {
     FrameBuilder::new(MacAddr(PEER_MAC), MacAddr(dst_mac)).l4(proto, src, dst, sport, dport, flags, payload)
-}
-
-/// A classic pcap file (microsecond timestamps, Ethernet).
-fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&1u32.to_le_bytes());
-    for (i, f) in frames.iter().enumerate() {
-        out.extend_from_slice(&1u32.to_le_bytes());
-        out.extend_from_slice(&(i as u32).to_le_bytes());
-        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        out.extend_from_slice(f);
-    }
-    std::fs::write(path, out).unwrap();
 }
 
 fn drop_count(stats: &Value, reason: &str) -> u64 {

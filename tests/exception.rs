@@ -9,6 +9,8 @@ mod common;
 
 use common::topology::Topology;
 use common::*;
+use lbcore::wire::frame::FrameBuilder;
+use lbcore::wire::MacAddr;
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -270,15 +272,16 @@ impl Drop for Netns {
     }
 }
 
-/// An lbd configuration on one null port, with `port_extra` on the port
-/// and `extra` at the end.
-fn null_port_config(dir: &TempDir, prefix: &str, port_extra: &str, extra: &str) -> std::path::PathBuf {
+/// An lbd configuration on one port made by `vdev` (named net_x0), with
+/// `port_extra` on the port and `extra` at the end.
+fn one_port_config(dir: &TempDir, prefix: &str, vdev: &str, port_extra: &str, extra: &str) -> std::path::PathBuf {
     let cfg = dir.join("lbd.yaml");
+    let device = vdev.split(',').next().unwrap();
     std::fs::write(
         &cfg,
         format!(
-            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
-             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24{port_extra}}}\n\
+            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"{vdev}\"]\n\
+             ports:\n  - {{name: ext, device: {device}, address: 10.0.0.1/24, mac: \"02:00:00:00:00:01\"{port_extra}}}\n\
              control: {{socket: {}}}\n\
              metrics: {{listen: \"off\"}}\n{extra}",
             dir.join("lbd.sock").display()
@@ -325,20 +328,47 @@ fn an_exception_backend_the_host_lacks_is_skipped_by_default_and_refused_when_as
     let have_vhost = std::path::Path::new("/dev/vhost-net").exists();
     let dir = TempDir::new("exc-backend");
     let prefix = unique("lbdx");
-    // Default (no `exception:` on the port): on where it works.
-    let cfg = null_port_config(&dir, &prefix, "", "exception: {backend: virtio_user}\n");
-    let (outcome, log) = run_lbd_in(&ns, &cfg, &dir, &prefix);
-    assert_eq!(outcome, None, "lbd did not start:\n{log}");
+    // Default (no `exception:` on the port): on where it works. A SYN to
+    // the port address is the host's where the interface exists, nobody's
+    // (no_listener) where it does not.
+    let syn = FrameBuilder::new(MacAddr([2, 0, 0, 0, 0, 0xc1]), MacAddr([2, 0, 0, 0, 0, 1])).l4(
+        6,
+        u32::from(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        u32::from(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        40000,
+        22,
+        0x02,
+        b"",
+    );
+    write_pcap(&dir.join("in.pcap"), &[syn]);
+    let vdev =
+        format!("net_pcap0,rx_pcap={},tx_pcap={}", dir.join("in.pcap").display(), dir.join("out.pcap").display());
+    let cfg = one_port_config(&dir, &prefix, &vdev, "", "exception: {backend: virtio_user}\n");
+    let mut lbd = Lbd::start_in(Some(&ns.0), &cfg, dir.path(), &prefix);
+    let stats = lbd.wait_processed(1, false, Duration::from_secs(30));
+    let log = lbd.log_text();
     if have_vhost {
         assert!(log.contains("kernel=lbd-ext"), "{log}");
     } else {
         assert!(log.contains("needs /dev/vhost-net, which this host lacks"), "{log}");
         assert!(log.contains("kernel=off"), "{log}");
         assert!(!ns.exec(&["ip", "-br", "link"]).contains("lbd-ext"));
+        // The workers know: no_listener, not a full queue to a kernel
+        // interface that does not exist.
+        assert_eq!(drop_count(&stats, "no_listener"), 1, "{}", stats["drops"]);
+        assert_eq!(drop_count(&stats, "kernel_queue_full"), 0, "{}", stats["drops"]);
     }
+    let (status, _) = lbd.stop();
+    assert!(status.success());
     // Asked for explicitly: a host without it refuses to start.
     if !have_vhost {
-        let cfg = null_port_config(&dir, &prefix, ", exception: on", "exception: {backend: virtio_user}\n");
+        let cfg = one_port_config(
+            &dir,
+            &prefix,
+            "net_null0,no-rx=1",
+            ", exception: on",
+            "exception: {backend: virtio_user}\n",
+        );
         let (outcome, log) = run_lbd_in(&ns, &cfg, &dir, &prefix);
         assert!(matches!(outcome, Some(c) if c != 0), "lbd started without /dev/vhost-net:\n{log}");
         assert!(
@@ -359,7 +389,7 @@ fn an_interface_name_already_taken_stops_lbd_with_a_clear_error() {
     ns.exec(&["ip", "link", "add", "lbd-ext", "type", "veth", "peer", "name", "lbd-extp"]);
     let dir = TempDir::new("exc-taken");
     let prefix = unique("lbdx");
-    let cfg = null_port_config(&dir, &prefix, ", exception: on", "");
+    let cfg = one_port_config(&dir, &prefix, "net_null0,no-rx=1", ", exception: on", "");
     let (outcome, log) = run_lbd_in(&ns, &cfg, &dir, &prefix);
     assert!(matches!(outcome, Some(c) if c != 0), "lbd started over an existing interface:\n{log}");
     assert!(log.contains("port `ext`: exception interface `lbd-ext`: cannot create device"), "{log}");
@@ -368,7 +398,7 @@ fn an_interface_name_already_taken_stops_lbd_with_a_clear_error() {
     assert!(!dir.join("lbd.sock").exists());
     // With a free name it works in the same namespace, and the address is
     // the port's.
-    let cfg = null_port_config(&dir, &prefix, ", exception: on, exception_interface: lbd-x0", "");
+    let cfg = one_port_config(&dir, &prefix, "net_null0,no-rx=1", ", exception: on, exception_interface: lbd-x0", "");
     let log_path = dir.join("lbd.log");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.0, lbd_bin(), "-c"])

@@ -330,43 +330,67 @@ fn ms(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
+/// What became of a port at start that its configuration cannot say: the
+/// MAC address DPDK gave it, and whether its kernel interface exists (the
+/// exception path is on by default only where the host can make one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortFacts {
+    pub mac: MacAddr,
+    pub kernel: bool,
+}
+
+impl PortFacts {
+    /// Facts for `cfg`'s ports with MACs `macs`, taking every configured
+    /// kernel interface as made (tests, benchmarks).
+    pub fn as_configured(cfg: &Config, macs: &[MacAddr]) -> Vec<PortFacts> {
+        cfg.startup
+            .ports
+            .iter()
+            .zip(macs)
+            .map(|(p, mac)| PortFacts { mac: *mac, kernel: p.exception_interface.is_some() })
+            .collect()
+    }
+}
+
 impl Snapshot {
-    /// Builds the forwarding state of `cfg` with every backend healthy.
+    /// Builds the forwarding state of `cfg` with every backend healthy and
+    /// every configured kernel interface made.
     pub fn build(cfg: &Config, macs: &[MacAddr], ids: &IdRegistry, generation: u64) -> Snapshot {
-        Snapshot::build_with_health(cfg, macs, ids, generation, &HealthTable::default(), std::time::Duration::ZERO)
+        let facts = PortFacts::as_configured(cfg, macs);
+        Snapshot::build_with_health(cfg, &facts, ids, generation, &HealthTable::default(), std::time::Duration::ZERO)
     }
 
-    /// Builds the forwarding state of `cfg`. `macs[i]` is the MAC address
-    /// port `i` ended up with (known only once DPDK opened the device);
-    /// `ids` must have assigned every listener and backend of `cfg`.
-    /// `health` (at time `now`, for slow start) decides which backends
-    /// take new flows and with what weight.
+    /// Builds the forwarding state of `cfg`. `facts[i]` is what port `i`
+    /// ended up with (known only once DPDK opened the device); `ids` must
+    /// have assigned every listener and backend of `cfg`. `health` (at
+    /// time `now`, for slow start) decides which backends take new flows
+    /// and with what weight.
     pub fn build_with_health(
         cfg: &Config,
-        macs: &[MacAddr],
+        facts: &[PortFacts],
         ids: &IdRegistry,
         generation: u64,
         health: &HealthTable,
         now: std::time::Duration,
     ) -> Snapshot {
-        assert_eq!(macs.len(), cfg.startup.ports.len());
+        assert_eq!(facts.len(), cfg.startup.ports.len());
         let ports: Vec<PortView> = cfg
             .startup
             .ports
             .iter()
-            .zip(macs)
-            .map(|(p, mac)| {
+            .zip(facts)
+            .map(|(p, f)| {
                 let prefix_len = p.subnet.prefix_len();
                 PortView {
                     name: p.name.clone(),
                     device: p.device.clone(),
-                    mac: *mac,
+                    mac: f.mac,
                     addr: u32::from(p.address),
                     net: u32::from(p.subnet.network()),
                     mask: mask_of(prefix_len),
                     prefix_len,
                     gateway: p.gateway.map(u32::from),
-                    kernel: p.exception_interface.is_some(),
+                    kernel: f.kernel,
                 }
             })
             .collect();

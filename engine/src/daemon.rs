@@ -12,9 +12,10 @@ use lbcore::config::raw::RawConfig;
 use lbcore::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane};
+use lbcore::health::HealthTable;
 use lbcore::ids::PortIndex;
 use lbcore::persistence::PersistenceTable;
-use lbcore::snapshot::{IdRegistry, Snapshot, SnapshotCell};
+use lbcore::snapshot::{IdRegistry, PortFacts, Snapshot, SnapshotCell};
 use lbcore::wire::MacAddr;
 use lbproto::stats::Report;
 use parking_lot::Mutex;
@@ -501,7 +502,19 @@ fn serve(
 
     let mut registry = IdRegistry::default();
     registry.assign(&cfg.forwarding, &|_| true)?;
-    let snapshots = Arc::new(SnapshotCell::new(Snapshot::build(cfg, &macs, &registry, 1)));
+    let port_facts: Vec<PortFacts> = macs
+        .iter()
+        .enumerate()
+        .map(|(i, mac)| PortFacts { mac: *mac, kernel: kernel.ifaces.iter().any(|k| k.port == PortIndex(i as u16)) })
+        .collect();
+    let snapshots = Arc::new(SnapshotCell::new(Snapshot::build_with_health(
+        cfg,
+        &port_facts,
+        &registry,
+        1,
+        &HealthTable::default(),
+        Duration::ZERO,
+    )));
     let counters: Vec<Arc<WorkerCounters>> = (0..cfg.startup.workers)
         .map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS)))
         .collect();
@@ -554,7 +567,7 @@ fn serve(
         pool: Arc::clone(&pool),
         rings: ring_monitors,
         queries: query_senders,
-        plane: Mutex::new(ControlPlane::new(path.to_owned(), raw, cfg.clone(), registry, macs.clone())),
+        plane: Mutex::new(ControlPlane::new(path.to_owned(), raw, cfg.clone(), registry, port_facts)),
         ops: Mutex::default(),
         propagation: Mutex::new(lbcore::latency::new_histogram()),
         seq: AtomicU64::new(0),

@@ -150,7 +150,7 @@ impl HealthShared {
     /// Starts the built-in checks of `cfg` (none when `health.builtin` is
     /// off: the runner then idles until a reload switches them on).
     pub fn start(rt: &Arc<Runtime>, cfg: &Config) -> Result<HealthApplier, String> {
-        if !targets_of(cfg).is_empty() && cfg.startup.ports.iter().all(|p| p.exception_interface.is_none()) {
+        if !targets_of(cfg).is_empty() && rt.plane.lock().port_facts.iter().all(|p| !p.kernel) {
             eprintln!(
                 "lbd: health: warning: built-in checks run but no port has an exception interface: probes \
                  take the host's own routes, not lbd's ports"

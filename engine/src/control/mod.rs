@@ -21,8 +21,7 @@ use lbcore::config::raw::{RawBackend, RawConfig, RawListener};
 use lbcore::config::{self, Config};
 use lbcore::counters::WorkerCounters;
 use lbcore::health::{self as hc, BackendHealth, Health, HealthTable, Source, Verdict};
-use lbcore::snapshot::{IdRegistry, RecycledId, Snapshot, SnapshotCell};
-use lbcore::wire::MacAddr;
+use lbcore::snapshot::{IdRegistry, PortFacts, RecycledId, Snapshot, SnapshotCell};
 use lbproto::stats::Report;
 use lbproto::{
     BackendInfo, BackendRef, BackendSpec, Change, ErrorCode, ErrorReply, HealthReportInfo, HealthSetting, ListenerInfo,
@@ -68,7 +67,8 @@ pub struct ControlPlane {
     pub generation: u64,
     pub ids: IdRegistry,
     pub baselines: Baselines,
-    pub macs: Vec<MacAddr>,
+    /// Each port's MAC and whether its kernel interface exists.
+    pub port_facts: Vec<PortFacts>,
     /// Every configured backend's health, by stable id (kept across
     /// changes for the backends that remain).
     pub health: HealthTable,
@@ -78,7 +78,13 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn new(path: PathBuf, raw: RawConfig, config: Config, ids: IdRegistry, macs: Vec<MacAddr>) -> ControlPlane {
+    pub fn new(
+        path: PathBuf,
+        raw: RawConfig,
+        config: Config,
+        ids: IdRegistry,
+        port_facts: Vec<PortFacts>,
+    ) -> ControlPlane {
         let mut health = HealthTable::default();
         health.sync(&health::live_backends(&config, &ids), Duration::ZERO, true);
         health.update_all(Duration::ZERO);
@@ -89,7 +95,7 @@ impl ControlPlane {
             generation: 1,
             ids,
             baselines: Baselines::default(),
-            macs,
+            port_facts,
             health,
             retired: Vec::new(),
         }
@@ -301,7 +307,7 @@ impl Runtime {
         health::drop_unchecked_builtin(&mut health, &cfg, &ids);
         let transitions = health.update_all(now);
         let generation = plane.generation + 1;
-        let snapshot = build_snapshot(&cfg, &plane.macs, &ids, &health, generation, now);
+        let snapshot = build_snapshot(&cfg, &plane.port_facts, &ids, &health, generation, now);
         let build_us = t0.elapsed().as_micros() as u64;
 
         // Ids that change owner: the new owner's counters start from here.
@@ -345,7 +351,7 @@ impl Runtime {
         let t0 = Instant::now();
         let generation = plane.generation + 1;
         let now = self.health_now();
-        let snapshot = build_snapshot(&plane.config, &plane.macs, &plane.ids, &plane.health, generation, now);
+        let snapshot = build_snapshot(&plane.config, &plane.port_facts, &plane.ids, &plane.health, generation, now);
         let build_us = t0.elapsed().as_micros() as u64;
         let (reached, propagation_us) = self.install(plane, snapshot, generation);
         plane.generation = generation;
@@ -791,13 +797,13 @@ fn add_backend(raw: &mut RawConfig, listener: &str, spec: &BackendSpec) -> Resul
 /// The one way snapshots are built: the configuration with its health.
 fn build_snapshot(
     cfg: &Config,
-    macs: &[MacAddr],
+    facts: &[PortFacts],
     ids: &IdRegistry,
     health: &HealthTable,
     generation: u64,
     now: Duration,
 ) -> Snapshot {
-    Snapshot::build_with_health(cfg, macs, ids, generation, health, now)
+    Snapshot::build_with_health(cfg, facts, ids, generation, health, now)
 }
 
 fn not_reached(generation: u64) -> ErrorReply {
