@@ -24,8 +24,11 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_UDP_PAYLOAD: &str = "lbd-health-check";
 /// Slow start raises a weight in this many equal steps.
 pub const SLOW_START_STEPS: u32 = 10;
-/// Longest a checker's report may stay valid.
-pub const MAX_REPORT_TTL: Duration = Duration::from_secs(3600);
+/// Longest interval a check may have.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Longest a checker's report may stay valid: what the slowest allowed
+/// check needs (three intervals and a timeout, see `lbctl health-check`).
+pub const MAX_REPORT_TTL: Duration = Duration::from_secs(4 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a report of a target with `check` counts in lbd.
+/// How long a report of a target with `check` counts in lbd: three
+/// intervals and a timeout, within what lbd takes.
 pub fn report_ttl(check: &HealthCheck) -> Duration {
-    check.interval * 3 + check.timeout
+    (check.interval * 3 + check.timeout).min(lbcore::health::MAX_REPORT_TTL)
 }
 
 /// What the checker tells every lbd about one backend.
@@ -220,8 +221,14 @@ mod tests {
 
     #[test]
     fn reports_outlive_three_intervals_and_reasons_fit_lbd_limits() {
-        let c = HealthCheck::new(CheckKind::Tcp);
+        let mut c = HealthCheck::new(CheckKind::Tcp);
         assert_eq!(report_ttl(&c), Duration::from_secs(7));
+        // The slowest check a configuration allows still gets reports lbd
+        // takes (it refuses a ttl above MAX_REPORT_TTL).
+        c.interval = lbcore::health::MAX_INTERVAL;
+        c.timeout = lbcore::health::MAX_INTERVAL;
+        assert!(report_ttl(&c) <= lbcore::health::MAX_REPORT_TTL);
+        assert!(report_ttl(&c) >= 3 * c.interval, "a report outlives three intervals");
         assert_eq!(reason_of(&outcome(true, "")), "http check passed");
         assert_eq!(reason_of(&outcome(false, "HTTP status 500")), "http check: HTTP status 500");
         let long = reason_of(&outcome(false, &format!("é\n{}", "x".repeat(1000))));

@@ -1012,7 +1012,7 @@ impl Validator<'_> {
         }
         let ms = Duration::from_millis;
         c.interval = self.duration(&f("interval"), h.interval.as_ref(), health::DEFAULT_INTERVAL, ms(100))?;
-        if c.interval > Duration::from_secs(3600) {
+        if c.interval > crate::health::MAX_INTERVAL {
             return self.err(f("interval"), "is too long (maximum 1h)");
         }
         let default_timeout = health::DEFAULT_TIMEOUT.min(c.interval);
