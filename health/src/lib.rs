@@ -136,10 +136,15 @@ fn reconcile(
     results: &mpsc::Sender<(CheckTarget, ProbeResult)>,
 ) {
     let keys: Vec<CheckTarget> = want.iter().map(|(t, _)| t.clone()).collect();
+    // Targets that go away leave their verdicts behind: a check whose
+    // parameters changed (interval, timeout, a port override) starts from
+    // the state its backends had, so a reload cannot skip rise or fall.
+    let mut retired: Vec<(Arc<Vec<BackendKey>>, RiseFall)> = Vec::new();
     running.retain(|t, r| {
         let keep = keys.contains(t);
         if !keep {
             r.task.abort();
+            retired.push((Arc::clone(&r.backends), r.machine.clone()));
         }
         keep
     });
@@ -150,8 +155,13 @@ fn reconcile(
             r.backends = backends;
             continue;
         }
+        let machine = retired
+            .iter()
+            .find(|(old, _)| old.iter().any(|b| backends.contains(b)))
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
         let task = tokio::spawn(probe_loop(target.clone(), offset, results.clone()));
-        running.insert(target, Running { task, machine: RiseFall::default(), backends });
+        running.insert(target, Running { task, machine, backends });
     }
 }
 

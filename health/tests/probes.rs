@@ -205,10 +205,20 @@ fn runner_applies_rise_and_fall_and_follows_target_changes() {
     runner.set_targets(vec![(t.clone(), vec![key(port), key(1)])]);
     let o = next_outcome(&rx, "new users", |o| o.backends.len() == 2);
     assert_eq!(o.state, Health::Up);
+    // The check's parameters change (a reload) while the backend fails:
+    // the new check carries the old verdict, so one failure is still not
+    // enough (it would be for a fresh check, whose first result decides).
+    drop(again);
+    let mut t2 = t.clone();
+    t2.check.timeout = Duration::from_millis(90);
+    runner.set_targets(vec![(t2.clone(), vec![key(port), key(1)])]);
+    let f1 = next_outcome(&rx, "failure of the changed check", |o| o.target == t2 && !o.result.ok);
+    assert!(!f1.changed && f1.state == Health::Up, "the reload skipped fall: {f1:?}");
+    let down = next_outcome(&rx, "down under the changed check", |o| o.target == t2 && o.changed);
+    assert_eq!(down.state, Health::Down);
     // No targets: no more outcomes after the ones in flight.
     runner.set_targets(Vec::new());
     drop(runner);
     while rx.try_recv().is_ok() {}
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "the runner is stopped");
-    drop(again);
 }
