@@ -27,6 +27,8 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table: entries are `u16` backend indices, and beyond a few
 /// million entries the build time stops being worth it.
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 4_194_301;
+/// Most backends of a `least_connections` listener.
+pub const MAX_LEAST_CONNECTIONS_BACKENDS: usize = 256;
 /// Session slots are addressed by 31 bits (one bit marks the direction).
 pub const MAX_SESSIONS_PER_WORKER: u64 = 1 << 30;
 /// Persistence table entries (8 bytes each) unless `sessions.persistence_entries` says.
@@ -1294,6 +1296,19 @@ impl Validator<'_> {
                 if algorithm == SchedulerAlgorithm::RoundRobin {
                     SchedulerKind::RoundRobin
                 } else {
+                    // Each new flow reads every backend's counters on every
+                    // worker: bound the work a SYN flood can make a worker do.
+                    if l.backends.len() > MAX_LEAST_CONNECTIONS_BACKENDS {
+                        return self.err(
+                            f("backends"),
+                            format!(
+                                "{} backends; `least_connections` takes at most {MAX_LEAST_CONNECTIONS_BACKENDS} \
+                                 (it reads every backend's session counts for each new flow): use maglev or \
+                                 round_robin",
+                                l.backends.len()
+                            ),
+                        );
+                    }
                     SchedulerKind::LeastConnections
                 }
             }

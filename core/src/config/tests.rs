@@ -513,3 +513,21 @@ fn persistence_table_size_is_a_restart_only_power_of_two() {
         assert!(e.message.contains("power of two"), "{e}");
     }
 }
+
+#[test]
+fn least_connections_listeners_have_a_bounded_number_of_backends() {
+    let backends = |n: usize| -> String {
+        (0..n).map(|i| format!("      - {{address: 10.1.{}.{}, port: 8080}}\n", i / 250, 1 + i % 250)).collect()
+    };
+    let yaml = |n: usize| {
+        GOOD.replacen("    scheduler: maglev\n", "    scheduler: least_connections\n", 1).replacen(
+            "      - {address: 10.1.0.11, port: 8080, weight: 1}\n",
+            &backends(n),
+            1,
+        )
+    };
+    assert!(parse_str(&yaml(MAX_LEAST_CONNECTIONS_BACKENDS)).is_ok());
+    let e = parse_str(&yaml(MAX_LEAST_CONNECTIONS_BACKENDS + 1)).unwrap_err();
+    assert_eq!(e.field, "listeners[0].backends");
+    assert!(e.message.contains("at most 256"), "{e}");
+}
