@@ -116,16 +116,17 @@ type RequestLog = Vec<(Instant, Result<String, String>)>;
 /// Requests in a loop on a thread of their own, each with its start time.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<RequestLog>>,
+    log: Arc<std::sync::Mutex<RequestLog>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Traffic {
     fn start(t: &Topology) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
+        let log = Arc::new(std::sync::Mutex::new(RequestLog::new()));
+        let (stop2, log2) = (Arc::clone(&stop), Arc::clone(&log));
         let client = t.ns("client");
         let thread = std::thread::spawn(move || {
-            let mut out = Vec::new();
             while !stop2.load(Ordering::SeqCst) {
                 let at = Instant::now();
                 let o = Command::new("ip")
@@ -138,16 +139,26 @@ impl Traffic {
                 } else {
                     Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
                 };
-                out.push((at, r));
+                log2.lock().unwrap().push((at, r));
             }
-            out
         });
-        Traffic { stop, thread: Some(thread) }
+        Traffic { stop, log, thread: Some(thread) }
+    }
+
+    /// Waits until `n` requests that started at `since` or later have
+    /// finished (a count, not a time: a slow machine only takes longer).
+    fn wait_requests_since(&self, since: Instant, n: usize) {
+        wait_for(&format!("{n} requests"), 120, || {
+            (self.log.lock().unwrap().iter().filter(|(at, _)| *at >= since).count() >= n).then_some(())
+        });
     }
 
     fn finish(mut self) -> RequestLog {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap()
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.log.lock().unwrap())
     }
 }
 
@@ -380,7 +391,8 @@ fn independent_checker_takes_a_stopped_backend_out_and_lets_it_rejoin() {
 
     // be2 stops while clients keep connecting.
     let traffic = Traffic::start(&t);
-    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    traffic.wait_requests_since(started, 3);
     let stopped = Instant::now();
     servers.stop(&t, 2);
     let b = wait_health(&socket, "web", "10.1.0.12:8080", "down", "checker:edge-1");
@@ -388,7 +400,7 @@ fn independent_checker_takes_a_stopped_backend_out_and_lets_it_rejoin() {
     assert_eq!((b["serving"].as_bool(), b["scheduled_weight"].as_u64()), (Some(false), Some(0)), "{b}");
     let e = wait_health(&socket, "echo", "10.1.0.12:9000", "down", "checker:edge-1");
     // Requests that start once lbd shows it down: none reaches be2, all succeed.
-    std::thread::sleep(Duration::from_secs(3));
+    traffic.wait_requests_since(out_at, 10);
     let log = traffic.finish();
     let before: Vec<_> = log.iter().filter(|(at, _)| *at >= stopped && *at < out_at).collect();
     let after: Vec<_> = log.iter().filter(|(at, _)| *at >= out_at).collect();
@@ -398,7 +410,7 @@ fn independent_checker_takes_a_stopped_backend_out_and_lets_it_rejoin() {
         before.len(),
         after.len()
     );
-    assert!(after.len() >= 5, "too few requests after the transition: {}", after.len());
+    assert!(after.len() >= 10, "too few requests after the transition: {}", after.len());
     for (_, r) in &after {
         assert!(matches!(r, Ok(b) if b != "be2"), "after be2 went down: {r:?}");
     }
