@@ -271,14 +271,15 @@ fn least_connections_sends_new_connections_to_the_least_loaded() {
 /// Persistence on a round-robin listener with two workers: a client's
 /// connections come from many ports, land on both workers, and all reach
 /// the backend its first one got. After the persistence time without a
-/// connection, round robin moves the client on.
+/// connection, round robin moves the client on. (5 s of persistence is
+/// far more than the 60 connections take, one after another.)
 #[test]
 fn persistence_holds_across_workers_and_expires() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("sched-persist");
     let mut lbd = t.start_lbd_with(2, &dir, |c| {
-        web_listener(c, "    scheduler: round_robin\n    persistence: 2s\n", [1, 1, 1], "")
+        web_listener(c, "    scheduler: round_robin\n    persistence: 5s\n", [1, 1, 1], "")
     });
     let n = 60;
     let got = connections(&t, n, &[]);
@@ -294,7 +295,8 @@ fn persistence_holds_across_workers_and_expires() {
     // worker's cursor may point at the old backend once; it moves on.
     let deadline = Instant::now() + Duration::from_secs(90);
     let now_on = loop {
-        std::thread::sleep(Duration::from_millis(2500));
+        // Longer than the persistence time: letting it pass is the point.
+        std::thread::sleep(Duration::from_secs(6));
         let probe = connections(&t, 1, &[]).remove(0).1;
         if probe != held {
             break probe;
