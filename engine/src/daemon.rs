@@ -591,10 +591,16 @@ struct KernelSide {
 }
 
 impl KernelSide {
-    fn stop(mut self) {
+    /// Ends the exception thread: it frees (and counts) what the workers
+    /// had queued for the kernel.
+    fn stop_thread(&mut self) {
         if let Some(t) = self.thread.take() {
             t.stop();
         }
+    }
+
+    fn stop(mut self) {
+        self.stop_thread();
         for k in &mut self.ifaces {
             if let Err(e) = k.dev.stop() {
                 eprintln!("lbd: exception interface {}: {e}", k.name);
@@ -688,13 +694,15 @@ struct LaunchedLcores<'a> {
 
 impl LaunchedLcores<'_> {
     /// Stops RX everywhere first, so no worker hands packets to one that
-    /// already left; then lets every worker drain its rings and exit.
-    fn stop(mut self) {
+    /// already left (nor anything more to the kernel); then, once `between`
+    /// has run, lets every worker drain its rings and exit.
+    fn stop(mut self, between: impl FnOnce()) {
         self.control.quiesce();
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.control.quiesced() < self.lcores.len() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        between();
         self.exit_and_wait();
     }
 
@@ -715,10 +723,12 @@ impl Drop for LaunchedLcores<'_> {
     }
 }
 
-fn shutdown(rt: Arc<Runtime>, lcores: LaunchedLcores<'_>, kernel: KernelSide, mut ports: Vec<Port>) -> Report {
-    // The workers return, dropping the queues they own; then the exception
-    // thread, which frees what the workers left for the kernel.
-    lcores.stop();
+fn shutdown(rt: Arc<Runtime>, lcores: LaunchedLcores<'_>, mut kernel: KernelSide, mut ports: Vec<Port>) -> Report {
+    // Quiesced workers pass nothing more up; the exception thread then
+    // ends, counting what they had queued for the kernel; the workers
+    // return (worker 0 counting what the kernel had queued for the wire),
+    // dropping the queues they own; the kernel interfaces stop.
+    lcores.stop(|| kernel.stop_thread());
     kernel.stop();
     for p in &mut ports {
         if let Err(e) = p.stop() {

@@ -107,7 +107,7 @@ pub fn create_interfaces(
         let devargs = match backend {
             ExceptionBackend::Tap => format!("{device},iface={name},mac={mac}"),
             ExceptionBackend::VirtioUser => {
-                format!("{device},path=/dev/vhost-net,queues=1,queue_size=1024,iface={name},mac={mac}")
+                format!("{device},path=/dev/vhost-net,queues=1,queue_size={DESCRIPTORS},iface={name},mac={mac}")
             }
         };
         eal.probe_vdev(&devargs).map_err(|e| format!("{what}: {e} (does an interface of that name exist already?)"))?;
@@ -291,8 +291,11 @@ impl Pump {
                         drop(m);
                     }
                 }
-                // The core sends only for ports with an interface.
-                None => counters.count_drop(DropReason::KernelTxFull),
+                // The core passes up only for ports with an interface.
+                None => {
+                    debug_assert!(false, "a frame for the kernel of a port without an interface");
+                    counters.count_drop(DropReason::KernelTxFull);
+                }
             });
             flush(by_port, counters);
         }

@@ -481,6 +481,17 @@ impl Worker {
                 break;
             }
         }
+        // What the kernel sent that was not sent yet goes with the port.
+        if let Some(c) = from_kernel.as_mut() {
+            loop {
+                let n = c.dequeue(&mut rx, burst);
+                if n == 0 {
+                    break;
+                }
+                counters.count_drop_n(DropReason::Shutdown, n as u64);
+                rx.free_all();
+            }
+        }
         io.flush_handoffs();
         io.flush_kernel();
         io.flush_tx();
