@@ -338,9 +338,11 @@ pub struct BackendHealth {
     pub builtin: Option<Verdict>,
     pub reports: BTreeMap<String, Report>,
     pub manual: Option<Verdict>,
-    /// Effective state, its source and since when.
+    /// Effective state, its source and reason (as of the last `update`),
+    /// and since when.
     pub state: Option<Health>,
     pub source: Option<Source>,
+    pub reason: String,
     pub since: Duration,
     /// When the backend last (re)joined, for slow start; `None`: at full
     /// weight.
@@ -384,6 +386,7 @@ impl BackendHealth {
         let (state, source, reason) = self.resolve_at(now);
         let before = self.state();
         self.source = Some(source.clone());
+        self.reason.clone_from(&reason);
         if self.state.is_none() {
             self.state = Some(state);
             self.since = now;

@@ -157,25 +157,22 @@ impl PersistenceTable {
     #[inline]
     pub fn remember(&self, k: PersistenceKey, backend: BackendId, now: u32) {
         let b = &self.buckets[k.bucket];
-        let mut victim = 0;
-        let mut victim_entry = u64::MAX;
-        let mut victim_age = 0u32;
+        // (way, its entry, its age) of the way to overwrite.
+        let mut victim: Option<(usize, u64, u32)> = None;
         for (i, way) in b.0.iter().enumerate() {
             let e = way.load(Relaxed);
             if tag_of(e) == k.tag {
-                victim = i;
-                victim_entry = e;
+                victim = Some((i, e, 0));
                 break;
             }
             let a = if e == 0 { u32::MAX } else { age(e, now) };
-            if victim_entry == u64::MAX || a > victim_age {
-                victim = i;
-                victim_entry = e;
-                victim_age = a;
+            if victim.is_none_or(|(_, _, va)| a > va) {
+                victim = Some((i, e, a));
             }
         }
+        let Some((i, entry, _)) = victim else { return };
         let new = pack(k.tag, backend, now);
-        let _ = b.0[victim].compare_exchange(victim_entry, new, Relaxed, Relaxed);
+        let _ = b.0[i].compare_exchange(entry, new, Relaxed, Relaxed);
     }
 
     /// Live entries (used at most `ttl_ms` ago) and entries in use at all,

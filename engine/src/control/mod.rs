@@ -301,6 +301,8 @@ impl Runtime {
         for id in &recycled {
             if let RecycledId::Backend(id) = id {
                 health.backends.remove(id);
+                // Its probe times were the old backend's.
+                self.health.latency.lock().remove(id);
             }
         }
         health.sync(&health::live_backends(&cfg, &ids), now, false);
@@ -818,7 +820,8 @@ fn health_info(info: &mut BackendInfo, h: Option<&BackendHealth>, now: Duration)
     let Some(h) = h else { return };
     info.health = h.state().name().into();
     info.health_source = h.source.clone().unwrap_or(Source::None).to_string();
-    info.health_reason = h.resolve_at(now).2;
+    // State, source and reason as the last update decided them together.
+    info.health_reason = h.reason.clone();
     info.health_since_ms = now.saturating_sub(h.since).as_millis() as u64;
     info.last_check_ms = h.last_check.map(|t| now.saturating_sub(t).as_millis() as u64);
     info.last_error = h.last_error.clone();
