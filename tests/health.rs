@@ -756,4 +756,16 @@ fn health_check_mode_refuses_bad_configurations() {
         .map(|o| (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned()))
         .unwrap();
     assert_eq!(code, Some(2), "--report-to is required: {err}");
+    // A name lbd would refuse stops the checker before it probes.
+    let good = base.replace("    port: 80\n", "    port: 80\n    health_check: {kind: tcp}\n");
+    std::fs::write(dir.join("c.yaml"), &good).unwrap();
+    let out = Command::new(lbctl_bin())
+        .args(["health-check", "--config"])
+        .arg(dir.join("c.yaml"))
+        .args(["--report-to", "/nonexistent/lbd.sock", "--name", "builtin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--name: `builtin` is not a checker name"), "{err}");
 }

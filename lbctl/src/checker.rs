@@ -102,13 +102,23 @@ impl Sink {
                 // lbd is there but does not take this one (e.g. it has no
                 // such listener): keep the connection.
                 self.sent.remove(key);
-                self.fail(format!("{key}: {e}"));
+                self.fail_for(key, e.to_string());
             }
             Err(client::Error::Io(m) | client::Error::RequestTooLarge(m)) => {
                 self.client = None;
                 self.sent.remove(key);
                 self.fail(m);
             }
+        }
+    }
+
+    /// A refusal of one backend's report: said once per distinct error,
+    /// whichever backend it came with, so a refusal of many backends each
+    /// interval does not fill the log.
+    fn fail_for(&mut self, key: &impl std::fmt::Display, e: String) {
+        if self.last_error.as_deref() != Some(e.as_str()) {
+            say(&format!("{}: {key}: {e}", self.socket.display()));
+            self.last_error = Some(e);
         }
     }
 
@@ -139,6 +149,9 @@ fn reason_of(o: &Outcome) -> String {
 
 /// Runs until killed.
 pub fn run(config: &Path, sockets: &[PathBuf], name: &str) -> Result<(), Failure> {
+    if let Some(problem) = lbproto::checker_name_problem(name) {
+        return Err(Failure::Usage(format!("--name: {problem}")));
+    }
     let cfg = lbcore::config::load(config).map_err(|e| Failure::Usage(e.to_string()))?;
     let targets = check_targets(&cfg.forwarding);
     if targets.is_empty() {

@@ -159,6 +159,21 @@ impl HealthSetting {
 
 /// Longest checker name lbd accepts.
 pub const MAX_CHECKER_NAME: usize = 64;
+
+/// Why `name` cannot name a checker (what `lbctl backend list` shows as a
+/// state's source), `None` when it can. lbd refuses such reports; lbctl
+/// refuses to start a checker so named.
+pub fn checker_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CHECKER_NAME
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.@:".contains(c))
+        && !matches!(name, "builtin" | "manual" | "none");
+    (!ok).then(|| {
+        format!(
+            "`{name}` is not a checker name (1-{MAX_CHECKER_NAME} of a-z, A-Z, 0-9, `_-.@:`; not builtin, manual or none)"
+        )
+    })
+}
 /// Longest reason lbd keeps (longer ones are refused).
 pub const MAX_HEALTH_REASON: usize = 256;
 

@@ -13,7 +13,7 @@ use lbcore::health::{check_targets, BackendHealth, Health, Transition, Verdict};
 use lbcore::ids::BackendId;
 use lbcore::snapshot::IdRegistry;
 use lbhealth::{Outcome, Runner};
-use lbproto::{ErrorCode, ErrorReply, MAX_CHECKER_NAME, MAX_HEALTH_REASON};
+use lbproto::{ErrorCode, ErrorReply, MAX_HEALTH_REASON};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,19 +105,9 @@ pub fn drop_unchecked_builtin(table: &mut lbcore::health::HealthTable, cfg: &Con
 
 /// A checker's name: what `lbctl backend list` shows as its source.
 pub fn check_checker_name(name: &str) -> Result<(), ErrorReply> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_CHECKER_NAME
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.@:".contains(c))
-        && !matches!(name, "builtin" | "manual" | "none");
-    if ok {
-        Ok(())
-    } else {
-        Err(err(
-            ErrorCode::Invalid,
-            format!(
-                "`{name}` is not a checker name (1-{MAX_CHECKER_NAME} of a-z, A-Z, 0-9, `_-.@:`; not builtin, manual or none)"
-            ),
-        ))
+    match lbproto::checker_name_problem(name) {
+        None => Ok(()),
+        Some(problem) => Err(err(ErrorCode::Invalid, problem)),
     }
 }
 
@@ -335,6 +325,7 @@ pub fn is_down(h: Option<&BackendHealth>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lbproto::MAX_CHECKER_NAME;
 
     #[test]
     fn checker_names_and_reasons_are_checked() {
