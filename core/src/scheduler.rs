@@ -18,6 +18,9 @@ const MAX_SEQUENCE: u64 = 1 << 16;
 
 #[derive(Debug, Clone)]
 pub struct Scheduler {
+    /// What it was built from, with `weights`: a rebuild with the same
+    /// inputs can reuse it (see `Snapshot::build_with_health`).
+    kind: SchedulerKind,
     algorithm: Algorithm,
     /// The weight each backend is scheduled by (0: no new flows).
     weights: Box<[u32]>,
@@ -53,7 +56,13 @@ impl Scheduler {
             SchedulerKind::RoundRobin => Algorithm::RoundRobin(RoundRobinSequence::new(weights)),
             SchedulerKind::LeastConnections => Algorithm::LeastConnections,
         };
-        Scheduler { algorithm, weights: weights.into() }
+        Scheduler { kind, algorithm, weights: weights.into() }
+    }
+
+    /// Whether `build(kind, backends, weights)` would build this again,
+    /// given the same backends in the same order.
+    pub fn built_from(&self, kind: SchedulerKind, weights: &[u32]) -> bool {
+        self.kind == kind && *self.weights == *weights
     }
 
     /// Index of the backend for a new flow `key` (`flow_hash` is its

@@ -167,7 +167,9 @@ pub struct ListenerView {
     pub proto: u8,
     pub protocol: Protocol,
     pub port: u16,
-    pub scheduler: Scheduler,
+    /// Shared with the snapshot before when its inputs did not change, so
+    /// a health or slow-start rebuild rebuilds only what it must.
+    pub scheduler: Arc<Scheduler>,
     /// How long a client keeps its backend after its last new connection
     /// (ms); `None`: no persistence.
     pub persistence_ms: Option<u32>,
@@ -357,14 +359,25 @@ impl Snapshot {
     /// every configured kernel interface made.
     pub fn build(cfg: &Config, macs: &[MacAddr], ids: &IdRegistry, generation: u64) -> Snapshot {
         let facts = PortFacts::as_configured(cfg, macs);
-        Snapshot::build_with_health(cfg, &facts, ids, generation, &HealthTable::default(), std::time::Duration::ZERO)
+        Snapshot::build_with_health(
+            cfg,
+            &facts,
+            ids,
+            generation,
+            &HealthTable::default(),
+            std::time::Duration::ZERO,
+            None,
+        )
     }
 
     /// Builds the forwarding state of `cfg`. `facts[i]` is what port `i`
     /// ended up with (known only once DPDK opened the device); `ids` must
     /// have assigned every listener and backend of `cfg`. `health` (at
     /// time `now`, for slow start) decides which backends take new flows
-    /// and with what weight.
+    /// and with what weight. A listener of `previous` whose scheduler
+    /// inputs (backends and weights) did not change lends its scheduler:
+    /// a health change rebuilds the tables of the listeners it touches
+    /// only.
     pub fn build_with_health(
         cfg: &Config,
         facts: &[PortFacts],
@@ -372,6 +385,7 @@ impl Snapshot {
         generation: u64,
         health: &HealthTable,
         now: std::time::Duration,
+        previous: Option<&Snapshot>,
     ) -> Snapshot {
         assert_eq!(facts.len(), cfg.startup.ports.len());
         let ports: Vec<PortView> = cfg
@@ -432,7 +446,21 @@ impl Snapshot {
             let weights = lw.weights;
             let vip = u32::from(l.vip);
             lindex.push((listener_key(vip, l.protocol.number(), l.port), li as u32));
-            let scheduler = Scheduler::build(l.scheduler, &l.backends, &weights);
+            let scheduler = previous
+                .and_then(|p| p.listener_by_id(id))
+                .filter(|pl| {
+                    // Ids can change owners between configurations: the
+                    // names and addresses must match too.
+                    pl.name == l.name
+                        && pl
+                            .backends
+                            .iter()
+                            .map(|b| (b.id, b.addr, b.port))
+                            .eq(bids.iter().zip(&l.backends).map(|(id, b)| (*id, u32::from(b.address), b.port)))
+                        && pl.scheduler.built_from(l.scheduler, &weights)
+                })
+                .map(|pl| Arc::clone(&pl.scheduler))
+                .unwrap_or_else(|| Arc::new(Scheduler::build(l.scheduler, &l.backends, &weights)));
             listeners.push(ListenerView {
                 id,
                 name: l.name.clone(),
@@ -682,5 +710,57 @@ mod tests {
         assert_eq!(recycled, vec![RecycledId::Listener(l3)]);
         assert_eq!(ids.listener("new"), Some(l3));
         assert_eq!(ids.listener("l3"), None);
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+    use crate::health::{BackendHealth, Health};
+    use std::path::Path;
+
+    const CFG: &str = "
+ports:
+  - {name: int, device: d, address: 10.1.0.1/24}
+listeners:
+  - name: a
+    vip: 10.1.0.100
+    protocol: tcp
+    port: 80
+    backends: [{address: 10.1.0.11, port: 80}, {address: 10.1.0.12, port: 80}]
+  - name: b
+    vip: 10.1.0.100
+    protocol: tcp
+    port: 81
+    backends: [{address: 10.1.0.11, port: 81}, {address: 10.1.0.12, port: 81}]
+";
+
+    #[test]
+    fn a_rebuild_reuses_the_schedulers_whose_inputs_did_not_change() {
+        let cfg = crate::config::parse(CFG, Path::new("t.yaml")).unwrap();
+        let mut ids = IdRegistry::default();
+        ids.assign(&cfg.forwarding, &|_| true).unwrap();
+        let facts = PortFacts::as_configured(&cfg, &[MacAddr::ZERO]);
+        let zero = std::time::Duration::ZERO;
+        let build = |health: &HealthTable, previous: Option<&Snapshot>| {
+            Snapshot::build_with_health(&cfg, &facts, &ids, 1, health, zero, previous)
+        };
+        let first = build(&HealthTable::default(), None);
+        // Nothing changed: both tables are the ones already built.
+        let same = build(&HealthTable::default(), Some(&first));
+        for (x, y) in first.listeners.iter().zip(&same.listeners) {
+            assert!(Arc::ptr_eq(&x.scheduler, &y.scheduler), "{} rebuilt", x.name);
+        }
+        // A backend of `a` goes down: `a` is rebuilt without it, `b` kept.
+        let mut health = HealthTable::default();
+        let id = ids.backend("a", "10.1.0.12".parse().unwrap(), 80).unwrap();
+        health.backends.insert(id, BackendHealth { state: Some(Health::Down), ..BackendHealth::default() });
+        let next = build(&health, Some(&same));
+        assert!(!Arc::ptr_eq(&same.listeners[0].scheduler, &next.listeners[0].scheduler));
+        assert_eq!(next.listeners[0].scheduler.shares(2)[1], 0, "the down backend has no share");
+        assert!(Arc::ptr_eq(&same.listeners[1].scheduler, &next.listeners[1].scheduler));
+        // Without a previous snapshot everything is built.
+        let fresh = build(&health, None);
+        assert!(!Arc::ptr_eq(&next.listeners[1].scheduler, &fresh.listeners[1].scheduler));
     }
 }

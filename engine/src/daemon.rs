@@ -514,6 +514,7 @@ fn serve(
         1,
         &HealthTable::default(),
         Duration::ZERO,
+        None,
     )));
     let counters: Vec<Arc<WorkerCounters>> = (0..cfg.startup.workers)
         .map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS)))

@@ -1186,7 +1186,7 @@ fn sessions_on_a_down_backend_follow_the_removed_backend_policy() {
             }
         }
         let facts = crate::snapshot::PortFacts::as_configured(&cfg, &[EXT_MAC, INT_MAC]);
-        Snapshot::build_with_health(&cfg, &facts, &ids, generation, &table, std::time::Duration::ZERO)
+        Snapshot::build_with_health(&cfg, &facts, &ids, generation, &table, std::time::Duration::ZERO, None)
     };
     let both = "{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080}";
     // Both down, failing open (the default): sessions stay where they are.

@@ -309,7 +309,7 @@ impl Runtime {
         health::drop_unchecked_builtin(&mut health, &cfg, &ids);
         let transitions = health.update_all(now);
         let generation = plane.generation + 1;
-        let snapshot = build_snapshot(&cfg, &plane.port_facts, &ids, &health, generation, now);
+        let snapshot = build_snapshot(&cfg, &plane.port_facts, &ids, &health, generation, now, &self.snapshots.load());
         let build_us = t0.elapsed().as_micros() as u64;
 
         // Ids that change owner: the new owner's counters start from here.
@@ -353,7 +353,15 @@ impl Runtime {
         let t0 = Instant::now();
         let generation = plane.generation + 1;
         let now = self.health_now();
-        let snapshot = build_snapshot(&plane.config, &plane.port_facts, &plane.ids, &plane.health, generation, now);
+        let snapshot = build_snapshot(
+            &plane.config,
+            &plane.port_facts,
+            &plane.ids,
+            &plane.health,
+            generation,
+            now,
+            &self.snapshots.load(),
+        );
         let build_us = t0.elapsed().as_micros() as u64;
         let (reached, propagation_us) = self.install(plane, snapshot, generation);
         plane.generation = generation;
@@ -796,7 +804,8 @@ fn add_backend(raw: &mut RawConfig, listener: &str, spec: &BackendSpec) -> Resul
     Ok(format!("backend {}:{} added to {listener}", spec.address, spec.port))
 }
 
-/// The one way snapshots are built: the configuration with its health.
+/// The one way snapshots are built: the configuration with its health,
+/// reusing what `current` built that did not change.
 fn build_snapshot(
     cfg: &Config,
     facts: &[PortFacts],
@@ -804,8 +813,9 @@ fn build_snapshot(
     health: &HealthTable,
     generation: u64,
     now: Duration,
+    current: &Snapshot,
 ) -> Snapshot {
-    Snapshot::build_with_health(cfg, facts, ids, generation, health, now)
+    Snapshot::build_with_health(cfg, facts, ids, generation, health, now, Some(current))
 }
 
 fn not_reached(generation: u64) -> ErrorReply {
