@@ -331,17 +331,6 @@ fn closed(s: &mut UnixStream) -> bool {
     }
 }
 
-/// The body of `GET /metrics` from `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// `lbd_control_operations_total` for (operation, result).
 fn control_ops(metrics: &str, op: &str, result: &str) -> Option<u64> {
     metrics

@@ -17,7 +17,6 @@ use lbproto::{
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -324,16 +323,6 @@ impl Drop for Checker {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// The body of `GET /metrics` from `addr` (in the root namespace).
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// The value of metric `name` for the backend (or listener, when

@@ -356,3 +356,14 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     }
     std::fs::write(path, out).unwrap();
 }
+
+/// The body of `GET /metrics` from `addr` (from this test's namespace).
+pub fn scrape(addr: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
