@@ -229,6 +229,9 @@ impl ExceptionThread {
         let handle = std::thread::Builder::new()
             .name("lbd-exception".into())
             .spawn(move || {
+                // The thread that reads the interfaces takes their
+                // per-frame signals; every other thread blocks them.
+                dpdk::signals::unblock_driver_signals();
                 while !flag.load(Ordering::Relaxed) {
                     if pump.poll() == 0 {
                         std::thread::sleep(IDLE_SLEEP);
