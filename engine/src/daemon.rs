@@ -158,8 +158,6 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     if !cfg.startup.eal_restricts_pci() {
         eprintln!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
     }
-    // Before any thread exists, so that all of them inherit it.
-    dpdk::signals::block_driver_signals();
     let signals = Signals::install()?;
     // The control socket first: a second lbd on the same socket stops here,
     // before it touches DPDK.

@@ -83,6 +83,9 @@ pub fn create_interfaces(
     let mut out = Vec::new();
     let mut queues = Vec::new();
     let backend = cfg.startup.exception.backend;
+    if backend == ExceptionBackend::Tap && cfg.startup.ports.iter().any(|p| p.exception_interface.is_some()) {
+        occupy_tap_trigger_signals()?;
+    }
     for (i, p) in cfg.startup.ports.iter().enumerate() {
         let Some(name) = &p.exception_interface else { continue };
         let what = format!("port `{}`: exception interface `{name}`", p.name);
@@ -132,6 +135,25 @@ pub fn create_interfaces(
             .map_err(|e| format!("{what}: {e}"))?;
     }
     Ok((out, queues))
+}
+
+/// net_tap asks the kernel for a signal on every frame that arrives on a
+/// TAP device (O_ASYNC, owner: the process; a real-time signal no handler
+/// has taken yet, or SIGIO in older DPDKs) and reads only after one came.
+/// A busy interface then sends a signal per frame: measured here, a flood
+/// from the host interrupted lbd's main thread thousands of times a second,
+/// stretched its 20 ms sleeps to seconds, and lbd stopped answering
+/// SIGTERM and SIGUSR1; moved to the exception thread, the storm starved
+/// that thread instead. When every such signal is taken already, net_tap
+/// does without ("Rx trigger disabled") and reads on every poll, which the
+/// exception thread does anyway: so lbd takes them first, with handlers
+/// that only set a flag nobody reads.
+fn occupy_tap_trigger_signals() -> Result<(), String> {
+    for sig in std::iter::once(signal_hook::consts::SIGIO).chain(libc::SIGRTMIN()..=libc::SIGRTMAX()) {
+        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))
+            .map_err(|e| format!("cannot take signal {sig} away from net_tap: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Gives the interface the port's address and brings it up. IPv6 goes off
@@ -229,9 +251,6 @@ impl ExceptionThread {
         let handle = std::thread::Builder::new()
             .name("lbd-exception".into())
             .spawn(move || {
-                // The thread that reads the interfaces takes their
-                // per-frame signals; every other thread blocks them.
-                dpdk::signals::unblock_driver_signals();
                 while !flag.load(Ordering::Relaxed) {
                     if pump.poll() == 0 {
                         std::thread::sleep(IDLE_SLEEP);

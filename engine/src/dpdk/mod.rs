@@ -33,7 +33,6 @@ pub mod mempool;
 pub mod port;
 pub mod queue;
 pub mod ring;
-pub mod signals;
 
 pub use eal::Eal;
 pub use mbuf::{Burst, BurstDrain, Mbuf, MAX_BURST};
