@@ -281,3 +281,33 @@ fn lbctl_reports_an_over_limit_answer_clearly() {
         server.join().unwrap();
     }
 }
+
+/// A mistyped `control.socket` naming a file (or a link) must not cost the
+/// file: lbd refuses to start and leaves it as it was.
+#[test]
+fn a_file_at_the_socket_path_is_never_replaced() {
+    assert!(is_root());
+    let dir = TempDir::new("cli-sockfile");
+    let victim = dir.join("precious.txt");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for path in [&victim, &link] {
+        let prefix = unique("lbdk");
+        let cfg = dir.join("sock.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--vdev\", \"net_null0,no-rx=1\"]\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\ncontrol: {{socket: {}}}\nmetrics: {{listen: \"off\"}}\n",
+                path.display()
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = lbd(&["-c", cfg.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("exists and is not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "EAL runtime dir left behind");
+    }
+}

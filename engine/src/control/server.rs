@@ -16,7 +16,7 @@ use lbproto::{
     RequestFrame, Response, ResponseFrame, MAX_REQUEST, MAX_RESPONSE, PROTOCOL_VERSION,
 };
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,12 +55,21 @@ fn group_id(name: &str) -> Result<u32, String> {
 }
 
 /// Binds the control socket at `path`: a stale socket (nobody answers) is
-/// replaced; one a live process serves is left alone and is an error.
+/// replaced; one a live process serves is left alone and is an error, and
+/// so is anything at `path` that is not a socket (a mistyped
+/// `control.socket` must not cost a file).
 pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    if path.exists() {
+    // Not following a symbolic link: a link is not a socket either.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "{} exists and is not a socket; lbd replaces only a stale socket there (set control.socket)",
+                path.display()
+            ));
+        }
         match UnixStream::connect(path) {
             Ok(_) => {
                 return Err(format!(
