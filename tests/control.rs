@@ -719,3 +719,34 @@ fn a_non_root_peer_is_refused_without_control_group() {
     }
     assert_eq!(f.json(&["status"])["status"]["workers"], 2);
 }
+
+/// A client trickling a request (a byte at a time, each well within the
+/// 30 s idle timeout) is cut off once the request's 10 s deadline passes,
+/// long before it could finish; others are served meanwhile.
+#[test]
+fn a_trickled_request_is_cut_off_at_its_deadline() {
+    use std::io::Write;
+    let f = Fixture::start("ctl-trickle");
+    let mut slow = raw_client(&f.socket);
+    hello(&mut slow);
+    // A frame that claims 200 bytes; one more every 500 ms would take 100 s.
+    slow.write_all(&200u32.to_be_bytes()).unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    let cut = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if slow.write_all(b" ").is_err() {
+            break true;
+        }
+        sent += 1;
+        // Others are served while it trickles.
+        let mut other = raw_client(&f.socket);
+        hello(&mut other);
+        assert!(matches!(send(&mut other, 2, Request::Status).result, lbproto::Outcome::Ok(_)));
+        if sent == 199 {
+            break false;
+        }
+    };
+    assert!(cut, "the trickling client was never cut off");
+    println!("cut off after {sent} bytes, {:?}", started.elapsed());
+}

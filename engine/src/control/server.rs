@@ -1,7 +1,8 @@
 //! The Unix control socket: one accepting thread, one thread per client.
 //!
-//! A client that stalls mid-frame ties up only its own thread until the
-//! read timeout. A client that sends bytes that are not a frame (a length
+//! A client that stalls mid-request ties up only its own thread, and that
+//! only until the request's deadline (10 s from its first byte; 30 s of
+//! silence between requests). A client that sends bytes that are not a frame (a length
 //! over the frame limit) gets a `too_large` error and a closed connection;
 //! a well-framed message that is not a request gets `bad_request` (and the
 //! connection stays open after the hello). An answer larger than one frame
@@ -26,8 +27,40 @@ use std::time::Duration;
 
 /// Clients served at once; more are told so (`busy`) and closed.
 pub const MAX_CLIENTS: usize = 32;
-/// A client silent this long (mid-frame or between requests) is dropped.
+/// A client silent this long between requests is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once a request's first byte arrived, the whole request must arrive
+/// within this: a client trickling a byte now and then cannot hold one of
+/// the [`MAX_CLIENTS`] slots for long, whatever each read's timeout.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Reads one request with two clocks: [`IDLE_TIMEOUT`] until its first
+/// byte, then [`REQUEST_DEADLINE`] for all of it.
+struct RequestReader<'a> {
+    stream: &'a mut UnixStream,
+    started: Option<std::time::Instant>,
+}
+
+impl std::io::Read for RequestReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let timeout = match self.started {
+            None => IDLE_TIMEOUT,
+            Some(t) => {
+                let left = REQUEST_DEADLINE.saturating_sub(t.elapsed());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(ErrorKind::TimedOut, "request deadline passed"));
+                }
+                left
+            }
+        };
+        self.stream.set_read_timeout(Some(timeout))?;
+        let n = self.stream.read(buf)?;
+        if n > 0 && self.started.is_none() {
+            self.started = Some(std::time::Instant::now());
+        }
+        Ok(n)
+    }
+}
 
 /// The running socket server.
 #[derive(Debug)]
@@ -208,7 +241,7 @@ fn serve_client(mut stream: UnixStream, rt: &Runtime) {
     }
     let mut greeted = false;
     loop {
-        let body = match read_frame_bytes(&mut stream) {
+        let body = match read_frame_bytes(&mut RequestReader { stream: &mut stream, started: None }) {
             Ok(Some(b)) => b,
             Ok(None) => return,
             // Not a frame or too much: say why, then close (what follows
