@@ -305,3 +305,62 @@ fn ordinary_answers() {
     assert!(head.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8"), "{head}");
     f.assert_alive();
 }
+
+/// `metrics.allow` turns away other client addresses before reading a
+/// byte (403); `metrics.bearer_token_file` answers 401 to a scrape without
+/// the token, wrong or right-but-padded, and 200 with it.
+#[test]
+fn allow_list_and_bearer_token_guard_the_endpoint() {
+    assert!(is_root());
+    let dir = TempDir::new("metrics-access");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-Token\n").unwrap();
+    let run = |extra: &str| -> (Lbd, SocketAddr) {
+        let prefix = unique("lbdh");
+        let config = dir.join("lbd.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
+                 ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\n\
+                 control: {{socket: {s}}}\n\
+                 metrics: {{listen: \"127.0.0.1:0\"{extra}}}\n",
+                s = dir.join("lbd.sock").display()
+            ),
+        )
+        .unwrap();
+        let lbd = Lbd::start(&config, dir.path(), &prefix);
+        let addr = lbd.metrics_addr().unwrap().parse().unwrap();
+        (lbd, addr)
+    };
+    let t = Duration::from_secs(20);
+    // Only a network we are not in: told so before sending anything.
+    let (lbd, addr) = run(", allow: [\"192.0.2.0/24\", \"2001:db8::/32\"]");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(t)).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 403 "), "{text:?}");
+    drop(lbd);
+    // Loopback allowed.
+    let (lbd, addr) = run(", allow: [\"127.0.0.1\"]");
+    assert_eq!(scrape(addr, "/metrics", t).map(|(c, _)| c), Ok(200));
+    drop(lbd);
+    // A token.
+    let (lbd, addr) = run(&format!(", bearer_token_file: {}", token_file.display()));
+    assert_eq!(scrape(addr, "/metrics", t).map(|(c, _)| c), Ok(401));
+    let with = |header: &str| -> u16 {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(t)).unwrap();
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(with("Authorization: Bearer wrong\r\n"), 401);
+    assert_eq!(with("Authorization: Bearer s3cret-Token-and-more\r\n"), 401);
+    assert_eq!(with("Authorization: Basic czNjcmV0LVRva2Vu\r\n"), 401);
+    assert_eq!(with("Authorization: Bearer s3cret-Token\r\n"), 200);
+    drop(lbd);
+}

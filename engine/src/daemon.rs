@@ -432,7 +432,7 @@ impl Services {
         metrics: Option<crate::metrics::Bound>,
     ) -> Result<Services, String> {
         let health = crate::control::health::HealthShared::start(rt, cfg)?;
-        let metrics = metrics.map(|b| b.start(Arc::clone(rt))).transpose()?;
+        let metrics = metrics.map(|b| b.start(Arc::clone(rt), cfg.startup.metrics_access.clone())).transpose()?;
         let control = ControlServer::spawn(listener, cfg.startup.control_socket.clone(), Arc::clone(rt))
             .map_err(|e| format!("cannot start the control thread: {e}"))?;
         Ok(Services { metrics, control, health })

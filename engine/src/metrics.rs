@@ -14,6 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use lbcore::config::MetricsAccess;
 use lbcore::counters::{DropReason, Event};
 use lbcore::latency;
 use prometheus::core::{Collector, Desc};
@@ -414,6 +415,8 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 const BUSY_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// To a client outside `metrics.allow`, before reading anything.
+const FORBIDDEN_ANSWER: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// The `/metrics` HTTP endpoint. Dropping it (or [`MetricsServer::shutdown`])
 /// stops it: every connection is cut and the thread joined.
@@ -448,9 +451,23 @@ pub fn bind(addr: SocketAddr) -> Result<Bound, String> {
     Ok(Bound { listener, addr })
 }
 
-/// The answer to one request; the body, if any, is left unread.
-fn answer(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
+/// The answer to one request; the body, if any, is left unread. With a
+/// token configured, a request without it gets 401 and nothing else.
+fn answer(registry: &Registry, access: &MetricsAccess, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(token) = &access.token {
+        let given = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if !token.matches(given) {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"a bearer token is required\n")));
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    let (status, content_type, body) = match request.uri().path() {
         "/metrics" => match render(registry) {
             Ok(body) => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=UTF-8", e),
@@ -466,7 +483,7 @@ fn answer(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
 
 /// Accepts connections until the runtime is dropped, each served by a task
 /// of its own under the limits above.
-async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>, access: Arc<MetricsAccess>) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -476,6 +493,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>)
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
+            Ok((stream, peer)) if !access.allows(peer.ip()) => {
+                // Best effort, never waiting, nothing read.
+                let _ = stream.try_write(FORBIDDEN_ANSWER);
+                continue;
+            }
             Ok((stream, _)) => stream,
             Err(_) => {
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -488,8 +510,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>)
             continue;
         };
         let registry = Arc::clone(&registry);
+        let access = Arc::clone(&access);
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = answer(&registry, request.uri().path());
+            let response = answer(&registry, &access, &request);
             std::future::ready(Ok::<_, Infallible>(response))
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -503,9 +526,17 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>)
 }
 
 impl Bound {
-    /// Serves `/metrics` for `rt` on a thread of its own.
-    pub fn start(self, rt: Arc<Runtime>) -> Result<MetricsServer, String> {
+    /// Serves `/metrics` for `rt` on a thread of its own, to the clients
+    /// `access` admits.
+    pub fn start(self, rt: Arc<Runtime>, access: MetricsAccess) -> Result<MetricsServer, String> {
         let Bound { listener, addr } = self;
+        if !addr.ip().is_loopback() && access.allow.is_empty() && access.token.is_none() {
+            eprintln!(
+                "lbd: warning: metrics on {addr}, not a loopback address: anyone who reaches it reads lbd's counters \
+                 (limit it with metrics.allow or metrics.bearer_token_file)"
+            );
+        }
+        let access = Arc::new(access);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -524,7 +555,7 @@ impl Bound {
             .name("lbd-metrics".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    tokio::spawn(accept_loop(listener, registry));
+                    tokio::spawn(accept_loop(listener, registry, access));
                     // Ends on shutdown, or when the server handle is gone.
                     let _ = stopped.await;
                 });

@@ -394,7 +394,43 @@ pub struct Startup {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Who may scrape: client networks (empty: any) and a bearer token.
+    pub metrics_access: MetricsAccess,
     pub exception: ExceptionSettings,
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsAccess {
+    /// Client networks allowed to connect; empty: any.
+    pub allow: Vec<ipnet::IpNet>,
+    /// The token a scrape must present, read from `bearer_token_file`.
+    pub token: Option<Secret>,
+}
+
+impl MetricsAccess {
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A secret from a file: compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Whether `given` is the secret, in time that does not depend on where
+    /// they differ.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let want = self.0.as_bytes();
+        want.len() == given.len() && want.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// What a snapshot is built from, so a reload or an `lbctl` change can
@@ -469,6 +505,7 @@ impl Startup {
             control_socket,
             control_group,
             metrics_listen,
+            metrics_access: MetricsAccess { allow, token },
             exception,
         } = self;
         let same = [
@@ -487,6 +524,8 @@ impl Startup {
             ("control.socket", *control_socket == other.control_socket),
             ("control.group", *control_group == other.control_group),
             ("metrics.listen", *metrics_listen == other.metrics_listen),
+            ("metrics.allow", *allow == other.metrics_access.allow),
+            ("metrics.bearer_token_file", *token == other.metrics_access.token),
             ("exception", *exception == other.exception),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
@@ -748,6 +787,7 @@ impl Validator<'_> {
         };
 
         let exception = self.exception(&raw.exception)?;
+        let metrics_access = self.metrics_access(&raw.metrics)?;
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -766,6 +806,7 @@ impl Validator<'_> {
                 control_socket,
                 control_group: raw.control.group.clone(),
                 metrics_listen,
+                metrics_access,
                 exception,
             },
             forwarding: Forwarding {
@@ -776,6 +817,38 @@ impl Validator<'_> {
                 health_builtin: raw.health.builtin != Some(Switch::Off),
             },
         })
+    }
+
+    fn metrics_access(&self, raw: &RawMetrics) -> VResult<MetricsAccess> {
+        let mut allow = Vec::new();
+        for (i, a) in raw.allow.iter().flatten().enumerate() {
+            let net = a
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError {
+                    file: self.file.to_owned(),
+                    field: format!("metrics.allow[{i}]"),
+                    message: format!("`{a}` is not an address or a network (e.g. 10.0.0.0/8 or 192.0.2.7)"),
+                })?;
+            allow.push(net.trunc());
+        }
+        let token = match &raw.bearer_token_file {
+            None => None,
+            Some(path) => {
+                let field = "metrics.bearer_token_file";
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: self.file.to_owned(),
+                    field: field.into(),
+                    message: format!("cannot read {path}: {e}"),
+                })?;
+                let token = text.trim();
+                if token.is_empty() || token.len() > 4096 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                    return self.err(field, format!("{path} must hold one token of 1-4096 printable characters"));
+                }
+                Some(Secret(token.to_owned()))
+            }
+        };
+        Ok(MetricsAccess { allow, token })
     }
 
     fn exception(&self, raw: &RawException) -> VResult<ExceptionSettings> {

@@ -131,6 +131,13 @@ pub struct RawMetrics {
     /// address:port of the Prometheus endpoint; "off" disables it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Client addresses (CIDRs) allowed to scrape; absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// A file holding the token scrapes must present (`Authorization:
+    /// Bearer <token>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -531,3 +531,30 @@ fn least_connections_listeners_have_a_bounded_number_of_backends() {
     assert_eq!(e.field, "listeners[0].backends");
     assert!(e.message.contains("at most 256"), "{e}");
 }
+
+#[test]
+fn metrics_access_keys_are_validated() {
+    let with = |m: &str| GOOD.replacen("sessions:", &format!("metrics: {{{m}}}\nsessions:"), 1);
+    let c = parse_str(&with("allow: [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]")).unwrap();
+    let a = &c.startup.metrics_access;
+    assert!(a.allows("10.9.8.7".parse().unwrap()) && a.allows("192.0.2.7".parse().unwrap()));
+    assert!(!a.allows("192.0.2.8".parse().unwrap()) && !a.allows("127.0.0.1".parse().unwrap()));
+    assert!(parse_str(GOOD).unwrap().startup.metrics_access.allows("203.0.113.1".parse().unwrap()), "default: any");
+    let e = parse_str(&with("allow: [\"10.0.0.0/8\", \"ten\"]")).unwrap_err();
+    assert_eq!(e.field, "metrics.allow[1]");
+    let e = parse_str(&with("bearer_token_file: /nonexistent/token")).unwrap_err();
+    assert_eq!(e.field, "metrics.bearer_token_file");
+    assert!(e.message.contains("cannot read /nonexistent/token"), "{e}");
+    let dir = std::env::temp_dir().join(format!("lbd-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t");
+    std::fs::write(&file, "  \n").unwrap();
+    let e = parse_str(&with(&format!("bearer_token_file: {}", file.display()))).unwrap_err();
+    assert_eq!(e.field, "metrics.bearer_token_file");
+    std::fs::write(&file, "abc\n").unwrap();
+    let c = parse_str(&with(&format!("bearer_token_file: {}", file.display()))).unwrap();
+    let token = c.startup.metrics_access.token.clone().unwrap();
+    assert!(token.matches(b"abc") && !token.matches(b"abd") && !token.matches(b"abcd"));
+    assert!(!format!("{:?}", c.startup).contains("abc"), "the token never shows in debug output");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
