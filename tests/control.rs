@@ -750,3 +750,42 @@ fn a_trickled_request_is_cut_off_at_its_deadline() {
     assert!(cut, "the trickling client was never cut off");
     println!("cut off after {sent} bytes, {:?}", started.elapsed());
 }
+
+/// Every change is in the log with who made it and how it ended; queries
+/// are not.
+#[test]
+fn changes_leave_an_audit_line() {
+    let f = Fixture::start("ctl-audit");
+    let (code, _, err) = lbctl(&f.socket, &["backend", "drain", "web", "10.0.0.11:8080"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = lbctl(&f.socket, &["backend", "set-weight", "web", "10.0.0.99:1", "3"]);
+    assert_eq!(code, 1);
+    let (code, _, _) = lbctl(&f.socket, &["status"]);
+    assert_eq!(code, 0);
+    let log = f.lbd.as_ref().unwrap().log_text();
+    let audit: Vec<&str> = log.lines().filter(|l| l.starts_with("lbd: audit: ")).collect();
+    assert_eq!(audit.len(), 2, "{log}");
+    assert!(
+        audit[0].starts_with("lbd: audit: uid 0 pid ") && audit[0].contains(": backend_drain: ok, generation "),
+        "{audit:?}"
+    );
+    assert!(audit[1].contains(": backend_set_weight: refused (not_found): "), "{audit:?}");
+}
+
+/// The socket's mode keeps other users out; if someone loosens it, the
+/// peer's credentials still do.
+#[test]
+fn a_user_neither_root_nor_in_the_group_is_refused_even_through_a_loosened_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::start("ctl-peercred");
+    std::fs::set_permissions(&f.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let dir_mode = std::fs::metadata(f.dir.path()).unwrap().permissions().mode();
+    std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, out, err) = lbctl_as_nobody(None, &f.socket, &["--json", "status"]);
+    std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(dir_mode)).unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("permission_denied") && err.contains("only root and members"), "{out}{err}");
+    // Root still is served.
+    let (code, _, err) = lbctl(&f.socket, &["status"]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -267,6 +267,22 @@ pub struct ConfigText {
 
 impl Request {
     /// The operation name, as used in metrics labels.
+    /// Whether the request changes lbd (and goes into the audit log).
+    pub fn changes(&self) -> bool {
+        matches!(
+            self,
+            Request::ListenerAdd { .. }
+                | Request::ListenerDel { .. }
+                | Request::BackendAdd { .. }
+                | Request::BackendDel { .. }
+                | Request::BackendSetWeight { .. }
+                | Request::BackendDrain { .. }
+                | Request::BackendUndrain { .. }
+                | Request::BackendSetHealth { .. }
+                | Request::ConfigReload { .. }
+        )
+    }
+
     pub fn op(&self) -> &'static str {
         match self {
             Request::Hello { .. } => "hello",
@@ -474,6 +490,8 @@ pub enum ErrorCode {
     RestartRequired,
     /// A worker did not answer in time.
     Timeout,
+    /// The client's user is neither root nor in `control.group`.
+    PermissionDenied,
     Internal,
 }
 
@@ -481,6 +499,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::ProtocolMismatch => "protocol_mismatch",
             ErrorCode::HelloRequired => "hello_required",
             ErrorCode::TooLarge => "too_large",

@@ -147,8 +147,42 @@ impl ControlServer {
     }
 }
 
+/// Who is at the other end of a control connection (SO_PEERCRED).
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: i32,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> Option<Peer> {
+        let c = rustix::net::sockopt::socket_peercred(stream).ok()?;
+        Some(Peer { uid: c.uid.as_raw(), gid: c.gid.as_raw(), pid: c.pid.as_raw_nonzero().get() })
+    }
+
+    /// Root, or a member of `group` (primary or supplementary group of the
+    /// peer process). The socket's mode already keeps others out; this
+    /// holds even when someone loosens it.
+    fn allowed(&self, group: Option<u32>) -> bool {
+        if self.uid == 0 {
+            return true;
+        }
+        let Some(g) = group else { return false };
+        if self.gid == g {
+            return true;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|groups| groups.split_whitespace().any(|x| x.parse() == Ok(g)))
+    }
+}
+
 fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
+    let group = rt.plane.lock().config.startup.control_group.clone().and_then(|g| group_id(&g).ok());
     // Every client: a handle on its socket (to cut it at shutdown) and its
     // thread (to wait for it: it holds the runtime).
     let mut clients: Vec<(UnixStream, JoinHandle<()>)> = Vec::new();
@@ -169,12 +203,28 @@ fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) 
                     let _ = write_frame(&mut stream, &reply);
                     continue;
                 }
+                let peer = Peer::of(&stream);
+                if !peer.is_some_and(|p| p.allowed(group)) {
+                    rt.record_op("refused", false);
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                    let reply = ResponseFrame {
+                        id: 0,
+                        result: Outcome::Error(ErrorReply::new(
+                            ErrorCode::PermissionDenied,
+                            "only root and members of control.group may use lbd's control socket",
+                        )),
+                    };
+                    let _ = write_frame(&mut stream, &reply);
+                    continue;
+                }
+                let Some(peer) = peer else { continue };
                 let Ok(handle) = stream.try_clone() else { continue };
                 active.fetch_add(1, Ordering::SeqCst);
                 let rt = Arc::clone(&rt);
                 let active2 = Arc::clone(&active);
                 let spawned = std::thread::Builder::new().name("lbd-client".into()).spawn(move || {
-                    serve_client(stream, &rt);
+                    serve_client(stream, &rt, peer);
                     active2.fetch_sub(1, Ordering::SeqCst);
                 });
                 match spawned {
@@ -227,12 +277,23 @@ fn reply(stream: &mut UnixStream, id: u64, result: Result<Response, ErrorReply>)
     write_message(stream, &encode_reply(id, result)).is_ok()
 }
 
+/// The audit line of a change: who (user and process), what, and how it
+/// ended.
+fn audit(peer: &Peer, op: &str, result: &Result<Response, ErrorReply>) {
+    let outcome = match result {
+        Ok(Response::Changed { change }) => format!("ok, generation {}: {}", change.generation, change.summary),
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("refused ({}): {}", e.code.as_str(), e.message),
+    };
+    eprintln!("lbd: audit: uid {} pid {}: {op}: {outcome}", peer.uid, peer.pid);
+}
+
 /// The `id` of a request that did not decode, when it has one.
 fn salvage_id(body: &[u8]) -> u64 {
     serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("id")?.as_u64()).unwrap_or(0)
 }
 
-fn serve_client(mut stream: UnixStream, rt: &Runtime) {
+fn serve_client(mut stream: UnixStream, rt: &Runtime, peer: Peer) {
     if stream.set_nonblocking(false).is_err()
         || stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
         || stream.set_write_timeout(Some(IDLE_TIMEOUT)).is_err()
@@ -314,6 +375,9 @@ fn serve_client(mut stream: UnixStream, rt: &Runtime) {
         }
         let result = rt.handle(&frame.request);
         rt.record_op(frame.request.op(), result.is_ok());
+        if frame.request.changes() {
+            audit(&peer, frame.request.op(), &result);
+        }
         if !reply(&mut stream, frame.id, result) {
             return;
         }
