@@ -61,6 +61,8 @@ reasons! {
         UnsupportedProtocol = "unsupported_protocol",
         /// ICMP other than an echo request to a local address.
         IcmpUnsupported = "icmp_unsupported",
+        /// Echo request over `icmp.echo_reply_rate`.
+        IcmpRateLimited = "icmp_rate_limited",
         /// TCP data offset or UDP length field inconsistent with the packet.
         L4BadHeader = "l4_bad_header",
         /// Sent to a VIP or port address on a protocol/port no listener serves.

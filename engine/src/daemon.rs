@@ -367,6 +367,7 @@ fn build_workers(
             neighbor_capacity: sh.cfg.startup.arp_tables.cache_size,
             pending_capacity: sh.cfg.startup.arp_tables.queue_length,
             to_kernel_rate: (sh.cfg.startup.exception.to_kernel_rate / n as u32).max(1),
+            echo_reply_rate: (sh.cfg.startup.icmp_echo_reply_rate / n as u32).max(1),
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);

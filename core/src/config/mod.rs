@@ -27,6 +27,8 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table: entries are `u16` backend indices, and beyond a few
 /// million entries the build time stops being worth it.
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 4_194_301;
+/// ICMP echo replies per second lbd sends at most, by default.
+pub const DEFAULT_ECHO_REPLY_RATE: u32 = 1000;
 /// Most backends of a `least_connections` listener.
 pub const MAX_LEAST_CONNECTIONS_BACKENDS: usize = 256;
 /// Session slots are addressed by 31 bits (one bit marks the direction).
@@ -397,6 +399,8 @@ pub struct Startup {
     /// Who may scrape: client networks (empty: any) and a bearer token.
     pub metrics_access: MetricsAccess,
     pub exception: ExceptionSettings,
+    /// ICMP echo replies per second, all workers together.
+    pub icmp_echo_reply_rate: u32,
 }
 
 /// Who may read `/metrics`.
@@ -507,6 +511,7 @@ impl Startup {
             metrics_listen,
             metrics_access: MetricsAccess { allow, token },
             exception,
+            icmp_echo_reply_rate,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -527,6 +532,7 @@ impl Startup {
             ("metrics.allow", *allow == other.metrics_access.allow),
             ("metrics.bearer_token_file", *token == other.metrics_access.token),
             ("exception", *exception == other.exception),
+            ("icmp.echo_reply_rate", *icmp_echo_reply_rate == other.icmp_echo_reply_rate),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -788,6 +794,13 @@ impl Validator<'_> {
 
         let exception = self.exception(&raw.exception)?;
         let metrics_access = self.metrics_access(&raw.metrics)?;
+        let icmp_echo_reply_rate = raw.icmp.echo_reply_rate.unwrap_or(DEFAULT_ECHO_REPLY_RATE);
+        if !(1..=10_000_000).contains(&icmp_echo_reply_rate) {
+            return self.err(
+                "icmp.echo_reply_rate",
+                format!("{icmp_echo_reply_rate} replies per second is out of range (1..=10000000)"),
+            );
+        }
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -808,6 +821,7 @@ impl Validator<'_> {
                 metrics_listen,
                 metrics_access,
                 exception,
+                icmp_echo_reply_rate,
             },
             forwarding: Forwarding {
                 listeners,

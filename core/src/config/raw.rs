@@ -40,6 +40,18 @@ pub struct RawConfig {
     pub exception: RawException,
     #[serde(default, skip_serializing_if = "RawHealth::is_default")]
     pub health: RawHealth,
+    #[serde(default)]
+    pub icmp: RawIcmp,
+}
+
+/// What lbd answers of ICMP itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIcmp {
+    /// Echo replies per second, all workers together (the excess is
+    /// dropped as icmp_rate_limited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_reply_rate: Option<u32>,
 }
 
 /// lbd's own health checking.

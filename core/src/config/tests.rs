@@ -558,3 +558,14 @@ fn metrics_access_keys_are_validated() {
     assert!(!format!("{:?}", c.startup).contains("abc"), "the token never shows in debug output");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn echo_reply_rate_defaults_and_is_bounded() {
+    assert_eq!(parse_str(GOOD).unwrap().startup.icmp_echo_reply_rate, DEFAULT_ECHO_REPLY_RATE);
+    let c = parse_str(&GOOD.replacen("sessions:", "icmp: {echo_reply_rate: 50}\nsessions:", 1)).unwrap();
+    assert_eq!(c.startup.icmp_echo_reply_rate, 50);
+    let e = err_with("sessions:", "icmp: {echo_reply_rate: 0}\nsessions:");
+    assert_eq!(e.field, "icmp.echo_reply_rate");
+    let e = err_with("sessions:", "icmp: {echo_rate: 5}\nsessions:");
+    assert!(e.field.starts_with("icmp"), "{e}");
+}

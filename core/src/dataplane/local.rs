@@ -139,6 +139,10 @@ impl<P: Packet> State<P> {
                 _ => self.discard(DropReason::IcmpUnsupported, pkt, io),
             };
         }
+        // An echo flood must not turn lbd into a reflector at line rate.
+        if !self.echo_replies.take(self.now) {
+            return self.discard(DropReason::IcmpRateLimited, pkt, io);
+        }
         let src_mac = ethernet::mac_at(data, ETH_SRC.start);
         let my_mac = snap.ports[usize::from(in_port)].mac;
         let b = pkt.data_mut();

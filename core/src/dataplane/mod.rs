@@ -94,6 +94,8 @@ struct State<P: Packet> {
     next_hop_memo: [(u64, MacAddr, u64); NEXT_HOP_MEMO],
     /// What may still go up to the kernel (exception path).
     to_kernel: TokenBucket,
+    /// Echo replies this worker may still send.
+    echo_replies: TokenBucket,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -153,6 +155,9 @@ pub struct CoreSettings {
     /// Packets per second this worker may pass up to the kernel (its share
     /// of `exception.to_kernel_rate`).
     pub to_kernel_rate: u32,
+    /// ICMP echo replies per second this worker sends (its share of
+    /// `icmp.echo_reply_rate`).
+    pub echo_reply_rate: u32,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -202,6 +207,10 @@ impl<P: Packet> Dataplane<P> {
                 to_kernel: TokenBucket::new(
                     settings.to_kernel_rate,
                     TokenBucket::default_burst(settings.to_kernel_rate),
+                ),
+                echo_replies: TokenBucket::new(
+                    settings.echo_reply_rate,
+                    TokenBucket::default_burst(settings.echo_reply_rate),
                 ),
             },
             snap,

@@ -84,6 +84,8 @@ timeouts: {tcp_syn: 10s, tcp_established: 900s, tcp_closing: 30s, udp: 60s}
 
 /// The test workers' share of the exception path's rate (packets/s).
 const KERNEL_RATE: u32 = 1000;
+/// The test workers' share of the echo reply rate (replies/s).
+const ECHO_RATE: u32 = 1000;
 
 #[derive(Debug, Clone)]
 struct Pkt {
@@ -162,6 +164,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         neighbor_capacity: 64,
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
+        echo_reply_rate: ECHO_RATE,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -717,6 +720,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         neighbor_capacity: 64,
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
+        echo_reply_rate: ECHO_RATE,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1246,6 +1250,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 neighbor_capacity: 64,
                 pending_capacity: 4,
                 to_kernel_rate: KERNEL_RATE,
+                echo_reply_rate: ECHO_RATE,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
@@ -1455,4 +1460,27 @@ fn source_hash_sends_each_client_to_one_backend() {
     }
     assert!(per_backend.iter().all(|n| *n >= 8), "{per_backend:?}");
     assert_eq!(hits(&hs), 0, "no persistence configured");
+}
+
+#[test]
+fn echo_replies_are_rate_limited() {
+    let mut h = harness();
+    let mut f = l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip("192.168.1.10"), ip("10.0.0.100"), 0, 0, 0, b"ping");
+    f[23] = PROTO_ICMP;
+    fix_ip_checksum(&mut f);
+    f[34] = icmp::ECHO_REQUEST;
+    let burst = crate::ratelimit::TokenBucket::default_burst(ECHO_RATE) as usize;
+    // All in one millisecond: the burst is answered, the rest dropped.
+    for _ in 0..3 * burst {
+        h.rx(0, f.clone());
+    }
+    assert_eq!(h.take_tx().len(), burst);
+    assert_eq!(h.counters.event_count(Event::IcmpEchoReplies), burst as u64);
+    assert_eq!(h.drops(DropReason::IcmpRateLimited), 2 * burst as u64);
+    // A second later the rate's worth again.
+    h.dp.set_now(1001);
+    for _ in 0..3 * burst {
+        h.rx(0, f.clone());
+    }
+    assert_eq!(h.take_tx().len(), burst);
 }
