@@ -11,7 +11,7 @@
 //! port like any other frame (its TX buffering, counters and drops).
 //!
 //! Neither direction can starve the other side: each is a bounded ring
-//! behind a token bucket (`exception.to_kernel_rate`, split between the
+//! behind token buckets per port (`exception.to_kernel_rate`, split between the
 //! workers, and `exception.from_kernel_rate`), so a flood to the host costs
 //! a worker one token check per packet and never a system call, and a
 //! kernel flooding its interfaces costs worker 0 at most a burst per loop.
@@ -244,7 +244,9 @@ impl ExceptionThread {
             up,
             down,
             counters,
-            bucket: TokenBucket::new(from_kernel_rate, TokenBucket::default_burst(from_kernel_rate)),
+            buckets: (0..ports)
+                .map(|_| TokenBucket::new(from_kernel_rate, TokenBucket::default_burst(from_kernel_rate)))
+                .collect(),
             start: Instant::now(),
         };
         let flag = Arc::clone(&stop);
@@ -287,7 +289,8 @@ struct Pump {
     up: Vec<RingConsumer>,
     down: RingProducer,
     counters: Arc<WorkerCounters>,
-    bucket: TokenBucket,
+    /// Per port: a busy interface cannot take another port's share.
+    buckets: Vec<TokenBucket>,
     start: Instant,
 }
 
@@ -339,7 +342,7 @@ impl Pump {
             moved += n;
             let c = &self.counters.ports[pi];
             c.rx_packets.add(n as u64);
-            let bucket = &mut self.bucket;
+            let bucket = &mut self.buckets[pi];
             let counters = &self.counters;
             got.drain(|mut m: Mbuf| {
                 if !bucket.take(now_ms) {

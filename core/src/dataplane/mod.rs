@@ -92,8 +92,11 @@ struct State<P: Packet> {
     listener_memo: std::cell::Cell<(u64, u64, ListenerPos)>,
     /// Recent next-hop resolutions: (port and address, MAC, cache epoch).
     next_hop_memo: [(u64, MacAddr, u64); NEXT_HOP_MEMO],
-    /// What may still go up to the kernel (exception path).
-    to_kernel: TokenBucket,
+    /// What may still go up to each port's kernel interface (exception
+    /// path): one bucket per port, so a flood at the client-facing port's
+    /// address cannot starve the host's own traffic with the backends
+    /// (its ARP, its health checks) on another port.
+    to_kernel: Box<[TokenBucket]>,
     /// Echo replies this worker may still send.
     echo_replies: TokenBucket,
 }
@@ -152,8 +155,8 @@ pub struct CoreSettings {
     pub session_capacity: usize,
     pub neighbor_capacity: usize,
     pub pending_capacity: usize,
-    /// Packets per second this worker may pass up to the kernel (its share
-    /// of `exception.to_kernel_rate`).
+    /// Packets per second this worker may pass up to each port's kernel
+    /// interface (its share of `exception.to_kernel_rate`).
     pub to_kernel_rate: u32,
     /// ICMP echo replies per second this worker sends (its share of
     /// `icmp.echo_reply_rate`).
@@ -204,10 +207,11 @@ impl<P: Packet> Dataplane<P> {
                 staged: Vec::with_capacity(STAGE),
                 listener_memo: std::cell::Cell::new((0, 0, ListenerPos(0))),
                 next_hop_memo: [(0, MacAddr::ZERO, 0); NEXT_HOP_MEMO],
-                to_kernel: TokenBucket::new(
-                    settings.to_kernel_rate,
-                    TokenBucket::default_burst(settings.to_kernel_rate),
-                ),
+                to_kernel: (0..crate::config::MAX_PORTS)
+                    .map(|_| {
+                        TokenBucket::new(settings.to_kernel_rate, TokenBucket::default_burst(settings.to_kernel_rate))
+                    })
+                    .collect(),
                 echo_replies: TokenBucket::new(
                     settings.echo_reply_rate,
                     TokenBucket::default_burst(settings.echo_reply_rate),
@@ -317,7 +321,7 @@ impl<P: Packet> State<P> {
     /// the exception path's rate: a flood to the host costs the data plane
     /// a token check per packet, never the kernel's time.
     fn pass_up(&mut self, port: PortIndex, pkt: P, io: &mut impl Io<P>) {
-        if !self.to_kernel.take(self.now) {
+        if !self.to_kernel[usize::from(port)].take(self.now) {
             return self.discard(DropReason::KernelRateLimited, pkt, io);
         }
         io.to_kernel(port, pkt);

@@ -1484,3 +1484,23 @@ fn echo_replies_are_rate_limited() {
     }
     assert_eq!(h.take_tx().len(), burst);
 }
+
+#[test]
+fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
+    // Both ports with a kernel interface.
+    let mut h = harness_with(&CONFIG.replacen("    exception: off\n", "", 1), 0, 1, 1000);
+    let burst = crate::ratelimit::TokenBucket::default_burst(KERNEL_RATE) as usize;
+    let client = ip("192.168.1.10");
+    let flood = l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, client, ip("10.0.0.1"), 9, 9999, 0, b"x");
+    for _ in 0..10 * burst {
+        h.rx(0, flood.clone());
+    }
+    assert_eq!(h.io.to_kernel.len(), burst, "the ext port's budget is spent");
+    // In the same millisecond, the host's traffic on the backend side still
+    // goes up: a backend's SYN-ACK to a health check, an ARP reply.
+    let (backend, port_addr) = (ip("10.1.0.11"), ip("10.1.0.1"));
+    h.rx(1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, backend, port_addr, 8080, 40001, FLAG_SYN | FLAG_ACK, b""));
+    h.rx(1, arp_frame(arp::OP_REPLY, B1_MAC, backend, INT_MAC, port_addr, INT_MAC));
+    let up: Vec<u16> = h.io.to_kernel.iter().skip(burst).map(|(p, _)| *p).collect();
+    assert_eq!(up, vec![1, 1]);
+}
