@@ -191,31 +191,23 @@ fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) 
         match listener.accept() {
             Ok((mut stream, _)) => {
                 if active.load(Ordering::SeqCst) >= MAX_CLIENTS {
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                    let reply = ResponseFrame {
-                        id: 0,
-                        result: Outcome::Error(ErrorReply::new(
-                            ErrorCode::Busy,
-                            format!("lbd is busy: {MAX_CLIENTS} clients are connected, the most it serves at once; try again"),
-                        )),
-                    };
-                    let _ = write_frame(&mut stream, &reply);
+                    turn_away(
+                        &mut stream,
+                        ErrorCode::Busy,
+                        format!(
+                            "lbd is busy: {MAX_CLIENTS} clients are connected, the most it serves at once; try again"
+                        ),
+                    );
                     continue;
                 }
                 let peer = Peer::of(&stream);
                 if !peer.is_some_and(|p| p.allowed(group)) {
                     rt.record_op("refused", false);
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                    let reply = ResponseFrame {
-                        id: 0,
-                        result: Outcome::Error(ErrorReply::new(
-                            ErrorCode::PermissionDenied,
-                            "only root and members of control.group may use lbd's control socket",
-                        )),
-                    };
-                    let _ = write_frame(&mut stream, &reply);
+                    turn_away(
+                        &mut stream,
+                        ErrorCode::PermissionDenied,
+                        "only root and members of control.group may use lbd's control socket".into(),
+                    );
                     continue;
                 }
                 let Some(peer) = peer else { continue };
@@ -275,6 +267,15 @@ fn encode_reply(id: u64, result: Result<Response, ErrorReply>) -> Vec<u8> {
 
 fn reply(stream: &mut UnixStream, id: u64, result: Result<Response, ErrorReply>) -> bool {
     write_message(stream, &encode_reply(id, result)).is_ok()
+}
+
+/// Tells a client it will not be served (id 0, before any request) and
+/// lets the connection go: best effort, at most a second's wait.
+fn turn_away(stream: &mut UnixStream, code: ErrorCode, message: String) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let reply = ResponseFrame { id: 0, result: Outcome::Error(ErrorReply::new(code, message)) };
+    let _ = write_frame(stream, &reply);
 }
 
 /// The audit line of a change: who (user and process), what, and how it
