@@ -260,10 +260,11 @@ fn floods_to_and_from_the_host_are_rate_limited_without_hurting_forwarded_traffi
     assert_eq!(summary["udp"]["ok"].as_u64(), Some(200), "{summary}");
     println!("forwarded UDP resends during both floods: {}", summary["udp_retries"]);
     assert!(flooder.running() && host_flooder.running(), "a flood ended before the forwarded traffic did");
-    // lbd still answers its signals promptly (net_tap's per-frame signals
-    // go to the exception thread only).
-    let before = lbd.stats_now()["seq"].as_u64().unwrap();
-    assert!(lbd.stats_now()["seq"].as_u64().unwrap() > before);
+    // lbd still answers SIGUSR1 during both floods: `stats_now` fails the
+    // test when no new counters document comes within its 10 s (with
+    // net_tap's per-frame signals on, the main thread answered after
+    // seconds to tens of seconds).
+    lbd.stats_now();
     drop(flooder);
     drop(host_flooder);
 
