@@ -346,6 +346,26 @@ fn allow_list_and_bearer_token_guard_the_endpoint() {
     let (lbd, addr) = run(", allow: [\"127.0.0.1\"]");
     assert_eq!(scrape(addr, "/metrics", t).map(|(c, _)| c), Ok(200));
     drop(lbd);
+    // One loopback address allowed, another refused and counted: curl
+    // scrapes from the allowed source address after two refusals.
+    let (lbd, addr) = run(", allow: [\"127.0.0.2\"]");
+    for _ in 0..2 {
+        // Refused before anything is read: read without sending.
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(t)).unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        assert!(text.starts_with("HTTP/1.1 403 "), "{text:?}");
+    }
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--interface", "127.0.0.2"])
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(body.contains("\nlbd_metrics_refused_total{reason=\"address\"} 2\n"), "{body}");
+    drop(lbd);
     // A token.
     let (lbd, addr) = run(&format!(", bearer_token_file: {}", token_file.display()));
     assert_eq!(scrape(addr, "/metrics", t).map(|(c, _)| c), Ok(401));
@@ -362,5 +382,15 @@ fn allow_list_and_bearer_token_guard_the_endpoint() {
     assert_eq!(with("Authorization: Bearer s3cret-Token-and-more\r\n"), 401);
     assert_eq!(with("Authorization: Basic czNjcmV0LVRva2Vu\r\n"), 401);
     assert_eq!(with("Authorization: Bearer s3cret-Token\r\n"), 200);
+    // The four 401s above (the bare scrape and three wrong headers),
+    // counted (a scrape with the token reads them).
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(t)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret-Token\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(text.contains("\nlbd_metrics_refused_total{reason=\"token\"} 4\n"), "{text}");
+    assert!(text.contains("\nlbd_metrics_refused_total{reason=\"address\"} 0\n"), "{text}");
     drop(lbd);
 }

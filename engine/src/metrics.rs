@@ -23,6 +23,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -91,6 +92,7 @@ defs! {
     "lbd_listener_all_down" Gauge ["listener"] "1 while every backend of the listener (not drained) is down.";
     "lbd_mempool_mbufs_in_use" Gauge [] "Packet buffers in use.";
     "lbd_mempool_mbufs_available" Gauge [] "Packet buffers free.";
+    "lbd_metrics_refused_total" Counter ["reason"] "Connections and requests this endpoint turned away: address (outside metrics.allow, 403), token (no or wrong bearer token, 401), busy (all connection slots taken, 503).";
     "lbd_control_operations_total" Counter ["operation", "result"] "Control requests by operation and result (ok, error).";
     "lbd_config_propagation_seconds" Histogram [] "Time from publishing a configuration until every worker runs it.";
     "lbd_packet_processing_seconds" Histogram ["worker"] "Per-packet processing time: a burst's time over its packets.";
@@ -193,13 +195,14 @@ impl Families {
 /// The collector registered with the `prometheus` registry.
 struct LbdCollector {
     rt: Arc<Runtime>,
+    refusals: Arc<Refusals>,
     descs: Vec<Desc>,
     /// (polls, busy polls) per worker at the previous scrape.
     previous: Mutex<Vec<(u64, u64)>>,
 }
 
 impl LbdCollector {
-    fn new(rt: Arc<Runtime>) -> LbdCollector {
+    fn new(rt: Arc<Runtime>, refusals: Arc<Refusals>) -> LbdCollector {
         let descs = METRICS
             .iter()
             .map(|d| {
@@ -213,7 +216,7 @@ impl LbdCollector {
             })
             .collect();
         let previous = Mutex::new(vec![(0, 0); rt.counters.len()]);
-        LbdCollector { rt, descs, previous }
+        LbdCollector { rt, refusals, descs, previous }
     }
 
     fn gather(&self) -> Vec<MetricFamily> {
@@ -228,6 +231,11 @@ impl LbdCollector {
             1.0,
         );
         f.gauge("lbd_uptime_seconds", &[], report.uptime_seconds);
+        for (reason, n) in
+            [("address", &self.refusals.address), ("token", &self.refusals.token), ("busy", &self.refusals.busy)]
+        {
+            f.counter("lbd_metrics_refused_total", &[reason.to_owned()], n.load(Ordering::Relaxed) as f64);
+        }
         f.gauge("lbd_config_generation", &[], report.config_generation as f64);
         for (i, c) in rt.counters.iter().enumerate() {
             f.gauge("lbd_worker_config_generation", &[w(i)], c.generation.get() as f64);
@@ -375,10 +383,19 @@ pub fn render(registry: &Registry) -> Result<String, String> {
 }
 
 /// A registry holding lbd's collector.
-pub fn registry(rt: Arc<Runtime>) -> Registry {
+pub fn registry(rt: Arc<Runtime>, refusals: Arc<Refusals>) -> Registry {
     let r = Registry::new();
-    r.register(Box::new(LbdCollector::new(rt))).expect("metric descriptors are consistent");
+    r.register(Box::new(LbdCollector::new(rt, refusals))).expect("metric descriptors are consistent");
     r
+}
+
+/// What the endpoint turned away, by reason: an operator sees a scraper
+/// locked out (token, address) or a connection flood (busy) here.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    address: AtomicU64,
+    token: AtomicU64,
+    busy: AtomicU64,
 }
 
 // The `/metrics` HTTP endpoint.
@@ -453,7 +470,12 @@ pub fn bind(addr: SocketAddr) -> Result<Bound, String> {
 
 /// The answer to one request; the body, if any, is left unread. With a
 /// token configured, a request without it gets 401 and nothing else.
-fn answer(registry: &Registry, access: &MetricsAccess, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(
+    registry: &Registry,
+    access: &MetricsAccess,
+    refusals: &Refusals,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if let Some(token) = &access.token {
         let given = request
             .headers()
@@ -461,6 +483,7 @@ fn answer(registry: &Registry, access: &MetricsAccess, request: &Request<Incomin
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
         if !token.matches(given) {
+            refusals.token.fetch_add(1, Ordering::Relaxed);
             let mut response = Response::new(Full::new(Bytes::from_static(b"a bearer token is required\n")));
             *response.status_mut() = StatusCode::UNAUTHORIZED;
             response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -483,7 +506,12 @@ fn answer(registry: &Registry, access: &MetricsAccess, request: &Request<Incomin
 
 /// Accepts connections until the runtime is dropped, each served by a task
 /// of its own under the limits above.
-async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>, access: Arc<MetricsAccess>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    access: Arc<MetricsAccess>,
+    refusals: Arc<Refusals>,
+) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -494,6 +522,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>,
     loop {
         let stream = match listener.accept().await {
             Ok((stream, peer)) if !access.allows(peer.ip()) => {
+                refusals.address.fetch_add(1, Ordering::Relaxed);
                 // Best effort, never waiting, nothing read.
                 let _ = stream.try_write(FORBIDDEN_ANSWER);
                 continue;
@@ -505,14 +534,16 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Arc<Registry>,
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refusals.busy.fetch_add(1, Ordering::Relaxed);
             // Best effort, never waiting: the client may not even read it.
             let _ = stream.try_write(BUSY_ANSWER);
             continue;
         };
         let registry = Arc::clone(&registry);
         let access = Arc::clone(&access);
+        let refusals = Arc::clone(&refusals);
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = answer(&registry, &access, &request);
+            let response = answer(&registry, &access, &refusals, &request);
             std::future::ready(Ok::<_, Infallible>(response))
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -550,12 +581,13 @@ impl Bound {
                 .map_err(|e| format!("metrics: cannot serve {addr}: {e}"))?
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let registry = Arc::new(registry(rt));
+        let refusals = Arc::new(Refusals::default());
+        let registry = Arc::new(registry(rt, Arc::clone(&refusals)));
         let thread = std::thread::Builder::new()
             .name("lbd-metrics".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    tokio::spawn(accept_loop(listener, registry, access));
+                    tokio::spawn(accept_loop(listener, registry, access, refusals));
                     // Ends on shutdown, or when the server handle is gone.
                     let _ = stopped.await;
                 });
