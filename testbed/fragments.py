@@ -26,12 +26,12 @@ import time
 def udp(vip, port, sizes):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    s.settimeout(2)
+    s.settimeout(3)
     results = []
     for n in sizes:
         data = os.urandom(n)
         ok, attempts, head = False, 0, ""
-        while not ok and attempts < 5:
+        while not ok and attempts < 6:
             attempts += 1
             s.sendto(data, (vip, port))
             try:
@@ -58,7 +58,7 @@ def tcp(vip, port):
     os.system("nft add table ip fragtest && "
               "nft add chain ip fragtest out '{ type filter hook output priority 0 ; }' && "
               f"nft add rule ip fragtest out tcp sport {sport} tcp flags rst drop")
-    synack = sr1(IP(dst=vip) / TCP(sport=sport, dport=port, flags="S", seq=1000), timeout=3, retry=3)
+    synack = sr1(IP(dst=vip) / TCP(sport=sport, dport=port, flags="S", seq=1000), timeout=5, retry=4)
     if synack is None or synack[TCP].flags != "SA":
         print(json.dumps({"tcp": {"ok": False, "error": "no SYN-ACK"}}))
         return False
