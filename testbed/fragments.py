@@ -10,6 +10,10 @@
         3 KiB as ONE segment split into IPv4 fragments (the last fragment
         first), and waits for the backend's answer, which it can only give
         after reassembling a segment whose checksum verifies
+    fragments.py hostile VIP PORT
+        sends, to a UDP listener: a first fragment and one overlapping it;
+        a datagram in six fragments; and one lone middle fragment (lbd's
+        counters tell what became of them)
 
 Prints one JSON object; exits 0 when everything came back intact.
 """
@@ -91,9 +95,32 @@ def tcp(vip, port):
     return ok
 
 
+def hostile(vip, port):
+    from scapy.all import IP, UDP, Raw, conf, send
+
+    conf.verb = 0
+    first = UDP(sport=5555, dport=port, len=200, chksum=0) / Raw(b"a" * 16)
+    # Overlap: bytes 16..32 again over a first fragment of 24.
+    send(IP(dst=vip, id=1001, flags="MF", proto=17) / first)
+    send(IP(dst=vip, id=1001, flags="MF", frag=2, proto=17) / Raw(b"b" * 16))
+    # Six fragments of 24 and 8 bytes, all with more to follow.
+    send(IP(dst=vip, id=1002, flags="MF", proto=17) / first)
+    for n in range(5):
+        send(IP(dst=vip, id=1002, flags="MF", frag=3 + n, proto=17) / Raw(b"c" * 8))
+    # A middle fragment whose datagram never comes.
+    send(IP(dst=vip, id=1003, flags="MF", frag=10, proto=17) / Raw(b"d" * 8))
+    print(json.dumps({"hostile": {"ok": True}}))
+    return True
+
+
 def main():
     mode, vip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    ok = udp(vip, port, [int(n) for n in sys.argv[4:]]) if mode == "udp" else tcp(vip, port)
+    if mode == "udp":
+        ok = udp(vip, port, [int(n) for n in sys.argv[4:]])
+    elif mode == "tcp":
+        ok = tcp(vip, port)
+    else:
+        ok = hostile(vip, port)
     sys.exit(0 if ok else 1)
 
 

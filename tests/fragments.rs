@@ -56,7 +56,7 @@ fn run_client(t: &Topology, args: &[&str]) -> Value {
 /// lbd sees them (as over-long frames it cannot take), and nothing of lbd's
 /// own handling would be tested. libpcap reads the veth as it is (it also
 /// shows lbd its own transmitted frames, dropped as wrong_dst_mac).
-fn start_lbd_on_pcap(t: &Topology, workers: usize, dir: &TempDir) -> Lbd {
+fn start_lbd_on_pcap(t: &Topology, workers: usize, dir: &TempDir, extra: &str) -> Lbd {
     t.start_lbd_with(workers, dir, |c| {
         let mut out = c.clone();
         for (i, side) in [(0, "e"), (1, "i")] {
@@ -66,7 +66,7 @@ fn start_lbd_on_pcap(t: &Topology, workers: usize, dir: &TempDir) -> Lbd {
             assert!(out.contains(&from), "topology config changed: {c}");
             out = out.replace(&from, &format!("net_pcap{i},rx_iface={iface},{tx}"));
         }
-        out.replace("device: net_af_packet", "device: net_pcap")
+        out.replace("device: net_af_packet", "device: net_pcap") + extra
     })
 }
 
@@ -82,7 +82,7 @@ fn netns_fragmented_udp_datagrams_round_trip_intact() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-frag-udp");
-    let lbd = start_lbd_on_pcap(&t, 2, &dir);
+    let lbd = start_lbd_on_pcap(&t, 2, &dir, "");
     let sizes = ["1400", "1473", "3000", "8000", "20000", "40000", "60000"];
     let mut args = vec!["udp", "10.0.0.100", "9000"];
     args.extend_from_slice(&sizes);
@@ -109,7 +109,7 @@ fn netns_fragmented_tcp_segment_reaches_the_backend() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-frag-tcp");
-    let lbd = start_lbd_on_pcap(&t, 1, &dir);
+    let lbd = start_lbd_on_pcap(&t, 1, &dir, "");
     let v = run_client(&t, &["tcp", "10.0.0.100", "80"]);
     let (status, stats) = lbd.stop();
     print_counters(&stats);
@@ -118,4 +118,32 @@ fn netns_fragmented_tcp_segment_reaches_the_backend() {
     assert_nothing_lost(&stats);
     assert!(stats["events"]["fragments_held"].as_u64().unwrap() >= 5, "{}", stats["events"]);
     assert_eq!(stats["events"]["fragment_datagrams_steered"].as_u64(), Some(1), "{}", stats["events"]);
+}
+
+/// Overlapping fragments, too many fragments and a datagram that never
+/// completes, sent by scapy: each dropped and counted exactly, nothing
+/// left held (every mbuf back in the pool).
+#[test]
+fn netns_hostile_fragments_are_dropped_with_counters() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("netns-frag-bad");
+    let extra = "fragments: {max_fragments_per_datagram: 4, timeout: 200ms}\n";
+    let mut lbd = start_lbd_on_pcap(&t, 1, &dir, extra);
+    let v = run_client(&t, &["hostile", "10.0.0.100", "9000"]);
+    assert_eq!(v["hostile"]["ok"], true, "{v}");
+    // The lone fragment is dropped once its time is up: wait for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lbd.stats_now()["drops"]["fragment_timeout"].as_u64() != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "the held fragment was never dropped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, stats) = lbd.stop();
+    print_counters(&stats);
+    assert!(status.success());
+    let d = &stats["drops"];
+    assert_eq!(d["fragment_overlap"].as_u64(), Some(1), "{d}");
+    assert_eq!(d["fragment_too_many"].as_u64(), Some(2), "{d}");
+    assert_eq!(d["fragment_timeout"].as_u64(), Some(1), "{d}");
+    assert_eq!(stats["mempool_in_use"].as_u64(), Some(0), "mbuf leak");
 }
