@@ -53,7 +53,7 @@ reasons! {
         IpBadLength = "ip_bad_length",
         /// IPv4 header checksum does not verify.
         IpBadChecksum = "ip_bad_checksum",
-        /// IPv4 fragment (not supported yet).
+        /// IPv4 fragment of a protocol other than TCP and UDP.
         IpFragment = "ip_fragment",
         /// TTL of 1 or 0 on a packet to forward.
         TtlExceeded = "ttl_exceeded",
@@ -99,6 +99,17 @@ reasons! {
         FromKernelRateLimited = "from_kernel_rate_limited",
         /// From the host's kernel, but the queue to the worker that sends it was full.
         FromKernelQueueFull = "from_kernel_queue_full",
+        // IPv4 fragments (issue 11).
+        /// A fragment overlapping one already seen of its datagram, or contradicting its end; every later fragment of that datagram too.
+        FragmentOverlap = "fragment_overlap",
+        /// A fragment past `fragments.max_fragments_per_datagram`; every later fragment of that datagram too.
+        FragmentTooMany = "fragment_too_many",
+        /// A fragment held for its datagram's first fragment, which did not come within `fragments.timeout`.
+        FragmentTimeout = "fragment_timeout",
+        /// A fragment of a new datagram while `fragments.max_datagrams` are tracked, or to hold while `fragments.max_held` are held.
+        FragmentTableFull = "fragment_table_full",
+        /// A later fragment of a datagram whose first fragment was dropped (its reason counted once) or is no longer known.
+        FragmentOfDropped = "fragment_of_dropped",
     }
 }
 
@@ -146,6 +157,11 @@ reasons! {
         Polls = "polls",
         /// Loop iterations that found packets.
         BusyPolls = "busy_polls",
+        // IPv4 fragments (issue 11).
+        /// Fragments held until their datagram's first fragment came.
+        FragmentsHeld = "fragments_held",
+        /// Datagrams whose fragments all went to their flow's owner.
+        FragmentDatagramsSteered = "fragment_datagrams_steered",
     }
 }
 

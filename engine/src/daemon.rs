@@ -107,6 +107,8 @@ fn mempool_size(cfg: &Config, rxq: &[u16]) -> u32 {
         * (cfg.startup.arp_tables.queue_length as u64
             + dpdk::MAX_BURST as u64 * (cfg.startup.ports.len() as u64 + w + 2));
     n += crate::exception::mbufs_needed(cfg);
+    // Fragments held for their datagram's first fragment.
+    n += w * cfg.startup.fragments.max_held as u64;
     n += (w + 1) * u64::from(cfg.startup.mempool_cache) + 4096;
     n.min(u64::from(u32::MAX)) as u32
 }
@@ -368,6 +370,7 @@ fn build_workers(
             pending_capacity: sh.cfg.startup.arp_tables.queue_length,
             to_kernel_rate: (sh.cfg.startup.exception.to_kernel_rate / n as u32).max(1),
             echo_reply_rate: (sh.cfg.startup.icmp_echo_reply_rate / n as u32).max(1),
+            fragments: sh.cfg.startup.fragments,
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);

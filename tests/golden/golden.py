@@ -334,8 +334,9 @@ def scenario_malformed():
     short_len[16:18] = (19).to_bytes(2, "big")
     bad(fix_ip_checksum(bytes(short_len)), "ip_bad_length")
     bad(b0[:24] + b"\x12\x34" + b0[26:], "ip_bad_checksum")
-    bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP, flags="MF") / TCP(dport=80, flags="S")), "ip_fragment")
-    bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP, frag=100, proto=6) / Raw(b"x" * 24)), "ip_fragment")
+    # Fragments of TCP and UDP are forwarded (README "Fragments"); of other protocols dropped.
+    bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP, flags="MF", proto=47) / Raw(b"\x00" * 24)), "ip_fragment")
+    bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP, frag=100, proto=1) / Raw(b"x" * 24)), "ip_fragment")
     bad(raw(request("192.168.1.10", 40000, VIP, 80, 6, "S", ttl=1)), "ttl_exceeded")
     bad(raw(request("192.168.1.10", 40000, VIP, 80, 6, "S", ttl=0)), "ttl_exceeded")
     bad(raw(reply("10.0.0.11", 8080, "192.168.1.10", 40000, 6, "A", ttl=1)), "ttl_exceeded")

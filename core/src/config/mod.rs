@@ -401,6 +401,8 @@ pub struct Startup {
     pub exception: ExceptionSettings,
     /// ICMP echo replies per second, all workers together.
     pub icmp_echo_reply_rate: u32,
+    /// Bounds of each worker's fragment tables.
+    pub fragments: crate::fragments::FragmentLimits,
 }
 
 /// Who may read `/metrics`.
@@ -512,6 +514,7 @@ impl Startup {
             metrics_access: MetricsAccess { allow, token },
             exception,
             icmp_echo_reply_rate,
+            fragments,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -533,6 +536,7 @@ impl Startup {
             ("metrics.bearer_token_file", *token == other.metrics_access.token),
             ("exception", *exception == other.exception),
             ("icmp.echo_reply_rate", *icmp_echo_reply_rate == other.icmp_echo_reply_rate),
+            ("fragments", *fragments == other.fragments),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -600,6 +604,47 @@ type VResult<T> = Result<T, ConfigError>;
 impl Validator<'_> {
     fn err<T>(&self, field: impl Into<String>, message: impl Into<String>) -> VResult<T> {
         Err(ConfigError { file: self.file.to_owned(), field: field.into(), message: message.into() })
+    }
+
+    /// `fragments`: each bound within a range that keeps the tables'
+    /// preallocated memory sane.
+    fn fragments(&self, raw: &raw::RawFragments) -> VResult<crate::fragments::FragmentLimits> {
+        let d = crate::fragments::FragmentLimits::default();
+        let count = |field: &str, v: Option<u32>, default: usize, max: u32| -> VResult<usize> {
+            match v {
+                None => Ok(default),
+                Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+                Some(n) => self.err(format!("fragments.{field}"), format!("{n} is out of range (1..={max})")),
+            }
+        };
+        let max_datagrams = count("max_datagrams", raw.max_datagrams, d.max_datagrams, 65536)?;
+        // 65535 bytes in 8-byte pieces.
+        let max_fragments = count("max_fragments_per_datagram", raw.max_fragments_per_datagram, d.max_fragments, 8192)?;
+        if max_datagrams * max_fragments > 1 << 22 {
+            return self.err(
+                "fragments",
+                format!(
+                    "max_datagrams × max_fragments_per_datagram = {} is over 4194304",
+                    max_datagrams * max_fragments
+                ),
+            );
+        }
+        let max_held = count("max_held", raw.max_held, d.max_held, 65536)?;
+        let timeout = self.duration(
+            "fragments.timeout",
+            raw.timeout.as_ref(),
+            Duration::from_millis(u64::from(d.timeout_ms)),
+            Duration::from_millis(10),
+        )?;
+        if timeout > Duration::from_secs(60) {
+            return self.err("fragments.timeout", "is too long (maximum 60s: RFC 791 suggests 15s)");
+        }
+        Ok(crate::fragments::FragmentLimits {
+            max_datagrams,
+            max_fragments,
+            max_held,
+            timeout_ms: timeout.as_millis() as u32,
+        })
     }
 
     fn duration(&self, field: &str, v: Option<&String>, default: Duration, min: Duration) -> VResult<Duration> {
@@ -801,6 +846,7 @@ impl Validator<'_> {
                 format!("{icmp_echo_reply_rate} replies per second is out of range (1..=10000000)"),
             );
         }
+        let fragments = self.fragments(&raw.fragments)?;
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -822,6 +868,7 @@ impl Validator<'_> {
                 metrics_access,
                 exception,
                 icmp_echo_reply_rate,
+                fragments,
             },
             forwarding: Forwarding {
                 listeners,

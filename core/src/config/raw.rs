@@ -42,6 +42,26 @@ pub struct RawConfig {
     pub health: RawHealth,
     #[serde(default)]
     pub icmp: RawIcmp,
+    #[serde(default)]
+    pub fragments: RawFragments,
+}
+
+/// Bounds of the IPv4 fragment tables, per worker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFragments {
+    /// Datagrams in flight tracked at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_datagrams: Option<u32>,
+    /// Fragments one datagram may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fragments_per_datagram: Option<u32>,
+    /// Fragments held while their datagram's first fragment has not come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_held: Option<u32>,
+    /// How long a datagram's fragments may take to arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// What lbd answers of ICMP itself.

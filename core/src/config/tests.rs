@@ -569,3 +569,31 @@ fn echo_reply_rate_defaults_and_is_bounded() {
     let e = err_with("sessions:", "icmp: {echo_rate: 5}\nsessions:");
     assert!(e.field.starts_with("icmp"), "{e}");
 }
+
+#[test]
+fn fragment_bounds_default_and_are_checked() {
+    use crate::fragments::FragmentLimits;
+    assert_eq!(parse_str(GOOD).unwrap().startup.fragments, FragmentLimits::default());
+    let c = parse_str(&GOOD.replacen(
+        "sessions:",
+        "fragments: {max_datagrams: 10, max_fragments_per_datagram: 50, max_held: 7, timeout: 300ms}\nsessions:",
+        1,
+    ))
+    .unwrap();
+    let want = FragmentLimits { max_datagrams: 10, max_fragments: 50, max_held: 7, timeout_ms: 300 };
+    assert_eq!(c.startup.fragments, want);
+    for (bad, field) in [
+        ("max_datagrams: 0", "fragments.max_datagrams"),
+        ("max_fragments_per_datagram: 9000", "fragments.max_fragments_per_datagram"),
+        ("max_held: 0", "fragments.max_held"),
+        ("timeout: 5ms", "fragments.timeout"),
+        ("timeout: 2m", "fragments.timeout"),
+        ("timeout: soon", "fragments.timeout"),
+        ("max_datagrams: 65536, max_fragments_per_datagram: 8192", "fragments"),
+    ] {
+        let e = err_with("sessions:", &format!("fragments: {{{bad}}}\nsessions:"));
+        assert_eq!(e.field, field, "{bad}: {e}");
+    }
+    let e = err_with("sessions:", "fragments: {max_fragments: 5}\nsessions:");
+    assert!(e.field.starts_with("fragments"), "{e}");
+}

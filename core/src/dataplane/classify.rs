@@ -32,6 +32,8 @@ pub(super) enum Class {
     /// TCP or UDP for the host (a port's own address, where no listener
     /// is): up to that port's kernel interface.
     Kernel(PortIndex),
+    /// A fragment of a TCP or UDP datagram (see `fragment`).
+    Fragment,
     Drop(DropReason),
 }
 
@@ -83,7 +85,10 @@ impl<P: Packet> State<P> {
             return Class::Drop(DropReason::IpBadChecksum);
         }
         if ip.is_fragment() {
-            return Class::Drop(DropReason::IpFragment);
+            return match ip.protocol() {
+                PROTO_TCP | PROTO_UDP => Class::Fragment,
+                _ => Class::Drop(DropReason::IpFragment),
+            };
         }
         let (src, dst, proto, ttl) = (ip.src_u32(), ip.dst_u32(), ip.protocol(), ip.ttl());
         // The L4 header must sit in the first segment; the rewrite touches

@@ -46,6 +46,7 @@ impl<P: Packet> State<P> {
             return;
         }
         self.last_tick = now;
+        self.sweep_fragments(io);
 
         // Neighbour aging and retries: scan the cache twice per retry
         // interval so retries go out on time.

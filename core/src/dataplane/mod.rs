@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 mod classify;
 mod flow_path;
+mod fragment;
 mod local;
 mod maintenance;
 
@@ -99,6 +100,8 @@ struct State<P: Packet> {
     to_kernel: Box<[TokenBucket]>,
     /// Echo replies this worker may still send.
     echo_replies: TokenBucket,
+    /// IPv4 fragments on their way (see `fragment`).
+    frags: fragment::Fragments<P>,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -161,6 +164,8 @@ pub struct CoreSettings {
     /// ICMP echo replies per second this worker sends (its share of
     /// `icmp.echo_reply_rate`).
     pub echo_reply_rate: u32,
+    /// Bounds of the fragment tables (`fragments`).
+    pub fragments: crate::fragments::FragmentLimits,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -216,6 +221,7 @@ impl<P: Packet> Dataplane<P> {
                     settings.echo_reply_rate,
                     TokenBucket::default_burst(settings.echo_reply_rate),
                 ),
+                frags: fragment::Fragments::new(settings.fragments),
             },
             snap,
         }
@@ -307,6 +313,7 @@ impl<P: Packet> Dataplane<P> {
             io.free(p.packet);
         }
         st.counters.parked.set(0);
+        st.drain_fragments(io);
     }
 }
 
@@ -360,6 +367,7 @@ impl<P: Packet> State<P> {
                         Class::Icmp => self.icmp(snap, pkt, io),
                         Class::Kernel(port) => self.pass_up(port, pkt, io),
                         Class::Drop(r) => self.discard(r, pkt, io),
+                        Class::Fragment => self.fragment(snap, pkt, from_handoff, io),
                         Class::Flow { .. } => unreachable!("matched above"),
                     }
                 }

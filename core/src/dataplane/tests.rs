@@ -165,6 +165,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
+        fragments: cfg.startup.fragments,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -464,8 +465,10 @@ fn drops_have_reasons() {
     let mut m = base.clone();
     m[24] ^= 0xff;
     cases.push((m, DropReason::IpBadChecksum));
+    // Fragments of TCP and UDP are forwarded (see `fragment_tests`).
     let mut frag = base.clone();
     frag[20] = 0x20; // MF
+    frag[23] = 47;
     fix_ip_checksum(&mut frag);
     cases.push((frag, DropReason::IpFragment));
     let mut ttl = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b"");
@@ -721,6 +724,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
+        fragments: cfg.startup.fragments,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1251,6 +1255,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 pending_capacity: 4,
                 to_kernel_rate: KERNEL_RATE,
                 echo_reply_rate: ECHO_RATE,
+                fragments: cfg.startup.fragments,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
@@ -1504,3 +1509,5 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
     let up: Vec<u16> = h.io.to_kernel.iter().skip(burst).map(|(p, _)| *p).collect();
     assert_eq!(up, vec![1, 1]);
 }
+
+mod fragments;
