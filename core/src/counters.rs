@@ -99,6 +99,17 @@ reasons! {
         FromKernelRateLimited = "from_kernel_rate_limited",
         /// From the host's kernel, but the queue to the worker that sends it was full.
         FromKernelQueueFull = "from_kernel_queue_full",
+        // Rate limits and blackholing (`listeners[].limits`, `listeners[].protection`).
+        /// Over the listener's `limits.new_connections_per_second` or `limits.packets_per_second`.
+        ListenerRateLimited = "listener_rate_limited",
+        /// Over the client address's `limits.per_source` new connections or packets per second.
+        SourceRateLimited = "source_rate_limited",
+        /// A new connection from a client address already at `limits.per_source.max_sessions`.
+        SourceSessionLimit = "source_session_limit",
+        /// The listener is scrubbed (offered traffic above `protection.scrub`) and this is over the scrub rates.
+        VipScrubbed = "vip_scrubbed",
+        /// The listener is blackholed (offered traffic above `protection.blackhole`): every client packet is dropped.
+        VipBlackholed = "vip_blackholed",
     }
 }
 
@@ -210,6 +221,8 @@ pub struct WorkerCounters {
     pub ports: Box<[PortCounters]>,
     pub listeners: Box<[FlowCounters]>,
     pub backends: Box<[FlowCounters]>,
+    /// Rate limits and protection, per listener id.
+    pub admission: crate::admission::AdmissionCounters,
 }
 
 impl WorkerCounters {
@@ -227,6 +240,7 @@ impl WorkerCounters {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),
             backends: (0..backends).map(|_| FlowCounters::default()).collect(),
+            admission: crate::admission::AdmissionCounters::new(listeners),
         }
     }
 

@@ -4,6 +4,7 @@
 //! error names the file, the field path and what is wrong; a rejected file
 //! produces no [`Config`] at all, so nothing downstream can half-apply it.
 
+pub mod limits;
 pub mod raw;
 
 use crate::health::{self, AllDownPolicy, CheckKind, HealthCheck};
@@ -314,6 +315,9 @@ pub struct ListenerConfig {
     pub health_check: Option<HealthCheck>,
     pub all_down: AllDownPolicy,
     pub slow_start: Option<Duration>,
+    /// Rate limits and protection (see `crate::admission`).
+    pub limits: crate::admission::Limits,
+    pub protection: Option<crate::admission::Protection>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +405,8 @@ pub struct Startup {
     pub exception: ExceptionSettings,
     /// ICMP echo replies per second, all workers together.
     pub icmp_echo_reply_rate: u32,
+    /// Entries of each worker's per-source limits table.
+    pub source_entries: usize,
 }
 
 /// Who may read `/metrics`.
@@ -512,6 +518,7 @@ impl Startup {
             metrics_access: MetricsAccess { allow, token },
             exception,
             icmp_echo_reply_rate,
+            source_entries,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -533,6 +540,7 @@ impl Startup {
             ("metrics.bearer_token_file", *token == other.metrics_access.token),
             ("exception", *exception == other.exception),
             ("icmp.echo_reply_rate", *icmp_echo_reply_rate == other.icmp_echo_reply_rate),
+            ("limits.source_entries", *source_entries == other.source_entries),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -802,6 +810,8 @@ impl Validator<'_> {
             );
         }
 
+        let source_entries = self.source_entries(&raw.limits)?;
+
         Ok(Config {
             source: self.file.to_owned(),
             startup: Startup {
@@ -822,6 +832,7 @@ impl Validator<'_> {
                 metrics_access,
                 exception,
                 icmp_echo_reply_rate,
+                source_entries,
             },
             forwarding: Forwarding {
                 listeners,
@@ -1307,6 +1318,8 @@ impl Validator<'_> {
                 health_check,
                 all_down,
                 slow_start,
+                limits: self.limits(i, l.limits.as_ref())?,
+                protection: self.protection(i, l.protection.as_ref())?,
             });
         }
         // A VIP that is also a backend (of any listener) would send the

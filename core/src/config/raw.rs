@@ -42,6 +42,9 @@ pub struct RawConfig {
     pub health: RawHealth,
     #[serde(default)]
     pub icmp: RawIcmp,
+    /// Sizes for the listeners' rate limits.
+    #[serde(default, skip_serializing_if = "super::limits::RawGlobalLimits::is_default")]
+    pub limits: super::limits::RawGlobalLimits,
 }
 
 /// What lbd answers of ICMP itself.
@@ -239,6 +242,12 @@ pub struct RawListener {
     /// A new or recovered backend's weight ramps up over this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<String>,
+    /// Rate limits: per listener and per client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::limits::RawLimits>,
+    /// Scrubbing and blackholing thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<super::limits::RawProtection>,
 }
 
 fn default_scheduler() -> SchedulerAlgorithm {

@@ -12,6 +12,7 @@
 //! `Vec<u8>` packets and inspect what comes out. Nothing here allocates,
 //! locks or makes a system call per packet.
 
+use crate::admission::Admission;
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::flow::FlowKey;
 use crate::ids::BackendId;
@@ -99,6 +100,8 @@ struct State<P: Packet> {
     to_kernel: Box<[TokenBucket]>,
     /// Echo replies this worker may still send.
     echo_replies: TokenBucket,
+    /// Rate limits and VIP protection (`crate::admission`).
+    admission: Admission,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -161,6 +164,8 @@ pub struct CoreSettings {
     /// ICMP echo replies per second this worker sends (its share of
     /// `icmp.echo_reply_rate`).
     pub echo_reply_rate: u32,
+    /// Entries of the per-source limits table (`limits.source_entries`).
+    pub source_entries: usize,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -189,6 +194,8 @@ impl<P: Packet> Dataplane<P> {
         for (port, ip, mac) in &snap.static_neighbors {
             neighbors.add_static(*port, *ip, *mac);
         }
+        let mut admission = Admission::new(settings.workers, crate::config::MAX_LISTENERS, settings.source_entries);
+        admission.sync(&snap, 0, &counters.admission);
         Dataplane {
             st: State {
                 worker: settings.worker,
@@ -216,6 +223,7 @@ impl<P: Packet> Dataplane<P> {
                     settings.echo_reply_rate,
                     TokenBucket::default_burst(settings.echo_reply_rate),
                 ),
+                admission,
             },
             snap,
         }
@@ -230,6 +238,7 @@ impl<P: Packet> Dataplane<P> {
         for (port, ip, mac) in &snap.static_neighbors {
             self.st.neighbors.add_static(*port, *ip, *mac);
         }
+        self.st.admission.sync(&snap, self.st.now, &self.st.counters.admission);
         self.snap = snap;
     }
 
