@@ -234,6 +234,14 @@ fn new_flows(c: &mut Criterion) {
         ("syn_creates_session", ""),
         ("least_connections", "    scheduler: least_connections\n"),
         ("round_robin_persistence", "    scheduler: round_robin\n    persistence: 1h\n"),
+        // Every limit on, none reached: two buckets, the per-source table
+        // (64 sources) and the session count per SYN.
+        (
+            "all_limits",
+            "    limits: {new_connections_per_second: 1000000000, packets_per_second: 1000000000, per_source: \
+             {new_connections_per_second: 1000000000, packets_per_second: 1000000000, max_sessions: 1000000}}\n    \
+             protection: {scrub: {packets_per_second: 1000000000}, blackhole: {packets_per_second: 1000000000}}\n",
+        ),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
