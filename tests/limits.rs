@@ -143,6 +143,7 @@ fn per_source_cap_and_blackhole_through_lbd() {
              - {{name: guarded, vip: 10.0.0.103, protocol: tcp, port: 80, backends: [{{address: 10.0.0.11, port: 8081}}],\n     \
                  protection: {{blackhole: {{packets_per_second: 100}}, hold: 4s}}}}\n\
              sessions: {{capacity_per_worker: 65536}}\n\
+             timeouts: {{tcp_syn: 1h}}\n\
              control: {{socket: {}}}\n\
              metrics: {{listen: \"127.0.0.1:0\"}}\n",
             serde_json::to_string(&eal).unwrap(),
@@ -219,6 +220,24 @@ fn per_source_cap_and_blackhole_through_lbd() {
     let (code, text, _) = lbctl(&socket, &["limits"]);
     assert_eq!(code, 0);
     assert!(text.contains("guarded (10.0.0.103:80 tcp): normal"), "{text}");
+
+    // A reload raises the cap to 5: the source's 3 sessions (half-open
+    // for an hour) still count, so 2 of 5 more get through.
+    let raised = dir.join("raised.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&raised, text.replacen("max_sessions: 3", "max_sessions: 5", 1)).unwrap();
+    let (code, out, err) = lbctl(&socket, &["config", "reload", raised.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(limits(&socket, "capped")["configured"]["per_source.max_sessions"], 5);
+    let again: Vec<Vec<u8>> = (0..5).map(|p| syn("10.0.0.7", "10.0.0.100", 41000 + p)).collect();
+    inject(&rx_peer, &again);
+    let last = lbd.wait_processed(
+        rx_before + (flood.len() + more.len() + after.len() + again.len()) as u64,
+        false,
+        Duration::from_secs(30),
+    );
+    assert_eq!(drop_count(&last, "source_session_limit"), 10, "{}", last["drops"]);
+    assert_eq!(tx_packets(&last) - tx_packets(&end), 2);
     let (status, _) = lbd.stop();
     assert!(status.success());
 }
