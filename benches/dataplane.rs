@@ -171,6 +171,7 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         to_kernel_rate: 1000,
         echo_reply_rate: 1000,
         fragments: Default::default(),
+        source_entries: 4096,
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);
@@ -234,6 +235,14 @@ fn new_flows(c: &mut Criterion) {
         ("syn_creates_session", ""),
         ("least_connections", "    scheduler: least_connections\n"),
         ("round_robin_persistence", "    scheduler: round_robin\n    persistence: 1h\n"),
+        // Every limit on, none reached: two buckets, the per-source table
+        // (64 sources) and the session count per SYN.
+        (
+            "all_limits",
+            "    limits: {new_connections_per_second: 1000000000, packets_per_second: 1000000000, per_source: \
+             {new_connections_per_second: 1000000000, packets_per_second: 1000000000, max_sessions: 1000000}}\n    \
+             protection: {scrub: {packets_per_second: 1000000000}, blackhole: {packets_per_second: 1000000000}}\n",
+        ),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(

@@ -110,6 +110,17 @@ reasons! {
         FragmentTableFull = "fragment_table_full",
         /// A later fragment of a datagram whose first fragment was dropped (its reason counted once) or is no longer known.
         FragmentOfDropped = "fragment_of_dropped",
+        // Rate limits and blackholing (`listeners[].limits`, `listeners[].protection`).
+        /// Over the listener's `limits.new_connections_per_second` or `limits.packets_per_second`.
+        ListenerRateLimited = "listener_rate_limited",
+        /// Over the client address's `limits.per_source` new connections or packets per second.
+        SourceRateLimited = "source_rate_limited",
+        /// A new connection from a client address already at `limits.per_source.max_sessions`.
+        SourceSessionLimit = "source_session_limit",
+        /// The listener is scrubbed (offered traffic above `protection.scrub`) and this is over the scrub rates.
+        VipScrubbed = "vip_scrubbed",
+        /// The listener is blackholed (offered traffic above `protection.blackhole`): every client packet is dropped.
+        VipBlackholed = "vip_blackholed",
     }
 }
 
@@ -226,6 +237,8 @@ pub struct WorkerCounters {
     pub ports: Box<[PortCounters]>,
     pub listeners: Box<[FlowCounters]>,
     pub backends: Box<[FlowCounters]>,
+    /// Rate limits and protection, per listener id.
+    pub admission: crate::admission::AdmissionCounters,
 }
 
 impl WorkerCounters {
@@ -243,6 +256,7 @@ impl WorkerCounters {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),
             backends: (0..backends).map(|_| FlowCounters::default()).collect(),
+            admission: crate::admission::AdmissionCounters::new(listeners),
         }
     }
 

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
 pub mod counter;
 pub mod counters;
@@ -33,4 +34,5 @@ pub mod rss;
 pub mod scheduler;
 pub mod session;
 pub mod snapshot;
+pub mod sourcetable;
 pub mod wire;

@@ -48,6 +48,24 @@ impl TokenBucket {
             false
         }
     }
+
+    /// Takes `n` units at once (a packet's bytes in a bucket of bytes);
+    /// false, taking nothing, when fewer are left.
+    #[inline]
+    pub fn take_n(&mut self, now_ms: u32, n: u64) -> bool {
+        let elapsed = u64::from(now_ms.wrapping_sub(self.last_ms));
+        if elapsed > 0 {
+            self.last_ms = now_ms;
+            self.tokens = self.tokens.saturating_add(elapsed.saturating_mul(self.rate)).min(self.capacity);
+        }
+        let need = n.saturating_mul(ONE);
+        if self.tokens >= need {
+            self.tokens -= need;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,11 @@ pub struct ListenerView {
     /// Every backend not drained is down.
     pub all_down: bool,
     pub all_down_policy: AllDownPolicy,
+    /// Rate limits and protection (`crate::admission`); `guarded`: any of
+    /// them is set, so an unguarded listener costs one test per packet.
+    pub limits: crate::admission::Limits,
+    pub protection: Option<crate::admission::Protection>,
+    pub guarded: bool,
 }
 
 /// What a local (non-forwarded) destination address is.
@@ -475,6 +480,9 @@ impl Snapshot {
                 backends,
                 all_down: lw.all_down,
                 all_down_policy: l.all_down,
+                limits: l.limits,
+                protection: l.protection,
+                guarded: !l.limits.is_none() || l.protection.is_some(),
             });
         }
 

@@ -371,6 +371,7 @@ fn build_workers(
             to_kernel_rate: (sh.cfg.startup.exception.to_kernel_rate / n as u32).max(1),
             echo_reply_rate: (sh.cfg.startup.icmp_echo_reply_rate / n as u32).max(1),
             fragments: sh.cfg.startup.fragments,
+            source_entries: sh.cfg.startup.source_entries,
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);

@@ -96,6 +96,15 @@ defs! {
     "lbd_control_operations_total" Counter ["operation", "result"] "Control requests by operation and result (ok, error).";
     "lbd_config_propagation_seconds" Histogram [] "Time from publishing a configuration until every worker runs it.";
     "lbd_packet_processing_seconds" Histogram ["worker"] "Per-packet processing time: a burst's time over its packets.";
+    // Rate limits and blackholing.
+    "lbd_listener_limit" Gauge ["listener", "limit"] "A configured limit or threshold of the listener (all workers together).";
+    "lbd_listener_limit_drops_total" Counter ["listener", "reason"] "Packets of the listener dropped by its limits or protection, by reason.";
+    "lbd_listener_protection_state" Gauge ["listener", "state"] "1 for the listener's protection state (normal, scrubbed, blackholed: the highest of any worker).";
+    "lbd_listener_protection_transitions_total" Counter ["listener", "to"] "Times a worker's protection state went to scrubbed, blackholed or normal.";
+    "lbd_listener_offered_rate" Gauge ["listener", "unit"] "Offered traffic to the listener in the workers' last one-second windows: packets, bits, new_connections per second.";
+    "lbd_source_table_entries" Gauge [] "Entries in use in the per-source limit tables of all workers.";
+    "lbd_source_table_capacity" Gauge [] "Entries of the per-source limit tables of all workers.";
+    "lbd_source_table_evictions_total" Counter ["sessions"] "Sources forgotten to make room for new ones (sessions: whether the entry still held sessions).";
 }
 
 /// Upper bounds of `lbd_packet_processing_seconds` (nanoseconds).
@@ -346,6 +355,42 @@ impl LbdCollector {
                 f.histogram("lbd_health_check_seconds", &lb, lat.cumulative(), lat.count, lat.sum_s);
             }
         }
+
+        for lr in &report.listeners {
+            let Some(lim) = &lr.limits else { continue };
+            let name = || lr.name.clone();
+            for (k, v) in &lim.configured {
+                f.gauge("lbd_listener_limit", &[name(), k.clone()], *v as f64);
+            }
+            for (reason, n) in &lim.drops {
+                f.counter("lbd_listener_limit_drops_total", &[name(), reason.clone()], *n as f64);
+            }
+            for state in ["normal", "scrubbed", "blackholed"] {
+                let on = f64::from(u8::from(lim.state == state));
+                f.gauge("lbd_listener_protection_state", &[name(), state.into()], on);
+            }
+            for (to, n) in
+                [("scrubbed", lim.scrubbed_total), ("blackholed", lim.blackholed_total), ("normal", lim.released_total)]
+            {
+                f.counter("lbd_listener_protection_transitions_total", &[name(), to.into()], n as f64);
+            }
+            for (unit, v) in [
+                ("packets", lim.packets_per_second),
+                ("bits", lim.bits_per_second),
+                ("new_connections", lim.new_connections_per_second),
+            ] {
+                f.gauge("lbd_listener_offered_rate", &[name(), unit.into()], v as f64);
+            }
+        }
+        let st = &report.source_table;
+        f.gauge("lbd_source_table_entries", &[], st.entries as f64);
+        f.gauge("lbd_source_table_capacity", &[], st.capacity as f64);
+        f.counter(
+            "lbd_source_table_evictions_total",
+            &["without".into()],
+            (st.evictions - st.evictions_with_sessions.min(st.evictions)) as f64,
+        );
+        f.counter("lbd_source_table_evictions_total", &["with".into()], st.evictions_with_sessions as f64);
 
         f.gauge("lbd_mempool_mbufs_in_use", &[], f64::from(report.mempool_in_use));
         f.gauge("lbd_mempool_mbufs_available", &[], f64::from(report.mempool_available));

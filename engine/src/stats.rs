@@ -173,6 +173,7 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
                 scheduler: l.scheduler.name().to_owned(),
                 traffic: listener_totals(cx.workers, l.id, cx.baselines),
                 backends,
+                limits: lbcore::admission::report(cx.workers, l),
             }
         })
         .collect();
@@ -215,5 +216,6 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
         latency: latency(cx.workers),
         listeners,
         workers,
+        source_table: lbcore::admission::source_table_report(cx.workers),
     }
 }

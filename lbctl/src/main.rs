@@ -89,6 +89,13 @@ enum Command {
     },
     /// The workers' ARP neighbour caches.
     Neighbors,
+    /// Rate limits and protection per listener: configured figures, state
+    /// (normal, scrubbed, blackholed), offered rates, drops by reason.
+    Limits {
+        /// Only this listener.
+        #[arg(long)]
+        listener: Option<String>,
+    },
     /// Show or reload the running configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -339,7 +346,7 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
                 Request::Sessions { filter, limit: *limit }
             }
         }
-        Command::Stats { .. } => Request::Stats,
+        Command::Stats { .. } | Command::Limits { .. } => Request::Stats,
         Command::Neighbors => Request::Neighbors,
         Command::Config(ConfigCmd::Show) => Request::ConfigShow,
         Command::Config(ConfigCmd::Reload { file: None }) => Request::ConfigReload { source: None },
@@ -371,6 +378,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         return render::watch_stats(&mut client, *every, *iterations, cli.json);
     }
     let response = client.call(request)?;
+    if let (Command::Limits { listener }, Response::Stats { stats }) = (&cli.command, &response) {
+        return render::limits(stats, listener.as_deref(), cli.json);
+    }
     if cli.json {
         emit(&format!("{}\n", serde_json::to_string_pretty(&response).unwrap_or_default()))
     } else {

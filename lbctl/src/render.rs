@@ -396,3 +396,73 @@ pub fn watch_stats(client: &mut Client, every: Duration, iterations: Option<u64>
         std::thread::sleep(every);
     }
 }
+
+/// `lbctl limits`: every listener with limits or protection (or the one
+/// named), from the counters document.
+pub fn limits(s: &Report, only: Option<&str>, json: bool) -> Result<(), Failure> {
+    let listeners: Vec<_> = s
+        .listeners
+        .iter()
+        .filter(|l| only.is_none_or(|n| n == l.name))
+        .filter_map(|l| l.limits.as_ref().map(|lim| (l, lim)))
+        .collect();
+    if let Some(n) = only {
+        if !s.listeners.iter().any(|l| l.name == n) {
+            return Err(Failure::Usage(format!("no listener named `{n}`")));
+        }
+    }
+    if json {
+        let doc = serde_json::json!({
+            "listeners": listeners.iter().map(|(l, lim)| serde_json::json!({"name": l.name, "limits": lim})).collect::<Vec<_>>(),
+            "source_table": s.source_table,
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default()));
+    }
+    let mut out = String::new();
+    if listeners.is_empty() {
+        line!(out, "no listener has limits or protection");
+    }
+    for (l, lim) in &listeners {
+        line!(
+            out,
+            "{} ({}:{} {}): {}  (workers scrubbed {}, blackholed {}; entered scrubbed {}, blackholed {}, released {})",
+            l.name,
+            l.vip,
+            l.port,
+            l.protocol,
+            lim.state,
+            lim.workers_scrubbed,
+            lim.workers_blackholed,
+            lim.scrubbed_total,
+            lim.blackholed_total,
+            lim.released_total
+        );
+        line!(
+            out,
+            "  offered: {} packets/s, {} bit/s, {} new connections/s",
+            si(lim.packets_per_second as f64),
+            si(lim.bits_per_second as f64),
+            si(lim.new_connections_per_second as f64)
+        );
+        let mut t = table(&["limit", "configured"]);
+        for (k, v) in &lim.configured {
+            t.add_row(vec![Cell::new(k), right(v)]);
+        }
+        line!(out, "{t}");
+        let mut t = table(&["drop reason", "packets"]);
+        for (k, v) in &lim.drops {
+            t.add_row(vec![Cell::new(k), right(v)]);
+        }
+        line!(out, "{t}");
+    }
+    let st = &s.source_table;
+    line!(
+        out,
+        "source tables: {} of {} entries in use, {} evictions ({} holding sessions)",
+        st.entries,
+        st.capacity,
+        st.evictions,
+        st.evictions_with_sessions
+    );
+    emit(&out)
+}

@@ -91,6 +91,47 @@ pub struct ListenerReport {
     #[serde(flatten)]
     pub traffic: FlowReport,
     pub backends: Vec<BackendReport>,
+    /// Rate limits and protection, when the listener has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsReport>,
+}
+
+/// A listener's rate limits and protection: what is configured (for all
+/// workers together; each worker enforces its share), where it stands,
+/// and what it dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LimitsReport {
+    /// Configured limits and thresholds by key (`new_connections_per_second`,
+    /// `per_source.max_sessions`, `scrub.packets_per_second`, `hold_ms`, ...).
+    pub configured: BTreeMap<String, u64>,
+    /// The highest state of any worker: `normal`, `scrubbed`, `blackholed`.
+    pub state: String,
+    /// Workers in each state other than normal.
+    pub workers_scrubbed: u64,
+    pub workers_blackholed: u64,
+    /// Times a worker's state went to scrubbed, to blackholed, back to normal.
+    pub scrubbed_total: u64,
+    pub blackholed_total: u64,
+    pub released_total: u64,
+    /// Offered traffic in the workers' last full windows, summed.
+    pub packets_per_second: u64,
+    pub bits_per_second: u64,
+    pub new_connections_per_second: u64,
+    /// Drops of this listener by reason (`listener_rate_limited`,
+    /// `source_rate_limited`, `source_session_limit`, `vip_scrubbed`,
+    /// `vip_blackholed`).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The per-source tables of all workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SourceTableReport {
+    pub entries: u64,
+    pub capacity: u64,
+    /// Sources forgotten to make room, and of those the ones holding
+    /// sessions (their count restarts: lenient, see README).
+    pub evictions: u64,
+    pub evictions_with_sessions: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,4 +174,6 @@ pub struct Report {
     pub latency: LatencyReport,
     pub listeners: Vec<ListenerReport>,
     pub workers: Vec<WorkerReport>,
+    #[serde(default)]
+    pub source_table: SourceTableReport,
 }

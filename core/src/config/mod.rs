@@ -4,6 +4,7 @@
 //! error names the file, the field path and what is wrong; a rejected file
 //! produces no [`Config`] at all, so nothing downstream can half-apply it.
 
+pub mod limits;
 pub mod raw;
 
 use crate::health::{self, AllDownPolicy, CheckKind, HealthCheck};
@@ -314,6 +315,9 @@ pub struct ListenerConfig {
     pub health_check: Option<HealthCheck>,
     pub all_down: AllDownPolicy,
     pub slow_start: Option<Duration>,
+    /// Rate limits and protection (see `crate::admission`).
+    pub limits: crate::admission::Limits,
+    pub protection: Option<crate::admission::Protection>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,6 +407,8 @@ pub struct Startup {
     pub icmp_echo_reply_rate: u32,
     /// Bounds of each worker's fragment tables.
     pub fragments: crate::fragments::FragmentLimits,
+    /// Entries of each worker's per-source limits table.
+    pub source_entries: usize,
 }
 
 /// Who may read `/metrics`.
@@ -515,6 +521,7 @@ impl Startup {
             exception,
             icmp_echo_reply_rate,
             fragments,
+            source_entries,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -537,6 +544,7 @@ impl Startup {
             ("exception", *exception == other.exception),
             ("icmp.echo_reply_rate", *icmp_echo_reply_rate == other.icmp_echo_reply_rate),
             ("fragments", *fragments == other.fragments),
+            ("limits.source_entries", *source_entries == other.source_entries),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -848,6 +856,8 @@ impl Validator<'_> {
         }
         let fragments = self.fragments(&raw.fragments)?;
 
+        let source_entries = self.source_entries(&raw.limits)?;
+
         Ok(Config {
             source: self.file.to_owned(),
             startup: Startup {
@@ -869,6 +879,7 @@ impl Validator<'_> {
                 exception,
                 icmp_echo_reply_rate,
                 fragments,
+                source_entries,
             },
             forwarding: Forwarding {
                 listeners,
@@ -1354,6 +1365,8 @@ impl Validator<'_> {
                 health_check,
                 all_down,
                 slow_start,
+                limits: self.limits(i, l.limits.as_ref())?,
+                protection: self.protection(i, l.protection.as_ref())?,
             });
         }
         // A VIP that is also a backend (of any listener) would send the

@@ -44,6 +44,9 @@ pub struct RawConfig {
     pub icmp: RawIcmp,
     #[serde(default)]
     pub fragments: RawFragments,
+    /// Sizes for the listeners' rate limits.
+    #[serde(default, skip_serializing_if = "super::limits::RawGlobalLimits::is_default")]
+    pub limits: super::limits::RawGlobalLimits,
 }
 
 /// Bounds of the IPv4 fragment tables, per worker.
@@ -259,6 +262,12 @@ pub struct RawListener {
     /// A new or recovered backend's weight ramps up over this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<String>,
+    /// Rate limits: per listener and per client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::limits::RawLimits>,
+    /// Scrubbing and blackholing thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<super::limits::RawProtection>,
 }
 
 fn default_scheduler() -> SchedulerAlgorithm {

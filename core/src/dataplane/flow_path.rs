@@ -70,6 +70,9 @@ impl<P: Packet> State<P> {
     /// Client→VIP: find or create the session, then forward to its backend.
     fn request(&mut self, snap: &Snapshot, l: &ListenerView, s: Staged<P>, io: &mut impl Io<P>) {
         let Staged { pkt, key, hash, flags, found, pick, .. } = s;
+        if let Err(reason) = self.admission.packet(l, key.src(), pkt.packet_len(), self.now, &self.counters.admission) {
+            return self.discard(reason, pkt, io);
+        }
         let slot = match self.known_session(snap, l, &key, found) {
             Known::Live(slot) => slot,
             Known::ResetClient => return self.reset_client(snap, pkt, io),
@@ -79,6 +82,13 @@ impl<P: Packet> State<P> {
                     Ok(s) => s,
                     Err(reason) => return self.discard(reason, pkt, io),
                 };
+                // A reset with no session makes none: not a new connection.
+                if carried.is_none() && flags & FLAG_RST == 0 {
+                    let admitted = self.admission.new_connection(l, key.src(), self.now, &self.counters.admission);
+                    if let Err(reason) = admitted {
+                        return self.discard(reason, pkt, io);
+                    }
+                }
                 // Picked ahead in the burst's prefetch pass, or now.
                 let Some(bi) = pick.or_else(|| self.choose(snap, l, &key, hash)) else {
                     return self.discard(DropReason::NoBackend, pkt, io);
@@ -93,6 +103,7 @@ impl<P: Packet> State<P> {
                 let backend = new.backend_id;
                 match self.insert_session(new, rescheduled) {
                     Ok(slot) => {
+                        self.admission.session_opened(l, key.src(), self.now);
                         if l.persistence_ms.is_some() {
                             // Every new connection restarts the client's
                             // persistence time.
@@ -249,7 +260,8 @@ impl<P: Packet> State<P> {
         self.counters.event(Event::SessionsExpired);
     }
 
-    pub(super) fn close_counters(&self, s: &Session) {
+    pub(super) fn close_counters(&mut self, s: &Session) {
+        self.admission.session_closed(s.listener.0, s.client_ip);
         self.counters.listeners[usize::from(s.listener)].sessions_closed.inc();
         self.counters.backends[usize::from(s.backend_id)].sessions_closed.inc();
         self.counters.sessions_active.set(self.sessions.len() as u64);

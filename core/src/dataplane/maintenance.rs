@@ -33,9 +33,11 @@ impl<P: Packet> State<P> {
         if budget > 0 {
             self.sweep_credit -= budget * SWEEP_PERIOD_MS;
             let c = &self.counters;
+            let admission = &mut self.admission;
             let n = self.sessions.expire(now, budget as usize, &snap.timeouts, |s| {
                 c.listeners[usize::from(s.listener)].sessions_closed.inc();
                 c.backends[usize::from(s.backend_id)].sessions_closed.inc();
+                admission.session_closed(s.listener.0, s.client_ip);
             });
             if n > 0 {
                 c.event_n(Event::SessionsExpired, n as u64);
@@ -47,6 +49,7 @@ impl<P: Packet> State<P> {
         }
         self.last_tick = now;
         self.sweep_fragments(io);
+        self.admission.tick(now, &self.counters.admission);
 
         // Neighbour aging and retries: scan the cache twice per retry
         // interval so retries go out on time.

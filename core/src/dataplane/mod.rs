@@ -12,6 +12,7 @@
 //! `Vec<u8>` packets and inspect what comes out. Nothing here allocates,
 //! locks or makes a system call per packet.
 
+use crate::admission::Admission;
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::flow::FlowKey;
 use crate::ids::BackendId;
@@ -102,6 +103,8 @@ struct State<P: Packet> {
     echo_replies: TokenBucket,
     /// IPv4 fragments on their way (see `fragment`).
     frags: fragment::Fragments<P>,
+    /// Rate limits and VIP protection (`crate::admission`).
+    admission: Admission,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -166,6 +169,8 @@ pub struct CoreSettings {
     pub echo_reply_rate: u32,
     /// Bounds of the fragment tables (`fragments`).
     pub fragments: crate::fragments::FragmentLimits,
+    /// Entries of the per-source limits table (`limits.source_entries`).
+    pub source_entries: usize,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -194,6 +199,8 @@ impl<P: Packet> Dataplane<P> {
         for (port, ip, mac) in &snap.static_neighbors {
             neighbors.add_static(*port, *ip, *mac);
         }
+        let mut admission = Admission::new(settings.workers, crate::config::MAX_LISTENERS, settings.source_entries);
+        admission.sync(&snap, 0, &counters.admission);
         Dataplane {
             st: State {
                 worker: settings.worker,
@@ -222,6 +229,7 @@ impl<P: Packet> Dataplane<P> {
                     TokenBucket::default_burst(settings.echo_reply_rate),
                 ),
                 frags: fragment::Fragments::new(settings.fragments),
+                admission,
             },
             snap,
         }
@@ -236,6 +244,7 @@ impl<P: Packet> Dataplane<P> {
         for (port, ip, mac) in &snap.static_neighbors {
             self.st.neighbors.add_static(*port, *ip, *mac);
         }
+        self.st.admission.sync(&snap, self.st.now, &self.st.counters.admission);
         self.snap = snap;
     }
 

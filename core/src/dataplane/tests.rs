@@ -166,6 +166,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
         fragments: cfg.startup.fragments,
+        source_entries: 4096,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -725,6 +726,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
         fragments: cfg.startup.fragments,
+        source_entries: 4096,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1256,6 +1258,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 to_kernel_rate: KERNEL_RATE,
                 echo_reply_rate: ECHO_RATE,
                 fragments: cfg.startup.fragments,
+                source_entries: 4096,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
@@ -1511,3 +1514,4 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
 }
 
 mod fragments;
+mod limits;

@@ -1,0 +1,243 @@
+//! Rate limits and blackholing through a real `lbd` (one worker, so every
+//! figure is exact): frames injected on a veth at chosen moments, states
+//! and counters read through `lbctl limits`, the stats document and
+//! `/metrics`. Waits are for conditions with generous deadlines; what is
+//! asserted is counts and states.
+
+mod common;
+
+use common::*;
+use lbcore::wire::frame::FrameBuilder;
+use lbcore::wire::MacAddr;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const TCP: u8 = 6;
+const SYN: u8 = 0x02;
+
+fn ip(s: &str) -> u32 {
+    u32::from(s.parse::<Ipv4Addr>().unwrap())
+}
+
+fn syn(src: &str, vip: &str, sport: u16) -> Vec<u8> {
+    FrameBuilder::new(MacAddr(PEER_MAC), MacAddr(LB_MAC)).l4(TCP, ip(src), ip(vip), sport, 80, SYN, b"")
+}
+
+/// A veth pair, removed on drop.
+struct Veth(String);
+
+impl Veth {
+    fn new(a: &str, b: &str) -> Veth {
+        run(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]));
+        let v = Veth(a.to_owned());
+        for i in [a, b] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1");
+            run(Command::new("ip").args(["link", "set", i, "up"]));
+        }
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Sends raw frames out of `iface` (AF_PACKET from Python's standard
+/// library), in chunks that keep the command line short.
+fn inject(iface: &str, frames: &[Vec<u8>]) {
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                  s.bind((sys.argv[1], 0))\n\
+                  for h in sys.argv[2:]:\n    s.send(bytes.fromhex(h))\n";
+    for chunk in frames.chunks(500) {
+        let hex: Vec<String> = chunk.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect()).collect();
+        run(Command::new(python()).arg("-c").arg(script).arg(iface).args(&hex));
+    }
+}
+
+/// `lbctl limits --json`'s entry for `listener`.
+fn limits(socket: &Path, listener: &str) -> Value {
+    let v = lbctl_json(socket, &["limits", "--listener", listener]);
+    v["listeners"][0]["limits"].clone()
+}
+
+/// Waits (up to a generous deadline) until `cond` holds for `listener`'s
+/// limits; returns them.
+fn wait_limits(socket: &Path, listener: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let l = limits(socket, listener);
+        if cond(&l) {
+            return l;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{listener} never {what}: {l}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn drop_count(stats: &Value, reason: &str) -> u64 {
+    stats["drops"][reason].as_u64().unwrap_or_else(|| panic!("no drop counter {reason}: {stats}"))
+}
+
+fn tx_packets(stats: &Value) -> u64 {
+    stats["ports"].as_array().unwrap().iter().map(|p| p["tx_packets"].as_u64().unwrap()).sum()
+}
+
+/// The value of the sample of `metric` whose labels include all of
+/// `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Listener `capped` caps each client address at 3 sessions: a source
+/// opening 10 connections gets 3, the other 7 SYNs are dropped as
+/// `source_session_limit`, and another source still connects. Listener
+/// `guarded` blackholes above 100 packets/s for 4 s: a flood engages it,
+/// every packet to it is then dropped (`vip_blackholed`) while `capped`
+/// still forwards, and once the flood stops it is released after the
+/// hold and forwards again.
+#[test]
+fn per_source_cap_and_blackhole_through_lbd() {
+    assert!(is_root(), "starts DPDK and makes veths: run as root");
+    let dir = TempDir::new("limits");
+    let prefix = unique("lbdl");
+    let (rx_dev, rx_peer, tx_dev, tx_peer) = (unique("lrx"), unique("lrp"), unique("ltx"), unique("ltp"));
+    let _rx = Veth::new(&rx_dev, &rx_peer);
+    let _tx = Veth::new(&tx_dev, &tx_peer);
+    let socket = dir.join("lbd.sock");
+    let cfg = dir.join("lbd.yaml");
+    let eal: Vec<String> = [
+        "--no-pci",
+        "--no-huge",
+        "-m",
+        "512",
+        "--file-prefix",
+        &prefix,
+        "--no-telemetry",
+        "--vdev",
+        &format!("net_pcap0,rx_iface_in={rx_dev},tx_iface={tx_dev}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    std::fs::write(
+        &cfg,
+        format!(
+            "eal: {}\n\
+             lcores: {{workers: 1}}\n\
+             ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    exception: off\n    mac: \"02:00:00:00:00:01\"\n    \
+             neighbors: [{{ip: 10.0.0.11, mac: \"02:00:00:00:00:11\"}}]\n\
+             listeners:\n  \
+             - {{name: capped, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{{address: 10.0.0.11, port: 8080}}],\n     \
+                 limits: {{per_source: {{max_sessions: 3}}}}}}\n  \
+             - {{name: guarded, vip: 10.0.0.103, protocol: tcp, port: 80, backends: [{{address: 10.0.0.11, port: 8081}}],\n     \
+                 protection: {{blackhole: {{packets_per_second: 100}}, hold: 4s}}}}\n\
+             sessions: {{capacity_per_worker: 65536}}\n\
+             timeouts: {{tcp_syn: 1h}}\n\
+             control: {{socket: {}}}\n\
+             metrics: {{listen: \"127.0.0.1:0\"}}\n",
+            serde_json::to_string(&eal).unwrap(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut lbd = Lbd::start(&cfg, dir.path(), &prefix);
+    let metrics = lbd.metrics_addr().expect("metrics address in the log");
+
+    // Per-source cap: 10 SYNs from .7, 2 from .8.
+    let mut frames: Vec<Vec<u8>> = (0..10).map(|p| syn("10.0.0.7", "10.0.0.100", 40000 + p)).collect();
+    frames.extend((0..2).map(|p| syn("10.0.0.8", "10.0.0.100", 40000 + p)));
+    inject(&rx_peer, &frames);
+    let s = lbd.wait_processed(frames.len() as u64, false, Duration::from_secs(30));
+    assert_eq!(drop_count(&s, "source_session_limit"), 7, "{}", s["drops"]);
+    assert_eq!(tx_packets(&s), 5, "3 from the capped source, 2 from the other: {}", s["drops"]);
+    let capped = limits(&socket, "capped");
+    assert_eq!(capped["drops"]["source_session_limit"], 7, "{capped}");
+    assert_eq!(capped["configured"]["per_source.max_sessions"], 3, "{capped}");
+    assert_eq!(capped["state"], "normal");
+    let rx_before = s["ports"][0]["rx_packets"].as_u64().unwrap();
+
+    // Blackhole: a flood of 2000 SYNs to `guarded` from many sources.
+    let flood: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| {
+            syn(&Ipv4Addr::from(ip("10.0.1.0") + (i % 250) + 1).to_string(), "10.0.0.103", 1024 + (i / 250) as u16)
+        })
+        .collect();
+    inject(&rx_peer, &flood);
+    let engaged = wait_limits(&socket, "guarded", "blackholed", |l| l["state"] == "blackholed");
+    assert_eq!(engaged["blackholed_total"], 1, "{engaged}");
+    let scraped = scrape(&metrics);
+    assert_eq!(
+        sample(&scraped, "lbd_listener_protection_state", &["listener=\"guarded\"", "state=\"blackholed\""]),
+        Some(1.0),
+        "{scraped}"
+    );
+    let before = lbd.wait_processed(rx_before + flood.len() as u64, false, Duration::from_secs(30));
+    // While it holds (4 s; this takes well under that), every packet to it
+    // is dropped, and the other listener is not affected.
+    let blackholed_before = drop_count(&before, "vip_blackholed");
+    let mut more: Vec<Vec<u8>> = (0..50).map(|p| syn("10.0.2.1", "10.0.0.103", 50000 + p)).collect();
+    more.push(syn("10.0.0.9", "10.0.0.100", 40000));
+    inject(&rx_peer, &more);
+    let during = lbd.wait_processed(rx_before + (flood.len() + more.len()) as u64, false, Duration::from_secs(30));
+    let still = limits(&socket, "guarded");
+    assert_eq!(still["released_total"], 0, "released within the hold: {still}");
+    assert_eq!(drop_count(&during, "vip_blackholed") - blackholed_before, 50, "{}", during["drops"]);
+    assert_eq!(tx_packets(&during) - tx_packets(&before), 1, "only the SYN to `capped` went out");
+
+    // The flood has stopped: released once the hold has passed.
+    let released = wait_limits(&socket, "guarded", "released", |l| l["state"] == "normal");
+    assert_eq!(released["released_total"], 1, "{released}");
+    let blackholed = released["drops"]["vip_blackholed"].as_u64().unwrap();
+    assert_eq!(blackholed, drop_count(&during, "vip_blackholed"), "per-listener and global counts agree");
+    let after: Vec<Vec<u8>> = (0..5).map(|p| syn("10.0.2.1", "10.0.0.103", 60000 + p)).collect();
+    inject(&rx_peer, &after);
+    let end =
+        lbd.wait_processed(rx_before + (flood.len() + more.len() + after.len()) as u64, false, Duration::from_secs(30));
+    assert_eq!(drop_count(&end, "vip_blackholed"), drop_count(&during, "vip_blackholed"), "{}", end["drops"]);
+    assert_eq!(tx_packets(&end) - tx_packets(&during), 5, "forwarded again");
+    let scraped = scrape(&metrics);
+    assert_eq!(
+        sample(&scraped, "lbd_listener_protection_transitions_total", &["listener=\"guarded\"", "to=\"normal\""]),
+        Some(1.0),
+        "{scraped}"
+    );
+    assert_eq!(
+        sample(&scraped, "lbd_listener_limit_drops_total", &["listener=\"capped\"", "reason=\"source_session_limit\""]),
+        Some(7.0),
+        "{scraped}"
+    );
+    let (code, text, _) = lbctl(&socket, &["limits"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("guarded (10.0.0.103:80 tcp): normal"), "{text}");
+
+    // A reload raises the cap to 5: the source's 3 sessions (half-open
+    // for an hour) still count, so 2 of 5 more get through.
+    let raised = dir.join("raised.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&raised, text.replacen("max_sessions: 3", "max_sessions: 5", 1)).unwrap();
+    let (code, out, err) = lbctl(&socket, &["config", "reload", raised.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(limits(&socket, "capped")["configured"]["per_source.max_sessions"], 5);
+    let again: Vec<Vec<u8>> = (0..5).map(|p| syn("10.0.0.7", "10.0.0.100", 41000 + p)).collect();
+    inject(&rx_peer, &again);
+    let last = lbd.wait_processed(
+        rx_before + (flood.len() + more.len() + after.len() + again.len()) as u64,
+        false,
+        Duration::from_secs(30),
+    );
+    assert_eq!(drop_count(&last, "source_session_limit"), 10, "{}", last["drops"]);
+    assert_eq!(tx_packets(&last) - tx_packets(&end), 2);
+    let (status, _) = lbd.stop();
+    assert!(status.success());
+}
