@@ -170,6 +170,7 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         pending_capacity: 64,
         to_kernel_rate: 1000,
         echo_reply_rate: 1000,
+        icmp_error_rate: 1000,
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

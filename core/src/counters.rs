@@ -99,6 +99,15 @@ reasons! {
         FromKernelRateLimited = "from_kernel_rate_limited",
         /// From the host's kernel, but the queue to the worker that sends it was full.
         FromKernelQueueFull = "from_kernel_queue_full",
+        // ICMP errors and the egress MTU (issue 11).
+        /// ICMP error to a VIP or to forward whose quoted datagram matches no live session.
+        IcmpErrorNoSession = "icmp_error_no_session",
+        /// ICMP error to a VIP or to forward whose quote is not the start of an IPv4 TCP/UDP datagram.
+        IcmpErrorMalformed = "icmp_error_malformed",
+        /// DF set and larger than the egress port's MTU: answered with fragmentation needed (within `icmp.error_rate`).
+        FragNeeded = "frag_needed",
+        /// Larger than the egress port's MTU without DF (lbd does not fragment).
+        TooBig = "too_big",
     }
 }
 
@@ -146,6 +155,13 @@ reasons! {
         Polls = "polls",
         /// Loop iterations that found packets.
         BusyPolls = "busy_polls",
+        // ICMP errors (issue 11).
+        /// ICMP errors about a flow forwarded to its backend or client, translated.
+        IcmpErrorsForwarded = "icmp_errors_forwarded",
+        /// ICMP errors lbd sent: time exceeded, fragmentation needed.
+        IcmpErrorsSent = "icmp_errors_sent",
+        /// ICMP errors lbd did not send, over `icmp.error_rate`.
+        IcmpErrorsRateLimited = "icmp_errors_rate_limited",
     }
 }
 

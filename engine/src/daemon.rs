@@ -368,6 +368,7 @@ fn build_workers(
             pending_capacity: sh.cfg.startup.arp_tables.queue_length,
             to_kernel_rate: (sh.cfg.startup.exception.to_kernel_rate / n as u32).max(1),
             echo_reply_rate: (sh.cfg.startup.icmp_echo_reply_rate / n as u32).max(1),
+            icmp_error_rate: (sh.cfg.startup.icmp_error_rate / n as u32).max(1),
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);

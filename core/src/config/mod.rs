@@ -29,6 +29,13 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 4_194_301;
 /// ICMP echo replies per second lbd sends at most, by default.
 pub const DEFAULT_ECHO_REPLY_RATE: u32 = 1000;
+/// ICMP errors per second lbd sends at most, by default.
+pub const DEFAULT_ICMP_ERROR_RATE: u32 = 1000;
+/// A port's MTU by default: DPDK's default for a device, and the most lbd
+/// takes, since it sets up no port for jumbo frames.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The smallest MTU IPv4 allows (RFC 791).
+pub const MIN_MTU: u16 = 68;
 /// Most backends of a `least_connections` listener.
 pub const MAX_LEAST_CONNECTIONS_BACKENDS: usize = 256;
 /// Session slots are addressed by 31 bits (one bit marks the direction).
@@ -198,6 +205,9 @@ pub struct PortConfig {
     /// `exception: on` was written: a host that cannot make the interface
     /// is an error. By default it is skipped with a warning instead.
     pub exception_required: bool,
+    /// Largest IPv4 packet sent out of the port: a longer one is dropped,
+    /// answered with fragmentation needed when it has DF set.
+    pub mtu: u16,
 }
 
 /// An on/off setting (`on` and `off` in YAML).
@@ -401,6 +411,8 @@ pub struct Startup {
     pub exception: ExceptionSettings,
     /// ICMP echo replies per second, all workers together.
     pub icmp_echo_reply_rate: u32,
+    /// ICMP errors lbd sends per second, all workers together.
+    pub icmp_error_rate: u32,
 }
 
 /// Who may read `/metrics`.
@@ -512,6 +524,7 @@ impl Startup {
             metrics_access: MetricsAccess { allow, token },
             exception,
             icmp_echo_reply_rate,
+            icmp_error_rate,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -533,6 +546,7 @@ impl Startup {
             ("metrics.bearer_token_file", *token == other.metrics_access.token),
             ("exception", *exception == other.exception),
             ("icmp.echo_reply_rate", *icmp_echo_reply_rate == other.icmp_echo_reply_rate),
+            ("icmp.error_rate", *icmp_error_rate == other.icmp_error_rate),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -801,6 +815,11 @@ impl Validator<'_> {
                 format!("{icmp_echo_reply_rate} replies per second is out of range (1..=10000000)"),
             );
         }
+        let icmp_error_rate = raw.icmp.error_rate.unwrap_or(DEFAULT_ICMP_ERROR_RATE);
+        if !(1..=10_000_000).contains(&icmp_error_rate) {
+            return self
+                .err("icmp.error_rate", format!("{icmp_error_rate} errors per second is out of range (1..=10000000)"));
+        }
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -822,6 +841,7 @@ impl Validator<'_> {
                 metrics_access,
                 exception,
                 icmp_echo_reply_rate,
+                icmp_error_rate,
             },
             forwarding: Forwarding {
                 listeners,
@@ -890,6 +910,17 @@ impl Validator<'_> {
     /// The kernel interface name of port `i`, `None` when its exception
     /// path is off. Linux names are at most 15 bytes and no two ports may
     /// share one.
+    fn mtu(&self, i: usize, mtu: Option<u16>) -> VResult<u16> {
+        let mtu = mtu.unwrap_or(DEFAULT_MTU);
+        if !(MIN_MTU..=DEFAULT_MTU).contains(&mtu) {
+            return self.err(
+                format!("ports[{i}].mtu"),
+                format!("{mtu} is out of range ({MIN_MTU}..={DEFAULT_MTU}; lbd sets up no port for jumbo frames)"),
+            );
+        }
+        Ok(mtu)
+    }
+
     fn exception_interface(&self, i: usize, p: &RawPort, earlier: &[PortConfig]) -> VResult<Option<String>> {
         if p.exception == Some(Switch::Off) {
             if p.exception_interface.is_some() {
@@ -1041,6 +1072,7 @@ impl Validator<'_> {
                 rss: p.rss.unwrap_or(RssMode::Auto),
                 exception_interface: self.exception_interface(i, p, &out)?,
                 exception_required: p.exception == Some(Switch::On),
+                mtu: self.mtu(i, p.mtu)?,
             });
         }
         Ok(out)

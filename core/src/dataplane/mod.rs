@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 mod classify;
 mod flow_path;
+mod icmp_error;
 mod local;
 mod maintenance;
 
@@ -99,6 +100,9 @@ struct State<P: Packet> {
     to_kernel: Box<[TokenBucket]>,
     /// Echo replies this worker may still send.
     echo_replies: TokenBucket,
+    /// ICMP errors (time exceeded, fragmentation needed) this worker may
+    /// still send.
+    icmp_errors: TokenBucket,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -161,6 +165,9 @@ pub struct CoreSettings {
     /// ICMP echo replies per second this worker sends (its share of
     /// `icmp.echo_reply_rate`).
     pub echo_reply_rate: u32,
+    /// ICMP errors per second this worker sends (its share of
+    /// `icmp.error_rate`).
+    pub icmp_error_rate: u32,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -215,6 +222,10 @@ impl<P: Packet> Dataplane<P> {
                 echo_replies: TokenBucket::new(
                     settings.echo_reply_rate,
                     TokenBucket::default_burst(settings.echo_reply_rate),
+                ),
+                icmp_errors: TokenBucket::new(
+                    settings.icmp_error_rate,
+                    TokenBucket::default_burst(settings.icmp_error_rate),
                 ),
             },
             snap,
@@ -353,12 +364,15 @@ impl<P: Packet> State<P> {
                         self.run_staged(snap, &mut staged, io);
                     }
                 }
+                Class::IcmpError { owner, .. } if !from_handoff && owner != self.worker => io.handoff(owner, pkt),
                 other => {
                     self.run_staged(snap, &mut staged, io);
                     match other {
                         Class::Arp => self.arp(snap, pkt, from_handoff, io),
                         Class::Icmp => self.icmp(snap, pkt, io),
+                        Class::IcmpError { key, .. } => self.forward_icmp_error(snap, pkt, key, io),
                         Class::Kernel(port) => self.pass_up(port, pkt, io),
+                        Class::Drop(DropReason::TtlExceeded) => self.ttl_expired(snap, pkt, io),
                         Class::Drop(r) => self.discard(r, pkt, io),
                         Class::Flow { .. } => unreachable!("matched above"),
                     }

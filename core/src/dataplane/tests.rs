@@ -86,6 +86,8 @@ timeouts: {tcp_syn: 10s, tcp_established: 900s, tcp_closing: 30s, udp: 60s}
 const KERNEL_RATE: u32 = 1000;
 /// The test workers' share of the echo reply rate (replies/s).
 const ECHO_RATE: u32 = 1000;
+/// The test workers' share of the ICMP error rate (errors/s).
+const ERROR_RATE: u32 = 1000;
 
 #[derive(Debug, Clone)]
 struct Pkt {
@@ -165,6 +167,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
+        icmp_error_rate: ERROR_RATE,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -468,10 +471,7 @@ fn drops_have_reasons() {
     frag[20] = 0x20; // MF
     fix_ip_checksum(&mut frag);
     cases.push((frag, DropReason::IpFragment));
-    let mut ttl = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b"");
-    ttl[22] = 1;
-    fix_ip_checksum(&mut ttl);
-    cases.push((ttl, DropReason::TtlExceeded));
+    // TTL expiry is answered with time exceeded: see icmp_error.
     let mut gre = base.clone();
     gre[23] = 47;
     fix_ip_checksum(&mut gre);
@@ -721,6 +721,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
+        icmp_error_rate: ERROR_RATE,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1251,6 +1252,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 pending_capacity: 4,
                 to_kernel_rate: KERNEL_RATE,
                 echo_reply_rate: ECHO_RATE,
+                icmp_error_rate: ERROR_RATE,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
@@ -1504,3 +1506,5 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
     let up: Vec<u16> = h.io.to_kernel.iter().skip(burst).map(|(p, _)| *p).collect();
     assert_eq!(up, vec![1, 1]);
 }
+
+mod icmp_error;
