@@ -128,3 +128,50 @@ fn netns_pmtu_frag_needed_from_lbd_for_its_port_mtu() {
     assert_eq!(counter(&stats, "drops", "too_big"), 0, "Linux TCP sets DF");
     assert_eq!(stats["mempool_in_use"].as_u64(), Some(0), "mbuf leak");
 }
+
+/// A UDP datagram to the VIP with TTL 1 (a traceroute's first probe): the
+/// client's kernel reports time exceeded from lbd's client-facing port
+/// address on the socket's error queue (IP_RECVERR).
+const TTL_PROBE: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+s.setblocking(False)
+s.connect(("10.0.0.100", 9000))
+for attempt in range(100):
+    if attempt % 20 == 0:
+        try:
+            s.send(b"ttl-probe")
+        except OSError:
+            pass
+    try:
+        _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+    except BlockingIOError:
+        time.sleep(0.1)
+        continue
+    for level, kind, d in anc:
+        if level == socket.IPPROTO_IP and kind == 11:
+            _, origin, icmp_type, code, _, _, _ = struct.unpack("IBBBBII", d[:16])
+            print(origin, icmp_type, code, socket.inet_ntoa(d[20:24]))
+            sys.exit(0)
+sys.exit("no error reported")
+"#;
+
+#[test]
+fn netns_ttl_expiry_is_answered_with_time_exceeded() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("netns-ttl");
+    let lbd = t.start_lbd(1, &dir);
+    let out = t.client(&["/usr/bin/python3", "-c", TTL_PROBE]);
+    let (status, stats) = lbd.stop();
+    assert!(status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // Origin ICMP (2), time exceeded (11), TTL exceeded in transit (0).
+    assert_eq!(text.trim(), "2 11 0 10.0.0.1");
+    assert!(counter(&stats, "drops", "ttl_exceeded") >= 1);
+    assert!(counter(&stats, "events", "icmp_errors_sent") >= 1);
+    assert_eq!(stats["mempool_in_use"].as_u64(), Some(0), "mbuf leak");
+}
