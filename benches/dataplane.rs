@@ -172,6 +172,7 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         echo_reply_rate: 1000,
         fragments: Default::default(),
         source_entries: 4096,
+        icmp_error_rate: 1000,
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

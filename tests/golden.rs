@@ -57,3 +57,10 @@ fn golden_session_table_limit() {
 fn golden_multi_worker_three_on_two_cpus() {
     scenario("multi_worker");
 }
+
+/// ICMP errors forwarded both ways through the NAT, lbd's own fragmentation
+/// needed at the port MTU.
+#[test]
+fn golden_icmp_errors() {
+    scenario("icmp");
+}

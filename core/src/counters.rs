@@ -121,6 +121,15 @@ reasons! {
         VipScrubbed = "vip_scrubbed",
         /// The listener is blackholed (offered traffic above `protection.blackhole`): every client packet is dropped.
         VipBlackholed = "vip_blackholed",
+        // ICMP errors and the egress MTU (issue 11).
+        /// ICMP error to a VIP or to forward whose quoted datagram matches no live session.
+        IcmpErrorNoSession = "icmp_error_no_session",
+        /// ICMP error to a VIP or to forward whose quote is not the start of an IPv4 TCP/UDP datagram.
+        IcmpErrorMalformed = "icmp_error_malformed",
+        /// DF set and larger than the egress port's MTU: answered with fragmentation needed (within `icmp.error_rate`).
+        FragNeeded = "frag_needed",
+        /// Larger than the egress port's MTU without DF (lbd does not fragment).
+        TooBig = "too_big",
     }
 }
 
@@ -173,6 +182,13 @@ reasons! {
         FragmentsHeld = "fragments_held",
         /// Datagrams whose fragments all went to their flow's owner.
         FragmentDatagramsSteered = "fragment_datagrams_steered",
+        // ICMP errors (issue 11).
+        /// ICMP errors about a flow forwarded to its backend or client, translated.
+        IcmpErrorsForwarded = "icmp_errors_forwarded",
+        /// ICMP errors lbd sent: time exceeded, fragmentation needed.
+        IcmpErrorsSent = "icmp_errors_sent",
+        /// ICMP errors lbd did not send, over `icmp.error_rate`.
+        IcmpErrorsRateLimited = "icmp_errors_rate_limited",
     }
 }
 

@@ -89,6 +89,8 @@ pub struct PortView {
     /// The port has a kernel interface (exception path): traffic for the
     /// host on this port's address goes up to it.
     pub kernel: bool,
+    /// Largest IPv4 packet sent out of the port.
+    pub mtu: u16,
 }
 
 impl PortView {
@@ -218,6 +220,8 @@ pub struct Snapshot {
     /// Oldest a parked packet may get before it is dropped (ms).
     pub park_max_ms: u32,
     pub removed_backend: RemovedBackendPolicy,
+    /// The smallest MTU of all ports: a packet no longer fits any of them.
+    pub min_mtu: u16,
 }
 
 /// An id that changed owner in [`IdRegistry::assign`].
@@ -410,6 +414,7 @@ impl Snapshot {
                     prefix_len,
                     gateway: p.gateway.map(u32::from),
                     kernel: f.kernel,
+                    mtu: p.mtu,
                 }
             })
             .collect();
@@ -514,6 +519,7 @@ impl Snapshot {
             retry_ms: ms(cfg.forwarding.arp.retry_interval),
             max_retries: cfg.forwarding.arp.max_retries,
         };
+        let min_mtu = ports.iter().map(|p| p.mtu).min().unwrap_or(u16::MAX);
         Snapshot {
             generation,
             ports,
@@ -529,6 +535,7 @@ impl Snapshot {
             park_max_ms: arp.retry_ms.saturating_mul(arp.max_retries + 1),
             arp,
             removed_backend: cfg.forwarding.removed_backend,
+            min_mtu,
         }
     }
 
@@ -648,6 +655,7 @@ mod tests {
             prefix_len: len,
             gateway: gw.map(|g| u32::from(Ipv4Addr::from(g))),
             kernel: false,
+            mtu: 1500,
         };
         let ports = vec![p([10, 0, 0, 0], 16, Some([10, 0, 0, 254])), p([10, 0, 5, 0], 24, None)];
         let r = RouteTable::new(&ports);

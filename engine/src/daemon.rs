@@ -372,6 +372,7 @@ fn build_workers(
             echo_reply_rate: (sh.cfg.startup.icmp_echo_reply_rate / n as u32).max(1),
             fragments: sh.cfg.startup.fragments,
             source_entries: sh.cfg.startup.source_entries,
+            icmp_error_rate: (sh.cfg.startup.icmp_error_rate / n as u32).max(1),
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);

@@ -337,9 +337,12 @@ def scenario_malformed():
     # Fragments of TCP and UDP are forwarded (README "Fragments"); of other protocols dropped.
     bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP, flags="MF", proto=47) / Raw(b"\x00" * 24)), "ip_fragment")
     bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP, frag=100, proto=1) / Raw(b"x" * 24)), "ip_fragment")
-    bad(raw(request("192.168.1.10", 40000, VIP, 80, 6, "S", ttl=1)), "ttl_exceeded")
-    bad(raw(request("192.168.1.10", 40000, VIP, 80, 6, "S", ttl=0)), "ttl_exceeded")
-    bad(raw(reply("10.0.0.11", 8080, "192.168.1.10", 40000, 6, "A", ttl=1)), "ttl_exceeded")
+    # TTL expiry: dropped, and answered with time exceeded.
+    for p in (request("192.168.1.10", 40000, VIP, 80, 6, "S", ttl=1), request("192.168.1.10", 40000, VIP, 80, 6, "S", ttl=0),
+              reply("10.0.0.11", 8080, "192.168.1.10", 40000, 6, "A", ttl=1)):
+        bad(raw(p), "ttl_exceeded")
+        s.out(lb_icmp_error(p, 11, 0))
+    s.events["icmp_errors_sent"] = 3
     bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP, proto=47) / Raw(b"\x00" * 8)), "unsupported_protocol")
     bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst=VIP) / ICMP(type=0)), "icmp_unsupported")
     bad(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="192.168.1.10", dst="10.0.0.77") / ICMP(type=8)), "icmp_unsupported")
@@ -359,6 +362,75 @@ def scenario_malformed():
     s.rx(base)
     b, bp, _ = WEB.pick("192.168.1.10", 40000)
     s.out(fwd_request(base, b, bp))
+    return s
+
+
+def lb_icmp_error(offending, icmp_type, code, mtu=0):
+    """The ICMP error lbd sends about `offending` (as received): from the
+    port address, TTL 64, DF, quoting the IPv4 header and 8 bytes."""
+    o = offending[IP]
+    e = (Ether(dst=next_hop_mac(o.src), src=LB_MAC) / IP(src=LB_IP, dst=o.src, ttl=64, id=0, flags="DF")
+         / ICMP(type=icmp_type, code=code, nexthopmtu=mtu) / Raw(raw(o)[:28]))
+    return rebuild_icmp(e)
+
+
+def quoted(src, dst, sport, dport, proto, ttl=63, payload=b""):
+    """A datagram as an error quotes it (whole, so every checksum in it is
+    recomputable)."""
+    return raw(IP(src=src, dst=dst, ttl=ttl, id=9, flags="DF") / l4(proto, sport, dport, "A" if proto == 6 else "", payload))
+
+
+def icmp_error(src_mac, src, dst, icmp_type, code, quote, mtu=0, ttl=64):
+    e = Ether(dst=LB_MAC, src=src_mac) / IP(src=src, dst=dst, ttl=ttl, id=5) / ICMP(type=icmp_type, code=code, nexthopmtu=mtu) / Raw(quote)
+    return rebuild_icmp(e)
+
+
+def scenario_icmp():
+    """ICMP errors through the NAT, both ways, and lbd's own at the port
+    MTU (1000 here)."""
+    s = Scenario()
+    s.port_extra = "    mtu: 1000\n"
+    router = "192.168.77.1"
+    client, cport = "192.168.1.20", 41000
+    # A TCP flow; a router on the client side says a reply was too big.
+    syn = request(client, cport, VIP, 80, 6, "S")
+    s.rx(syn)
+    b, bp, _ = WEB.pick(client, cport)
+    s.out(fwd_request(syn, b, bp))
+    s.rx(icmp_error(GW_MAC, router, VIP, 3, 4, quoted(VIP, client, 80, cport, 6, payload=b"reply"), mtu=900))
+    out = icmp_error(LB_MAC, router, b, 3, 4, quoted(b, client, bp, cport, 6, payload=b"reply"), mtu=900, ttl=63)
+    out[Ether].src, out[Ether].dst = LB_MAC, BACKENDS[b]
+    s.out(out)
+    # The same with only 8 bytes of TCP quoted (no checksum to patch).
+    s.rx(icmp_error(GW_MAC, router, VIP, 11, 0, quoted(VIP, client, 80, cport, 6)[:28]))
+    out = icmp_error(LB_MAC, router, b, 11, 0, quoted(b, client, bp, cport, 6)[:28], ttl=63)
+    out[Ether].src, out[Ether].dst = LB_MAC, BACKENDS[b]
+    s.out(out)
+    # A UDP flow; its backend answers port unreachable: to the client, from the VIP.
+    q = request(client, 5000, VIP, 53, 17, payload=b"query")
+    s.rx(q)
+    db, dbp, _ = DNS.pick(client, 5000)
+    s.out(fwd_request(q, db, dbp))
+    s.rx(icmp_error(BACKENDS[db], db, client, 3, 3, quoted(client, db, 5000, dbp, 17, payload=b"query")))
+    out = icmp_error(LB_MAC, VIP, client, 3, 3, quoted(client, VIP, 5000, 53, 17, payload=b"query"), ttl=63)
+    out[Ether].src, out[Ether].dst = LB_MAC, GW_MAC
+    s.out(out)
+    s.events["icmp_errors_forwarded"] = 3
+    # About no session: dropped.
+    s.rx(icmp_error(GW_MAC, router, VIP, 3, 4, quoted(VIP, client, 80, cport + 1, 6), mtu=900))
+    s.drop("icmp_error_no_session")
+    # Over the port's MTU of 1000: with DF, fragmentation needed; without, dropped.
+    big = Ether(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src=client, dst=VIP, id=3, flags="DF") / UDP(sport=5000, dport=53) / Raw(b"x" * (1001 - 28))))
+    s.rx(big)
+    s.drop("frag_needed")
+    s.out(lb_icmp_error(big, 3, 4, mtu=1000))
+    s.events["icmp_errors_sent"] = 1
+    s.rx(Ether(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src=client, dst=VIP, id=4) / UDP(sport=5000, dport=53) / Raw(b"x" * (1001 - 28)))))
+    s.drop("too_big")
+    # 1000 bytes fit.
+    fits = Ether(raw(Ether(dst=LB_MAC, src=GW_MAC) / IP(src=client, dst=VIP, id=5, flags="DF") / UDP(sport=5000, dport=53) / Raw(b"y" * (1000 - 28))))
+    s.rx(fits)
+    s.out(fwd_request(fits, db, dbp))
     return s
 
 
@@ -480,6 +552,7 @@ SCENARIOS = {
     "arp": scenario_arp,
     "limits": scenario_limits,
     "multi_worker": scenario_multi_worker,
+    "icmp": scenario_icmp,
 }
 
 
@@ -503,6 +576,7 @@ def config_yaml(s, d, prefix):
         "    exception: off\n"
         "    gateway: 10.0.0.254\n"
         f'    mac: "{LB_MAC}"\n'
+        + getattr(s, "port_extra", "")
         + neighbors
         + listeners_yaml()
         + f"sessions: {{capacity_per_worker: {s.capacity}}}\n"

@@ -30,6 +30,13 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65537;
 pub const MAX_MAGLEV_TABLE_SIZE: u32 = 4_194_301;
 /// ICMP echo replies per second lbd sends at most, by default.
 pub const DEFAULT_ECHO_REPLY_RATE: u32 = 1000;
+/// ICMP errors per second lbd sends at most, by default.
+pub const DEFAULT_ICMP_ERROR_RATE: u32 = 1000;
+/// A port's MTU by default: DPDK's default for a device, and the most lbd
+/// takes, since it sets up no port for jumbo frames.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The smallest MTU IPv4 allows (RFC 791).
+pub const MIN_MTU: u16 = 68;
 /// Most backends of a `least_connections` listener.
 pub const MAX_LEAST_CONNECTIONS_BACKENDS: usize = 256;
 /// Session slots are addressed by 31 bits (one bit marks the direction).
@@ -199,6 +206,9 @@ pub struct PortConfig {
     /// `exception: on` was written: a host that cannot make the interface
     /// is an error. By default it is skipped with a warning instead.
     pub exception_required: bool,
+    /// Largest IPv4 packet sent out of the port: a longer one is dropped,
+    /// answered with fragmentation needed when it has DF set.
+    pub mtu: u16,
 }
 
 /// An on/off setting (`on` and `off` in YAML).
@@ -409,6 +419,8 @@ pub struct Startup {
     pub fragments: crate::fragments::FragmentLimits,
     /// Entries of each worker's per-source limits table.
     pub source_entries: usize,
+    /// ICMP errors lbd sends per second, all workers together.
+    pub icmp_error_rate: u32,
 }
 
 /// Who may read `/metrics`.
@@ -522,6 +534,7 @@ impl Startup {
             icmp_echo_reply_rate,
             fragments,
             source_entries,
+            icmp_error_rate,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -545,6 +558,7 @@ impl Startup {
             ("icmp.echo_reply_rate", *icmp_echo_reply_rate == other.icmp_echo_reply_rate),
             ("fragments", *fragments == other.fragments),
             ("limits.source_entries", *source_entries == other.source_entries),
+            ("icmp.error_rate", *icmp_error_rate == other.icmp_error_rate),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -857,6 +871,11 @@ impl Validator<'_> {
         let fragments = self.fragments(&raw.fragments)?;
 
         let source_entries = self.source_entries(&raw.limits)?;
+        let icmp_error_rate = raw.icmp.error_rate.unwrap_or(DEFAULT_ICMP_ERROR_RATE);
+        if !(1..=10_000_000).contains(&icmp_error_rate) {
+            return self
+                .err("icmp.error_rate", format!("{icmp_error_rate} errors per second is out of range (1..=10000000)"));
+        }
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -880,6 +899,7 @@ impl Validator<'_> {
                 icmp_echo_reply_rate,
                 fragments,
                 source_entries,
+                icmp_error_rate,
             },
             forwarding: Forwarding {
                 listeners,
@@ -948,6 +968,17 @@ impl Validator<'_> {
     /// The kernel interface name of port `i`, `None` when its exception
     /// path is off. Linux names are at most 15 bytes and no two ports may
     /// share one.
+    fn mtu(&self, i: usize, mtu: Option<u16>) -> VResult<u16> {
+        let mtu = mtu.unwrap_or(DEFAULT_MTU);
+        if !(MIN_MTU..=DEFAULT_MTU).contains(&mtu) {
+            return self.err(
+                format!("ports[{i}].mtu"),
+                format!("{mtu} is out of range ({MIN_MTU}..={DEFAULT_MTU}; lbd sets up no port for jumbo frames)"),
+            );
+        }
+        Ok(mtu)
+    }
+
     fn exception_interface(&self, i: usize, p: &RawPort, earlier: &[PortConfig]) -> VResult<Option<String>> {
         if p.exception == Some(Switch::Off) {
             if p.exception_interface.is_some() {
@@ -1099,6 +1130,7 @@ impl Validator<'_> {
                 rss: p.rss.unwrap_or(RssMode::Auto),
                 exception_interface: self.exception_interface(i, p, &out)?,
                 exception_required: p.exception == Some(Switch::On),
+                mtu: self.mtu(i, p.mtu)?,
             });
         }
         Ok(out)

@@ -75,6 +75,9 @@ pub struct RawIcmp {
     /// dropped as icmp_rate_limited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo_reply_rate: Option<u32>,
+    /// ICMP errors lbd sends per second, all workers together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<u32>,
 }
 
 /// lbd's own health checking.
@@ -221,6 +224,9 @@ pub struct RawPort {
     /// Name of that interface (default `lbd-<port name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception_interface: Option<String>,
+    /// Largest IPv4 packet lbd sends out of the port (default 1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

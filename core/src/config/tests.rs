@@ -597,3 +597,27 @@ fn fragment_bounds_default_and_are_checked() {
     let e = err_with("sessions:", "fragments: {max_fragments: 5}\nsessions:");
     assert!(e.field.starts_with("fragments"), "{e}");
 }
+
+#[test]
+fn icmp_error_rate_and_port_mtu_default_and_are_bounded() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.startup.icmp_error_rate, DEFAULT_ICMP_ERROR_RATE);
+    assert_eq!(c.startup.ports[0].mtu, DEFAULT_MTU);
+    let c = parse_str(&GOOD.replacen("sessions:", "icmp: {error_rate: 20}\nsessions:", 1)).unwrap();
+    assert_eq!(c.startup.icmp_error_rate, 20);
+    let e = err_with("sessions:", "icmp: {error_rate: 0}\nsessions:");
+    assert_eq!(e.field, "icmp.error_rate");
+    let mtu =
+        |v: &str| GOOD.replacen("    gateway: 10.0.0.254\n", &format!("    gateway: 10.0.0.254\n    mtu: {v}\n"), 1);
+    assert_eq!(parse_str(&mtu("1280")).unwrap().startup.ports[0].mtu, 1280);
+    assert_eq!(parse_str(&mtu("68")).unwrap().startup.ports[0].mtu, 68);
+    for bad in ["67", "1501", "9000"] {
+        let e = parse_str(&mtu(bad)).unwrap_err();
+        assert_eq!(e.field, "ports[0].mtu", "{bad}");
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+    // A change of either is a restart.
+    let a = parse_str(GOOD).unwrap();
+    let b = parse_str(&mtu("1280")).unwrap();
+    assert_eq!(a.startup.changed_fields(&b.startup), vec!["ports"]);
+}

@@ -29,6 +29,12 @@ pub(super) enum Class {
     },
     Arp,
     Icmp,
+    /// An ICMP error about a flow through lbd: `key` is the one its flow's
+    /// packets arrive with (see `icmp_error`), `owner` that flow's owner.
+    IcmpError {
+        key: FlowKey,
+        owner: usize,
+    },
     /// TCP or UDP for the host (a port's own address, where no listener
     /// is): up to that port's kernel interface.
     Kernel(PortIndex),
@@ -116,7 +122,7 @@ impl<P: Packet> State<P> {
                 }
                 (get16(l4, udp::field::SRC_PORT), get16(l4, udp::field::DST_PORT), 0)
             }
-            PROTO_ICMP => return Class::Icmp,
+            PROTO_ICMP => return self.icmp_class(snap, dst, ttl, l4),
             _ => return Class::Drop(DropReason::UnsupportedProtocol),
         };
         self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, ttl)

@@ -11,7 +11,7 @@ use crate::nat::{self, Nat, Rewrite};
 use crate::neighbor::{Parked, Resolution};
 use crate::session::{Direction, InsertError, Session, SessionState};
 use crate::snapshot::{ListenerView, Snapshot};
-use crate::wire::frame::IP_SRC_ADDR;
+use crate::wire::frame::{IPV4, IP_SRC_ADDR};
 use crate::wire::get32;
 use crate::wire::ipv4::PROTO_TCP;
 use crate::wire::tcp::{FLAG_ACK, FLAG_RST, FLAG_SYN};
@@ -237,6 +237,11 @@ impl<P: Packet> State<P> {
     /// there and the mode's rewrite is called directly.
     #[inline(always)]
     fn forward(&mut self, snap: &Snapshot, mut pkt: P, s: &Session, dir: Direction, io: &mut impl Io<P>) {
+        // One comparison for the packets that fit every port.
+        if pkt.packet_len() > IPV4 + usize::from(snap.min_mtu) {
+            let Some(fits) = self.fit_mtu(snap, pkt, s, dir, io) else { return };
+            pkt = fits;
+        }
         let to = match dir {
             Direction::Request => Nat.request(pkt.data_mut(), s),
             Direction::Reply => Nat.reply(pkt.data_mut(), s),

@@ -29,6 +29,7 @@ use std::sync::Arc;
 mod classify;
 mod flow_path;
 mod fragment;
+mod icmp_error;
 mod local;
 mod maintenance;
 
@@ -105,6 +106,9 @@ struct State<P: Packet> {
     frags: fragment::Fragments<P>,
     /// Rate limits and VIP protection (`crate::admission`).
     admission: Admission,
+    /// ICMP errors (time exceeded, fragmentation needed) this worker may
+    /// still send.
+    icmp_errors: TokenBucket,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -171,6 +175,9 @@ pub struct CoreSettings {
     pub fragments: crate::fragments::FragmentLimits,
     /// Entries of the per-source limits table (`limits.source_entries`).
     pub source_entries: usize,
+    /// ICMP errors per second this worker sends (its share of
+    /// `icmp.error_rate`).
+    pub icmp_error_rate: u32,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -230,6 +237,10 @@ impl<P: Packet> Dataplane<P> {
                 ),
                 frags: fragment::Fragments::new(settings.fragments),
                 admission,
+                icmp_errors: TokenBucket::new(
+                    settings.icmp_error_rate,
+                    TokenBucket::default_burst(settings.icmp_error_rate),
+                ),
             },
             snap,
         }
@@ -369,12 +380,15 @@ impl<P: Packet> State<P> {
                         self.run_staged(snap, &mut staged, io);
                     }
                 }
+                Class::IcmpError { owner, .. } if !from_handoff && owner != self.worker => io.handoff(owner, pkt),
                 other => {
                     self.run_staged(snap, &mut staged, io);
                     match other {
                         Class::Arp => self.arp(snap, pkt, from_handoff, io),
                         Class::Icmp => self.icmp(snap, pkt, io),
+                        Class::IcmpError { key, .. } => self.forward_icmp_error(snap, pkt, key, io),
                         Class::Kernel(port) => self.pass_up(port, pkt, io),
+                        Class::Drop(DropReason::TtlExceeded) => self.ttl_expired(snap, pkt, io),
                         Class::Drop(r) => self.discard(r, pkt, io),
                         Class::Fragment => self.fragment(snap, pkt, from_handoff, io),
                         Class::Flow { .. } => unreachable!("matched above"),

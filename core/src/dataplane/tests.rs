@@ -86,6 +86,8 @@ timeouts: {tcp_syn: 10s, tcp_established: 900s, tcp_closing: 30s, udp: 60s}
 const KERNEL_RATE: u32 = 1000;
 /// The test workers' share of the echo reply rate (replies/s).
 const ECHO_RATE: u32 = 1000;
+/// The test workers' share of the ICMP error rate (errors/s).
+const ERROR_RATE: u32 = 1000;
 
 #[derive(Debug, Clone)]
 struct Pkt {
@@ -167,6 +169,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         echo_reply_rate: ECHO_RATE,
         fragments: cfg.startup.fragments,
         source_entries: 4096,
+        icmp_error_rate: ERROR_RATE,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -472,10 +475,7 @@ fn drops_have_reasons() {
     frag[23] = 47;
     fix_ip_checksum(&mut frag);
     cases.push((frag, DropReason::IpFragment));
-    let mut ttl = l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b"");
-    ttl[22] = 1;
-    fix_ip_checksum(&mut ttl);
-    cases.push((ttl, DropReason::TtlExceeded));
+    // TTL expiry is answered with time exceeded: see icmp_error.
     let mut gre = base.clone();
     gre[23] = 47;
     fix_ip_checksum(&mut gre);
@@ -727,6 +727,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         echo_reply_rate: ECHO_RATE,
         fragments: cfg.startup.fragments,
         source_entries: 4096,
+        icmp_error_rate: ERROR_RATE,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1259,6 +1260,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 echo_reply_rate: ECHO_RATE,
                 fragments: cfg.startup.fragments,
                 source_entries: 4096,
+                icmp_error_rate: ERROR_RATE,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
@@ -1515,3 +1517,4 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
 
 mod fragments;
 mod limits;
+mod icmp_error;
