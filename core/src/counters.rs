@@ -99,6 +99,9 @@ reasons! {
         FromKernelRateLimited = "from_kernel_rate_limited",
         /// From the host's kernel, but the queue to the worker that sends it was full.
         FromKernelQueueFull = "from_kernel_queue_full",
+        // SYN-flood defence.
+        /// A SYN found the half-open sessions at their cap (or the table full) and none of them could be evicted.
+        HalfOpenFull = "half_open_full",
     }
 }
 
@@ -146,6 +149,9 @@ reasons! {
         Polls = "polls",
         /// Loop iterations that found packets.
         BusyPolls = "busy_polls",
+        // SYN-flood defence.
+        /// Half-open TCP sessions evicted to make room for a new SYN.
+        HalfOpenEvicted = "half_open_evicted",
     }
 }
 

@@ -213,6 +213,8 @@ pub struct Snapshot {
     /// Oldest a parked packet may get before it is dropped (ms).
     pub park_max_ms: u32,
     pub removed_backend: RemovedBackendPolicy,
+    /// `sessions.half_open_max_per_worker`.
+    pub half_open_max: usize,
 }
 
 /// An id that changed owner in [`IdRegistry::assign`].
@@ -521,6 +523,7 @@ impl Snapshot {
             park_max_ms: arp.retry_ms.saturating_mul(arp.max_retries + 1),
             arp,
             removed_backend: cfg.forwarding.removed_backend,
+            half_open_max: cfg.forwarding.half_open_max(cfg.startup.session_capacity),
         }
     }
 

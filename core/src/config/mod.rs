@@ -445,8 +445,21 @@ pub struct Forwarding {
     pub timeouts: Timeouts,
     pub arp: ArpTiming,
     pub removed_backend: RemovedBackendPolicy,
+    /// Half-open TCP sessions a worker keeps; a new SYN beyond them evicts
+    /// the oldest (`sessions.half_open_max_per_worker`). Unset: a quarter
+    /// of the table (see [`Forwarding::half_open_max`]).
+    pub half_open_max: Option<usize>,
     /// lbd runs the listeners' health checks itself (`health.builtin`).
     pub health_builtin: bool,
+}
+
+impl Forwarding {
+    /// Half-open sessions a worker with a table of `capacity` keeps: as
+    /// configured, else a quarter of the table, so a SYN flood leaves
+    /// three quarters to established sessions.
+    pub fn half_open_max(&self, capacity: usize) -> usize {
+        self.half_open_max.unwrap_or(capacity.div_ceil(4))
+    }
 }
 
 impl Config {
@@ -766,6 +779,13 @@ impl Validator<'_> {
             return self.err("mempool.cache_size", format!("{mempool_cache} is above DPDK's limit of 512"));
         }
         let removed_backend = raw.sessions.removed_backend.unwrap_or(RemovedBackendPolicy::Keep);
+        let half_open_max = raw.sessions.half_open_max_per_worker;
+        if let Some(n) = half_open_max.filter(|n| *n == 0 || *n > cap) {
+            return self.err(
+                "sessions.half_open_max_per_worker",
+                format!("{n} is out of range (1..=sessions.capacity_per_worker, {cap})"),
+            );
+        }
         let control_socket =
             PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
         if !control_socket.is_absolute() || control_socket.as_os_str().len() > 100 {
@@ -828,6 +848,7 @@ impl Validator<'_> {
                 timeouts,
                 arp,
                 removed_backend,
+                half_open_max: half_open_max.map(|n| n as usize),
                 health_builtin: raw.health.builtin != Some(Switch::Off),
             },
         })

@@ -291,6 +291,9 @@ pub struct RawSessions {
     /// What happens to sessions whose backend is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_backend: Option<RemovedBackendPolicy>,
+    /// Half-open TCP sessions a worker keeps (SYN-flood defence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_max_per_worker: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]

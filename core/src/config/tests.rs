@@ -569,3 +569,23 @@ fn echo_reply_rate_defaults_and_is_bounded() {
     let e = err_with("sessions:", "icmp: {echo_rate: 5}\nsessions:");
     assert!(e.field.starts_with("icmp"), "{e}");
 }
+
+#[test]
+fn half_open_cap_defaults_to_a_quarter_of_the_table_and_is_bounded() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.forwarding.half_open_max(c.startup.session_capacity), 250_000);
+    let c = parse_str(&GOOD.replacen(
+        "{capacity_per_worker: 1000000",
+        "{capacity_per_worker: 1000000, half_open_max_per_worker: 77",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.forwarding.half_open_max(c.startup.session_capacity), 77);
+    for bad in ["0", "1000001"] {
+        let e = err_with(
+            "{capacity_per_worker: 1000000",
+            &format!("{{capacity_per_worker: 1000000, half_open_max_per_worker: {bad}"),
+        );
+        assert_eq!(e.field, "sessions.half_open_max_per_worker");
+    }
+}

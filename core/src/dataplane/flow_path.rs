@@ -91,7 +91,7 @@ impl<P: Packet> State<P> {
                     return self.forward(snap, pkt, &new, Direction::Request, io);
                 }
                 let backend = new.backend_id;
-                match self.insert_session(new, rescheduled) {
+                match self.insert_evicting_half_open(snap, new, rescheduled) {
                     Ok(slot) => {
                         if l.persistence_ms.is_some() {
                             // Every new connection restarts the client's
@@ -190,7 +190,7 @@ impl<P: Packet> State<P> {
 
     /// Puts a new session in the table and counts it; the reason to drop
     /// the packet when it cannot.
-    fn insert_session(&mut self, s: Session, rescheduled: bool) -> Result<u32, DropReason> {
+    pub(super) fn insert_session(&mut self, s: Session, rescheduled: bool) -> Result<u32, DropReason> {
         let (lid, bid) = (s.listener, s.backend_id);
         match self.sessions.insert(s) {
             Ok(slot) => {
@@ -212,12 +212,11 @@ impl<P: Packet> State<P> {
     /// Returns a copy for the forward tail.
     #[inline(always)]
     fn touch(&mut self, slot: u32, key: &FlowKey, flags: u8, dir: Direction) -> Session {
-        let s = self.sessions.session_mut(slot);
-        s.last_seen = self.now;
+        self.sessions.session_mut(slot).last_seen = self.now;
         if key.proto() == PROTO_TCP {
-            s.track_tcp(flags, dir);
+            self.sessions.track_tcp(slot, flags, dir);
         }
-        *s
+        *self.sessions.session(slot)
     }
 
     /// The forward tail every flow packet takes: the rewrite of the

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 mod classify;
 mod flow_path;
+mod half_open;
 mod local;
 mod maintenance;
 

@@ -539,8 +539,11 @@ fn icmp_echo_to_vip_is_answered() {
 fn full_table_drops_new_flows_only() {
     let mut h = harness_with(CONFIG, 0, 1, 2);
     let vip = ip("10.0.0.100");
+    // Established sessions: a SYN may not evict them (half-open ones it
+    // may, see the SYN-flood tests).
     for p in 0..2 {
         h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 1000 + p, 80, FLAG_SYN, b""));
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 1000 + p, 80, FLAG_ACK, b""));
     }
     h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 2000, 80, FLAG_SYN, b""));
     assert_eq!(h.drops(DropReason::SessionTableFull), 1);
@@ -1503,4 +1506,106 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
     h.rx(1, arp_frame(arp::OP_REPLY, B1_MAC, backend, INT_MAC, port_addr, INT_MAC));
     let up: Vec<u16> = h.io.to_kernel.iter().skip(burst).map(|(p, _)| *p).collect();
     assert_eq!(up, vec![1, 1]);
+}
+
+// SYN-flood defence: the half-open cap and eviction.
+
+fn half_open_harness(capacity: usize, half_open_max: usize) -> Harness {
+    let yaml = format!("{CONFIG}sessions: {{half_open_max_per_worker: {half_open_max}}}\n");
+    harness_with(&yaml, 0, 1, capacity)
+}
+
+const FLOOD_CLIENT: &str = "192.168.1.10";
+
+fn client_syn(h: &mut Harness, port: u16) {
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip(FLOOD_CLIENT), ip("10.0.0.100"), port, 80, FLAG_SYN, b""));
+}
+
+/// A complete handshake through the balancer from client port `port`.
+fn establish(h: &mut Harness, port: u16) {
+    let (client, vip) = (ip(FLOOD_CLIENT), ip("10.0.0.100"));
+    client_syn(h, port);
+    let out = h.take_tx();
+    let (baddr, bport) = backend_of(&out.last().expect("SYN forwarded").1);
+    h.rx(1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, baddr, client, bport, port, FLAG_SYN | FLAG_ACK, b""));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, port, 80, FLAG_ACK, b""));
+    assert_eq!(h.take_tx().len(), 2);
+}
+
+/// The state of the session of client port `port`, if it has one.
+fn state_of(h: &Harness, port: u16) -> Option<SessionState> {
+    let key = crate::flow::FlowKey::new(ip(FLOOD_CLIENT), ip("10.0.0.100"), port, 80, PROTO_TCP);
+    h.dp.sessions().lookup(&key, key.hash()).map(|(slot, _)| h.dp.sessions().session(slot).state)
+}
+
+#[test]
+fn syns_beyond_the_half_open_cap_evict_the_oldest_half_open_session() {
+    let mut h = half_open_harness(100, 3);
+    establish(&mut h, 1);
+    establish(&mut h, 2);
+    for p in 10..15 {
+        client_syn(&mut h, p);
+    }
+    // Every SYN was forwarded; the two oldest gave way to the last two.
+    assert_eq!(h.take_tx().len(), 5);
+    assert_eq!(h.dp.sessions().half_open(), 3);
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 2);
+    assert_eq!((state_of(&h, 10), state_of(&h, 11)), (None, None));
+    for p in 12..15 {
+        assert_eq!(state_of(&h, p), Some(SessionState::TcpSynSent));
+    }
+    for p in [1, 2] {
+        assert_eq!(state_of(&h, p), Some(SessionState::TcpEstablished));
+    }
+    assert_eq!(h.dp.sessions().len(), 5);
+    assert_eq!(h.counters.sessions_active.get(), 5);
+    assert_eq!(h.total_drops(), 0);
+}
+
+#[test]
+fn a_full_table_evicts_half_open_sessions_for_a_syn_and_never_an_established_one() {
+    let mut h = half_open_harness(4, 4);
+    establish(&mut h, 1);
+    establish(&mut h, 2);
+    client_syn(&mut h, 10);
+    client_syn(&mut h, 11);
+    assert_eq!(h.dp.sessions().len(), 4);
+    // Full: the new SYN takes the oldest half-open session's place.
+    client_syn(&mut h, 12);
+    assert_eq!(h.take_tx().len(), 3);
+    assert_eq!(state_of(&h, 10), None);
+    assert_eq!(state_of(&h, 12), Some(SessionState::TcpSynSent));
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 1);
+    // Once every session is established, a SYN finds nothing to evict.
+    for p in [11, 12] {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip(FLOOD_CLIENT), ip("10.0.0.100"), p, 80, FLAG_ACK, b""));
+    }
+    assert_eq!(h.dp.sessions().half_open(), 0);
+    client_syn(&mut h, 13);
+    assert_eq!(h.drops(DropReason::SessionTableFull), 1);
+    assert_eq!(state_of(&h, 13), None);
+    for p in [1, 2, 11, 12] {
+        assert_eq!(state_of(&h, p), Some(SessionState::TcpEstablished), "port {p}");
+    }
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 1);
+}
+
+#[test]
+fn a_syn_that_finds_no_evictable_half_open_session_is_dropped_with_a_reason() {
+    // 70 completed handshakes leave 70 stale entries in the arrival order
+    // ahead of the one half-open session: the first SYN at the cap looks
+    // past 64 of them only and is dropped; the next one gets through.
+    let mut h = half_open_harness(100, 1);
+    for p in 1..=70 {
+        establish(&mut h, p);
+    }
+    client_syn(&mut h, 100);
+    client_syn(&mut h, 101);
+    assert_eq!(h.drops(DropReason::HalfOpenFull), 1);
+    assert_eq!(state_of(&h, 100), Some(SessionState::TcpSynSent));
+    client_syn(&mut h, 102);
+    assert_eq!(state_of(&h, 100), None);
+    assert_eq!(state_of(&h, 102), Some(SessionState::TcpSynSent));
+    assert_eq!(h.dp.sessions().half_open(), 1);
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 1);
 }
