@@ -33,4 +33,5 @@ pub mod rss;
 pub mod scheduler;
 pub mod session;
 pub mod snapshot;
+pub mod synproxy;
 pub mod wire;

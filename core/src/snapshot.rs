@@ -178,6 +178,7 @@ pub struct ListenerView {
     /// sessions earlier packets of the burst create.
     pub decides_ahead: bool,
     pub non_syn: NonSynPolicy,
+    pub syn_proxy: crate::config::SynProxyMode,
     pub backends: Vec<BackendView>,
     /// Every backend not drained is down.
     pub all_down: bool,
@@ -474,6 +475,7 @@ impl Snapshot {
                 scheduler,
                 persistence_ms: l.persistence.map(ms),
                 non_syn: l.tcp_non_syn,
+                syn_proxy: l.syn_proxy,
                 backends,
                 all_down: lw.all_down,
                 all_down_policy: l.all_down,

@@ -163,6 +163,20 @@ impl SchedulerKind {
     }
 }
 
+/// A TCP listener's SYN proxy (`syn_proxy`): lbd answers SYNs with SYN
+/// cookies and opens the backend connection only for clients whose ACK
+/// proves the cookie (see `crate::synproxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SynProxyMode {
+    #[default]
+    Off,
+    On,
+    /// On while the worker's half-open sessions exceed half of
+    /// `sessions.half_open_max_per_worker`.
+    Auto,
+}
+
 /// Handling of a TCP segment without SYN that matches no session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -309,6 +323,7 @@ pub struct ListenerConfig {
     /// connection (`None`: no persistence).
     pub persistence: Option<Duration>,
     pub tcp_non_syn: NonSynPolicy,
+    pub syn_proxy: SynProxyMode,
     pub backends: Vec<BackendConfig>,
     // Health checking (kept together).
     pub health_check: Option<HealthCheck>,
@@ -1262,6 +1277,9 @@ impl Validator<'_> {
                 None if scheduler.is_consistent() => NonSynPolicy::Schedule,
                 None => NonSynPolicy::Drop,
             };
+            if l.syn_proxy.is_some() && protocol == Protocol::Udp {
+                return self.err(f("syn_proxy"), "only applies to TCP listeners");
+            }
             if l.tcp_non_syn.is_some() && protocol == Protocol::Udp {
                 return self.err(f("tcp_non_syn"), "only applies to TCP listeners");
             }
@@ -1324,6 +1342,7 @@ impl Validator<'_> {
                 scheduler,
                 persistence,
                 tcp_non_syn,
+                syn_proxy: l.syn_proxy.unwrap_or_default(),
                 backends,
                 health_check,
                 all_down,

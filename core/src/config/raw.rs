@@ -9,6 +9,7 @@
 
 use super::{
     ExceptionBackend, HashFields, NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm, Switch,
+    SynProxyMode,
 };
 use crate::health::{AllDownPolicy, CheckKind};
 use serde::{Deserialize, Serialize};
@@ -228,6 +229,9 @@ pub struct RawListener {
     /// What to do with a TCP packet other than a SYN that has no session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_non_syn: Option<NonSynPolicy>,
+    /// off, on or auto (SYN cookies; see config/reference.yaml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_proxy: Option<SynProxyMode>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
     // Health checking (kept together).

@@ -2,8 +2,9 @@
 //! its own; both then take the one forward tail (rewrite, count, route,
 //! next hop, TX).
 
+use super::synproxy::SYN_PROXIED;
 use super::{Io, Packet, Staged, State, NEXT_HOP_MEMO};
-use crate::config::{NonSynPolicy, RemovedBackendPolicy};
+use crate::config::{NonSynPolicy, RemovedBackendPolicy, SynProxyMode};
 use crate::counters::{DropReason, Event};
 use crate::flow::FlowKey;
 use crate::ids::PortIndex;
@@ -69,12 +70,21 @@ impl<P: Packet> State<P> {
 
     /// Client→VIP: find or create the session, then forward to its backend.
     fn request(&mut self, snap: &Snapshot, l: &ListenerView, s: Staged<P>, io: &mut impl Io<P>) {
-        let Staged { pkt, key, hash, flags, found, pick, .. } = s;
+        let Staged { mut pkt, key, hash, flags, found, pick, .. } = s;
         let slot = match self.known_session(snap, l, &key, found) {
+            Known::Live(slot) if self.sessions.session(slot).flags & SYN_PROXIED != 0 => {
+                return self.proxied_request(snap, slot, pkt, &key, flags, io);
+            }
             Known::Live(slot) => slot,
             Known::ResetClient => return self.reset_client(snap, pkt, io),
             Known::Discard(reason) => return self.discard(reason, pkt, io),
             Known::NewFlow { carried } => {
+                if carried.is_none() && l.syn_proxy != SynProxyMode::Off && key.proto() == PROTO_TCP {
+                    match self.syn_proxy_new_flow(snap, l, pkt, &key, hash, flags, pick, io) {
+                        Some(p) => pkt = p,
+                        None => return,
+                    }
+                }
                 let (state, rescheduled) = match new_flow_state(l, &key, flags, carried) {
                     Ok(s) => s,
                     Err(reason) => return self.discard(reason, pkt, io),
@@ -118,6 +128,9 @@ impl<P: Packet> State<P> {
         if self.expired(snap, slot) {
             self.expire_now(slot);
             return self.discard(DropReason::NoSession, pkt, io);
+        }
+        if self.sessions.session(slot).flags & SYN_PROXIED != 0 {
+            return self.proxied_reply(snap, slot, pkt, &key, flags, io);
         }
         let s = self.touch(slot, &key, flags, Direction::Reply);
         self.forward(snap, pkt, &s, Direction::Reply, io)
@@ -174,7 +187,7 @@ impl<P: Packet> State<P> {
     /// The session of a new flow of listener `l` to its backend at
     /// position `bi`, not yet in the table.
     #[inline]
-    fn session_for(&self, l: &ListenerView, bi: u16, key: &FlowKey, state: SessionState) -> Session {
+    pub(super) fn session_for(&self, l: &ListenerView, bi: u16, key: &FlowKey, state: SessionState) -> Session {
         let b = &l.backends[usize::from(bi)];
         Session::new(
             key.proto(),
@@ -211,7 +224,7 @@ impl<P: Packet> State<P> {
     /// Notes a packet of the session in `slot`: its time and TCP state.
     /// Returns a copy for the forward tail.
     #[inline(always)]
-    fn touch(&mut self, slot: u32, key: &FlowKey, flags: u8, dir: Direction) -> Session {
+    pub(super) fn touch(&mut self, slot: u32, key: &FlowKey, flags: u8, dir: Direction) -> Session {
         self.sessions.session_mut(slot).last_seen = self.now;
         if key.proto() == PROTO_TCP {
             self.sessions.track_tcp(slot, flags, dir);
@@ -224,7 +237,7 @@ impl<P: Packet> State<P> {
     /// and TX. Inlined into each caller, so the direction is a constant
     /// there and the mode's rewrite is called directly.
     #[inline(always)]
-    fn forward(&mut self, snap: &Snapshot, mut pkt: P, s: &Session, dir: Direction, io: &mut impl Io<P>) {
+    pub(super) fn forward(&mut self, snap: &Snapshot, mut pkt: P, s: &Session, dir: Direction, io: &mut impl Io<P>) {
         let to = match dir {
             Direction::Request => Nat.request(pkt.data_mut(), s),
             Direction::Reply => Nat.reply(pkt.data_mut(), s),

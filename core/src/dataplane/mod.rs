@@ -30,6 +30,7 @@ mod flow_path;
 mod half_open;
 mod local;
 mod maintenance;
+mod synproxy;
 
 use classify::Class;
 use maintenance::MAX_NEIGHBOR_SCAN_PER_TICK;
@@ -100,6 +101,11 @@ struct State<P: Packet> {
     to_kernel: Box<[TokenBucket]>,
     /// Echo replies this worker may still send.
     echo_replies: TokenBucket,
+    /// The SYN proxy's cookie key (this worker's: a client's SYN and ACK
+    /// reach the same worker).
+    cookie_key: crate::synproxy::CookieKey,
+    /// The SYN proxy's state of each session slot (see `synproxy`).
+    proxy_slots: Box<[synproxy::ProxySlot]>,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -217,6 +223,9 @@ impl<P: Packet> Dataplane<P> {
                     settings.echo_reply_rate,
                     TokenBucket::default_burst(settings.echo_reply_rate),
                 ),
+                cookie_key: crate::synproxy::CookieKey::random(),
+                // Zeroed words: allocated without being touched.
+                proxy_slots: vec![[0u32; 8]; settings.session_capacity].into_boxed_slice(),
             },
             snap,
         }
