@@ -8,6 +8,8 @@ HTTP:
     GET /            -> "backend=be1 client=10.0.0.2:41234\n", with --status
                         (200 unless given: a failing health check's target)
     GET /bytes/N     -> N bytes, byte i = i % 251 (checkable by the client)
+    POST /check      -> "received=N pattern_ok=True|False\n": whether the
+                        body's byte i was i % 251 throughout (uploads)
 UDP: each datagram is answered with "backend=be1 client=IP:PORT data=<payload>".
 """
 
@@ -53,6 +55,24 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Backend", name)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        n = int(self.headers.get("Content-Length", "0"))
+        got, ok = 0, True
+        while got < n:
+            chunk = self.rfile.read(min(1 << 16, n - got))
+            if not chunk:
+                break
+            start = got % 251
+            ok = ok and chunk == PATTERN[start : start + len(chunk)]
+            got += len(chunk)
+        body = f"received={got} pattern_ok={ok and got == n}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 

@@ -130,6 +130,15 @@ reasons! {
         FragNeeded = "frag_needed",
         /// Larger than the egress port's MTU without DF (lbd does not fragment).
         TooBig = "too_big",
+        // SYN-flood defence.
+        /// A SYN found the half-open sessions at their cap (or the table full) and none of them could be evicted.
+        HalfOpenFull = "half_open_full",
+        /// An ACK without session to a listener with `syn_proxy: on` whose acknowledgment is no valid SYN cookie.
+        SynProxyBadCookie = "syn_proxy_bad_cookie",
+        /// A segment of a proxied connection whose backend has not completed its handshake yet (TCP sends it again).
+        SynProxyPending = "syn_proxy_pending",
+        /// No buffer for a segment the SYN proxy writes.
+        SynProxyNoBuffer = "syn_proxy_no_buffer",
     }
 }
 
@@ -189,6 +198,15 @@ reasons! {
         IcmpErrorsSent = "icmp_errors_sent",
         /// ICMP errors lbd did not send, over `icmp.error_rate`.
         IcmpErrorsRateLimited = "icmp_errors_rate_limited",
+        // SYN-flood defence.
+        /// Half-open TCP sessions evicted to make room for a new SYN.
+        HalfOpenEvicted = "half_open_evicted",
+        /// SYN-ACKs with a SYN cookie sent by the SYN proxy.
+        SynProxySynAcks = "syn_proxy_syn_acks",
+        /// Client ACKs whose SYN cookie checked: sessions the SYN proxy opened.
+        SynProxyAccepted = "syn_proxy_accepted",
+        /// Backend handshakes the SYN proxy completed.
+        SynProxyBackendOpened = "syn_proxy_backend_opened",
     }
 }
 

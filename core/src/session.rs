@@ -18,6 +18,7 @@
 //! and never stalls packet processing.
 
 use crate::flow::FlowKey;
+use crate::half_open::SlotRing;
 use crate::ids::{BackendId, ListenerId};
 use crate::memory::{table_vec, NoHints, Placement};
 use std::marker::PhantomData;
@@ -44,6 +45,13 @@ pub enum SessionState {
 pub const STATE_COUNT: usize = 7;
 
 impl SessionState {
+    /// A TCP handshake not completed: what a SYN flood fills the table
+    /// with, and what may be evicted for a new SYN.
+    #[inline]
+    pub fn is_half_open(self) -> bool {
+        matches!(self, SessionState::TcpSynSent | SessionState::TcpSynReceived)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SessionState::Free => "free",
@@ -257,6 +265,12 @@ pub struct SessionTable<M: Placement = NoHints> {
     /// Bumped by every insert and remove: a lookup answer taken at one
     /// version stays true while the version does.
     version: u64,
+    /// Live sessions in a half-open state (see
+    /// [`SessionState::is_half_open`]).
+    half_open: usize,
+    /// Slots that became half-open, oldest first (see
+    /// [`crate::half_open`]).
+    half_open_order: SlotRing,
     placement: PhantomData<M>,
 }
 
@@ -294,6 +308,8 @@ impl<M: Placement> SessionTable<M> {
             len: 0,
             cursor: 0,
             version: 0,
+            half_open: 0,
+            half_open_order: SlotRing::new::<M>(capacity),
             placement: PhantomData,
         }
     }
@@ -315,7 +331,66 @@ impl<M: Placement> SessionTable<M> {
     }
     /// Bytes of memory the table reserves.
     pub fn memory_bytes(&self) -> usize {
-        self.buckets.len() * 64 + self.slots.len() * (32 + 4)
+        self.buckets.len() * 64 + self.slots.len() * (32 + 4 + 4)
+    }
+
+    /// Live sessions in a half-open state.
+    #[inline]
+    pub fn half_open(&self) -> usize {
+        self.half_open
+    }
+
+    /// Advances the TCP state of the session in `slot` (see
+    /// [`Session::track_tcp`]) and keeps the half-open accounting. State
+    /// changes go through here, not through [`Self::session_mut`].
+    #[inline]
+    pub fn track_tcp(&mut self, slot: u32, tcp_flags: u8, dir: Direction) {
+        let s = &mut self.slots[slot as usize];
+        let was = s.state.is_half_open();
+        s.track_tcp(tcp_flags, dir);
+        match (was, s.state.is_half_open()) {
+            (false, true) => {
+                self.half_open += 1;
+                self.half_open_order.push(slot);
+            }
+            (true, false) => self.half_open -= 1,
+            _ => {}
+        }
+    }
+
+    /// The oldest half-open session still live, taken out of the arrival
+    /// order (the caller removes it). Skips at most `scan` stale entries,
+    /// so a call is bounded; each stale entry is looked at once.
+    pub fn oldest_half_open(&mut self, scan: usize) -> Option<u32> {
+        for _ in 0..scan {
+            let slot = self.half_open_order.pop()?;
+            if self.slots[slot as usize].state.is_half_open() {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// A half-open session whose removal frees an index way that `s`
+    /// needs, when the table refused `s` for full buckets (not for a full
+    /// slab): one of the sessions indexed in the buckets of whichever key
+    /// of `s` finds no free way.
+    pub fn half_open_in_way_of(&self, s: &Session) -> Option<u32> {
+        for key in [s.request_key(), s.reply_key()] {
+            let (b1, b2, _) = self.place(key.hash());
+            if self.buckets[b1].free_way().is_some() || self.buckets[b2].free_way().is_some() {
+                continue;
+            }
+            for b in [b1, b2] {
+                for r in self.buckets[b].refs {
+                    let (slot, _) = decode(r);
+                    if self.slots[slot as usize].state.is_half_open() {
+                        return Some(slot);
+                    }
+                }
+            }
+        }
+        None
     }
 
     #[inline]
@@ -483,6 +558,10 @@ impl<M: Placement> SessionTable<M> {
         self.slots[slot as usize] = s;
         self.len += 1;
         self.version += 1;
+        if s.state.is_half_open() {
+            self.half_open += 1;
+            self.half_open_order.push(slot);
+        }
         Ok(slot)
     }
 
@@ -506,6 +585,9 @@ impl<M: Placement> SessionTable<M> {
         self.slots[slot as usize].state = SessionState::Free;
         self.free.push(slot);
         self.len -= 1;
+        if s.state.is_half_open() {
+            self.half_open -= 1;
+        }
         self.version += 1;
         s
     }
@@ -644,6 +726,70 @@ mod tests {
         t.insert(sess(1, u32::MAX - 1000)).unwrap();
         assert_eq!(t.expire(2000, 4, &timeouts, |_| {}), 0);
         assert_eq!(t.expire(20_000, 4, &timeouts, |_| {}), 1);
+    }
+
+    #[test]
+    fn half_open_sessions_are_counted_and_found_oldest_first() {
+        let mut t = SessionTable::new(16);
+        let slots: Vec<u32> = (0..6).map(|i| t.insert(sess(i, 0)).unwrap()).collect();
+        let mut est = sess(100, 0);
+        est.state = SessionState::TcpEstablished;
+        let e = t.insert(est).unwrap();
+        assert_eq!(t.half_open(), 6);
+        // The first completes its handshake, the second is removed: the
+        // oldest half-open session left is the third.
+        t.track_tcp(slots[0], FLAG_SYN | FLAG_ACK, Direction::Reply);
+        assert_eq!(t.half_open(), 6);
+        t.track_tcp(slots[0], FLAG_ACK, Direction::Request);
+        assert_eq!(t.half_open(), 5);
+        t.remove(slots[1]);
+        assert_eq!(t.half_open(), 4);
+        assert_eq!(t.oldest_half_open(16), Some(slots[2]));
+        // A bounded scan stops early over stale entries; the next call goes on.
+        t.remove(slots[2]);
+        t.remove(slots[3]);
+        assert_eq!(t.oldest_half_open(1), None);
+        assert_eq!(t.oldest_half_open(1), Some(slots[4]));
+        // A closed session that sees a new SYN is half-open again, and
+        // youngest.
+        t.track_tcp(e, FLAG_RST, Direction::Request);
+        t.track_tcp(e, FLAG_SYN, Direction::Request);
+        assert_eq!(t.half_open(), 3);
+        assert_eq!(t.oldest_half_open(16), Some(slots[5]));
+        assert_eq!(t.oldest_half_open(16), Some(e));
+        assert_eq!(t.oldest_half_open(16), None);
+        // Expiry keeps the count.
+        let timeouts = StateTimeouts([0, 1, 1, 1, 1, 1, 1]);
+        t.expire(10, 100, &timeouts, |_| {});
+        assert_eq!((t.len(), t.half_open()), (0, 0));
+    }
+
+    #[test]
+    fn a_half_open_session_in_the_way_of_an_insert_is_found() {
+        // Two buckets: every key's two buckets are the only two, so after
+        // 16 index entries (8 sessions) both are full while the slab has
+        // room.
+        let t = SessionTable::new(20);
+        assert_eq!(t.buckets.len(), 8);
+        let mut t = SessionTable { mask: 1, ..t };
+        let mut est = Vec::new();
+        for i in 0..7 {
+            let mut s = sess(i, 0);
+            s.state = SessionState::TcpEstablished;
+            est.push(t.insert(s).unwrap());
+        }
+        let half = t.insert(sess(7, 0)).unwrap();
+        let new = sess(8, 0);
+        assert_eq!(t.insert(new), Err(InsertError::Full));
+        assert_eq!(t.half_open_in_way_of(&new), Some(half));
+        t.remove(half);
+        assert!(t.insert(new).is_ok());
+        // Only established sessions in the way: none to take.
+        let mut s = sess(9, 0);
+        s.state = SessionState::TcpEstablished;
+        t.track_tcp(t.lookup(&new.request_key(), new.request_key().hash()).unwrap().0, FLAG_ACK, Direction::Request);
+        assert_eq!(t.insert(s), Err(InsertError::Full));
+        assert_eq!(t.half_open_in_way_of(&s), None);
     }
 
     #[test]
@@ -828,11 +974,14 @@ mod tests {
                     let slot = *m.sessions.keys().nth(r.below(m.sessions.len() as u64) as usize).unwrap();
                     let flags = r.pick(&[tcp::FLAG_ACK, tcp::FLAG_FIN, tcp::FLAG_RST, tcp::FLAG_SYN]);
                     let dir = if r.below(2) == 0 { Direction::Request } else { Direction::Reply };
-                    for s in [t.session_mut(slot), m.sessions.get_mut(&slot).unwrap()] {
-                        s.last_seen = now;
-                        if s.proto == 6 {
-                            s.track_tcp(flags, dir);
-                        }
+                    t.session_mut(slot).last_seen = now;
+                    if t.session(slot).proto == 6 {
+                        t.track_tcp(slot, flags, dir);
+                    }
+                    let s = m.sessions.get_mut(&slot).unwrap();
+                    s.last_seen = now;
+                    if s.proto == 6 {
+                        s.track_tcp(flags, dir);
                     }
                 }
                 // The clock moves (sometimes far), and a sweep runs: a part
@@ -864,6 +1013,8 @@ mod tests {
                 }
             }
             assert_eq!(t.len(), m.sessions.len(), "{}", ctx("len"));
+            let half_open = m.sessions.values().filter(|s| s.state.is_half_open()).count();
+            assert_eq!(t.half_open(), half_open, "{}", ctx("half-open count"));
             if seen.len() > 4096 {
                 seen.drain(..2048);
             }

@@ -180,6 +180,7 @@ pub struct ListenerView {
     /// sessions earlier packets of the burst create.
     pub decides_ahead: bool,
     pub non_syn: NonSynPolicy,
+    pub syn_proxy: crate::config::SynProxyMode,
     pub backends: Vec<BackendView>,
     /// Every backend not drained is down.
     pub all_down: bool,
@@ -222,6 +223,8 @@ pub struct Snapshot {
     pub removed_backend: RemovedBackendPolicy,
     /// The smallest MTU of all ports: a packet no longer fits any of them.
     pub min_mtu: u16,
+    /// `sessions.half_open_max_per_worker`.
+    pub half_open_max: usize,
 }
 
 /// An id that changed owner in [`IdRegistry::assign`].
@@ -482,6 +485,7 @@ impl Snapshot {
                 scheduler,
                 persistence_ms: l.persistence.map(ms),
                 non_syn: l.tcp_non_syn,
+                syn_proxy: l.syn_proxy,
                 backends,
                 all_down: lw.all_down,
                 all_down_policy: l.all_down,
@@ -536,6 +540,7 @@ impl Snapshot {
             arp,
             removed_backend: cfg.forwarding.removed_backend,
             min_mtu,
+            half_open_max: cfg.forwarding.half_open_max(cfg.startup.session_capacity),
         }
     }
 

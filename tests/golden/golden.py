@@ -499,6 +499,10 @@ def scenario_limits():
         syn = request(c, p, VIP, 80, 6, "S")
         s.rx(syn)
         s.out(fwd_request(syn, b, bp))
+        # Established: a SYN evicts only half-open sessions.
+        ack = request(c, p, VIP, 80, 6, "A")
+        s.rx(ack)
+        s.out(fwd_request(ack, b, bp))
     s.rx(request("192.168.1.10", 45000, VIP, 80, 6, "S"))
     s.drop("session_table_full")
     s.rx(request("192.168.1.10", 45001, VIP, 53, 17, payload=b"q"))

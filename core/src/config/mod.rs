@@ -171,6 +171,20 @@ impl SchedulerKind {
     }
 }
 
+/// A TCP listener's SYN proxy (`syn_proxy`): lbd answers SYNs with SYN
+/// cookies and opens the backend connection only for clients whose ACK
+/// proves the cookie (see `crate::synproxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SynProxyMode {
+    #[default]
+    Off,
+    On,
+    /// On while the worker's half-open sessions exceed half of
+    /// `sessions.half_open_max_per_worker`.
+    Auto,
+}
+
 /// Handling of a TCP segment without SYN that matches no session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -320,6 +334,7 @@ pub struct ListenerConfig {
     /// connection (`None`: no persistence).
     pub persistence: Option<Duration>,
     pub tcp_non_syn: NonSynPolicy,
+    pub syn_proxy: SynProxyMode,
     pub backends: Vec<BackendConfig>,
     // Health checking (kept together).
     pub health_check: Option<HealthCheck>,
@@ -465,8 +480,21 @@ pub struct Forwarding {
     pub timeouts: Timeouts,
     pub arp: ArpTiming,
     pub removed_backend: RemovedBackendPolicy,
+    /// Half-open TCP sessions a worker keeps; a new SYN beyond them evicts
+    /// the oldest (`sessions.half_open_max_per_worker`). Unset: a quarter
+    /// of the table (see [`Forwarding::half_open_max`]).
+    pub half_open_max: Option<usize>,
     /// lbd runs the listeners' health checks itself (`health.builtin`).
     pub health_builtin: bool,
+}
+
+impl Forwarding {
+    /// Half-open sessions a worker with a table of `capacity` keeps: as
+    /// configured, else a quarter of the table, so a SYN flood leaves
+    /// three quarters to established sessions.
+    pub fn half_open_max(&self, capacity: usize) -> usize {
+        self.half_open_max.unwrap_or(capacity.div_ceil(4))
+    }
 }
 
 impl Config {
@@ -833,6 +861,13 @@ impl Validator<'_> {
             return self.err("mempool.cache_size", format!("{mempool_cache} is above DPDK's limit of 512"));
         }
         let removed_backend = raw.sessions.removed_backend.unwrap_or(RemovedBackendPolicy::Keep);
+        let half_open_max = raw.sessions.half_open_max_per_worker;
+        if let Some(n) = half_open_max.filter(|n| *n == 0 || *n > cap) {
+            return self.err(
+                "sessions.half_open_max_per_worker",
+                format!("{n} is out of range (1..=sessions.capacity_per_worker, {cap})"),
+            );
+        }
         let control_socket =
             PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
         if !control_socket.is_absolute() || control_socket.as_os_str().len() > 100 {
@@ -906,6 +941,7 @@ impl Validator<'_> {
                 timeouts,
                 arp,
                 removed_backend,
+                half_open_max: half_open_max.map(|n| n as usize),
                 health_builtin: raw.health.builtin != Some(Switch::Off),
             },
         })
@@ -1331,6 +1367,9 @@ impl Validator<'_> {
                 None if scheduler.is_consistent() => NonSynPolicy::Schedule,
                 None => NonSynPolicy::Drop,
             };
+            if l.syn_proxy.is_some() && protocol == Protocol::Udp {
+                return self.err(f("syn_proxy"), "only applies to TCP listeners");
+            }
             if l.tcp_non_syn.is_some() && protocol == Protocol::Udp {
                 return self.err(f("tcp_non_syn"), "only applies to TCP listeners");
             }
@@ -1393,6 +1432,7 @@ impl Validator<'_> {
                 scheduler,
                 persistence,
                 tcp_non_syn,
+                syn_proxy: l.syn_proxy.unwrap_or_default(),
                 backends,
                 health_check,
                 all_down,

@@ -9,6 +9,7 @@
 
 use super::{
     ExceptionBackend, HashFields, NonSynPolicy, Protocol, RemovedBackendPolicy, RssMode, SchedulerAlgorithm, Switch,
+    SynProxyMode,
 };
 use crate::health::{AllDownPolicy, CheckKind};
 use serde::{Deserialize, Serialize};
@@ -257,6 +258,9 @@ pub struct RawListener {
     /// What to do with a TCP packet other than a SYN that has no session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_non_syn: Option<NonSynPolicy>,
+    /// off, on or auto (SYN cookies; see config/reference.yaml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_proxy: Option<SynProxyMode>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
     // Health checking (kept together).
@@ -326,6 +330,9 @@ pub struct RawSessions {
     /// What happens to sessions whose backend is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_backend: Option<RemovedBackendPolicy>,
+    /// Half-open TCP sessions a worker keeps (SYN-flood defence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_max_per_worker: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -621,3 +621,23 @@ fn icmp_error_rate_and_port_mtu_default_and_are_bounded() {
     let b = parse_str(&mtu("1280")).unwrap();
     assert_eq!(a.startup.changed_fields(&b.startup), vec!["ports"]);
 }
+
+#[test]
+fn half_open_cap_defaults_to_a_quarter_of_the_table_and_is_bounded() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.forwarding.half_open_max(c.startup.session_capacity), 250_000);
+    let c = parse_str(&GOOD.replacen(
+        "{capacity_per_worker: 1000000",
+        "{capacity_per_worker: 1000000, half_open_max_per_worker: 77",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.forwarding.half_open_max(c.startup.session_capacity), 77);
+    for bad in ["0", "1000001"] {
+        let e = err_with(
+            "{capacity_per_worker: 1000000",
+            &format!("{{capacity_per_worker: 1000000, half_open_max_per_worker: {bad}"),
+        );
+        assert_eq!(e.field, "sessions.half_open_max_per_worker");
+    }
+}

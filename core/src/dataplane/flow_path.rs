@@ -2,8 +2,9 @@
 //! its own; both then take the one forward tail (rewrite, count, route,
 //! next hop, TX).
 
+use super::synproxy::SYN_PROXIED;
 use super::{Io, Packet, Staged, State, NEXT_HOP_MEMO};
-use crate::config::{NonSynPolicy, RemovedBackendPolicy};
+use crate::config::{NonSynPolicy, RemovedBackendPolicy, SynProxyMode};
 use crate::counters::{DropReason, Event};
 use crate::flow::FlowKey;
 use crate::ids::PortIndex;
@@ -69,15 +70,24 @@ impl<P: Packet> State<P> {
 
     /// Client→VIP: find or create the session, then forward to its backend.
     fn request(&mut self, snap: &Snapshot, l: &ListenerView, s: Staged<P>, io: &mut impl Io<P>) {
-        let Staged { pkt, key, hash, flags, found, pick, .. } = s;
+        let Staged { mut pkt, key, hash, flags, found, pick, .. } = s;
         if let Err(reason) = self.admission.packet(l, key.src(), pkt.packet_len(), self.now, &self.counters.admission) {
             return self.discard(reason, pkt, io);
         }
         let slot = match self.known_session(snap, l, &key, found) {
+            Known::Live(slot) if self.sessions.session(slot).flags & SYN_PROXIED != 0 => {
+                return self.proxied_request(snap, slot, pkt, &key, flags, io);
+            }
             Known::Live(slot) => slot,
             Known::ResetClient => return self.reset_client(snap, pkt, io),
             Known::Discard(reason) => return self.discard(reason, pkt, io),
             Known::NewFlow { carried } => {
+                if carried.is_none() && l.syn_proxy != SynProxyMode::Off && key.proto() == PROTO_TCP {
+                    match self.syn_proxy_new_flow(snap, l, pkt, &key, hash, flags, pick, io) {
+                        Some(p) => pkt = p,
+                        None => return,
+                    }
+                }
                 let (state, rescheduled) = match new_flow_state(l, &key, flags, carried) {
                     Ok(s) => s,
                     Err(reason) => return self.discard(reason, pkt, io),
@@ -101,7 +111,7 @@ impl<P: Packet> State<P> {
                     return self.forward(snap, pkt, &new, Direction::Request, io);
                 }
                 let backend = new.backend_id;
-                match self.insert_session(new, rescheduled) {
+                match self.insert_evicting_half_open(snap, new, rescheduled) {
                     Ok(slot) => {
                         self.admission.session_opened(l, key.src(), self.now);
                         if l.persistence_ms.is_some() {
@@ -129,6 +139,9 @@ impl<P: Packet> State<P> {
         if self.expired(snap, slot) {
             self.expire_now(slot);
             return self.discard(DropReason::NoSession, pkt, io);
+        }
+        if self.sessions.session(slot).flags & SYN_PROXIED != 0 {
+            return self.proxied_reply(snap, slot, pkt, &key, flags, io);
         }
         let s = self.touch(slot, &key, flags, Direction::Reply);
         self.forward(snap, pkt, &s, Direction::Reply, io)
@@ -185,7 +198,7 @@ impl<P: Packet> State<P> {
     /// The session of a new flow of listener `l` to its backend at
     /// position `bi`, not yet in the table.
     #[inline]
-    fn session_for(&self, l: &ListenerView, bi: u16, key: &FlowKey, state: SessionState) -> Session {
+    pub(super) fn session_for(&self, l: &ListenerView, bi: u16, key: &FlowKey, state: SessionState) -> Session {
         let b = &l.backends[usize::from(bi)];
         Session::new(
             key.proto(),
@@ -201,7 +214,7 @@ impl<P: Packet> State<P> {
 
     /// Puts a new session in the table and counts it; the reason to drop
     /// the packet when it cannot.
-    fn insert_session(&mut self, s: Session, rescheduled: bool) -> Result<u32, DropReason> {
+    pub(super) fn insert_session(&mut self, s: Session, rescheduled: bool) -> Result<u32, DropReason> {
         let (lid, bid) = (s.listener, s.backend_id);
         match self.sessions.insert(s) {
             Ok(slot) => {
@@ -222,13 +235,12 @@ impl<P: Packet> State<P> {
     /// Notes a packet of the session in `slot`: its time and TCP state.
     /// Returns a copy for the forward tail.
     #[inline(always)]
-    fn touch(&mut self, slot: u32, key: &FlowKey, flags: u8, dir: Direction) -> Session {
-        let s = self.sessions.session_mut(slot);
-        s.last_seen = self.now;
+    pub(super) fn touch(&mut self, slot: u32, key: &FlowKey, flags: u8, dir: Direction) -> Session {
+        self.sessions.session_mut(slot).last_seen = self.now;
         if key.proto() == PROTO_TCP {
-            s.track_tcp(flags, dir);
+            self.sessions.track_tcp(slot, flags, dir);
         }
-        *s
+        *self.sessions.session(slot)
     }
 
     /// The forward tail every flow packet takes: the rewrite of the
@@ -236,7 +248,7 @@ impl<P: Packet> State<P> {
     /// and TX. Inlined into each caller, so the direction is a constant
     /// there and the mode's rewrite is called directly.
     #[inline(always)]
-    fn forward(&mut self, snap: &Snapshot, mut pkt: P, s: &Session, dir: Direction, io: &mut impl Io<P>) {
+    pub(super) fn forward(&mut self, snap: &Snapshot, mut pkt: P, s: &Session, dir: Direction, io: &mut impl Io<P>) {
         // One comparison for the packets that fit every port.
         if pkt.packet_len() > IPV4 + usize::from(snap.min_mtu) {
             let Some(fits) = self.fit_mtu(snap, pkt, s, dir, io) else { return };

@@ -30,8 +30,10 @@ mod classify;
 mod flow_path;
 mod fragment;
 mod icmp_error;
+mod half_open;
 mod local;
 mod maintenance;
+mod synproxy;
 
 use classify::Class;
 use maintenance::MAX_NEIGHBOR_SCAN_PER_TICK;
@@ -109,6 +111,11 @@ struct State<P: Packet> {
     /// ICMP errors (time exceeded, fragmentation needed) this worker may
     /// still send.
     icmp_errors: TokenBucket,
+    /// The SYN proxy's cookie key (this worker's: a client's SYN and ACK
+    /// reach the same worker).
+    cookie_key: crate::synproxy::CookieKey,
+    /// The SYN proxy's state of each session slot (see `synproxy`).
+    proxy_slots: Box<[synproxy::ProxySlot]>,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -241,6 +248,9 @@ impl<P: Packet> Dataplane<P> {
                     settings.icmp_error_rate,
                     TokenBucket::default_burst(settings.icmp_error_rate),
                 ),
+                cookie_key: crate::synproxy::CookieKey::random(),
+                // Zeroed words: allocated without being touched.
+                proxy_slots: vec![[0u32; 8]; settings.session_capacity].into_boxed_slice(),
             },
             snap,
         }

@@ -543,8 +543,11 @@ fn icmp_echo_to_vip_is_answered() {
 fn full_table_drops_new_flows_only() {
     let mut h = harness_with(CONFIG, 0, 1, 2);
     let vip = ip("10.0.0.100");
+    // Established sessions: a SYN may not evict them (half-open ones it
+    // may, see the SYN-flood tests).
     for p in 0..2 {
         h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 1000 + p, 80, FLAG_SYN, b""));
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 1000 + p, 80, FLAG_ACK, b""));
     }
     h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("192.168.1.10"), vip, 2000, 80, FLAG_SYN, b""));
     assert_eq!(h.drops(DropReason::SessionTableFull), 1);
@@ -1518,3 +1521,336 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
 mod fragments;
 mod limits;
 mod icmp_error;
+// SYN-flood defence: the half-open cap and eviction.
+
+fn half_open_harness(capacity: usize, half_open_max: usize) -> Harness {
+    let yaml = format!("{CONFIG}sessions: {{half_open_max_per_worker: {half_open_max}}}\n");
+    harness_with(&yaml, 0, 1, capacity)
+}
+
+const FLOOD_CLIENT: &str = "192.168.1.10";
+
+fn client_syn(h: &mut Harness, port: u16) {
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip(FLOOD_CLIENT), ip("10.0.0.100"), port, 80, FLAG_SYN, b""));
+}
+
+/// A complete handshake through the balancer from client port `port`.
+fn establish(h: &mut Harness, port: u16) {
+    let (client, vip) = (ip(FLOOD_CLIENT), ip("10.0.0.100"));
+    client_syn(h, port);
+    let out = h.take_tx();
+    let (baddr, bport) = backend_of(&out.last().expect("SYN forwarded").1);
+    h.rx(1, l4_frame(INT_MAC, B1_MAC, PROTO_TCP, baddr, client, bport, port, FLAG_SYN | FLAG_ACK, b""));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, port, 80, FLAG_ACK, b""));
+    assert_eq!(h.take_tx().len(), 2);
+}
+
+/// The state of the session of client port `port`, if it has one.
+fn state_of(h: &Harness, port: u16) -> Option<SessionState> {
+    let key = crate::flow::FlowKey::new(ip(FLOOD_CLIENT), ip("10.0.0.100"), port, 80, PROTO_TCP);
+    h.dp.sessions().lookup(&key, key.hash()).map(|(slot, _)| h.dp.sessions().session(slot).state)
+}
+
+#[test]
+fn syns_beyond_the_half_open_cap_evict_the_oldest_half_open_session() {
+    let mut h = half_open_harness(100, 3);
+    establish(&mut h, 1);
+    establish(&mut h, 2);
+    for p in 10..15 {
+        client_syn(&mut h, p);
+    }
+    // Every SYN was forwarded; the two oldest gave way to the last two.
+    assert_eq!(h.take_tx().len(), 5);
+    assert_eq!(h.dp.sessions().half_open(), 3);
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 2);
+    assert_eq!((state_of(&h, 10), state_of(&h, 11)), (None, None));
+    for p in 12..15 {
+        assert_eq!(state_of(&h, p), Some(SessionState::TcpSynSent));
+    }
+    for p in [1, 2] {
+        assert_eq!(state_of(&h, p), Some(SessionState::TcpEstablished));
+    }
+    assert_eq!(h.dp.sessions().len(), 5);
+    assert_eq!(h.counters.sessions_active.get(), 5);
+    assert_eq!(h.total_drops(), 0);
+}
+
+#[test]
+fn a_full_table_evicts_half_open_sessions_for_a_syn_and_never_an_established_one() {
+    let mut h = half_open_harness(4, 4);
+    establish(&mut h, 1);
+    establish(&mut h, 2);
+    client_syn(&mut h, 10);
+    client_syn(&mut h, 11);
+    assert_eq!(h.dp.sessions().len(), 4);
+    // Full: the new SYN takes the oldest half-open session's place.
+    client_syn(&mut h, 12);
+    assert_eq!(h.take_tx().len(), 3);
+    assert_eq!(state_of(&h, 10), None);
+    assert_eq!(state_of(&h, 12), Some(SessionState::TcpSynSent));
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 1);
+    // Once every session is established, a SYN finds nothing to evict.
+    for p in [11, 12] {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip(FLOOD_CLIENT), ip("10.0.0.100"), p, 80, FLAG_ACK, b""));
+    }
+    assert_eq!(h.dp.sessions().half_open(), 0);
+    client_syn(&mut h, 13);
+    assert_eq!(h.drops(DropReason::SessionTableFull), 1);
+    assert_eq!(state_of(&h, 13), None);
+    for p in [1, 2, 11, 12] {
+        assert_eq!(state_of(&h, p), Some(SessionState::TcpEstablished), "port {p}");
+    }
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 1);
+}
+
+#[test]
+fn a_syn_that_finds_no_evictable_half_open_session_is_dropped_with_a_reason() {
+    // 70 completed handshakes leave 70 stale entries in the arrival order
+    // ahead of the one half-open session: the first SYN at the cap looks
+    // past 64 of them only and is dropped; the next one gets through.
+    let mut h = half_open_harness(100, 1);
+    for p in 1..=70 {
+        establish(&mut h, p);
+    }
+    client_syn(&mut h, 100);
+    client_syn(&mut h, 101);
+    assert_eq!(h.drops(DropReason::HalfOpenFull), 1);
+    assert_eq!(state_of(&h, 100), Some(SessionState::TcpSynSent));
+    client_syn(&mut h, 102);
+    assert_eq!(state_of(&h, 100), None);
+    assert_eq!(state_of(&h, 102), Some(SessionState::TcpSynSent));
+    assert_eq!(h.dp.sessions().half_open(), 1);
+    assert_eq!(h.counters.event_count(Event::HalfOpenEvicted), 1);
+}
+
+// SYN-flood defence: the SYN proxy.
+
+use crate::synproxy as sp;
+use crate::wire::tcp_options::{self as topt, Options};
+
+/// `CONFIG` with listener web on one backend (10.1.0.11) and `syn_proxy:
+/// mode`, and `extra` appended.
+fn proxy_config(mode: &str, extra: &str) -> String {
+    let web = "    protocol: tcp\n    port: 80\n    backends:\n      - {address: 10.1.0.11, port: 8080}\n      - {address: 10.1.0.12, port: 8080}\n";
+    assert!(CONFIG.contains(web));
+    let proxied = format!("    protocol: tcp\n    port: 80\n    syn_proxy: {mode}\n    backends:\n      - {{address: 10.1.0.11, port: 8080}}\n");
+    format!("{}{extra}", CONFIG.replacen(web, &proxied, 1))
+}
+
+fn proxy_harness(mode: &str) -> Harness {
+    harness_with(&proxy_config(mode, ""), 0, 1, 1000)
+}
+
+/// An Ethernet/IPv4/TCP frame with options and payload, every checksum
+/// computed from scratch.
+#[allow(clippy::too_many_arguments)]
+fn tcp_segment(
+    macs: (MacAddr, MacAddr),
+    (src, sport): (u32, u16),
+    (dst, dport): (u32, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    opts: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    assert_eq!(opts.len() % 4, 0);
+    let tcp_len = 20 + opts.len() + payload.len();
+    let mut f = vec![0u8; 34 + tcp_len];
+    f[0..6].copy_from_slice(&macs.0 .0);
+    f[6..12].copy_from_slice(&macs.1 .0);
+    f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    crate::wire::ipv4::Ipv4Repr::originated(src, dst, PROTO_TCP, tcp_len as u16).emit(&mut f[14..]);
+    let t = &mut f[34..];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = (((20 + opts.len()) / 4) as u8) << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&window.to_be_bytes());
+    t[20..20 + opts.len()].copy_from_slice(opts);
+    t[20 + opts.len()..].copy_from_slice(payload);
+    let c = full_l4_checksum(&f);
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// What a test reads of a TCP frame lbd sent.
+#[derive(Debug)]
+struct Seen {
+    src: (u32, u16),
+    dst: (u32, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    opts: Options,
+    payload: Vec<u8>,
+}
+
+fn seen(f: &[u8]) -> Seen {
+    let g32 = |at: usize| u32::from_be_bytes(f[at..at + 4].try_into().unwrap());
+    let g16 = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    assert_eq!(checksum(&f[14..34]), 0, "ip checksum");
+    assert!(sp::tcp_checksum_ok(f), "tcp checksum");
+    let hl = usize::from(f[46] >> 4) * 4;
+    let total = usize::from(g16(16));
+    assert_eq!(f.len(), 14 + total, "frame length");
+    Seen {
+        src: (g32(26), g16(34)),
+        dst: (g32(30), g16(36)),
+        seq: g32(38),
+        ack: g32(42),
+        flags: f[47],
+        window: g16(48),
+        opts: topt::parse(&f[54..34 + hl]),
+        payload: f[34 + hl..].to_vec(),
+    }
+}
+
+fn ts_opt(val: u32, ecr: u32) -> Vec<u8> {
+    let mut b = [0u8; 12];
+    topt::write_timestamp(&mut b, val, ecr);
+    b.to_vec()
+}
+
+#[test]
+fn syn_proxy_answers_with_a_cookie_then_opens_and_translates_the_backend_connection() {
+    let mut h = proxy_harness("on");
+    let (client, vip, backend) = ((ip("192.168.1.10"), 40000), (ip("10.0.0.100"), 80), (ip("10.1.0.11"), 8080));
+    let to_lb = (EXT_MAC, GW_MAC);
+    let from_backend = (INT_MAC, B1_MAC);
+    let isn = 0xfff0_0000u32;
+    // A Linux client's SYN: MSS 1460, SACK, timestamps, window scale 7.
+    let mut o = [0u8; 20];
+    let n = topt::write_syn(&mut o, 1460, true, Some((1000, 0)), Some(7));
+    h.rx(0, tcp_segment(to_lb, client, vip, isn, 0, FLAG_SYN, 64240, &o[..n], b""));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, 0, "back out of the client side");
+    let f = &out[0].1;
+    assert_eq!((&f[0..6], &f[6..12]), (&GW_MAC.0[..], &EXT_MAC.0[..]));
+    assert_eq!(f[22], 64, "ttl of a frame lbd originates");
+    let a = seen(f);
+    assert_eq!((a.src, a.dst, a.ack, a.flags, a.window), (vip, client, isn + 1, FLAG_SYN | FLAG_ACK, 65535));
+    assert_eq!((a.opts.mss, a.opts.sack_permitted, a.opts.wscale), (Some(1460), true, Some(sp::WSCALE)));
+    let (our_ts, ecr) = a.opts.timestamp.unwrap();
+    assert_eq!(ecr, 1000);
+    assert_eq!(sp::decode_ts(our_ts), (Some(7), true));
+    assert!(a.payload.is_empty());
+    let cookie = a.seq;
+    assert_eq!(h.dp.sessions().len(), 0, "a SYN leaves no state");
+    assert_eq!(h.counters.event_count(Event::SynProxySynAcks), 1);
+
+    // An ACK that does not prove the cookie.
+    h.rx(0, tcp_segment(to_lb, client, vip, isn + 1, cookie + 2, FLAG_ACK, 502, &ts_opt(1001, our_ts), b""));
+    assert_eq!(h.drops(DropReason::SynProxyBadCookie), 1);
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.dp.sessions().len(), 0);
+
+    // The client's ACK: the session, and the SYN to the backend.
+    h.rx(0, tcp_segment(to_lb, client, vip, isn + 1, cookie + 1, FLAG_ACK, 502, &ts_opt(1001, our_ts), b""));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, 1);
+    assert_eq!(&out[0].1[0..6], &B1_MAC.0);
+    let s = seen(&out[0].1);
+    assert_eq!((s.src, s.dst, s.seq, s.ack, s.flags), (client, backend, isn, 0, FLAG_SYN));
+    assert_eq!(
+        (s.opts.mss, s.opts.sack_permitted, s.opts.timestamp, s.opts.wscale),
+        (Some(1460), true, Some((1001, 0)), Some(7))
+    );
+    assert_eq!(h.dp.sessions().len(), 1);
+    assert_eq!(h.dp.sessions().half_open(), 1);
+
+    // Client data before the backend answered: TCP will send it again.
+    h.rx(0, tcp_segment(to_lb, client, vip, isn + 1, cookie + 1, FLAG_ACK, 502, &ts_opt(1001, our_ts), b"early"));
+    assert_eq!(h.drops(DropReason::SynProxyPending), 1);
+    assert!(h.take_tx().is_empty());
+
+    // The backend's SYN-ACK, window scale 9: lbd completes the handshake.
+    let bisn = 0x1234_5678u32;
+    let n = topt::write_syn(&mut o, 1460, true, Some((5000, 1001)), Some(9));
+    h.rx(1, tcp_segment(from_backend, backend, client, bisn, isn + 1, FLAG_SYN | FLAG_ACK, 65160, &o[..n], b""));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1, "the client gets nothing: it saw lbd's SYN-ACK");
+    assert_eq!(out[0].0, 1);
+    let k = seen(&out[0].1);
+    assert_eq!((k.src, k.dst, k.seq, k.ack, k.flags, k.window), (client, backend, isn + 1, bisn + 1, FLAG_ACK, 502));
+    assert_eq!(k.opts.timestamp, Some((1001, 5000)));
+    let slot = h.dp.sessions().iter().next().unwrap().1;
+    assert_eq!(slot.state, SessionState::TcpEstablished);
+    assert_eq!(h.dp.sessions().half_open(), 0);
+
+    // Client → backend: ACK, SACK block and echoed timestamp translated.
+    let mut opts = ts_opt(1002, our_ts + 3);
+    opts.extend_from_slice(&[1, 1, 5, 10]);
+    opts.extend_from_slice(&(cookie + 201).to_be_bytes());
+    opts.extend_from_slice(&(cookie + 301).to_be_bytes());
+    h.rx(0, tcp_segment(to_lb, client, vip, isn + 1, cookie + 101, FLAG_ACK | tcp::FLAG_PSH, 502, &opts, b"GET /"));
+    let out = h.take_tx();
+    let d = seen(&out[0].1);
+    assert_eq!((d.src, d.dst, d.seq, d.ack, d.window), (client, backend, isn + 1, bisn + 101, 502));
+    assert_eq!(d.opts.timestamp, Some((1002, 5003)));
+    let (at, blocks) = d.opts.sack_at.unwrap();
+    assert_eq!(blocks, 1);
+    let sack = &out[0].1[54 + at..54 + at + 8];
+    assert_eq!(sack, [(bisn + 201).to_be_bytes(), (bisn + 301).to_be_bytes()].concat());
+    assert_eq!(d.payload, b"GET /");
+
+    // Backend → client: sequence number, TSval and window translated.
+    h.rx(
+        1,
+        tcp_segment(from_backend, backend, client, bisn + 1, isn + 6, FLAG_ACK, 1000, &ts_opt(5010, 1002), b"200 OK"),
+    );
+    let out = h.take_tx();
+    assert_eq!(out[0].0, 0);
+    let r = seen(&out[0].1);
+    assert_eq!((r.src, r.dst, r.seq, r.ack, r.window), (vip, client, cookie + 1, isn + 6, 4000));
+    assert_eq!(r.opts.timestamp, Some((our_ts + 10, 1002)));
+    assert_eq!(r.payload, b"200 OK");
+    assert_eq!(h.total_drops(), 2);
+    assert_eq!(h.counters.event_count(Event::SynProxyAccepted), 1);
+    assert_eq!(h.counters.event_count(Event::SynProxyBackendOpened), 1);
+}
+
+#[test]
+fn syn_proxy_without_timestamps_keeps_no_window_scale_or_sack() {
+    let mut h = proxy_harness("on");
+    let (client, vip) = ((ip("192.168.1.10"), 40001), (ip("10.0.0.100"), 80));
+    let mut o = [0u8; 20];
+    let n = topt::write_syn(&mut o, 1400, true, None, Some(7));
+    h.rx(0, tcp_segment((EXT_MAC, GW_MAC), client, vip, 7, 0, FLAG_SYN, 64240, &o[..n], b""));
+    let a = seen(&h.take_tx()[0].1);
+    assert_eq!((a.opts.mss, a.opts.sack_permitted, a.opts.wscale, a.opts.timestamp), (Some(1300), false, None, None));
+    h.rx(0, tcp_segment((EXT_MAC, GW_MAC), client, vip, 8, a.seq + 1, FLAG_ACK, 500, &[], b""));
+    let s = seen(&h.take_tx()[0].1);
+    assert_eq!((s.opts.mss, s.opts.sack_permitted, s.opts.wscale, s.opts.timestamp), (Some(1300), false, None, None));
+    // The backend refuses: the client gets a RST at the sequence number it expects.
+    h.rx(1, tcp_segment((INT_MAC, B1_MAC), (s.dst.0, s.dst.1), client, 0, 8, FLAG_RST | FLAG_ACK, 0, &[], b""));
+    let r = seen(&h.take_tx()[0].1);
+    assert_eq!((r.src, r.dst, r.seq, r.flags), (vip, client, a.seq + 1, FLAG_RST | FLAG_ACK));
+}
+
+#[test]
+fn syn_proxy_auto_answers_syns_only_above_half_the_half_open_cap() {
+    let yaml = proxy_config("auto", "sessions: {half_open_max_per_worker: 4}\n");
+    let mut h = harness_with(&yaml, 0, 1, 1000);
+    for p in 0..3 {
+        client_syn(&mut h, 1000 + p);
+        let out = h.take_tx();
+        let f = seen(&out[0].1);
+        if p < 2 {
+            assert_eq!((out[0].0, f.flags), (1, FLAG_SYN), "SYN {p} forwarded");
+        } else {
+            assert_eq!((out[0].0, f.flags), (0, FLAG_SYN | FLAG_ACK), "SYN {p} answered");
+        }
+    }
+    assert_eq!(h.dp.sessions().half_open(), 2);
+    // An ACK that proves no cookie takes the listener's usual way.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip(FLOOD_CLIENT), ip("10.0.0.100"), 1000, 80, FLAG_ACK, b""));
+    assert_eq!(h.take_tx()[0].0, 1);
+    assert_eq!(h.drops(DropReason::SynProxyBadCookie), 0);
+}

@@ -15,6 +15,7 @@ pub mod frame;
 pub mod icmp;
 pub mod ipv4;
 pub mod tcp;
+pub mod tcp_options;
 pub mod udp;
 
 pub use ethernet::MacAddr;
