@@ -99,6 +99,9 @@ reasons! {
         FromKernelRateLimited = "from_kernel_rate_limited",
         /// From the host's kernel, but the queue to the worker that sends it was full.
         FromKernelQueueFull = "from_kernel_queue_full",
+        // Security groups (issue 11).
+        /// A new flow the listener's security group denies (a rule or its default).
+        SecurityGroupDenied = "security_group_denied",
     }
 }
 
@@ -210,6 +213,8 @@ pub struct WorkerCounters {
     pub ports: Box<[PortCounters]>,
     pub listeners: Box<[FlowCounters]>,
     pub backends: Box<[FlowCounters]>,
+    /// Security rule hits by counter slot (`security::RuleIds`).
+    pub security_rules: Box<[Counter]>,
 }
 
 impl WorkerCounters {
@@ -227,6 +232,7 @@ impl WorkerCounters {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),
             backends: (0..backends).map(|_| FlowCounters::default()).collect(),
+            security_rules: (0..crate::security::MAX_SECURITY_COUNTERS).map(|_| Counter::default()).collect(),
         }
     }
 

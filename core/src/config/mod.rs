@@ -314,6 +314,9 @@ pub struct ListenerConfig {
     pub health_check: Option<HealthCheck>,
     pub all_down: AllDownPolicy,
     pub slow_start: Option<Duration>,
+    /// The security group new flows pass, its own or the instance
+    /// default; `None`: every flow is admitted.
+    pub security_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,6 +450,8 @@ pub struct Forwarding {
     pub removed_backend: RemovedBackendPolicy,
     /// lbd runs the listeners' health checks itself (`health.builtin`).
     pub health_builtin: bool,
+    /// Security groups by name.
+    pub security_groups: std::collections::BTreeMap<String, std::sync::Arc<crate::security::SecurityGroup>>,
 }
 
 impl Config {
@@ -691,7 +696,17 @@ impl Validator<'_> {
         }
 
         let ports = self.ports(&raw.ports)?;
-        let listeners = self.listeners(&raw.listeners, &ports)?;
+        let mut listeners = self.listeners(&raw.listeners, &ports)?;
+        let security_groups = crate::security::validate_groups(&raw.security_groups, &raw.security, self.file)?;
+        for (i, (l, r)) in listeners.iter_mut().zip(&raw.listeners).enumerate() {
+            if let Some(g) = &r.security_group {
+                if !security_groups.contains_key(g) {
+                    let message = crate::security::unknown_group(g, &security_groups);
+                    return self.err(format!("listeners[{i}].security_group"), message);
+                }
+            }
+            l.security_group = r.security_group.clone().or_else(|| raw.security.default_group.clone());
+        }
 
         let d = Timeouts::default();
         let one = Duration::from_secs(1);
@@ -829,6 +844,7 @@ impl Validator<'_> {
                 arp,
                 removed_backend,
                 health_builtin: raw.health.builtin != Some(Switch::Off),
+                security_groups,
             },
         })
     }
@@ -1307,6 +1323,7 @@ impl Validator<'_> {
                 health_check,
                 all_down,
                 slow_start,
+                security_group: None,
             });
         }
         // A VIP that is also a backend (of any listener) would send the

@@ -42,6 +42,11 @@ pub struct RawConfig {
     pub health: RawHealth,
     #[serde(default)]
     pub icmp: RawIcmp,
+    // Security groups (issue 11): the groups by name, and the instance default.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub security_groups: std::collections::BTreeMap<String, crate::security::RawSecurityGroup>,
+    #[serde(default, skip_serializing_if = "crate::security::RawSecurity::is_default")]
+    pub security: crate::security::RawSecurity,
 }
 
 /// What lbd answers of ICMP itself.
@@ -239,6 +244,10 @@ pub struct RawListener {
     /// A new or recovered backend's weight ramps up over this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<String>,
+    /// The security group new flows must pass (`security.default_group`
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group: Option<String>,
 }
 
 fn default_scheduler() -> SchedulerAlgorithm {

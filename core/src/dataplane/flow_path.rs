@@ -75,6 +75,12 @@ impl<P: Packet> State<P> {
             Known::ResetClient => return self.reset_client(snap, pkt, io),
             Known::Discard(reason) => return self.discard(reason, pkt, io),
             Known::NewFlow { carried } => {
+                // A carried flow was admitted when it began.
+                if let (Some(sg), None) = (&l.security, carried) {
+                    if !crate::security::admit(sg, key.src(), &self.counters.security_rules) {
+                        return self.discard(DropReason::SecurityGroupDenied, pkt, io);
+                    }
+                }
                 let (state, rescheduled) = match new_flow_state(l, &key, flags, carried) {
                     Ok(s) => s,
                     Err(reason) => return self.discard(reason, pkt, io),
