@@ -494,6 +494,11 @@ impl SourceVerdicts {
         self.verdicts[i - 1]
     }
 
+    /// The counter slots of the group's rules, then of its default.
+    pub fn slots(&self) -> &[u32] {
+        &self.slots
+    }
+
     /// Intervals the address space is cut into.
     pub fn intervals(&self) -> usize {
         self.starts.len()

@@ -94,6 +94,8 @@ defs! {
     "lbd_control_operations_total" Counter ["operation", "result"] "Control requests by operation and result (ok, error).";
     "lbd_config_propagation_seconds" Histogram [] "Time from publishing a configuration until every worker runs it.";
     "lbd_packet_processing_seconds" Histogram ["worker"] "Per-packet processing time: a burst's time over its packets.";
+    "lbd_security_group_rule_hits_total" Counter ["group", "rule", "action"] "New flows each security group rule decided (rule: its position in the group, or default).";
+    "lbd_security_group_denied_total" Counter ["group"] "New flows the security group denied (its deny rules and a deny default).";
 }
 
 /// Upper bounds of `lbd_packet_processing_seconds` (nanoseconds).
@@ -337,6 +339,17 @@ impl LbdCollector {
                 let lat = latency.get(&b.id).cloned().unwrap_or_default();
                 f.histogram("lbd_health_check_seconds", &lb, lat.cumulative(), lat.count, lat.sum_s);
             }
+        }
+
+        for (group, hits) in rt.security_rule_hits() {
+            let mut denied = 0;
+            for (rule, action, n) in hits {
+                if action == "deny" {
+                    denied += n;
+                }
+                f.counter("lbd_security_group_rule_hits_total", &[group.clone(), rule, action.into()], n as f64);
+            }
+            f.counter("lbd_security_group_denied_total", &[group], denied as f64);
         }
 
         f.gauge("lbd_mempool_mbufs_in_use", &[], f64::from(report.mempool_in_use));

@@ -1504,3 +1504,103 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
     let up: Vec<u16> = h.io.to_kernel.iter().skip(burst).map(|(p, _)| *p).collect();
     assert_eq!(up, vec![1, 1]);
 }
+
+// Security groups (issue 11).
+
+const SG_RULES: &str = "
+security_groups:
+  edge:
+    rules:
+      - {action: deny, protocol: tcp, source: 192.168.1.0/24, ports: 80}
+      - {action: allow, sources: [192.168.0.0/16, 172.31.0.0/16]}
+    default: deny
+security:
+  default_group: edge
+";
+
+/// The hit count of rule `index` (`rules.len()`: the default) of the
+/// group of the listener `listener` runs with now.
+fn rule_hits(h: &Harness, listener: &str, index: usize) -> u64 {
+    let snap = h.dp.snapshot();
+    let l = snap.listeners.iter().find(|l| l.name == listener).unwrap();
+    let slot = l.security.as_ref().expect("the listener has a group").slots()[index];
+    h.counters.security_rules[slot as usize].get()
+}
+
+#[test]
+fn security_group_denies_new_flows_with_a_reason_and_counts_the_deciding_rule() {
+    let mut h = harness_with(&format!("{CONFIG}{SG_RULES}"), 0, 1, 1000);
+    let vip = ip("10.0.0.100");
+    let denied = ip("192.168.1.10");
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, denied, vip, 40000, 80, FLAG_SYN, b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::SecurityGroupDenied), 1);
+    assert_eq!(h.dp.sessions().len(), 0);
+    assert_eq!(rule_hits(&h, "web", 0), 1);
+    // The same client on port 81: the first rule is for port 80 only.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, denied, vip, 40001, 81, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(rule_hits(&h, "web", 1), 1);
+    // Another allowed network, TCP and UDP.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("172.31.9.9"), vip, 40000, 80, FLAG_SYN, b""));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, denied, vip, 40000, 53, 0, b"q"));
+    assert_eq!(h.take_tx().len(), 2);
+    assert_eq!(rule_hits(&h, "dns", 1), 3, "counted per group, whichever listener");
+    assert_eq!(h.dp.sessions().len(), 3);
+    // No rule: the default denies.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("203.0.113.5"), vip, 40000, 80, FLAG_SYN, b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(rule_hits(&h, "web", 2), 1);
+    assert_eq!(h.drops(DropReason::SecurityGroupDenied), 2);
+    assert_eq!(h.total_drops(), 2);
+}
+
+#[test]
+fn a_rule_change_applies_to_new_flows_and_leaves_established_ones() {
+    let allow_all = "
+security_groups:
+  edge:
+    rules: [{action: allow, sources: [172.31.0.0/16, 192.168.0.0/16]}]
+security:
+  default_group: edge
+";
+    let yaml = format!("{CONFIG}{allow_all}");
+    let mut h = harness_with(&yaml, 0, 1, 1000);
+    let mut ids = IdRegistry::default();
+    ids.assign(&config::parse(&yaml, Path::new("t")).unwrap().forwarding, &|_| true).unwrap();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.100"));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b""));
+    let (baddr, _) = backend_of(&h.take_tx()[0].1);
+    assert_eq!(rule_hits(&h, "web", 0), 1);
+
+    // The client's network is denied now, in front of the old rule.
+    let yaml = format!("{CONFIG}{SG_RULES}");
+    reconfigure(&mut h, &mut ids, &yaml, 2);
+    // The established connection goes on, to the same backend.
+    for _ in 0..3 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_ACK, b"data"));
+        assert_eq!(backend_of(&h.take_tx()[0].1).0, baddr);
+    }
+    // A new connection from the same client is denied.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40001, 80, FLAG_SYN, b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::SecurityGroupDenied), 1);
+    assert_eq!(rule_hits(&h, "web", 0), 1, "the new deny rule");
+    // The allow rule moved to position 1 and kept its count: the
+    // established flow's packets did not consult the rules.
+    assert_eq!(rule_hits(&h, "web", 1), 1);
+}
+
+#[test]
+fn listeners_without_a_group_admit_everything() {
+    let groups_only = "
+security_groups:
+  edge:
+    rules: []
+    default: deny
+";
+    let mut h = harness_with(&format!("{CONFIG}{groups_only}"), 0, 1, 1000);
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("203.0.113.5"), ip("10.0.0.100"), 40000, 80, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(h.total_drops(), 0);
+}
