@@ -426,6 +426,7 @@ impl Snapshot {
         // Verdicts built in this build, shared by listeners of one group,
         // protocol and port.
         let mut security_built: Vec<Arc<crate::security::SourceVerdicts>> = Vec::new();
+        let mut security_slots: HashMap<&str, Vec<u32>> = HashMap::new();
         for (li, l) in cfg.forwarding.listeners.iter().enumerate() {
             let id = ids.listener(&l.name).expect("listener ids assigned before build");
             listener_slots[usize::from(id)] = ListenerPos(li as u16);
@@ -475,7 +476,10 @@ impl Snapshot {
                 .unwrap_or_else(|| Arc::new(Scheduler::build(l.scheduler, &l.backends, &weights)));
             let security = l.security_group.as_ref().map(|name| {
                 let group = &cfg.forwarding.security_groups[name];
-                let slots = ids.security.slots(group).expect("security rule slots assigned before build");
+                let slots = security_slots
+                    .entry(name.as_str())
+                    .or_insert_with(|| ids.security.slots(group).expect("security rule slots assigned before build"))
+                    .clone();
                 let built = |v: &Arc<crate::security::SourceVerdicts>| v.built_from(group, &slots, l.protocol, l.port);
                 let reused = security_built
                     .iter()
