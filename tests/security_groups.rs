@@ -34,7 +34,7 @@ fn get(t: &Topology, source: &str, seconds: u32) -> Option<String> {
 /// The group's rules as `lbctl security-group show` reports them.
 fn show(socket: &std::path::Path) -> Value {
     let v = lbctl_json(socket, &["security-group", "show", "edge"]);
-    v["groups"][0].clone()
+    v["group"].clone()
 }
 
 fn hits(group: &Value, rule: usize) -> u64 {
@@ -94,6 +94,10 @@ fn netns_security_group_admits_denies_counts_and_changes_for_new_flows_only() {
     assert!(hits(&g, 1) >= 1, "the allow rule decided 10.0.0.2's connection: {g}");
     assert_eq!(g["rules"][0]["description"], "blocked client");
     assert_eq!(g["listeners"], serde_json::json!(["web", "echo", "iperf"]));
+    let (code, list, _) = lbctl(&socket, &["security-group", "list"]);
+    assert!(code == 0 && list.contains("edge") && list.contains("web, echo, iperf"), "{list}");
+    let (code, table, _) = lbctl(&socket, &["security-group", "show", "edge"]);
+    assert!(code == 0 && table.contains("blocked client") && table.contains("10.0.0.0/24"), "{table}");
     let stats = lbd.stats_now();
     assert!(stats["drops"]["security_group_denied"].as_u64().unwrap() >= 1, "{}", stats["drops"]);
 

@@ -274,6 +274,7 @@ pub fn human(r: &crate::Answer) -> String {
             out.push_str(yaml);
         }
         Response::SecurityGroups { groups } => out.push_str(&security_groups(groups)),
+        Response::SecurityGroup { group } => out.push_str(&security_group(group)),
     }
     out
 }
@@ -398,49 +399,47 @@ pub fn watch_stats(client: &mut Client, every: Duration, iterations: Option<u64>
     }
 }
 
-/// `security-group list` (no rules in the answer) or `show` (one group
-/// with its rules).
+/// `security-group list`.
 fn security_groups(groups: &[lbproto::SecurityGroupInfo]) -> String {
-    let mut out = String::new();
-    if groups.iter().all(|g| g.rules.is_empty()) && groups.len() != 1 {
-        let mut t = table(&["group", "rules", "default", "default hits", "listeners"]);
-        for g in groups {
-            t.add_row(vec![
-                Cell::new(&g.name),
-                right(g.rule_count),
-                Cell::new(&g.default),
-                right(g.default_hits),
-                Cell::new(if g.listeners.is_empty() { "-".into() } else { g.listeners.join(", ") }),
-            ]);
-        }
-        line!(out, "{t}");
-        return out;
-    }
+    let mut t = table(&["group", "rules", "default", "default hits", "listeners"]);
     for g in groups {
-        let users = if g.listeners.is_empty() { "-".into() } else { g.listeners.join(", ") };
-        line!(out, "security group {} (listeners: {users})", g.name);
-        let mut t = table(&["#", "action", "proto", "sources", "ports", "hits", "description"]);
-        for r in &g.rules {
-            t.add_row(vec![
-                right(r.index),
-                Cell::new(&r.action),
-                Cell::new(&r.protocol),
-                Cell::new(r.sources.join(", ")),
-                Cell::new(if r.ports.is_empty() { "all" } else { &r.ports }),
-                right(r.hits),
-                Cell::new(r.description.as_deref().unwrap_or("")),
-            ]);
-        }
         t.add_row(vec![
-            Cell::new("-"),
+            Cell::new(&g.name),
+            right(g.rule_count),
             Cell::new(&g.default),
-            Cell::new("default"),
-            Cell::new(""),
-            Cell::new(""),
             right(g.default_hits),
-            Cell::new("no rule matched"),
+            Cell::new(if g.listeners.is_empty() { "-".into() } else { g.listeners.join(", ") }),
         ]);
-        line!(out, "{t}");
     }
+    format!("{t}\n")
+}
+
+/// `security-group show`: the rules in order, then the default.
+fn security_group(g: &lbproto::SecurityGroupInfo) -> String {
+    let mut out = String::new();
+    let users = if g.listeners.is_empty() { "-".into() } else { g.listeners.join(", ") };
+    line!(out, "security group {} (listeners: {users})", g.name);
+    let mut t = table(&["#", "action", "proto", "sources", "ports", "hits", "description"]);
+    for r in &g.rules {
+        t.add_row(vec![
+            right(r.index),
+            Cell::new(&r.action),
+            Cell::new(&r.protocol),
+            Cell::new(r.sources.join(", ")),
+            Cell::new(if r.ports.is_empty() { "all" } else { &r.ports }),
+            right(r.hits),
+            Cell::new(r.description.as_deref().unwrap_or("")),
+        ]);
+    }
+    t.add_row(vec![
+        Cell::new("-"),
+        Cell::new(&g.default),
+        Cell::new("default"),
+        Cell::new(""),
+        Cell::new(""),
+        right(g.default_hits),
+        Cell::new("no rule matched"),
+    ]);
+    line!(out, "{t}");
     out
 }

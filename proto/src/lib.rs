@@ -300,7 +300,7 @@ pub struct SecurityRuleSpec {
 }
 
 /// A security group as `lbctl security-group` shows it; `rules` is empty
-/// in a listing.
+/// in a listing (`SecurityGroups`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupInfo {
@@ -545,6 +545,7 @@ pub enum Response {
     Neighbors { neighbors: Vec<NeighborInfo> },
     Config { path: String, generation: u64, yaml: String },
     SecurityGroups { groups: Vec<SecurityGroupInfo> },
+    SecurityGroup { group: SecurityGroupInfo },
 }
 
 /// Stable error codes: scripts match on these, never on messages.

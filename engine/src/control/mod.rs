@@ -235,7 +235,9 @@ impl Runtime {
             }
             Request::SecurityGroupList => Ok(Response::SecurityGroups { groups: self.security_groups(None)? }),
             Request::SecurityGroupShow { name } => {
-                Ok(Response::SecurityGroups { groups: self.security_groups(Some(name))? })
+                let group = self.security_groups(Some(name))?.pop();
+                let group = group.ok_or_else(|| err(ErrorCode::NotFound, format!("no security group `{name}`")))?;
+                Ok(Response::SecurityGroup { group })
             }
             Request::SecurityGroupRuleAdd { group, rule, position } => {
                 self.change(|raw| security::add_rule(raw, group, rule, *position))
