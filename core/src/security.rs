@@ -622,6 +622,46 @@ mod tests {
         assert_ne!(s3[0], s3[1]);
     }
 
+    /// When fresh slots run out, only slots of rules no longer configured
+    /// are given again, and they are reported (for a counter baseline).
+    #[test]
+    fn exhausted_slots_recycle_only_removed_rules() {
+        let groups = |name: &str, first: u32, n: u32| {
+            let rules = (first..first + n)
+                .map(|i| Rule {
+                    action: Action::Deny,
+                    protocol: RuleProtocol::Any,
+                    sources: vec![Ipv4Net::new(std::net::Ipv4Addr::from(i), 32).unwrap()],
+                    ports: (1, 65535),
+                    description: None,
+                })
+                .collect();
+            let g = SecurityGroup { name: name.into(), rules, default: Action::Deny };
+            BTreeMap::from([(name.to_owned(), Arc::new(g))])
+        };
+        let half = (MAX_SECURITY_COUNTERS / 2) as u32;
+        let mut ids = RuleIds::default();
+        // Two rule sets of half the slots each (rules plus default) fill them.
+        assert!(ids.assign(&groups("a", 0, half - 1)).unwrap().is_empty());
+        let b = groups("b", half, half - 1);
+        assert!(ids.assign(&b).unwrap().is_empty());
+        let b_slots = ids.slots(&b["b"]).unwrap();
+        // A third set: every slot it gets is one of `a`'s, reported.
+        let mut c = groups("c", 2 * half, 10);
+        c.extend(b.clone());
+        let recycled = ids.assign(&c).unwrap();
+        assert_eq!(recycled.len(), 11);
+        assert!(recycled.iter().all(|s| !b_slots.contains(s)), "a live rule's slot was taken");
+        assert_eq!(ids.slots(&c["c"]).unwrap(), recycled);
+        assert_eq!(ids.slots(&b["b"]).unwrap(), b_slots);
+        // More live rules than slots: refused, nothing changed.
+        let before = ids.slots(&c["c"]);
+        let mut too_many = groups("d", 3 * half, half);
+        too_many.extend(b);
+        assert!(ids.assign(&too_many).is_err());
+        assert_eq!(ids.slots(&c["c"]), before);
+    }
+
     fn arb_rule() -> impl Strategy<Value = Rule> {
         // Few distinct networks so prefixes nest and overlap often.
         let net = (0u32..8, prop::sample::select(vec![0u8, 1, 8, 16, 24, 28, 30, 32])).prop_map(|(a, len)| {
