@@ -139,6 +139,9 @@ reasons! {
         SynProxyPending = "syn_proxy_pending",
         /// No buffer for a segment the SYN proxy writes.
         SynProxyNoBuffer = "syn_proxy_no_buffer",
+        // Security groups (issue 11).
+        /// A new flow the listener's security group denies (a rule or its default).
+        SecurityGroupDenied = "security_group_denied",
     }
 }
 
@@ -273,6 +276,8 @@ pub struct WorkerCounters {
     pub backends: Box<[FlowCounters]>,
     /// Rate limits and protection, per listener id.
     pub admission: crate::admission::AdmissionCounters,
+    /// Security rule hits by counter slot (`security::RuleIds`).
+    pub security_rules: Box<[Counter]>,
 }
 
 impl WorkerCounters {
@@ -291,6 +296,7 @@ impl WorkerCounters {
             listeners: (0..listeners).map(|_| FlowCounters::default()).collect(),
             backends: (0..backends).map(|_| FlowCounters::default()).collect(),
             admission: crate::admission::AdmissionCounters::new(listeners),
+            security_rules: (0..crate::security::MAX_SECURITY_COUNTERS).map(|_| Counter::default()).collect(),
         }
     }
 

@@ -33,6 +33,7 @@ pub mod persistence;
 pub mod ratelimit;
 pub mod rss;
 pub mod scheduler;
+pub mod security;
 pub mod session;
 pub mod snapshot;
 pub mod sourcetable;

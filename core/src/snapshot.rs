@@ -190,6 +190,9 @@ pub struct ListenerView {
     pub limits: crate::admission::Limits,
     pub protection: Option<crate::admission::Protection>,
     pub guarded: bool,
+    /// The verdicts of the listener's security group for new flows;
+    /// `None`: every flow is admitted.
+    pub security: Option<Arc<crate::security::SourceVerdicts>>,
 }
 
 /// What a local (non-forwarded) destination address is.
@@ -232,6 +235,8 @@ pub struct Snapshot {
 pub enum RecycledId {
     Listener(ListenerId),
     Backend(BackendId),
+    /// A security rule's hit counter slot.
+    SecurityRule(u32),
 }
 
 type BackendKey = (String, Ipv4Addr, u16);
@@ -249,6 +254,8 @@ pub struct IdRegistry {
     backends: HashMap<BackendKey, BackendId>,
     listener_owner: Vec<Option<String>>,
     backend_owner: Vec<Option<BackendKey>>,
+    /// Hit counter slots of security rules.
+    pub security: crate::security::RuleIds,
 }
 
 impl IdRegistry {
@@ -319,6 +326,8 @@ impl IdRegistry {
                 next.backends.insert(key, id);
             }
         }
+        let slots = next.security.assign(&forwarding.security_groups)?;
+        recycled.extend(slots.into_iter().map(RecycledId::SecurityRule));
         *self = next;
         Ok(recycled)
     }
@@ -427,6 +436,10 @@ impl Snapshot {
         let mut backend_slots = vec![(ListenerPos(u16::MAX), u16::MAX); MAX_BACKENDS].into_boxed_slice();
         let mut listener_slots = vec![ListenerPos(u16::MAX); MAX_LISTENERS].into_boxed_slice();
         let mut lindex = Vec::new();
+        // Verdicts built in this build, shared by listeners of one group,
+        // protocol and port.
+        let mut security_built: Vec<Arc<crate::security::SourceVerdicts>> = Vec::new();
+        let mut security_slots: HashMap<&str, Vec<u32>> = HashMap::new();
         for (li, l) in cfg.forwarding.listeners.iter().enumerate() {
             let id = ids.listener(&l.name).expect("listener ids assigned before build");
             listener_slots[usize::from(id)] = ListenerPos(li as u16);
@@ -474,6 +487,23 @@ impl Snapshot {
                 })
                 .map(|pl| Arc::clone(&pl.scheduler))
                 .unwrap_or_else(|| Arc::new(Scheduler::build(l.scheduler, &l.backends, &weights)));
+            let security = l.security_group.as_ref().map(|name| {
+                let group = &cfg.forwarding.security_groups[name];
+                let slots = security_slots
+                    .entry(name.as_str())
+                    .or_insert_with(|| ids.security.slots(group).expect("security rule slots assigned before build"))
+                    .clone();
+                let built = |v: &Arc<crate::security::SourceVerdicts>| v.built_from(group, &slots, l.protocol, l.port);
+                let reused = security_built
+                    .iter()
+                    .chain(previous.into_iter().flat_map(|p| p.listeners.iter().filter_map(|pl| pl.security.as_ref())));
+                let found = reused.into_iter().find(|v| built(v)).cloned();
+                found.unwrap_or_else(|| {
+                    let v = Arc::new(crate::security::SourceVerdicts::build(group, slots, l.protocol, l.port));
+                    security_built.push(Arc::clone(&v));
+                    v
+                })
+            });
             listeners.push(ListenerView {
                 id,
                 name: l.name.clone(),
@@ -492,6 +522,7 @@ impl Snapshot {
                 limits: l.limits,
                 protection: l.protection,
                 guarded: !l.limits.is_none() || l.protection.is_some(),
+                security,
             });
         }
 

@@ -105,6 +105,8 @@ defs! {
     "lbd_source_table_entries" Gauge [] "Entries in use in the per-source limit tables of all workers.";
     "lbd_source_table_capacity" Gauge [] "Entries of the per-source limit tables of all workers.";
     "lbd_source_table_evictions_total" Counter ["sessions"] "Sources forgotten to make room for new ones (sessions: whether the entry still held sessions).";
+    "lbd_security_group_rule_hits_total" Counter ["group", "rule", "action"] "New flows each security group rule decided (rule: its position in the group, or default).";
+    "lbd_security_group_denied_total" Counter ["group"] "New flows the security group denied (its deny rules and a deny default).";
 }
 
 /// Upper bounds of `lbd_packet_processing_seconds` (nanoseconds).
@@ -391,6 +393,16 @@ impl LbdCollector {
             (st.evictions - st.evictions_with_sessions.min(st.evictions)) as f64,
         );
         f.counter("lbd_source_table_evictions_total", &["with".into()], st.evictions_with_sessions as f64);
+        for (group, hits) in rt.security_rule_hits() {
+            let mut denied = 0;
+            for (rule, action, n) in hits {
+                if action == "deny" {
+                    denied += n;
+                }
+                f.counter("lbd_security_group_rule_hits_total", &[group.clone(), rule, action.into()], n as f64);
+            }
+            f.counter("lbd_security_group_denied_total", &[group], denied as f64);
+        }
 
         f.gauge("lbd_mempool_mbufs_in_use", &[], f64::from(report.mempool_in_use));
         f.gauge("lbd_mempool_mbufs_available", &[], f64::from(report.mempool_available));

@@ -18,6 +18,15 @@ use std::sync::Arc;
 pub struct Baselines {
     pub listeners: HashMap<ListenerId, FlowReport>,
     pub backends: HashMap<BackendId, FlowReport>,
+    /// Security rule hit counts by counter slot.
+    pub security_rules: HashMap<u32, u64>,
+}
+
+/// Hits of security rule counter `slot`, summed over workers, net of its
+/// baseline.
+pub fn security_rule_hits(workers: &[Arc<WorkerCounters>], slot: u32, base: &Baselines) -> u64 {
+    let n: u64 = workers.iter().map(|w| w.security_rules[slot as usize].get()).sum();
+    n.saturating_sub(base.security_rules.get(&slot).copied().unwrap_or(0))
 }
 
 /// Adds one worker's flow counters to `r`.

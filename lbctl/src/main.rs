@@ -99,6 +99,9 @@ enum Command {
     /// Show or reload the running configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Security groups: list, show with hit counts, edit rules.
+    #[command(subcommand)]
+    SecurityGroup(SecurityGroupCmd),
     /// Run the health checks of an lbd configuration from this host and
     /// report the backends' states to one or more lbd (an independent
     /// checker; runs until stopped).
@@ -209,6 +212,63 @@ enum HealthArg {
     Up,
     Down,
     Auto,
+}
+
+/// A rule's fields, as in the configuration's `security_groups`.
+#[derive(Debug, clap::Args)]
+struct RuleArgs {
+    /// allow or deny.
+    action: String,
+    /// tcp, udp or any (default any).
+    #[arg(long)]
+    protocol: Option<String>,
+    /// A client network (CIDR) or address; repeat for more (default: any).
+    #[arg(long = "source", value_name = "CIDR")]
+    sources: Vec<String>,
+    /// Destination port or range: 80 or 1000-2000 (default: all).
+    #[arg(long)]
+    ports: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+}
+
+impl RuleArgs {
+    fn spec(&self) -> lbproto::SecurityRuleSpec {
+        lbproto::SecurityRuleSpec {
+            action: self.action.clone(),
+            protocol: self.protocol.clone(),
+            sources: (!self.sources.is_empty()).then(|| self.sources.clone()),
+            ports: self.ports.clone(),
+            description: self.description.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum SecurityGroupCmd {
+    /// The groups, their defaults and the listeners using them.
+    List,
+    /// A group's rules in order, with the new flows each decided.
+    Show { name: String },
+    /// Add a rule (at the end, or before rule --position).
+    AddRule {
+        group: String,
+        #[command(flatten)]
+        rule: RuleArgs,
+        #[arg(long)]
+        position: Option<u32>,
+    },
+    /// Remove rule INDEX (as `show` numbers them).
+    DelRule { group: String, index: u32 },
+    /// Replace rule INDEX.
+    ReplaceRule {
+        group: String,
+        index: u32,
+        #[command(flatten)]
+        rule: RuleArgs,
+    },
+    /// Set the action for flows no rule matches (creates the group).
+    SetDefault { group: String, action: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,6 +416,22 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
             let yaml = std::fs::read_to_string(f).map_err(|e| Failure::Usage(format!("{}: {e}", f.display())))?;
             Request::ConfigReload { source: Some(ConfigText { path: f.display().to_string(), yaml }) }
         }
+        Command::SecurityGroup(c) => match c {
+            SecurityGroupCmd::List => Request::SecurityGroupList,
+            SecurityGroupCmd::Show { name } => Request::SecurityGroupShow { name: name.clone() },
+            SecurityGroupCmd::AddRule { group, rule, position } => {
+                Request::SecurityGroupRuleAdd { group: group.clone(), rule: rule.spec(), position: *position }
+            }
+            SecurityGroupCmd::DelRule { group, index } => {
+                Request::SecurityGroupRuleDel { group: group.clone(), index: *index }
+            }
+            SecurityGroupCmd::ReplaceRule { group, index, rule } => {
+                Request::SecurityGroupRuleReplace { group: group.clone(), index: *index, rule: rule.spec() }
+            }
+            SecurityGroupCmd::SetDefault { group, action } => {
+                Request::SecurityGroupSetDefault { group: group.clone(), action: action.clone() }
+            }
+        },
         Command::Completions { .. } | Command::HealthCheck { .. } => unreachable!("handled before connecting"),
     })
 }

@@ -273,6 +273,8 @@ pub fn human(r: &crate::Answer) -> String {
             line!(out, "# running configuration, generation {generation} (started from {path})");
             out.push_str(yaml);
         }
+        Response::SecurityGroups { groups } => out.push_str(&security_groups(groups)),
+        Response::SecurityGroup { group } => out.push_str(&security_group(group)),
     }
     out
 }
@@ -465,4 +467,49 @@ pub fn limits(s: &Report, only: Option<&str>, json: bool) -> Result<(), Failure>
         st.evictions_with_sessions
     );
     emit(&out)
+}
+
+/// `security-group list`.
+fn security_groups(groups: &[lbproto::SecurityGroupInfo]) -> String {
+    let mut t = table(&["group", "rules", "default", "default hits", "listeners"]);
+    for g in groups {
+        t.add_row(vec![
+            Cell::new(&g.name),
+            right(g.rule_count),
+            Cell::new(&g.default),
+            right(g.default_hits),
+            Cell::new(if g.listeners.is_empty() { "-".into() } else { g.listeners.join(", ") }),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// `security-group show`: the rules in order, then the default.
+fn security_group(g: &lbproto::SecurityGroupInfo) -> String {
+    let mut out = String::new();
+    let users = if g.listeners.is_empty() { "-".into() } else { g.listeners.join(", ") };
+    line!(out, "security group {} (listeners: {users})", g.name);
+    let mut t = table(&["#", "action", "proto", "sources", "ports", "hits", "description"]);
+    for r in &g.rules {
+        t.add_row(vec![
+            right(r.index),
+            Cell::new(&r.action),
+            Cell::new(&r.protocol),
+            Cell::new(r.sources.join(", ")),
+            Cell::new(if r.ports.is_empty() { "all" } else { &r.ports }),
+            right(r.hits),
+            Cell::new(r.description.as_deref().unwrap_or("")),
+        ]);
+    }
+    t.add_row(vec![
+        Cell::new("-"),
+        Cell::new(&g.default),
+        Cell::new("default"),
+        Cell::new(""),
+        Cell::new(""),
+        right(g.default_hits),
+        Cell::new("no rule matched"),
+    ]);
+    line!(out, "{t}");
+    out
 }

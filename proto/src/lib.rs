@@ -255,6 +255,78 @@ pub enum Request {
     ConfigReload {
         source: Option<ConfigText>,
     },
+    // Security groups (issue 11).
+    SecurityGroupList,
+    SecurityGroupShow {
+        name: String,
+    },
+    /// Inserts `rule` before rule `position` (absent: at the end).
+    SecurityGroupRuleAdd {
+        group: String,
+        rule: SecurityRuleSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<u32>,
+    },
+    SecurityGroupRuleDel {
+        group: String,
+        index: u32,
+    },
+    SecurityGroupRuleReplace {
+        group: String,
+        index: u32,
+        rule: SecurityRuleSpec,
+    },
+    /// Sets a group's default action, creating the group (without rules)
+    /// when it does not exist.
+    SecurityGroupSetDefault {
+        group: String,
+        action: String,
+    },
+}
+
+/// A security group rule, with the configuration's field names and values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityRuleSpec {
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A security group as `lbctl security-group` shows it; `rules` is empty
+/// in a listing (`SecurityGroups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupInfo {
+    pub name: String,
+    pub default: String,
+    /// New flows no rule matched.
+    pub default_hits: u64,
+    pub rule_count: usize,
+    /// Listeners that use the group (their own or the instance default).
+    pub listeners: Vec<String>,
+    pub rules: Vec<SecurityRuleInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityRuleInfo {
+    pub index: u32,
+    pub action: String,
+    pub protocol: String,
+    pub sources: Vec<String>,
+    /// `80`, `1000-2000`, or empty for every port.
+    pub ports: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// New flows this rule decided.
+    pub hits: u64,
 }
 
 /// A configuration file's text as a client read it.
@@ -280,6 +352,10 @@ impl Request {
                 | Request::BackendUndrain { .. }
                 | Request::BackendSetHealth { .. }
                 | Request::ConfigReload { .. }
+                | Request::SecurityGroupRuleAdd { .. }
+                | Request::SecurityGroupRuleDel { .. }
+                | Request::SecurityGroupRuleReplace { .. }
+                | Request::SecurityGroupSetDefault { .. }
         )
     }
 
@@ -303,6 +379,12 @@ impl Request {
             Request::Neighbors => "neighbors",
             Request::ConfigShow => "config_show",
             Request::ConfigReload { .. } => "config_reload",
+            Request::SecurityGroupList => "security_group_list",
+            Request::SecurityGroupShow { .. } => "security_group_show",
+            Request::SecurityGroupRuleAdd { .. } => "security_group_rule_add",
+            Request::SecurityGroupRuleDel { .. } => "security_group_rule_del",
+            Request::SecurityGroupRuleReplace { .. } => "security_group_rule_replace",
+            Request::SecurityGroupSetDefault { .. } => "security_group_set_default",
         }
     }
 }
@@ -462,6 +544,8 @@ pub enum Response {
     Stats { stats: stats::Report },
     Neighbors { neighbors: Vec<NeighborInfo> },
     Config { path: String, generation: u64, yaml: String },
+    SecurityGroups { groups: Vec<SecurityGroupInfo> },
+    SecurityGroup { group: SecurityGroupInfo },
 }
 
 /// Stable error codes: scripts match on these, never on messages.

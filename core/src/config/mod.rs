@@ -343,6 +343,9 @@ pub struct ListenerConfig {
     /// Rate limits and protection (see `crate::admission`).
     pub limits: crate::admission::Limits,
     pub protection: Option<crate::admission::Protection>,
+    /// The security group new flows pass, its own or the instance
+    /// default; `None`: every flow is admitted.
+    pub security_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -486,6 +489,8 @@ pub struct Forwarding {
     pub half_open_max: Option<usize>,
     /// lbd runs the listeners' health checks itself (`health.builtin`).
     pub health_builtin: bool,
+    /// Security groups by name.
+    pub security_groups: std::collections::BTreeMap<String, std::sync::Arc<crate::security::SecurityGroup>>,
 }
 
 impl Forwarding {
@@ -786,7 +791,17 @@ impl Validator<'_> {
         }
 
         let ports = self.ports(&raw.ports)?;
-        let listeners = self.listeners(&raw.listeners, &ports)?;
+        let mut listeners = self.listeners(&raw.listeners, &ports)?;
+        let security_groups = crate::security::validate_groups(&raw.security_groups, &raw.security, self.file)?;
+        for (i, (l, r)) in listeners.iter_mut().zip(&raw.listeners).enumerate() {
+            if let Some(g) = &r.security_group {
+                if !security_groups.contains_key(g) {
+                    let message = crate::security::unknown_group(g, &security_groups);
+                    return self.err(format!("listeners[{i}].security_group"), message);
+                }
+            }
+            l.security_group = r.security_group.clone().or_else(|| raw.security.default_group.clone());
+        }
 
         let d = Timeouts::default();
         let one = Duration::from_secs(1);
@@ -943,6 +958,7 @@ impl Validator<'_> {
                 removed_backend,
                 half_open_max: half_open_max.map(|n| n as usize),
                 health_builtin: raw.health.builtin != Some(Switch::Off),
+                security_groups,
             },
         })
     }
@@ -1439,6 +1455,7 @@ impl Validator<'_> {
                 slow_start,
                 limits: self.limits(i, l.limits.as_ref())?,
                 protection: self.protection(i, l.protection.as_ref())?,
+                security_group: None,
             });
         }
         // A VIP that is also a backend (of any listener) would send the

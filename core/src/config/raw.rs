@@ -48,6 +48,11 @@ pub struct RawConfig {
     /// Sizes for the listeners' rate limits.
     #[serde(default, skip_serializing_if = "super::limits::RawGlobalLimits::is_default")]
     pub limits: super::limits::RawGlobalLimits,
+    // Security groups (issue 11): the groups by name, and the instance default.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub security_groups: std::collections::BTreeMap<String, crate::security::RawSecurityGroup>,
+    #[serde(default, skip_serializing_if = "crate::security::RawSecurity::is_default")]
+    pub security: crate::security::RawSecurity,
 }
 
 /// Bounds of the IPv4 fragment tables, per worker.
@@ -278,6 +283,10 @@ pub struct RawListener {
     /// Scrubbing and blackholing thresholds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<super::limits::RawProtection>,
+    /// The security group new flows must pass (`security.default_group`
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group: Option<String>,
 }
 
 fn default_scheduler() -> SchedulerAlgorithm {

@@ -641,3 +641,79 @@ fn half_open_cap_defaults_to_a_quarter_of_the_table_and_is_bounded() {
         assert_eq!(e.field, "sessions.half_open_max_per_worker");
     }
 }
+
+// Security groups (issue 11).
+
+const SG: &str = "
+security_groups:
+  edge:
+    rules:
+      - {action: deny, protocol: tcp, source: 192.0.2.0/24, ports: 80, description: scanners}
+      - {action: allow, sources: [10.0.0.0/8, 198.51.100.7], ports: \"1000-2000\"}
+    default: allow
+  closed: {rules: []}
+security:
+  default_group: edge
+";
+
+fn sg_err(from: &str, to: &str) -> ConfigError {
+    let text = format!("{GOOD}{SG}");
+    assert!(text.contains(from), "fixture lacks {from:?}");
+    match parse_str(&text.replacen(from, to, 1)) {
+        Ok(_) => panic!("accepted with {from:?} -> {to:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn security_groups_validate_into_rules() {
+    use crate::security::{Action, RuleProtocol};
+    let c = parse_str(&format!("{GOOD}{SG}")).unwrap();
+    let g = &c.forwarding.security_groups["edge"];
+    assert_eq!(g.default, Action::Allow);
+    assert_eq!(g.rules[0].protocol, RuleProtocol::Tcp);
+    assert_eq!(g.rules[0].ports, (80, 80));
+    assert_eq!(g.rules[1].protocol, RuleProtocol::Any);
+    assert_eq!(g.rules[1].ports, (1000, 2000));
+    assert_eq!(g.rules[1].sources[1].to_string(), "198.51.100.7/32");
+    assert_eq!(c.forwarding.security_groups["closed"].default, Action::Deny, "deny unless said");
+    // The instance default applies to the listener that names none...
+    assert_eq!(c.forwarding.listeners[0].security_group.as_deref(), Some("edge"));
+    // ...and its own group wins.
+    let own =
+        format!("{GOOD}{SG}").replace("    scheduler: maglev\n", "    scheduler: maglev\n    security_group: closed\n");
+    let c = parse_str(&own).unwrap();
+    assert_eq!(c.forwarding.listeners[0].security_group.as_deref(), Some("closed"));
+    // Without groups nothing changes.
+    assert_eq!(parse_str(GOOD).unwrap().forwarding.listeners[0].security_group, None);
+}
+
+#[test]
+fn security_group_errors_name_the_field() {
+    let cases = [
+        ("source: 192.0.2.0/24", "source: 192.0.2.1/24", "security_groups.edge.rules[0].source", "host bits"),
+        ("source: 192.0.2.0/24", "source: 192.0.2.0/33", "security_groups.edge.rules[0].source", "not an IPv4 network"),
+        ("198.51.100.7]", "nonsense]", "security_groups.edge.rules[1].sources[1]", "not an IPv4 network"),
+        ("ports: 80,", "ports: 65536,", "security_groups.edge.rules[0].ports", "65536 is not a port"),
+        ("\"1000-2000\"", "\"2000-1000\"", "security_groups.edge.rules[1].ports", "reversed"),
+        ("\"1000-2000\"", "\"\"", "security_groups.edge.rules[1].ports", "empty"),
+        ("default_group: edge", "default_group: nope", "security.default_group", "no security group `nope`"),
+        ("sources: [10.0.0.0/8, 198.51.100.7]", "sources: []", "security_groups.edge.rules[1].sources", "empty"),
+        ("ports: 80,", "ports: 80, source: 10.0.0.0/8,", "security_groups.edge.rules[0]", "duplicate field"),
+        ("ports: 80,", "ports: 80, sources: [10.0.0.0/8],", "security_groups.edge.rules[0].sources", "not both"),
+        ("ports: 80,", "ports: 80, color: red,", "security_groups", "unknown field `color`"),
+        ("action: deny", "action: drop", "security_groups", "unknown variant `drop`"),
+        ("  closed:", "  bad name:", "security_groups.bad name", "not a valid name"),
+    ];
+    for (from, to, field, what) in cases {
+        let e = sg_err(from, to);
+        assert!(e.field.starts_with(field), "{from} -> {to}: field {:?}, wanted {field}", e.field);
+        assert!(e.message.contains(what), "{from} -> {to}: message {:?}, wanted {what}", e.message);
+        assert!(e.to_string().starts_with("/etc/lbd/test.yaml"), "{e}");
+    }
+    let unknown =
+        format!("{GOOD}{SG}").replace("    scheduler: maglev\n", "    scheduler: maglev\n    security_group: nope\n");
+    let e = parse_str(&unknown).unwrap_err();
+    assert_eq!(e.field, "listeners[0].security_group");
+    assert!(e.message.contains("defined: closed, edge"), "{e}");
+}

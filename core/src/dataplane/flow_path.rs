@@ -82,6 +82,17 @@ impl<P: Packet> State<P> {
             Known::ResetClient => return self.reset_client(snap, pkt, io),
             Known::Discard(reason) => return self.discard(reason, pkt, io),
             Known::NewFlow { carried } => {
+                // A carried flow was admitted when it began. Under
+                // `syn_proxy: on` a pure ACK without session either proves
+                // a cookie, whose SYN passed the group (each connection
+                // counts once on its rule), or is dropped as a bad cookie.
+                let proxied_ack =
+                    l.syn_proxy == SynProxyMode::On && key.proto() == PROTO_TCP && flags & (FLAG_SYN | FLAG_RST) == 0;
+                if let (Some(sg), None, false) = (&l.security, carried, proxied_ack) {
+                    if !crate::security::admit(sg, key.src(), &self.counters.security_rules) {
+                        return self.discard(DropReason::SecurityGroupDenied, pkt, io);
+                    }
+                }
                 if carried.is_none() && l.syn_proxy != SynProxyMode::Off && key.proto() == PROTO_TCP {
                     match self.syn_proxy_new_flow(snap, l, pkt, &key, hash, flags, pick, io) {
                         Some(p) => pkt = p,

@@ -131,6 +131,13 @@ impl<P: Packet> State<P> {
             return None;
         };
         self.counters.event(Event::SynProxyAccepted);
+        // The connection begins here, not at its SYN (which left no
+        // state): the listener's and the source's connection limits apply
+        // now, as to an unproxied SYN.
+        if let Err(reason) = self.admission.new_connection(l, key.src(), self.now, &self.counters.admission) {
+            self.discard(reason, pkt, io);
+            return None;
+        }
         let Some(bi) = pick.or_else(|| self.choose(snap, l, key, hash)) else {
             self.discard(DropReason::NoBackend, pkt, io);
             return None;
@@ -144,6 +151,7 @@ impl<P: Packet> State<P> {
                 return None;
             }
         };
+        self.admission.session_opened(l, key.src(), self.now);
         if l.persistence_ms.is_some() {
             let table = &self.shared.persistence;
             table.remember(table.key(l.id, key.src()), new.backend_id, self.now);

@@ -1519,8 +1519,8 @@ fn a_flood_at_one_ports_host_address_leaves_the_others_budget_alone() {
 }
 
 mod fragments;
-mod limits;
 mod icmp_error;
+mod limits;
 // SYN-flood defence: the half-open cap and eviction.
 
 fn half_open_harness(capacity: usize, half_open_max: usize) -> Harness {
@@ -1853,4 +1853,140 @@ fn syn_proxy_auto_answers_syns_only_above_half_the_half_open_cap() {
     h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip(FLOOD_CLIENT), ip("10.0.0.100"), 1000, 80, FLAG_ACK, b""));
     assert_eq!(h.take_tx()[0].0, 1);
     assert_eq!(h.drops(DropReason::SynProxyBadCookie), 0);
+}
+// Security groups (issue 11).
+
+const SG_RULES: &str = "
+security_groups:
+  edge:
+    rules:
+      - {action: deny, protocol: tcp, source: 192.168.1.0/24, ports: 80}
+      - {action: allow, sources: [192.168.0.0/16, 172.31.0.0/16]}
+    default: deny
+security:
+  default_group: edge
+";
+
+/// The hit count of rule `index` (`rules.len()`: the default) of the
+/// group of the listener `listener` runs with now.
+fn rule_hits(h: &Harness, listener: &str, index: usize) -> u64 {
+    let snap = h.dp.snapshot();
+    let l = snap.listeners.iter().find(|l| l.name == listener).unwrap();
+    let slot = l.security.as_ref().expect("the listener has a group").slots()[index];
+    h.counters.security_rules[slot as usize].get()
+}
+
+#[test]
+fn security_group_denies_new_flows_with_a_reason_and_counts_the_deciding_rule() {
+    let mut h = harness_with(&format!("{CONFIG}{SG_RULES}"), 0, 1, 1000);
+    let vip = ip("10.0.0.100");
+    let denied = ip("192.168.1.10");
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, denied, vip, 40000, 80, FLAG_SYN, b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::SecurityGroupDenied), 1);
+    assert_eq!(h.dp.sessions().len(), 0);
+    assert_eq!(rule_hits(&h, "web", 0), 1);
+    // The same client on port 81: the first rule is for port 80 only.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, denied, vip, 40001, 81, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(rule_hits(&h, "web", 1), 1);
+    // Another allowed network, TCP and UDP.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("172.31.9.9"), vip, 40000, 80, FLAG_SYN, b""));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, denied, vip, 40000, 53, 0, b"q"));
+    assert_eq!(h.take_tx().len(), 2);
+    assert_eq!(rule_hits(&h, "dns", 1), 3, "counted per group, whichever listener");
+    assert_eq!(h.dp.sessions().len(), 3);
+    // No rule: the default denies.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("203.0.113.5"), vip, 40000, 80, FLAG_SYN, b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(rule_hits(&h, "web", 2), 1);
+    assert_eq!(h.drops(DropReason::SecurityGroupDenied), 2);
+    assert_eq!(h.total_drops(), 2);
+}
+
+#[test]
+fn a_rule_change_applies_to_new_flows_and_leaves_established_ones() {
+    let allow_all = "
+security_groups:
+  edge:
+    rules: [{action: allow, sources: [172.31.0.0/16, 192.168.0.0/16]}]
+security:
+  default_group: edge
+";
+    let yaml = format!("{CONFIG}{allow_all}");
+    let mut h = harness_with(&yaml, 0, 1, 1000);
+    let mut ids = IdRegistry::default();
+    ids.assign(&config::parse(&yaml, Path::new("t")).unwrap().forwarding, &|_| true).unwrap();
+    let (client, vip) = (ip("192.168.1.10"), ip("10.0.0.100"));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_SYN, b""));
+    let (baddr, _) = backend_of(&h.take_tx()[0].1);
+    assert_eq!(rule_hits(&h, "web", 0), 1);
+
+    // The client's network is denied now, in front of the old rule.
+    let yaml = format!("{CONFIG}{SG_RULES}");
+    reconfigure(&mut h, &mut ids, &yaml, 2);
+    // The established connection goes on, to the same backend.
+    for _ in 0..3 {
+        h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40000, 80, FLAG_ACK, b"data"));
+        assert_eq!(backend_of(&h.take_tx()[0].1).0, baddr);
+    }
+    // A new connection from the same client is denied.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 40001, 80, FLAG_SYN, b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::SecurityGroupDenied), 1);
+    assert_eq!(rule_hits(&h, "web", 0), 1, "the new deny rule");
+    // The allow rule moved to position 1 and kept its count: the
+    // established flow's packets did not consult the rules.
+    assert_eq!(rule_hits(&h, "web", 1), 1);
+}
+
+#[test]
+fn listeners_without_a_group_admit_everything() {
+    let groups_only = "
+security_groups:
+  edge:
+    rules: []
+    default: deny
+";
+    let mut h = harness_with(&format!("{CONFIG}{groups_only}"), 0, 1, 1000);
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip("203.0.113.5"), ip("10.0.0.100"), 40000, 80, FLAG_SYN, b""));
+    assert_eq!(h.take_tx().len(), 1);
+    assert_eq!(h.total_drops(), 0);
+}
+
+/// Under `syn_proxy: on`, the security group decides on the SYN (a denied
+/// client gets no SYN-ACK) and counts each connection once on its rule,
+/// and the connection limits apply when the cookie-proving ACK opens the
+/// session, as to an unproxied SYN.
+#[test]
+fn syn_proxy_follows_the_security_group_and_the_source_limits() {
+    let mode = "on\n    limits: {per_source: {max_sessions: 1}}";
+    let mut h = harness_with(&proxy_config(mode, SG_RULES), 0, 1, 1000);
+    let to_lb = (EXT_MAC, GW_MAC);
+    let vip = (ip("10.0.0.100"), 80);
+    let isn = 7000u32;
+    // Denied by rule 0: no answer, no state.
+    h.rx(0, tcp_segment(to_lb, (ip("192.168.1.10"), 40000), vip, isn, 0, FLAG_SYN, 64240, &[], b""));
+    assert!(h.take_tx().is_empty());
+    assert_eq!(h.drops(DropReason::SecurityGroupDenied), 1);
+    assert_eq!(rule_hits(&h, "web", 0), 1);
+    // Allowed by rule 1: SYN-ACK, then the proving ACK opens the backend.
+    let client = ip("192.168.2.20");
+    let open = |h: &mut Harness, port: u16| -> Vec<(u16, Vec<u8>)> {
+        h.rx(0, tcp_segment(to_lb, (client, port), vip, isn, 0, FLAG_SYN, 64240, &[], b""));
+        let out = h.take_tx();
+        assert_eq!(out.len(), 1);
+        let cookie = seen(&out[0].1).seq;
+        h.rx(0, tcp_segment(to_lb, (client, port), vip, isn + 1, cookie.wrapping_add(1), FLAG_ACK, 502, &[], b""));
+        h.take_tx()
+    };
+    let out = open(&mut h, 40001);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0, seen(&out[0].1).flags), (1, FLAG_SYN), "the SYN to the backend");
+    assert_eq!(rule_hits(&h, "web", 1), 1, "the SYN counted, its ACK not again");
+    // The source is at its one session: the next proved ACK opens nothing.
+    assert!(open(&mut h, 40002).is_empty());
+    assert_eq!(h.drops(DropReason::SourceSessionLimit), 1);
+    assert_eq!(h.dp.sessions().len(), 1);
+    assert_eq!(rule_hits(&h, "web", 1), 2);
 }

@@ -10,6 +10,7 @@
 //! taken by control threads only, never by a worker.
 
 pub mod health;
+pub mod security;
 pub mod server;
 
 use crate::build_info::BuildInfo;
@@ -232,6 +233,22 @@ impl Runtime {
                     yaml: config::to_yaml(&p.raw),
                 })
             }
+            Request::SecurityGroupList => Ok(Response::SecurityGroups { groups: self.security_groups(None)? }),
+            Request::SecurityGroupShow { name } => {
+                let group = self.security_groups(Some(name))?.pop();
+                let group = group.ok_or_else(|| err(ErrorCode::NotFound, format!("no security group `{name}`")))?;
+                Ok(Response::SecurityGroup { group })
+            }
+            Request::SecurityGroupRuleAdd { group, rule, position } => {
+                self.change(|raw| security::add_rule(raw, group, rule, *position))
+            }
+            Request::SecurityGroupRuleDel { group, index } => self.change(|raw| security::del_rule(raw, group, *index)),
+            Request::SecurityGroupRuleReplace { group, index, rule } => {
+                self.change(|raw| security::replace_rule(raw, group, *index, rule))
+            }
+            Request::SecurityGroupSetDefault { group, action } => {
+                self.change(|raw| security::set_default(raw, group, action))
+            }
             Request::ConfigReload { source } => {
                 let change = match source {
                     Some(s) => self.reload_text(&s.yaml, Path::new(&s.path))?,
@@ -290,6 +307,7 @@ impl Runtime {
             let t = match id {
                 RecycledId::Listener(id) => stats::listener_totals(counters, id, &empty),
                 RecycledId::Backend(id) => stats::backend_totals(counters, id, &empty),
+                RecycledId::SecurityRule(_) => return true,
             };
             t.sessions_active == 0
         };
@@ -323,6 +341,10 @@ impl Runtime {
                 RecycledId::Backend(id) => {
                     let t = stats::backend_totals(counters, id, &empty);
                     plane.baselines.backends.insert(id, t);
+                }
+                RecycledId::SecurityRule(slot) => {
+                    let n = stats::security_rule_hits(counters, slot, &empty);
+                    plane.baselines.security_rules.insert(slot, n);
                 }
             }
         }

@@ -1,0 +1,232 @@
+//! Security groups (criterion): the verdict for a new flow's client
+//! address with 10 and 10 000 rules (compiled interval map, and the naive
+//! first-match scan it replaces), building the verdicts for a snapshot,
+//! and the whole new-flow path (a SYN creating a session) with and
+//! without a group.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lbcore::config::{self, Protocol};
+use lbcore::counters::WorkerCounters;
+use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
+use lbcore::ids::PortIndex;
+use lbcore::security::{first_match, SourceVerdicts};
+use lbcore::snapshot::{IdRegistry, Snapshot};
+use lbcore::wire::frame::FrameBuilder;
+use lbcore::wire::MacAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+const BURST: usize = 64;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A group of `n` rules as an operator might write it: mostly deny
+/// lists of /24../32 prefixes (1-4 each), allow rules for other ports
+/// with /16../24 prefixes, some UDP rules, and last an allow for the
+/// clients the new-flow benchmark sends from (172.16.0.0/12), default
+/// deny. Returns the YAML and the number of prefixes.
+fn group_yaml(n: usize) -> (String, usize) {
+    let mut r = Rng(0x2545_f491_4f6c_dd1d);
+    let mut prefixes = 0;
+    let mut y = String::from("security_groups:\n  edge:\n    default: deny\n    rules:\n");
+    let prefix = |r: &mut Rng, min_len: u64| loop {
+        let len = min_len + r.below(33 - min_len);
+        let a = (r.next() as u32) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        // Keep the benchmark's clients (172.16.0.0/12) out of the lists.
+        if a >> 20 != 0xac1 {
+            return format!("{}/{len}", std::net::Ipv4Addr::from(a));
+        }
+    };
+    for _ in 0..n.saturating_sub(1) {
+        let kind = r.below(10);
+        let (action, protocol, ports, min_len, count) = match kind {
+            0..=6 => ("deny", "any", "", 24, 1 + r.below(4)),
+            7 | 8 => ("allow", "tcp", ["443", "\"8000-8100\"", "22"][r.below(3) as usize], 16, 1 + r.below(2)),
+            _ => ("deny", "udp", "53", 24, 1 + r.below(3)),
+        };
+        let sources: Vec<String> = (0..count).map(|_| prefix(&mut r, min_len)).collect();
+        prefixes += sources.len();
+        let ports = if ports.is_empty() { String::new() } else { format!(", ports: {ports}") };
+        y += &format!("      - {{action: {action}, protocol: {protocol}, sources: [{}]{ports}}}\n", sources.join(", "));
+    }
+    y += "      - {action: allow, protocol: tcp, source: 172.16.0.0/12, ports: 80}\n";
+    (y, prefixes + 1)
+}
+
+const CONFIG: &str = "
+ports:
+  - {name: ext, device: a, address: 10.0.0.1/24, gateway: 10.0.0.254, mac: \"02:00:00:00:00:01\", neighbors: [{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}]}
+  - {name: int, device: b, address: 10.1.0.1/24, neighbors: [{ip: 10.1.0.11, mac: \"02:00:00:00:00:11\"}, {ip: 10.1.0.12, mac: \"02:00:00:00:00:12\"}]}
+listeners:
+  - name: web
+    vip: 10.0.0.100
+    protocol: tcp
+    port: 80
+    backends: [{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080}]
+timeouts: {tcp_syn: 1h, tcp_established: 1h}
+";
+
+fn parsed(rules: Option<usize>) -> config::Config {
+    let yaml = match rules {
+        Some(n) => format!("{CONFIG}{}security:\n  default_group: edge\n", group_yaml(n).0),
+        None => CONFIG.to_owned(),
+    };
+    config::parse(&yaml, Path::new("bench")).unwrap()
+}
+
+fn verdicts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("security_verdict");
+    for n in [10usize, 10_000] {
+        let cfg = parsed(Some(n));
+        let group = &cfg.forwarding.security_groups["edge"];
+        let slots: Vec<u32> = (0..=group.rules.len() as u32).collect();
+        let v = SourceVerdicts::build(group, slots, Protocol::Tcp, 80);
+        println!("{n} rules, {} prefixes: {} intervals", group_yaml(n).1, v.intervals());
+        let mut r = Rng(7);
+        let addrs: Vec<u32> = (0..65536).map(|_| r.next() as u32).collect();
+        g.throughput(Throughput::Elements(addrs.len() as u64));
+        g.bench_with_input(BenchmarkId::new("compiled", n), &n, |b, _| {
+            b.iter(|| addrs.iter().map(|a| u64::from(v.verdict(*a).allows())).sum::<u64>())
+        });
+        let few = &addrs[..if n > 100 { 256 } else { addrs.len() }];
+        g.throughput(Throughput::Elements(few.len() as u64));
+        g.bench_with_input(BenchmarkId::new("first_match_scan", n), &n, |b, _| {
+            b.iter(|| few.iter().map(|a| first_match(group, Protocol::Tcp, 80, *a).unwrap_or(0) as u64).sum::<u64>())
+        });
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::new("build", n), &n, |b, _| {
+            b.iter(|| {
+                let slots: Vec<u32> = (0..=group.rules.len() as u32).collect();
+                SourceVerdicts::build(group, slots, Protocol::Tcp, 80).intervals()
+            })
+        });
+    }
+    g.finish();
+}
+
+#[derive(Clone, Copy)]
+struct Frame {
+    data: [u8; 64],
+    len: usize,
+}
+
+impl Packet for Frame {
+    fn data(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data[..self.len]
+    }
+    fn packet_len(&self) -> usize {
+        self.len
+    }
+    fn port(&self) -> PortIndex {
+        PortIndex(0)
+    }
+    fn truncate(&mut self, len: usize) -> bool {
+        self.len = len;
+        true
+    }
+    type Placement = engine::dpdk::DpdkPlacement;
+}
+
+#[derive(Default)]
+struct Sink {
+    tx: u64,
+    other: u64,
+}
+
+impl Io<Frame> for Sink {
+    fn tx(&mut self, _port: PortIndex, pkt: Frame) {
+        self.tx += u64::from(pkt.data[30]);
+    }
+    fn handoff(&mut self, _w: usize, _pkt: Frame) {
+        self.other += 1;
+    }
+    fn free(&mut self, _pkt: Frame) {
+        self.other += 1;
+    }
+    fn alloc(&mut self, len: usize, _port: PortIndex) -> Option<Frame> {
+        Some(Frame { data: [0; 64], len })
+    }
+    fn to_kernel(&mut self, _port: PortIndex, _pkt: Frame) {
+        self.other += 1;
+    }
+}
+
+/// A SYN from one of 64 clients in 172.16.0.0/12 (as benches/dataplane.rs).
+fn frame(i: u64) -> Frame {
+    let (src, sport) = (0xac10_0000 | (i >> 14) as u32, 1024 + (i & 0x3fff) as u16);
+    let b = FrameBuilder {
+        seq: 0,
+        window: 0,
+        ..FrameBuilder::new(MacAddr([2, 0, 0, 0, 0, 0xfe]), MacAddr([2, 0, 0, 0, 0, 1]))
+    };
+    let mut f = [0u8; 64];
+    f[..60].copy_from_slice(&b.tcp(src, 0x0a00_0064, sport, 80, 0x02, &[0; 6]));
+    Frame { data: f, len: 60 }
+}
+
+fn dataplane(cfg: &config::Config, capacity: usize) -> Dataplane<Frame> {
+    let mut ids = IdRegistry::default();
+    ids.assign(&cfg.forwarding, &|_| true).unwrap();
+    let macs = [MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2])];
+    let snap = Arc::new(Snapshot::build(cfg, &macs, &ids, 1));
+    let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
+    let settings = CoreSettings {
+        worker: 0,
+        workers: 1,
+        session_capacity: capacity,
+        neighbor_capacity: 1024,
+        pending_capacity: 64,
+        to_kernel_rate: 1000,
+        echo_reply_rate: 1000,
+        fragments: Default::default(),
+        source_entries: 4096,
+        icmp_error_rate: 1000,
+    };
+    let mut dp = Dataplane::new(settings, snap, counters);
+    dp.set_now(1);
+    dp
+}
+
+fn new_flows(c: &mut Criterion) {
+    let mut g = c.benchmark_group("security_new_flows");
+    g.sample_size(10);
+    let n = 1 << 20;
+    let pkts: Vec<Frame> = (0..n).map(frame).collect();
+    g.throughput(Throughput::Elements(n));
+    for (name, rules) in [("no_group", None), ("group_10_rules", Some(10)), ("group_10000_rules", Some(10_000))] {
+        let cfg = parsed(rules);
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || dataplane(&cfg, n as usize + 64),
+                |mut dp| {
+                    let mut io = Sink::default();
+                    for burst in pkts.chunks(BURST) {
+                        dp.process_burst(burst.iter().copied(), &mut io);
+                    }
+                    assert_eq!(dp.sessions().len(), n as usize, "every SYN admitted");
+                    dp
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, verdicts, new_flows);
+criterion_main!(benches);
