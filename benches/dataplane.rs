@@ -170,6 +170,8 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         pending_capacity: 64,
         to_kernel_rate: 1000,
         echo_reply_rate: 1000,
+        // A per-instance key, as lbd runs with.
+        hash_keys: lbcore::hashkey::HashKeySetting::Random.resolve().unwrap(),
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

@@ -19,6 +19,7 @@ pub mod counter;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+pub mod hashkey;
 pub mod health;
 pub mod ids;
 pub mod latency;

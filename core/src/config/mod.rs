@@ -401,6 +401,8 @@ pub struct Startup {
     pub exception: ExceptionSettings,
     /// ICMP echo replies per second, all workers together.
     pub icmp_echo_reply_rate: u32,
+    /// Key of the session-table and owner-shard hashes.
+    pub hash_key: crate::hashkey::HashKeySetting,
 }
 
 /// Who may read `/metrics`.
@@ -512,6 +514,7 @@ impl Startup {
             metrics_access: MetricsAccess { allow, token },
             exception,
             icmp_echo_reply_rate,
+            hash_key,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -533,6 +536,7 @@ impl Startup {
             ("metrics.bearer_token_file", *token == other.metrics_access.token),
             ("exception", *exception == other.exception),
             ("icmp.echo_reply_rate", *icmp_echo_reply_rate == other.icmp_echo_reply_rate),
+            ("sessions.hash_key", *hash_key == other.hash_key),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -801,6 +805,13 @@ impl Validator<'_> {
                 format!("{icmp_echo_reply_rate} replies per second is out of range (1..=10000000)"),
             );
         }
+        let hash_key = match raw.sessions.hash_key.as_deref() {
+            None => crate::hashkey::HashKeySetting::Random,
+            Some(text) => match crate::hashkey::HashKeySetting::parse(text) {
+                Ok(k) => k,
+                Err(e) => return self.err("sessions.hash_key", e),
+            },
+        };
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -822,6 +833,7 @@ impl Validator<'_> {
                 metrics_access,
                 exception,
                 icmp_echo_reply_rate,
+                hash_key,
             },
             forwarding: Forwarding {
                 listeners,

@@ -291,6 +291,10 @@ pub struct RawSessions {
     /// What happens to sessions whose backend is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_backend: Option<RemovedBackendPolicy>,
+    /// Key of the session-table and owner-shard hashes: `random` or 80 hex
+    /// digits (keyed hashes, issue 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -69,7 +69,7 @@ impl<P: Packet> State<P> {
 
     /// Client→VIP: find or create the session, then forward to its backend.
     fn request(&mut self, snap: &Snapshot, l: &ListenerView, s: Staged<P>, io: &mut impl Io<P>) {
-        let Staged { pkt, key, hash, flags, found, pick, .. } = s;
+        let Staged { pkt, key, flags, found, pick, .. } = s;
         let slot = match self.known_session(snap, l, &key, found) {
             Known::Live(slot) => slot,
             Known::ResetClient => return self.reset_client(snap, pkt, io),
@@ -80,7 +80,7 @@ impl<P: Packet> State<P> {
                     Err(reason) => return self.discard(reason, pkt, io),
                 };
                 // Picked ahead in the burst's prefetch pass, or now.
-                let Some(bi) = pick.or_else(|| self.choose(snap, l, &key, hash)) else {
+                let Some(bi) = pick.or_else(|| self.choose(snap, l, &key)) else {
                     return self.discard(DropReason::NoBackend, pkt, io);
                 };
                 let new = self.session_for(l, bi, &key, state);

@@ -165,6 +165,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
+        hash_keys: crate::hashkey::HashKeys::FIXED,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -721,6 +722,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
+        hash_keys: crate::hashkey::HashKeys::FIXED,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1251,6 +1253,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 pending_capacity: 4,
                 to_kernel_rate: KERNEL_RATE,
                 echo_reply_rate: ECHO_RATE,
+                hash_keys: crate::hashkey::HashKeys::FIXED,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
