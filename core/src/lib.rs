@@ -19,6 +19,9 @@ pub mod counter;
 pub mod counters;
 pub mod dataplane;
 pub mod flow;
+/// The fuzz targets' bodies (see `fuzz/`), shared with the smoke test.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hashkey;
 pub mod health;
 pub mod ids;
