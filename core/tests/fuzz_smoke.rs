@@ -150,7 +150,8 @@ fn write_seed_corpora() {
         f
     };
     let (syn, synack, ack, fin, rst) = (0x02, 0x12, 0x10, 0x11, 0x04);
-    let mut dp: Vec<(&str, Vec<(u16, Vec<u8>)>)> = vec![
+    type Frames = Vec<(u16, Vec<u8>)>;
+    let mut dp: Vec<(&str, Frames)> = vec![
         (
             "tcp_handshake_both_backends",
             vec![
