@@ -173,6 +173,8 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         fragments: Default::default(),
         source_entries: 4096,
         icmp_error_rate: 1000,
+        // A per-instance key, as lbd runs with.
+        hash_keys: lbcore::hashkey::HashKeySetting::Random.resolve().unwrap(),
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

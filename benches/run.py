@@ -48,6 +48,10 @@ WORK = "/tmp/lbd-bench"
 BIN = os.path.join(ROOT, "target/release")
 
 
+# lbcore::rss::RSS_KEY as `sessions.hash_key`.
+FIXED_HASH_KEY = "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
+
+
 class Scenario:
     def __init__(self, name, replay, flows, sample=None, prefill=0, workers=1, split="owner", churn=False,
                  replay_side="client", udp=False):
@@ -212,7 +216,9 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
         # Prefilled SYN sessions must outlive the run; churn needs SYN
         # sessions to lapse before their flow's next SYN comes round.
         "timeouts": {"tcp_syn": "100ms" if s.churn else "1h", "tcp_established": "1h", "udp": "1h"},
-        "sessions": {"capacity_per_worker": per_worker},
+        # The fixed key pcapgen places flows on their owner's queue by
+        # (lbd draws a random one by default, which pcapgen cannot know).
+        "sessions": {"capacity_per_worker": per_worker, "hash_key": FIXED_HASH_KEY},
         "mempool": {"mbufs": mbufs},
         "control": {"socket": sock},
         "metrics": {"listen": "off"},

@@ -196,6 +196,7 @@ fn dataplane(cfg: &config::Config, capacity: usize) -> Dataplane<Frame> {
         fragments: Default::default(),
         source_entries: 4096,
         icmp_error_rate: 1000,
+        hash_keys: lbcore::hashkey::HashKeys::FIXED,
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

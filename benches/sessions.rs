@@ -24,8 +24,13 @@ fn session(i: u64) -> Session {
     )
 }
 
+/// A per-instance key, as lbd's workers have it.
+fn hash_key() -> lbcore::flow::SessionHashKey {
+    lbcore::hashkey::HashKeySetting::Random.resolve().unwrap().session
+}
+
 fn table(n: u64) -> SessionTable {
-    let mut t = SessionTable::with_placement(n as usize + n as usize / 8 + 16);
+    let mut t = SessionTable::with_key(n as usize + n as usize / 8 + 16, hash_key());
     for i in 0..n {
         t.insert(session(i)).unwrap();
     }
@@ -33,7 +38,7 @@ fn table(n: u64) -> SessionTable {
 }
 
 /// Random keys of existing (or, with `miss`, absent) sessions.
-fn keys(n: u64, count: usize, miss: bool, reply: bool) -> Vec<(FlowKey, u64)> {
+fn keys(t: &SessionTable, n: u64, count: usize, miss: bool, reply: bool) -> Vec<(FlowKey, u64)> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     (0..count)
         .map(|_| {
@@ -42,7 +47,7 @@ fn keys(n: u64, count: usize, miss: bool, reply: bool) -> Vec<(FlowKey, u64)> {
             x ^= x << 17;
             let i = if miss { n + x % n } else { x % n };
             let k = if reply { session(i).reply_key() } else { session(i).request_key() };
-            (k, k.hash())
+            (k, t.hash(&k))
         })
         .collect()
 }
@@ -53,7 +58,7 @@ fn lookups(c: &mut Criterion) {
     for n in [1_000u64, 1_000_000, 10_000_000] {
         let t = table(n);
         for (miss, reply) in [(false, false), (false, true), (true, false)] {
-            let ks = keys(n, 4096, miss, reply);
+            let ks = keys(&t, n, 4096, miss, reply);
             let what = match (miss, reply) {
                 (true, _) => "miss",
                 (false, false) => "hit",
@@ -95,7 +100,7 @@ fn insert_and_expire(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n));
     g.bench_function("insert_1M", |b| {
         b.iter_batched(
-            || SessionTable::with_placement(n as usize + 16),
+            || SessionTable::with_key(n as usize + 16, hash_key()),
             |mut t| {
                 for i in 0..n {
                     t.insert(session(i)).unwrap();

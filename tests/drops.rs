@@ -255,6 +255,9 @@ fn six_ports_flooding_another_worker_pause_rx_instead_of_overrunning_its_ring() 
         &cfg,
         eal(&prefix, &vdevs)
             + "lcores: {workers: 2, cpus: [0, 0], idle_sleep: 1ms}\n"
+            // The fixed key `owner_shard` computes with (lbd draws a random one
+            // by default).
+            + "sessions: {hash_key: 6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa}\n"
             + "ports:\n"
             + &port_yaml
             + "listeners:\n  \

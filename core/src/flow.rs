@@ -1,8 +1,11 @@
 //! Flow keys, the flow hash and the owner-shard function.
 //!
-//! The hash is fixed (no random seed) on purpose: Maglev picks a backend
-//! from it, and every `lbd` instance behind the same ECMP group, and the same
-//! instance after a restart, must pick the same backend for a flow.
+//! [`FlowKey::hash`] is fixed (no random seed) on purpose: Maglev picks a
+//! backend from it, and every `lbd` instance behind the same ECMP group, and
+//! the same instance after a restart, must pick the same backend for a flow.
+//! The session table places keys by [`FlowKey::keyed_hash`] instead, under a
+//! per-instance key (see [`crate::hashkey`]), so that nobody who knows the
+//! fixed hash can aim flows at one bucket.
 
 /// A unidirectional 5-tuple as it appears in a packet, packed in two
 /// words (addresses; ports and protocol) so that building, comparing and
@@ -55,7 +58,14 @@ impl FlowKey {
     }
     #[inline]
     pub fn hash(&self) -> u64 {
-        fold_mul(fold_mul(self.addrs ^ K0, self.ports ^ K1), K2)
+        self.keyed_hash(&SessionHashKey::FIXED)
+    }
+    /// The same mix as [`Self::hash`] with `key`'s words in place of its
+    /// constants: as cheap, and unpredictable to whoever lacks the key.
+    #[inline(always)]
+    pub fn keyed_hash(&self, key: &SessionHashKey) -> u64 {
+        let [k0, k1, k2] = key.0;
+        fold_mul(fold_mul(self.addrs ^ k0, self.ports ^ k1), k2)
     }
     /// The hash of the client (source) address alone, fixed like
     /// [`Self::hash`]: `hash: source_ip` and `source_hash` place a client
@@ -69,6 +79,22 @@ impl FlowKey {
     #[inline]
     pub fn source_and_destination_port_hash(&self) -> u64 {
         fold_mul(fold_mul(self.addrs & SOURCE ^ K0, self.ports & DESTINATION_PORT ^ K1), K2)
+    }
+}
+
+/// The key of the session table's bucket hash ([`FlowKey::keyed_hash`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionHashKey(pub [u64; 3]);
+
+impl SessionHashKey {
+    /// The constants of the fixed hash: what every instance used before
+    /// keys, and what tables without a key of their own (tests, tools) use.
+    pub const FIXED: SessionHashKey = SessionHashKey([K0, K1, K2]);
+}
+
+impl std::fmt::Debug for SessionHashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionHashKey(<redacted>)")
     }
 }
 

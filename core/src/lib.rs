@@ -21,7 +21,11 @@ pub mod counters;
 pub mod dataplane;
 pub mod flow;
 pub mod fragments;
+/// The fuzz targets' bodies (see `fuzz/`), shared with the smoke test.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod half_open;
+pub mod hashkey;
 pub mod health;
 pub mod ids;
 pub mod latency;

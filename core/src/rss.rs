@@ -14,8 +14,14 @@
 //! this key and a RETA repeating the buckets, computes exactly this
 //! function: packets then arrive at their owner and need no hand-off. Where
 //! it cannot (every vdev here), the software hand-off keeps things correct.
+//!
+//! The key is per instance (`sessions.hash_key`, see [`crate::hashkey`]):
+//! with a key everybody knows, anyone can pick client ports that all land
+//! on one worker. [`OwnerHash`] holds the tables of an instance's key;
+//! [`RSS_KEY`] and the free functions here are the fixed key of tests and
+//! tools.
 
-/// lbd's RSS key: Microsoft's reference key, which every RSS NIC accepts
+/// The fixed RSS key: Microsoft's reference key, which every RSS NIC accepts
 /// (40 bytes, the size the common drivers use).
 pub const RSS_KEY: [u8; 40] = [
     0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca, 0x2b,
@@ -54,7 +60,7 @@ pub const fn toeplitz(key: &[u8; 40], input: &[u8]) -> u32 {
 /// one table entry per input byte.
 struct Tables([[u32; 256]; 6]);
 
-const fn build_tables() -> Tables {
+const fn build_tables(key: &[u8; 40]) -> Tables {
     let mut t = [[0u32; 256]; 6];
     let mut pos = 0;
     while pos < 6 {
@@ -62,7 +68,7 @@ const fn build_tables() -> Tables {
         while v < 256 {
             let mut input = [0u8; 6];
             input[pos] = v as u8;
-            t[pos][v] = toeplitz(&RSS_KEY, &input);
+            t[pos][v] = toeplitz(key, &input);
             v += 1;
         }
         pos += 1;
@@ -70,20 +76,61 @@ const fn build_tables() -> Tables {
     Tables(t)
 }
 
-static TABLES: Tables = build_tables();
+static TABLES: Tables = build_tables(&RSS_KEY);
+
+impl Tables {
+    #[inline(always)]
+    fn hash(&self, addr: u32, port: u16) -> u32 {
+        let a = addr.to_be_bytes();
+        let p = port.to_be_bytes();
+        let t = &self.0;
+        t[0][usize::from(a[0])]
+            ^ t[1][usize::from(a[1])]
+            ^ t[2][usize::from(a[2])]
+            ^ t[3][usize::from(a[3])]
+            ^ t[4][usize::from(p[0])]
+            ^ t[5][usize::from(p[1])]
+    }
+}
 
 /// Toeplitz hash of `address ‖ port` under [`RSS_KEY`].
 #[inline]
 pub fn client_hash(addr: u32, port: u16) -> u32 {
-    let a = addr.to_be_bytes();
-    let p = port.to_be_bytes();
-    let t = &TABLES.0;
-    t[0][usize::from(a[0])]
-        ^ t[1][usize::from(a[1])]
-        ^ t[2][usize::from(a[2])]
-        ^ t[3][usize::from(a[3])]
-        ^ t[4][usize::from(p[0])]
-        ^ t[5][usize::from(p[1])]
+    TABLES.hash(addr, port)
+}
+
+/// The owner-shard function under one instance's key: the same per-byte
+/// tables as the fixed key's, built at start instead of at compile time
+/// (6 KiB, one copy per worker so each reads its own).
+pub struct OwnerHash {
+    tables: Box<Tables>,
+}
+
+impl OwnerHash {
+    pub fn new(key: &[u8; 40]) -> OwnerHash {
+        OwnerHash { tables: Box::new(build_tables(key)) }
+    }
+
+    /// Toeplitz hash of `address ‖ port` under this key.
+    #[inline]
+    pub fn client_hash(&self, addr: u32, port: u16) -> u32 {
+        self.tables.hash(addr, port)
+    }
+
+    /// The worker owning every session of client endpoint (`addr`, `port`).
+    #[inline]
+    pub fn owner(&self, addr: u32, port: u16, workers: usize) -> usize {
+        if workers == 1 {
+            return 0;
+        }
+        bucket_owner(self.client_hash(addr, port) as usize & (BUCKETS - 1), workers)
+    }
+}
+
+impl std::fmt::Debug for OwnerHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnerHash(<redacted>)")
+    }
 }
 
 /// The worker of bucket `bucket`.
@@ -142,6 +189,27 @@ mod tests {
             let mut input = a.to_be_bytes().to_vec();
             input.extend_from_slice(&p.to_be_bytes());
             assert_eq!(client_hash(a, p), toeplitz(&RSS_KEY, &input));
+        }
+    }
+
+    #[test]
+    fn keyed_tables_equal_reference() {
+        let mut key = [0u8; 40];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+        }
+        let h = OwnerHash::new(&key);
+        let fixed = OwnerHash::new(&RSS_KEY);
+        let mut x = 0x0fed_cba9_8765_4321u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, p) = (x as u32, (x >> 32) as u16);
+            let mut input = a.to_be_bytes().to_vec();
+            input.extend_from_slice(&p.to_be_bytes());
+            assert_eq!(h.client_hash(a, p), toeplitz(&key, &input));
+            assert_eq!(fixed.client_hash(a, p), client_hash(a, p));
         }
     }
 

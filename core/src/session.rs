@@ -17,7 +17,7 @@
 //! number of slots, so a full sweep is spread across many loop iterations
 //! and never stalls packet processing.
 
-use crate::flow::FlowKey;
+use crate::flow::{FlowKey, SessionHashKey};
 use crate::half_open::SlotRing;
 use crate::ids::{BackendId, ListenerId};
 use crate::memory::{table_vec, NoHints, Placement};
@@ -271,6 +271,9 @@ pub struct SessionTable<M: Placement = NoHints> {
     /// Slots that became half-open, oldest first (see
     /// [`crate::half_open`]).
     half_open_order: SlotRing,
+    /// Places keys in buckets: per instance, so that which keys share a
+    /// bucket cannot be known in advance (see [`crate::hashkey`]).
+    hash_key: SessionHashKey,
     placement: PhantomData<M>,
 }
 
@@ -292,6 +295,12 @@ impl<M: Placement> SessionTable<M> {
     /// (32 bytes per session plus about 21 bytes of index at most), and
     /// the kernel backs it lazily as it is touched.
     pub fn with_placement(capacity: usize) -> SessionTable<M> {
+        Self::with_key(capacity, SessionHashKey::FIXED)
+    }
+
+    /// A table for `capacity` sessions whose buckets are chosen under
+    /// `hash_key`.
+    pub fn with_key(capacity: usize, hash_key: SessionHashKey) -> SessionTable<M> {
         assert!((1..=(1 << 30)).contains(&capacity));
         // Two keys per session, at most 6 of 8 ways used on average.
         let nbuckets = (2 * capacity).div_ceil(6).next_power_of_two().max(2);
@@ -310,6 +319,7 @@ impl<M: Placement> SessionTable<M> {
             version: 0,
             half_open: 0,
             half_open_order: SlotRing::new::<M>(capacity),
+            hash_key,
             placement: PhantomData,
         }
     }
@@ -391,6 +401,12 @@ impl<M: Placement> SessionTable<M> {
             }
         }
         None
+    }
+
+    /// The hash every method taking `h` expects for `key`.
+    #[inline(always)]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        key.keyed_hash(&self.hash_key)
     }
 
     #[inline]
@@ -475,7 +491,7 @@ impl<M: Placement> SessionTable<M> {
         self.lookup(key, h)
     }
 
-    /// Finds the session `key` belongs to (`h` = `key.hash()`).
+    /// Finds the session `key` belongs to (`h` = `self.hash(key)`).
     #[inline]
     pub fn lookup(&self, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
         let (b1, b2, tag) = self.place(h);
@@ -508,7 +524,7 @@ impl<M: Placement> SessionTable<M> {
             for w in 0..WAYS {
                 let r = self.buckets[b].refs[w];
                 let (slot, dir) = decode(r);
-                let eh = self.slots[slot as usize].key(dir).hash();
+                let eh = self.hash(&self.slots[slot as usize].key(dir));
                 let (e1, e2, etag) = self.place(eh);
                 let alt = if e1 == b { e2 } else { e1 };
                 if let Some(aw) = self.buckets[alt].free_way() {
@@ -527,7 +543,7 @@ impl<M: Placement> SessionTable<M> {
     pub fn insert(&mut self, s: Session) -> Result<u32, InsertError> {
         let req = s.request_key();
         let rep = s.reply_key();
-        let (hq, hr) = (req.hash(), rep.hash());
+        let (hq, hr) = (self.hash(&req), self.hash(&rep));
         if self.lookup(&rep, hr).is_some() {
             return Err(InsertError::Conflict);
         }
@@ -580,8 +596,8 @@ impl<M: Placement> SessionTable<M> {
     pub fn remove(&mut self, slot: u32) -> Session {
         let s = self.slots[slot as usize];
         debug_assert!(s.state != SessionState::Free);
-        self.unlink(s.request_key().hash(), encode(slot, Direction::Request));
-        self.unlink(s.reply_key().hash(), encode(slot, Direction::Reply));
+        self.unlink(self.hash(&s.request_key()), encode(slot, Direction::Request));
+        self.unlink(self.hash(&s.reply_key()), encode(slot, Direction::Reply));
         self.slots[slot as usize].state = SessionState::Free;
         self.free.push(slot);
         self.len -= 1;

@@ -12,6 +12,7 @@ use lbcore::config::raw::RawConfig;
 use lbcore::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane};
+use lbcore::hashkey::HashKeys;
 use lbcore::health::HealthTable;
 use lbcore::ids::PortIndex;
 use lbcore::persistence::PersistenceTable;
@@ -63,7 +64,7 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
 /// The RSS lbd asks of port `i` with `nrx` RX queues: the client endpoint
 /// hashed with lbd's key, buckets pointing at their owner's queue (or, when
 /// the owner has no queue on this port, at one that hands over).
-fn rss_request(cfg: &Config, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
+fn rss_request(cfg: &Config, keys: &HashKeys, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
     let fields = match cfg.rss_mode(i) {
         RssMode::Source => dpdk::RssFields::Source,
         RssMode::Destination => dpdk::RssFields::Destination,
@@ -72,7 +73,7 @@ fn rss_request(cfg: &Config, i: usize, nrx: u16) -> Option<dpdk::RssRequest> {
     let buckets = (0..lbcore::rss::BUCKETS)
         .map(|b| (lbcore::rss::bucket_owner(b, cfg.startup.workers) % usize::from(nrx.max(1))) as u16)
         .collect();
-    Some(dpdk::RssRequest { fields, key: lbcore::rss::RSS_KEY, buckets })
+    Some(dpdk::RssRequest { fields, key: keys.rss, buckets })
 }
 
 /// Where EAL (as root) keeps its runtime files for these arguments.
@@ -258,7 +259,13 @@ struct StartedPorts {
 }
 
 /// Start-up phase 4: configure and start every port on `pool`.
-fn start_ports(eal: &Eal, cfg: &Config, plans: &[PortPlan], pool: &Arc<Mempool>) -> Result<StartedPorts, String> {
+fn start_ports(
+    eal: &Eal,
+    cfg: &Config,
+    keys: &HashKeys,
+    plans: &[PortPlan],
+    pool: &Arc<Mempool>,
+) -> Result<StartedPorts, String> {
     let mut started = StartedPorts {
         ports: Vec::with_capacity(plans.len()),
         macs: Vec::with_capacity(plans.len()),
@@ -270,7 +277,7 @@ fn start_ports(eal: &Eal, cfg: &Config, plans: &[PortPlan], pool: &Arc<Mempool>)
             tx_queues: cfg.startup.workers as u16,
             rx_descriptors: p.rx_descriptors,
             tx_descriptors: p.tx_descriptors,
-            rss: rss_request(cfg, i, plan.rx_queues),
+            rss: rss_request(cfg, keys, i, plan.rx_queues),
             promiscuous: p.promiscuous,
         };
         let (port, rx, tx) =
@@ -332,6 +339,7 @@ struct Shared<'a> {
     control: &'a Arc<RunControl>,
     tsc_hz: u64,
     start_tsc: u64,
+    hash_keys: HashKeys,
 }
 
 /// Start-up phase 6: one [`Worker`] per lcore, owning its queues (queue i
@@ -373,6 +381,7 @@ fn build_workers(
             fragments: sh.cfg.startup.fragments,
             source_entries: sh.cfg.startup.source_entries,
             icmp_error_rate: (sh.cfg.startup.icmp_error_rate / n as u32).max(1),
+            hash_keys: sh.hash_keys,
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);
@@ -482,7 +491,10 @@ fn serve(
     let rxq: Vec<u16> = plans.iter().map(|p| p.rx_queues).collect();
     let pool = Mempool::new(eal, "lbd_mbufs", mempool_size(cfg, &rxq), cfg.startup.mempool_cache, -1)
         .map_err(|e| e.to_string())?;
-    let StartedPorts { ports, macs, queues } = start_ports(eal, cfg, &plans, &pool)?;
+    // Once per start: the workers and the NICs' RSS must share one key.
+    let hash_keys =
+        cfg.startup.hash_key.resolve().map_err(|e| format!("sessions.hash_key: cannot read a random key: {e}"))?;
+    let StartedPorts { ports, macs, queues } = start_ports(eal, cfg, &hash_keys, &plans, &pool)?;
     let rings = handoff_rings(eal, &pool, cfg.startup.workers)?;
     // The exception path: kernel interfaces (after the ports, whose MACs
     // they take), their rings, and the thread between them.
@@ -539,6 +551,7 @@ fn serve(
         control: &control,
         tsc_hz,
         start_tsc: dpdk::tsc(),
+        hash_keys,
     };
     let (workers, query_senders) = build_workers(&shared, queues, rings, kernel_rings);
     // From here on an early return drops `launched`, which stops and joins

@@ -25,7 +25,7 @@ from scapy.all import (  # noqa: E402
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lbmodel import Listener, owner_shard  # noqa: E402
+from lbmodel import RSS_KEY, Listener, owner_shard  # noqa: E402
 
 LB_MAC = "02:00:00:00:00:01"
 LB_IP = "10.0.0.1"
@@ -583,7 +583,9 @@ def config_yaml(s, d, prefix):
         + getattr(s, "port_extra", "")
         + neighbors
         + listeners_yaml()
-        + f"sessions: {{capacity_per_worker: {s.capacity}}}\n"
+        # The fixed RSS key lbmodel.py computes owners with (lbd draws a
+        # random one by default).
+        + f"sessions: {{capacity_per_worker: {s.capacity}, hash_key: {RSS_KEY.hex()}}}\n"
         + s.arp_extra
         + f"control: {{socket: {d}/lbd.sock}}\n"
         + 'metrics: {listen: "off"}\n'

@@ -439,6 +439,8 @@ pub struct Startup {
     pub source_entries: usize,
     /// ICMP errors lbd sends per second, all workers together.
     pub icmp_error_rate: u32,
+    /// Key of the session-table and owner-shard hashes.
+    pub hash_key: crate::hashkey::HashKeySetting,
 }
 
 /// Who may read `/metrics`.
@@ -568,6 +570,7 @@ impl Startup {
             fragments,
             source_entries,
             icmp_error_rate,
+            hash_key,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -592,6 +595,7 @@ impl Startup {
             ("fragments", *fragments == other.fragments),
             ("limits.source_entries", *source_entries == other.source_entries),
             ("icmp.error_rate", *icmp_error_rate == other.icmp_error_rate),
+            ("sessions.hash_key", *hash_key == other.hash_key),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -926,6 +930,13 @@ impl Validator<'_> {
             return self
                 .err("icmp.error_rate", format!("{icmp_error_rate} errors per second is out of range (1..=10000000)"));
         }
+        let hash_key = match raw.sessions.hash_key.as_deref() {
+            None => crate::hashkey::HashKeySetting::Random,
+            Some(text) => match crate::hashkey::HashKeySetting::parse(text) {
+                Ok(k) => k,
+                Err(e) => return self.err("sessions.hash_key", e),
+            },
+        };
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -950,6 +961,7 @@ impl Validator<'_> {
                 fragments,
                 source_entries,
                 icmp_error_rate,
+                hash_key,
             },
             forwarding: Forwarding {
                 listeners,

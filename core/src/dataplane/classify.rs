@@ -4,7 +4,7 @@
 
 use super::{Packet, State};
 use crate::counters::DropReason;
-use crate::flow::{owner_shard, FlowKey};
+use crate::flow::FlowKey;
 use crate::ids::{ListenerPos, PortIndex};
 use crate::snapshot::{LocalAddress, PortView, Snapshot};
 use crate::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_QINQ, ETHERTYPE_VLAN};
@@ -133,9 +133,9 @@ impl<P: Packet> State<P> {
     #[inline(always)]
     pub(super) fn flow_class(&self, snap: &Snapshot, key: FlowKey, flags: u8, ttl: u8) -> Class {
         let (listener, owner) = match self.direction(snap, &key) {
-            Some(Some(listener)) => (Some(listener), owner_shard(key.src(), key.sport(), self.workers)),
+            Some(Some(listener)) => (Some(listener), self.owners.owner(key.src(), key.sport(), self.workers)),
             Some(None) => return self.host_bound(snap, key.dst()),
-            None => (None, owner_shard(key.dst(), key.dport(), self.workers)),
+            None => (None, self.owners.owner(key.dst(), key.dport(), self.workers)),
         };
         if ttl <= 1 {
             return Class::Drop(DropReason::TtlExceeded);

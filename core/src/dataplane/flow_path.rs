@@ -70,7 +70,7 @@ impl<P: Packet> State<P> {
 
     /// Client→VIP: find or create the session, then forward to its backend.
     fn request(&mut self, snap: &Snapshot, l: &ListenerView, s: Staged<P>, io: &mut impl Io<P>) {
-        let Staged { mut pkt, key, hash, flags, found, pick, .. } = s;
+        let Staged { mut pkt, key, flags, found, pick, .. } = s;
         if let Err(reason) = self.admission.packet(l, key.src(), pkt.packet_len(), self.now, &self.counters.admission) {
             return self.discard(reason, pkt, io);
         }
@@ -94,7 +94,7 @@ impl<P: Packet> State<P> {
                     }
                 }
                 if carried.is_none() && l.syn_proxy != SynProxyMode::Off && key.proto() == PROTO_TCP {
-                    match self.syn_proxy_new_flow(snap, l, pkt, &key, hash, flags, pick, io) {
+                    match self.syn_proxy_new_flow(snap, l, pkt, &key, flags, pick, io) {
                         Some(p) => pkt = p,
                         None => return,
                     }
@@ -111,7 +111,7 @@ impl<P: Packet> State<P> {
                     }
                 }
                 // Picked ahead in the burst's prefetch pass, or now.
-                let Some(bi) = pick.or_else(|| self.choose(snap, l, &key, hash)) else {
+                let Some(bi) = pick.or_else(|| self.choose(snap, l, &key)) else {
                     return self.discard(DropReason::NoBackend, pkt, io);
                 };
                 let new = self.session_for(l, bi, &key, state);

@@ -15,12 +15,14 @@
 use crate::admission::Admission;
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::flow::FlowKey;
+use crate::hashkey::HashKeys;
 use crate::ids::BackendId;
 use crate::ids::{ListenerPos, PortIndex};
 use crate::memory::Placement;
 use crate::neighbor::{Maintenance, NeighborCache, PendingQueue};
 use crate::persistence::PersistenceTable;
 use crate::ratelimit::TokenBucket;
+use crate::rss::OwnerHash;
 use crate::session::{Direction, Session, SessionTable};
 use crate::snapshot::{ListenerView, Snapshot};
 use crate::wire::MacAddr;
@@ -78,6 +80,8 @@ pub trait Io<P> {
 struct State<P: Packet> {
     worker: usize,
     workers: usize,
+    /// The owner-shard function under this instance's key.
+    owners: OwnerHash,
     sessions: SessionTable<P::Placement>,
     neighbors: NeighborCache,
     pending: PendingQueue<P>,
@@ -185,6 +189,9 @@ pub struct CoreSettings {
     /// ICMP errors per second this worker sends (its share of
     /// `icmp.error_rate`).
     pub icmp_error_rate: u32,
+    /// The instance's session-table and owner-shard keys, the same in
+    /// every worker.
+    pub hash_keys: HashKeys,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -206,7 +213,7 @@ impl<P: Packet> Dataplane<P> {
         counters: Arc<WorkerCounters>,
         shared: Shared,
     ) -> Dataplane<P> {
-        let sessions = SessionTable::with_placement(settings.session_capacity);
+        let sessions = SessionTable::with_key(settings.session_capacity, settings.hash_keys.session);
         counters.session_capacity.set(sessions.capacity() as u64);
         counters.session_memory.set(sessions.memory_bytes() as u64);
         let mut neighbors = NeighborCache::new(settings.neighbor_capacity, snap.arp);
@@ -219,6 +226,7 @@ impl<P: Packet> Dataplane<P> {
             st: State {
                 worker: settings.worker,
                 workers: settings.workers,
+                owners: OwnerHash::new(&settings.hash_keys.rss),
                 sessions,
                 neighbors,
                 pending: PendingQueue::new(settings.pending_capacity),
@@ -384,7 +392,7 @@ impl<P: Packet> State<P> {
                         io.handoff(owner, pkt);
                         continue;
                     }
-                    let hash = key.hash();
+                    let hash = self.sessions.hash(&key);
                     staged.push(Staged { pkt, key, hash, flags, listener, found: None, pick: None });
                     if staged.len() == staged.capacity() {
                         self.run_staged(snap, &mut staged, io);
@@ -413,9 +421,11 @@ impl<P: Packet> State<P> {
     /// The one decision of a new flow's backend (position in `l`), made
     /// in the prefetch pass or in `request`, never both: the client's
     /// remembered backend while persistence holds and it still takes new
-    /// flows, else the scheduler's pick.
+    /// flows, else the scheduler's pick. Maglev hashes with the fixed
+    /// [`FlowKey::hash`], not the session table's keyed one: every
+    /// instance must pick the same backend for a flow.
     #[inline]
-    fn choose(&mut self, snap: &Snapshot, l: &ListenerView, key: &FlowKey, hash: u64) -> Option<u16> {
+    fn choose(&mut self, snap: &Snapshot, l: &ListenerView, key: &FlowKey) -> Option<u16> {
         if let Some(ttl) = l.persistence_ms {
             let table = &self.shared.persistence;
             if let Some(bid) = table.lookup(table.key(l.id, key.src()), self.now, ttl) {
@@ -426,7 +436,7 @@ impl<P: Packet> State<P> {
             }
         }
         let workers = &self.shared.counters;
-        l.scheduler.pick(key, hash, &mut self.rr[usize::from(l.id)], |bi| {
+        l.scheduler.pick(key, key.hash(), &mut self.rr[usize::from(l.id)], |bi| {
             crate::counters::active_sessions(workers, l.backends[bi].id)
         })
     }
@@ -456,7 +466,7 @@ impl<P: Packet> State<P> {
             let Some(li) = s.listener else { continue };
             match s.found {
                 Some((slot, Direction::Request)) if self.expired(snap, slot) => {
-                    self.sessions.prefetch(self.sessions.session(slot).reply_key().hash());
+                    self.sessions.prefetch(self.sessions.hash(&self.sessions.session(slot).reply_key()));
                 }
                 Some((_, Direction::Request)) => continue,
                 Some(_) => continue,
@@ -464,7 +474,7 @@ impl<P: Packet> State<P> {
             }
             let l = &snap.listeners[usize::from(li)];
             let bi = if l.decides_ahead {
-                s.pick = self.choose(snap, l, &s.key, s.hash);
+                s.pick = self.choose(snap, l, &s.key);
                 s.pick
             } else {
                 // `request` decides; a client with a live persistence entry
@@ -480,7 +490,7 @@ impl<P: Packet> State<P> {
                 let b = &l.backends[usize::from(bi)];
                 let rk = FlowKey::new(b.addr, s.key.src(), b.port, s.key.sport(), s.key.proto());
                 // The conflict check of the insert reads both of its lines.
-                self.sessions.prefetch_both(rk.hash());
+                self.sessions.prefetch_both(self.sessions.hash(&rk));
             }
         }
         let version = self.sessions.version();

@@ -101,7 +101,6 @@ impl<P: Packet> State<P> {
         l: &ListenerView,
         pkt: P,
         key: &FlowKey,
-        hash: u64,
         flags: u8,
         pick: Option<u16>,
         io: &mut impl Io<P>,
@@ -138,7 +137,7 @@ impl<P: Packet> State<P> {
             self.discard(reason, pkt, io);
             return None;
         }
-        let Some(bi) = pick.or_else(|| self.choose(snap, l, key, hash)) else {
+        let Some(bi) = pick.or_else(|| self.choose(snap, l, key)) else {
             self.discard(DropReason::NoBackend, pkt, io);
             return None;
         };

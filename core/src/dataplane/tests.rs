@@ -170,6 +170,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         fragments: cfg.startup.fragments,
         source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
+        hash_keys: crate::hashkey::HashKeys::FIXED,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -731,6 +732,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         fragments: cfg.startup.fragments,
         source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
+        hash_keys: crate::hashkey::HashKeys::FIXED,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1264,6 +1266,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 fragments: cfg.startup.fragments,
                 source_entries: 4096,
                 icmp_error_rate: ERROR_RATE,
+                hash_keys: crate::hashkey::HashKeys::FIXED,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);

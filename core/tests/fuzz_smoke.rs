@@ -1,0 +1,262 @@
+//! The fuzz targets' bodies on stable, as part of the normal test run:
+//! every committed corpus entry (`fuzz/corpus/<target>/`, crashes found
+//! included as regression cases), then deterministic pseudo-random
+//! mutations of them. `fuzz/run.sh` runs the same bodies under libFuzzer.
+
+use std::path::PathBuf;
+
+/// Mutations per target: a few seconds each in the test profile.
+const MUTATIONS: usize = 20_000;
+
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let inputs: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    assert!(inputs.len() >= 3, "{}: a corpus of {} entries", dir.display(), inputs.len());
+    inputs
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One libFuzzer-like mutation: bit flips, interesting bytes, cuts,
+/// insertions, copies within and splices across entries.
+fn mutate(r: &mut Rng, base: &[u8], other: &[u8]) -> Vec<u8> {
+    let mut v = base.to_vec();
+    for _ in 0..1 + r.below(4) {
+        let n = v.len();
+        match r.below(7) {
+            0 if n > 0 => {
+                let i = r.below(n);
+                v[i] ^= 1 << r.below(8);
+            }
+            1 if n > 0 => {
+                let i = r.below(n);
+                v[i] = [0, 1, 0x7f, 0x80, 0xff, b'\n', b':', b'-'][r.below(8)];
+            }
+            2 if n > 0 => v.truncate(r.below(n)),
+            3 => {
+                let i = r.below(n + 1);
+                let b = r.next() as u8;
+                v.insert(i, b);
+            }
+            4 if n > 1 => {
+                let (a, b) = (r.below(n), r.below(n));
+                let len = r.below(n - a.max(b)).min(16);
+                let chunk = v[a..a + len].to_vec();
+                v.splice(b..b, chunk);
+            }
+            5 if !other.is_empty() => {
+                let cut = r.below(n + 1);
+                let from = r.below(other.len());
+                v.truncate(cut);
+                v.extend_from_slice(&other[from..]);
+            }
+            _ if n > 1 => {
+                let i = r.below(n - 1);
+                v.swap(i, i + 1);
+            }
+            _ => v.push(r.next() as u8),
+        }
+    }
+    v
+}
+
+fn smoke(target: &str, body: fn(&[u8]), seed: u64) {
+    let inputs = corpus(target);
+    for i in &inputs {
+        body(i);
+    }
+    let mut r = Rng(seed);
+    for _ in 0..MUTATIONS {
+        let a = &inputs[r.below(inputs.len())];
+        let b = &inputs[r.below(inputs.len())];
+        let m = mutate(&mut r, a, b);
+        body(&m);
+    }
+}
+
+#[test]
+fn dataplane_target_over_corpus_and_mutations() {
+    smoke("dataplane", lbcore::fuzzing::dataplane, 0x9e37_79b9_7f4a_7c15);
+}
+
+#[test]
+fn config_target_over_corpus_and_mutations() {
+    smoke("config", lbcore::fuzzing::config, 0xc2b2_ae3d_27d4_eb4f);
+}
+
+#[test]
+fn control_target_over_corpus_and_mutations() {
+    smoke("control", lbcore::fuzzing::control, 0x1656_67b1_9e37_79f9);
+}
+
+/// Writes the seed corpora (`cargo test -p lbcore --test fuzz_smoke --
+/// --ignored write_seed_corpora`): frames for the dataplane target, the
+/// repository's configurations, valid request streams.
+#[test]
+#[ignore]
+fn write_seed_corpora() {
+    use lbcore::fuzzing::{join_frames, DATAPLANE_CONFIG, PORT_MACS};
+    use lbcore::wire::frame::FrameBuilder;
+    use lbcore::wire::MacAddr;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let ip = |s: &str| u32::from(s.parse::<std::net::Ipv4Addr>().unwrap());
+    let peer = MacAddr([0x02, 0, 0, 0, 0, 0xc1]);
+    let ext = FrameBuilder::new(peer, PORT_MACS[0]);
+    let int = FrameBuilder::new(MacAddr([0x02, 0, 0, 0, 0, 0x11]), PORT_MACS[1]);
+    let int2 = FrameBuilder::new(MacAddr([0x02, 0, 0, 0, 0, 0x12]), PORT_MACS[1]);
+    let (client, vip) = (ip("10.0.0.7"), ip("10.0.0.100"));
+    let (b1, b2) = (ip("10.1.0.11"), ip("10.1.0.12"));
+    let arp = |src_mac: [u8; 6], dst_mac: [u8; 6], op: u16, sha: [u8; 6], spa: u32, tpa: u32| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&src_mac);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4]);
+        f.extend_from_slice(&op.to_be_bytes());
+        f.extend_from_slice(&sha);
+        f.extend_from_slice(&spa.to_be_bytes());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&tpa.to_be_bytes());
+        f
+    };
+    let echo = |dst: u32| {
+        // An echo request: a UDP frame's IPv4 header re-labelled ICMP, its
+        // checksums recomputed.
+        let mut f = ext.udp(client, dst, 0, 0, b"pingpingping");
+        f[14 + 9] = 1;
+        f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let c = lbcore::wire::checksum::checksum(&f[14..34]);
+        f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+        let icmp = &mut f[34..];
+        icmp[..4].copy_from_slice(&[8, 0, 0, 0]);
+        let c = lbcore::wire::checksum::checksum(icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    let (syn, synack, ack, fin, rst) = (0x02, 0x12, 0x10, 0x11, 0x04);
+    type Frames = Vec<(u16, Vec<u8>)>;
+    let mut dp: Vec<(&str, Frames)> = vec![
+        (
+            "tcp_handshake_both_backends",
+            vec![
+                (0, ext.tcp(client, vip, 40000, 80, syn, b"")),
+                (1, int.tcp(b1, client, 8080, 40000, synack, b"")),
+                (1, int2.tcp(b2, client, 8080, 40000, synack, b"")),
+                (0, ext.tcp(client, vip, 40000, 80, ack, b"GET / HTTP/1.0\r\n\r\n")),
+                (0, ext.tcp(client, vip, 40000, 80, fin, b"")),
+                (1, int.tcp(b1, client, 8080, 40000, fin, b"")),
+            ],
+        ),
+        (
+            "tcp_rst_and_non_syn",
+            vec![
+                (0, ext.tcp(client, vip, 40001, 80, ack, b"x")),
+                (0, ext.tcp(client, vip, 40002, 81, syn, b"")),
+                (0, ext.tcp(client, vip, 40002, 81, rst, b"")),
+                (0, ext.tcp(client, ip("10.0.0.102"), 40003, 80, syn, b"")),
+            ],
+        ),
+        (
+            "udp_dns_and_reply",
+            vec![
+                (0, ext.udp(client, vip, 5000, 53, b"query")),
+                (1, int.udp(b1, client, 5353, 5000, b"answer")),
+                (0, ext.udp(client, ip("10.0.0.101"), 5001, 53, b"parked")),
+            ],
+        ),
+        (
+            "arp",
+            vec![
+                (0, arp(peer.0, [0xff; 6], 1, peer.0, client, ip("10.0.0.1"))),
+                (0, arp(peer.0, [0xff; 6], 1, peer.0, client, vip)),
+                (
+                    1,
+                    arp(
+                        [2, 0, 0, 0, 0, 0x50],
+                        PORT_MACS[1].0,
+                        2,
+                        [2, 0, 0, 0, 0, 0x50],
+                        ip("10.1.0.50"),
+                        ip("10.1.0.1"),
+                    ),
+                ),
+            ],
+        ),
+        ("icmp_echo", vec![(0, echo(vip)), (0, echo(ip("10.0.0.1")))]),
+        (
+            "host_and_odd",
+            vec![
+                (0, ext.tcp(client, ip("10.0.0.1"), 40004, 22, syn, b"")),
+                (0, ext.udp(client, ip("10.0.0.55"), 40005, 53, b"")),
+                (1, int.tcp(b1, ip("192.168.9.9"), 8080, 1234, synack, b"")),
+            ],
+        ),
+    ];
+    // Frames the classifier refuses: a fragment, a VLAN tag, IPv6, options.
+    let mut frag = ext.udp(client, vip, 5002, 53, b"fragment");
+    frag[14 + 6] = 0x20;
+    let mut vlan = ext.udp(client, vip, 5003, 53, b"vlan");
+    vlan.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    let mut v6 = ext.udp(client, vip, 5004, 53, b"v6");
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    dp.push(("refused", vec![(0, frag), (0, vlan), (0, v6)]));
+    std::fs::create_dir_all(root.join("dataplane")).unwrap();
+    for (name, frames) in &dp {
+        let refs: Vec<(u16, &[u8])> = frames.iter().map(|(p, f)| (*p, f.as_slice())).collect();
+        std::fs::write(root.join("dataplane").join(name), join_frames(&refs)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("config")).unwrap();
+    let configs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+    for name in ["reference.yaml", "demo.yaml"] {
+        std::fs::copy(configs.join(name), root.join("config").join(name)).unwrap();
+    }
+    std::fs::write(root.join("config").join("dataplane.yaml"), DATAPLANE_CONFIG).unwrap();
+    std::fs::create_dir_all(root.join("control")).unwrap();
+    let reqs: Vec<(&str, Vec<lbproto::Request>)> = vec![
+        (
+            "hello_status",
+            vec![
+                lbproto::Request::Hello { protocol: lbproto::PROTOCOL_VERSION, client: "fuzz".into() },
+                lbproto::Request::Status,
+            ],
+        ),
+        ("lists", vec![lbproto::Request::ListenerList]),
+        (
+            "backend_weight",
+            vec![lbproto::Request::BackendSetWeight {
+                listener: "web".into(),
+                backend: lbproto::BackendRef { address: "10.1.0.11".into(), port: Some(8080) },
+                weight: 3,
+            }],
+        ),
+        (
+            "reload_text",
+            vec![lbproto::Request::ConfigReload {
+                source: Some(lbproto::ConfigText { path: "/etc/lbd.yaml".into(), yaml: DATAPLANE_CONFIG.into() }),
+            }],
+        ),
+    ];
+    for (name, rs) in reqs {
+        let mut out = Vec::new();
+        for (id, request) in rs.into_iter().enumerate() {
+            lbproto::write_frame(&mut out, &lbproto::RequestFrame { id: id as u64, request }).unwrap();
+        }
+        std::fs::write(root.join("control").join(name), out).unwrap();
+    }
+}

@@ -1,0 +1,5 @@
+//! Fuzz target `config`: the body is lbcore::fuzzing::config, which the stable
+//! smoke test (core/tests/fuzz_smoke.rs) runs too.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lbcore::fuzzing::config(data));
