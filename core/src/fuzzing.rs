@@ -248,7 +248,9 @@ pub fn dataplane(data: &[u8]) {
     for p in io.iter().flat_map(|o| &o.tx) {
         check_sent(p);
     }
-    let parked: usize = cores.iter().map(|c| c.parked()).sum();
+    // Packets waiting for ARP, and fragments held for their datagram's
+    // first fragment: still owned by the cores.
+    let parked: usize = cores.iter().map(|c| c.parked() + c.fragments_held()).sum();
     let came_in = frames.len() + io[0].allocs + io[1].allocs;
     let went_out = io.iter().map(|o| o.tx.len() + o.to_kernel + o.freed).sum::<usize>() + parked;
     assert_eq!(

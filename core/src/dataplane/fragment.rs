@@ -49,7 +49,7 @@ pub(super) struct Fragments<P> {
     steered: Datagrams<Steered>,
     /// `limits.max_fragments` places per `steered` slot.
     held: Vec<Option<P>>,
-    held_total: usize,
+    pub(super) held_total: usize,
     /// Datagrams of flows this worker owns: the session their first
     /// fragment went through (None: it was dropped).
     owned: Datagrams<Option<(Session, Direction)>>,

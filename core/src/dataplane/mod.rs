@@ -295,6 +295,11 @@ impl<P: Packet> Dataplane<P> {
         self.st.pending.len()
     }
 
+    /// Fragments held until their datagram's first fragment comes.
+    pub fn fragments_held(&self) -> usize {
+        self.st.frags.held_total
+    }
+
     /// Processes a packet received from a port.
     #[inline]
     pub fn process(&mut self, pkt: P, io: &mut impl Io<P>) {
