@@ -214,7 +214,7 @@ impl<P: Packet> State<P> {
                 // The configuration changed between the stages.
                 return self.discard(DropReason::NoListener, pkt, io);
             };
-            let hash = flow.hash();
+            let hash = self.sessions.hash(&flow);
             let found = self.sessions.lookup(&flow, hash);
             self.flow(snap, Staged { pkt, key: flow, hash, flags, listener, found, pick: None }, io);
             let session = self.sessions.lookup(&flow, hash).map(|(slot, dir)| (*self.sessions.session(slot), dir));

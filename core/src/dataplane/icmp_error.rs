@@ -88,7 +88,7 @@ impl<P: Packet> State<P> {
     /// to the client when it quotes a request, outer and quoted headers
     /// translated. An error never refreshes its session.
     pub(super) fn forward_icmp_error(&mut self, snap: &Snapshot, mut pkt: P, key: FlowKey, io: &mut impl Io<P>) {
-        let Some((slot, dir)) = self.sessions.lookup(&key, key.hash()) else {
+        let Some((slot, dir)) = self.sessions.lookup(&key, self.sessions.hash(&key)) else {
             return self.discard(DropReason::IcmpErrorNoSession, pkt, io);
         };
         if self.expired(snap, slot) {
