@@ -54,7 +54,7 @@ FIXED_HASH_KEY = "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f2
 
 class Scenario:
     def __init__(self, name, replay, flows, sample=None, prefill=0, workers=1, split="owner", churn=False,
-                 replay_side="client", udp=False):
+                 replay_side="client", udp=False, syn_proxy=False):
         self.name = name
         self.replay = replay  # pcapgen kind replayed forever
         self.flows = flows  # flows the replay draws from
@@ -65,6 +65,7 @@ class Scenario:
         self.churn = churn  # every SYN must create a session
         self.replay_side = replay_side  # which port the replay enters
         self.udp = udp
+        self.syn_proxy = syn_proxy  # the TCP listener answers SYNs with cookies
 
 
 def scenarios(smoke, replay):
@@ -94,6 +95,10 @@ def scenarios(smoke, replay):
         Scenario("tcp established, 1M sessions", "est", m, k, prefill=m),
         Scenario("tcp established, 10M sessions", "est", big, k, prefill=big),
         Scenario("tcp new flows (every packet a SYN creating a session)", "syn", churn, churn=True),
+        # A spoofed-source SYN flood at the proxy: every SYN is answered with
+        # a cookie from the VIP and leaves no state (the row above is the
+        # same flood without the proxy, each SYN a half-open session).
+        Scenario("tcp SYN flood, syn_proxy on (every SYN answered with a cookie)", "syn", churn, syn_proxy=True),
         Scenario("udp, 1M flows", "udp", m, k, prefill=m, udp=True),
         Scenario("return path (backend to client), 1M sessions", "reply", m, k, prefill=m, replay_side="backend"),
         Scenario("tcp established, 1M sessions, 2 workers, RSS-aligned queues", "est", m, k, prefill=m, workers=2, split="owner"),
@@ -209,6 +214,7 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
         "ports": ports,
         "listeners": [
             {"name": "web", "vip": "10.0.0.100", "protocol": "tcp", "port": 80,
+             **({"syn_proxy": "on"} if s.syn_proxy else {}),
              "backends": [{"address": f"10.1.0.{b}", "port": 8080} for b in range(11, 15)]},
             {"name": "dns", "vip": "10.0.0.100", "protocol": "udp", "port": 53,
              "backends": [{"address": f"10.1.0.{b}", "port": 8080} for b in range(11, 15)]},
@@ -331,6 +337,7 @@ def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
         raise RuntimeError(f"{s.name}: lbd received nothing in the window ({rx} packets in {dt} s); see {WORK}/lbd.log")
     made = b["events"]["sessions_created"] - a["events"]["sessions_created"]
     hand = b["events"]["handoff_out"] - a["events"]["handoff_out"]
+    answered = b["events"]["syn_proxy_syn_acks"] - a["events"]["syn_proxy_syn_acks"]
     drops = b["drops_total"] - a["drops_total"]
     return {
         "mpps": rx / dt / 1e6,
@@ -339,6 +346,8 @@ def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
         # new-flow scenario, 0 where every session was prefilled.
         "created_share": made / rx,
         "handoff_share": hand / rx,
+        # Share answered with a SYN cookie (the SYN-flood row: ~1).
+        "answered_share": answered / rx,
         "drops": drops,
         "sessions": b["sessions_active"],
         "bytes_per_session": b["session_memory_bytes"] / max(1, b["sessions_capacity"]),
@@ -562,6 +571,11 @@ def summary(rows):
             # packets per second. The row then measures mostly lookups.
             print(f"WARNING: only {100 * new['created_share']:.1f} % of the new-flow scenario's packets created a session: "
                   f"its replay cycle (flows / rate) is shorter than the 100 ms SYN timeout; raise its flow count")
+    flood = by.get("tcp SYN flood, syn_proxy on (every SYN answered with a cookie)")
+    if flood:
+        print(f"SYN flood with the proxy: {flood['lbd'] * flood['answered_share']:.2f} M SYNs answered with a cookie per second "
+              f"({100 * flood['answered_share']:.1f} % of the SYNs), {flood['sessions']:.0f} sessions"
+              + (f"; without the proxy each SYN costs a session: {new['created_mps']:.2f} M/s" if new else ""))
 
 
 def record(rows, args, huge):

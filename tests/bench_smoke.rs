@@ -54,13 +54,14 @@ fn runner_smoke_run_reports_every_scenario() {
     assert!(stdout.contains("lbd Mpps") && stdout.contains("testpmd") && stdout.contains("ratio"), "{stdout}");
     assert!(stdout.contains("scaling, RSS-aligned queues: 2 workers ="), "{stdout}");
     assert!(stdout.contains("bytes per session slot"), "{stdout}");
+    assert!(stdout.contains("SYN flood with the proxy:"), "{stdout}");
     assert!(stdout.contains("% of the scenario's packets created one") && !stdout.contains("WARNING"), "{stdout}");
 
     // Strict JSON: a NaN or Infinity written by Python fails to parse here.
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("rows.json")).expect("rows JSON");
     let rows = doc["rows"].as_array().expect("rows");
     let names: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
-    assert_eq!(rows.len(), 10, "{names:?}");
+    assert_eq!(rows.len(), 11, "{names:?}");
     for r in rows {
         let name = r["scenario"].as_str().unwrap();
         // No figure is missing: no null anywhere in the row.
@@ -75,7 +76,15 @@ fn runner_smoke_run_reports_every_scenario() {
         assert!(f("ratio") > 0.0, "{name}: ratio not positive: {r}");
         assert!(f("ns") > 0.0 && f("bytes_per_session") > 0.0, "{name}: {r}");
         assert_eq!(f("drops"), 0.0, "{name}: lbd dropped packets: {r}");
-        assert!(f("sessions") > 0.0, "{name}: no sessions: {r}");
+        // The SYN proxy answers the flood with cookies and keeps no state.
+        let flood = name.starts_with("tcp SYN flood, syn_proxy on");
+        if flood {
+            assert_eq!(f("sessions"), 0.0, "{name}: the proxy kept state for a SYN: {r}");
+            assert!(f("answered_share") >= 0.9, "{name}: SYNs not answered with cookies: {r}");
+        } else {
+            assert!(f("sessions") > 0.0, "{name}: no sessions: {r}");
+            assert_eq!(f("answered_share"), 0.0, "{name}: SYN cookies where no listener proxies: {r}");
+        }
         let created = f("created_share");
         if name.starts_with("tcp new flows") {
             // Every SYN's previous session must have lapsed (100 ms) when
