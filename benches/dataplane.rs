@@ -175,6 +175,7 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         icmp_error_rate: 1000,
         // A per-instance key, as lbd runs with.
         hash_keys: lbcore::hashkey::HashKeySetting::Random.resolve().unwrap(),
+        syn_proxy_held: 1024,
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

@@ -197,6 +197,7 @@ fn dataplane(cfg: &config::Config, capacity: usize) -> Dataplane<Frame> {
         source_entries: 4096,
         icmp_error_rate: 1000,
         hash_keys: lbcore::hashkey::HashKeys::FIXED,
+        syn_proxy_held: 1024,
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

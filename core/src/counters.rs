@@ -210,6 +210,8 @@ reasons! {
         SynProxyAccepted = "syn_proxy_accepted",
         /// Backend handshakes the SYN proxy completed.
         SynProxyBackendOpened = "syn_proxy_backend_opened",
+        /// Client segments the SYN proxy held until their backend's handshake completed.
+        SynProxyHeld = "syn_proxy_held",
     }
 }
 

@@ -154,6 +154,7 @@ fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<FuzzPacket> 
         to_kernel_rate: 1000,
         echo_reply_rate: 1000,
         hash_keys: HashKeys::FIXED,
+        syn_proxy_held: 1024,
         // Small tables: a core is built per input, and an input of 32
         // frames fills these as surely as it would the defaults.
         fragments: crate::fragments::FragmentLimits {

@@ -110,6 +110,8 @@ fn mempool_size(cfg: &Config, rxq: &[u16]) -> u32 {
     n += crate::exception::mbufs_needed(cfg);
     // Fragments held for their datagram's first fragment.
     n += w * cfg.startup.fragments.max_held as u64;
+    // Client segments the SYN proxy holds for their backend's handshake.
+    n += w * cfg.startup.syn_proxy_held as u64;
     n += (w + 1) * u64::from(cfg.startup.mempool_cache) + 4096;
     n.min(u64::from(u32::MAX)) as u32
 }
@@ -382,6 +384,7 @@ fn build_workers(
             source_entries: sh.cfg.startup.source_entries,
             icmp_error_rate: (sh.cfg.startup.icmp_error_rate / n as u32).max(1),
             hash_keys: sh.hash_keys,
+            syn_proxy_held: sh.cfg.startup.syn_proxy_held,
         };
         let (qtx, inbox) = query::channel();
         query_senders.push(qtx);

@@ -34,6 +34,11 @@ pub const DEFAULT_ECHO_REPLY_RATE: u32 = 1000;
 pub const DEFAULT_ICMP_ERROR_RATE: u32 = 1000;
 /// A port's MTU by default: DPDK's default for a device, and the most lbd
 /// takes, since it sets up no port for jumbo frames.
+/// Client segments a worker's SYN proxy holds by default
+/// (`sessions.syn_proxy_held`).
+pub const DEFAULT_SYN_PROXY_HELD: usize = 1024;
+/// The most it may hold: the store's indices are 16 bits.
+pub const MAX_SYN_PROXY_HELD: usize = 65535;
 pub const DEFAULT_MTU: u16 = 1500;
 /// The smallest MTU IPv4 allows (RFC 791).
 pub const MIN_MTU: u16 = 68;
@@ -441,6 +446,9 @@ pub struct Startup {
     pub icmp_error_rate: u32,
     /// Key of the session-table and owner-shard hashes.
     pub hash_key: crate::hashkey::HashKeySetting,
+    /// Client segments each worker's SYN proxy holds until their backend
+    /// connection opens (`sessions.syn_proxy_held`).
+    pub syn_proxy_held: usize,
 }
 
 /// Who may read `/metrics`.
@@ -571,6 +579,7 @@ impl Startup {
             source_entries,
             icmp_error_rate,
             hash_key,
+            syn_proxy_held,
         } = self;
         let same = [
             ("eal", *eal == other.eal),
@@ -596,6 +605,7 @@ impl Startup {
             ("limits.source_entries", *source_entries == other.source_entries),
             ("icmp.error_rate", *icmp_error_rate == other.icmp_error_rate),
             ("sessions.hash_key", *hash_key == other.hash_key),
+            ("sessions.syn_proxy_held", *syn_proxy_held == other.syn_proxy_held),
         ];
         same.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
@@ -887,6 +897,13 @@ impl Validator<'_> {
                 format!("{n} is out of range (1..=sessions.capacity_per_worker, {cap})"),
             );
         }
+        let syn_proxy_held = raw.sessions.syn_proxy_held.unwrap_or(DEFAULT_SYN_PROXY_HELD as u64);
+        if syn_proxy_held > MAX_SYN_PROXY_HELD as u64 {
+            return self.err(
+                "sessions.syn_proxy_held",
+                format!("{syn_proxy_held} is out of range (0..={MAX_SYN_PROXY_HELD})"),
+            );
+        }
         let control_socket =
             PathBuf::from(raw.control.socket.clone().unwrap_or_else(|| lbproto::DEFAULT_SOCKET.to_owned()));
         if !control_socket.is_absolute() || control_socket.as_os_str().len() > 100 {
@@ -962,6 +979,7 @@ impl Validator<'_> {
                 source_entries,
                 icmp_error_rate,
                 hash_key,
+                syn_proxy_held: syn_proxy_held as usize,
             },
             forwarding: Forwarding {
                 listeners,

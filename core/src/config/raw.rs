@@ -342,6 +342,10 @@ pub struct RawSessions {
     /// Half-open TCP sessions a worker keeps (SYN-flood defence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub half_open_max_per_worker: Option<u64>,
+    /// Client segments a worker holds for SYN-proxied connections whose
+    /// backend has not answered yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_proxy_held: Option<u64>,
     /// Key of the session-table and owner-shard hashes: `random` or 80 hex
     /// digits (keyed hashes, issue 11).
     #[serde(default, skip_serializing_if = "Option::is_none")]

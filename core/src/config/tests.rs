@@ -642,6 +642,25 @@ fn half_open_cap_defaults_to_a_quarter_of_the_table_and_is_bounded() {
     }
 }
 
+#[test]
+fn syn_proxy_held_defaults_to_1024_is_bounded_and_needs_a_restart() {
+    let a = parse_str(GOOD).unwrap();
+    assert_eq!(a.startup.syn_proxy_held, 1024);
+    let with = |n: &str| {
+        GOOD.replacen(
+            "{capacity_per_worker: 1000000",
+            &format!("{{capacity_per_worker: 1000000, syn_proxy_held: {n}"),
+            1,
+        )
+    };
+    let b = parse_str(&with("0")).unwrap();
+    assert_eq!(b.startup.syn_proxy_held, 0);
+    assert_eq!(a.startup.changed_fields(&b.startup), vec!["sessions.syn_proxy_held"]);
+    assert_eq!(parse_str(&with("65535")).unwrap().startup.syn_proxy_held, 65535);
+    let e = err_with("{capacity_per_worker: 1000000", "{capacity_per_worker: 1000000, syn_proxy_held: 65536");
+    assert_eq!(e.field, "sessions.syn_proxy_held");
+}
+
 // Security groups (issue 11).
 
 const SG: &str = "

@@ -49,6 +49,7 @@ impl<P: Packet> State<P> {
         }
         self.last_tick = now;
         self.sweep_fragments(io);
+        self.sweep_held(io);
         self.admission.tick(now, &self.counters.admission);
 
         // Neighbour aging and retries: scan the cache twice per retry

@@ -120,6 +120,8 @@ struct State<P: Packet> {
     cookie_key: crate::synproxy::CookieKey,
     /// The SYN proxy's state of each session slot (see `synproxy`).
     proxy_slots: Box<[synproxy::ProxySlot]>,
+    /// Client segments waiting for their backend's handshake (`synproxy`).
+    held: synproxy::HeldSegments<P>,
 }
 
 const NEXT_HOP_MEMO: usize = 16;
@@ -192,6 +194,8 @@ pub struct CoreSettings {
     /// The instance's session-table and owner-shard keys, the same in
     /// every worker.
     pub hash_keys: HashKeys,
+    /// Client segments the SYN proxy holds (`sessions.syn_proxy_held`).
+    pub syn_proxy_held: usize,
 }
 
 impl<P: Packet> Dataplane<P> {
@@ -259,6 +263,7 @@ impl<P: Packet> Dataplane<P> {
                 cookie_key: crate::synproxy::CookieKey::random(),
                 // Zeroed words: allocated without being touched.
                 proxy_slots: vec![[0u32; 8]; settings.session_capacity].into_boxed_slice(),
+                held: synproxy::HeldSegments::new(settings.syn_proxy_held),
             },
             snap,
         }
@@ -357,6 +362,7 @@ impl<P: Packet> Dataplane<P> {
         }
         st.counters.parked.set(0);
         st.drain_fragments(io);
+        st.drain_held(io);
     }
 }
 

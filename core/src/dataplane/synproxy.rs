@@ -7,9 +7,14 @@
 //! backend, with the client's ISN and the options the cookie kept. The
 //! backend's SYN-ACK becomes the ACK that completes its handshake and sets
 //! the connection's translation; from then on every segment is translated
-//! both ways (`crate::synproxy`). Client segments that arrive before the
-//! backend answered are dropped (`syn_proxy_pending`); TCP sends them
-//! again. The per-session proxy state sits in a side array indexed by the
+//! both ways (`crate::synproxy`). Client segments that carry something
+//! and arrive before the backend answered (the proving ACK's own data
+//! among them) are held, at most [`HELD_PER_SESSION`] per session in a
+//! store of fixed size, and go to the backend, translated, right after
+//! the ACK that completes its handshake: a request sent with the
+//! handshake waits no retransmission timeout. Those beyond the store, and
+//! those whose session goes first, are dropped (`syn_proxy_pending`); TCP
+//! sends them again. The per-session proxy state sits in a side array indexed by the
 //! session's slot, read only for sessions with the flag, so the path of
 //! other listeners' sessions is one flag test longer.
 
@@ -21,7 +26,15 @@ use crate::session::{Direction, SessionState};
 use crate::snapshot::{ListenerView, Snapshot};
 use crate::synproxy::{self as sp, Accepted, Handshake, Translation, MAX_FRAME};
 use crate::wire::frame::TCP_FLAGS;
-use crate::wire::tcp::{FLAG_ACK, FLAG_RST, FLAG_SYN};
+use crate::wire::tcp::{FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN};
+
+/// Client segments one proxied session may have held: a request and its
+/// continuation (or FIN) cover the usual case; a window's worth is the
+/// client's TCP's to resend.
+pub(super) const HELD_PER_SESSION: usize = 2;
+
+/// Held entries the maintenance checks for a departed session per tick.
+const HELD_SWEEP_PER_TICK: usize = 64;
 
 /// Session flag: the session's connection runs through the SYN proxy.
 pub const SYN_PROXIED: u8 = 4;
@@ -34,6 +47,9 @@ pub(super) struct ProxyState {
     translation: Translation,
     /// The backend's SYN-ACK arrived: `translation` holds.
     ready: bool,
+    /// The first of the session's held segments: its entry's index + 1,
+    /// 0 for none (the next ones chain from it).
+    held: u16,
 }
 
 pub(super) type ProxySlot = [u32; 8];
@@ -51,7 +67,8 @@ impl ProxyState {
             | u32::from(h.timestamp.is_some()) << 5
             | u32::from(self.ready) << 6
             | u32::from(t.window_shift.is_some()) << 7
-            | u32::from(t.window_shift.unwrap_or(0) as u8) << 8;
+            | u32::from(t.window_shift.unwrap_or(0) as u8) << 8
+            | u32::from(self.held) << 16;
         [h.client_isn, h.cookie, tsv, tse, t.seq_delta, t.ts_delta, u32::from(h.window) | u32::from(a.mss) << 16, bits]
     }
 
@@ -76,11 +93,147 @@ impl ProxyState {
                 window_shift: (bits & 1 << 7 != 0).then_some((bits >> 8) as u8 as i8),
             },
             ready: bits & 1 << 6 != 0,
+            held: (bits >> 16) as u16,
         }
     }
 }
 
+/// One held client segment, with what names its session: the slot and
+/// the handshake (a slot's next proxied session has another cookie).
+#[derive(Debug)]
+struct HeldEntry<P> {
+    pkt: Option<P>,
+    slot: u32,
+    client_isn: u32,
+    cookie: u32,
+    /// The session's next held entry: index + 1, 0 for none.
+    next: u16,
+}
+
+/// The worker's store of held client segments: fixed entries and a free
+/// list, both sized at start, so holding allocates nothing.
+#[derive(Debug)]
+pub(super) struct HeldSegments<P> {
+    entries: Box<[HeldEntry<P>]>,
+    free: Vec<u16>,
+    /// Where the sweep for departed sessions' entries goes on.
+    cursor: usize,
+}
+
+impl<P> HeldSegments<P> {
+    pub(super) fn new(capacity: usize) -> HeldSegments<P> {
+        let capacity = capacity.min(crate::config::MAX_SYN_PROXY_HELD);
+        HeldSegments {
+            entries: (0..capacity)
+                .map(|_| HeldEntry { pkt: None, slot: 0, client_isn: 0, cookie: 0, next: 0 })
+                .collect(),
+            free: (0..capacity as u16).rev().collect(),
+            cursor: 0,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    /// Takes the packet of entry `i + 1` and frees the entry; returns the
+    /// packet and the next entry of its chain.
+    fn take(&mut self, at: u16) -> (Option<P>, u16) {
+        let e = &mut self.entries[usize::from(at - 1)];
+        let (pkt, next) = (e.pkt.take(), e.next);
+        e.next = 0;
+        if pkt.is_some() {
+            self.free.push(at - 1);
+        }
+        (pkt, next)
+    }
+}
+
 impl<P: Packet> State<P> {
+    /// Holds a client segment of a proxied session whose backend has not
+    /// answered, or drops it: a pure ACK carries nothing TCP would resend,
+    /// and the session's places or the store may be full.
+    fn hold(&mut self, slot: u32, st: &mut ProxyState, pkt: P, io: &mut impl Io<P>) {
+        let d = pkt.data();
+        if sp::payload_len(d) == 0 && d[TCP_FLAGS] & (FLAG_FIN | FLAG_RST) == 0 {
+            return self.discard(DropReason::SynProxyPending, pkt, io);
+        }
+        let (mut count, mut last, mut at) = (0, 0u16, st.held);
+        while at != 0 {
+            count += 1;
+            last = at;
+            at = self.held.entries[usize::from(at - 1)].next;
+        }
+        if count >= HELD_PER_SESSION {
+            return self.discard(DropReason::SynProxyPending, pkt, io);
+        }
+        let Some(i) = self.held.free.pop() else {
+            return self.discard(DropReason::SynProxyPending, pkt, io);
+        };
+        let h = &st.handshake;
+        self.held.entries[usize::from(i)] =
+            HeldEntry { pkt: Some(pkt), slot, client_isn: h.client_isn, cookie: h.cookie, next: 0 };
+        if last == 0 {
+            st.held = i + 1;
+        } else {
+            self.held.entries[usize::from(last - 1)].next = i + 1;
+        }
+        self.counters.event(Event::SynProxyHeld);
+    }
+
+    /// Frees the held segments chained from `at`, counting each.
+    fn drop_proxy_held(&mut self, mut at: u16, io: &mut impl Io<P>) {
+        while at != 0 {
+            let (pkt, next) = self.held.take(at);
+            if let Some(p) = pkt {
+                self.discard(DropReason::SynProxyPending, p, io);
+            }
+            at = next;
+        }
+    }
+
+    /// Whether held entry `i` still belongs to a session waiting for its
+    /// backend: sessions leave by many ways (expiry, eviction, a backend's
+    /// removal), and rather than a hook in each, the maintenance frees
+    /// what they left behind.
+    fn held_owner_waits(&self, i: usize) -> bool {
+        let e = &self.held.entries[i];
+        let s = self.sessions.session(e.slot);
+        if s.state == SessionState::Free || s.flags & SYN_PROXIED == 0 {
+            return false;
+        }
+        let st = ProxyState::unpack(&self.proxy_slots[e.slot as usize]);
+        !st.ready && st.handshake.cookie == e.cookie && st.handshake.client_isn == e.client_isn
+    }
+
+    /// Frees a slice of the store's entries whose session went away.
+    pub(super) fn sweep_held(&mut self, io: &mut impl Io<P>) {
+        let n = self.held.entries.len();
+        if self.held.len() == 0 {
+            return;
+        }
+        for _ in 0..HELD_SWEEP_PER_TICK.min(n) {
+            let i = self.held.cursor;
+            self.held.cursor = (i + 1) % n;
+            if self.held.entries[i].pkt.is_some() && !self.held_owner_waits(i) {
+                let (pkt, _) = self.held.take(i as u16 + 1);
+                if let Some(p) = pkt {
+                    self.discard(DropReason::SynProxyPending, p, io);
+                }
+            }
+        }
+    }
+
+    /// Frees every held segment (at shutdown).
+    pub(super) fn drain_held(&mut self, io: &mut impl Io<P>) {
+        for i in 0..self.held.entries.len() {
+            if let (Some(p), _) = self.held.take(i as u16 + 1) {
+                self.counters.count_drop(DropReason::Shutdown);
+                io.free(p);
+            }
+        }
+    }
+
     /// Whether a SYN to `l` is answered with a cookie now.
     #[inline]
     fn proxies_syns(&self, snap: &Snapshot, l: &ListenerView) -> bool {
@@ -155,11 +308,29 @@ impl<P: Packet> State<P> {
             let table = &self.shared.persistence;
             table.remember(table.key(l.id, key.src()), new.backend_id, self.now);
         }
-        let state = ProxyState { handshake: h, translation: Translation::default(), ready: false };
-        self.proxy_slots[slot as usize] = state.pack();
+        let mut state = ProxyState { handshake: h, translation: Translation::default(), ready: false, held: 0 };
         let mut out = [0u8; MAX_FRAME];
         let n = sp::backend_syn(&h, (new.client_ip, new.client_port), (new.backend_ip, new.backend_port), &mut out);
-        let pkt = self.reframe(pkt, &out[..n], io)?;
+        // A proving ACK that carries data (or a FIN) is kept for the
+        // backend and the SYN goes in a buffer of its own; without one,
+        // the data is left to the client's retransmission.
+        let carries = sp::payload_len(pkt.data()) > 0 || flags & FLAG_FIN != 0;
+        let pkt = match carries.then(|| io.alloc(n, pkt.port())).flatten() {
+            Some(mut syn) => {
+                syn.data_mut()[..n].copy_from_slice(&out[..n]);
+                self.hold(slot, &mut state, pkt, io);
+                self.proxy_slots[slot as usize] = state.pack();
+                syn
+            }
+            None => {
+                self.proxy_slots[slot as usize] = state.pack();
+                if carries {
+                    self.counters.event(Event::MbufAllocFailed);
+                    self.counters.count_drop(DropReason::SynProxyPending);
+                }
+                self.reframe(pkt, &out[..n], io)?
+            }
+        };
         self.counters.listeners[usize::from(new.listener)].count(Direction::Request, n);
         self.counters.backends[usize::from(new.backend_id)].count(Direction::Request, n);
         self.route(snap, pkt, new.backend_ip, io);
@@ -217,9 +388,11 @@ impl<P: Packet> State<P> {
             // A retransmitted SYN while the backend connection opens.
             return self.discard(DropReason::SynProxyPending, pkt, io);
         }
-        let st = ProxyState::unpack(&self.proxy_slots[slot as usize]);
+        let mut st = ProxyState::unpack(&self.proxy_slots[slot as usize]);
         if !st.ready {
-            return self.discard(DropReason::SynProxyPending, pkt, io);
+            self.hold(slot, &mut st, pkt, io);
+            self.proxy_slots[slot as usize] = st.pack();
+            return;
         }
         sp::translate_request(pkt.data_mut(), &st.translation);
         let s = self.touch(slot, key, flags, Direction::Request);
@@ -243,16 +416,35 @@ impl<P: Packet> State<P> {
             // was lost): complete it; the client saw lbd's SYN-ACK.
             let mut out = [0u8; MAX_FRAME];
             let (n, tr) = sp::backend_ack(pkt.data(), &st.handshake, &mut out);
+            let held = st.held;
             if !st.ready {
                 st.translation = tr;
                 st.ready = true;
+                st.held = 0;
                 self.proxy_slots[slot as usize] = st.pack();
                 self.counters.event(Event::SynProxyBackendOpened);
             }
             let s = self.touch(slot, key, flags, Direction::Reply);
             self.sessions.track_tcp(slot, FLAG_ACK, Direction::Request);
-            let Some(pkt) = self.reframe(pkt, &out[..n], io) else { return };
-            return self.route(snap, pkt, s.backend_ip, io);
+            match self.reframe(pkt, &out[..n], io) {
+                Some(pkt) => self.route(snap, pkt, s.backend_ip, io),
+                // Without the ACK the held data would reach the backend
+                // before its handshake completes.
+                None => return self.drop_proxy_held(held, io),
+            }
+            // The held segments follow the ACK, in arrival order, as the
+            // client's later segments go.
+            let mut at = held;
+            while at != 0 {
+                let (pkt, next) = self.held.take(at);
+                at = next;
+                let Some(mut pkt) = pkt else { continue };
+                let flags = pkt.data()[TCP_FLAGS];
+                sp::translate_request(pkt.data_mut(), &st.translation);
+                let s = self.touch(slot, key, flags, Direction::Request);
+                self.forward(snap, pkt, &s, Direction::Request, io);
+            }
+            return;
         }
         if !st.ready {
             if pkt.data()[TCP_FLAGS] & FLAG_RST == 0 {
@@ -266,7 +458,9 @@ impl<P: Packet> State<P> {
             );
             st.translation.seq_delta = seq.wrapping_sub(st.handshake.cookie.wrapping_add(1));
             st.ready = true;
+            let held = std::mem::take(&mut st.held);
             self.proxy_slots[slot as usize] = st.pack();
+            self.drop_proxy_held(held, io);
         }
         sp::translate_reply(pkt.data_mut(), &st.translation);
         let s = self.touch(slot, key, flags, Direction::Reply);

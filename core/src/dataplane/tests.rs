@@ -177,6 +177,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
             session: crate::hashkey::HashKeys::from_key(&TEST_HASH_KEY).session,
             rss: crate::rss::RSS_KEY,
         },
+        syn_proxy_held: cfg.startup.syn_proxy_held,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -739,6 +740,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
         hash_keys: crate::hashkey::HashKeys::FIXED,
+        syn_proxy_held: 1024,
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1273,6 +1275,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 source_entries: 4096,
                 icmp_error_rate: ERROR_RATE,
                 hash_keys: crate::hashkey::HashKeys::FIXED,
+                syn_proxy_held: 1024,
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
@@ -1777,21 +1780,31 @@ fn syn_proxy_answers_with_a_cookie_then_opens_and_translates_the_backend_connect
     assert_eq!(h.dp.sessions().len(), 1);
     assert_eq!(h.dp.sessions().half_open(), 1);
 
-    // Client data before the backend answered: TCP will send it again.
+    // Client data before the backend answered: held for it.
     h.rx(0, tcp_segment(to_lb, client, vip, isn + 1, cookie + 1, FLAG_ACK, 502, &ts_opt(1001, our_ts), b"early"));
-    assert_eq!(h.drops(DropReason::SynProxyPending), 1);
     assert!(h.take_tx().is_empty());
+    assert_eq!(h.counters.event_count(Event::SynProxyHeld), 1);
+    assert_eq!(h.total_drops(), 1, "only the bad cookie");
 
-    // The backend's SYN-ACK, window scale 9: lbd completes the handshake.
+    // The backend's SYN-ACK, window scale 9: lbd completes the handshake,
+    // then the held data follows, translated as later segments are.
     let bisn = 0x1234_5678u32;
     let n = topt::write_syn(&mut o, 1460, true, Some((5000, 1001)), Some(9));
     h.rx(1, tcp_segment(from_backend, backend, client, bisn, isn + 1, FLAG_SYN | FLAG_ACK, 65160, &o[..n], b""));
     let out = h.take_tx();
-    assert_eq!(out.len(), 1, "the client gets nothing: it saw lbd's SYN-ACK");
+    assert_eq!(out.len(), 2, "the client gets nothing: it saw lbd's SYN-ACK");
     assert_eq!(out[0].0, 1);
     let k = seen(&out[0].1);
     assert_eq!((k.src, k.dst, k.seq, k.ack, k.flags, k.window), (client, backend, isn + 1, bisn + 1, FLAG_ACK, 502));
     assert_eq!(k.opts.timestamp, Some((1001, 5000)));
+    assert_eq!(out[1].0, 1, "the held data goes to the backend");
+    let e = &out[1].1;
+    assert_eq!((&e[0..6], &e[6..12]), (&B1_MAC.0[..], &INT_MAC.0[..]));
+    assert_eq!(e[22], 63, "a forwarded frame's ttl");
+    let e = seen(e);
+    assert_eq!((e.src, e.dst, e.seq, e.ack, e.flags, e.window), (client, backend, isn + 1, bisn + 1, FLAG_ACK, 502));
+    assert_eq!(e.opts.timestamp, Some((1001, 5000)), "the echoed timestamp is the backend's");
+    assert_eq!(e.payload, b"early");
     let slot = h.dp.sessions().iter().next().unwrap().1;
     assert_eq!(slot.state, SessionState::TcpEstablished);
     assert_eq!(h.dp.sessions().half_open(), 0);
@@ -1823,9 +1836,132 @@ fn syn_proxy_answers_with_a_cookie_then_opens_and_translates_the_backend_connect
     assert_eq!((r.src, r.dst, r.seq, r.ack, r.window), (vip, client, cookie + 1, isn + 6, 4000));
     assert_eq!(r.opts.timestamp, Some((our_ts + 10, 1002)));
     assert_eq!(r.payload, b"200 OK");
-    assert_eq!(h.total_drops(), 2);
+    assert_eq!(h.total_drops(), 1);
     assert_eq!(h.counters.event_count(Event::SynProxyAccepted), 1);
     assert_eq!(h.counters.event_count(Event::SynProxyBackendOpened), 1);
+}
+
+/// A proxied connection from client port `port` up to the SYN to the
+/// backend, its proving ACK carrying `data`: the cookie.
+fn proxy_open(h: &mut Harness, port: u16, data: &[u8]) -> u32 {
+    let (client, vip) = ((ip("192.168.1.10"), port), (ip("10.0.0.100"), 80));
+    h.rx(0, tcp_segment((EXT_MAC, GW_MAC), client, vip, 7, 0, FLAG_SYN, 64240, &[], b""));
+    let cookie = seen(&h.take_tx()[0].1).seq;
+    h.rx(0, tcp_segment((EXT_MAC, GW_MAC), client, vip, 8, cookie + 1, FLAG_ACK | tcp::FLAG_PSH, 500, &[], data));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1, "the SYN to the backend only");
+    let s = seen(&out[0].1);
+    assert_eq!((out[0].0, s.src, s.seq, s.flags, s.payload.len()), (1, client, 7, FLAG_SYN, 0));
+    cookie
+}
+
+/// The backend's SYN-ACK to client port `port`, ISN `bisn`.
+fn proxy_backend_answers(h: &mut Harness, port: u16, bisn: u32) {
+    let (client, backend) = ((ip("192.168.1.10"), port), (ip("10.1.0.11"), 8080));
+    h.rx(1, tcp_segment((INT_MAC, B1_MAC), backend, client, bisn, 8, FLAG_SYN | FLAG_ACK, 65160, &[], b""));
+}
+
+/// A client segment of port `port` before its backend answered.
+fn proxy_early(h: &mut Harness, port: u16, cookie: u32, seq: u32, flags: u8, data: &[u8]) {
+    let (client, vip) = ((ip("192.168.1.10"), port), (ip("10.0.0.100"), 80));
+    h.rx(0, tcp_segment((EXT_MAC, GW_MAC), client, vip, seq, cookie + 1, flags, 500, &[], data));
+    assert!(h.take_tx().is_empty());
+}
+
+#[test]
+fn syn_proxy_holds_the_data_of_the_proving_ack_for_the_backend() {
+    let mut h = proxy_harness("on");
+    let (client, backend) = ((ip("192.168.1.10"), 41000), (ip("10.1.0.11"), 8080));
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    let cookie = proxy_open(&mut h, 41000, request);
+    assert_eq!(h.counters.event_count(Event::SynProxyHeld), 1);
+    // A FIN after it, held too: the client's close waits as its data does.
+    proxy_early(&mut h, 41000, cookie, 8 + request.len() as u32, FLAG_ACK | tcp::FLAG_FIN, b"");
+    assert_eq!(h.total_drops(), 0);
+    let bisn = 0x8000_0000u32;
+    proxy_backend_answers(&mut h, 41000, bisn);
+    let out = h.take_tx();
+    assert_eq!(out.len(), 3);
+    let k = seen(&out[0].1);
+    assert_eq!((k.src, k.dst, k.seq, k.ack, k.flags, k.payload.len()), (client, backend, 8, bisn + 1, FLAG_ACK, 0));
+    let d = seen(&out[1].1);
+    assert_eq!((out[1].0, &out[1].1[0..6], d.src, d.dst), (1, &B1_MAC.0[..], client, backend));
+    assert_eq!((d.seq, d.ack, d.flags, d.window), (8, bisn + 1, FLAG_ACK | tcp::FLAG_PSH, 500));
+    assert_eq!(d.payload, request);
+    let f = seen(&out[2].1);
+    assert_eq!((f.seq, f.ack, f.flags), (8 + request.len() as u32, bisn + 1, FLAG_ACK | tcp::FLAG_FIN));
+    assert_eq!(h.total_drops(), 0);
+    let (_, s) = h.dp.sessions().iter().next().unwrap();
+    assert_eq!(s.state, SessionState::TcpClosing, "the held FIN went through the session");
+}
+
+#[test]
+fn syn_proxy_drops_what_the_store_cannot_hold() {
+    let yaml = proxy_config("on", "sessions: {syn_proxy_held: 3}\n");
+    let mut h = harness_with(&yaml, 0, 1, 1000);
+    let a = proxy_open(&mut h, 42000, b"");
+    // Two places per session: the third segment is dropped.
+    proxy_early(&mut h, 42000, a, 8, FLAG_ACK, b"one");
+    proxy_early(&mut h, 42000, a, 11, FLAG_ACK, b"two");
+    proxy_early(&mut h, 42000, a, 14, FLAG_ACK, b"three");
+    assert_eq!(h.drops(DropReason::SynProxyPending), 1);
+    // A pure ACK carries nothing to resend: dropped, not held.
+    proxy_early(&mut h, 42000, a, 8, FLAG_ACK, b"");
+    assert_eq!(h.drops(DropReason::SynProxyPending), 2);
+    // The store holds 3: another session's first fits, its second not.
+    let b = proxy_open(&mut h, 42001, b"first");
+    proxy_early(&mut h, 42001, b, 13, FLAG_ACK, b"second");
+    assert_eq!(h.drops(DropReason::SynProxyPending), 3);
+    assert_eq!(h.counters.event_count(Event::SynProxyHeld), 3);
+    proxy_backend_answers(&mut h, 42000, 100);
+    let out = h.take_tx();
+    let got: Vec<_> = out.iter().map(|(_, f)| seen(f).payload).collect();
+    assert_eq!(got, [&b""[..], b"one", b"two"], "the ACK, then the held segments in arrival order");
+    // Their places are free again.
+    proxy_early(&mut h, 42001, b, 13, FLAG_ACK, b"second");
+    assert_eq!(h.drops(DropReason::SynProxyPending), 3);
+    proxy_backend_answers(&mut h, 42001, 200);
+    let got: Vec<_> = h.take_tx().iter().map(|(_, f)| seen(f).payload).collect();
+    assert_eq!(got, [&b""[..], b"first", b"second"]);
+    assert_eq!(h.total_drops(), 3);
+}
+
+#[test]
+fn syn_proxy_frees_held_segments_when_their_session_goes() {
+    let mut h = proxy_harness("on");
+    // The backend refuses: the held data goes with the session.
+    let a = proxy_open(&mut h, 43000, b"refused");
+    proxy_early(&mut h, 43000, a, 15, FLAG_ACK, b"too");
+    let (client, backend) = ((ip("192.168.1.10"), 43000), (ip("10.1.0.11"), 8080));
+    h.rx(1, tcp_segment((INT_MAC, B1_MAC), backend, client, 0, 8, FLAG_RST | FLAG_ACK, 0, &[], b""));
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1, "the client's RST only");
+    assert_eq!(seen(&out[0].1).flags, FLAG_RST | FLAG_ACK);
+    assert_eq!(h.drops(DropReason::SynProxyPending), 2);
+    // The backend never answers: the session expires (tcp_syn 10 s), its
+    // held segments are freed.
+    let b = proxy_open(&mut h, 43001, b"lost");
+    proxy_early(&mut h, 43001, b, 12, FLAG_ACK, b"also");
+    let freed = h.io.freed;
+    for t in (0..=12_000).step_by(100) {
+        h.dp.set_now(1 + t);
+        h.dp.tick(&mut h.io);
+    }
+    assert!(h.dp.sessions().iter().all(|(_, s)| s.client_port != 43001), "expired");
+    assert_eq!(h.drops(DropReason::SynProxyPending), 4);
+    assert_eq!(h.io.freed, freed + 2);
+    // A session still waiting keeps them; shutdown frees them.
+    let c = proxy_open(&mut h, 43002, b"kept");
+    let freed = h.io.freed;
+    for t in (12_100..=13_000).step_by(100) {
+        h.dp.set_now(1 + t);
+        h.dp.tick(&mut h.io);
+    }
+    assert_eq!(h.drops(DropReason::SynProxyPending), 4);
+    proxy_early(&mut h, 43002, c, 12, FLAG_ACK, b"more");
+    h.dp.drain(&mut h.io);
+    assert_eq!(h.drops(DropReason::Shutdown), 2);
+    assert_eq!(h.io.freed, freed + 2);
 }
 
 #[test]
