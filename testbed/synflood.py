@@ -5,7 +5,9 @@
         Writes N Ethernet/IPv4/TCP SYN frames to VIP:PORT from spoofed
         sources in 198.18.0.0/15 (random ports and ISNs, correct
         checksums) as a pcap file, for dpdk-testpmd's net_pcap with
-        infinite_rx=1 to replay at the highest rate it can.
+        infinite_rx=1 to replay at the highest rate it can. This script
+        starts no DPDK process; whoever starts testpmd with the pcap passes
+        `--no-pci` (tests/netns.rs does), so the machine's NIC is never probed.
     synflood.py probe VIP PORT N
         N real connections one after another (connect, GET /, read the
         answer; 3 s per connection, so one retransmitted SYN still counts
