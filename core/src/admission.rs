@@ -74,6 +74,14 @@ pub struct Protection {
     pub hold_ms: u32,
 }
 
+/// `vips[]`: a VIP protected as a whole: every client packet to the
+/// address counts, to any listener or to a port without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VipProtection {
+    pub address: std::net::Ipv4Addr,
+    pub protection: Protection,
+}
+
 /// Where a listener's protection stands (on one worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -140,6 +148,9 @@ pub struct GuardCounters {
 #[derive(Debug)]
 pub struct AdmissionCounters {
     pub listeners: Box<[GuardCounters]>,
+    /// One block per index of `vips[]` (drops of `vip_scrubbed` and
+    /// `vip_blackholed` at the VIP level).
+    pub vips: Box<[GuardCounters]>,
     /// Source table entries in use, entries (gauges), sources forgotten
     /// for new ones, and of those the ones that held sessions.
     pub source_entries: Counter,
@@ -152,6 +163,7 @@ impl AdmissionCounters {
     pub fn new(listeners: usize) -> AdmissionCounters {
         AdmissionCounters {
             listeners: (0..listeners).map(|_| GuardCounters::default()).collect(),
+            vips: (0..crate::config::MAX_PROTECTED_VIPS).map(|_| GuardCounters::default()).collect(),
             source_entries: Counter::default(),
             source_capacity: Counter::default(),
             source_evictions: Counter::default(),
@@ -162,6 +174,14 @@ impl AdmissionCounters {
     #[inline]
     fn drop(&self, listener: usize, r: DropReason) -> DropReason {
         if let (Some(g), Some(i)) = (self.listeners.get(listener), LIMIT_DROPS.iter().position(|x| *x == r)) {
+            g.drops[i].inc();
+        }
+        r
+    }
+
+    #[inline]
+    fn vip_drop(&self, vip: usize, r: DropReason) -> DropReason {
+        if let (Some(g), Some(i)) = (self.vips.get(vip), LIMIT_DROPS.iter().position(|x| *x == r)) {
             g.drops[i].inc();
         }
         r
@@ -336,11 +356,24 @@ impl Guard {
     }
 }
 
+/// A VIP's protection on a worker (`vips[]`).
+#[derive(Debug, Clone, Default)]
+struct VipGuard {
+    /// What it was built from, so a snapshot that changes neither keeps
+    /// the state.
+    addr: u32,
+    protection: Option<Protection>,
+    meter: Option<Meter>,
+}
+
 /// A worker's limits and protection state.
 #[derive(Debug)]
 pub struct Admission {
     workers: u32,
     guards: Box<[Guard]>,
+    /// By index of `vips[]`; the first `vips_in_use` are configured.
+    vips: Box<[VipGuard]>,
+    vips_in_use: usize,
     sources: SourceTable,
     /// Listener ids with protection, whose windows `tick` closes while no
     /// packet comes.
@@ -354,6 +387,8 @@ impl Admission {
         Admission {
             workers: workers.max(1) as u32,
             guards: vec![Guard::default(); listeners].into_boxed_slice(),
+            vips: vec![VipGuard::default(); crate::config::MAX_PROTECTED_VIPS].into_boxed_slice(),
+            vips_in_use: 0,
             sources: SourceTable::new(source_entries),
             protected: Vec::with_capacity(listeners),
         }
@@ -381,6 +416,21 @@ impl Admission {
                 self.protected.push(l.id.0);
             }
         }
+        for (i, g) in self.vips.iter_mut().enumerate() {
+            let v = snap.vips.get(i);
+            let (addr, protection) = (v.map_or(0, |v| v.addr), v.map(|v| v.protection));
+            if g.addr != addr || g.protection != protection {
+                *g =
+                    VipGuard { addr, protection, meter: protection.as_ref().map(|p| Meter::new(p, self.workers, now)) };
+                if let Some(gc) = c.vips.get(i) {
+                    gc.state.set(ProtectionState::Normal as u64);
+                    gc.packets_per_second.set(0);
+                    gc.bits_per_second.set(0);
+                    gc.new_connections_per_second.set(0);
+                }
+            }
+        }
+        self.vips_in_use = snap.vips.len().min(self.vips.len());
         c.source_capacity.set(self.sources.capacity() as u64);
     }
 
@@ -391,6 +441,11 @@ impl Admission {
         for id in &self.protected {
             let i = usize::from(*id);
             if let (Some(m), Some(gc)) = (self.guards[i].meter.as_mut(), c.listeners.get(i)) {
+                m.roll(now, gc);
+            }
+        }
+        for (g, gc) in self.vips[..self.vips_in_use].iter_mut().zip(c.vips.iter()) {
+            if let Some(m) = g.meter.as_mut() {
                 m.roll(now, gc);
             }
         }
@@ -413,6 +468,9 @@ impl Admission {
     ) -> Result<(), DropReason> {
         if !l.guarded {
             return Ok(());
+        }
+        if let Some(v) = l.vip_guard {
+            self.vip_packet(usize::from(v), len, now, c)?;
         }
         let id = usize::from(l.id);
         let Some(g) = self.guards.get_mut(id) else { return Ok(()) };
@@ -445,6 +503,55 @@ impl Admission {
         Ok(())
     }
 
+    /// A client packet of `len` bytes to protected VIP index `v` (to any
+    /// of its listeners or none): measured, then admitted or dropped by
+    /// the VIP's state.
+    #[inline]
+    fn vip_packet(&mut self, v: usize, len: usize, now: u32, c: &AdmissionCounters) -> Result<(), DropReason> {
+        let (Some(m), Some(gc)) = (self.vips.get_mut(v).and_then(|g| g.meter.as_mut()), c.vips.get(v)) else {
+            return Ok(());
+        };
+        m.roll(now, gc);
+        m.packets += 1;
+        m.bytes += len as u64;
+        match m.state {
+            ProtectionState::Normal => Ok(()),
+            ProtectionState::Blackholed => Err(c.vip_drop(v, DropReason::VipBlackholed)),
+            ProtectionState::Scrubbed => {
+                let packets = m.scrub_packets.as_mut().is_none_or(|b| b.take(now));
+                let bytes = m.scrub_bytes.as_mut().is_none_or(|b| b.take_n(now, len as u64));
+                if packets && bytes {
+                    Ok(())
+                } else {
+                    Err(c.vip_drop(v, DropReason::VipScrubbed))
+                }
+            }
+        }
+    }
+
+    /// A client packet of `len` bytes to protected VIP index `v` on a port
+    /// no listener serves: it counts towards the VIP's rates; dropped as
+    /// `vip_blackholed` while the VIP is, else as `no_listener`.
+    #[inline]
+    pub fn no_listener(&mut self, v: u16, len: usize, now: u32, c: &AdmissionCounters) -> DropReason {
+        let v = usize::from(v);
+        let (Some(m), Some(gc)) = (self.vips.get_mut(v).and_then(|g| g.meter.as_mut()), c.vips.get(v)) else {
+            return DropReason::NoListener;
+        };
+        m.roll(now, gc);
+        m.packets += 1;
+        m.bytes += len as u64;
+        if m.state == ProtectionState::Blackholed {
+            return c.vip_drop(v, DropReason::VipBlackholed);
+        }
+        DropReason::NoListener
+    }
+
+    /// The protection state of protected VIP index `v` on this worker.
+    pub fn vip_state(&self, v: usize) -> ProtectionState {
+        self.vips.get(v).and_then(|g| g.meter.as_ref()).map_or(ProtectionState::Normal, |m| m.state)
+    }
+
     /// A new connection (a flow that will get a session) to listener `l`
     /// from `src`: admitted or the reason it is not. Its packet has passed
     /// [`Admission::packet`].
@@ -458,6 +565,14 @@ impl Admission {
     ) -> Result<(), DropReason> {
         if !l.guarded {
             return Ok(());
+        }
+        if let Some(v) = l.vip_guard.map(usize::from) {
+            if let Some(m) = self.vips.get_mut(v).and_then(|g| g.meter.as_mut()) {
+                m.connections += 1;
+                if m.state == ProtectionState::Scrubbed && m.scrub_connections.as_mut().is_some_and(|b| !b.take(now)) {
+                    return Err(c.vip_drop(v, DropReason::VipScrubbed));
+                }
+            }
         }
         let id = usize::from(l.id);
         let Some(g) = self.guards.get_mut(id) else { return Ok(()) };
@@ -524,7 +639,7 @@ pub fn report(
     workers: &[std::sync::Arc<crate::counters::WorkerCounters>],
     l: &ListenerView,
 ) -> Option<lbproto::stats::LimitsReport> {
-    if !l.guarded {
+    if l.limits.is_none() && l.protection.is_none() {
         return None;
     }
     let mut configured = std::collections::BTreeMap::new();

@@ -189,6 +189,9 @@ pub struct ListenerView {
     /// them is set, so an unguarded listener costs one test per packet.
     pub limits: crate::admission::Limits,
     pub protection: Option<crate::admission::Protection>,
+    /// The index in [`Snapshot::vips`] of this listener's VIP when the VIP
+    /// is protected as a whole.
+    pub vip_guard: Option<u16>,
     pub guarded: bool,
     /// The verdicts of the listener's security group for new flows;
     /// `None`: every flow is admitted.
@@ -228,6 +231,16 @@ pub struct Snapshot {
     pub min_mtu: u16,
     /// `sessions.half_open_max_per_worker`.
     pub half_open_max: usize,
+    /// `vips[]`: VIPs protected as a whole, indexed by
+    /// [`ListenerView::vip_guard`].
+    pub vips: Vec<VipView>,
+}
+
+/// A VIP protected as a whole (`vips[]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VipView {
+    pub addr: u32,
+    pub protection: crate::admission::Protection,
 }
 
 /// An id that changed owner in [`IdRegistry::assign`].
@@ -504,6 +517,7 @@ impl Snapshot {
                     v
                 })
             });
+            let vip_guard = cfg.forwarding.vips.iter().position(|v| u32::from(v.address) == vip).map(|i| i as u16);
             listeners.push(ListenerView {
                 id,
                 name: l.name.clone(),
@@ -521,7 +535,8 @@ impl Snapshot {
                 all_down_policy: l.all_down,
                 limits: l.limits,
                 protection: l.protection,
-                guarded: !l.limits.is_none() || l.protection.is_some(),
+                vip_guard,
+                guarded: !l.limits.is_none() || l.protection.is_some() || vip_guard.is_some(),
                 security,
             });
         }
@@ -555,7 +570,14 @@ impl Snapshot {
             max_retries: cfg.forwarding.arp.max_retries,
         };
         let min_mtu = ports.iter().map(|p| p.mtu).min().unwrap_or(u16::MAX);
+        let vips = cfg
+            .forwarding
+            .vips
+            .iter()
+            .map(|v| VipView { addr: u32::from(v.address), protection: v.protection })
+            .collect();
         Snapshot {
+            vips,
             generation,
             ports,
             routes,
@@ -585,6 +607,14 @@ impl Snapshot {
     #[inline]
     pub fn listener_position(&self, vip: u32, proto: u8, port: u16) -> Option<ListenerPos> {
         self.listener_index.get(listener_key(vip, proto, port)).map(|i| ListenerPos(i as u16))
+    }
+
+    /// The index in [`Snapshot::vips`] of `ip` when it is a VIP protected
+    /// as a whole. A scan: only on the drop path of packets no listener
+    /// serves, over the few protected VIPs.
+    #[inline]
+    pub fn protected_vip(&self, ip: u32) -> Option<u16> {
+        self.vips.iter().position(|v| v.addr == ip).map(|i| i as u16)
     }
 
     /// Whether `ip` is one of our addresses (a port's or a VIP).

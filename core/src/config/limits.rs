@@ -2,7 +2,7 @@
 //! `limits` (table sizes): their YAML shape and their validation.
 
 use super::{VResult, Validator};
-use crate::admission::{Limits, Protection, SourceLimits, Thresholds};
+use crate::admission::{Limits, Protection, SourceLimits, Thresholds, VipProtection};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -75,7 +75,40 @@ pub struct RawProtection {
     pub hold: Option<String>,
 }
 
+/// `vips[]`: protection of a VIP as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVip {
+    pub address: String,
+    pub protection: RawProtection,
+}
+
+/// The most VIPs with protection (their counters are sized at start).
+pub const MAX_PROTECTED_VIPS: usize = 64;
+
 impl Validator<'_> {
+    pub(super) fn vips(&self, raw: &[RawVip], listeners: &[super::ListenerConfig]) -> VResult<Vec<VipProtection>> {
+        if raw.len() > MAX_PROTECTED_VIPS {
+            return self.err("vips", format!("{} VIPs, at most {MAX_PROTECTED_VIPS}", raw.len()));
+        }
+        let mut out: Vec<VipProtection> = Vec::with_capacity(raw.len());
+        for (i, v) in raw.iter().enumerate() {
+            let field = format!("vips[{i}].address");
+            let Ok(address) = v.address.parse::<std::net::Ipv4Addr>() else {
+                return self.err(field, format!("{:?} is not an IPv4 address", v.address));
+            };
+            if !listeners.iter().any(|l| l.vip == address) {
+                return self.err(field, format!("{address} is no listener's VIP"));
+            }
+            if out.iter().any(|o| o.address == address) {
+                return self.err(field, format!("{address} is listed twice"));
+            }
+            let protection = self.protection_at(&format!("vips[{i}].protection"), Some(&v.protection))?;
+            out.push(VipProtection { address, protection: protection.expect("given") });
+        }
+        Ok(out)
+    }
+
     pub(super) fn source_entries(&self, raw: &RawGlobalLimits) -> VResult<usize> {
         let n = raw.source_entries.unwrap_or(DEFAULT_SOURCE_ENTRIES);
         if !(MIN_SOURCE_ENTRIES..=MAX_SOURCE_ENTRIES).contains(&n) || !n.is_power_of_two() {
@@ -134,8 +167,12 @@ impl Validator<'_> {
     }
 
     pub(super) fn protection(&self, i: usize, raw: Option<&RawProtection>) -> VResult<Option<Protection>> {
+        self.protection_at(&format!("listeners[{i}].protection"), raw)
+    }
+
+    fn protection_at(&self, field: &str, raw: Option<&RawProtection>) -> VResult<Option<Protection>> {
         let Some(raw) = raw else { return Ok(None) };
-        let f = |k: &str| format!("listeners[{i}].protection.{k}");
+        let f = |k: &str| format!("{field}.{k}");
         let scrub = raw.scrub.as_ref().map(|t| self.thresholds(f("scrub"), t)).transpose()?;
         let blackhole = raw.blackhole.as_ref().map(|t| self.thresholds(f("blackhole"), t)).transpose()?;
         if scrub.is_none() && blackhole.is_none() {
@@ -260,5 +297,45 @@ listeners:
             let e = parse(&format!("{BASE}limits: {{source_entries: {bad}}}\n"), Path::new("l.yaml")).unwrap_err();
             assert_eq!(e.field, "limits.source_entries", "{bad}");
         }
+    }
+
+    #[test]
+    fn vip_protection_is_read_and_checked() {
+        let vips = |v: &str| parse(&format!("{BASE}vips:\n{v}"), Path::new("/etc/lbd/l.yaml"));
+        let c = vips("  - {address: 10.0.0.100, protection: {blackhole: {bits_per_second: 1000000}, hold: 30s}}\n")
+            .unwrap();
+        assert_eq!(c.forwarding.vips.len(), 1);
+        assert_eq!(c.forwarding.vips[0].address, std::net::Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(
+            c.forwarding.vips[0].protection,
+            Protection {
+                scrub: None,
+                blackhole: Some(Thresholds { bits_per_second: Some(1_000_000), ..Thresholds::default() }),
+                hold_ms: 30_000,
+            }
+        );
+        assert!(parse(BASE, Path::new("l.yaml")).unwrap().forwarding.vips.is_empty());
+        let e = vips("  - {address: 10.0.0.101, protection: {blackhole: {packets_per_second: 5}}}\n").unwrap_err();
+        assert_eq!(e.field, "vips[0].address");
+        assert!(e.message.contains("no listener's VIP"), "{e}");
+        assert!(e.to_string().contains("/etc/lbd/l.yaml"), "{e}");
+        let e = vips("  - {address: web, protection: {blackhole: {packets_per_second: 5}}}\n").unwrap_err();
+        assert_eq!(e.field, "vips[0].address");
+        let e = vips(
+            "  - {address: 10.0.0.100, protection: {blackhole: {packets_per_second: 5}}}\n  \
+             - {address: 10.0.0.100, protection: {blackhole: {packets_per_second: 9}}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "vips[1].address");
+        let e = vips("  - {address: 10.0.0.100, protection: {hold: 10s}}\n").unwrap_err();
+        assert_eq!(e.field, "vips[0].protection.scrub");
+        let e = vips("  - {address: 10.0.0.100, protection: {scrub: {packets_per_second: 100}, blackhole: {packets_per_second: 50}}}\n")
+            .unwrap_err();
+        assert_eq!(e.field, "vips[0].protection.blackhole.packets_per_second");
+        let e = vips("  - {address: 10.0.0.100, protection: {blackhole: {packets_per_second: 0}}}\n").unwrap_err();
+        assert_eq!(e.field, "vips[0].protection.blackhole.packets_per_second");
+        let e = vips("  - {address: 10.0.0.100, protection: {blackhole: {packets_per_second: 5}}, port: 80}\n")
+            .unwrap_err();
+        assert!(e.message.contains("port"), "unknown keys are errors: {e}");
     }
 }

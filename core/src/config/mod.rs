@@ -5,6 +5,7 @@
 //! produces no [`Config`] at all, so nothing downstream can half-apply it.
 
 pub mod limits;
+pub use limits::MAX_PROTECTED_VIPS;
 pub mod raw;
 
 use crate::health::{self, AllDownPolicy, CheckKind, HealthCheck};
@@ -501,6 +502,8 @@ pub struct Forwarding {
     pub health_builtin: bool,
     /// Security groups by name.
     pub security_groups: std::collections::BTreeMap<String, std::sync::Arc<crate::security::SecurityGroup>>,
+    /// `vips[]`: VIPs protected as a whole.
+    pub vips: Vec<crate::admission::VipProtection>,
 }
 
 impl Forwarding {
@@ -816,6 +819,7 @@ impl Validator<'_> {
             }
             l.security_group = r.security_group.clone().or_else(|| raw.security.default_group.clone());
         }
+        let vips = self.vips(&raw.vips, &listeners)?;
 
         let d = Timeouts::default();
         let one = Duration::from_secs(1);
@@ -989,6 +993,7 @@ impl Validator<'_> {
                 half_open_max: half_open_max.map(|n| n as usize),
                 health_builtin: raw.health.builtin != Some(Switch::Off),
                 security_groups,
+                vips,
             },
         })
     }

@@ -53,6 +53,10 @@ pub struct RawConfig {
     pub security_groups: std::collections::BTreeMap<String, crate::security::RawSecurityGroup>,
     #[serde(default, skip_serializing_if = "crate::security::RawSecurity::is_default")]
     pub security: crate::security::RawSecurity,
+    /// Protection of a VIP as a whole (all its listeners and its ports
+    /// without one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<super::limits::RawVip>,
 }
 
 /// Bounds of the IPv4 fragment tables, per worker.

@@ -388,6 +388,20 @@ impl<P: Packet> State<P> {
     /// every packet; prefetch all their index buckets; then prefetch the
     /// sessions the buckets point at; then process. Packets other than
     /// TCP/UDP flows flush the stages first, so arrival order holds.
+    /// A packet to a local address on a port no listener serves: when the
+    /// address is a VIP protected as a whole, it counts towards the VIP's
+    /// rates (an attack on closed ports is an attack on the VIP).
+    fn no_listener(&mut self, snap: &Snapshot, pkt: P, io: &mut impl Io<P>) {
+        // Classify accepted it as an untagged IPv4 TCP/UDP packet.
+        let d = pkt.data();
+        let dst = d.get(30..34).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let reason = match snap.protected_vip(dst) {
+            Some(v) => self.admission.no_listener(v, pkt.packet_len(), self.now, &self.counters.admission),
+            None => DropReason::NoListener,
+        };
+        self.discard(reason, pkt, io)
+    }
+
     fn burst(&mut self, snap: &Snapshot, pkts: impl Iterator<Item = P>, from_handoff: bool, io: &mut impl Io<P>) {
         let mut staged = std::mem::take(&mut self.staged);
         for pkt in pkts {
@@ -418,6 +432,7 @@ impl<P: Packet> State<P> {
                         Class::IcmpError { key, .. } => self.forward_icmp_error(snap, pkt, key, io),
                         Class::Kernel(port) => self.pass_up(port, pkt, io),
                         Class::Drop(DropReason::TtlExceeded) => self.ttl_expired(snap, pkt, io),
+                        Class::Drop(DropReason::NoListener) if !snap.vips.is_empty() => self.no_listener(snap, pkt, io),
                         Class::Drop(r) => self.discard(r, pkt, io),
                         Class::Fragment => self.fragment(snap, pkt, from_handoff, io),
                         Class::Flow { .. } => unreachable!("matched above"),

@@ -187,3 +187,87 @@ fn limits_are_split_across_workers() {
     }
     assert_eq!(admitted, 2, "the source's share of max_sessions on this worker");
 }
+
+/// CONFIG with `vips:` protecting 10.0.0.100 (listeners web tcp/80, rr
+/// tcp/81, dns udp/53) as a whole.
+fn vip_with(protection: &str) -> Harness {
+    let yaml = format!("{CONFIG}vips:\n  - {{address: 10.0.0.100, protection: {protection}}}\n");
+    harness_with(&yaml, 0, 1, 1000)
+}
+
+fn to_vip(h: &mut Harness, proto: u8, sport: u16, dport: u16) -> bool {
+    let flags = if proto == PROTO_TCP { FLAG_SYN } else { 0 };
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, proto, ip("192.168.1.10"), ip("10.0.0.100"), sport, dport, flags, b""));
+    !h.take_tx().is_empty()
+}
+
+fn vip_state(h: &Harness) -> ProtectionState {
+    ProtectionState::from_gauge(h.counters.admission.vips[0].state.get())
+}
+
+#[test]
+fn a_vip_is_blackholed_by_traffic_over_its_listeners_and_closed_ports() {
+    let mut h = vip_with("{blackhole: {packets_per_second: 100}, hold: 5s}");
+    // 40 packets each to tcp/80, tcp/81 and tcp/8080 (no listener) in the
+    // first second: 120/s on the VIP, no listener near 100/s.
+    for p in 0..40u16 {
+        h.dp.set_now(1 + u32::from(p) * 24);
+        assert!(to_vip(&mut h, PROTO_TCP, 1000 + p, 80));
+        assert!(to_vip(&mut h, PROTO_TCP, 1000 + p, 81));
+        assert!(!to_vip(&mut h, PROTO_TCP, 1000 + p, 8080));
+    }
+    assert_eq!(h.drops(DropReason::NoListener), 40);
+    assert_eq!(vip_state(&h), ProtectionState::Normal);
+    h.dp.set_now(1002);
+    h.dp.tick(&mut h.io);
+    assert_eq!(vip_state(&h), ProtectionState::Blackholed);
+    assert_eq!(h.counters.admission.vips[0].blackholed.get(), 1);
+    assert_eq!(h.counters.admission.vips[0].packets_per_second.get(), 119, "120 packets in 1002 ms");
+    assert_eq!(state(&h), ProtectionState::Normal, "listener web has no protection of its own");
+    // Every client packet to the VIP is dropped: listeners of both
+    // protocols, established sessions, closed ports.
+    assert!(!to_vip(&mut h, PROTO_TCP, 3000, 80));
+    assert!(!to_vip(&mut h, PROTO_UDP, 3000, 53));
+    assert!(!data(&mut h, "192.168.1.10", 1000));
+    assert!(!to_vip(&mut h, PROTO_TCP, 3000, 8080));
+    assert_eq!(h.drops(DropReason::VipBlackholed), 4);
+    assert_eq!(h.drops(DropReason::NoListener), 40);
+    assert_eq!(h.counters.admission.vips[0].drops[4].get(), 4, "counted for the VIP");
+    for t in (1100..=5000).step_by(100) {
+        h.dp.set_now(t);
+        h.dp.tick(&mut h.io);
+    }
+    assert_eq!(vip_state(&h), ProtectionState::Blackholed, "held");
+    for t in (5100..=8000).step_by(100) {
+        h.dp.set_now(t);
+        h.dp.tick(&mut h.io);
+    }
+    assert_eq!(vip_state(&h), ProtectionState::Normal);
+    assert_eq!(h.counters.admission.vips[0].released.get(), 1);
+    assert!(to_vip(&mut h, PROTO_TCP, 3001, 80));
+}
+
+#[test]
+fn a_scrubbed_vip_admits_the_scrub_rate_across_its_listeners() {
+    let mut h = vip_with("{scrub: {packets_per_second: 50}, blackhole: {packets_per_second: 100000}, hold: 2s}");
+    for p in 0..50u16 {
+        h.dp.set_now(1 + u32::from(p) * 19);
+        assert!(to_vip(&mut h, PROTO_TCP, 1000 + p, 80));
+        assert!(!to_vip(&mut h, PROTO_TCP, 1000 + p, 8080));
+    }
+    h.dp.set_now(1001);
+    h.dp.tick(&mut h.io);
+    assert_eq!(vip_state(&h), ProtectionState::Scrubbed);
+    // 50/s over the VIP: a burst of 8 at once, whichever listener.
+    let mut admitted = 0;
+    for p in 0..25u16 {
+        admitted += usize::from(to_vip(&mut h, PROTO_TCP, 5000 + p, 80));
+        admitted += usize::from(to_vip(&mut h, PROTO_UDP, 5000 + p, 53));
+    }
+    assert_eq!(admitted, 8);
+    assert_eq!(h.drops(DropReason::VipScrubbed), 42);
+    assert_eq!(h.counters.admission.vips[0].drops[3].get(), 42);
+    // Closed ports stay `no_listener` while scrubbed.
+    assert!(!to_vip(&mut h, PROTO_TCP, 5000, 8080));
+    assert_eq!(h.drops(DropReason::NoListener), 51);
+}
