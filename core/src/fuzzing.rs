@@ -17,7 +17,11 @@ use std::sync::{Arc, OnceLock};
 
 /// The data plane's configuration: both ports, a gateway, static
 /// neighbours, and TCP and UDP listeners (Maglev, round robin, one
-/// unresolved backend, one without weight), as the core's own tests have.
+/// unresolved backend, one without weight), as the core's own tests have;
+/// and the internet-facing defences: a SYN proxy always on and one
+/// automatic, a security group, listener and per-source limits, and
+/// listener and VIP protection with thresholds an input of 32 frames can
+/// cross.
 pub const DATAPLANE_CONFIG: &str = r#"
 eal: ["--no-pci"]
 ports:
@@ -71,6 +75,52 @@ listeners:
     maglev_table_size: 251
     backends:
       - {address: 10.1.0.11, port: 1, weight: 0}
+  - name: proxied
+    vip: 10.0.0.100
+    protocol: tcp
+    port: 82
+    syn_proxy: on
+    security_group: some
+    maglev_table_size: 251
+    limits:
+      per_source: {new_connections_per_second: 50, max_sessions: 4}
+    backends:
+      - {address: 10.1.0.11, port: 8082}
+      - {address: 10.1.0.12, port: 8082}
+  - name: auto
+    vip: 10.0.0.103
+    protocol: tcp
+    port: 80
+    syn_proxy: auto
+    maglev_table_size: 251
+    limits: {new_connections_per_second: 200, packets_per_second: 2000}
+    protection:
+      scrub: {packets_per_second: 20}
+      blackhole: {packets_per_second: 60}
+      hold: 1s
+    backends:
+      - {address: 10.1.0.12, port: 8083}
+  - name: limited-udp
+    vip: 10.0.0.103
+    protocol: udp
+    port: 53
+    maglev_table_size: 251
+    limits:
+      per_source: {packets_per_second: 40, max_sessions: 2}
+    backends:
+      - {address: 10.1.0.11, port: 5353}
+vips:
+  - address: 10.0.0.103
+    protection:
+      scrub: {packets_per_second: 6, new_connections_per_second: 4}
+      blackhole: {packets_per_second: 16}
+      hold: 2s
+security_groups:
+  some:
+    rules:
+      - {action: deny, sources: ["192.0.2.0/24"]}
+      - {action: allow, protocol: tcp, source: 0.0.0.0/1, ports: "80-90"}
+    default: deny
 timeouts: {tcp_syn: 1s, tcp_established: 900s, tcp_closing: 2s, udp: 3s}
 "#;
 
@@ -167,6 +217,7 @@ fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<FuzzPacket> 
         icmp_error_rate: 1000,
     };
     let mut dp = Dataplane::new(settings, snapshot(), Arc::clone(counters));
+    dp.set_cookie_key(crate::synproxy::CookieKey::from_parts(0x6c62_6466_757a_7a30, 0x636f_6f6b_6965_6b79));
     dp.set_now(1);
     dp
 }
@@ -190,12 +241,14 @@ pub fn split_frames(data: &[u8]) -> Vec<(u16, u32, &[u8])> {
     out
 }
 
-/// The inverse of [`split_frames`], for building corpus entries.
+/// The inverse of [`split_frames`], for building corpus entries: each
+/// frame with its header byte (the port, plus the clock advance in bits
+/// 1-7).
 pub fn join_frames(frames: &[(u16, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (port, f) in frames {
+    for (header, f) in frames {
         let len = f.len().min(usize::from(u16::MAX));
-        out.push((*port & 1) as u8);
+        out.push((*header & 0xff) as u8);
         out.extend_from_slice(&(len as u16).to_be_bytes());
         out.extend_from_slice(&f[..len]);
     }
@@ -224,6 +277,16 @@ fn check_sent(pkt: &FuzzPacket) {
 /// passed to the kernel, freed (dropped with a counted reason, or consumed
 /// like an ARP reply), or parked for ARP; every drop counted once.
 pub fn dataplane(data: &[u8]) {
+    run(data);
+}
+
+/// The frames the cores send for an input, in order: for building corpus
+/// entries that answer them (a SYN proxy's cookie, for one).
+pub fn sent(data: &[u8]) -> Vec<Vec<u8>> {
+    run(data).into_iter().map(|p| p.data).collect()
+}
+
+fn run(data: &[u8]) -> Vec<FuzzPacket> {
     let counters = [0, 1].map(|_| Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS)));
     let mut cores = [core(0, &counters[0]), core(1, &counters[1])];
     let mut io = [Outcomes::default(), Outcomes::default()];
@@ -249,9 +312,10 @@ pub fn dataplane(data: &[u8]) {
     for p in io.iter().flat_map(|o| &o.tx) {
         check_sent(p);
     }
-    // Packets waiting for ARP, and fragments held for their datagram's
-    // first fragment: still owned by the cores.
-    let parked: usize = cores.iter().map(|c| c.parked() + c.fragments_held()).sum();
+    // Packets waiting for ARP, fragments held for their datagram's first
+    // fragment, and client segments the SYN proxy holds for a backend
+    // handshake: still owned by the cores.
+    let parked: usize = cores.iter().map(|c| c.parked() + c.fragments_held() + c.syn_proxy_held()).sum();
     let came_in = frames.len() + io[0].allocs + io[1].allocs;
     let went_out = io.iter().map(|o| o.tx.len() + o.to_kernel + o.freed).sum::<usize>() + parked;
     assert_eq!(
@@ -269,6 +333,8 @@ pub fn dataplane(data: &[u8]) {
     }
     let drops_after: u64 = counters.iter().map(|c| total_drops(c)).sum();
     assert_eq!(drops_after, drops + parked as u64, "parked packets freed at shutdown without a reason");
+    let [a, b] = io;
+    a.tx.into_iter().chain(b.tx).collect()
 }
 
 /// Target `config`: any text through the YAML parser and the validation;

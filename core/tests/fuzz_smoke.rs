@@ -208,6 +208,60 @@ fn write_seed_corpora() {
             ],
         ),
     ];
+    // The defences: a SYN-proxied handshake completed with the cookie the
+    // core answers (a fuzzer cannot guess a keyed hash) and the backend's
+    // SYN-ACK to the SYN it opens; a security group's denials; traffic over
+    // a listener's and a VIP's scrub and blackhole thresholds.
+    let seg = |mut f: Vec<u8>, seq: u32, ack: u32| {
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[42..46].copy_from_slice(&ack.to_be_bytes());
+        f[50..52].copy_from_slice(&[0, 0]);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&f[26..34]);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&((f.len() - 34) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&f[34..]);
+        let c = lbcore::wire::checksum::checksum(&pseudo);
+        f[50..52].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    // A client behind the gateway, whose MAC the config gives: replies to
+    // it leave at once instead of waiting for ARP.
+    let remote = ip("100.64.0.7");
+    let be32 = |f: &[u8], at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+    let proxied_syn = ext.tcp(remote, vip, 41000, 82, syn, b"");
+    let syn_seq = be32(&proxied_syn, 38);
+    let sent = lbcore::fuzzing::sent(&join_frames(&[(0, &proxied_syn)]));
+    let cookie = sent.iter().find(|f| f.len() >= 54 && f[47] == synack).map(|f| be32(f, 38)).expect("the proxy answers the SYN");
+    let proving = seg(ext.tcp(remote, vip, 41000, 82, ack, b""), syn_seq + 1, cookie.wrapping_add(1));
+    let request = seg(ext.tcp(remote, vip, 41000, 82, ack | 0x08, b"GET / HTTP/1.0\r\n\r\n"), syn_seq + 1, cookie.wrapping_add(1));
+    let sent = lbcore::fuzzing::sent(&join_frames(&[(0, &proxied_syn), (0, &proving)]));
+    let backend_syn = sent.iter().find(|f| f.len() >= 54 && f[47] == syn).expect("the proving ACK opens the backend connection");
+    let backend = be32(backend_syn, 30);
+    let from = if backend == b1 { &int } else { &int2 };
+    let backend_synack = seg(from.tcp(backend, remote, 8082, 41000, synack, b""), 7_000_000, be32(backend_syn, 38).wrapping_add(1));
+    let reply = seg(from.tcp(backend, remote, 8082, 41000, ack | 0x08, b"HTTP/1.0 200 OK\r\n\r\n"), 7_000_001, be32(backend_syn, 38).wrapping_add(1));
+    dp.push((
+        "syn_proxy_handshake",
+        vec![(0, proxied_syn.clone()), (0, proving), (0, request), (1, backend_synack), (1, reply)],
+    ));
+    let guarded = ip("10.0.0.103");
+    let mut flood: Frames = (0..10u16).map(|i| (0, ext.tcp(ip("10.0.0.9") + u32::from(i), guarded, 42000 + i, 80, syn, b""))).collect();
+    flood.extend((0..10u16).map(|i| (0, ext.udp(remote, guarded, 43000 + i % 3, 53, b"q"))));
+    flood.push((0, ext.tcp(remote, guarded, 44000, 9999, syn, b"")));
+    // A second later (header bits 1-7: 63 × 16 ms), the windows close and
+    // the thresholds act; then the hold time passes.
+    flood.extend((0..6u16).map(|i| (63 << 1, ext.udp(remote, guarded, 43000 + i % 3, 53, b"q"))));
+    flood.extend((0..4u16).map(|i| (127 << 1, ext.tcp(ip("10.0.0.9"), guarded, 46000 + i, 80, syn, b""))));
+    dp.push(("vip_scrub_and_blackhole", flood));
+    dp.push((
+        "security_group_denied",
+        vec![
+            (0, ext.tcp(ip("192.0.2.5"), vip, 45000, 82, syn, b"")),
+            (0, ext.tcp(ip("200.0.0.1"), vip, 45001, 82, syn, b"")),
+            (0, ext.udp(remote, vip, 45002, 82, b"udp")),
+        ],
+    ));
     // Frames the classifier refuses: a fragment, a VLAN tag, IPv6, options.
     let mut frag = ext.udp(client, vip, 5002, 53, b"fragment");
     frag[14 + 6] = 0x20;

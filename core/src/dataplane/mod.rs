@@ -305,6 +305,18 @@ impl<P: Packet> Dataplane<P> {
         self.st.frags.held_total
     }
 
+    /// Replaces the SYN-cookie key (random per worker at start) with a
+    /// known one: the fuzz harness builds a core per input, and a corpus
+    /// entry that completes a proxied handshake must meet the same key.
+    pub fn set_cookie_key(&mut self, key: crate::synproxy::CookieKey) {
+        self.st.cookie_key = key;
+    }
+
+    /// Client segments the SYN proxy holds until their backend answers.
+    pub fn syn_proxy_held(&self) -> usize {
+        self.st.held.len()
+    }
+
     /// Processes a packet received from a port.
     #[inline]
     pub fn process(&mut self, pkt: P, io: &mut impl Io<P>) {
