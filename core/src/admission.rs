@@ -655,21 +655,60 @@ pub fn report(
     put("per_source.packets_per_second", lim.per_source.packets_per_second.map(u64::from));
     put("per_source.max_sessions", lim.per_source.max_sessions.map(u64::from));
     if let Some(p) = &l.protection {
-        for (level, t) in [("scrub", &p.scrub), ("blackhole", &p.blackhole)] {
-            if let Some(t) = t {
-                put(&format!("{level}.packets_per_second"), t.packets_per_second);
-                put(&format!("{level}.bits_per_second"), t.bits_per_second);
-                put(&format!("{level}.new_connections_per_second"), t.new_connections_per_second);
-            }
-        }
-        put("hold_ms", Some(u64::from(p.hold_ms)));
+        put_protection(&mut configured, p);
     }
     let id = usize::from(l.id);
-    let guards: Vec<&GuardCounters> = workers.iter().filter_map(|w| w.admission.listeners.get(id)).collect();
+    Some(guard_report(configured, workers.iter().filter_map(|w| w.admission.listeners.get(id)).collect()))
+}
+
+/// The reports of `vips[]` (in the snapshot's order, which is the
+/// configuration's): thresholds, the workers' states summed, drops.
+pub fn vip_reports(
+    workers: &[std::sync::Arc<crate::counters::WorkerCounters>],
+    snap: &crate::snapshot::Snapshot,
+) -> Vec<lbproto::stats::VipReport> {
+    snap.vips
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut configured = std::collections::BTreeMap::new();
+            put_protection(&mut configured, &v.protection);
+            let mut protection =
+                guard_report(configured, workers.iter().filter_map(|w| w.admission.vips.get(i)).collect());
+            // A VIP's own drops are these two; the listeners' limits count
+            // theirs under the listener.
+            protection.drops.retain(|k, _| k.starts_with("vip_"));
+            lbproto::stats::VipReport { address: std::net::Ipv4Addr::from(v.addr), protection }
+        })
+        .collect()
+}
+
+fn put_protection(configured: &mut std::collections::BTreeMap<String, u64>, p: &Protection) {
+    for (level, t) in [("scrub", &p.scrub), ("blackhole", &p.blackhole)] {
+        if let Some(t) = t {
+            for (k, v) in [
+                ("packets_per_second", t.packets_per_second),
+                ("bits_per_second", t.bits_per_second),
+                ("new_connections_per_second", t.new_connections_per_second),
+            ] {
+                if let Some(v) = v {
+                    configured.insert(format!("{level}.{k}"), v);
+                }
+            }
+        }
+    }
+    configured.insert("hold_ms".to_owned(), u64::from(p.hold_ms));
+}
+
+/// One guarded thing's report from its counter block on every worker.
+fn guard_report(
+    configured: std::collections::BTreeMap<String, u64>,
+    guards: Vec<&GuardCounters>,
+) -> lbproto::stats::LimitsReport {
     let sum = |f: &dyn Fn(&GuardCounters) -> u64| guards.iter().map(|g| f(g)).sum::<u64>();
     let states: Vec<ProtectionState> = guards.iter().map(|g| ProtectionState::from_gauge(g.state.get())).collect();
     let count = |s: ProtectionState| states.iter().filter(|x| **x == s).count() as u64;
-    Some(lbproto::stats::LimitsReport {
+    lbproto::stats::LimitsReport {
         configured,
         state: states.iter().max().copied().unwrap_or(ProtectionState::Normal).name().to_owned(),
         workers_scrubbed: count(ProtectionState::Scrubbed),
@@ -685,7 +724,38 @@ pub fn report(
             .enumerate()
             .map(|(i, r)| (r.label().to_owned(), sum(&|g| g.drops[i].get())))
             .collect(),
-    })
+    }
+}
+
+/// Every guarded listener's and protected VIP's state (the highest of any
+/// worker) with what the workers last measured, for the control thread's
+/// log of state changes: `(what, state, packets/s, bits/s, new
+/// connections/s)`, `what` as `listener NAME` or `VIP ADDRESS`.
+pub fn protection_states(
+    workers: &[std::sync::Arc<crate::counters::WorkerCounters>],
+    snap: &crate::snapshot::Snapshot,
+) -> Vec<(String, ProtectionState, [u64; 3])> {
+    let of = |guards: &mut dyn Iterator<Item = &GuardCounters>| {
+        let mut state = ProtectionState::Normal;
+        let mut rates = [0u64; 3];
+        for g in guards {
+            state = state.max(ProtectionState::from_gauge(g.state.get()));
+            rates[0] += g.packets_per_second.get();
+            rates[1] += g.bits_per_second.get();
+            rates[2] += g.new_connections_per_second.get();
+        }
+        (state, rates)
+    };
+    let listeners = snap.listeners.iter().filter(|l| l.protection.is_some()).map(|l| {
+        let id = usize::from(l.id);
+        let (state, rates) = of(&mut workers.iter().filter_map(|w| w.admission.listeners.get(id)));
+        (format!("listener {}", l.name), state, rates)
+    });
+    let vips = snap.vips.iter().enumerate().map(|(i, v)| {
+        let (state, rates) = of(&mut workers.iter().filter_map(|w| w.admission.vips.get(i)));
+        (format!("VIP {}", std::net::Ipv4Addr::from(v.addr)), state, rates)
+    });
+    listeners.chain(vips).collect()
 }
 
 /// The source tables of all workers, summed.

@@ -232,21 +232,33 @@ fn write_seed_corpora() {
     let proxied_syn = ext.tcp(remote, vip, 41000, 82, syn, b"");
     let syn_seq = be32(&proxied_syn, 38);
     let sent = lbcore::fuzzing::sent(&join_frames(&[(0, &proxied_syn)]));
-    let cookie = sent.iter().find(|f| f.len() >= 54 && f[47] == synack).map(|f| be32(f, 38)).expect("the proxy answers the SYN");
+    let cookie =
+        sent.iter().find(|f| f.len() >= 54 && f[47] == synack).map(|f| be32(f, 38)).expect("the proxy answers the SYN");
     let proving = seg(ext.tcp(remote, vip, 41000, 82, ack, b""), syn_seq + 1, cookie.wrapping_add(1));
-    let request = seg(ext.tcp(remote, vip, 41000, 82, ack | 0x08, b"GET / HTTP/1.0\r\n\r\n"), syn_seq + 1, cookie.wrapping_add(1));
+    let request = seg(
+        ext.tcp(remote, vip, 41000, 82, ack | 0x08, b"GET / HTTP/1.0\r\n\r\n"),
+        syn_seq + 1,
+        cookie.wrapping_add(1),
+    );
     let sent = lbcore::fuzzing::sent(&join_frames(&[(0, &proxied_syn), (0, &proving)]));
-    let backend_syn = sent.iter().find(|f| f.len() >= 54 && f[47] == syn).expect("the proving ACK opens the backend connection");
+    let backend_syn =
+        sent.iter().find(|f| f.len() >= 54 && f[47] == syn).expect("the proving ACK opens the backend connection");
     let backend = be32(backend_syn, 30);
     let from = if backend == b1 { &int } else { &int2 };
-    let backend_synack = seg(from.tcp(backend, remote, 8082, 41000, synack, b""), 7_000_000, be32(backend_syn, 38).wrapping_add(1));
-    let reply = seg(from.tcp(backend, remote, 8082, 41000, ack | 0x08, b"HTTP/1.0 200 OK\r\n\r\n"), 7_000_001, be32(backend_syn, 38).wrapping_add(1));
+    let backend_synack =
+        seg(from.tcp(backend, remote, 8082, 41000, synack, b""), 7_000_000, be32(backend_syn, 38).wrapping_add(1));
+    let reply = seg(
+        from.tcp(backend, remote, 8082, 41000, ack | 0x08, b"HTTP/1.0 200 OK\r\n\r\n"),
+        7_000_001,
+        be32(backend_syn, 38).wrapping_add(1),
+    );
     dp.push((
         "syn_proxy_handshake",
         vec![(0, proxied_syn.clone()), (0, proving), (0, request), (1, backend_synack), (1, reply)],
     ));
     let guarded = ip("10.0.0.103");
-    let mut flood: Frames = (0..10u16).map(|i| (0, ext.tcp(ip("10.0.0.9") + u32::from(i), guarded, 42000 + i, 80, syn, b""))).collect();
+    let mut flood: Frames =
+        (0..10u16).map(|i| (0, ext.tcp(ip("10.0.0.9") + u32::from(i), guarded, 42000 + i, 80, syn, b""))).collect();
     flood.extend((0..10u16).map(|i| (0, ext.udp(remote, guarded, 43000 + i % 3, 53, b"q"))));
     flood.push((0, ext.tcp(remote, guarded, 44000, 9999, syn, b"")));
     // A second later (header bits 1-7: 63 × 16 ms), the windows close and

@@ -685,8 +685,10 @@ fn announce(
 /// Runs until SIGINT/SIGTERM, answering SIGUSR1 (counters) and SIGHUP
 /// (reload) meanwhile.
 fn wait_for_stop(signals: &Signals, rt: &Runtime, stats_out: &Option<PathBuf>) {
+    let mut protection = ProtectionLog::default();
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
+        protection.poll(rt);
         if signals.dump.swap(false, Ordering::Relaxed) {
             if let Err(e) = write_report(&rt.report(false), stats_out) {
                 eprintln!("lbd: {e}");
@@ -703,6 +705,40 @@ fn wait_for_stop(signals: &Signals, rt: &Runtime, stats_out: &Option<PathBuf>) {
                 Err(e) => eprintln!("lbd: SIGHUP: reload refused, running configuration unchanged: {e}"),
             }
         }
+    }
+}
+
+/// Logs each change of a guarded listener's or protected VIP's state
+/// (normal, scrubbed, blackholed: the highest of any worker), as seen in
+/// the workers' counters every half second, with the offered rates that
+/// caused it: the operator's record of when a VIP was cut off and why.
+/// A state that comes and goes between two looks is not logged; the
+/// transition counters (`lbctl limits`, Prometheus) count every one.
+#[derive(Default)]
+struct ProtectionLog {
+    last: std::collections::HashMap<String, lbcore::admission::ProtectionState>,
+    checked: Option<std::time::Instant>,
+}
+
+impl ProtectionLog {
+    fn poll(&mut self, rt: &Runtime) {
+        if self.checked.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        self.checked = Some(std::time::Instant::now());
+        let mut seen = std::collections::HashMap::new();
+        for (what, state, [pps, bps, cps]) in rt.protection_states() {
+            let was = self.last.get(&what).copied().unwrap_or(lbcore::admission::ProtectionState::Normal);
+            if was != state {
+                eprintln!(
+                    "lbd: protection: {what}: {} -> {} (offered {pps} packets/s, {bps} bit/s, {cps} new connections/s)",
+                    was.name(),
+                    state.name()
+                );
+            }
+            seen.insert(what, state);
+        }
+        self.last = seen;
     }
 }
 

@@ -102,6 +102,11 @@ defs! {
     "lbd_listener_protection_state" Gauge ["listener", "state"] "1 for the listener's protection state (normal, scrubbed, blackholed: the highest of any worker).";
     "lbd_listener_protection_transitions_total" Counter ["listener", "to"] "Times a worker's protection state went to scrubbed, blackholed or normal.";
     "lbd_listener_offered_rate" Gauge ["listener", "unit"] "Offered traffic to the listener in the workers' last one-second windows: packets, bits, new_connections per second.";
+    "lbd_vip_limit" Gauge ["vip", "limit"] "A configured threshold of the protected VIP (vips[], all workers together).";
+    "lbd_vip_limit_drops_total" Counter ["vip", "reason"] "Packets to the protected VIP dropped by its own protection (vip_scrubbed, vip_blackholed).";
+    "lbd_vip_protection_state" Gauge ["vip", "state"] "1 for the protected VIP's state (normal, scrubbed, blackholed: the highest of any worker).";
+    "lbd_vip_protection_transitions_total" Counter ["vip", "to"] "Times a worker's state of the protected VIP went to scrubbed, blackholed or normal.";
+    "lbd_vip_offered_rate" Gauge ["vip", "unit"] "Offered traffic to the protected VIP (every client packet to the address) in the workers' last one-second windows.";
     "lbd_source_table_entries" Gauge [] "Entries in use in the per-source limit tables of all workers.";
     "lbd_source_table_capacity" Gauge [] "Entries of the per-source limit tables of all workers.";
     "lbd_source_table_evictions_total" Counter ["sessions"] "Sources forgotten to make room for new ones (sessions: whether the entry still held sessions).";
@@ -202,6 +207,32 @@ impl Families {
         v
     }
 }
+
+/// The metric families of a listener's limits and of a protected VIP's,
+/// which the two share in shape.
+struct GuardMetrics {
+    limit: &'static str,
+    drops: &'static str,
+    state: &'static str,
+    transitions: &'static str,
+    offered: &'static str,
+}
+
+const LISTENER_GUARD: GuardMetrics = GuardMetrics {
+    limit: "lbd_listener_limit",
+    drops: "lbd_listener_limit_drops_total",
+    state: "lbd_listener_protection_state",
+    transitions: "lbd_listener_protection_transitions_total",
+    offered: "lbd_listener_offered_rate",
+};
+
+const VIP_GUARD: GuardMetrics = GuardMetrics {
+    limit: "lbd_vip_limit",
+    drops: "lbd_vip_limit_drops_total",
+    state: "lbd_vip_protection_state",
+    transitions: "lbd_vip_protection_transitions_total",
+    offered: "lbd_vip_offered_rate",
+};
 
 /// The collector registered with the `prometheus` registry.
 struct LbdCollector {
@@ -358,30 +389,34 @@ impl LbdCollector {
             }
         }
 
-        for lr in &report.listeners {
-            let Some(lim) = &lr.limits else { continue };
-            let name = || lr.name.clone();
+        let guards = report
+            .listeners
+            .iter()
+            .filter_map(|l| l.limits.as_ref().map(|lim| (&LISTENER_GUARD, l.name.clone(), lim)))
+            .chain(report.vips.iter().map(|v| (&VIP_GUARD, v.address.to_string(), &v.protection)));
+        for (names, name, lim) in guards {
+            let name = || name.clone();
             for (k, v) in &lim.configured {
-                f.gauge("lbd_listener_limit", &[name(), k.clone()], *v as f64);
+                f.gauge(names.limit, &[name(), k.clone()], *v as f64);
             }
             for (reason, n) in &lim.drops {
-                f.counter("lbd_listener_limit_drops_total", &[name(), reason.clone()], *n as f64);
+                f.counter(names.drops, &[name(), reason.clone()], *n as f64);
             }
             for state in ["normal", "scrubbed", "blackholed"] {
                 let on = f64::from(u8::from(lim.state == state));
-                f.gauge("lbd_listener_protection_state", &[name(), state.into()], on);
+                f.gauge(names.state, &[name(), state.into()], on);
             }
             for (to, n) in
                 [("scrubbed", lim.scrubbed_total), ("blackholed", lim.blackholed_total), ("normal", lim.released_total)]
             {
-                f.counter("lbd_listener_protection_transitions_total", &[name(), to.into()], n as f64);
+                f.counter(names.transitions, &[name(), to.into()], n as f64);
             }
             for (unit, v) in [
                 ("packets", lim.packets_per_second),
                 ("bits", lim.bits_per_second),
                 ("new_connections", lim.new_connections_per_second),
             ] {
-                f.gauge("lbd_listener_offered_rate", &[name(), unit.into()], v as f64);
+                f.gauge(names.offered, &[name(), unit.into()], v as f64);
             }
         }
         let st = &report.source_table;

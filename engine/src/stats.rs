@@ -226,5 +226,6 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
         listeners,
         workers,
         source_table: lbcore::admission::source_table_report(cx.workers),
+        vips: lbcore::admission::vip_reports(cx.workers, snap),
     }
 }

@@ -399,8 +399,40 @@ pub fn watch_stats(client: &mut Client, every: Duration, iterations: Option<u64>
     }
 }
 
-/// `lbctl limits`: every listener with limits or protection (or the one
-/// named), from the counters document.
+/// One listener's or VIP's block of `lbctl limits`.
+fn guard(out: &mut String, what: &str, lim: &lbproto::stats::LimitsReport) {
+    line!(
+        out,
+        "{what}: {}  (workers scrubbed {}, blackholed {}; entered scrubbed {}, blackholed {}, released {})",
+        lim.state,
+        lim.workers_scrubbed,
+        lim.workers_blackholed,
+        lim.scrubbed_total,
+        lim.blackholed_total,
+        lim.released_total
+    );
+    line!(
+        out,
+        "  offered: {} packets/s, {} bit/s, {} new connections/s",
+        si(lim.packets_per_second as f64),
+        si(lim.bits_per_second as f64),
+        si(lim.new_connections_per_second as f64)
+    );
+    let mut t = table(&["limit", "configured"]);
+    for (k, v) in &lim.configured {
+        t.add_row(vec![Cell::new(k), right(v)]);
+    }
+    line!(out, "{t}");
+    let mut t = table(&["drop reason", "packets"]);
+    for (k, v) in &lim.drops {
+        t.add_row(vec![Cell::new(k), right(v)]);
+    }
+    line!(out, "{t}");
+}
+
+/// `lbctl limits`: every listener with limits or protection and every
+/// protected VIP (or the listener named and its VIP), from the counters
+/// document.
 pub fn limits(s: &Report, only: Option<&str>, json: bool) -> Result<(), Failure> {
     let listeners: Vec<_> = s
         .listeners
@@ -408,14 +440,19 @@ pub fn limits(s: &Report, only: Option<&str>, json: bool) -> Result<(), Failure>
         .filter(|l| only.is_none_or(|n| n == l.name))
         .filter_map(|l| l.limits.as_ref().map(|lim| (l, lim)))
         .collect();
-    if let Some(n) = only {
-        if !s.listeners.iter().any(|l| l.name == n) {
-            return Err(Failure::Usage(format!("no listener named `{n}`")));
+    let vips: Vec<_> = match only {
+        Some(n) => {
+            let Some(l) = s.listeners.iter().find(|l| l.name == n) else {
+                return Err(Failure::Usage(format!("no listener named `{n}`")));
+            };
+            s.vips.iter().filter(|v| v.address == l.vip).collect()
         }
-    }
+        None => s.vips.iter().collect(),
+    };
     if json {
         let doc = serde_json::json!({
             "listeners": listeners.iter().map(|(l, lim)| serde_json::json!({"name": l.name, "limits": lim})).collect::<Vec<_>>(),
+            "vips": vips,
             "source_table": s.source_table,
         });
         return emit(&format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default()));
@@ -425,37 +462,10 @@ pub fn limits(s: &Report, only: Option<&str>, json: bool) -> Result<(), Failure>
         line!(out, "no listener has limits or protection");
     }
     for (l, lim) in &listeners {
-        line!(
-            out,
-            "{} ({}:{} {}): {}  (workers scrubbed {}, blackholed {}; entered scrubbed {}, blackholed {}, released {})",
-            l.name,
-            l.vip,
-            l.port,
-            l.protocol,
-            lim.state,
-            lim.workers_scrubbed,
-            lim.workers_blackholed,
-            lim.scrubbed_total,
-            lim.blackholed_total,
-            lim.released_total
-        );
-        line!(
-            out,
-            "  offered: {} packets/s, {} bit/s, {} new connections/s",
-            si(lim.packets_per_second as f64),
-            si(lim.bits_per_second as f64),
-            si(lim.new_connections_per_second as f64)
-        );
-        let mut t = table(&["limit", "configured"]);
-        for (k, v) in &lim.configured {
-            t.add_row(vec![Cell::new(k), right(v)]);
-        }
-        line!(out, "{t}");
-        let mut t = table(&["drop reason", "packets"]);
-        for (k, v) in &lim.drops {
-            t.add_row(vec![Cell::new(k), right(v)]);
-        }
-        line!(out, "{t}");
+        guard(&mut out, &format!("{} ({}:{} {})", l.name, l.vip, l.port, l.protocol), lim);
+    }
+    for v in &vips {
+        guard(&mut out, &format!("VIP {} (all its traffic)", v.address), &v.protection);
     }
     let st = &s.source_table;
     line!(

@@ -123,6 +123,15 @@ pub struct LimitsReport {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// A VIP protected as a whole (`vips[]`): its thresholds, state and drops,
+/// over every client packet to the address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipReport {
+    pub address: Ipv4Addr,
+    #[serde(flatten)]
+    pub protection: LimitsReport,
+}
+
 /// The per-source tables of all workers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SourceTableReport {
@@ -176,4 +185,7 @@ pub struct Report {
     pub workers: Vec<WorkerReport>,
     #[serde(default)]
     pub source_table: SourceTableReport,
+    /// `vips[]`, in configuration order.
+    #[serde(default)]
+    pub vips: Vec<VipReport>,
 }

@@ -155,6 +155,11 @@ impl Runtime {
     }
 
     /// The counters document.
+    /// Guarded listeners' and protected VIPs' states and offered rates.
+    pub fn protection_states(&self) -> Vec<(String, lbcore::admission::ProtectionState, [u64; 3])> {
+        lbcore::admission::protection_states(&self.counters, &self.snapshots.load())
+    }
+
     pub fn report(&self, is_final: bool) -> Report {
         let device_stats: Vec<_> = self.ports.iter().map(|p| stats::device_stats(p.monitor.stats())).collect();
         let link_up: Vec<bool> = self.ports.iter().map(|p| p.monitor.link_up()).collect();
