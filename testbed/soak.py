@@ -21,6 +21,10 @@ PY = "/usr/bin/python3"
 VIP = "10.0.0.100"
 STATE_ROOT = "/run/lbd-testbed"
 
+# Drops of the internet-facing defences: none is expected in a soak.
+DEFENCE_DROPS = ("security_group_denied", "syn_proxy_bad_cookie", "syn_proxy_no_buffer", "syn_proxy_pending",
+                 "half_open_full", "listener_rate_limited", "source_rate_limited", "source_session_limit",
+                 "vip_scrubbed", "vip_blackholed")
 
 class Soak:
     def __init__(self, a):
@@ -217,6 +221,10 @@ def main():
         "rss_flat_after_warmup": rss_growth <= max(4096, warm["rss_kib"] // 50),
         "lbd_alive": os.path.exists(f"/proc/{a.lbd_pid}"),
         "traffic_answered": soak.totals["tcp_flows_ok"] > 0 and soak.totals["steady_tcp_answered"] > 0,
+        # The defences (SYN proxy on web and iperf, a security group
+        # admitting the client network, per-source limits on echo, VIP
+        # protection far above the traffic) never drop legitimate traffic.
+        "defences_quiet": not any(soak.last_drops.get(r) for r in DEFENCE_DROPS),
     }
     summary = {"minutes": a.minutes, "workers": a.workers, "samples": len(samples),
                "idle_start": idle, "after_warmup": warm, "end_idle": final, "peak_sessions": peak,
