@@ -159,6 +159,20 @@ fn netns_security_group_admits_denies_counts_and_changes_for_new_flows_only() {
     // Removing the new rule admits 10.0.0.2 again.
     lbctl_json(&socket, &["security-group", "del-rule", "edge", "0"]);
     assert!(get(&t, "10.0.0.2", 10).is_some(), "10.0.0.2 is allowed again");
+
+    // Whole groups: set-default creates one, delete removes it; a group a
+    // listener uses cannot be deleted, and a refused delete changes nothing.
+    lbctl_json(&socket, &["security-group", "set-default", "spare", "allow"]);
+    let groups = lbctl_json(&socket, &["security-group", "list"]);
+    assert!(groups.to_string().contains("\"spare\""), "{groups}");
+    let (code, out, err) = lbctl(&socket, &["security-group", "delete", "edge"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("in use by security.default_group"), "{err}");
+    assert!(get(&t, "10.0.0.2", 10).is_some(), "edge still applies");
+    lbctl_json(&socket, &["security-group", "delete", "spare"]);
+    let groups = lbctl_json(&socket, &["security-group", "list"]);
+    assert!(!groups.to_string().contains("\"spare\""), "{groups}");
+    assert_eq!(lbctl_refused(&socket, &["security-group", "delete", "spare"]), "not_found");
     let (status, _) = lbd.stop();
     assert!(status.success());
 }

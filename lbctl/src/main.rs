@@ -269,6 +269,8 @@ enum SecurityGroupCmd {
     },
     /// Set the action for flows no rule matches (creates the group).
     SetDefault { group: String, action: String },
+    /// Delete a group no listener uses.
+    Delete { group: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -428,6 +430,7 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
             SecurityGroupCmd::ReplaceRule { group, index, rule } => {
                 Request::SecurityGroupRuleReplace { group: group.clone(), index: *index, rule: rule.spec() }
             }
+            SecurityGroupCmd::Delete { group } => Request::SecurityGroupDelete { group: group.clone() },
             SecurityGroupCmd::SetDefault { group, action } => {
                 Request::SecurityGroupSetDefault { group: group.clone(), action: action.clone() }
             }

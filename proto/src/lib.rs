@@ -282,6 +282,10 @@ pub enum Request {
         group: String,
         action: String,
     },
+    /// Removes a group no listener (nor `security.default_group`) names.
+    SecurityGroupDelete {
+        group: String,
+    },
 }
 
 /// A security group rule, with the configuration's field names and values.
@@ -356,6 +360,7 @@ impl Request {
                 | Request::SecurityGroupRuleDel { .. }
                 | Request::SecurityGroupRuleReplace { .. }
                 | Request::SecurityGroupSetDefault { .. }
+                | Request::SecurityGroupDelete { .. }
         )
     }
 
@@ -385,6 +390,7 @@ impl Request {
             Request::SecurityGroupRuleDel { .. } => "security_group_rule_del",
             Request::SecurityGroupRuleReplace { .. } => "security_group_rule_replace",
             Request::SecurityGroupSetDefault { .. } => "security_group_set_default",
+            Request::SecurityGroupDelete { .. } => "security_group_delete",
         }
     }
 }

@@ -254,6 +254,7 @@ impl Runtime {
             Request::SecurityGroupSetDefault { group, action } => {
                 self.change(|raw| security::set_default(raw, group, action))
             }
+            Request::SecurityGroupDelete { group } => self.change(|raw| security::delete(raw, group)),
             Request::ConfigReload { source } => {
                 let change = match source {
                     Some(s) => self.reload_text(&s.yaml, Path::new(&s.path))?,

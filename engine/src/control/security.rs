@@ -152,3 +152,26 @@ pub(super) fn set_default(raw: &mut RawConfig, name: &str, action: &str) -> Resu
     raw.security_groups.entry(name.to_owned()).or_default().default = Some(action);
     Ok(format!("security group {name}: default {}", action.name()))
 }
+
+/// Removes group `name`. A group still named by a listener or by
+/// `security.default_group` is refused here, with who names it, rather
+/// than left to the validation's error about the reference.
+pub(super) fn delete(raw: &mut RawConfig, name: &str) -> Result<String, ErrorReply> {
+    if !raw.security_groups.contains_key(name) {
+        return Err(err(ErrorCode::NotFound, format!("no security group `{name}`")));
+    }
+    let mut users: Vec<String> = raw
+        .listeners
+        .iter()
+        .filter(|l| l.security_group.as_deref() == Some(name))
+        .map(|l| format!("listener `{}`", l.name))
+        .collect();
+    if raw.security.default_group.as_deref() == Some(name) {
+        users.push("security.default_group".to_owned());
+    }
+    if !users.is_empty() {
+        return Err(err(ErrorCode::Invalid, format!("security group `{name}` is in use by {}", users.join(", "))));
+    }
+    raw.security_groups.remove(name);
+    Ok(format!("security group {name}: deleted"))
+}
