@@ -173,6 +173,7 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         fragments: Default::default(),
         source_entries: 4096,
         icmp_error_rate: 1000,
+        icmp_forward_rate: 10_000,
         // A per-instance key, as lbd runs with.
         hash_keys: lbcore::hashkey::HashKeySetting::Random.resolve().unwrap(),
         syn_proxy_held: 1024,

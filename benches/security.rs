@@ -199,6 +199,7 @@ fn dataplane(cfg: &config::Config, capacity: usize) -> Dataplane<Frame> {
         fragments: Default::default(),
         source_entries: 4096,
         icmp_error_rate: 1000,
+        icmp_forward_rate: 10_000,
         hash_keys: lbcore::hashkey::HashKeys::FIXED,
         syn_proxy_held: 1024,
     };

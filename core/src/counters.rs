@@ -142,6 +142,9 @@ reasons! {
         // Security groups (issue 11).
         /// A new flow the listener's security group denies (a rule or its default).
         SecurityGroupDenied = "security_group_denied",
+        // Forwarded ICMP errors (issue 11).
+        /// ICMP error about a live flow over `icmp.forward_rate`: not forwarded.
+        IcmpForwardRateLimited = "icmp_forward_rate_limited",
     }
 }
 

@@ -215,6 +215,7 @@ fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<FuzzPacket> 
         },
         source_entries: 64,
         icmp_error_rate: 1000,
+        icmp_forward_rate: 10_000,
     };
     let mut dp = Dataplane::new(settings, snapshot(), Arc::clone(counters));
     dp.set_cookie_key(crate::synproxy::CookieKey::from_parts(0x6c62_6466_757a_7a30, 0x636f_6f6b_6965_6b79));

@@ -383,6 +383,7 @@ fn build_workers(
             fragments: sh.cfg.startup.fragments,
             source_entries: sh.cfg.startup.source_entries,
             icmp_error_rate: (sh.cfg.startup.icmp_error_rate / n as u32).max(1),
+            icmp_forward_rate: (sh.cfg.startup.icmp_forward_rate / n as u32).max(1),
             hash_keys: sh.hash_keys,
             syn_proxy_held: sh.cfg.startup.syn_proxy_held,
         };

@@ -33,6 +33,11 @@ pub const MAX_MAGLEV_TABLE_SIZE: u32 = 4_194_301;
 pub const DEFAULT_ECHO_REPLY_RATE: u32 = 1000;
 /// ICMP errors per second lbd sends at most, by default.
 pub const DEFAULT_ICMP_ERROR_RATE: u32 = 1000;
+/// ICMP errors about flows per second lbd forwards at most, by default:
+/// ten times what one Linux router sends at most by default
+/// (`icmp_msgs_per_sec`), so the errors of the paths in use pass, and a
+/// spray of errors quoting live flows reaches the backends at this rate.
+pub const DEFAULT_ICMP_FORWARD_RATE: u32 = 10_000;
 /// A port's MTU by default: DPDK's default for a device, and the most lbd
 /// takes, since it sets up no port for jumbo frames.
 /// Client segments a worker's SYN proxy holds by default
@@ -445,6 +450,9 @@ pub struct Startup {
     pub source_entries: usize,
     /// ICMP errors lbd sends per second, all workers together.
     pub icmp_error_rate: u32,
+    /// ICMP errors about flows lbd forwards per second, all workers
+    /// together.
+    pub icmp_forward_rate: u32,
     /// Key of the session-table and owner-shard hashes.
     pub hash_key: crate::hashkey::HashKeySetting,
     /// Client segments each worker's SYN proxy holds until their backend
@@ -581,6 +589,7 @@ impl Startup {
             fragments,
             source_entries,
             icmp_error_rate,
+            icmp_forward_rate,
             hash_key,
             syn_proxy_held,
         } = self;
@@ -607,6 +616,7 @@ impl Startup {
             ("fragments", *fragments == other.fragments),
             ("limits.source_entries", *source_entries == other.source_entries),
             ("icmp.error_rate", *icmp_error_rate == other.icmp_error_rate),
+            ("icmp.forward_rate", *icmp_forward_rate == other.icmp_forward_rate),
             ("sessions.hash_key", *hash_key == other.hash_key),
             ("sessions.syn_proxy_held", *syn_proxy_held == other.syn_proxy_held),
         ];
@@ -951,6 +961,13 @@ impl Validator<'_> {
             return self
                 .err("icmp.error_rate", format!("{icmp_error_rate} errors per second is out of range (1..=10000000)"));
         }
+        let icmp_forward_rate = raw.icmp.forward_rate.unwrap_or(DEFAULT_ICMP_FORWARD_RATE);
+        if !(1..=10_000_000).contains(&icmp_forward_rate) {
+            return self.err(
+                "icmp.forward_rate",
+                format!("{icmp_forward_rate} errors per second is out of range (1..=10000000)"),
+            );
+        }
         let hash_key = match raw.sessions.hash_key.as_deref() {
             None => crate::hashkey::HashKeySetting::Random,
             Some(text) => match crate::hashkey::HashKeySetting::parse(text) {
@@ -982,6 +999,7 @@ impl Validator<'_> {
                 fragments,
                 source_entries,
                 icmp_error_rate,
+                icmp_forward_rate,
                 hash_key,
                 syn_proxy_held: syn_proxy_held as usize,
             },

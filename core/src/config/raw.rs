@@ -88,6 +88,10 @@ pub struct RawIcmp {
     /// ICMP errors lbd sends per second, all workers together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<u32>,
+    /// ICMP errors about flows lbd forwards per second, all workers
+    /// together (the excess is dropped as icmp_forward_rate_limited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_rate: Option<u32>,
 }
 
 /// lbd's own health checking.

@@ -599,6 +599,24 @@ fn fragment_bounds_default_and_are_checked() {
 }
 
 #[test]
+fn icmp_forward_rate_defaults_and_is_bounded() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.startup.icmp_forward_rate, DEFAULT_ICMP_FORWARD_RATE);
+    let d = parse_str(&GOOD.replacen("sessions:", "icmp: {forward_rate: 50}\nsessions:", 1)).unwrap();
+    assert_eq!(d.startup.icmp_forward_rate, 50);
+    assert_eq!(d.startup.icmp_error_rate, DEFAULT_ICMP_ERROR_RATE, "the other rates keep their defaults");
+    for bad in ["0", "10000001"] {
+        let e = err_with("sessions:", &format!("icmp: {{forward_rate: {bad}}}\nsessions:"));
+        assert_eq!(e.field, "icmp.forward_rate", "{bad}: {e}");
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+    let e = err_with("sessions:", "icmp: {forward_rate: -1}\nsessions:");
+    assert!(e.field.starts_with("icmp"), "{e}");
+    // Fixed at start: a change is a restart.
+    assert_eq!(c.startup.changed_fields(&d.startup), vec!["icmp.forward_rate"]);
+}
+
+#[test]
 fn icmp_error_rate_and_port_mtu_default_and_are_bounded() {
     let c = parse_str(GOOD).unwrap();
     assert_eq!(c.startup.icmp_error_rate, DEFAULT_ICMP_ERROR_RATE);

@@ -13,18 +13,26 @@
 //! or reply key), so the error is classified like a packet of its flow:
 //! same owner worker, same lookup.
 //!
+//! Anyone can send errors quoting a live flow, so those about a live
+//! session pass a per-worker token bucket (`icmp.forward_rate`) before
+//! they go on; errors about nothing are dropped before it and never use
+//! up its tokens. A SYN-proxied connection's quoted sequence numbers are
+//! moved between the client's and the backend's spaces as well.
+//!
 //! lbd's errors follow RFC 1812 4.3.2.7: none about an ICMP error, a
 //! fragment other than the first, or a datagram from an address that does
 //! not name one host (zero, loopback, multicast, broadcast) or sent to a
 //! link-layer broadcast; at most `icmp.error_rate` per second.
 
 use super::classify::Class;
+use super::synproxy::SYN_PROXIED;
 use super::{Io, Packet, State};
 use crate::counters::{DropReason, Event};
 use crate::flow::{owner_shard, FlowKey};
 use crate::nat::Endpoint;
 use crate::session::{Direction, Session};
 use crate::snapshot::{LocalAddress, Snapshot};
+use crate::synproxy::Translation;
 use crate::wire::checksum::{adjust16, adjust32};
 use crate::wire::ethernet::{self, EthernetRepr, ETHERTYPE_IPV4};
 use crate::wire::frame::{
@@ -86,7 +94,8 @@ impl<P: Packet> State<P> {
     /// Forwards an ICMP error about the flow whose packets arrive with
     /// `key` (this worker owns it): to the backend when it quotes a reply,
     /// to the client when it quotes a request, outer and quoted headers
-    /// translated. An error never refreshes its session.
+    /// translated, within the worker's forwarding rate. An error never
+    /// refreshes its session.
     pub(super) fn forward_icmp_error(&mut self, snap: &Snapshot, mut pkt: P, key: FlowKey, io: &mut impl Io<P>) {
         let Some((slot, dir)) = self.sessions.lookup(&key, self.sessions.hash(&key)) else {
             return self.discard(DropReason::IcmpErrorNoSession, pkt, io);
@@ -95,7 +104,11 @@ impl<P: Packet> State<P> {
             return self.discard(DropReason::IcmpErrorNoSession, pkt, io);
         }
         let s = *self.sessions.session(slot);
-        let to = translate_error(pkt.data_mut(), &s, dir);
+        if !self.icmp_forwards.take(self.now) {
+            return self.discard(DropReason::IcmpForwardRateLimited, pkt, io);
+        }
+        let proxied = if s.flags & SYN_PROXIED != 0 { self.proxy_translation(slot) } else { None };
+        let to = translate_error(pkt.data_mut(), &s, dir, proxied.as_ref());
         self.counters.event(Event::IcmpErrorsForwarded);
         self.route(snap, pkt, to, io)
     }
@@ -207,8 +220,13 @@ fn quoted_flow(message: &[u8]) -> Option<FlowKey> {
 /// quoted source VIP:vport backend:bport. Quoting a request (found by the reply
 /// key): the quoted destination backend:bport becomes VIP:vport, and an
 /// error the backend sent itself leaves from the VIP. The TTL drops by
-/// one; every checksum is patched for the words that changed.
-pub(super) fn translate_error(f: &mut [u8], s: &Session, dir: Direction) -> u32 {
+/// one; every checksum is patched for the words that changed. `proxied`
+/// is the translation of a SYN-proxied connection, whose quoted sequence
+/// numbers move too (see [`translate_quoted_seq`]).
+pub(super) fn translate_error(f: &mut [u8], s: &Session, dir: Direction, proxied: Option<&Translation>) -> u32 {
+    if let Some(tr) = proxied {
+        translate_quoted_seq(f, tr, dir);
+    }
     match dir {
         Direction::Request => {
             rewrite_error(
@@ -268,13 +286,12 @@ fn rewrite_error(f: &mut [u8], outer: Option<(Endpoint, u32)>, quoted: Endpoint,
     let old_port = get16(f, port_at..port_at + 2);
     set16(f, port_at..port_at + 2, port);
     ic = adjust16(ic, old_port, port);
-    let end = (IPV4 + usize::from(get16(f, IP_LENGTH))).min(f.len());
     let (l4_csum, is_udp) = match f[Q + ipv4::field::PROTOCOL] {
         PROTO_TCP => (QL4 + tcp::field::CHECKSUM.start, false),
         _ => (QL4 + udp::field::CHECKSUM.start, true),
     };
     let none = is_udp && get16(f, l4_csum..l4_csum + 2) == 0;
-    if l4_csum + 2 <= end && !none {
+    if l4_csum + 2 <= quote_end(f) && !none {
         ic = patch16(f, l4_csum, ic, |c| {
             let c = adjust16(adjust32(c, old_addr, addr), old_port, port);
             if is_udp && c == 0 {
@@ -285,6 +302,53 @@ fn rewrite_error(f: &mut [u8], outer: Option<(Endpoint, u32)>, quoted: Endpoint,
         });
     }
     set16(f, icmp_at..icmp_at + 2, ic);
+}
+
+/// The quoted TCP header of an error about a SYN-proxied connection (its
+/// translation `tr`), moved into the sequence space of the end the error
+/// goes to, as `crate::synproxy` moved the segment it quotes the other
+/// way: quoting a reply (`dir` is `Request`, on to the backend), the
+/// sequence number from lbd's space, which the client saw, back into the
+/// backend's; quoting a request (on to the client), the acknowledgment
+/// from the backend's space back into the client's, when the quote holds
+/// the flags and ACK is among them. A TCP ignores an error whose quoted
+/// sequence number is not one it has in flight (Linux: `tcp_v4_err`), so
+/// untranslated, a proxied connection's path-MTU discovery would fail
+/// at the backend. Timestamps and window in a longer quote stay as lbd
+/// forwarded them: no TCP reads those of an error. The quoted TCP
+/// checksum (when quoted) and the ICMP checksum are patched as in
+/// [`rewrite_error`].
+fn translate_quoted_seq(f: &mut [u8], tr: &Translation, dir: Direction) {
+    if f[Q + ipv4::field::PROTOCOL] != PROTO_TCP {
+        return;
+    }
+    let end = quote_end(f);
+    let (at, delta) = match dir {
+        Direction::Request => (QL4 + tcp::field::SEQ_NUM.start, tr.seq_delta),
+        Direction::Reply => {
+            let flags = QL4 + tcp::field::FLAGS;
+            if flags >= end || f[flags] & tcp::FLAG_ACK == 0 {
+                return;
+            }
+            (QL4 + tcp::field::ACK_NUM.start, tr.seq_delta.wrapping_neg())
+        }
+    };
+    let old = get32(f, at..at + 4);
+    let new = old.wrapping_add(delta);
+    set32(f, at..at + 4, new);
+    let icmp_at = L4 + icmp::field::CHECKSUM.start;
+    let mut ic = adjust32(get16(f, icmp_at..icmp_at + 2), old, new);
+    let l4_csum = QL4 + tcp::field::CHECKSUM.start;
+    if l4_csum + 2 <= end {
+        ic = patch16(f, l4_csum, ic, |c| adjust32(c, old, new));
+    }
+    set16(f, icmp_at..icmp_at + 2, ic);
+}
+
+/// Where the bytes of the error in frame `f` end: its IPv4 length, or the
+/// first segment's end when the error continues beyond it.
+fn quote_end(f: &[u8]) -> usize {
+    (IPV4 + usize::from(get16(f, IP_LENGTH))).min(f.len())
 }
 
 /// Replaces the 16-bit word at `at` of `f` with `update` of it; returns

@@ -115,6 +115,8 @@ struct State<P: Packet> {
     /// ICMP errors (time exceeded, fragmentation needed) this worker may
     /// still send.
     icmp_errors: TokenBucket,
+    /// ICMP errors about flows this worker may still forward.
+    icmp_forwards: TokenBucket,
     /// The SYN proxy's cookie key (this worker's: a client's SYN and ACK
     /// reach the same worker).
     cookie_key: crate::synproxy::CookieKey,
@@ -191,6 +193,9 @@ pub struct CoreSettings {
     /// ICMP errors per second this worker sends (its share of
     /// `icmp.error_rate`).
     pub icmp_error_rate: u32,
+    /// ICMP errors about flows per second this worker forwards (its share
+    /// of `icmp.forward_rate`).
+    pub icmp_forward_rate: u32,
     /// The instance's session-table and owner-shard keys, the same in
     /// every worker.
     pub hash_keys: HashKeys,
@@ -259,6 +264,10 @@ impl<P: Packet> Dataplane<P> {
                 icmp_errors: TokenBucket::new(
                     settings.icmp_error_rate,
                     TokenBucket::default_burst(settings.icmp_error_rate),
+                ),
+                icmp_forwards: TokenBucket::new(
+                    settings.icmp_forward_rate,
+                    TokenBucket::default_burst(settings.icmp_forward_rate),
                 ),
                 cookie_key: crate::synproxy::CookieKey::random(),
                 // Zeroed words: allocated without being touched.

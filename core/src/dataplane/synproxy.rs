@@ -234,6 +234,16 @@ impl<P: Packet> State<P> {
         }
     }
 
+    /// The sequence translation of the proxied connection in session
+    /// `slot`, once its backend's handshake has set one. Before that no
+    /// backend segment has reached the client and none of the client's
+    /// has reached the backend with an acknowledgment: a quote of either
+    /// needs none.
+    pub(super) fn proxy_translation(&self, slot: u32) -> Option<Translation> {
+        let st = ProxyState::unpack(&self.proxy_slots[slot as usize]);
+        st.ready.then_some(st.translation)
+    }
+
     /// Whether a SYN to `l` is answered with a cookie now.
     #[inline]
     fn proxies_syns(&self, snap: &Snapshot, l: &ListenerView) -> bool {

@@ -88,6 +88,8 @@ const KERNEL_RATE: u32 = 1000;
 const ECHO_RATE: u32 = 1000;
 /// The test workers' share of the ICMP error rate (errors/s).
 const ERROR_RATE: u32 = 1000;
+/// The test workers' share of the forwarded ICMP error rate (errors/s).
+const FORWARD_RATE: u32 = 1000;
 
 #[derive(Debug, Clone)]
 struct Pkt {
@@ -170,6 +172,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         fragments: cfg.startup.fragments,
         source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
+        icmp_forward_rate: FORWARD_RATE,
         // The session table under another key than the fixed one, as in
         // production (a lookup hashing without the table's key misses
         // here); owners under the fixed key, which the tests predict.
@@ -739,6 +742,7 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
         fragments: cfg.startup.fragments,
         source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
+        icmp_forward_rate: FORWARD_RATE,
         hash_keys: crate::hashkey::HashKeys::FIXED,
         syn_proxy_held: 1024,
     };
@@ -1274,6 +1278,7 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
                 fragments: cfg.startup.fragments,
                 source_entries: 4096,
                 icmp_error_rate: ERROR_RATE,
+                icmp_forward_rate: FORWARD_RATE,
                 hash_keys: crate::hashkey::HashKeys::FIXED,
                 syn_proxy_held: 1024,
             };

@@ -418,3 +418,180 @@ fn df_packets_over_the_egress_mtu_get_fragmentation_needed() {
     h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_UDP, ip(CLIENT), ip(VIP), 5000, 53, 0, &[7; 1501 - 28]));
     assert_eq!(h.drops(DropReason::FragNeeded), 1);
 }
+
+// Errors about SYN-proxied connections, and the rate of forwarded errors.
+
+/// The frame an error `e` (as received) should leave lbd as, built from
+/// scratch bar the MACs: `e`'s outer header with the TTL one lower and
+/// addresses `src` → `dst`, `e`'s ICMP type, code and second word, then
+/// `quote`; both checksums computed anew.
+fn expected_error(e: &[u8], src: u32, dst: u32, quote: &[u8]) -> Vec<u8> {
+    let mut f = e[..42].to_vec();
+    f.extend_from_slice(quote);
+    f[16..18].copy_from_slice(&((20 + 8 + quote.len()) as u16).to_be_bytes());
+    f[22] -= 1;
+    f[26..30].copy_from_slice(&src.to_be_bytes());
+    f[30..34].copy_from_slice(&dst.to_be_bytes());
+    fix_ip_checksum(&mut f);
+    f[36..38].copy_from_slice(&[0, 0]);
+    let c = checksum(&f[34..]);
+    f[36..38].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// A datagram as it left its sender, seen one hop on: TTL one lower,
+/// header checksum recomputed.
+fn one_hop_on(mut dgram: Vec<u8>) -> Vec<u8> {
+    dgram[8] -= 1;
+    dgram[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&dgram[..20]);
+    dgram[10..12].copy_from_slice(&c.to_be_bytes());
+    dgram
+}
+
+/// Field by field, then byte for byte, an error lbd forwarded (`f`)
+/// against what it should be (`want`, from [`expected_error`]).
+fn assert_forwarded_error(f: &[u8], want: &[u8], quoted: ((u32, u16), (u32, u16), u32)) {
+    let ((qsrc, qsport), (qdst, qdport), qseq) = quoted;
+    assert_eq!(f.len(), want.len(), "length");
+    assert_eq!(&f[14..22], &want[14..22], "outer version, tos, length, id, flags");
+    assert_eq!(f[22], want[22], "outer ttl");
+    assert_eq!(f[23], PROTO_ICMP);
+    assert_eq!((rd32(f, 26), rd32(f, 30)), (rd32(want, 26), rd32(want, 30)), "outer addresses");
+    assert_eq!(rd16(f, 24), rd16(want, 24), "outer checksum (computed from scratch)");
+    assert_eq!((f[34], f[35], rd32(f, 38)), (want[34], want[35], rd32(want, 38)), "type, code, second word");
+    let (q, wq) = (&f[42..], &want[42..]);
+    assert_eq!(&q[..20], &wq[..20], "quoted ip header");
+    assert_eq!(checksum(&q[..20]), 0, "quoted ip checksum");
+    assert_eq!((rd32(q, 12), rd32(q, 16)), (qsrc, qdst), "quoted addresses");
+    assert_eq!((rd16(q, 20), rd16(q, 22)), (qsport, qdport), "quoted ports");
+    assert_eq!(rd32(q, 24), qseq, "quoted seq");
+    assert_eq!(q, wq, "the whole quote");
+    assert_eq!(rd16(f, 36), rd16(want, 36), "icmp checksum (computed from scratch)");
+    assert_eq!(&f[14..], &want[14..], "every byte");
+    assert_error_checksums(f);
+}
+
+/// A proxied connection from client port `port` with its backend's
+/// handshake done: (cookie, backend ISN).
+fn proxied_connection(h: &mut Harness, port: u16) -> (u32, u32) {
+    let cookie = proxy_open(h, port, b"");
+    // Far from the cookie, so that a sequence number in the wrong space
+    // is nowhere near the right one.
+    let bisn = cookie.wrapping_add(0x4000_0000);
+    proxy_backend_answers(h, port, bisn);
+    assert_eq!(h.take_tx().len(), 1, "the ACK completing the backend's handshake");
+    (cookie, bisn)
+}
+
+#[test]
+fn errors_about_a_proxied_reply_reach_the_backend_in_its_sequence_space() {
+    let mut h = proxy_harness("on");
+    let (client, vip, backend) = ((ip(CLIENT), 42000), (ip(VIP), 80), (ip("10.1.0.11"), 8080));
+    let (cookie, bisn) = proxied_connection(&mut h, 42000);
+    // The backend's segment, and what the client side saw of it.
+    let sent = tcp_segment((INT_MAC, B1_MAC), backend, client, bisn + 1, 8, FLAG_ACK, 1000, &[], &[b'x'; 200]);
+    h.rx(1, sent.clone());
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    let seen_by_client = seen(&out[0].1);
+    assert_eq!((seen_by_client.src, seen_by_client.seq), (vip, cookie + 1), "the client sees lbd's space");
+    let as_client_saw = datagram(&out[0].1);
+    // What the backend must get back: its own segment, one hop on.
+    let backend_view = one_hop_on(datagram(&sent));
+    for quote_len in [28, 48, as_client_saw.len()] {
+        let e = error_frame(EXT_MAC, GW_MAC, ip(ROUTER), ip(VIP), 3, 4, 1400, &as_client_saw[..quote_len]);
+        h.rx(0, e.clone());
+        let out = h.take_tx();
+        assert_eq!(out.len(), 1, "quote of {quote_len}");
+        let (port, f) = &out[0];
+        assert_eq!(*port, 1);
+        assert_eq!((&f[0..6], &f[6..12]), (&B1_MAC.0[..], &INT_MAC.0[..]));
+        let want = expected_error(&e, ip(ROUTER), backend.0, &backend_view[..quote_len]);
+        assert_forwarded_error(f, &want, (backend, client, bisn + 1));
+    }
+    assert_eq!(h.counters.event_count(Event::IcmpErrorsForwarded), 3);
+    assert_eq!(h.total_drops(), 0);
+}
+
+#[test]
+fn errors_about_a_proxied_request_reach_the_client_in_its_sequence_space() {
+    let mut h = proxy_harness("on");
+    let (client, vip, backend) = ((ip(CLIENT), 42001), (ip(VIP), 80), (ip("10.1.0.11"), 8080));
+    let (cookie, bisn) = proxied_connection(&mut h, 42001);
+    // The client's segment, and what the backend side saw of it.
+    let sent =
+        tcp_segment((EXT_MAC, GW_MAC), client, vip, 8, cookie + 1, FLAG_ACK | tcp::FLAG_PSH, 500, &[], &[7; 300]);
+    h.rx(0, sent.clone());
+    let out = h.take_tx();
+    assert_eq!(out.len(), 1);
+    let seen_by_backend = seen(&out[0].1);
+    assert_eq!((seen_by_backend.dst, seen_by_backend.ack), (backend, bisn + 1), "the backend sees its space");
+    let as_backend_saw = datagram(&out[0].1);
+    let client_view = one_hop_on(datagram(&sent));
+    // From a router on the backend side (its address stays), then from
+    // the backend itself (leaves from the VIP); quotes of the 8 bytes
+    // RFC 792 asks for, of the whole TCP header, and of everything.
+    for (from, ty, code, word, outer_src) in
+        [(ip(INT_ROUTER), 11, 0, 0, ip(INT_ROUTER)), (backend.0, 3, 4, 1300, ip(VIP))]
+    {
+        for quote_len in [28, 40, as_backend_saw.len()] {
+            let e = error_frame(INT_MAC, B1_MAC, from, ip(CLIENT), ty, code, word, &as_backend_saw[..quote_len]);
+            h.rx(1, e.clone());
+            let out = h.take_tx();
+            assert_eq!(out.len(), 1, "quote of {quote_len}");
+            let (port, f) = &out[0];
+            assert_eq!(*port, 0);
+            assert_eq!((&f[0..6], &f[6..12]), (&GW_MAC.0[..], &EXT_MAC.0[..]));
+            let want = expected_error(&e, outer_src, client.0, &client_view[..quote_len]);
+            assert_forwarded_error(f, &want, (client, vip, 8));
+            if quote_len >= 40 {
+                assert_eq!(rd32(&f[42..], 28), cookie + 1, "quoted ack in the client's space");
+            }
+        }
+    }
+    assert_eq!(h.counters.event_count(Event::IcmpErrorsForwarded), 6);
+    assert_eq!(h.total_drops(), 0);
+}
+
+#[test]
+fn forwarded_errors_are_cut_to_the_forward_rate() {
+    let mut h = harness();
+    let (backend, _, _) = open_tcp(&mut h, 40000);
+    let reply = l4_frame(GW_MAC, EXT_MAC, PROTO_TCP, ip(VIP), ip(CLIENT), 80, 40000, FLAG_ACK, b"");
+    let about_flow = error_frame(EXT_MAC, GW_MAC, ip(ROUTER), ip(VIP), 3, 4, 1400, &datagram(&reply));
+    let other = l4_frame(GW_MAC, EXT_MAC, PROTO_TCP, ip(VIP), ip(CLIENT), 80, 40999, FLAG_ACK, b"");
+    let about_nothing = error_frame(EXT_MAC, GW_MAC, ip(ROUTER), ip(VIP), 3, 4, 1400, &datagram(&other));
+    let burst = crate::ratelimit::TokenBucket::default_burst(FORWARD_RATE) as usize;
+    // Errors about no session take no token.
+    for _ in 0..3 * burst {
+        h.rx(0, about_nothing.clone());
+    }
+    assert_eq!(h.drops(DropReason::IcmpErrorNoSession), 3 * burst as u64);
+    for _ in 0..burst + 30 {
+        h.rx(0, about_flow.clone());
+    }
+    let out = h.take_tx();
+    assert_eq!(out.len(), burst, "the burst goes through");
+    assert!(out.iter().all(|(port, f)| *port == 1 && rd32(f, 30) == backend));
+    assert_eq!(h.drops(DropReason::IcmpForwardRateLimited), 30);
+    assert_eq!(h.counters.event_count(Event::IcmpErrorsForwarded), burst as u64);
+    assert_eq!(h.total_drops(), 3 * burst as u64 + 30);
+    // The flow itself is not limited.
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, ip(CLIENT), ip(VIP), 40000, 80, FLAG_ACK, b"more"));
+    assert_eq!(h.take_tx().len(), 1);
+    // 10 ms at 1000/s: 10 more.
+    h.dp.set_now(11);
+    for _ in 0..20 {
+        h.rx(0, about_flow.clone());
+    }
+    assert_eq!(h.take_tx().len(), 10);
+    assert_eq!(h.drops(DropReason::IcmpForwardRateLimited), 40);
+    // A second later the bucket is full again.
+    h.dp.set_now(1011);
+    for _ in 0..burst + 1 {
+        h.rx(0, about_flow.clone());
+    }
+    assert_eq!(h.take_tx().len(), burst);
+    assert_eq!(h.drops(DropReason::IcmpForwardRateLimited), 41);
+}
