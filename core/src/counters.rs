@@ -145,6 +145,10 @@ reasons! {
         // Forwarded ICMP errors (issue 11).
         /// ICMP error about a live flow over `icmp.forward_rate`: not forwarded.
         IcmpForwardRateLimited = "icmp_forward_rate_limited",
+        // SYN proxy (issue 11).
+        /// A pure ACK (no data, FIN or RST) of a proxied connection before
+        /// its backend answered: nothing TCP would send again, not held.
+        SynProxyAckAbsorbed = "syn_proxy_ack_absorbed",
     }
 }
 

@@ -14,7 +14,8 @@
 //! the ACK that completes its handshake: a request sent with the
 //! handshake waits no retransmission timeout. Those beyond the store, and
 //! those whose session goes first, are dropped (`syn_proxy_pending`); TCP
-//! sends them again. The per-session proxy state sits in a side array indexed by the
+//! sends them again. A pure ACK in that time carries nothing to hold
+//! (`syn_proxy_ack_absorbed`). The per-session proxy state sits in a side array indexed by the
 //! session's slot, read only for sessions with the flag, so the path of
 //! other listeners' sessions is one flag test longer.
 
@@ -28,10 +29,13 @@ use crate::synproxy::{self as sp, Accepted, Handshake, Translation, MAX_FRAME};
 use crate::wire::frame::TCP_FLAGS;
 use crate::wire::tcp::{FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN};
 
-/// Client segments one proxied session may have held: a request and its
-/// continuation (or FIN) cover the usual case; a window's worth is the
-/// client's TCP's to resend.
-pub(super) const HELD_PER_SESSION: usize = 2;
+/// Client segments one proxied session may have held: an initial window
+/// (RFC 6928's ten segments), what a client that sends at once after its
+/// handshake (a bulk upload, a TLS client hello with early data) has in
+/// flight before the backend can answer; with two, a soak's iperf3 runs
+/// lost segments to a retransmission timeout. The store
+/// (`sessions.syn_proxy_held`) bounds the total.
+pub(super) const HELD_PER_SESSION: usize = 10;
 
 /// Held entries the maintenance checks for a departed session per tick.
 const HELD_SWEEP_PER_TICK: usize = 64;
@@ -156,7 +160,7 @@ impl<P: Packet> State<P> {
     fn hold(&mut self, slot: u32, st: &mut ProxyState, pkt: P, io: &mut impl Io<P>) {
         let d = pkt.data();
         if sp::payload_len(d) == 0 && d[TCP_FLAGS] & (FLAG_FIN | FLAG_RST) == 0 {
-            return self.discard(DropReason::SynProxyPending, pkt, io);
+            return self.discard(DropReason::SynProxyAckAbsorbed, pkt, io);
         }
         let (mut count, mut last, mut at) = (0, 0u16, st.held);
         while at != 0 {

@@ -1902,32 +1902,38 @@ fn syn_proxy_holds_the_data_of_the_proving_ack_for_the_backend() {
 
 #[test]
 fn syn_proxy_drops_what_the_store_cannot_hold() {
-    let yaml = proxy_config("on", "sessions: {syn_proxy_held: 3}\n");
+    let yaml = proxy_config("on", "sessions: {syn_proxy_held: 12}\n");
     let mut h = harness_with(&yaml, 0, 1, 1000);
     let a = proxy_open(&mut h, 42000, b"");
-    // Two places per session: the third segment is dropped.
-    proxy_early(&mut h, 42000, a, 8, FLAG_ACK, b"one");
-    proxy_early(&mut h, 42000, a, 11, FLAG_ACK, b"two");
-    proxy_early(&mut h, 42000, a, 14, FLAG_ACK, b"three");
+    // Ten places per session (an initial window): the eleventh segment is
+    // dropped.
+    let early: Vec<Vec<u8>> = (0..11).map(|i| format!("s{i}").into_bytes()).collect();
+    for (i, p) in early.iter().enumerate() {
+        proxy_early(&mut h, 42000, a, 8 + 2 * i as u32, FLAG_ACK, p);
+    }
     assert_eq!(h.drops(DropReason::SynProxyPending), 1);
-    // A pure ACK carries nothing to resend: dropped, not held.
+    // A pure ACK carries nothing to resend: absorbed, not held.
     proxy_early(&mut h, 42000, a, 8, FLAG_ACK, b"");
-    assert_eq!(h.drops(DropReason::SynProxyPending), 2);
-    // The store holds 3: another session's first fits, its second not.
+    assert_eq!(h.drops(DropReason::SynProxyAckAbsorbed), 1);
+    assert_eq!(h.drops(DropReason::SynProxyPending), 1);
+    // The store holds 12: another session's first two fit, its third not.
     let b = proxy_open(&mut h, 42001, b"first");
     proxy_early(&mut h, 42001, b, 13, FLAG_ACK, b"second");
-    assert_eq!(h.drops(DropReason::SynProxyPending), 3);
-    assert_eq!(h.counters.event_count(Event::SynProxyHeld), 3);
+    proxy_early(&mut h, 42001, b, 19, FLAG_ACK, b"third");
+    assert_eq!(h.drops(DropReason::SynProxyPending), 2);
+    assert_eq!(h.counters.event_count(Event::SynProxyHeld), 12);
     proxy_backend_answers(&mut h, 42000, 100);
     let out = h.take_tx();
     let got: Vec<_> = out.iter().map(|(_, f)| seen(f).payload).collect();
-    assert_eq!(got, [&b""[..], b"one", b"two"], "the ACK, then the held segments in arrival order");
+    let mut want: Vec<&[u8]> = vec![b""];
+    want.extend(early[..10].iter().map(|p| p.as_slice()));
+    assert_eq!(got, want, "the ACK, then the held segments in arrival order");
     // Their places are free again.
-    proxy_early(&mut h, 42001, b, 13, FLAG_ACK, b"second");
-    assert_eq!(h.drops(DropReason::SynProxyPending), 3);
+    proxy_early(&mut h, 42001, b, 19, FLAG_ACK, b"third");
+    assert_eq!(h.drops(DropReason::SynProxyPending), 2);
     proxy_backend_answers(&mut h, 42001, 200);
     let got: Vec<_> = h.take_tx().iter().map(|(_, f)| seen(f).payload).collect();
-    assert_eq!(got, [&b""[..], b"first", b"second"]);
+    assert_eq!(got, [&b""[..], b"first", b"second", b"third"]);
     assert_eq!(h.total_drops(), 3);
 }
 
