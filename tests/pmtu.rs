@@ -4,7 +4,9 @@
 //! must reach the backend translated) and once at lbd's own port MTU (lbd
 //! sends fragmentation needed itself). Without either, Linux TCP (no MTU
 //! probing by default) retransmits the full-size segment until curl gives
-//! up: the transfer completing is the proof.
+//! up: the transfer completing is the proof. Also other ICMP errors
+//! through lbd: time exceeded from lbd itself, and a backend's port
+//! unreachable on its way to the client.
 
 mod common;
 
@@ -173,5 +175,69 @@ fn netns_ttl_expiry_is_answered_with_time_exceeded() {
     assert_eq!(text.trim(), "2 11 0 10.0.0.1");
     assert!(counter(&stats, "drops", "ttl_exceeded") >= 1);
     assert!(counter(&stats, "events", "icmp_errors_sent") >= 1);
+    assert_eq!(stats["mempool_in_use"].as_u64(), Some(0), "mbuf leak");
+}
+
+/// For each of `N` connected UDP sockets (one client port each) to
+/// VIP:9001, whose backend has no server there: sends up to 3 datagrams,
+/// 2 s apart, until a receive fails with ECONNREFUSED, which only the
+/// backend's port unreachable, forwarded by lbd, causes. Prints the
+/// client ports that never saw it.
+const REFUSED_PROBE: &str = r#"
+import errno, socket, sys
+silent = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("10.0.0.100", 9001))
+    s.settimeout(2.0)
+    refused = False
+    for _ in range(3):
+        s.send(b"ping")
+        try:
+            s.recv(64)
+        except ConnectionRefusedError:
+            refused = True
+            break
+        except socket.timeout:
+            pass
+    if not refused:
+        silent.append(s.getsockname()[1])
+    s.close()
+print("silent", *silent)
+"#;
+
+/// The soak's health flap, as the client sees it: a UDP server on a
+/// backend is gone, the backend's kernel answers with port unreachable
+/// (from the backend, to the client, quoting the forwarded datagram), and
+/// the client's connected socket must get ECONNREFUSED through lbd. Two
+/// workers on two queue pairs and lbd's random owner-shard key, as in the
+/// soak: an error steered to the worker of the fixed key (the bug this
+/// guards against) met no session for about half the client ports.
+#[test]
+fn netns_port_unreachable_from_a_backend_reaches_every_client_port() {
+    let _g = guard();
+    let t = Topology::up_with_lb_netns();
+    // Per-destination ICMP rate limiting would hold back the backend's
+    // errors to the one client after the first few.
+    t.exec_ok("be3", &["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"]);
+    let dir = TempDir::new("netns-unreach");
+    let lbd = t.start_lbd_with(2, &dir, |c| {
+        c.replacen(
+            "sessions:",
+            "  - name: closed\n    vip: 10.0.0.100\n    protocol: udp\n    port: 9001\n    backends:\n      \
+             - {address: 10.1.0.13, port: 9001}\nsessions:",
+            1,
+        )
+    });
+    let sockets = 24;
+    let out = t.client(&["/usr/bin/python3", "-c", REFUSED_PROBE, &sockets.to_string()]);
+    let (status, stats) = lbd.stop();
+    assert!(status.success());
+    println!("events {}\ndrops {}", stats["events"], stats["drops"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.trim(), "silent", "client ports that never got ECONNREFUSED");
+    assert!(counter(&stats, "events", "icmp_errors_forwarded") >= sockets);
+    assert_eq!(counter(&stats, "drops", "icmp_error_no_session"), 0);
     assert_eq!(stats["mempool_in_use"].as_u64(), Some(0), "mbuf leak");
 }

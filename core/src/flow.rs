@@ -105,7 +105,10 @@ const DESTINATION_PORT: u64 = 0xffff << 32;
 
 /// The worker that owns every session of the client endpoint
 /// (`ip`, `port`): source fields of a request, destination fields of a
-/// reply. See [`crate::rss`] for why this is a Toeplitz hash.
+/// reply. See [`crate::rss`] for why this is a Toeplitz hash. Under the
+/// fixed key, for tests and tools that predict owners: lbd's workers use
+/// the instance's key (`crate::rss::OwnerHash`), which this matches only
+/// where `sessions.hash_key` is the fixed key.
 #[inline]
 pub fn owner_shard(ip: u32, port: u16, workers: usize) -> usize {
     crate::rss::owner(ip, port, workers)

@@ -133,14 +133,30 @@ impl<P: Packet> State<P> {
     #[inline(always)]
     pub(super) fn flow_class(&self, snap: &Snapshot, key: FlowKey, flags: u8, ttl: u8) -> Class {
         let (listener, owner) = match self.direction(snap, &key) {
-            Some(Some(listener)) => (Some(listener), self.owners.owner(key.src(), key.sport(), self.workers)),
+            Some(Some(listener)) => (Some(listener), self.flow_owner(&key, true)),
             Some(None) => return self.host_bound(snap, key.dst()),
-            None => (None, self.owners.owner(key.dst(), key.dport(), self.workers)),
+            None => (None, self.flow_owner(&key, false)),
         };
         if ttl <= 1 {
             return Class::Drop(DropReason::TtlExceeded);
         }
         Class::Flow { key, flags, listener, owner }
+    }
+
+    /// The worker owning the flow of a packet arriving with `key`, a
+    /// `request` (the client endpoint is its source) or a reply (its
+    /// destination), under the instance's owner-shard key. Everything
+    /// steered by flow (its packets, ICMP errors about it) must use this
+    /// one function: the fixed key's `crate::flow::owner_shard` agrees
+    /// with it only by chance, so a packet steered by that reaches a
+    /// worker without the session about half the time with two workers.
+    #[inline(always)]
+    pub(super) fn flow_owner(&self, key: &FlowKey, request: bool) -> usize {
+        if request {
+            self.owners.owner(key.src(), key.sport(), self.workers)
+        } else {
+            self.owners.owner(key.dst(), key.dport(), self.workers)
+        }
     }
 
     /// A TCP/UDP packet to local address `dst` that no listener serves:

@@ -28,7 +28,7 @@ use super::classify::Class;
 use super::synproxy::SYN_PROXIED;
 use super::{Io, Packet, State};
 use crate::counters::{DropReason, Event};
-use crate::flow::{owner_shard, FlowKey};
+use crate::flow::FlowKey;
 use crate::nat::Endpoint;
 use crate::session::{Direction, Session};
 use crate::snapshot::{LocalAddress, Snapshot};
@@ -81,9 +81,9 @@ impl<P: Packet> State<P> {
             return Class::Drop(DropReason::IcmpErrorNoSession);
         }
         let owner = match self.direction(snap, &key) {
-            Some(Some(_)) => owner_shard(key.src(), key.sport(), self.workers),
+            Some(Some(_)) => self.flow_owner(&key, true),
             Some(None) => return Class::Drop(DropReason::IcmpErrorNoSession),
-            None => owner_shard(key.dst(), key.dport(), self.workers),
+            None => self.flow_owner(&key, false),
         };
         if ttl <= 1 {
             return Class::Drop(DropReason::TtlExceeded);

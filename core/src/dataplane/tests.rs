@@ -156,6 +156,24 @@ struct Harness {
 }
 
 fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> Harness {
+    // The session table under another key than the fixed one, as in
+    // production (a lookup hashing without the table's key misses here);
+    // owners under the fixed key, which the tests predict.
+    let keys = crate::hashkey::HashKeys {
+        session: crate::hashkey::HashKeys::from_key(&TEST_HASH_KEY).session,
+        rss: crate::rss::RSS_KEY,
+    };
+    harness_with_keys(yaml, worker, workers, capacity, keys)
+}
+
+/// [`harness_with`] under the instance keys `hash_keys`.
+fn harness_with_keys(
+    yaml: &str,
+    worker: usize,
+    workers: usize,
+    capacity: usize,
+    hash_keys: crate::hashkey::HashKeys,
+) -> Harness {
     let cfg = config::parse(yaml, Path::new("test.yaml")).expect("test config is valid");
     let mut ids = IdRegistry::default();
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
@@ -173,13 +191,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
         source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
         icmp_forward_rate: FORWARD_RATE,
-        // The session table under another key than the fixed one, as in
-        // production (a lookup hashing without the table's key misses
-        // here); owners under the fixed key, which the tests predict.
-        hash_keys: crate::hashkey::HashKeys {
-            session: crate::hashkey::HashKeys::from_key(&TEST_HASH_KEY).session,
-            rss: crate::rss::RSS_KEY,
-        },
+        hash_keys,
         syn_proxy_held: cfg.startup.syn_proxy_held,
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
