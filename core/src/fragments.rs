@@ -86,10 +86,13 @@ pub struct DatagramKey {
 
 impl DatagramKey {
     /// The fragment worker of the datagram: every fragment of it meets
-    /// there, whatever worker received it.
-    pub fn worker(&self, workers: usize) -> usize {
+    /// there, whatever worker received it. Hashed with the instance's
+    /// owner key (`sessions.hash_key`), as flows are: with a known key, a
+    /// sender could pick IP ids that pile every datagram's fragments onto
+    /// one worker.
+    pub fn worker(&self, owners: &crate::rss::OwnerHash, workers: usize) -> usize {
         let mix = self.src ^ self.dst.rotate_left(16) ^ u32::from(self.proto) << 24;
-        crate::rss::owner(mix, self.id, workers)
+        owners.owner(mix, self.id, workers)
     }
 }
 

@@ -80,7 +80,7 @@ impl<P: Packet> State<P> {
             proto: d[IP_PROTOCOL],
             id: get16(d, IPV4 + ipv4::field::IDENT.start..IPV4 + ipv4::field::IDENT.end),
         };
-        let steerer = key.worker(self.workers);
+        let steerer = key.worker(&self.owners, self.workers);
         if steerer == self.worker {
             self.steer(snap, key, pkt, io)
         } else if from_handoff {

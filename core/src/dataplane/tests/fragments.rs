@@ -336,7 +336,7 @@ fn two_workers_hand_fragments_to_the_owner() {
     let ident = (0..100u16)
         .find(|id| {
             let k = crate::fragments::DatagramKey { src: ip(CLIENT), dst: ip(VIP), proto: PROTO_UDP, id: *id };
-            k.worker(2) != owner
+            k.worker(&crate::rss::OwnerHash::new(&crate::hashkey::HashKeys::FIXED.rss), 2) != owner
         })
         .expect("an id whose fragment worker is the other one");
     let sent = udp_datagram(ident, sport, 5000);
