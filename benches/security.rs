@@ -11,6 +11,7 @@ use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
 use lbcore::ids::PortIndex;
 use lbcore::security::{first_match, SourceVerdicts};
 use lbcore::snapshot::{IdRegistry, Snapshot};
+use lbcore::testing::Xorshift;
 use lbcore::wire::frame::FrameBuilder;
 use lbcore::wire::MacAddr;
 use std::path::Path;
@@ -18,32 +19,18 @@ use std::sync::Arc;
 
 const BURST: usize = 64;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A group of `n` rules as an operator might write it: mostly deny
 /// lists of /24../32 prefixes (1-4 each), allow rules for other ports
 /// with /16../24 prefixes, some UDP rules, and last an allow for the
 /// clients the new-flow benchmark sends from (172.16.0.0/12), default
 /// deny. Returns the YAML and the number of prefixes.
 fn group_yaml(n: usize) -> (String, usize) {
-    let mut r = Rng(0x2545_f491_4f6c_dd1d);
+    let mut r = Xorshift::new(0x2545_f491_4f6c_dd1d);
     let mut prefixes = 0;
     let mut y = String::from("security_groups:\n  edge:\n    default: deny\n    rules:\n");
-    let prefix = |r: &mut Rng, min_len: u64| loop {
+    let prefix = |r: &mut Xorshift, min_len: u64| loop {
         let len = min_len + r.below(33 - min_len);
-        let a = (r.next() as u32) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let a = (r.next_u64() as u32) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
         // Keep the benchmark's clients (172.16.0.0/12) out of the lists.
         if a >> 20 != 0xac1 {
             return format!("{}/{len}", std::net::Ipv4Addr::from(a));
@@ -53,7 +40,7 @@ fn group_yaml(n: usize) -> (String, usize) {
         let kind = r.below(10);
         let (action, protocol, ports, min_len, count) = match kind {
             0..=6 => ("deny", "any", "", 24, 1 + r.below(4)),
-            7 | 8 => ("allow", "tcp", ["443", "\"8000-8100\"", "22"][r.below(3) as usize], 16, 1 + r.below(2)),
+            7 | 8 => ("allow", "tcp", ["443", "\"8000-8100\"", "22"][r.index(3)], 16, 1 + r.below(2)),
             _ => ("deny", "udp", "53", 24, 1 + r.below(3)),
         };
         let sources: Vec<String> = (0..count).map(|_| prefix(&mut r, min_len)).collect();
@@ -97,8 +84,8 @@ fn verdicts(c: &mut Criterion) {
         let slots: Vec<u32> = (0..=group.rules.len() as u32).collect();
         let v = SourceVerdicts::build(group, slots, Protocol::Tcp, 80);
         println!("{n} rules, {} prefixes: {} intervals", group_yaml(n).1, v.intervals());
-        let mut r = Rng(7);
-        let addrs: Vec<u32> = (0..65536).map(|_| r.next() as u32).collect();
+        let mut r = Xorshift::new(7);
+        let addrs: Vec<u32> = (0..65536).map(|_| r.next_u64() as u32).collect();
         g.throughput(Throughput::Elements(addrs.len() as u64));
         g.bench_with_input(BenchmarkId::new("compiled", n), &n, |b, _| {
             b.iter(|| addrs.iter().map(|a| u64::from(v.verdict(*a).allows())).sum::<u64>())
