@@ -163,19 +163,12 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
     let snap = Arc::new(Snapshot::build(&cfg, &macs, &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings = CoreSettings {
-        worker: 0,
-        workers: 1,
         session_capacity: capacity,
         neighbor_capacity: 1024,
         pending_capacity: 64,
-        to_kernel_rate: 1000,
-        echo_reply_rate: 1000,
-        fragments: Default::default(),
-        source_entries: 4096,
-        icmp_error_rate: 1000,
         // A per-instance key, as lbd runs with.
         hash_keys: lbcore::hashkey::HashKeySetting::Random.resolve().unwrap(),
-        syn_proxy_held: 1024,
+        ..CoreSettings::small(0, 1)
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

@@ -7,7 +7,6 @@
 use crate::config;
 use crate::counters::{DropReason, WorkerCounters};
 use crate::dataplane::{CoreSettings, Dataplane, Io, Packet};
-use crate::hashkey::HashKeys;
 use crate::ids::PortIndex;
 use crate::snapshot::{IdRegistry, Snapshot};
 use crate::wire::checksum::checksum;
@@ -196,17 +195,9 @@ fn snapshot() -> Arc<Snapshot> {
 
 fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<FuzzPacket> {
     let settings = CoreSettings {
-        worker,
-        workers: 2,
-        session_capacity: 64,
-        neighbor_capacity: 16,
-        pending_capacity: 4,
-        to_kernel_rate: 1000,
-        echo_reply_rate: 1000,
-        hash_keys: HashKeys::FIXED,
-        syn_proxy_held: 1024,
-        // Small tables: a core is built per input, and an input of 32
+        // Smaller still: a core is built per input, and an input of 32
         // frames fills these as surely as it would the defaults.
+        neighbor_capacity: 16,
         fragments: crate::fragments::FragmentLimits {
             max_datagrams: 8,
             max_fragments: 16,
@@ -214,7 +205,7 @@ fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<FuzzPacket> 
             timeout_ms: 2000,
         },
         source_entries: 64,
-        icmp_error_rate: 1000,
+        ..CoreSettings::small(worker, 2)
     };
     let mut dp = Dataplane::new(settings, snapshot(), Arc::clone(counters));
     dp.set_cookie_key(crate::synproxy::CookieKey::from_parts(0x6c62_6466_757a_7a30, 0x636f_6f6b_6965_6b79));

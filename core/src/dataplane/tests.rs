@@ -160,16 +160,11 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
     let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings = CoreSettings {
-        worker,
-        workers,
         session_capacity: capacity,
-        neighbor_capacity: 64,
-        pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
-        fragments: cfg.startup.fragments,
-        source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
+        fragments: cfg.startup.fragments,
         // The session table under another key than the fixed one, as in
         // production (a lookup hashing without the table's key misses
         // here); owners under the fixed key, which the tests predict.
@@ -178,6 +173,7 @@ fn harness_with(yaml: &str, worker: usize, workers: usize, capacity: usize) -> H
             rss: crate::rss::RSS_KEY,
         },
         syn_proxy_held: cfg.startup.syn_proxy_held,
+        ..CoreSettings::small(worker, workers)
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -729,18 +725,12 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings = CoreSettings {
-        worker: 0,
-        workers: 1,
         session_capacity: 100,
-        neighbor_capacity: 64,
-        pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
-        fragments: cfg.startup.fragments,
-        source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
-        hash_keys: crate::hashkey::HashKeys::FIXED,
-        syn_proxy_held: 1024,
+        fragments: cfg.startup.fragments,
+        ..CoreSettings::small(0, 1)
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1264,18 +1254,12 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
     let hs = (0..workers)
         .map(|w| {
             let settings = CoreSettings {
-                worker: w,
-                workers,
                 session_capacity: 1000,
-                neighbor_capacity: 64,
-                pending_capacity: 4,
                 to_kernel_rate: KERNEL_RATE,
                 echo_reply_rate: ECHO_RATE,
-                fragments: cfg.startup.fragments,
-                source_entries: 4096,
                 icmp_error_rate: ERROR_RATE,
-                hash_keys: crate::hashkey::HashKeys::FIXED,
-                syn_proxy_held: 1024,
+                fragments: cfg.startup.fragments,
+                ..CoreSettings::small(w, workers)
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
