@@ -4,15 +4,16 @@
 //! and the whole new-flow path (a SYN creating a session) with and
 //! without a group.
 
+mod common;
+
+use common::{frame, Frame, Sink};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lbcore::config::{self, Protocol};
 use lbcore::counters::WorkerCounters;
-use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
-use lbcore::ids::PortIndex;
+use lbcore::dataplane::{CoreSettings, Dataplane};
 use lbcore::security::{first_match, SourceVerdicts};
 use lbcore::snapshot::{IdRegistry, Snapshot};
 use lbcore::testing::Xorshift;
-use lbcore::wire::frame::FrameBuilder;
 use lbcore::wire::MacAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -106,69 +107,6 @@ fn verdicts(c: &mut Criterion) {
     g.finish();
 }
 
-#[derive(Clone, Copy)]
-struct Frame {
-    data: [u8; 64],
-    len: usize,
-}
-
-impl Packet for Frame {
-    fn data(&self) -> &[u8] {
-        &self.data[..self.len]
-    }
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.data[..self.len]
-    }
-    fn packet_len(&self) -> usize {
-        self.len
-    }
-    fn port(&self) -> PortIndex {
-        PortIndex(0)
-    }
-    fn truncate(&mut self, len: usize) -> bool {
-        self.len = len;
-        true
-    }
-    type Placement = engine::dpdk::DpdkPlacement;
-}
-
-#[derive(Default)]
-struct Sink {
-    tx: u64,
-    other: u64,
-}
-
-impl Io<Frame> for Sink {
-    fn tx(&mut self, _port: PortIndex, pkt: Frame) {
-        self.tx += u64::from(pkt.data[30]);
-    }
-    fn handoff(&mut self, _w: usize, _pkt: Frame) {
-        self.other += 1;
-    }
-    fn free(&mut self, _pkt: Frame) {
-        self.other += 1;
-    }
-    fn alloc(&mut self, len: usize, _port: PortIndex) -> Option<Frame> {
-        Some(Frame { data: [0; 64], len })
-    }
-    fn to_kernel(&mut self, _port: PortIndex, _pkt: Frame) {
-        self.other += 1;
-    }
-}
-
-/// A SYN from one of 64 clients in 172.16.0.0/12 (as benches/dataplane.rs).
-fn frame(i: u64) -> Frame {
-    let (src, sport) = (0xac10_0000 | (i >> 14) as u32, 1024 + (i & 0x3fff) as u16);
-    let b = FrameBuilder {
-        seq: 0,
-        window: 0,
-        ..FrameBuilder::new(MacAddr([2, 0, 0, 0, 0, 0xfe]), MacAddr([2, 0, 0, 0, 0, 1]))
-    };
-    let mut f = [0u8; 64];
-    f[..60].copy_from_slice(&b.tcp(src, 0x0a00_0064, sport, 80, 0x02, &[0; 6]));
-    Frame { data: f, len: 60 }
-}
-
 fn dataplane(cfg: &config::Config, capacity: usize) -> Dataplane<Frame> {
     let mut ids = IdRegistry::default();
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
@@ -190,7 +128,7 @@ fn new_flows(c: &mut Criterion) {
     let mut g = c.benchmark_group("security_new_flows");
     g.sample_size(10);
     let n = 1 << 20;
-    let pkts: Vec<Frame> = (0..n).map(frame).collect();
+    let pkts: Vec<Frame> = (0..n).map(|i| frame(i, 0x02)).collect();
     g.throughput(Throughput::Elements(n));
     for (name, rules) in [("no_group", None), ("group_10_rules", Some(10)), ("group_10000_rules", Some(10_000))] {
         let cfg = parsed(rules);
