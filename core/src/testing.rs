@@ -2,6 +2,9 @@
 //! benchmarks: code that is the same wherever a test needs it, kept here
 //! once instead of copied into each.
 
+use crate::dataplane::Packet;
+use crate::ids::PortIndex;
+
 /// Marsaglia's xorshift64 (shifts 13, 7, 17): a reproducible sequence from
 /// a seed, with no dependency. For generating test inputs; not random
 /// enough for anything an attacker sees.
@@ -39,6 +42,34 @@ impl Xorshift {
     pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.index(xs.len())]
     }
+}
+
+/// A packet as a byte vector, on port `port`: what the core's tests and
+/// the fuzz harness feed the data plane.
+#[derive(Debug, Clone)]
+pub struct VecPacket {
+    pub data: Vec<u8>,
+    pub port: u16,
+}
+
+impl Packet for VecPacket {
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+    fn packet_len(&self) -> usize {
+        self.data.len()
+    }
+    fn port(&self) -> PortIndex {
+        PortIndex(self.port)
+    }
+    fn truncate(&mut self, len: usize) -> bool {
+        self.data.truncate(len);
+        true
+    }
+    type Placement = crate::memory::NoHints;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use crate::ids::PortIndex;
 use crate::persistence::PersistenceTable;
 use crate::session::SessionState;
 use crate::snapshot::IdRegistry;
+use crate::testing::VecPacket as Pkt;
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::checksum::checksum;
 use crate::wire::ethernet::ETHERTYPE_VLAN;
@@ -88,32 +89,6 @@ const KERNEL_RATE: u32 = 1000;
 const ECHO_RATE: u32 = 1000;
 /// The test workers' share of the ICMP error rate (errors/s).
 const ERROR_RATE: u32 = 1000;
-
-#[derive(Debug, Clone)]
-struct Pkt {
-    data: Vec<u8>,
-    port: u16,
-}
-
-impl Packet for Pkt {
-    fn data(&self) -> &[u8] {
-        &self.data
-    }
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.data
-    }
-    fn packet_len(&self) -> usize {
-        self.data.len()
-    }
-    fn port(&self) -> PortIndex {
-        PortIndex(self.port)
-    }
-    fn truncate(&mut self, len: usize) -> bool {
-        self.data.truncate(len);
-        true
-    }
-    type Placement = crate::memory::NoHints;
-}
 
 #[derive(Default)]
 struct TestIo {
