@@ -3,26 +3,21 @@
 //! time in bursts of 64 (lbd's default) — no DPDK, so it isolates lbd's own cost per
 //! packet from the I/O.
 
+mod common;
+
+use common::{frame, Frame, Sink};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lbcore::config;
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
 use lbcore::ids::PortIndex;
 use lbcore::snapshot::{IdRegistry, Snapshot};
-use lbcore::wire::frame::FrameBuilder;
 use lbcore::wire::MacAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 /// Packets per burst: `lcores.burst`'s default.
 const BURST: usize = 64;
-
-/// A 64-byte frame.
-#[derive(Clone, Copy)]
-struct Frame {
-    data: [u8; 64],
-    len: usize,
-}
 
 /// A frame behind a pointer, as an mbuf is: moving it moves 8 bytes. The
 /// boxes are recycled, never allocated per packet.
@@ -44,27 +39,6 @@ impl Packet for Buf {
     }
     fn truncate(&mut self, len: usize) -> bool {
         self.0.len = len;
-        true
-    }
-    // As lbd runs it: real prefetches, huge-page advice.
-    type Placement = engine::dpdk::DpdkPlacement;
-}
-
-impl Packet for Frame {
-    fn data(&self) -> &[u8] {
-        &self.data[..self.len]
-    }
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.data[..self.len]
-    }
-    fn packet_len(&self) -> usize {
-        self.len
-    }
-    fn port(&self) -> PortIndex {
-        PortIndex(0)
-    }
-    fn truncate(&mut self, len: usize) -> bool {
-        self.len = len;
         true
     }
     // As lbd runs it: real prefetches, huge-page advice.
@@ -99,30 +73,6 @@ impl Io<Buf> for Recycler {
     }
 }
 
-#[derive(Default)]
-struct Sink {
-    tx: u64,
-    other: u64,
-}
-
-impl Io<Frame> for Sink {
-    fn tx(&mut self, _port: PortIndex, pkt: Frame) {
-        self.tx += u64::from(pkt.data[30]);
-    }
-    fn handoff(&mut self, _w: usize, _pkt: Frame) {
-        self.other += 1;
-    }
-    fn free(&mut self, _pkt: Frame) {
-        self.other += 1;
-    }
-    fn alloc(&mut self, len: usize, _port: PortIndex) -> Option<Frame> {
-        Some(Frame { data: [0; 64], len })
-    }
-    fn to_kernel(&mut self, _port: PortIndex, _pkt: Frame) {
-        self.other += 1;
-    }
-}
-
 const CONFIG: &str = "
 ports:
   - {name: ext, device: a, address: 10.0.0.1/24, gateway: 10.0.0.254, mac: \"02:00:00:00:00:01\", neighbors: [{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}]}
@@ -135,18 +85,6 @@ listeners:
     backends: [{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080}, {address: 10.1.0.13, port: 8080}, {address: 10.1.0.14, port: 8080}]
 timeouts: {tcp_syn: 1h, tcp_established: 1h}
 ";
-
-fn frame(i: u64, flags: u8) -> Frame {
-    let (src, sport) = (0xac10_0000 | (i >> 14) as u32, 1024 + (i & 0x3fff) as u16);
-    let b = FrameBuilder {
-        seq: 0,
-        window: 0,
-        ..FrameBuilder::new(MacAddr([2, 0, 0, 0, 0, 0xfe]), MacAddr([2, 0, 0, 0, 0, 1]))
-    };
-    let mut f = [0u8; 64];
-    f[..60].copy_from_slice(&b.tcp(src, 0x0a00_0064, sport, 80, flags, &[0; 6]));
-    Frame { data: f, len: 60 }
-}
 
 fn dataplane<P: Packet>(capacity: usize) -> Dataplane<P> {
     dataplane_scheduling::<P>(capacity, "")
@@ -163,20 +101,12 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
     let snap = Arc::new(Snapshot::build(&cfg, &macs, &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings = CoreSettings {
-        worker: 0,
-        workers: 1,
         session_capacity: capacity,
         neighbor_capacity: 1024,
         pending_capacity: 64,
-        to_kernel_rate: 1000,
-        echo_reply_rate: 1000,
-        fragments: Default::default(),
-        source_entries: 4096,
-        icmp_error_rate: 1000,
-        icmp_forward_rate: 10_000,
         // A per-instance key, as lbd runs with.
         hash_keys: lbcore::hashkey::HashKeySetting::Random.resolve().unwrap(),
-        syn_proxy_held: 1024,
+        ..CoreSettings::small(0, 1)
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);

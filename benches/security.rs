@@ -4,33 +4,21 @@
 //! and the whole new-flow path (a SYN creating a session) with and
 //! without a group.
 
+mod common;
+
+use common::{frame, Frame, Sink};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lbcore::config::{self, Protocol};
 use lbcore::counters::WorkerCounters;
-use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
-use lbcore::ids::PortIndex;
+use lbcore::dataplane::{CoreSettings, Dataplane};
 use lbcore::security::{first_match, SourceVerdicts};
 use lbcore::snapshot::{IdRegistry, Snapshot};
-use lbcore::wire::frame::FrameBuilder;
+use lbcore::testing::Xorshift;
 use lbcore::wire::MacAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 const BURST: usize = 64;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A group of `n` rules as an operator might write it: mostly deny
 /// lists of /24../32 prefixes (1-4 each), allow rules for other ports
@@ -38,12 +26,12 @@ impl Rng {
 /// clients the new-flow benchmark sends from (172.16.0.0/12), default
 /// deny. Returns the YAML and the number of prefixes.
 fn group_yaml(n: usize) -> (String, usize) {
-    let mut r = Rng(0x2545_f491_4f6c_dd1d);
+    let mut r = Xorshift::new(0x2545_f491_4f6c_dd1d);
     let mut prefixes = 0;
     let mut y = String::from("security_groups:\n  edge:\n    default: deny\n    rules:\n");
-    let prefix = |r: &mut Rng, min_len: u64| loop {
+    let prefix = |r: &mut Xorshift, min_len: u64| loop {
         let len = min_len + r.below(33 - min_len);
-        let a = (r.next() as u32) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let a = (r.next_u64() as u32) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
         // Keep the benchmark's clients (172.16.0.0/12) out of the lists.
         if a >> 20 != 0xac1 {
             return format!("{}/{len}", std::net::Ipv4Addr::from(a));
@@ -53,7 +41,7 @@ fn group_yaml(n: usize) -> (String, usize) {
         let kind = r.below(10);
         let (action, protocol, ports, min_len, count) = match kind {
             0..=6 => ("deny", "any", "", 24, 1 + r.below(4)),
-            7 | 8 => ("allow", "tcp", ["443", "\"8000-8100\"", "22"][r.below(3) as usize], 16, 1 + r.below(2)),
+            7 | 8 => ("allow", "tcp", ["443", "\"8000-8100\"", "22"][r.index(3)], 16, 1 + r.below(2)),
             _ => ("deny", "udp", "53", 24, 1 + r.below(3)),
         };
         let sources: Vec<String> = (0..count).map(|_| prefix(&mut r, min_len)).collect();
@@ -97,8 +85,8 @@ fn verdicts(c: &mut Criterion) {
         let slots: Vec<u32> = (0..=group.rules.len() as u32).collect();
         let v = SourceVerdicts::build(group, slots, Protocol::Tcp, 80);
         println!("{n} rules, {} prefixes: {} intervals", group_yaml(n).1, v.intervals());
-        let mut r = Rng(7);
-        let addrs: Vec<u32> = (0..65536).map(|_| r.next() as u32).collect();
+        let mut r = Xorshift::new(7);
+        let addrs: Vec<u32> = (0..65536).map(|_| r.next_u64() as u32).collect();
         g.throughput(Throughput::Elements(addrs.len() as u64));
         g.bench_with_input(BenchmarkId::new("compiled", n), &n, |b, _| {
             b.iter(|| addrs.iter().map(|a| u64::from(v.verdict(*a).allows())).sum::<u64>())
@@ -119,69 +107,6 @@ fn verdicts(c: &mut Criterion) {
     g.finish();
 }
 
-#[derive(Clone, Copy)]
-struct Frame {
-    data: [u8; 64],
-    len: usize,
-}
-
-impl Packet for Frame {
-    fn data(&self) -> &[u8] {
-        &self.data[..self.len]
-    }
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.data[..self.len]
-    }
-    fn packet_len(&self) -> usize {
-        self.len
-    }
-    fn port(&self) -> PortIndex {
-        PortIndex(0)
-    }
-    fn truncate(&mut self, len: usize) -> bool {
-        self.len = len;
-        true
-    }
-    type Placement = engine::dpdk::DpdkPlacement;
-}
-
-#[derive(Default)]
-struct Sink {
-    tx: u64,
-    other: u64,
-}
-
-impl Io<Frame> for Sink {
-    fn tx(&mut self, _port: PortIndex, pkt: Frame) {
-        self.tx += u64::from(pkt.data[30]);
-    }
-    fn handoff(&mut self, _w: usize, _pkt: Frame) {
-        self.other += 1;
-    }
-    fn free(&mut self, _pkt: Frame) {
-        self.other += 1;
-    }
-    fn alloc(&mut self, len: usize, _port: PortIndex) -> Option<Frame> {
-        Some(Frame { data: [0; 64], len })
-    }
-    fn to_kernel(&mut self, _port: PortIndex, _pkt: Frame) {
-        self.other += 1;
-    }
-}
-
-/// A SYN from one of 64 clients in 172.16.0.0/12 (as benches/dataplane.rs).
-fn frame(i: u64) -> Frame {
-    let (src, sport) = (0xac10_0000 | (i >> 14) as u32, 1024 + (i & 0x3fff) as u16);
-    let b = FrameBuilder {
-        seq: 0,
-        window: 0,
-        ..FrameBuilder::new(MacAddr([2, 0, 0, 0, 0, 0xfe]), MacAddr([2, 0, 0, 0, 0, 1]))
-    };
-    let mut f = [0u8; 64];
-    f[..60].copy_from_slice(&b.tcp(src, 0x0a00_0064, sport, 80, 0x02, &[0; 6]));
-    Frame { data: f, len: 60 }
-}
-
 fn dataplane(cfg: &config::Config, capacity: usize) -> Dataplane<Frame> {
     let mut ids = IdRegistry::default();
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
@@ -189,19 +114,10 @@ fn dataplane(cfg: &config::Config, capacity: usize) -> Dataplane<Frame> {
     let snap = Arc::new(Snapshot::build(cfg, &macs, &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings = CoreSettings {
-        worker: 0,
-        workers: 1,
         session_capacity: capacity,
         neighbor_capacity: 1024,
         pending_capacity: 64,
-        to_kernel_rate: 1000,
-        echo_reply_rate: 1000,
-        fragments: Default::default(),
-        source_entries: 4096,
-        icmp_error_rate: 1000,
-        icmp_forward_rate: 10_000,
-        hash_keys: lbcore::hashkey::HashKeys::FIXED,
-        syn_proxy_held: 1024,
+        ..CoreSettings::small(0, 1)
     };
     let mut dp = Dataplane::new(settings, snap, counters);
     dp.set_now(1);
@@ -212,7 +128,7 @@ fn new_flows(c: &mut Criterion) {
     let mut g = c.benchmark_group("security_new_flows");
     g.sample_size(10);
     let n = 1 << 20;
-    let pkts: Vec<Frame> = (0..n).map(frame).collect();
+    let pkts: Vec<Frame> = (0..n).map(|i| frame(i, 0x02)).collect();
     g.throughput(Throughput::Elements(n));
     for (name, rules) in [("no_group", None), ("group_10_rules", Some(10)), ("group_10000_rules", Some(10_000))] {
         let cfg = parsed(rules);

@@ -138,39 +138,6 @@ fn nat_tuple_conflict_no_route_and_shutdown() {
     assert_eq!(sum_ports(&stats, "tx_packets"), 3, "{stats}");
 }
 
-/// A veth pair, removed on drop.
-struct Veth(String);
-
-impl Veth {
-    fn new(a: &str, b: &str) -> Veth {
-        run(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]));
-        let v = Veth(a.to_owned());
-        for i in [a, b] {
-            // No IPv6 router solicitations or other chatter on the test links.
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1");
-            run(Command::new("ip").args(["link", "set", i, "up"]));
-        }
-        v
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-/// Sends raw frames out of `iface` (an AF_PACKET socket in Python's
-/// standard library: no scapy needed).
-fn inject(iface: &str, frames: &[Vec<u8>]) {
-    let hex: Vec<String> = frames.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect()).collect();
-    let script = "import socket, sys\n\
-                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-                  s.bind((sys.argv[1], 0))\n\
-                  for h in sys.argv[2:]:\n    s.send(bytes.fromhex(h))\n";
-    run(Command::new(python()).arg("-c").arg(script).arg(iface).args(&hex));
-}
-
 /// `tx_full`: the port transmits on a link that went down after lbd
 /// started (libpcap refuses to open a link that is down), so the device
 /// takes none of the forwarded packets.

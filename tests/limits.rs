@@ -12,7 +12,6 @@ use lbcore::wire::MacAddr;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -30,40 +29,6 @@ fn syn(src: &str, vip: &str, sport: u16) -> Vec<u8> {
 
 fn syn_to(src: &str, vip: &str, sport: u16, dport: u16) -> Vec<u8> {
     FrameBuilder::new(MacAddr(PEER_MAC), MacAddr(LB_MAC)).l4(TCP, ip(src), ip(vip), sport, dport, SYN, b"")
-}
-
-/// A veth pair, removed on drop.
-struct Veth(String);
-
-impl Veth {
-    fn new(a: &str, b: &str) -> Veth {
-        run(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]));
-        let v = Veth(a.to_owned());
-        for i in [a, b] {
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1");
-            run(Command::new("ip").args(["link", "set", i, "up"]));
-        }
-        v
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
-/// Sends raw frames out of `iface` (AF_PACKET from Python's standard
-/// library), in chunks that keep the command line short.
-fn inject(iface: &str, frames: &[Vec<u8>]) {
-    let script = "import socket, sys\n\
-                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-                  s.bind((sys.argv[1], 0))\n\
-                  for h in sys.argv[2:]:\n    s.send(bytes.fromhex(h))\n";
-    for chunk in frames.chunks(500) {
-        let hex: Vec<String> = chunk.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect()).collect();
-        run(Command::new(python()).arg("-c").arg(script).arg(iface).args(&hex));
-    }
 }
 
 /// `lbctl limits --json`'s entry for `listener`.

@@ -6,10 +6,10 @@
 
 use crate::config;
 use crate::counters::{DropReason, WorkerCounters};
-use crate::dataplane::{CoreSettings, Dataplane, Io, Packet};
-use crate::hashkey::HashKeys;
+use crate::dataplane::{CoreSettings, Dataplane, Io};
 use crate::ids::PortIndex;
 use crate::snapshot::{IdRegistry, Snapshot};
+use crate::testing::VecPacket;
 use crate::wire::checksum::checksum;
 use crate::wire::MacAddr;
 use std::path::Path;
@@ -127,59 +127,32 @@ timeouts: {tcp_syn: 1s, tcp_established: 900s, tcp_closing: 2s, udp: 3s}
 /// The ports' MACs in [`DATAPLANE_CONFIG`].
 pub const PORT_MACS: [MacAddr; 2] = [MacAddr([0x02, 0, 0, 0, 0, 0x01]), MacAddr([0x02, 0, 0, 0, 0, 0x02])];
 
-/// A packet as a byte vector.
-#[derive(Debug, Clone)]
-pub struct FuzzPacket {
-    pub data: Vec<u8>,
-    pub port: u16,
-}
-
-impl Packet for FuzzPacket {
-    fn data(&self) -> &[u8] {
-        &self.data
-    }
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.data
-    }
-    fn packet_len(&self) -> usize {
-        self.data.len()
-    }
-    fn port(&self) -> PortIndex {
-        PortIndex(self.port)
-    }
-    fn truncate(&mut self, len: usize) -> bool {
-        self.data.truncate(len);
-        true
-    }
-    type Placement = crate::memory::NoHints;
-}
-
 /// Where the core's packets went.
 #[derive(Default)]
 struct Outcomes {
-    tx: Vec<FuzzPacket>,
-    handoff: Vec<(usize, FuzzPacket)>,
+    tx: Vec<VecPacket>,
+    handoff: Vec<(usize, VecPacket)>,
     to_kernel: usize,
     freed: usize,
     allocs: usize,
 }
 
-impl Io<FuzzPacket> for Outcomes {
-    fn tx(&mut self, port: PortIndex, pkt: FuzzPacket) {
+impl Io<VecPacket> for Outcomes {
+    fn tx(&mut self, port: PortIndex, pkt: VecPacket) {
         assert!(usize::from(port.0) < PORT_MACS.len(), "tx on port {}", port.0);
         self.tx.push(pkt);
     }
-    fn handoff(&mut self, worker: usize, pkt: FuzzPacket) {
+    fn handoff(&mut self, worker: usize, pkt: VecPacket) {
         self.handoff.push((worker, pkt));
     }
-    fn free(&mut self, _pkt: FuzzPacket) {
+    fn free(&mut self, _pkt: VecPacket) {
         self.freed += 1;
     }
-    fn alloc(&mut self, len: usize, port: PortIndex) -> Option<FuzzPacket> {
+    fn alloc(&mut self, len: usize, port: PortIndex) -> Option<VecPacket> {
         self.allocs += 1;
-        Some(FuzzPacket { data: vec![0; len], port: port.0 })
+        Some(VecPacket { data: vec![0; len], port: port.0 })
     }
-    fn to_kernel(&mut self, _port: PortIndex, _pkt: FuzzPacket) {
+    fn to_kernel(&mut self, _port: PortIndex, _pkt: VecPacket) {
         self.to_kernel += 1;
     }
 }
@@ -194,19 +167,11 @@ fn snapshot() -> Arc<Snapshot> {
     }))
 }
 
-fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<FuzzPacket> {
+fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<VecPacket> {
     let settings = CoreSettings {
-        worker,
-        workers: 2,
-        session_capacity: 64,
-        neighbor_capacity: 16,
-        pending_capacity: 4,
-        to_kernel_rate: 1000,
-        echo_reply_rate: 1000,
-        hash_keys: HashKeys::FIXED,
-        syn_proxy_held: 1024,
-        // Small tables: a core is built per input, and an input of 32
+        // Smaller still: a core is built per input, and an input of 32
         // frames fills these as surely as it would the defaults.
+        neighbor_capacity: 16,
         fragments: crate::fragments::FragmentLimits {
             max_datagrams: 8,
             max_fragments: 16,
@@ -214,8 +179,7 @@ fn core(worker: usize, counters: &Arc<WorkerCounters>) -> Dataplane<FuzzPacket> 
             timeout_ms: 2000,
         },
         source_entries: 64,
-        icmp_error_rate: 1000,
-        icmp_forward_rate: 10_000,
+        ..CoreSettings::small(worker, 2)
     };
     let mut dp = Dataplane::new(settings, snapshot(), Arc::clone(counters));
     dp.set_cookie_key(crate::synproxy::CookieKey::from_parts(0x6c62_6466_757a_7a30, 0x636f_6f6b_6965_6b79));
@@ -259,7 +223,7 @@ pub fn join_frames(frames: &[(u16, &[u8])]) -> Vec<u8> {
 /// Checks an IPv4 frame the core sends: the header checksum holds and the
 /// total length fits the frame. (L4 checksums are patched incrementally, so
 /// they are as right as the input's; the core never validates them.)
-fn check_sent(pkt: &FuzzPacket) {
+fn check_sent(pkt: &VecPacket) {
     let d = &pkt.data;
     if d.len() < 14 + 20 || d[12..14] != [0x08, 0x00] {
         return;
@@ -287,7 +251,7 @@ pub fn sent(data: &[u8]) -> Vec<Vec<u8>> {
     run(data).into_iter().map(|p| p.data).collect()
 }
 
-fn run(data: &[u8]) -> Vec<FuzzPacket> {
+fn run(data: &[u8]) -> Vec<VecPacket> {
     let counters = [0, 1].map(|_| Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS)));
     let mut cores = [core(0, &counters[0]), core(1, &counters[1])];
     let mut io = [Outcomes::default(), Outcomes::default()];
@@ -299,7 +263,7 @@ fn run(data: &[u8]) -> Vec<FuzzPacket> {
         for c in cores.iter_mut() {
             c.set_now(now);
         }
-        cores[0].process(FuzzPacket { data: frame.to_vec(), port: *port }, &mut io[0]);
+        cores[0].process(VecPacket { data: frame.to_vec(), port: *port }, &mut io[0]);
         for (w, pkt) in std::mem::take(&mut io[0].handoff) {
             assert_eq!(w, 1, "handed to worker {w} of 2");
             handed += 1;

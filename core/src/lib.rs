@@ -42,4 +42,8 @@ pub mod session;
 pub mod snapshot;
 pub mod sourcetable;
 pub mod synproxy;
+/// Test support shared by the core's tests, the integration tests and the
+/// benchmarks.
+#[doc(hidden)]
+pub mod testing;
 pub mod wire;

@@ -656,6 +656,7 @@ impl<M: Placement> SessionTable<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Xorshift;
     use crate::wire::tcp::{self, *};
     use std::collections::HashMap;
 
@@ -855,29 +856,11 @@ mod tests {
         }
     }
 
-    /// A small xorshift generator: reproducible, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-            xs[self.below(xs.len() as u64) as usize]
-        }
-    }
-
     /// Sessions from small pools of addresses and ports, overlapping on
     /// purpose: two clients reach one backend with the same source (reply
     /// key conflicts), and a backend's address and port can be another
     /// session's client endpoint (a reply key equal to a request key).
-    fn random_session(r: &mut Rng, now: u32) -> Session {
+    fn random_session(r: &mut Xorshift, now: u32) -> Session {
         const ADDRS: [u32; 4] = [0x0a00_0001, 0x0a00_0002, 0x0a00_0003, 0x0a00_0004];
         loop {
             let cport = if r.below(2) == 0 { r.pick(&[80, 81, 8080]) } else { 1000 + r.below(40) as u16 };
@@ -907,7 +890,7 @@ mod tests {
         let timeouts = StateTimeouts([0, 3_000, 1_000, 1_000, 20_000, 2_000, 500]);
         let mut t = SessionTable::new(capacity);
         let mut m = Model::default();
-        let mut r = Rng(seed);
+        let mut r = Xorshift::new(seed);
         // Start close to the wrap of the millisecond clock.
         let mut now: u32 = u32::MAX - 50_000;
         // Keys seen so far (live or not) and answers given for them earlier.
@@ -959,7 +942,7 @@ mod tests {
                     let k = if seen.is_empty() || r.below(8) == 0 {
                         random_session(&mut r, now).reply_key()
                     } else {
-                        seen[r.below(seen.len() as u64) as usize]
+                        seen[r.index(seen.len())]
                     };
                     let found = t.lookup(&k, k.hash());
                     assert_eq!(found, m.lookup(&k), "{}", ctx(&format!("lookup {k:?}")));
@@ -972,7 +955,7 @@ mod tests {
                 }
                 // confirm: an earlier (maybe stale) answer, or a made-up one.
                 60..=69 if !hints.is_empty() => {
-                    let (k, mut hint) = hints[r.below(hints.len() as u64) as usize];
+                    let (k, mut hint) = hints[r.index(hints.len())];
                     if r.below(4) == 0 {
                         let dir = if r.below(2) == 0 { Direction::Request } else { Direction::Reply };
                         hint = Some((r.below(capacity as u64) as u32, dir));
@@ -981,13 +964,13 @@ mod tests {
                 }
                 // Remove a live session.
                 70..=79 if !m.sessions.is_empty() => {
-                    let slot = *m.sessions.keys().nth(r.below(m.sessions.len() as u64) as usize).unwrap();
+                    let slot = *m.sessions.keys().nth(r.index(m.sessions.len())).unwrap();
                     let want = m.remove(slot);
                     assert_eq!(t.remove(slot), want, "{}", ctx("removed session"));
                 }
                 // Traffic on a live session: seen now, TCP state advances.
                 80..=89 if !m.sessions.is_empty() => {
-                    let slot = *m.sessions.keys().nth(r.below(m.sessions.len() as u64) as usize).unwrap();
+                    let slot = *m.sessions.keys().nth(r.index(m.sessions.len())).unwrap();
                     let flags = r.pick(&[tcp::FLAG_ACK, tcp::FLAG_FIN, tcp::FLAG_RST, tcp::FLAG_SYN]);
                     let dir = if r.below(2) == 0 { Direction::Request } else { Direction::Reply };
                     t.session_mut(slot).last_seen = now;

@@ -3,6 +3,7 @@
 //! included as regression cases), then deterministic pseudo-random
 //! mutations of them. `fuzz/run.sh` runs the same bodies under libFuzzer.
 
+use lbcore::testing::Xorshift;
 use std::path::PathBuf;
 
 /// Mutations per target: a few seconds each in the test profile.
@@ -20,58 +21,44 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
     inputs
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// One libFuzzer-like mutation: bit flips, interesting bytes, cuts,
 /// insertions, copies within and splices across entries.
-fn mutate(r: &mut Rng, base: &[u8], other: &[u8]) -> Vec<u8> {
+fn mutate(r: &mut Xorshift, base: &[u8], other: &[u8]) -> Vec<u8> {
     let mut v = base.to_vec();
-    for _ in 0..1 + r.below(4) {
+    for _ in 0..1 + r.index(4) {
         let n = v.len();
-        match r.below(7) {
+        match r.index(7) {
             0 if n > 0 => {
-                let i = r.below(n);
-                v[i] ^= 1 << r.below(8);
+                let i = r.index(n);
+                v[i] ^= 1 << r.index(8);
             }
             1 if n > 0 => {
-                let i = r.below(n);
-                v[i] = [0, 1, 0x7f, 0x80, 0xff, b'\n', b':', b'-'][r.below(8)];
+                let i = r.index(n);
+                v[i] = [0, 1, 0x7f, 0x80, 0xff, b'\n', b':', b'-'][r.index(8)];
             }
-            2 if n > 0 => v.truncate(r.below(n)),
+            2 if n > 0 => v.truncate(r.index(n)),
             3 => {
-                let i = r.below(n + 1);
-                let b = r.next() as u8;
+                let i = r.index(n + 1);
+                let b = r.next_u64() as u8;
                 v.insert(i, b);
             }
             4 if n > 1 => {
-                let (a, b) = (r.below(n), r.below(n));
-                let len = r.below(n - a.max(b)).min(16);
+                let (a, b) = (r.index(n), r.index(n));
+                let len = r.index(n - a.max(b)).min(16);
                 let chunk = v[a..a + len].to_vec();
                 v.splice(b..b, chunk);
             }
             5 if !other.is_empty() => {
-                let cut = r.below(n + 1);
-                let from = r.below(other.len());
+                let cut = r.index(n + 1);
+                let from = r.index(other.len());
                 v.truncate(cut);
                 v.extend_from_slice(&other[from..]);
             }
             _ if n > 1 => {
-                let i = r.below(n - 1);
+                let i = r.index(n - 1);
                 v.swap(i, i + 1);
             }
-            _ => v.push(r.next() as u8),
+            _ => v.push(r.next_u64() as u8),
         }
     }
     v
@@ -82,10 +69,10 @@ fn smoke(target: &str, body: fn(&[u8]), seed: u64) {
     for i in &inputs {
         body(i);
     }
-    let mut r = Rng(seed);
+    let mut r = Xorshift::new(seed);
     for _ in 0..MUTATIONS {
-        let a = &inputs[r.below(inputs.len())];
-        let b = &inputs[r.below(inputs.len())];
+        let a = &inputs[r.index(inputs.len())];
+        let b = &inputs[r.index(inputs.len())];
         let m = mutate(&mut r, a, b);
         body(&m);
     }

@@ -247,6 +247,42 @@ pub fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// A veth pair, up, without IPv6, removed on drop.
+pub struct Veth(String);
+
+impl Veth {
+    pub fn new(a: &str, b: &str) -> Veth {
+        run(Command::new("ip").args(["link", "add", a, "type", "veth", "peer", "name", b]));
+        let v = Veth(a.to_owned());
+        for i in [a, b] {
+            // No IPv6 router solicitations or other chatter on the test links.
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{i}/disable_ipv6"), "1");
+            run(Command::new("ip").args(["link", "set", i, "up"]));
+        }
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Sends raw frames out of `iface`, in order (an AF_PACKET socket in
+/// Python's standard library: no scapy needed), in chunks that keep the
+/// command line short.
+pub fn inject(iface: &str, frames: &[Vec<u8>]) {
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                  s.bind((sys.argv[1], 0))\n\
+                  for h in sys.argv[2:]:\n    s.send(bytes.fromhex(h))\n";
+    for chunk in frames.chunks(500) {
+        let hex: Vec<String> = chunk.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect()).collect();
+        run(Command::new(python()).arg("-c").arg(script).arg(iface).args(&hex));
+    }
+}
+
 pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))

@@ -203,6 +203,30 @@ pub struct CoreSettings {
     pub syn_proxy_held: usize,
 }
 
+impl CoreSettings {
+    /// Small tables, rates of 1000/s and the fixed hash keys: the base of
+    /// the cores the core's tests, the fuzz harness and the benchmarks
+    /// build (each sets what it measures or needs on top, by struct
+    /// update). Not lbd's settings, which come from the configuration.
+    pub fn small(worker: usize, workers: usize) -> CoreSettings {
+        CoreSettings {
+            worker,
+            workers,
+            session_capacity: 64,
+            neighbor_capacity: 64,
+            pending_capacity: 4,
+            to_kernel_rate: 1000,
+            echo_reply_rate: 1000,
+            fragments: crate::fragments::FragmentLimits::default(),
+            source_entries: 4096,
+            icmp_error_rate: 1000,
+            icmp_forward_rate: 10_000,
+            hash_keys: HashKeys::FIXED,
+            syn_proxy_held: 1024,
+        }
+    }
+}
+
 impl<P: Packet> Dataplane<P> {
     /// A core that shares nothing with other workers: least connections
     /// counts its own sessions only, its persistence table is its own.

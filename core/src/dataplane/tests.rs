@@ -8,6 +8,7 @@ use crate::ids::PortIndex;
 use crate::persistence::PersistenceTable;
 use crate::session::SessionState;
 use crate::snapshot::IdRegistry;
+use crate::testing::VecPacket as Pkt;
 use crate::wire::arp::{self, ArpPacket};
 use crate::wire::checksum::checksum;
 use crate::wire::ethernet::ETHERTYPE_VLAN;
@@ -91,32 +92,6 @@ const ERROR_RATE: u32 = 1000;
 /// The test workers' share of the forwarded ICMP error rate (errors/s).
 const FORWARD_RATE: u32 = 1000;
 
-#[derive(Debug, Clone)]
-struct Pkt {
-    data: Vec<u8>,
-    port: u16,
-}
-
-impl Packet for Pkt {
-    fn data(&self) -> &[u8] {
-        &self.data
-    }
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.data
-    }
-    fn packet_len(&self) -> usize {
-        self.data.len()
-    }
-    fn port(&self) -> PortIndex {
-        PortIndex(self.port)
-    }
-    fn truncate(&mut self, len: usize) -> bool {
-        self.data.truncate(len);
-        true
-    }
-    type Placement = crate::memory::NoHints;
-}
-
 #[derive(Default)]
 struct TestIo {
     tx: Vec<(u16, Vec<u8>)>,
@@ -180,19 +155,15 @@ fn harness_with_keys(
     let snap = Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1));
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings = CoreSettings {
-        worker,
-        workers,
         session_capacity: capacity,
-        neighbor_capacity: 64,
-        pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
-        fragments: cfg.startup.fragments,
-        source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
         icmp_forward_rate: FORWARD_RATE,
+        fragments: cfg.startup.fragments,
         hash_keys,
         syn_proxy_held: cfg.startup.syn_proxy_held,
+        ..CoreSettings::small(worker, workers)
     };
     let mut dp = Dataplane::new(settings, snap, Arc::clone(&counters));
     dp.set_now(1);
@@ -744,19 +715,13 @@ fn flows_on_second_backend(policy: &str) -> (Harness, IdRegistry, u16, u16) {
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
     let counters = Arc::new(WorkerCounters::new(2, config::MAX_LISTENERS, config::MAX_BACKENDS));
     let settings = CoreSettings {
-        worker: 0,
-        workers: 1,
         session_capacity: 100,
-        neighbor_capacity: 64,
-        pending_capacity: 4,
         to_kernel_rate: KERNEL_RATE,
         echo_reply_rate: ECHO_RATE,
-        fragments: cfg.startup.fragments,
-        source_entries: 4096,
         icmp_error_rate: ERROR_RATE,
         icmp_forward_rate: FORWARD_RATE,
-        hash_keys: crate::hashkey::HashKeys::FIXED,
-        syn_proxy_held: 1024,
+        fragments: cfg.startup.fragments,
+        ..CoreSettings::small(0, 1)
     };
     let mut dp =
         Dataplane::new(settings, Arc::new(Snapshot::build(&cfg, &[EXT_MAC, INT_MAC], &ids, 1)), Arc::clone(&counters));
@@ -1280,19 +1245,13 @@ fn worker_group(yaml: &str, workers: usize) -> (Vec<Harness>, IdRegistry, Arc<Pe
     let hs = (0..workers)
         .map(|w| {
             let settings = CoreSettings {
-                worker: w,
-                workers,
                 session_capacity: 1000,
-                neighbor_capacity: 64,
-                pending_capacity: 4,
                 to_kernel_rate: KERNEL_RATE,
                 echo_reply_rate: ECHO_RATE,
-                fragments: cfg.startup.fragments,
-                source_entries: 4096,
                 icmp_error_rate: ERROR_RATE,
                 icmp_forward_rate: FORWARD_RATE,
-                hash_keys: crate::hashkey::HashKeys::FIXED,
-                syn_proxy_held: 1024,
+                fragments: cfg.startup.fragments,
+                ..CoreSettings::small(w, workers)
             };
             let mut dp = Dataplane::with_shared(settings, Arc::clone(&snap), Arc::clone(&counters[w]), shared.clone());
             dp.set_now(1);
