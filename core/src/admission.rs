@@ -508,12 +508,9 @@ impl Admission {
     /// the VIP's state.
     #[inline]
     fn vip_packet(&mut self, v: usize, len: usize, now: u32, c: &AdmissionCounters) -> Result<(), DropReason> {
-        let (Some(m), Some(gc)) = (self.vips.get_mut(v).and_then(|g| g.meter.as_mut()), c.vips.get(v)) else {
+        let Some(m) = self.vip_measure(v, len, now, c) else {
             return Ok(());
         };
-        m.roll(now, gc);
-        m.packets += 1;
-        m.bytes += len as u64;
         match m.state {
             ProtectionState::Normal => Ok(()),
             ProtectionState::Blackholed => Err(c.vip_drop(v, DropReason::VipBlackholed)),
@@ -535,16 +532,24 @@ impl Admission {
     #[inline]
     pub fn no_listener(&mut self, v: u16, len: usize, now: u32, c: &AdmissionCounters) -> DropReason {
         let v = usize::from(v);
+        match self.vip_measure(v, len, now, c) {
+            Some(m) if m.state == ProtectionState::Blackholed => c.vip_drop(v, DropReason::VipBlackholed),
+            _ => DropReason::NoListener,
+        }
+    }
+
+    /// Counts a client packet of `len` bytes towards protected VIP index
+    /// `v`'s window (closing the window first when it is over); its meter,
+    /// `None` for a VIP without one.
+    #[inline]
+    fn vip_measure(&mut self, v: usize, len: usize, now: u32, c: &AdmissionCounters) -> Option<&mut Meter> {
         let (Some(m), Some(gc)) = (self.vips.get_mut(v).and_then(|g| g.meter.as_mut()), c.vips.get(v)) else {
-            return DropReason::NoListener;
+            return None;
         };
         m.roll(now, gc);
         m.packets += 1;
         m.bytes += len as u64;
-        if m.state == ProtectionState::Blackholed {
-            return c.vip_drop(v, DropReason::VipBlackholed);
-        }
-        DropReason::NoListener
+        Some(m)
     }
 
     /// The protection state of protected VIP index `v` on this worker.
