@@ -10,9 +10,18 @@ fn run(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let rev = run("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"]).is_some();
-    let rev = if dirty && rev != "unknown" { format!("{rev}-dirty") } else { rev };
+    // A build without the git history (the container's build stage) is
+    // told the revision by its builder.
+    let given = std::env::var("LBD_GIT_REVISION").ok().filter(|s| !s.is_empty());
+    let rev = given.unwrap_or_else(|| {
+        let rev = run("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+        let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"]).is_some();
+        if dirty && rev != "unknown" {
+            format!("{rev}-dirty")
+        } else {
+            rev
+        }
+    });
     println!("cargo:rustc-env=LBD_GIT_REVISION={rev}");
     let dpdk = run("pkg-config", &["--modversion", "libdpdk"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=LBD_DPDK_VERSION={dpdk}");
@@ -20,4 +29,5 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=LBD_GIT_REVISION");
 }

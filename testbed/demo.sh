@@ -33,14 +33,20 @@ trap cleanup EXIT INT TERM
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "Installing missing packages"
-"$ROOT/testbed/install-deps.sh"
-export PATH="$HOME/.cargo/bin:$PATH"
+if [[ -n "${LBD_BIN_DIR:-}" ]]; then
+    # Prebuilt binaries (the container image): nothing to install or build.
+    LBD="$LBD_BIN_DIR/lbd"
+    LBCTL="$LBD_BIN_DIR/lbctl"
+else
+    step "Installing missing packages"
+    "$ROOT/testbed/install-deps.sh"
+    export PATH="$HOME/.cargo/bin:$PATH"
 
-step "Building lbd (release)"
-cargo build --release --locked -q --workspace --bins
-LBD="$ROOT/target/release/lbd"
-LBCTL="$ROOT/target/release/lbctl"
+    step "Building lbd (release)"
+    cargo build --release --locked -q --workspace --bins
+    LBD="$ROOT/target/release/lbd"
+    LBCTL="$ROOT/target/release/lbctl"
+fi
 "$LBD" --version
 
 step "Bringing up the testbed: client, 3 backends, lbd in between (in namespace $TOPO-lb)"

@@ -16,6 +16,31 @@ fi
 "$ROOT/testbed/install-deps.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 
+# The container test (testbed/container-test.sh: image build, demo and
+# benchmarks in containers) runs beside the cargo tests: most of its time
+# is a release build and package downloads, most of theirs waiting on
+# namespaces and timeouts, so the two overlap well on 2 CPUs. Nothing in
+# either depends on how fast the other runs. Its log follows at the end.
+CTEST_PID=""
+CTEST_LOG=$(mktemp /tmp/lbd-container-test.XXXXXX)
+stop_ctest() {
+    if [[ -n "$CTEST_PID" ]] && kill -0 "$CTEST_PID" 2>/dev/null; then
+        kill -TERM -- "-$CTEST_PID" 2>/dev/null || true
+        wait "$CTEST_PID" 2>/dev/null || true
+        echo "container test stopped early; its log:" >&2
+        tail -20 "$CTEST_LOG" >&2 || true
+    fi
+    rm -f "$CTEST_LOG"
+}
+trap stop_ctest EXIT
+if [[ "${LBD_SKIP_CONTAINER_TEST:-0}" == 1 ]]; then
+    echo "==> container test SKIPPED (LBD_SKIP_CONTAINER_TEST=1)"
+else
+    echo "==> container test started in the background (log at the end)"
+    setsid nice -n 5 "$ROOT/testbed/container-test.sh" >"$CTEST_LOG" 2>&1 </dev/null &
+    CTEST_PID=$!
+fi
+
 # The `ci` profile: release optimisation with debug assertions and
 # overflow checks on, so the data path runs at speed and still traps bugs.
 # The integration tests run lbd and lbctl binaries: build them first.
@@ -28,4 +53,15 @@ cargo test --workspace --profile ci --locked -- --test-threads "${LBD_TEST_THREA
 # asserted (benches/README.md).
 echo "==> benchmarks, test mode"
 cargo test --profile ci --locked --benches
+if [[ -n "$CTEST_PID" ]]; then
+    echo "==> container test (waiting for it to finish)"
+    rc=0
+    wait "$CTEST_PID" || rc=$?
+    CTEST_PID=""
+    cat "$CTEST_LOG"
+    if ((rc != 0)); then
+        echo "==> container test FAILED (exit $rc)" >&2
+        exit "$rc"
+    fi
+fi
 echo "==> all tests passed"
