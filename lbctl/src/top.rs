@@ -368,6 +368,7 @@ fn fit(mut lines: Vec<String>, width: usize, height: usize) -> Vec<String> {
 
 /// The frame while lbd cannot be reached.
 pub fn render_unreachable(
+    socket: &Path,
     message: &str,
     delay: Duration,
     since: Option<f64>,
@@ -375,7 +376,7 @@ pub fn render_unreachable(
     height: usize,
 ) -> Vec<String> {
     let mut out = vec![
-        "lbd is not answering".to_owned(),
+        clean(&format!("lbd at {} is not answering", socket.display())),
         clean(message),
         format!("retrying every {:.1}s; q quits", delay.as_secs_f64()),
     ];
@@ -523,12 +524,12 @@ fn screen(socket: &Path, opts: Options) -> Result<(), Failure> {
     let path = socket.to_owned();
     std::thread::spawn(move || sampler(path, opts.delay, Some(client), tx));
     let guard = Screen::enter().map_err(Failure::Output)?;
-    let result = view(&rx, &quit, opts);
+    let result = view(socket, &rx, &quit, opts);
     drop(guard);
     result.map_err(Failure::Output)
 }
 
-fn view(rx: &mpsc::Receiver<Sample>, quit: &AtomicBool, opts: Options) -> std::io::Result<()> {
+fn view(socket: &Path, rx: &mpsc::Receiver<Sample>, quit: &AtomicBool, opts: Options) -> std::io::Result<()> {
     let mut out = std::io::stdout();
     let mut prev: Option<(Report, Instant)> = None;
     let mut last: Option<(Report, Instant)> = None;
@@ -570,9 +571,14 @@ fn view(rx: &mpsc::Receiver<Sample>, quit: &AtomicBool, opts: Options) -> std::i
             let (w, h) = terminal::size()?;
             let (w, h) = (usize::from(w), usize::from(h));
             let lines = match (&unreachable, &last) {
-                (Some(m), _) => {
-                    render_unreachable(m, opts.delay, last.as_ref().map(|(_, t)| t.elapsed().as_secs_f64()), w, h)
-                }
+                (Some(m), _) => render_unreachable(
+                    socket,
+                    m,
+                    opts.delay,
+                    last.as_ref().map(|(_, t)| t.elapsed().as_secs_f64()),
+                    w,
+                    h,
+                ),
                 (None, Some((r, at))) => {
                     render(r, prev.as_ref().map(|(p, t)| (p, at.duration_since(*t).as_secs_f64())), w, h)
                 }
@@ -817,9 +823,8 @@ mod tests {
 
     #[test]
     fn the_unreachable_frame_says_what_and_when() {
-        let lines =
-            render_unreachable("cannot connect to lbd at /x: gone", Duration::from_secs(1), Some(75.0), 200, 10);
-        assert_eq!(lines[0], "lbd is not answering");
+        let lines = render_unreachable(Path::new("/run/lbd.sock"), "gone", Duration::from_secs(1), Some(75.0), 200, 10);
+        assert_eq!(lines[0], "lbd at /run/lbd.sock is not answering");
         assert!(lines[2].contains("retrying every 1.0s"));
         assert_eq!(lines[3], "last counters 1m15s ago");
     }
