@@ -148,6 +148,12 @@ impl Tmux {
         self.tmux(&["capture-pane", "-p", "-t", "top"])
     }
 
+    /// The screen with rows the terminal wrapped joined again: a line
+    /// longer than the pane shows as itself, not as two rows.
+    fn screen_joined(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-J", "-t", "top"])
+    }
+
     fn flag(&self, format: &str) -> String {
         self.tmux(&["display-message", "-p", "-t", "top", format]).trim().to_owned()
     }
@@ -208,7 +214,7 @@ fn top_under_tmux_shows_rates_follows_resize_and_lbd_going_away_and_restores_the
     // After lbctl: its status, and whether the terminal is back in
     // canonical mode (raw mode turns icanon off).
     let cmd = format!(
-        "{}; echo \"top-exit=$?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'; exec sleep 600",
+        "{}; st=$?; mode=$(stty -a | tr ' ;' '\\n\\n' | grep -x -- '-\\?icanon'); echo \"top-exit=$st $mode\"; exec sleep 600",
         lbctl_line(&f.socket, "top -d 0.3")
     );
     let tmux = Tmux::start(&cmd, 120, 40);
@@ -219,10 +225,11 @@ fn top_under_tmux_shows_rates_follows_resize_and_lbd_going_away_and_restores_the
     // A window smaller than the content: lines and rows are cut, never
     // wrapped, and the last row says how many are hidden.
     tmux.tmux(&["resize-window", "-t", "top", "-x", "40", "-y", "8"]);
-    let s = tmux.wait_for("the view cut to 40x8", |s| {
+    tmux.wait_for("the view cut to 40x8", |s| {
         let lines: Vec<&str> = s.lines().collect();
         lines.len() <= 8 && lines.first().is_some_and(|l| l.starts_with("lbd ")) && s.contains("... ")
     });
+    let s = tmux.screen_joined();
     let lines: Vec<&str> = s.lines().collect();
     assert!(lines.iter().all(|l| l.chars().count() <= 40), "{s}");
     assert_eq!(lines.len(), 8, "{s}");
@@ -238,8 +245,7 @@ fn top_under_tmux_shows_rates_follows_resize_and_lbd_going_away_and_restores_the
 
     tmux.tmux(&["send-keys", "-t", "top", "q"]);
     let s = tmux.wait_for("lbctl's exit", |s| s.contains("top-exit="));
-    assert!(s.contains("top-exit=0"), "{s}");
-    assert!(s.lines().any(|l| l == "icanon"), "raw mode is off again:\n{s}");
+    assert!(s.lines().any(|l| l == "top-exit=0 icanon"), "lbctl exited 0 and raw mode is off again:\n{s}");
     assert!(!s.contains("WORKERS"), "the alternate screen is gone:\n{s}");
     assert_eq!(tmux.flag("#{alternate_on}"), "0");
     assert_eq!(tmux.flag("#{cursor_flag}"), "1", "the cursor is shown again");
