@@ -88,10 +88,17 @@ enum Command {
         #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
     },
-    /// A live view, like `top`: per-worker load, listener and backend
-    /// rates and health, drops by reason. Keys: q or Ctrl-C quits. Rates
-    /// are "-" until a second sample is in. If lbd goes away, the view
-    /// says so and reconnects (--batch and --once exit with status 3).
+    /// A live view, like `top`: workers, listener and backend rates and
+    /// health, drops by reason.
+    ///
+    /// Keys: q or Ctrl-C quits. Rates come from the last two samples ("-"
+    /// until there are two). Sections: header (versions, uptime, rx/tx
+    /// packets/s and bits/s, sessions, drops/s); WORKERS (rx/tx pps, busy
+    /// share of polls, sessions, drops/s); LISTENERS (in/out pps, new
+    /// connections/s, sessions); BACKENDS (health, weight, in/out pps, new
+    /// connections/s, sessions); DROPS (non-zero reasons, per second and
+    /// total). If lbd goes away, the view says so and reconnects; --batch
+    /// and --once exit with status 3 instead.
     Top {
         /// Seconds between refreshes (0.1 to 86400).
         #[arg(short = 'd', long, value_name = "SECONDS", default_value = "1", value_parser = watch_interval)]
