@@ -74,11 +74,10 @@ impl Fixture {
         // connections keep coming), every tenth packet to port 81.
         let frames: Vec<Vec<u8>> = (0..20_000u32)
             .map(|i| {
-                let (sport, dport) = (10_000 + (i % 50_000) as u16, if i % 10 == 9 { 81 } else { 80 });
-                let src = ip("10.0.0.7") + (i / 50_000);
+                let (sport, dport) = (10_000 + i as u16, if i % 10 == 9 { 81 } else { 80 });
                 FrameBuilder::new(MacAddr(CLIENT_MAC), MacAddr(LB_MAC)).l4(
                     TCP,
-                    src,
+                    ip("10.0.0.7"),
                     ip("10.0.0.100"),
                     sport,
                     dport,
