@@ -15,6 +15,8 @@ PACKAGES=(
     iproute2 ethtool procps iputils-ping curl socat iperf3 python3 python3-scapy
     # Health-check tests make a backend hang by dropping its traffic.
     nftables
+    # `lbctl top` is tested in a detached tmux session (tests/top.rs).
+    tmux
     # A real Prometheus server for the metrics test (not started as a service).
     prometheus
     ca-certificates

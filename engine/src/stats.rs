@@ -171,6 +171,8 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
                     port: b.port,
                     weight: b.weight,
                     drained: b.drained,
+                    health: Some(if b.down { "down" } else { "up" }.to_owned()),
+                    scheduled_weight: Some(b.scheduled_weight),
                     traffic: backend_totals(cx.workers, b.id, cx.baselines),
                 })
                 .collect();
@@ -196,6 +198,7 @@ pub fn report(cx: &ReportContext<'_>) -> Report {
                 worker: i,
                 lcore: cx.lcores.get(i).copied().unwrap_or(0),
                 rx_packets: w.ports.iter().map(|p| p.rx_packets.get()).sum(),
+                tx_packets: w.ports.iter().map(|p| p.tx_packets.get()).sum(),
                 sessions_active: w.sessions_active.get(),
                 parked: w.parked.get(),
                 busy_ratio: if polls == 0 { 0.0 } else { w.event_count(Event::BusyPolls) as f64 / polls as f64 },

@@ -15,6 +15,7 @@
 mod checker;
 mod client;
 mod render;
+mod top;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Client;
@@ -86,6 +87,33 @@ enum Command {
         /// With --watch: stop after this many refreshes (at least 1).
         #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
         iterations: Option<u64>,
+    },
+    /// A live view, like `top`: workers, listener and backend rates and
+    /// health, drops by reason.
+    ///
+    /// Keys: q or Ctrl-C quits. Rates come from the last two samples ("-"
+    /// until there are two). Sections: header (versions, uptime, rx/tx
+    /// packets/s and bits/s, sessions, drops/s); WORKERS (rx/tx pps, busy
+    /// share of polls, sessions, drops/s); LISTENERS (in/out pps, new
+    /// connections/s, sessions); BACKENDS (health, weight, in/out pps, new
+    /// connections/s, sessions); DROPS (non-zero reasons, per second and
+    /// total). If lbd goes away, the view says so and reconnects; --batch
+    /// and --once exit with status 3 instead.
+    Top {
+        /// Seconds between refreshes (0.1 to 86400).
+        #[arg(short = 'd', long, value_name = "SECONDS", default_value = "1", value_parser = watch_interval)]
+        delay: Duration,
+        /// Stop after this many refreshes (at least 1).
+        #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
+        /// Plain frames to standard output, one per refresh, without
+        /// terminal control codes (like `top -b`).
+        #[arg(short = 'b', long)]
+        batch: bool,
+        /// Print one plain frame, with rates from two samples --delay
+        /// apart, and exit.
+        #[arg(long, conflicts_with_all = ["batch", "iterations"])]
+        once: bool,
     },
     /// The workers' ARP neighbour caches.
     Neighbors,
@@ -435,7 +463,9 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
                 Request::SecurityGroupSetDefault { group: group.clone(), action: action.clone() }
             }
         },
-        Command::Completions { .. } | Command::HealthCheck { .. } => unreachable!("handled before connecting"),
+        Command::Completions { .. } | Command::HealthCheck { .. } | Command::Top { .. } => {
+            unreachable!("handled before connecting")
+        }
     })
 }
 
@@ -450,6 +480,19 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     if let Command::HealthCheck { config, report_to, name } = &cli.command {
         let name = name.clone().unwrap_or_else(checker::default_name);
         return checker::run(config, report_to, &name);
+    }
+    if let Command::Top { delay, iterations, batch, once } = &cli.command {
+        if cli.json {
+            return Err(Failure::Usage(
+                "top has no --json; `lbctl stats --watch SECONDS --json` streams counters".into(),
+            ));
+        }
+        let mode = match (once, batch) {
+            (true, _) => top::Mode::Once,
+            (false, true) => top::Mode::Batch,
+            (false, false) => top::Mode::Screen,
+        };
+        return top::run(&cli.socket, top::Options { delay: *delay, iterations: *iterations, mode });
     }
     let request = request_for(&cli.command)?;
     let mut client = Client::connect(&cli.socket).map_err(Failure::Unreachable)?;

@@ -77,6 +77,14 @@ pub struct BackendReport {
     pub port: u16,
     pub weight: u32,
     pub drained: bool,
+    /// `up` or `down` as health checks, checkers or the operator last set
+    /// it (absent from older lbd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// The weight the scheduler uses now (after drain, health and slow
+    /// start; absent from older lbd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_weight: Option<u32>,
     #[serde(flatten)]
     pub traffic: FlowReport,
 }
@@ -148,6 +156,10 @@ pub struct WorkerReport {
     pub worker: usize,
     pub lcore: u32,
     pub rx_packets: u64,
+    /// Packets this worker transmitted, over all ports (absent, so 0, from
+    /// older lbd).
+    #[serde(default)]
+    pub tx_packets: u64,
     pub sessions_active: u64,
     pub parked: u64,
     /// Polls that found packets over all polls, since start.
