@@ -202,27 +202,37 @@ def measure(image, path, middle, args, tag):
         gen_cpu, mid_cpu, sink_cpu = args.cpus.split(",")
         # memif: the sink is the server of the back link, the middle box the
         # server of the front link and a client of the back one.
+        # A memif client connects once, when its port starts: each server
+        # is waited for before its client starts. af_packet containers wait
+        # for their veths instead, which need both ends running.
+        memif = path == "memif"
         sink = r.testpmd("sink", sink_cpu, [r.vdev(0, "back", "server")], "rxonly", [])
+        if memif:
+            sink.until_prompt(120)
         mid_vdevs = [r.vdev(0, "front", "server"), r.vdev(1, "back", "client")]
         if middle == "lbd":
             r.lbd(mid_cpu, mid_vdevs)
             mid = None
         else:
             mid = r.testpmd("middle", mid_cpu, mid_vdevs, "io", [])
+        if memif:
+            mid.until_prompt(120) if mid else r.lbd_ready()
         gen = r.testpmd("gen", gen_cpu, [r.vdev(0, "front", "client")], "txonly",
                         [f"--eth-peer=0,{LBD_MAC}", f"--tx-ip={CLIENT},{VIP}", f"--tx-udp=1024,{VPORT}",
                          "--txonly-multi-flow", "--txpkts=64"])
         mid_role = "lbd" if middle == "lbd" else "middle"
-        if path == "af_packet":
+        if memif:
+            gen.until_prompt(120)
+        else:
             r.link("gen", "eth0", mid_role, "eth0")
             r.link(mid_role, "eth1", "sink", "eth0")
-        for tp in (sink, mid, gen):
-            if tp:
-                tp.until_prompt(120)
+            for tp in (sink, mid, gen):
+                if tp:
+                    tp.until_prompt(120)
+            if not mid:
+                r.lbd_ready()
         if mid:
             mid.command("start")
-        else:
-            r.lbd_ready()
         sink.command("start")
         gen.command("start")
         time.sleep(args.warmup)

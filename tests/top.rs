@@ -287,3 +287,37 @@ fn top_batch_without_lbd_exits_with_status_3() {
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("cannot connect to lbd"), "{err}");
 }
+
+/// A terminal that goes away without a signal to lbctl (it runs in a
+/// session of its own, so the hangup's SIGHUP reaches only the pane's
+/// shell): lbctl must notice the dead terminal itself and exit, not spin
+/// on it forever (crossterm's event source does, issue 793).
+#[test]
+fn top_exits_when_its_terminal_goes_away() {
+    let f = Fixture::start("top-hangup");
+    let pidfile = f.dir.join("lbctl.pid");
+    // A background command of a non-interactive shell reads /dev/null
+    // unless told otherwise: give it the terminal through fd 3.
+    let cmd = format!(
+        "exec 3<&0; setsid {} <&3 & echo $! > {}; wait",
+        lbctl_line(&f.socket, "top -d 0.3"),
+        pidfile.display()
+    );
+    let tmux = Tmux::start(&cmd, 120, 40);
+    tmux.wait_for("the live view", |s| s.lines().any(|l| l == "WORKERS"));
+    let pid: u32 = std::fs::read_to_string(&pidfile).expect("lbctl's pid").trim().parse().expect("a pid");
+    drop(tmux); // kills the tmux server: the pane's terminal is gone
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |st| st.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    };
+    let start = Instant::now();
+    while !gone(pid) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alive = !gone(pid);
+    if alive {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    assert!(!alive, "lbctl top (PID {pid}) still runs 30 s after its terminal went away");
+}

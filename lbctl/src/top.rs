@@ -16,7 +16,6 @@
 use crate::client::{self, Client};
 use crate::{emit, Failure};
 use crossterm::cursor::{Hide, MoveTo, Show};
-use crossterm::event::{Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::style::Print;
 use crossterm::terminal::{self, Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{execute, queue};
@@ -529,6 +528,41 @@ fn screen(socket: &Path, opts: Options) -> Result<(), Failure> {
     result.map_err(Failure::Output)
 }
 
+enum Key {
+    Quit,
+    Other,
+    TerminalGone,
+}
+
+/// Reads the keyboard on a thread of its own: `q`, `Q` or Ctrl-C (a 0x03
+/// byte in raw mode) quit. The terminal's bytes are read directly, not
+/// through crossterm's event source: once the terminal is gone, that
+/// source retries the dead descriptor forever inside `poll`, at 100 % CPU,
+/// and never returns (crossterm issue 793). Here a read that ends (EOF or
+/// an error such as EIO) reports the terminal gone and stops.
+fn keyboard() -> mpsc::Receiver<Key> {
+    use std::io::Read;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 64];
+        loop {
+            let key = match stdin.read(&mut buf) {
+                Ok(0) => Key::TerminalGone,
+                Ok(n) if buf[..n].iter().any(|b| matches!(b, b'q' | b'Q' | 0x03)) => Key::Quit,
+                Ok(_) => Key::Other,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => Key::TerminalGone,
+            };
+            let last = !matches!(key, Key::Other);
+            if tx.send(key).is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 fn view(socket: &Path, rx: &mpsc::Receiver<Sample>, quit: &AtomicBool, opts: Options) -> std::io::Result<()> {
     let mut out = std::io::stdout();
     let mut prev: Option<(Report, Instant)> = None;
@@ -536,20 +570,26 @@ fn view(socket: &Path, rx: &mpsc::Receiver<Sample>, quit: &AtomicBool, opts: Opt
     let mut unreachable: Option<String> = None;
     let mut refreshes = 0u64;
     let mut dirty = false;
+    let keys = keyboard();
+    let mut size = terminal::size()?;
     loop {
-        if crossterm::event::poll(Duration::from_millis(100))? {
-            match crossterm::event::read()? {
-                Event::Key(k) if k.kind == KeyEventKind::Press => match k.code {
-                    KeyCode::Char('q' | 'Q') => return Ok(()),
-                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
-                    _ => {}
-                },
-                Event::Resize(..) => dirty = true,
-                _ => {}
-            }
+        match keys.recv_timeout(Duration::from_millis(100)) {
+            Ok(Key::Quit) => return Ok(()),
+            Ok(Key::Other) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The terminal is gone (its emulator closed, the session
+            // ended): nobody is looking, so stop instead of drawing into
+            // the void.
+            Ok(Key::TerminalGone) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         }
         if quit.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        // A resize shows as a new size (checked ten times a second) rather
+        // than as an event.
+        let now = terminal::size()?;
+        if now != size {
+            size = now;
+            dirty = true;
         }
         loop {
             match rx.try_recv() {
