@@ -196,6 +196,9 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
 fn start_eal(cfg: &Config) -> Result<Eal, String> {
     let allowed = dpdk::allowed_cpus();
     let args = eal_args(cfg, &allowed);
+    // Before EAL: its own failure for want of hugepages does not say what
+    // to do.
+    crate::hugepages::check(&args, &crate::hugepages::HostMemory::read())?;
     let expected_dir = expected_runtime_dir(&args);
     let existed = expected_dir.exists();
     Eal::init(&args).map_err(|e| {

@@ -15,6 +15,7 @@
 mod checker;
 mod client;
 mod render;
+mod wait;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Client;
@@ -116,6 +117,17 @@ enum Command {
         /// host's name).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Wait until lbd answers with its ports started and every worker
+    /// running (exit 0), or fail after --timeout (exit 3): a readiness
+    /// check for systemd's ExecStartPost and for scripts.
+    Wait {
+        /// Give up after SECONDS (0 to 86400; 0 tries once).
+        #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = wait::timeout)]
+        timeout: Duration,
+        /// Also wait for every port's link to be up.
+        #[arg(long)]
+        link_up: bool,
     },
     /// Print a shell completion script.
     Completions {
@@ -435,7 +447,9 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
                 Request::SecurityGroupSetDefault { group: group.clone(), action: action.clone() }
             }
         },
-        Command::Completions { .. } | Command::HealthCheck { .. } => unreachable!("handled before connecting"),
+        Command::Completions { .. } | Command::HealthCheck { .. } | Command::Wait { .. } => {
+            unreachable!("handled before connecting")
+        }
     })
 }
 
@@ -450,6 +464,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     if let Command::HealthCheck { config, report_to, name } = &cli.command {
         let name = name.clone().unwrap_or_else(checker::default_name);
         return checker::run(config, report_to, &name);
+    }
+    if let Command::Wait { timeout, link_up } = &cli.command {
+        return wait::run(&cli.socket, *timeout, *link_up, cli.json);
     }
     let request = request_for(&cli.command)?;
     let mut client = Client::connect(&cli.socket).map_err(Failure::Unreachable)?;
