@@ -427,3 +427,55 @@ fn debian_package_installs_and_runs() {
     assert_eq!(code, 0, "{err}");
     assert!(!r.join("etc/lbd/lbd.yaml").exists());
 }
+
+/// Under systemd (JOURNAL_STREAM set) DPDK's lines go to standard error
+/// only: EAL's usual copy to syslog would store each line in the journal a
+/// second time. Seen with strace: glibc connects to /dev/log once at
+/// `openlog`, then sends every line there (reconnecting each time while
+/// nothing listens).
+#[test]
+fn eal_lines_skip_syslog_under_journald() {
+    assert!(is_root());
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("eal_lines_skip_syslog_under_journald: strace not installed, skipped");
+        return;
+    }
+    let dir = TempDir::new("journal");
+    let syslog_connects = |journal: bool| {
+        let prefix = unique("lbdj");
+        let cfg = dir.join(&format!("{prefix}.yaml"));
+        // A pcap vdev whose input does not exist: EAL logs a few lines and
+        // lbd stops.
+        std::fs::write(
+            &cfg,
+            format!(
+                "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--vdev\", \"net_pcap0,rx_pcap=/nonexistent.pcap,tx_pcap={}\"]\nports:\n  - {{name: ext, device: net_pcap0, address: 10.0.0.1/24, exception: off}}\ncontrol: {{socket: {}}}\nmetrics: {{listen: \"off\"}}\n",
+                dir.join("out.pcap").display(),
+                dir.join(&format!("{prefix}.sock")).display()
+            ),
+        )
+        .unwrap();
+        let trace = dir.join(&format!("{prefix}.strace"));
+        let mut cmd = Command::new("strace");
+        cmd.args(["-f", "-e", "trace=connect,sendto", "-o"]).arg(&trace).arg(lbd_bin()).arg("-c").arg(&cfg);
+        cmd.env_remove("JOURNAL_STREAM");
+        if journal {
+            cmd.env("JOURNAL_STREAM", "8:12345");
+        }
+        let (code, _, err) = text(&cmd.output().unwrap());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("EAL: "), "EAL lines still on standard error: {err}");
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+        // Connects to /dev/log (one per line while syslog is absent) and
+        // messages sent on it (once it is there): `<PRI>... lbd[PID]: `.
+        std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/dev/log") || (l.contains("sendto(") && l.contains(" lbd[")))
+            .count()
+    };
+    let plain = syslog_connects(false);
+    let journal = syslog_connects(true);
+    assert!(plain > 1, "without JOURNAL_STREAM EAL copies its lines to syslog ({plain} connects)");
+    assert_eq!(journal, 1, "only openlog's connect under the journal");
+}
