@@ -145,7 +145,7 @@ fn requested_mb(args: &[String]) -> Option<u64> {
         return m.trim().parse().ok();
     }
     let per_node = eal_value(args, "--socket-mem")?;
-    per_node.split(',').map(|n| n.trim().parse::<u64>().ok()).sum()
+    per_node.split(',').try_fold(0u64, |sum, n| Some(sum.saturating_add(n.trim().parse::<u64>().ok()?)))
 }
 
 fn human_kb(kb: u64) -> String {
@@ -188,7 +188,7 @@ pub fn check(args: &[String], host: &HostMemory) -> Result<(), String> {
         .iter()
         .filter(|p| in_memory || usable_mounts.iter().any(|m| host.mount_page_kb(m) == Some(p.page_kb)))
         .collect();
-    let free_kb: u64 = usable.iter().map(|p| p.free * p.page_kb).sum();
+    let free_kb = usable.iter().fold(0u64, |sum, p| sum.saturating_add(p.free.saturating_mul(p.page_kb)));
     let listing = || {
         if host.pools.is_empty() {
             "the kernel reports no hugepage pools".to_owned()
@@ -217,7 +217,7 @@ pub fn check(args: &[String], host: &HostMemory) -> Result<(), String> {
         ));
     }
     if let Some(mb) = requested_mb(args) {
-        if mb * 1024 > free_kb {
+        if mb.saturating_mul(1024) > free_kb {
             return Err(format!(
                 "hugepages: `eal` asks for {mb} MB (-m/--socket-mem) but only {} are free ({}). Reserve more \
                  ({reserve}) or lower -m; {trial}",
@@ -311,6 +311,10 @@ mod tests {
         assert!(e.contains("asks for 1024 MB"), "{e}");
         let e = check(&args(&["lbd", "--socket-mem", "512,512"]), &h).unwrap_err();
         assert!(e.contains("asks for 1024 MB"), "{e}");
+        // Figures near the integer limit are refused, never an overflow.
+        let max = u64::MAX.to_string();
+        assert!(check(&args(&["lbd", "-m", &max]), &h).is_err());
+        assert!(check(&args(&["lbd", &format!("--socket-mem={max},{max}")]), &h).is_err());
     }
 
     #[test]
