@@ -20,6 +20,10 @@ PACKAGES=(
     # A real Prometheus server for the metrics test (not started as a service).
     prometheus
     ca-certificates
+    # Host deployment tests (tests/deploy.rs): the Debian package
+    # (dpkg-shlibdeps, strip) and EAL's syslog copies seen through strace.
+    # (`systemd-analyze verify` runs where the systemd package is there.)
+    dpkg-dev binutils strace
 )
 
 if [[ $EUID -ne 0 ]]; then

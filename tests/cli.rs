@@ -28,7 +28,7 @@ fn version_names_git_and_dpdk() {
 
 #[test]
 fn check_config_accepts_the_samples() {
-    for f in ["config/demo.yaml", "config/reference.yaml"] {
+    for f in ["config/demo.yaml", "config/reference.yaml", "config/production.yaml"] {
         let p = repo().join(f);
         let (code, out, err) = lbd(&["--check-config", p.to_str().unwrap()]);
         assert_eq!(code, 0, "{f}: {err}");
@@ -118,7 +118,7 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
     );
     assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}b")).exists());
 
-    // No hugepages reserved and no --no-huge: EAL itself fails.
+    // No hugepages reserved and no --no-huge: lbd stops before EAL.
     if std::fs::read_to_string("/proc/sys/vm/nr_hugepages").map(|s| s.trim() == "0").unwrap_or(false) {
         let cfg3 = dir.join("huge.yaml");
         std::fs::write(
@@ -129,8 +129,9 @@ fn eal_failure_is_a_clear_line_not_a_panic() {
         let (code, _, err) = lbd(&["-c", cfg3.to_str().unwrap()]);
         assert_eq!(code, 1);
         let last = err.lines().last().unwrap();
-        assert!(last.starts_with("lbd: DPDK EAL initialisation failed: "), "{err}");
-        assert!(last.contains("--no-huge"), "{err}");
+        // lbd's own check, before EAL, names the fix.
+        assert!(last.starts_with("lbd: hugepages: "), "{err}");
+        assert!(last.contains("--no-huge") && last.contains("lbd-hugepages"), "{err}");
         assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}c")).exists(), "EAL runtime dir left behind");
     }
 }

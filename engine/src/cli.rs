@@ -11,7 +11,7 @@ use std::process::ExitCode;
 #[command(name = "lbd", about = "Layer-4 load balancer on DPDK (NAT mode, Maglev)", disable_version_flag = true)]
 struct Args {
     /// Run with this configuration file.
-    #[arg(short, long, value_name = "FILE", required_unless_present_any = ["check_config", "version"])]
+    #[arg(short, long, value_name = "FILE", required_unless_present_any = ["check_config", "version", "completions"])]
     config: Option<PathBuf>,
 
     /// Validate FILE and exit (never touches DPDK; needs no root).
@@ -25,6 +25,11 @@ struct Args {
     /// Print version, git revision and DPDK version.
     #[arg(short = 'V', long)]
     version: bool,
+
+    /// Print a completion script for SHELL (the Debian package installs
+    /// the bash one).
+    #[arg(long, value_name = "SHELL", hide = true)]
+    completions: Option<clap_complete::Shell>,
 }
 
 /// The entry point of the `lbd` binary.
@@ -33,6 +38,17 @@ pub fn main(build: BuildInfo) -> ExitCode {
     if args.version {
         println!("lbd {} (git {}, built with DPDK {})", build.version, build.git_revision, build.dpdk_build_version);
         return ExitCode::SUCCESS;
+    }
+    if let Some(shell) = args.completions {
+        use clap::CommandFactory;
+        use std::io::Write;
+        // Into memory first: clap_complete panics when its writer fails.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Args::command(), "lbd", &mut script);
+        return match std::io::stdout().write_all(&script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
     }
     if let Some(path) = args.check_config {
         return match config::load(&path) {

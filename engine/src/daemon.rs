@@ -196,6 +196,14 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
 fn start_eal(cfg: &Config) -> Result<Eal, String> {
     let allowed = dpdk::allowed_cpus();
     let args = eal_args(cfg, &allowed);
+    // Before EAL: its own failure for want of hugepages does not say what
+    // to do.
+    crate::hugepages::check(&args, &crate::hugepages::HostMemory::read())?;
+    // Standard error is the journal (systemd sets JOURNAL_STREAM): EAL's
+    // copy of each line to syslog would put it there twice.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        Eal::log_to_stderr_only().map_err(|e| e.to_string())?;
+    }
     let expected_dir = expected_runtime_dir(&args);
     let existed = expected_dir.exists();
     Eal::init(&args).map_err(|e| {

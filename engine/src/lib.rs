@@ -19,6 +19,7 @@ pub mod daemon;
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod exception;
+pub mod hugepages;
 pub mod metrics;
 pub mod query;
 pub mod stats;

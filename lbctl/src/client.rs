@@ -41,8 +41,15 @@ fn connect_error(path: &Path, e: &std::io::Error) -> String {
 impl Client {
     /// Connects and says hello.
     pub fn connect(path: &Path) -> Result<Client, String> {
+        Client::connect_timeout(path, Duration::from_secs(60))
+    }
+
+    /// Connects and says hello, waiting at most `limit` for each read or
+    /// write (lbd still starting holds a connection unanswered).
+    pub fn connect_timeout(path: &Path, limit: Duration) -> Result<Client, String> {
         let stream = UnixStream::connect(path).map_err(|e| connect_error(path, &e))?;
-        stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(limit)).map_err(|e| e.to_string())?;
         let mut c = Client { stream, next_id: 1 };
         let hello =
             Request::Hello { protocol: PROTOCOL_VERSION, client: format!("lbctl {}", env!("CARGO_PKG_VERSION")) };

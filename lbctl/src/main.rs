@@ -16,6 +16,7 @@ mod checker;
 mod client;
 mod render;
 mod top;
+mod wait;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::Client;
@@ -144,6 +145,17 @@ enum Command {
         /// host's name).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Wait until lbd answers with its ports started and every worker
+    /// running (exit 0), or fail after --timeout (exit 3): a readiness
+    /// check for systemd's ExecStartPost and for scripts.
+    Wait {
+        /// Give up after SECONDS (0 to 86400; 0 tries once).
+        #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = wait::timeout)]
+        timeout: Duration,
+        /// Also wait for every port's link to be up.
+        #[arg(long)]
+        link_up: bool,
     },
     /// Print a shell completion script.
     Completions {
@@ -463,7 +475,7 @@ fn request_for(cmd: &Command) -> Result<Request, Failure> {
                 Request::SecurityGroupSetDefault { group: group.clone(), action: action.clone() }
             }
         },
-        Command::Completions { .. } | Command::HealthCheck { .. } | Command::Top { .. } => {
+        Command::Completions { .. } | Command::HealthCheck { .. } | Command::Top { .. } | Command::Wait { .. } => {
             unreachable!("handled before connecting")
         }
     })
@@ -493,6 +505,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             (false, false) => top::Mode::Screen,
         };
         return top::run(&cli.socket, top::Options { delay: *delay, iterations: *iterations, mode });
+    }
+    if let Command::Wait { timeout, link_up } = &cli.command {
+        return wait::run(&cli.socket, *timeout, *link_up, cli.json);
     }
     let request = request_for(&cli.command)?;
     let mut client = Client::connect(&cli.socket).map_err(Failure::Unreachable)?;

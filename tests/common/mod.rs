@@ -111,6 +111,24 @@ impl Lbd {
         l
     }
 
+    /// Starts `bin -c config` (an lbd binary: the built one, or one from
+    /// the Debian package) without waiting for it to be ready.
+    pub fn spawn_bin(bin: &Path, config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
+        let stats = dir.join("stats.json");
+        let log = dir.join("lbd.log");
+        let logf = fs::File::create(&log).expect("log file");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(config)
+            .arg("--stats-out")
+            .arg(&stats)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn lbd");
+        Lbd { child: Some(child), stats, log, file_prefix: file_prefix.to_owned(), last_seq: 0 }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -62,6 +62,29 @@ pub struct Eal {
 
 impl Eal {
     /// Runs `rte_eal_init` with `args` (program name first).
+    /// Makes DPDK write its log lines to standard error only. By default
+    /// EAL writes each to standard error and also to syslog: under
+    /// systemd, where standard error is the journal already, every EAL
+    /// line would be stored twice. Call before [`Eal::init`].
+    pub fn log_to_stderr_only() -> Result<(), DpdkError> {
+        // SAFETY: fd 2 is open for the life of the process; the mode is a
+        // NUL-terminated string.
+        let f = unsafe { libc::fdopen(2, c"w".as_ptr()) };
+        if f.is_null() {
+            return Err(DpdkError(format!(
+                "cannot open standard error for DPDK's log: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // Line buffered: each EAL line leaves whole, as one journal entry.
+        // SAFETY: `f` is a fresh stream nothing has used yet.
+        unsafe { libc::setvbuf(f, std::ptr::null_mut(), libc::_IOLBF, 0) };
+        // SAFETY: DPDK keeps `f` for the life of the process; it is never
+        // closed. `sys::FILE` is glibc's FILE, as `libc::FILE` is.
+        unsafe { sys::rte_openlog_stream(f.cast()) };
+        Ok(())
+    }
+
     pub fn init(args: &[String]) -> Result<Eal, DpdkError> {
         if EAL_STARTED.swap(true, Ordering::SeqCst) {
             return Err(DpdkError("the EAL can be initialised only once per process".into()));
