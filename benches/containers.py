@@ -53,7 +53,12 @@ CLIENT = "10.0.0.2"
 BACKENDS = [f"10.1.0.{b}" for b in range(11, 15)]
 # Every DPDK process: no PCI device is probed (the machine's NIC is a
 # virtio PCI device that must never be touched), no hugepages, no telemetry.
-EAL = ["--no-pci", "--no-huge", "-m", "512", "--no-telemetry"]
+EAL = ["--no-pci", "--no-huge", "-m", "1024", "--no-telemetry"]
+# memif rings of 16384 packets (af_packet: see vdev()). Three
+# polling processes share two CPUs here, so each runs in scheduler slices
+# of a few milliseconds; a ring has to hold what arrives while its reader
+# waits for the CPU, or the figure measures the scheduler instead.
+RING_LOG2 = 14
 
 
 def sh(*cmd, check=True, capture=False):
@@ -89,8 +94,11 @@ class Run:
         if self.path == "memif":
             # Abstract sockets live in a network namespace; a path in the
             # shared directory crosses containers.
-            return f"net_memif{i},role={role},socket=/run/memif/{sock}.sock,socket-abstract=no,id=0"
-        return f"net_af_packet{i},iface=eth{i},qpairs=1"
+            return f"net_memif{i},role={role},socket=/run/memif/{sock}.sock,socket-abstract=no,id=0,rsize={RING_LOG2}"
+        # af_packet's rings are locked memory, and a container's limit is
+        # the engine's (8 MiB here, which this machine cannot raise): 1024
+        # frames of 2 KiB per direction.
+        return f"net_af_packet{i},iface=eth{i},qpairs=1,framecnt=1024"
 
     def ifaces(self, n):
         return [f"eth{i}" for i in range(n)] if self.path == "af_packet" else []
@@ -112,7 +120,7 @@ class Run:
         eal = EAL + ["--file-prefix", role, "--lcores", f"0@{cpu},1@{cpu}"]
         for v in vdevs:
             eal += ["--vdev", v]
-        return eal + ["--", "-i", f"--forward-mode={fwd}", "--nb-cores=1", "--total-num-mbufs=16384"] + extra
+        return eal + ["--", "-i", f"--forward-mode={fwd}", "--nb-cores=1", "--total-num-mbufs=65536"] + extra
 
     def lbd(self, cpu, vdevs):
         """lbd in a container, started, not yet waited for (lbd_ready())."""
@@ -133,7 +141,7 @@ class Run:
                            "backends": [{"address": b, "port": VPORT} for b in BACKENDS]}],
             "timeouts": {"udp": "1h"},
             "sessions": {"capacity_per_worker": 262144},
-            "mempool": {"mbufs": 32768},
+            "mempool": {"mbufs": 65536},
             "control": {"socket": "/run/memif/lbd.sock"},
             "metrics": {"listen": "off"},
         }
