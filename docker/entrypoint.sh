@@ -11,8 +11,9 @@ lbd container image. Commands:
                    vdevs (benches/run.py --no-build; try `bench --smoke`)
   demo             the namespace demo: client, 3 backends and lbd, all inside
                    this container (testbed/demo.sh)
-  testpmd ARGS     dpdk-testpmd, e.g. a generator or a sink (docker/bench.sh)
+  testpmd ARGS     dpdk-testpmd, e.g. a generator or a sink (benches/containers.py)
   help             this text
+  COMMAND [ARGS]   any other program in the image (bash, ip, ...)
 Every DPDK process you start here should pass --no-pci, or an explicit -a
 allow-list of the PCI devices it may use.
 USAGE
@@ -38,5 +39,12 @@ case "$cmd" in
     demo) LBD_BIN_DIR=/opt/lbd/bin exec /opt/lbd/testbed/demo.sh "$@" ;;
     testpmd) exec /usr/bin/dpdk-testpmd "$@" ;;
     help | -h | --help) usage ;;
-    *) echo "lbd-entrypoint: unknown command '$cmd'" >&2; usage >&2; exit 2 ;;
+    *)
+        if command -v "$cmd" >/dev/null 2>&1; then
+            exec "$cmd" "$@"
+        fi
+        echo "lbd-entrypoint: unknown command '$cmd'" >&2
+        usage >&2
+        exit 2
+        ;;
 esac

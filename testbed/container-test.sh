@@ -49,7 +49,12 @@ echo "built in $(($(date +%s) - T0)) s; image size $(docker image inspect -f '{{
 
 step "entry points"
 docker run --rm --name "$NAME-help" "$IMAGE" help | grep -q "the namespace demo"
-docker run --rm --name "$NAME-version" "$IMAGE" lbd --version | tee /dev/stderr | grep -q "^lbd "
+docker run --rm --name "$NAME-shell" "$IMAGE" bash -c 'command -v dpdk-testpmd' >/dev/null
+# (Output is captured, then shown: `tee /dev/stderr` would reopen, and
+# truncate, a log file that stderr goes to.)
+out=$(docker run --rm --name "$NAME-version" "$IMAGE" lbd --version)
+echo "$out"
+grep -q "^lbd " <<<"$out"
 docker run --rm --name "$NAME-lbctl" "$IMAGE" lbctl --help >/dev/null
 docker run --rm --name "$NAME-check" "$IMAGE" lbd --check-config /opt/lbd/config/reference.yaml
 if docker run --rm --name "$NAME-bad" "$IMAGE" frobnicate >/dev/null 2>&1; then
@@ -77,7 +82,10 @@ for _ in $(seq 300); do
     [[ "$(docker inspect -f '{{.State.Running}}' "$NAME-lbd")" == true ]] || break
     sleep 0.2
 done
-docker run --rm --name "$NAME-lbctl2" -v "$RUNDIR/run:/run/lbd" "$IMAGE" lbctl listener list | tee /dev/stderr | grep -q "10.0.0.100"
+# lbd sees this lbctl, in another PID namespace, as pid 0 (SO_PEERCRED).
+out=$(docker run --rm --name "$NAME-lbctl2" -v "$RUNDIR/run:/run/lbd" "$IMAGE" lbctl listener list)
+echo "$out"
+grep -q "10.0.0.100" <<<"$out"
 docker kill -s TERM "$NAME-lbd" >/dev/null
 [[ "$(docker wait "$NAME-lbd")" == 0 ]] || { docker logs "$NAME-lbd" >&2; exit 1; }
 docker logs "$NAME-lbd" 2>&1 | grep -q '"listeners"'   # the final counters, as JSON on stdout

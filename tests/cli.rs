@@ -312,3 +312,41 @@ fn a_file_at_the_socket_path_is_never_replaced() {
         assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "EAL runtime dir left behind");
     }
 }
+
+/// lbd in a PID namespace of its own, as in a container: SO_PEERCRED gives
+/// it pid 0 for an lbctl outside (another container, the host). Root must
+/// still be let in, and the audit line must say where the peer was. (With
+/// rustix's credentials type, whose pid cannot be 0, every such client was
+/// refused as if it were not root.)
+#[test]
+fn lbctl_reaches_lbd_in_another_pid_namespace() {
+    let dir = TempDir::new("pidns");
+    let prefix = unique("lbdpidns");
+    let socket = dir.join("lbd.sock");
+    let cfg = dir.join("idle.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
+             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\n\
+             listeners:\n  - {{name: web, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{{address: 10.0.0.11, port: 8080}}]}}\n\
+             control: {{socket: {}}}\n\
+             metrics: {{listen: \"off\"}}\n",
+            socket.display()
+        ),
+    )
+    .expect("write config");
+    let lbd = Lbd::start_under(&["unshare", "--pid", "--fork", "--kill-child=SIGTERM"], &cfg, dir.path(), &prefix);
+    let out = Command::new(lbctl_bin())
+        .args(["--socket", socket.to_str().expect("utf-8"), "backend", "drain", "web", "10.0.0.11:8080"])
+        .output()
+        .expect("run lbctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lbctl was refused by an lbd in another PID namespace: {err}");
+    let log = std::fs::read_to_string(dir.join("lbd.log")).expect("lbd's log");
+    assert!(
+        log.lines().any(|l| l.starts_with("lbd: audit: uid 0 pid outside lbd's PID namespace: backend_drain: ok")),
+        "{log}"
+    );
+    drop(lbd);
+}

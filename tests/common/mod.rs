@@ -86,13 +86,22 @@ impl Lbd {
     /// [`Lbd::start`] in network namespace `netns` (`ip netns exec`, which
     /// execs lbd in place: the child's PID is lbd's).
     pub fn start_in(netns: Option<&str>, config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
+        match netns {
+            Some(ns) => Lbd::start_under(&["ip", "netns", "exec", ns], config, dir, file_prefix),
+            None => Lbd::start_under(&[], config, dir, file_prefix),
+        }
+    }
+
+    /// [`Lbd::start`] run by `wrapper` (a command that runs lbd and, on
+    /// SIGTERM, has lbd stop: `ip netns exec`, `unshare ... --kill-child=SIGTERM`).
+    pub fn start_under(wrapper: &[&str], config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
         let stats = dir.join("stats.json");
         let log = dir.join("lbd.log");
         let logf = fs::File::create(&log).expect("log file");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, lbd_bin()]);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(lbd_bin());
                 c
             }
             None => Command::new(lbd_bin()),

@@ -152,18 +152,22 @@ impl ControlServer {
 struct Peer {
     uid: u32,
     gid: u32,
-    pid: i32,
+    /// None when the peer is in another PID namespace (the kernel says 0):
+    /// lbctl in another container, or lbd in a container and lbctl outside.
+    pid: Option<i32>,
 }
 
 impl Peer {
     fn of(stream: &UnixStream) -> Option<Peer> {
-        let c = rustix::net::sockopt::socket_peercred(stream).ok()?;
-        Some(Peer { uid: c.uid.as_raw(), gid: c.gid.as_raw(), pid: c.pid.as_raw_nonzero().get() })
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let c = getsockopt(stream, PeerCredentials).ok()?;
+        Some(Peer { uid: c.uid(), gid: c.gid(), pid: (c.pid() > 0).then_some(c.pid()) })
     }
 
     /// Root, or a member of `group` (primary or supplementary group of the
     /// peer process). The socket's mode already keeps others out; this
-    /// holds even when someone loosens it.
+    /// holds even when someone loosens it. A peer whose process lbd cannot
+    /// see is judged by its user and primary group alone.
     fn allowed(&self, group: Option<u32>) -> bool {
         if self.uid == 0 {
             return true;
@@ -172,7 +176,8 @@ impl Peer {
         if self.gid == g {
             return true;
         }
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let Some(pid) = self.pid else { return false };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("Groups:"))
@@ -286,7 +291,8 @@ fn audit(peer: &Peer, op: &str, result: &Result<Response, ErrorReply>) {
         Ok(_) => "ok".to_owned(),
         Err(e) => format!("refused ({}): {}", e.code.as_str(), e.message),
     };
-    eprintln!("lbd: audit: uid {} pid {}: {op}: {outcome}", peer.uid, peer.pid);
+    let pid = peer.pid.map_or_else(|| "outside lbd's PID namespace".to_owned(), |p| p.to_string());
+    eprintln!("lbd: audit: uid {} pid {pid}: {op}: {outcome}", peer.uid);
 }
 
 /// The `id` of a request that did not decode, when it has one.
