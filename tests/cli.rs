@@ -322,20 +322,11 @@ fn a_file_at_the_socket_path_is_never_replaced() {
 fn lbctl_reaches_lbd_in_another_pid_namespace() {
     let dir = TempDir::new("pidns");
     let prefix = unique("lbdpidns");
-    let socket = dir.join("lbd.sock");
-    let cfg = dir.join("idle.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
-             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\n\
-             listeners:\n  - {{name: web, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{{address: 10.0.0.11, port: 8080}}]}}\n\
-             control: {{socket: {}}}\n\
-             metrics: {{listen: \"off\"}}\n",
-            socket.display()
-        ),
-    )
-    .expect("write config");
+    let (cfg, socket) = idle_config(
+        &dir,
+        &prefix,
+        "listeners:\n  - {name: web, vip: 10.0.0.100, protocol: tcp, port: 80, backends: [{address: 10.0.0.11, port: 8080}]}\n",
+    );
     let lbd = Lbd::start_under(&["unshare", "--pid", "--fork", "--kill-child=SIGTERM"], &cfg, dir.path(), &prefix);
     let out = Command::new(lbctl_bin())
         .args(["--socket", socket.to_str().expect("utf-8"), "backend", "drain", "web", "10.0.0.11:8080"])

@@ -18,25 +18,6 @@ fn text(o: &Output) -> (i32, String, String) {
     )
 }
 
-/// An lbd configuration on net_null with hugepages off, `workers` workers.
-fn idle_config(dir: &TempDir, prefix: &str, workers: usize) -> (PathBuf, PathBuf) {
-    let socket = dir.join("lbd.sock");
-    let cfg = dir.join("idle.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
-             lcores: {{workers: {workers}}}\n\
-             ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\n\
-             control: {{socket: {}}}\n\
-             metrics: {{listen: \"off\"}}\n",
-            socket.display()
-        ),
-    )
-    .unwrap();
-    (cfg, socket)
-}
-
 /// Runs `lbctl ... wait` in the background and returns its output, failing
 /// the test if lbctl itself hangs past `limit`.
 fn lbctl_wait(lbctl: &Path, socket: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
@@ -66,7 +47,7 @@ fn lbctl_wait_returns_once_lbd_is_ready() {
     assert!(is_root());
     let dir = TempDir::new("wait");
     let prefix = unique("lbdw");
-    let (cfg, socket) = idle_config(&dir, &prefix, 2);
+    let (cfg, socket) = idle_config(&dir, &prefix, "lcores: {workers: 2}\n");
     let mut lbd = Lbd::spawn_bin(Path::new(lbd_bin()), &cfg, dir.path(), &prefix);
     let (code, out, err) = lbctl_wait(&lbctl_bin(), &socket, &["--timeout", "60"], Duration::from_secs(90));
     assert_eq!(code, 0, "{err}\n{}", lbd.log_text());
@@ -410,7 +391,7 @@ fn debian_package_installs_and_runs() {
     // The packaged lbd runs, and the packaged lbctl sees it ready.
     let dir = TempDir::new("deb-run");
     let prefix = unique("lbdp");
-    let (cfg, socket) = idle_config(&dir, &prefix, 1);
+    let (cfg, socket) = idle_config(&dir, &prefix, "lcores: {workers: 1}\n");
     let mut daemon = Lbd::spawn_bin(&lbd, &cfg, dir.path(), &prefix);
     let (code, out, err) = lbctl_wait(&lbctl, &socket, &["--timeout", "60"], Duration::from_secs(90));
     assert_eq!(code, 0, "{err}\n{}", daemon.log_text());

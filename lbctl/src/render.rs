@@ -29,8 +29,9 @@ fn right(v: impl ToString) -> Cell {
 }
 
 /// 1234567 -> "1.23M".
-fn si(v: f64) -> String {
+pub(crate) fn si(v: f64) -> String {
     let (d, s) = match v.abs() {
+        x if x >= 1e12 => (1e12, "T"),
         x if x >= 1e9 => (1e9, "G"),
         x if x >= 1e6 => (1e6, "M"),
         x if x >= 1e3 => (1e3, "k"),
@@ -43,7 +44,11 @@ fn si(v: f64) -> String {
     }
 }
 
-fn duration(secs: f64) -> String {
+/// 75.0 -> "1m15s"; "-" for what is not a duration.
+pub(crate) fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "-".into();
+    }
     let s = secs as u64;
     match s {
         0..=59 => format!("{secs:.1}s"),

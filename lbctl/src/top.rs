@@ -14,6 +14,7 @@
 //! `--batch` or `--once` (scripts) lbctl exits with status 3 instead.
 
 use crate::client::{self, Client};
+use crate::render::{duration, si};
 use crate::{emit, Failure};
 use crossterm::cursor::{Hide, MoveTo, Show};
 use crossterm::style::Print;
@@ -44,35 +45,6 @@ pub struct Options {
     pub delay: Duration,
     pub iterations: Option<u64>,
     pub mode: Mode,
-}
-
-/// 1234567 -> "1.23M".
-fn si(v: f64) -> String {
-    let (d, s) = match v.abs() {
-        x if x >= 1e12 => (1e12, "T"),
-        x if x >= 1e9 => (1e9, "G"),
-        x if x >= 1e6 => (1e6, "M"),
-        x if x >= 1e3 => (1e3, "k"),
-        _ => (1.0, ""),
-    };
-    if s.is_empty() {
-        format!("{v:.0}")
-    } else {
-        format!("{:.2}{s}", v / d)
-    }
-}
-
-fn duration(secs: f64) -> String {
-    if !secs.is_finite() || secs < 0.0 {
-        return "-".into();
-    }
-    let s = secs as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
 }
 
 /// The earlier document and the seconds between the two, when rates can

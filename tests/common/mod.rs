@@ -95,10 +95,7 @@ impl Lbd {
     /// [`Lbd::start`] run by `wrapper` (a command that runs lbd and, on
     /// SIGTERM, has lbd stop: `ip netns exec`, `unshare ... --kill-child=SIGTERM`).
     pub fn start_under(wrapper: &[&str], config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
-        let stats = dir.join("stats.json");
-        let log = dir.join("lbd.log");
-        let logf = fs::File::create(&log).expect("log file");
-        let mut cmd = match wrapper.split_first() {
+        let cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
                 c.args(rest).arg(lbd_bin());
@@ -106,16 +103,7 @@ impl Lbd {
             }
             None => Command::new(lbd_bin()),
         };
-        let child = cmd
-            .arg("-c")
-            .arg(config)
-            .arg("--stats-out")
-            .arg(&stats)
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn lbd");
-        let mut l = Lbd { child: Some(child), stats, log, file_prefix: file_prefix.to_owned(), last_seq: 0 };
+        let mut l = Lbd::spawn_cmd(cmd, config, dir, file_prefix);
         l.wait_ready(Duration::from_secs(30));
         l
     }
@@ -123,10 +111,15 @@ impl Lbd {
     /// Starts `bin -c config` (an lbd binary: the built one, or one from
     /// the Debian package) without waiting for it to be ready.
     pub fn spawn_bin(bin: &Path, config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
+        Lbd::spawn_cmd(Command::new(bin), config, dir, file_prefix)
+    }
+
+    /// `cmd -c config --stats-out DIR/stats.json`, its stderr in DIR/lbd.log.
+    fn spawn_cmd(mut cmd: Command, config: &Path, dir: &Path, file_prefix: &str) -> Lbd {
         let stats = dir.join("stats.json");
         let log = dir.join("lbd.log");
         let logf = fs::File::create(&log).expect("log file");
-        let child = Command::new(bin)
+        let child = cmd
             .arg("-c")
             .arg(config)
             .arg("--stats-out")
@@ -363,11 +356,10 @@ impl Lbd {
     }
 }
 
-/// An lbd on one net_null port that receives nothing (no traffic, no
-/// listeners), serving its control socket in `dir`: for lbctl tests that
-/// need a live lbd but no packets. Returns it and its socket.
-pub fn start_idle_lbd(dir: &TempDir) -> (Lbd, PathBuf) {
-    let prefix = unique("lbdi");
+/// An lbd configuration on one net_null port that receives nothing, with
+/// hugepages off, its control socket in `dir`, and `extra` (YAML lines:
+/// `lcores`, `listeners`, ...). Returns the file and the socket.
+pub fn idle_config(dir: &TempDir, prefix: &str, extra: &str) -> (PathBuf, PathBuf) {
     let socket = dir.join("lbd.sock");
     let cfg = dir.join("idle.yaml");
     fs::write(
@@ -376,11 +368,19 @@ pub fn start_idle_lbd(dir: &TempDir) -> (Lbd, PathBuf) {
             "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"256\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\", \"--vdev\", \"net_null0,no-rx=1\"]\n\
              ports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24, exception: off}}\n\
              control: {{socket: {}}}\n\
-             metrics: {{listen: \"off\"}}\n",
+             metrics: {{listen: \"off\"}}\n{extra}",
             socket.display()
         ),
     )
     .expect("write config");
+    (cfg, socket)
+}
+
+/// An lbd on [`idle_config`] (no traffic, no listeners): for lbctl tests
+/// that need a live lbd but no packets. Returns it and its socket.
+pub fn start_idle_lbd(dir: &TempDir) -> (Lbd, PathBuf) {
+    let prefix = unique("lbdi");
+    let (cfg, socket) = idle_config(dir, &prefix, "");
     let lbd = Lbd::start(&cfg, dir.path(), &prefix);
     (lbd, socket)
 }
