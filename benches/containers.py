@@ -37,23 +37,25 @@ packets forwarded to backends) and that every container is gone after.
 import argparse
 import json
 import os
-import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import Testpmd  # noqa: E402  (the runner's testpmd-on-a-pty driver)
 
 LBD_MAC = "02:00:00:00:00:01"
 VIP, VPORT = "10.0.0.100", 9000
 CLIENT = "10.0.0.2"
 BACKENDS = [f"10.1.0.{b}" for b in range(11, 15)]
 # Every DPDK process: no PCI device is probed (the machine's NIC is a
-# virtio PCI device that must never be touched), no hugepages, no telemetry.
-EAL = ["--no-pci", "--no-huge", "-m", "1024", "--no-telemetry"]
+# virtio PCI device that must never be touched), no hugepages. testpmd runs
+# non-interactive (forwarding from the start) and is read through DPDK's
+# telemetry socket: in interactive mode on a terminal its main thread
+# spins (measured: 97 % of a CPU), which would halve a forwarding core
+# that shares its CPU, and lbd's control thread does not.
+EAL = ["--no-pci", "--no-huge", "-m", "1024"]
 # memif rings of 16384 packets (af_packet: see vdev()). Three
 # polling processes share two CPUs here, so each runs in scheduler slices
 # of a few milliseconds; a ring has to hold what arrives while its reader
@@ -76,7 +78,7 @@ class Run:
     def __init__(self, image, path, tag):
         self.image, self.path = image, path
         self.name = f"lbdbench-{os.getpid()}-{tag}"
-        self.containers, self.pmds = [], []
+        self.containers = []
         self.dir = tempfile.mkdtemp(prefix="lbd-containers-")
         os.chmod(self.dir, 0o755)
 
@@ -104,23 +106,56 @@ class Run:
         return [f"eth{i}" for i in range(n)] if self.path == "af_packet" else []
 
     def testpmd(self, role, cpu, vdevs, fwd, extra):
-        """A testpmd container on a pseudo-terminal, driven by commands;
-        started, not yet waited for (ready())."""
+        """A testpmd container, forwarding once its ports are up; its
+        runtime directory (and so its telemetry socket) is visible here."""
         self.containers.append(f"{self.name}-{role}")
-        cmd = (["docker", "run", "--rm", "-it"] + self.docker_args(role, cpu, self.ifaces(len(vdevs)))
-               + [self.image, "testpmd"] + self.pmd_args(role, cpu, vdevs, fwd, extra))
-        tp = Testpmd(cmd, f"{self.dir}/{role}.log")
-        self.pmds.append(tp)
-        return tp
+        os.makedirs(f"{self.dir}/dpdk-{role}")
+        # -i: stdin stays open, so non-interactive testpmd waits on it
+        # ("Press enter to exit") instead of exiting; -t: on a terminal its
+        # stdout is line-buffered, so the logs show that line when it is
+        # printed.
+        sh("docker", "run", "-d", "-i", "-t", *self.docker_args(role, cpu, self.ifaces(len(vdevs))),
+           "-v", f"{self.dir}/dpdk-{role}:/var/run/dpdk", self.image, "testpmd",
+           *self.pmd_args(role, cpu, vdevs, fwd, extra), capture=True)
+
+    def testpmd_ready(self, role):
+        """Waits until testpmd forwards (it says so once its ports started)."""
+        name = f"{self.name}-{role}"
+        deadline = time.time() + 120
+        while True:
+            logs = sh("docker", "logs", name, check=False, capture=True)
+            if "Press enter to exit" in logs.stdout + logs.stderr:
+                return
+            state = sh("docker", "inspect", "-f", "{{.State.Running}}", name, check=False, capture=True).stdout.strip()
+            if state != "true" or time.time() > deadline:
+                raise RuntimeError(f"testpmd ({role}) did not start:\n{logs.stdout}{logs.stderr}")
+            time.sleep(0.2)
+
+    def rx_packets(self, role, port):
+        """Port `port`'s cumulative RX counter of testpmd `role`, from its
+        telemetry socket, and when it was read."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            s.connect(f"{self.dir}/dpdk-{role}/{role}/dpdk_telemetry.v2")
+            s.recv(16384)  # the greeting: version, pid, max_output_len
+            before = time.monotonic()
+            s.send(f"/ethdev/stats,{port}".encode())
+            answer = json.loads(s.recv(65536))
+            after = time.monotonic()
+        finally:
+            s.close()
+        return int(answer["/ethdev/stats"]["ipackets"]), (before + after) / 2
 
     @staticmethod
     def pmd_args(role, cpu, vdevs, fwd, extra):
-        # The main lcore (the command line) and the forwarding lcore both
-        # on the container's one CPU.
+        # The main lcore and the forwarding lcore both on the container's
+        # one CPU (the main one sleeps).
         eal = EAL + ["--file-prefix", role, "--lcores", f"0@{cpu},1@{cpu}"]
         for v in vdevs:
             eal += ["--vdev", v]
-        return eal + ["--", "-i", f"--forward-mode={fwd}", "--nb-cores=1", "--total-num-mbufs=65536"] + extra
+        # --disable-link-check: a memif server waits for its client, which
+        # starts after it; without this testpmd would wait 9 s for the link.
+        return eal + ["--", f"--forward-mode={fwd}", "--nb-cores=1", "--total-num-mbufs=65536", "--disable-link-check"] + extra
 
     def lbd(self, cpu, vdevs):
         """lbd in a container, started, not yet waited for (lbd_ready())."""
@@ -193,11 +228,6 @@ class Run:
             sh(*ns, "ip", "link", "set", name, "up", capture=True)
 
     def close(self):
-        for tp in self.pmds:
-            try:
-                tp.close("unused")
-            except Exception:
-                pass
         for c in self.containers:
             sh("docker", "rm", "-f", c, check=False, capture=True)
         subprocess.run(["rm", "-rf", self.dir], check=False)
@@ -214,40 +244,31 @@ def measure(image, path, middle, args, tag):
         # is waited for before its client starts. af_packet containers wait
         # for their veths instead, which need both ends running.
         memif = path == "memif"
-        sink = r.testpmd("sink", sink_cpu, [r.vdev(0, "back", "server")], "rxonly", [])
+        r.testpmd("sink", sink_cpu, [r.vdev(0, "back", "server")], "rxonly", [])
         if memif:
-            sink.until_prompt(120)
+            r.testpmd_ready("sink")
         mid_vdevs = [r.vdev(0, "front", "server"), r.vdev(1, "back", "client")]
+        mid_role = "lbd" if middle == "lbd" else "middle"
         if middle == "lbd":
             r.lbd(mid_cpu, mid_vdevs)
-            mid = None
         else:
-            mid = r.testpmd("middle", mid_cpu, mid_vdevs, "io", [])
+            r.testpmd("middle", mid_cpu, mid_vdevs, "io", [])
+        ready_mid = r.lbd_ready if middle == "lbd" else (lambda: r.testpmd_ready("middle"))
         if memif:
-            mid.until_prompt(120) if mid else r.lbd_ready()
-        gen = r.testpmd("gen", gen_cpu, [r.vdev(0, "front", "client")], "txonly",
-                        [f"--eth-peer=0,{LBD_MAC}", f"--tx-ip={CLIENT},{VIP}", f"--tx-udp=1024,{VPORT}",
-                         "--txonly-multi-flow", "--txpkts=64"])
-        mid_role = "lbd" if middle == "lbd" else "middle"
-        if memif:
-            gen.until_prompt(120)
-        else:
+            ready_mid()
+        r.testpmd("gen", gen_cpu, [r.vdev(0, "front", "client")], "txonly",
+                  [f"--eth-peer=0,{LBD_MAC}", f"--tx-ip={CLIENT},{VIP}", f"--tx-udp=1024,{VPORT}",
+                   "--txonly-multi-flow", "--txpkts=64"])
+        if not memif:
             r.link("gen", "eth0", mid_role, "eth0")
             r.link(mid_role, "eth1", "sink", "eth0")
-            for tp in (sink, mid, gen):
-                if tp:
-                    tp.until_prompt(120)
-            if not mid:
-                r.lbd_ready()
-        if mid:
-            mid.command("start")
-        sink.command("start")
-        gen.command("start")
+            r.testpmd_ready("sink")
+            ready_mid()
+        r.testpmd_ready("gen")
         time.sleep(args.warmup)
-        a, ta = sink.rx_packets(0)
+        a, ta = r.rx_packets("sink", 0)
         time.sleep(args.seconds)
-        b, tb = sink.rx_packets(0)
-        gen.command("stop")
+        b, tb = r.rx_packets("sink", 0)
         lbd = r.lbd_stats() if middle == "lbd" else None
         if b <= a:
             raise RuntimeError(f"{path}/{middle}: nothing reached the sink in the window (RX-packets {a} -> {b})")

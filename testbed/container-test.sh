@@ -20,6 +20,7 @@ STARTED_ENGINE=0
 [[ $EUID -eq 0 ]] || { echo "container-test.sh: run as root" >&2; exit 1; }
 
 step() { printf '\n==> container test: %s\n' "$*"; }
+trap 'echo "container-test.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cleanup() {
     local rc=$?
     if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
@@ -48,7 +49,10 @@ docker build -q -t "$IMAGE" --build-arg LBD_GIT_REVISION="$(git rev-parse --shor
 echo "built in $(($(date +%s) - T0)) s; image size $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
 
 step "entry points"
-docker run --rm --name "$NAME-help" "$IMAGE" help | grep -q "the namespace demo"
+# (Outputs are captured, then searched: `cmd | grep -q` under pipefail
+# fails whenever grep exits before cmd has written everything.)
+out=$(docker run --rm --name "$NAME-help" "$IMAGE" help)
+grep -q "the namespace demo" <<<"$out"
 docker run --rm --name "$NAME-shell" "$IMAGE" bash -c 'command -v dpdk-testpmd' >/dev/null
 # (Output is captured, then shown: `tee /dev/stderr` would reopen, and
 # truncate, a log file that stderr goes to.)
@@ -88,7 +92,8 @@ echo "$out"
 grep -q "10.0.0.100" <<<"$out"
 docker kill -s TERM "$NAME-lbd" >/dev/null
 [[ "$(docker wait "$NAME-lbd")" == 0 ]] || { docker logs "$NAME-lbd" >&2; exit 1; }
-docker logs "$NAME-lbd" 2>&1 | grep -q '"listeners"'   # the final counters, as JSON on stdout
+out=$(docker logs "$NAME-lbd" 2>&1)
+grep -q '"listeners"' <<<"$out"   # the final counters, as JSON on stdout
 docker rm "$NAME-lbd" >/dev/null
 rm -rf "$RUNDIR"
 
@@ -110,7 +115,8 @@ grep -q "^Demo complete" "/tmp/$NAME-demo.log"
 rm -f "/tmp/$NAME-demo.log"
 
 step "the packet-rate runner inside a container (smoke: established TCP and the SYN flood)"
-docker run --rm --name "$NAME-bench" "$IMAGE" bench --smoke --only 1,5 | tail -4
+out=$(docker run --rm --name "$NAME-bench" "$IMAGE" bench --smoke --only 1,5)
+tail -4 <<<"$out"
 
 step "generator -> lbd -> sink in three containers, over memif and af_packet (smoke)"
 python3 "$ROOT/benches/containers.py" --image "$IMAGE" --smoke --json "/tmp/$NAME-bench.json"
