@@ -118,18 +118,23 @@ class Run:
            "-v", f"{self.dir}/dpdk-{role}:/var/run/dpdk", self.image, "testpmd",
            *self.pmd_args(role, cpu, vdevs, fwd, extra), capture=True)
 
-    def testpmd_ready(self, role):
-        """Waits until testpmd forwards (it says so once its ports started)."""
+    def ready(self, role, says):
+        """Waits (2 minutes at most) until container `role`'s output holds
+        `says`: testpmd's "Press enter to exit" once it forwards, lbd's
+        "lbd: ready"."""
         name = f"{self.name}-{role}"
         deadline = time.time() + 120
         while True:
             logs = sh("docker", "logs", name, check=False, capture=True)
-            if "Press enter to exit" in logs.stdout + logs.stderr:
+            if says in logs.stdout + logs.stderr:
                 return
             state = sh("docker", "inspect", "-f", "{{.State.Running}}", name, check=False, capture=True).stdout.strip()
             if state != "true" or time.time() > deadline:
-                raise RuntimeError(f"testpmd ({role}) did not start:\n{logs.stdout}{logs.stderr}")
+                raise RuntimeError(f"{role} did not start in its container:\n{logs.stdout}{logs.stderr}")
             time.sleep(0.2)
+
+    def testpmd_ready(self, role):
+        self.ready(role, "Press enter to exit")
 
     def rx_packets(self, role, port):
         """Port `port`'s cumulative RX counter of testpmd `role`, from its
@@ -186,16 +191,7 @@ class Run:
            "lbd", "-c", "/run/memif/lbd.yaml", capture=True)
 
     def lbd_ready(self):
-        name = f"{self.name}-lbd"
-        deadline = time.time() + 120
-        while True:
-            logs = sh("docker", "logs", name, check=False, capture=True)
-            if "lbd: ready" in logs.stderr + logs.stdout:
-                return
-            state = sh("docker", "inspect", "-f", "{{.State.Running}}", name, check=False, capture=True).stdout.strip()
-            if state != "true" or time.time() > deadline:
-                raise RuntimeError(f"lbd did not start in its container:\n{logs.stdout}{logs.stderr}")
-            time.sleep(0.2)
+        self.ready("lbd", "lbd: ready")
 
     def lbd_stats(self):
         out = sh("docker", "exec", f"{self.name}-lbd", "lbctl", "--socket", "/run/memif/lbd.sock", "stats", "--json",
