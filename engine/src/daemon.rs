@@ -7,9 +7,9 @@ use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingMonitor, RingProducer, RxQueue, TxQueue};
 use crate::exception::{self, ExceptionThread, KernelInterface};
 use crate::query;
-use crate::worker::{PortQueues, RunControl, Worker};
+use crate::worker::{IdleBackoff, PortQueues, RunControl, Worker};
 use lbcore::config::raw::RawConfig;
-use lbcore::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
+use lbcore::config::{Config, IdleMode, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane};
 use lbcore::hashkey::HashKeys;
@@ -59,6 +59,51 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
         args.push(format!("--lcores={}", map.join(",")));
     }
     args
+}
+
+/// CPUs the kernel keeps other threads off (`isolcpus`), from
+/// /sys/devices/system/cpu/isolated ("2-3,6"); empty when unreadable.
+fn isolated_cpus() -> Vec<u32> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/isolated").unwrap_or_default();
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+            cpus.extend(a..=b.min(a.saturating_add(4096)));
+        }
+    }
+    cpus
+}
+
+/// Whether idle workers sleep (`lcores.idle`), and why, for the ready
+/// line. `auto` busy-polls only where every worker has a CPU of its own
+/// that the kernel keeps other threads off (isolcpus): anywhere else a
+/// polling worker takes its CPU from whatever else must run there (the
+/// control thread, the kernel's network work, the clients and servers of
+/// a test bed), which on a shared host costs more than the microseconds a
+/// sleeping worker adds to the first packet after a quiet spell.
+pub fn idle_decision(cfg: &Config, allowed: &[u32], isolated: &[u32]) -> (bool, &'static str) {
+    match cfg.startup.idle {
+        IdleMode::Busy => (false, "busy (lcores.idle)"),
+        IdleMode::Adaptive => (true, "adaptive (lcores.idle)"),
+        IdleMode::Auto if lbcore::config::eal_sets_lcores(&cfg.startup.eal) => {
+            (true, "adaptive (auto: the workers' CPUs are set in eal)")
+        }
+        IdleMode::Auto => {
+            let cpus: Vec<u32> = cfg.startup.cpus.clone().unwrap_or_else(|| allowed.to_vec());
+            let workers: Vec<u32> = (0..cfg.startup.workers).map(|i| cpus[i % cpus.len()]).collect();
+            let mut distinct = workers.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() < workers.len() {
+                (true, "adaptive (auto: workers share CPUs)")
+            } else if !workers.iter().all(|c| isolated.contains(c)) {
+                (true, "adaptive (auto: the workers' CPUs are not isolated)")
+            } else {
+                (false, "busy (auto: each worker has an isolated CPU)")
+            }
+        }
+    }
 }
 
 /// The RSS lbd asks of port `i` with `nrx` RX queues: the client endpoint
@@ -350,6 +395,8 @@ struct Shared<'a> {
     tsc_hz: u64,
     start_tsc: u64,
     hash_keys: HashKeys,
+    /// Each worker's copy; `None`: busy polling.
+    idle: Option<IdleBackoff>,
 }
 
 /// Start-up phase 6: one [`Worker`] per lcore, owning its queues (queue i
@@ -417,7 +464,7 @@ fn build_workers(
             snapshots: Arc::clone(sh.snapshots),
             control: Arc::clone(sh.control),
             burst: sh.cfg.startup.burst,
-            idle_sleep: sh.cfg.startup.idle_sleep,
+            idle: sh.idle.clone(),
             tsc_hz: sh.tsc_hz,
             start_tsc: sh.start_tsc,
         });
@@ -550,6 +597,7 @@ fn serve(
         .map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS)))
         .collect();
     let control = Arc::new(RunControl::default());
+    let (idle_sleeps, idle_reason) = idle_decision(cfg, &dpdk::allowed_cpus(), &isolated_cpus());
     let dataplanes = lbcore::dataplane::Shared {
         counters: counters.iter().cloned().collect(),
         persistence: Arc::new(PersistenceTable::with_placement::<dpdk::DpdkPlacement>(cfg.startup.persistence_entries)),
@@ -564,6 +612,7 @@ fn serve(
         tsc_hz,
         start_tsc: dpdk::tsc(),
         hash_keys,
+        idle: idle_sleeps.then(|| IdleBackoff::new(cfg.startup.idle_sleep)),
     };
     let (workers, query_senders) = build_workers(&shared, queues, rings, kernel_rings);
     // From here on an early return drops `launched`, which stops and joins
@@ -607,7 +656,7 @@ fn serve(
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
 
-    announce(cfg, &lcores, &macs, &ports, &kernel.ifaces, &services);
+    announce(cfg, &lcores, idle_reason, &macs, &ports, &kernel.ifaces, &services);
     wait_for_stop(signals, &rt, stats_out);
     eprintln!("lbd: stopping");
     services.shutdown();
@@ -651,6 +700,7 @@ impl Drop for KernelSide {
 fn announce(
     cfg: &Config,
     lcores: &[u32],
+    idle: &str,
     macs: &[MacAddr],
     ports: &[Port],
     kernel: &[KernelInterface],
@@ -681,9 +731,10 @@ fn announce(
     let metrics_at =
         services.metrics.as_ref().map_or_else(|| "off".to_owned(), |m| format!("http://{}/metrics", m.addr));
     eprintln!(
-        "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), control {}, metrics {}, ports: {}",
+        "lbd: ready: {} worker(s) on lcores {:?}, idle {}, {} listener(s), control {}, metrics {}, ports: {}",
         cfg.startup.workers,
         lcores,
+        idle,
         cfg.forwarding.listeners.len(),
         cfg.startup.control_socket.display(),
         metrics_at,
@@ -834,5 +885,29 @@ mod tests {
         assert_eq!(a[1], "--log-level=notice");
         let a = eal_args(&cfg(", \"-l\", \"0-3\""), &[0, 1]);
         assert!(!a.iter().any(|x| x.starts_with("--lcores")));
+    }
+
+    fn lcores_cfg(lcores: &str) -> Config {
+        let y = format!(
+            "eal: [\"--no-pci\"]\nlcores: {{{lcores}}}\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"
+        );
+        lbcore::config::parse(&y, Path::new("t.yaml")).unwrap()
+    }
+
+    #[test]
+    fn auto_idle_busy_polls_only_on_isolated_cpus_of_their_own() {
+        let sleeps =
+            |lcores: &str, allowed: &[u32], isolated: &[u32]| idle_decision(&lcores_cfg(lcores), allowed, isolated).0;
+        // Shared, not isolated: this machine's case.
+        assert!(sleeps("workers: 1", &[0, 1], &[]));
+        assert!(sleeps("workers: 3", &[2, 3], &[2, 3]), "3 workers on 2 CPUs share them");
+        assert!(sleeps("workers: 2, cpus: [2, 2]", &[0, 1, 2, 3], &[2, 3]));
+        assert!(sleeps("workers: 2, cpus: [2, 3]", &[0, 1, 2, 3], &[3]), "CPU 2 is not isolated");
+        assert!(!sleeps("workers: 2, cpus: [2, 3]", &[0, 1, 2, 3], &[2, 3]));
+        assert!(!sleeps("workers: 2", &[2, 3], &[2, 3]));
+        // Explicit modes win.
+        assert!(!sleeps("workers: 1, idle: busy", &[0], &[]));
+        assert!(sleeps("workers: 1, idle: adaptive", &[0, 1], &[0, 1]));
+        assert!(!sleeps("workers: 1, idle_sleep: 0us", &[0], &[]), "idle_sleep 0 was busy polling");
     }
 }

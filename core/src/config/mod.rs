@@ -419,6 +419,34 @@ pub struct Config {
     pub forwarding: Forwarding,
 }
 
+/// What an idle worker does between polls that find nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleMode {
+    /// Poll without pause: the lowest latency, a whole CPU per worker.
+    Busy,
+    /// After a run of empty polls, sleep; the sleeps grow with idleness up
+    /// to `idle_sleep` and stop at the first packet.
+    Adaptive,
+    /// Adaptive where the workers share CPUs with other threads, busy
+    /// where each has a CPU to itself (decided at start).
+    Auto,
+}
+
+impl IdleMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdleMode::Busy => "busy",
+            IdleMode::Adaptive => "adaptive",
+            IdleMode::Auto => "auto",
+        }
+    }
+}
+
+/// The longest sleep of an adaptive worker unless configured.
+pub const DEFAULT_IDLE_SLEEP: Duration = Duration::from_micros(200);
+/// Below this a sleep is mostly the system call.
+pub const MIN_IDLE_SLEEP: Duration = Duration::from_micros(10);
+
 /// What is fixed from start to exit: the EAL, lcores, ports, memory and
 /// table sizes, the control and metrics endpoints. A change that touches
 /// any of it is refused; see [`Startup::changed_fields`].
@@ -427,6 +455,8 @@ pub struct Startup {
     pub eal: Vec<String>,
     pub workers: usize,
     pub cpus: Option<Vec<u32>>,
+    pub idle: IdleMode,
+    /// The longest sleep of an adaptive worker.
     pub idle_sleep: Duration,
     pub burst: usize,
     pub ports: Vec<PortConfig>,
@@ -572,6 +602,7 @@ impl Startup {
             eal,
             workers,
             cpus,
+            idle,
             idle_sleep,
             burst,
             ports,
@@ -597,6 +628,7 @@ impl Startup {
             ("eal", *eal == other.eal),
             ("lcores.workers", *workers == other.workers),
             ("lcores.cpus", *cpus == other.cpus),
+            ("lcores.idle", *idle == other.idle),
             ("lcores.idle_sleep", *idle_sleep == other.idle_sleep),
             ("lcores.burst", *burst == other.burst),
             ("ports", *ports == other.ports),
@@ -804,10 +836,30 @@ impl Validator<'_> {
             }
         }
         let idle_sleep =
-            self.duration("lcores.idle_sleep", raw.lcores.idle_sleep.as_ref(), Duration::ZERO, Duration::ZERO)?;
+            self.duration("lcores.idle_sleep", raw.lcores.idle_sleep.as_ref(), DEFAULT_IDLE_SLEEP, Duration::ZERO)?;
         if idle_sleep > Duration::from_millis(10) {
             return self
                 .err("lcores.idle_sleep", "must be at most 10ms: a longer sleep stalls traffic after a quiet spell");
+        }
+        let idle = match raw.lcores.idle.as_deref().map(str::trim) {
+            Some("busy") => IdleMode::Busy,
+            Some("adaptive") => IdleMode::Adaptive,
+            Some("auto") => IdleMode::Auto,
+            Some(other) => {
+                return self.err("lcores.idle", format!("`{other}` is not an idle mode (busy, adaptive or auto)"))
+            }
+            // Before `idle` existed, `idle_sleep: 0us` meant busy polling.
+            None if idle_sleep.is_zero() && raw.lcores.idle_sleep.is_some() => IdleMode::Busy,
+            None => IdleMode::Auto,
+        };
+        if idle != IdleMode::Busy && idle_sleep < MIN_IDLE_SLEEP {
+            return self.err(
+                "lcores.idle_sleep",
+                format!(
+                    "must be at least {} unless lcores.idle is busy (it is the longest sleep of an idle worker)",
+                    humantime::format_duration(MIN_IDLE_SLEEP)
+                ),
+            );
         }
         let burst = raw.lcores.burst.unwrap_or(64);
         if !(1..=256).contains(&burst) {
@@ -982,6 +1034,7 @@ impl Validator<'_> {
                 eal: raw.eal,
                 workers: workers as usize,
                 cpus: raw.lcores.cpus,
+                idle,
                 idle_sleep,
                 burst: burst as usize,
                 ports,

@@ -114,3 +114,12 @@ pub fn allowed_cpus() -> Vec<u32> {
         .filter(|c| unsafe { libc::CPU_ISSET(*c as usize, &set) })
         .collect()
 }
+
+/// Sets the calling thread's timer slack: how much later than asked the
+/// kernel may end its sleeps (to group wake-ups). Best effort.
+pub fn set_timer_slack(slack: std::time::Duration) {
+    let ns = slack.as_nanos().clamp(1, libc::c_ulong::MAX as u128) as libc::c_ulong;
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only
+    // this thread; no pointers are passed.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+}
