@@ -249,6 +249,15 @@ fn start_eal(cfg: &Config) -> Result<Eal, String> {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         Eal::log_to_stderr_only().map_err(|e| e.to_string())?;
     }
+    if lbcore::config::eal_has_af_xdp(&cfg.startup.eal) {
+        let limit = dpdk::raise_memlock_limit();
+        if limit < 64 << 20 {
+            eprintln!(
+                "lbd: warning: the locked-memory limit is {} KiB and could not be raised; net_af_xdp may fail on kernels before 5.11 (raise `ulimit -l`, LimitMEMLOCK= in systemd, or --ulimit memlock=-1 in docker)",
+                limit >> 10
+            );
+        }
+    }
     let expected_dir = expected_runtime_dir(&args);
     let existed = expected_dir.exists();
     Eal::init(&args).map_err(|e| {
@@ -258,7 +267,12 @@ fn start_eal(cfg: &Config) -> Result<Eal, String> {
             let _ = std::fs::remove_dir_all(&expected_dir);
         }
         format!(
-            "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
+            "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable{})",
+            if lbcore::config::eal_has_af_xdp(&cfg.startup.eal) {
+                "; net_af_xdp needs root or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_SYS_ADMIN, an interface that exists, and queues start_queue..start_queue+queue_count on it"
+            } else {
+                ""
+            }
         )
     })
 }

@@ -579,6 +579,64 @@ pub fn eal_sets_lcores(eal: &[String]) -> bool {
     eal.iter().any(|a| a.starts_with("-l") || a.starts_with("-c") || a.starts_with("--lcores"))
 }
 
+/// The `--vdev` arguments of an EAL argument list (`--vdev X` and
+/// `--vdev=X`).
+pub fn eal_vdevs(eal: &[String]) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut it = eal.iter();
+    while let Some(a) = it.next() {
+        if a == "--vdev" {
+            if let Some(v) = it.next() {
+                out.push(v.as_str());
+            }
+        } else if let Some(v) = a.strip_prefix("--vdev=") {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Whether any `--vdev` is a `net_af_xdp` device.
+pub fn eal_has_af_xdp(eal: &[String]) -> bool {
+    eal_vdevs(eal).iter().any(|v| v.starts_with("net_af_xdp"))
+}
+
+/// What lbd needs of a `net_af_xdp` vdev (`name,key=value,...`): an
+/// interface, and no more queues than workers. The PMD's XDP program
+/// passes a frame arriving on a queue without a socket to the kernel, so
+/// queues no worker polls would silently bypass lbd.
+fn check_af_xdp_vdev(vdev: &str, workers: u32) -> Result<(), String> {
+    let mut parts = vdev.split(',');
+    let name = parts.next().unwrap_or_default();
+    let mut iface = false;
+    let mut queue_count = 1u32;
+    for kv in parts {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k.trim() {
+            "iface" => iface = !v.trim().is_empty(),
+            "queue_count" => match v.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => queue_count = n,
+                _ => return Err(format!("{name}: queue_count `{v}` is not a queue count (1 or more)")),
+            },
+            "start_queue" => {
+                if v.trim().parse::<u32>().is_err() {
+                    return Err(format!("{name}: start_queue `{v}` is not a queue number"));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !iface {
+        return Err(format!("{name}: needs iface=<interface> (the kernel interface whose queues lbd takes)"));
+    }
+    if queue_count > workers {
+        return Err(format!(
+            "{name}: queue_count={queue_count} is more than the {workers} worker(s): frames on the queues no worker polls would bypass lbd (use at most lcores.workers queues)"
+        ));
+    }
+    Ok(())
+}
+
 impl Startup {
     /// True when the EAL arguments keep DPDK off PCI devices not listed.
     pub fn eal_restricts_pci(&self) -> bool {
@@ -864,6 +922,11 @@ impl Validator<'_> {
         let burst = raw.lcores.burst.unwrap_or(64);
         if !(1..=256).contains(&burst) {
             return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
+        }
+        for v in eal_vdevs(&raw.eal).into_iter().filter(|v| v.starts_with("net_af_xdp")) {
+            if let Err(e) = check_af_xdp_vdev(v, workers) {
+                return self.err("eal", e);
+            }
         }
         if eal_sets_lcores(&raw.eal) && raw.lcores.cpus.is_some() {
             return self.err("lcores.cpus", "cannot be combined with -l/-c/--lcores in `eal`; use one or the other");

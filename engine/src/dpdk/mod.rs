@@ -123,3 +123,31 @@ pub fn set_timer_slack(slack: std::time::Duration) {
     // this thread; no pointers are passed.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
 }
+
+/// Lifts this process's locked-memory limit (RLIMIT_MEMLOCK) as far as it
+/// is allowed to: kernels before 5.11 charge an AF_XDP socket's UMEM and
+/// rings to it, and its 8 MiB default fails `net_af_xdp` with ENOBUFS or
+/// EPERM. Returns the soft limit now in force (bytes; u64::MAX: none).
+pub fn raise_memlock_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out-pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return 0;
+    }
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to an rlimit; raising the hard limit needs
+    // CAP_SYS_RESOURCE, and failing leaves the limit as it was.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return u64::MAX;
+    }
+    let soft = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+    // SAFETY: as above; the soft limit may always rise to the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft) } == 0 {
+        r.rlim_cur = r.rlim_max;
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        r.rlim_cur
+    }
+}
