@@ -618,10 +618,8 @@ fn check_af_xdp_vdev(vdev: &str, workers: u32) -> Result<(), String> {
                 Ok(n) if n >= 1 => queue_count = n,
                 _ => return Err(format!("{name}: queue_count `{v}` is not a queue count (1 or more)")),
             },
-            "start_queue" => {
-                if v.trim().parse::<u32>().is_err() {
-                    return Err(format!("{name}: start_queue `{v}` is not a queue number"));
-                }
+            "start_queue" if v.trim().parse::<u32>().is_err() => {
+                return Err(format!("{name}: start_queue `{v}` is not a queue number"));
             }
             _ => {}
         }
