@@ -106,6 +106,34 @@ pub fn idle_decision(cfg: &Config, allowed: &[u32], isolated: &[u32]) -> (bool, 
     }
 }
 
+/// How long an RX ring of `descriptors` lasts at `speed_mbps` line rate
+/// with the smallest frames (84 bytes on the wire with preamble and gap).
+fn ring_time(descriptors: u16, speed_mbps: u32) -> Duration {
+    Duration::from_nanos(u64::from(descriptors) * 672_000 / u64::from(speed_mbps.max(1)))
+}
+
+/// The longest sleep of an adaptive worker: `lcores.idle_sleep`, cut to
+/// what the RX ring of every NIC port holds at line rate, so a burst after
+/// a quiet spell cannot overflow it (never below 10 µs). `ports` are
+/// (name, device, RX descriptors, link speed in Mb/s: unknown counts as
+/// 100 Gb/s). Virtual devices (`net_*`) are fed by the kernel far below
+/// their nominal speed and do not cut it. Also says which port did.
+fn idle_sleep_bound(idle_sleep: Duration, ports: &[(&str, &str, u16, Option<u32>)]) -> (Duration, Option<String>) {
+    let mut bound = idle_sleep;
+    let mut why = None;
+    for (name, device, desc, speed) in ports {
+        if device.starts_with("net_") {
+            continue;
+        }
+        let t = ring_time(*desc, speed.unwrap_or(100_000)).max(lbcore::config::MIN_IDLE_SLEEP);
+        if t < bound {
+            bound = t;
+            why = Some(format!("port {name}'s RX ring of {desc} lasts {}us at line rate", t.as_micros()));
+        }
+    }
+    (bound, why)
+}
+
 /// The RSS lbd asks of port `i` with `nrx` RX queues: the client endpoint
 /// hashed with lbd's key, buckets pointing at their owner's queue (or, when
 /// the owner has no queue on this port, at one that hands over).
@@ -612,6 +640,19 @@ fn serve(
         .collect();
     let control = Arc::new(RunControl::default());
     let (idle_sleeps, idle_reason) = idle_decision(cfg, &dpdk::allowed_cpus(), &isolated_cpus());
+    let port_rings: Vec<(&str, &str, u16, Option<u32>)> = cfg
+        .startup
+        .ports
+        .iter()
+        .zip(&ports)
+        .map(|(c, p)| (c.name.as_str(), c.device.as_str(), p.rx_descriptors, p.link_speed_mbps()))
+        .collect();
+    let (longest_sleep, cut) = idle_sleep_bound(cfg.startup.idle_sleep, &port_rings);
+    let idle_reason = match (idle_sleeps, cut) {
+        (false, _) => idle_reason.to_owned(),
+        (true, None) => format!("{idle_reason}, longest sleep {}us", longest_sleep.as_micros()),
+        (true, Some(why)) => format!("{idle_reason}, longest sleep {}us ({why})", longest_sleep.as_micros()),
+    };
     let dataplanes = lbcore::dataplane::Shared {
         counters: counters.iter().cloned().collect(),
         persistence: Arc::new(PersistenceTable::with_placement::<dpdk::DpdkPlacement>(cfg.startup.persistence_entries)),
@@ -626,7 +667,7 @@ fn serve(
         tsc_hz,
         start_tsc: dpdk::tsc(),
         hash_keys,
-        idle: idle_sleeps.then(|| IdleBackoff::new(cfg.startup.idle_sleep)),
+        idle: idle_sleeps.then(|| IdleBackoff::new(longest_sleep)),
     };
     let (workers, query_senders) = build_workers(&shared, queues, rings, kernel_rings);
     // From here on an early return drops `launched`, which stops and joins
@@ -670,7 +711,7 @@ fn serve(
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
 
-    announce(cfg, &lcores, idle_reason, &macs, &ports, &kernel.ifaces, &services);
+    announce(cfg, &lcores, &idle_reason, &macs, &ports, &kernel.ifaces, &services);
     wait_for_stop(signals, &rt, stats_out);
     eprintln!("lbd: stopping");
     services.shutdown();
@@ -923,5 +964,21 @@ mod tests {
         assert!(!sleeps("workers: 1, idle: busy", &[0], &[]));
         assert!(sleeps("workers: 1, idle: adaptive", &[0, 1], &[0, 1]));
         assert!(!sleeps("workers: 1, idle_sleep: 0us", &[0], &[]), "idle_sleep 0 was busy polling");
+    }
+
+    #[test]
+    fn the_longest_sleep_fits_every_nic_rx_ring_at_line_rate() {
+        let us = Duration::from_micros;
+        // 1024 descriptors at 10 Gb/s: 14.88 Mpps fill them in 68.8 us.
+        assert_eq!(ring_time(1024, 10_000).as_nanos(), 68_812);
+        let (b, why) = idle_sleep_bound(us(200), &[("ext", "0000:03:00.0", 1024, Some(10_000))]);
+        assert_eq!(b, Duration::from_nanos(68_812));
+        assert!(why.unwrap().contains("port ext's RX ring of 1024"));
+        // A slow link or a large ring leaves the configured sleep.
+        assert_eq!(idle_sleep_bound(us(200), &[("ext", "0000:03:00.0", 4096, Some(1_000))]), (us(200), None));
+        // Unknown speed counts as 100 Gb/s; never below 10 us.
+        assert_eq!(idle_sleep_bound(us(200), &[("ext", "0000:03:00.0", 512, None)]).0, us(10));
+        // Virtual devices do not cut it.
+        assert_eq!(idle_sleep_bound(us(200), &[("ext", "net_af_packet0", 512, Some(10_000))]), (us(200), None));
     }
 }
