@@ -56,13 +56,13 @@ FROM ${DEBIAN_IMAGE}
 COPY --from=build /out/runtime-packages /tmp/
 # The libraries the binaries link to (from the build stage), DPDK's
 # poll-mode drivers loaded at start-up: the virtual devices (af_packet,
-# tap, memif, pcap, null, ring) and common NICs (Intel, Mellanox, virtio,
+# af_xdp, tap, memif, pcap, null, ring) and common NICs (Intel, Mellanox, virtio,
 # VMware, AWS ENA); then what the demo and the bench run
 # (testbed/demo.sh, testbed/topology.sh, benches/run.py).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         $(cat /tmp/runtime-packages) librte-mempool-ring23 \
-        librte-net-af-packet23 librte-net-tap23 librte-net-memif23 librte-net-pcap23 \
+        librte-net-af-packet23 librte-net-af-xdp23 librte-net-tap23 librte-net-memif23 librte-net-pcap23 \
         librte-net-null23 librte-net-ring23 librte-net-i40e23 librte-net-iavf23 \
         librte-net-ice23 librte-net-ixgbe23 librte-net-e1000-23 librte-net-mlx5-23 \
         librte-net-virtio23 librte-net-vmxnet3-23 librte-net-ena23 \

@@ -196,6 +196,14 @@ reasons! {
         Polls = "polls",
         /// Loop iterations that found packets.
         BusyPolls = "busy_polls",
+        /// Sleeps of an idle worker (`lcores.idle`).
+        IdleSleeps = "idle_sleeps",
+        /// Microseconds an idle worker spent in those sleeps (as measured:
+        /// the kernel may make a sleep longer than asked).
+        IdleSleepMicros = "idle_sleep_us",
+        /// Polls right after a sleep that found packets: traffic that
+        /// found the worker asleep and waited up to one sleep.
+        IdleWakeups = "idle_wakeups",
         // IPv4 fragments (issue 11).
         /// Fragments held until their datagram's first fragment came.
         FragmentsHeld = "fragments_held",

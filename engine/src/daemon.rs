@@ -7,9 +7,9 @@ use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingMonitor, RingProducer, RxQueue, TxQueue};
 use crate::exception::{self, ExceptionThread, KernelInterface};
 use crate::query;
-use crate::worker::{PortQueues, RunControl, Worker};
+use crate::worker::{IdleBackoff, PortQueues, RunControl, Worker};
 use lbcore::config::raw::RawConfig;
-use lbcore::config::{Config, RssMode, MAX_BACKENDS, MAX_LISTENERS};
+use lbcore::config::{Config, IdleMode, RssMode, MAX_BACKENDS, MAX_LISTENERS};
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane};
 use lbcore::hashkey::HashKeys;
@@ -59,6 +59,79 @@ pub fn eal_args(cfg: &Config, allowed: &[u32]) -> Vec<String> {
         args.push(format!("--lcores={}", map.join(",")));
     }
     args
+}
+
+/// CPUs the kernel keeps other threads off (`isolcpus`), from
+/// /sys/devices/system/cpu/isolated ("2-3,6"); empty when unreadable.
+fn isolated_cpus() -> Vec<u32> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/isolated").unwrap_or_default();
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+            cpus.extend(a..=b.min(a.saturating_add(4096)));
+        }
+    }
+    cpus
+}
+
+/// Whether idle workers sleep (`lcores.idle`), and why, for the ready
+/// line. `auto` busy-polls only where every worker has a CPU of its own
+/// that the kernel keeps other threads off (isolcpus): anywhere else a
+/// polling worker takes its CPU from whatever else must run there (the
+/// control thread, the kernel's network work, the clients and servers of
+/// a test bed), which on a shared host costs more than the microseconds a
+/// sleeping worker adds to the first packet after a quiet spell.
+pub fn idle_decision(cfg: &Config, allowed: &[u32], isolated: &[u32]) -> (bool, &'static str) {
+    match cfg.startup.idle {
+        IdleMode::Busy => (false, "busy (lcores.idle)"),
+        IdleMode::Adaptive => (true, "adaptive (lcores.idle)"),
+        IdleMode::Auto if lbcore::config::eal_sets_lcores(&cfg.startup.eal) => {
+            (true, "adaptive (auto: the workers' CPUs are set in eal)")
+        }
+        IdleMode::Auto => {
+            let cpus: Vec<u32> = cfg.startup.cpus.clone().unwrap_or_else(|| allowed.to_vec());
+            let workers: Vec<u32> = (0..cfg.startup.workers).map(|i| cpus[i % cpus.len()]).collect();
+            let mut distinct = workers.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() < workers.len() {
+                (true, "adaptive (auto: workers share CPUs)")
+            } else if !workers.iter().all(|c| isolated.contains(c)) {
+                (true, "adaptive (auto: the workers' CPUs are not isolated)")
+            } else {
+                (false, "busy (auto: each worker has an isolated CPU)")
+            }
+        }
+    }
+}
+
+/// How long an RX ring of `descriptors` lasts at `speed_mbps` line rate
+/// with the smallest frames (84 bytes on the wire with preamble and gap).
+fn ring_time(descriptors: u16, speed_mbps: u32) -> Duration {
+    Duration::from_nanos(u64::from(descriptors) * 672_000 / u64::from(speed_mbps.max(1)))
+}
+
+/// The longest sleep of an adaptive worker: `lcores.idle_sleep`, cut to
+/// what the RX ring of every NIC port holds at line rate, so a burst after
+/// a quiet spell cannot overflow it (never below 10 µs). `ports` are
+/// (name, device, RX descriptors, link speed in Mb/s: unknown counts as
+/// 100 Gb/s). Virtual devices (`net_*`) are fed by the kernel far below
+/// their nominal speed and do not cut it. Also says which port did.
+fn idle_sleep_bound(idle_sleep: Duration, ports: &[(&str, &str, u16, Option<u32>)]) -> (Duration, Option<String>) {
+    let mut bound = idle_sleep;
+    let mut why = None;
+    for (name, device, desc, speed) in ports {
+        if device.starts_with("net_") {
+            continue;
+        }
+        let t = ring_time(*desc, speed.unwrap_or(100_000)).max(lbcore::config::MIN_IDLE_SLEEP);
+        if t < bound {
+            bound = t;
+            why = Some(format!("port {name}'s RX ring of {desc} lasts {}us at line rate", t.as_micros()));
+        }
+    }
+    (bound, why)
 }
 
 /// The RSS lbd asks of port `i` with `nrx` RX queues: the client endpoint
@@ -204,6 +277,15 @@ fn start_eal(cfg: &Config) -> Result<Eal, String> {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         Eal::log_to_stderr_only().map_err(|e| e.to_string())?;
     }
+    if lbcore::config::eal_has_af_xdp(&cfg.startup.eal) {
+        let limit = dpdk::raise_memlock_limit();
+        if limit < 64 << 20 {
+            eprintln!(
+                "lbd: warning: the locked-memory limit is {} KiB and could not be raised; net_af_xdp may fail on kernels before 5.11 (raise `ulimit -l`, LimitMEMLOCK= in systemd, or --ulimit memlock=-1 in docker)",
+                limit >> 10
+            );
+        }
+    }
     let expected_dir = expected_runtime_dir(&args);
     let existed = expected_dir.exists();
     Eal::init(&args).map_err(|e| {
@@ -213,7 +295,12 @@ fn start_eal(cfg: &Config) -> Result<Eal, String> {
             let _ = std::fs::remove_dir_all(&expected_dir);
         }
         format!(
-            "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable)"
+            "DPDK EAL initialisation failed: {e} (see the EAL messages above: without hugepages add --no-huge; every --vdev must be openable{})",
+            if lbcore::config::eal_has_af_xdp(&cfg.startup.eal) {
+                "; net_af_xdp needs root or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_SYS_ADMIN, an interface that exists, and queues start_queue..start_queue+queue_count on it"
+            } else {
+                ""
+            }
         )
     })
 }
@@ -350,6 +437,8 @@ struct Shared<'a> {
     tsc_hz: u64,
     start_tsc: u64,
     hash_keys: HashKeys,
+    /// Each worker's copy; `None`: busy polling.
+    idle: Option<IdleBackoff>,
 }
 
 /// Start-up phase 6: one [`Worker`] per lcore, owning its queues (queue i
@@ -417,7 +506,7 @@ fn build_workers(
             snapshots: Arc::clone(sh.snapshots),
             control: Arc::clone(sh.control),
             burst: sh.cfg.startup.burst,
-            idle_sleep: sh.cfg.startup.idle_sleep,
+            idle: sh.idle.clone(),
             tsc_hz: sh.tsc_hz,
             start_tsc: sh.start_tsc,
         });
@@ -550,6 +639,20 @@ fn serve(
         .map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS)))
         .collect();
     let control = Arc::new(RunControl::default());
+    let (idle_sleeps, idle_reason) = idle_decision(cfg, &dpdk::allowed_cpus(), &isolated_cpus());
+    let port_rings: Vec<(&str, &str, u16, Option<u32>)> = cfg
+        .startup
+        .ports
+        .iter()
+        .zip(&ports)
+        .map(|(c, p)| (c.name.as_str(), c.device.as_str(), p.rx_descriptors, p.link_speed_mbps()))
+        .collect();
+    let (longest_sleep, cut) = idle_sleep_bound(cfg.startup.idle_sleep, &port_rings);
+    let idle_reason = match (idle_sleeps, cut) {
+        (false, _) => idle_reason.to_owned(),
+        (true, None) => format!("{idle_reason}, longest sleep {}us", longest_sleep.as_micros()),
+        (true, Some(why)) => format!("{idle_reason}, longest sleep {}us ({why})", longest_sleep.as_micros()),
+    };
     let dataplanes = lbcore::dataplane::Shared {
         counters: counters.iter().cloned().collect(),
         persistence: Arc::new(PersistenceTable::with_placement::<dpdk::DpdkPlacement>(cfg.startup.persistence_entries)),
@@ -564,6 +667,7 @@ fn serve(
         tsc_hz,
         start_tsc: dpdk::tsc(),
         hash_keys,
+        idle: idle_sleeps.then(|| IdleBackoff::new(longest_sleep)),
     };
     let (workers, query_senders) = build_workers(&shared, queues, rings, kernel_rings);
     // From here on an early return drops `launched`, which stops and joins
@@ -607,7 +711,7 @@ fn serve(
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
 
-    announce(cfg, &lcores, &macs, &ports, &kernel.ifaces, &services);
+    announce(cfg, &lcores, &idle_reason, &macs, &ports, &kernel.ifaces, &services);
     wait_for_stop(signals, &rt, stats_out);
     eprintln!("lbd: stopping");
     services.shutdown();
@@ -651,6 +755,7 @@ impl Drop for KernelSide {
 fn announce(
     cfg: &Config,
     lcores: &[u32],
+    idle: &str,
     macs: &[MacAddr],
     ports: &[Port],
     kernel: &[KernelInterface],
@@ -681,9 +786,10 @@ fn announce(
     let metrics_at =
         services.metrics.as_ref().map_or_else(|| "off".to_owned(), |m| format!("http://{}/metrics", m.addr));
     eprintln!(
-        "lbd: ready: {} worker(s) on lcores {:?}, {} listener(s), control {}, metrics {}, ports: {}",
+        "lbd: ready: {} worker(s) on lcores {:?}, idle {}, {} listener(s), control {}, metrics {}, ports: {}",
         cfg.startup.workers,
         lcores,
+        idle,
         cfg.forwarding.listeners.len(),
         cfg.startup.control_socket.display(),
         metrics_at,
@@ -834,5 +940,45 @@ mod tests {
         assert_eq!(a[1], "--log-level=notice");
         let a = eal_args(&cfg(", \"-l\", \"0-3\""), &[0, 1]);
         assert!(!a.iter().any(|x| x.starts_with("--lcores")));
+    }
+
+    fn lcores_cfg(lcores: &str) -> Config {
+        let y = format!(
+            "eal: [\"--no-pci\"]\nlcores: {{{lcores}}}\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"
+        );
+        lbcore::config::parse(&y, Path::new("t.yaml")).unwrap()
+    }
+
+    #[test]
+    fn auto_idle_busy_polls_only_on_isolated_cpus_of_their_own() {
+        let sleeps =
+            |lcores: &str, allowed: &[u32], isolated: &[u32]| idle_decision(&lcores_cfg(lcores), allowed, isolated).0;
+        // Shared, not isolated: this machine's case.
+        assert!(sleeps("workers: 1", &[0, 1], &[]));
+        assert!(sleeps("workers: 3", &[2, 3], &[2, 3]), "3 workers on 2 CPUs share them");
+        assert!(sleeps("workers: 2, cpus: [2, 2]", &[0, 1, 2, 3], &[2, 3]));
+        assert!(sleeps("workers: 2, cpus: [2, 3]", &[0, 1, 2, 3], &[3]), "CPU 2 is not isolated");
+        assert!(!sleeps("workers: 2, cpus: [2, 3]", &[0, 1, 2, 3], &[2, 3]));
+        assert!(!sleeps("workers: 2", &[2, 3], &[2, 3]));
+        // Explicit modes win.
+        assert!(!sleeps("workers: 1, idle: busy", &[0], &[]));
+        assert!(sleeps("workers: 1, idle: adaptive", &[0, 1], &[0, 1]));
+        assert!(!sleeps("workers: 1, idle_sleep: 0us", &[0], &[]), "idle_sleep 0 was busy polling");
+    }
+
+    #[test]
+    fn the_longest_sleep_fits_every_nic_rx_ring_at_line_rate() {
+        let us = Duration::from_micros;
+        // 1024 descriptors at 10 Gb/s: 14.88 Mpps fill them in 68.8 us.
+        assert_eq!(ring_time(1024, 10_000).as_nanos(), 68_812);
+        let (b, why) = idle_sleep_bound(us(200), &[("ext", "0000:03:00.0", 1024, Some(10_000))]);
+        assert_eq!(b, Duration::from_nanos(68_812));
+        assert!(why.unwrap().contains("port ext's RX ring of 1024"));
+        // A slow link or a large ring leaves the configured sleep.
+        assert_eq!(idle_sleep_bound(us(200), &[("ext", "0000:03:00.0", 4096, Some(1_000))]), (us(200), None));
+        // Unknown speed counts as 100 Gb/s; never below 10 us.
+        assert_eq!(idle_sleep_bound(us(200), &[("ext", "0000:03:00.0", 512, None)]).0, us(10));
+        // Virtual devices do not cut it.
+        assert_eq!(idle_sleep_bound(us(200), &[("ext", "net_af_packet0", 512, Some(10_000))]), (us(200), None));
     }
 }

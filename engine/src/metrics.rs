@@ -72,6 +72,9 @@ defs! {
     "lbd_handoff_ring_used" Gauge ["worker"] "Packets waiting in the hand-off rings into the worker.";
     "lbd_worker_polls_total" Counter ["worker"] "Worker loop iterations.";
     "lbd_worker_busy_polls_total" Counter ["worker"] "Worker loop iterations that found packets.";
+    "lbd_worker_idle_sleeps_total" Counter ["worker"] "Sleeps of an idle worker (lcores.idle).";
+    "lbd_worker_idle_sleep_seconds_total" Counter ["worker"] "Time idle workers spent asleep, as measured.";
+    "lbd_worker_idle_wakeups_total" Counter ["worker"] "Polls right after a sleep that found packets.";
     "lbd_worker_busy_ratio" Gauge ["worker"] "Busy polls over all polls since the previous scrape.";
     "lbd_sessions_active" Gauge ["worker"] "Sessions in each worker's table.";
     "lbd_neighbor_parked" Gauge ["worker"] "Packets waiting for ARP resolution.";
@@ -318,7 +321,13 @@ impl LbdCollector {
             }
             for e in Event::ALL {
                 match e {
-                    Event::Polls | Event::BusyPolls | Event::HandoffIn | Event::HandoffOut => {}
+                    Event::Polls
+                    | Event::BusyPolls
+                    | Event::HandoffIn
+                    | Event::HandoffOut
+                    | Event::IdleSleeps
+                    | Event::IdleSleepMicros
+                    | Event::IdleWakeups => {}
                     _ => f.counter("lbd_worker_events_total", &[w(i), e.label().to_owned()], c.event_count(*e) as f64),
                 }
             }
@@ -329,6 +338,13 @@ impl LbdCollector {
             let (polls, busy) = (c.event_count(Event::Polls), c.event_count(Event::BusyPolls));
             f.counter("lbd_worker_polls_total", &[w(i)], polls as f64);
             f.counter("lbd_worker_busy_polls_total", &[w(i)], busy as f64);
+            f.counter("lbd_worker_idle_sleeps_total", &[w(i)], c.event_count(Event::IdleSleeps) as f64);
+            f.counter(
+                "lbd_worker_idle_sleep_seconds_total",
+                &[w(i)],
+                c.event_count(Event::IdleSleepMicros) as f64 / 1e6,
+            );
+            f.counter("lbd_worker_idle_wakeups_total", &[w(i)], c.event_count(Event::IdleWakeups) as f64);
             let (p0, b0) = previous[i];
             let dp = polls.saturating_sub(p0);
             f.gauge(

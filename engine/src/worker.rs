@@ -108,7 +108,8 @@ pub struct Worker {
     pub snapshots: Arc<SnapshotCell>,
     pub control: Arc<RunControl>,
     pub burst: usize,
-    pub idle_sleep: Duration,
+    /// `None`: busy polling.
+    pub idle: Option<IdleBackoff>,
     pub tsc_hz: u64,
     /// The epoch of the worker's millisecond clock: one value for all
     /// workers (read once on the main lcore), so times one worker writes
@@ -116,8 +117,66 @@ pub struct Worker {
     pub start_tsc: u64,
 }
 
-/// Empty polls in a row before an idle worker sleeps.
+/// Empty polls in a row before an idle worker sleeps: a few tens of
+/// microseconds of polling, so a gap between the packets of a busy flow
+/// costs no system call.
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 256;
+/// An idle worker's first sleep; each further sleep in a row doubles, up
+/// to the configured longest.
+const FIRST_IDLE_SLEEP_NS: u64 = 10_000;
+
+/// What an adaptive worker does after a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleStep {
+    /// Poll again at once.
+    Poll,
+    /// Sleep this many nanoseconds, then poll.
+    Sleep(u64),
+    /// The poll found packets right after a sleep: poll again at once
+    /// (counted: traffic that found the worker asleep).
+    Woke,
+}
+
+/// The sleeps of an idle worker. The first comes after
+/// [`IDLE_POLLS_BEFORE_SLEEP`] empty polls and lasts
+/// [`FIRST_IDLE_SLEEP_NS`]; each further one in a row is twice as long,
+/// up to `max_ns`; one poll that finds packets starts over. A worker thus
+/// sleeps long only after a long quiet spell, and the packets that arrive
+/// meanwhile wait at most `max_ns` in the RX ring (which the
+/// configuration bounds below what the ring holds).
+#[derive(Debug, Clone)]
+pub struct IdleBackoff {
+    max_ns: u64,
+    next_ns: u64,
+    empty_polls: u32,
+    asleep: bool,
+}
+
+impl IdleBackoff {
+    pub fn new(max: Duration) -> IdleBackoff {
+        let max_ns = (max.as_nanos() as u64).max(FIRST_IDLE_SLEEP_NS);
+        IdleBackoff { max_ns, next_ns: FIRST_IDLE_SLEEP_NS, empty_polls: 0, asleep: false }
+    }
+
+    /// After a poll that found `got` packets (or ring entries).
+    #[inline(always)]
+    fn after_poll(&mut self, got: usize) -> IdleStep {
+        if got > 0 {
+            self.empty_polls = 0;
+            self.next_ns = FIRST_IDLE_SLEEP_NS;
+            return if std::mem::take(&mut self.asleep) { IdleStep::Woke } else { IdleStep::Poll };
+        }
+        if self.empty_polls < IDLE_POLLS_BEFORE_SLEEP {
+            self.empty_polls += 1;
+            self.asleep = false;
+            return IdleStep::Poll;
+        }
+        let ns = self.next_ns;
+        self.next_ns = (ns * 2).min(self.max_ns);
+        self.asleep = true;
+        IdleStep::Sleep(ns)
+    }
+}
 
 /// Cycles from `start` to `now`, 0 when `now` reads behind `start`.
 ///
@@ -317,10 +376,16 @@ impl Worker {
             snapshots,
             control,
             burst,
-            idle_sleep,
+            mut idle,
             tsc_hz,
             start_tsc,
         } = self;
+        if idle.is_some() {
+            // The kernel may stretch a sleep by the thread's timer slack
+            // (50 µs by default), which would make the shortest sleeps five
+            // times as long as asked.
+            crate::dpdk::set_timer_slack(Duration::from_micros(1));
+        }
         let tsc_per_ms = (tsc_hz / 1000).max(1);
         // Nanoseconds per TSC cycle in 32.32 fixed point.
         let ns_per_cycle_q32 = ((1_000_000_000u128 << 32) / u128::from(tsc_hz.max(1))) as u64;
@@ -350,7 +415,6 @@ impl Worker {
         let mut last_ms = u32::MAX;
         let mut clock = MonotonicTsc { last: start_tsc };
         let mut last_drain = clock.read(tsc());
-        let mut idle_polls = 0u32;
         let mut polling_ports = true;
         // One loop iteration takes at most a burst from each RX queue and
         // hands each packet over at most once, so a ring with this much
@@ -457,12 +521,21 @@ impl Worker {
             counters.event(Event::Polls);
             if got > 0 {
                 counters.event(Event::BusyPolls);
-                idle_polls = 0;
-            } else {
-                idle_polls += 1;
-                if !idle_sleep.is_zero() && idle_polls >= IDLE_POLLS_BEFORE_SLEEP {
-                    // Only when idle: no system call while there is traffic.
-                    std::thread::sleep(idle_sleep);
+            }
+            if let Some(b) = idle.as_mut() {
+                // A sleep only after hundreds of empty polls: no system call
+                // while there is traffic. Everything batched was flushed
+                // above (an empty poll flushes TX), so nothing waits in
+                // this worker while it sleeps.
+                match b.after_poll(got) {
+                    IdleStep::Poll => {}
+                    IdleStep::Woke => counters.event(Event::IdleWakeups),
+                    IdleStep::Sleep(ns) => {
+                        counters.event(Event::IdleSleeps);
+                        let t0 = tsc();
+                        std::thread::sleep(Duration::from_nanos(ns));
+                        counters.event_n(Event::IdleSleepMicros, cycles_to_ns(elapsed(t0, tsc())) / 1000);
+                    }
                 }
             }
         }
@@ -505,6 +578,62 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn steps(b: &mut IdleBackoff, got: usize, n: usize) -> Vec<IdleStep> {
+        (0..n).map(|_| b.after_poll(got)).collect()
+    }
+
+    #[test]
+    fn idle_backoff_sleeps_only_after_a_run_of_empty_polls() {
+        let mut b = IdleBackoff::new(Duration::from_micros(200));
+        let first = steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize);
+        assert!(first.iter().all(|s| *s == IdleStep::Poll), "slept before {IDLE_POLLS_BEFORE_SLEEP} empty polls");
+        assert_eq!(b.after_poll(0), IdleStep::Sleep(FIRST_IDLE_SLEEP_NS));
+        // A poll with packets in between starts the count over.
+        let mut b = IdleBackoff::new(Duration::from_micros(200));
+        for _ in 0..10 {
+            steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize - 1);
+            assert_eq!(b.after_poll(1), IdleStep::Poll);
+        }
+        assert!(steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize).iter().all(|s| *s == IdleStep::Poll));
+    }
+
+    #[test]
+    fn idle_backoff_doubles_up_to_the_longest_and_resets_on_traffic() {
+        let mut b = IdleBackoff::new(Duration::from_micros(100));
+        steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize);
+        let sleeps: Vec<IdleStep> = steps(&mut b, 0, 6);
+        let us = |n: u64| IdleStep::Sleep(n * 1000);
+        assert_eq!(sleeps, vec![us(10), us(20), us(40), us(80), us(100), us(100)]);
+        // Traffic right after a sleep: counted as a wake-up, and the next
+        // quiet spell starts from the shortest sleep again.
+        assert_eq!(b.after_poll(3), IdleStep::Woke);
+        assert_eq!(b.after_poll(3), IdleStep::Poll);
+        steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize);
+        assert_eq!(b.after_poll(0), us(10));
+        // Packets after the polling that follows a sleep are no wake-up.
+        let mut b = IdleBackoff::new(Duration::from_micros(100));
+        steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize + 1);
+        assert_eq!(b.after_poll(0), us(20));
+        assert_eq!(b.after_poll(1), IdleStep::Woke);
+    }
+
+    #[test]
+    fn idle_backoff_never_sleeps_longer_than_the_longest_nor_shorter_than_the_first() {
+        let mut b = IdleBackoff::new(Duration::from_micros(1));
+        steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize);
+        assert!(steps(&mut b, 0, 100).iter().all(|s| *s == IdleStep::Sleep(FIRST_IDLE_SLEEP_NS)));
+        let mut b = IdleBackoff::new(Duration::from_millis(10));
+        steps(&mut b, 0, IDLE_POLLS_BEFORE_SLEEP as usize);
+        let longest = steps(&mut b, 0, 1000)
+            .into_iter()
+            .map(|s| match s {
+                IdleStep::Sleep(ns) => ns,
+                other => panic!("{other:?} while idle"),
+            })
+            .max();
+        assert_eq!(longest, Some(10_000_000));
+    }
 
     #[test]
     fn elapsed_saturates_when_time_reads_backwards() {

@@ -318,6 +318,19 @@ fn print_stats(s: &Report, prev: Option<(&Report, f64)>) -> String {
         ]);
     }
     line!(out, "{t}");
+    let mut t = table(&["worker", "polls", "busy polls", "idle sleeps", "asleep", "wake-ups"]);
+    for w in &s.workers {
+        let ev = |e: &str| w.events.get(e).copied().unwrap_or(0);
+        t.add_row(vec![
+            Cell::new(w.worker),
+            right(ev("polls")),
+            right(ev("busy_polls")),
+            right(ev("idle_sleeps")),
+            right(duration(ev("idle_sleep_us") as f64 / 1e6)),
+            right(ev("idle_wakeups")),
+        ]);
+    }
+    line!(out, "{t}");
     let mut t = table(&[
         "listener / backend",
         "sessions",

@@ -419,6 +419,34 @@ pub struct Config {
     pub forwarding: Forwarding,
 }
 
+/// What an idle worker does between polls that find nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleMode {
+    /// Poll without pause: the lowest latency, a whole CPU per worker.
+    Busy,
+    /// After a run of empty polls, sleep; the sleeps grow with idleness up
+    /// to `idle_sleep` and stop at the first packet.
+    Adaptive,
+    /// Adaptive where the workers share CPUs with other threads, busy
+    /// where each has a CPU to itself (decided at start).
+    Auto,
+}
+
+impl IdleMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdleMode::Busy => "busy",
+            IdleMode::Adaptive => "adaptive",
+            IdleMode::Auto => "auto",
+        }
+    }
+}
+
+/// The longest sleep of an adaptive worker unless configured.
+pub const DEFAULT_IDLE_SLEEP: Duration = Duration::from_micros(200);
+/// Below this a sleep is mostly the system call.
+pub const MIN_IDLE_SLEEP: Duration = Duration::from_micros(10);
+
 /// What is fixed from start to exit: the EAL, lcores, ports, memory and
 /// table sizes, the control and metrics endpoints. A change that touches
 /// any of it is refused; see [`Startup::changed_fields`].
@@ -427,6 +455,8 @@ pub struct Startup {
     pub eal: Vec<String>,
     pub workers: usize,
     pub cpus: Option<Vec<u32>>,
+    pub idle: IdleMode,
+    /// The longest sleep of an adaptive worker.
     pub idle_sleep: Duration,
     pub burst: usize,
     pub ports: Vec<PortConfig>,
@@ -549,6 +579,62 @@ pub fn eal_sets_lcores(eal: &[String]) -> bool {
     eal.iter().any(|a| a.starts_with("-l") || a.starts_with("-c") || a.starts_with("--lcores"))
 }
 
+/// The `--vdev` arguments of an EAL argument list (`--vdev X` and
+/// `--vdev=X`).
+pub fn eal_vdevs(eal: &[String]) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut it = eal.iter();
+    while let Some(a) = it.next() {
+        if a == "--vdev" {
+            if let Some(v) = it.next() {
+                out.push(v.as_str());
+            }
+        } else if let Some(v) = a.strip_prefix("--vdev=") {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Whether any `--vdev` is a `net_af_xdp` device.
+pub fn eal_has_af_xdp(eal: &[String]) -> bool {
+    eal_vdevs(eal).iter().any(|v| v.starts_with("net_af_xdp"))
+}
+
+/// What lbd needs of a `net_af_xdp` vdev (`name,key=value,...`): an
+/// interface, and no more queues than workers. The PMD's XDP program
+/// passes a frame arriving on a queue without a socket to the kernel, so
+/// queues no worker polls would silently bypass lbd.
+fn check_af_xdp_vdev(vdev: &str, workers: u32) -> Result<(), String> {
+    let mut parts = vdev.split(',');
+    let name = parts.next().unwrap_or_default();
+    let mut iface = false;
+    let mut queue_count = 1u32;
+    for kv in parts {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k.trim() {
+            "iface" => iface = !v.trim().is_empty(),
+            "queue_count" => match v.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => queue_count = n,
+                _ => return Err(format!("{name}: queue_count `{v}` is not a queue count (1 or more)")),
+            },
+            "start_queue" if v.trim().parse::<u32>().is_err() => {
+                return Err(format!("{name}: start_queue `{v}` is not a queue number"));
+            }
+            _ => {}
+        }
+    }
+    if !iface {
+        return Err(format!("{name}: needs iface=<interface> (the kernel interface whose queues lbd takes)"));
+    }
+    if queue_count > workers {
+        return Err(format!(
+            "{name}: queue_count={queue_count} is more than the {workers} worker(s): frames on the queues no worker polls would bypass lbd (use at most lcores.workers queues)"
+        ));
+    }
+    Ok(())
+}
+
 impl Startup {
     /// True when the EAL arguments keep DPDK off PCI devices not listed.
     pub fn eal_restricts_pci(&self) -> bool {
@@ -572,6 +658,7 @@ impl Startup {
             eal,
             workers,
             cpus,
+            idle,
             idle_sleep,
             burst,
             ports,
@@ -597,6 +684,7 @@ impl Startup {
             ("eal", *eal == other.eal),
             ("lcores.workers", *workers == other.workers),
             ("lcores.cpus", *cpus == other.cpus),
+            ("lcores.idle", *idle == other.idle),
             ("lcores.idle_sleep", *idle_sleep == other.idle_sleep),
             ("lcores.burst", *burst == other.burst),
             ("ports", *ports == other.ports),
@@ -804,14 +892,39 @@ impl Validator<'_> {
             }
         }
         let idle_sleep =
-            self.duration("lcores.idle_sleep", raw.lcores.idle_sleep.as_ref(), Duration::ZERO, Duration::ZERO)?;
+            self.duration("lcores.idle_sleep", raw.lcores.idle_sleep.as_ref(), DEFAULT_IDLE_SLEEP, Duration::ZERO)?;
         if idle_sleep > Duration::from_millis(10) {
             return self
                 .err("lcores.idle_sleep", "must be at most 10ms: a longer sleep stalls traffic after a quiet spell");
         }
+        let idle = match raw.lcores.idle.as_deref().map(str::trim) {
+            Some("busy") => IdleMode::Busy,
+            Some("adaptive") => IdleMode::Adaptive,
+            Some("auto") => IdleMode::Auto,
+            Some(other) => {
+                return self.err("lcores.idle", format!("`{other}` is not an idle mode (busy, adaptive or auto)"))
+            }
+            // Before `idle` existed, `idle_sleep: 0us` meant busy polling.
+            None if idle_sleep.is_zero() && raw.lcores.idle_sleep.is_some() => IdleMode::Busy,
+            None => IdleMode::Auto,
+        };
+        if idle != IdleMode::Busy && idle_sleep < MIN_IDLE_SLEEP {
+            return self.err(
+                "lcores.idle_sleep",
+                format!(
+                    "must be at least {} unless lcores.idle is busy (it is the longest sleep of an idle worker)",
+                    humantime::format_duration(MIN_IDLE_SLEEP)
+                ),
+            );
+        }
         let burst = raw.lcores.burst.unwrap_or(64);
         if !(1..=256).contains(&burst) {
             return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
+        }
+        for v in eal_vdevs(&raw.eal).into_iter().filter(|v| v.starts_with("net_af_xdp")) {
+            if let Err(e) = check_af_xdp_vdev(v, workers) {
+                return self.err("eal", e);
+            }
         }
         if eal_sets_lcores(&raw.eal) && raw.lcores.cpus.is_some() {
             return self.err("lcores.cpus", "cannot be combined with -l/-c/--lcores in `eal`; use one or the other");
@@ -982,6 +1095,7 @@ impl Validator<'_> {
                 eal: raw.eal,
                 workers: workers as usize,
                 cpus: raw.lcores.cpus,
+                idle,
                 idle_sleep,
                 burst: burst as usize,
                 ports,

@@ -200,7 +200,10 @@ pub struct RawLcores {
     /// CPUs the worker lcores are pinned to, round-robin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<Vec<u32>>,
-    /// Sleep this long after a run of empty polls (0 = pure busy polling).
+    /// What an idle worker does: `busy`, `adaptive` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+    /// The longest sleep of an idle worker (0 = pure busy polling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_sleep: Option<String>,
     /// Packets per RX burst.

@@ -754,3 +754,41 @@ fn security_group_errors_name_the_field() {
     assert_eq!(e.field, "listeners[0].security_group");
     assert!(e.message.contains("defined: closed, edge"), "{e}");
 }
+
+#[test]
+fn idle_mode_defaults_to_auto_and_keeps_idle_sleep_zero_as_busy() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.startup.idle, IdleMode::Auto);
+    assert_eq!(c.startup.idle_sleep, DEFAULT_IDLE_SLEEP);
+    let c = parse_str(&GOOD.replace("lcores: {workers: 1}", "lcores: {workers: 1, idle_sleep: 0us}")).unwrap();
+    assert_eq!(c.startup.idle, IdleMode::Busy);
+    let c = parse_str(&GOOD.replace("lcores: {workers: 1}", "lcores: {workers: 1, idle: adaptive, idle_sleep: 1ms}"))
+        .unwrap();
+    assert_eq!((c.startup.idle, c.startup.idle_sleep), (IdleMode::Adaptive, Duration::from_millis(1)));
+    let e = err_with("lcores: {workers: 1}", "lcores: {workers: 1, idle: lazy}");
+    assert_eq!(e.field, "lcores.idle");
+    assert!(e.message.contains("busy, adaptive or auto"), "{e}");
+    let e = err_with("lcores: {workers: 1}", "lcores: {workers: 1, idle: adaptive, idle_sleep: 0us}");
+    assert_eq!(e.field, "lcores.idle_sleep");
+    assert!(e.message.contains("at least 10us"), "{e}");
+}
+
+#[test]
+fn af_xdp_vdevs_need_an_interface_and_no_more_queues_than_workers() {
+    let with = |vdev: &str, workers: u32| {
+        GOOD.replace("lcores: {workers: 1}", &format!("lcores: {{workers: {workers}}}"))
+            .replace("net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap", vdev)
+    };
+    assert!(parse_str(&with("net_af_xdp0,iface=eth1", 1)).is_ok());
+    assert!(parse_str(&with("net_af_xdp0,iface=eth1,start_queue=2,queue_count=2", 2)).is_ok());
+    let e = parse_str(&with("net_af_xdp0,queue_count=1", 1)).unwrap_err();
+    assert_eq!(e.field, "eal");
+    assert!(e.message.contains("needs iface="), "{e}");
+    let e = parse_str(&with("net_af_xdp0,iface=eth1,queue_count=4", 2)).unwrap_err();
+    assert!(e.message.contains("queue_count=4 is more than the 2 worker(s)"), "{e}");
+    let e = parse_str(&with("net_af_xdp0,iface=eth1,queue_count=many", 2)).unwrap_err();
+    assert!(e.message.contains("not a queue count"), "{e}");
+    // `--vdev=` spelling too.
+    let g = with("x", 1).replace("\"--vdev\", \"x\"", "\"--vdev=net_af_xdp0,iface=eth1,queue_count=3\"");
+    assert!(parse_str(&g).unwrap_err().message.contains("queue_count=3"));
+}

@@ -114,3 +114,40 @@ pub fn allowed_cpus() -> Vec<u32> {
         .filter(|c| unsafe { libc::CPU_ISSET(*c as usize, &set) })
         .collect()
 }
+
+/// Sets the calling thread's timer slack: how much later than asked the
+/// kernel may end its sleeps (to group wake-ups). Best effort.
+pub fn set_timer_slack(slack: std::time::Duration) {
+    let ns = slack.as_nanos().clamp(1, libc::c_ulong::MAX as u128) as libc::c_ulong;
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only
+    // this thread; no pointers are passed.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+}
+
+/// Lifts this process's locked-memory limit (RLIMIT_MEMLOCK) as far as it
+/// is allowed to: kernels before 5.11 charge an AF_XDP socket's UMEM and
+/// rings to it, and its 8 MiB default fails `net_af_xdp` with ENOBUFS or
+/// EPERM. Returns the soft limit now in force (bytes; u64::MAX: none).
+pub fn raise_memlock_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out-pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return 0;
+    }
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to an rlimit; raising the hard limit needs
+    // CAP_SYS_RESOURCE, and failing leaves the limit as it was.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return u64::MAX;
+    }
+    let soft = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+    // SAFETY: as above; the soft limit may always rise to the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft) } == 0 {
+        r.rlim_cur = r.rlim_max;
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        r.rlim_cur
+    }
+}

@@ -66,6 +66,8 @@ pub struct Port {
     pub id: u16,
     pub driver: String,
     pub rx_queues: u16,
+    /// Descriptors per RX queue, as the driver adjusted them.
+    pub rx_descriptors: u16,
     pub rss: RssState,
 }
 
@@ -243,7 +245,8 @@ impl Port {
         let device = Arc::new(device);
         let rx = (0..s.rx_queues).map(|queue| RxQueue::new(&device, queue)).collect();
         let tx = (0..s.tx_queues).map(|queue| TxQueue::new(&device, queue)).collect();
-        let mut port = Port { device, id, driver: info.driver.clone(), rx_queues: s.rx_queues, rss };
+        let mut port =
+            Port { device, id, driver: info.driver.clone(), rx_queues: s.rx_queues, rx_descriptors: nrx, rss };
         if let (Some(r), true) = (want, port.rss.mode != "off") {
             port.program_reta(&info, &r.buckets);
         }
@@ -297,6 +300,15 @@ impl Port {
 
     pub fn link_up(&self) -> bool {
         link_up_of(self.id)
+    }
+
+    /// The link's speed in Mb/s, `None` when the device does not know it
+    /// (yet).
+    pub fn link_speed_mbps(&self) -> Option<u32> {
+        let mut l = sys::rte_eth_link::default();
+        // SAFETY: valid out-pointer; DPDK checks the port id.
+        let rc = unsafe { sys::rte_eth_link_get_nowait(self.id, &mut l) };
+        (rc == 0 && l.link_speed != 0 && l.link_speed != u32::MAX).then_some(l.link_speed)
     }
 
     pub fn stats(&self) -> PortStats {

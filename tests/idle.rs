@@ -1,0 +1,134 @@
+//! Idle workers that sleep (`lcores.idle: adaptive`) through the namespace
+//! testbed: real TCP connections from the client namespace, each of which
+//! must succeed, with nothing lost anywhere on lbd's path; and the workers'
+//! sleep counters.
+//!
+//! Namespaces and busy DPDK lcores on two shared CPUs: one test at a time.
+
+mod common;
+
+use common::topology::Topology;
+use common::*;
+use serde_json::Value;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn guard() -> std::sync::MutexGuard<'static, ()> {
+    assert!(is_root(), "the testbed needs root (namespaces, DPDK)");
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The topology's configuration with `lcores` (a YAML flow mapping's
+/// inside) instead of its own.
+fn with_lcores(cfg: String, lcores: &str) -> String {
+    let start = cfg.find("lcores: {").expect("lcores line");
+    let end = start + cfg[start..].find('\n').expect("end of line");
+    format!("{}lcores: {{{lcores}}}{}", &cfg[..start], &cfg[end..])
+}
+
+fn event(stats: &Value, name: &str) -> u64 {
+    stats["events"][name].as_u64().unwrap_or_else(|| panic!("no event {name} in {}", stats["events"]))
+}
+
+/// Frames the kernel received on lbd's veth ends: every one of them is
+/// offered to lbd's af_packet socket, so lbd's device count must match.
+fn kernel_rx(t: &Topology) -> u64 {
+    ["e", "i"]
+        .iter()
+        .map(|s| {
+            let p = format!("/sys/class/net/{}-{s}/statistics/rx_packets", t.name);
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}")).trim().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+fn device_rx(stats: &Value) -> u64 {
+    stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"]["ipackets"].as_u64().unwrap()).sum()
+}
+
+/// `n` connections one after another (testbed/conns.py), each asking once;
+/// how many completed.
+fn connections(t: &Topology, n: usize) -> usize {
+    let py = repo().join("testbed/conns.py").display().to_string();
+    let count = n.to_string();
+    let out = t.client_ok(&["/usr/bin/python3", &py, "seq", "10.0.0.100", "80", &count]);
+    out.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|b| b.starts_with("be"))).count()
+}
+
+#[test]
+fn adaptive_workers_sleep_and_lose_no_connection() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("idle-adaptive");
+    let mut lbd = t.start_lbd_with(1, &dir, |c| with_lcores(c, "workers: 1, idle: adaptive, idle_sleep: 500us"));
+    assert!(lbd.log_text().contains("idle adaptive (lcores.idle)"), "{}", lbd.log_text());
+
+    // Quiet: the worker goes to sleep.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while event(&lbd.stats_now(), "idle_sleeps") == 0 {
+        assert!(Instant::now() < deadline, "the idle worker never slept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Batches of connections, each after a quiet spell long enough for
+    // the sleeps to reach their longest, until traffic has found the
+    // worker asleep; every connection must complete.
+    let before = lbd.stats_now();
+    let kernel_before = kernel_rx(&t);
+    let (mut asked, mut done) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        asked += 100;
+        done += connections(&t, 100);
+        let s = lbd.stats_now();
+        if event(&s, "idle_wakeups") > event(&before, "idle_wakeups") && asked >= 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no traffic found the worker asleep: {}", s["events"]);
+    }
+    assert_eq!(done, asked, "connections lost");
+
+    // Nothing lost on lbd's path: what the kernel gave the veths lbd read,
+    // and lbd dropped nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let s = lbd.stats_now();
+        let (k, d) = (kernel_rx(&t) - kernel_before, device_rx(&s) - device_rx(&before));
+        if k == d {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the kernel received {k} frames on lbd's veths, lbd {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(after["drops_total"].as_u64(), Some(0), "drops: {}", after["drops"]);
+    assert!(event(&after, "idle_sleeps") > event(&before, "idle_sleeps"));
+    assert!(event(&after, "idle_sleep_us") > 0);
+    assert!(event(&after, "sessions_created") - event(&before, "sessions_created") >= asked as u64);
+
+    let m = lbd.metrics_addr();
+    if let Some(addr) = m {
+        let text = scrape(&addr);
+        assert!(text.contains("lbd_worker_idle_sleeps_total{worker=\"0\"}"), "{text}");
+    }
+    let (status, _) = lbd.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn busy_workers_never_sleep() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("idle-busy");
+    let mut lbd = t.start_lbd_with(1, &dir, |c| with_lcores(c, "workers: 1, idle: busy"));
+    assert!(lbd.log_text().contains("idle busy (lcores.idle)"), "{}", lbd.log_text());
+    assert_eq!(connections(&t, 50), 50);
+    // Long enough for thousands of sleeps, were there any.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = lbd.stats_now();
+    assert!(event(&s, "polls") > 10_000, "{}", s["events"]);
+    assert_eq!(event(&s, "idle_sleeps"), 0);
+    assert_eq!(event(&s, "idle_wakeups"), 0);
+}
