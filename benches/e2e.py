@@ -119,6 +119,28 @@ def task_cpu(pid):
     return out
 
 
+def task_sched(pid):
+    """{thread name: [ns on CPU, ns runnable but waiting for a CPU,
+    timeslices, voluntary and involuntary context switches]} of `pid`'s
+    threads (/proc/PID/task/TID/schedstat and status)."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run, wait, slices = (int(x) for x in f.read().split()[:3])
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                st = dict(l.split(":", 1) for l in f if ":" in l)
+            name = st["Name"].strip()
+            out[f"{name}/{tid}"] = [run, wait, slices, int(st["voluntary_ctxt_switches"]), int(st["nonvoluntary_ctxt_switches"])]
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
 def link_stats(ns):
     """{ifname: counters} of the namespace's links (`ip -s -j link`)."""
     out = {}
@@ -469,11 +491,15 @@ class Sitting:
                 pids[name] = p.pid
         a_cpu, a_tasks = proc_stat(), {k: task_cpu(v) for k, v in pids.items()}
         a_links = {ns: link_stats(tb.ns[ns]) for ns in ("lb", "client")}
+        a_lbd = seat.counters()
+        a_sched = task_sched(pids["lbd"]) if "lbd" in pids else {}
         t0 = time.time()
         res = fn()
         dt = time.time() - t0
         b_cpu, b_tasks = proc_stat(), {k: task_cpu(v) for k, v in pids.items()}
         b_links = {ns: link_stats(tb.ns[ns]) for ns in ("lb", "client")}
+        b_lbd = seat.counters()
+        b_sched = task_sched(pids["lbd"]) if "lbd" in pids else {}
         hz = os.sysconf("SC_CLK_TCK")
         cpu = delta(b_cpu, a_cpu)
         total = max(1, sum(cpu.values()))
@@ -484,6 +510,23 @@ class Sitting:
             res["lbd_threads"] = {t: round((b_tasks["lbd"][t] - a_tasks["lbd"].get(t, 0)) / hz, 2) for t in b_tasks["lbd"]}
         res["links"] = {ns: {dev: delta(b_links[ns][dev], a_links[ns].get(dev, {})) for dev in b_links[ns]}
                         for ns in b_links}
+        if b_sched:
+            # The worker only: on CPU, waiting for one (its RX rings fill
+            # meanwhile), context switches.
+            for t, v in b_sched.items():
+                if t.startswith("rte-worker") and t in a_sched:
+                    d = [x - y for x, y in zip(v, a_sched[t])]
+                    res["lbd_worker_sched"] = {"on_cpu_s": round(d[0] / 1e9, 3), "runnable_waiting_s": round(d[1] / 1e9, 3),
+                                               "timeslices": d[2], "voluntary_switches": d[3], "involuntary_switches": d[4]}
+        if b_lbd:
+            res["lbd"] = lbd_summary(a_lbd, b_lbd)
+            # af_packet and af_xdp report no receive drops to DPDK: frames
+            # the kernel could not put into a full ring show only as the
+            # difference between what the seat's veth received and what lbd
+            # received (both read around the same window; a few frames in
+            # flight at either end are noise).
+            for port, dev in zip(res["lbd"]["ports"], (tb.ext, tb.int)):
+                port["kernel_rx_minus_lbd_rx"] = res["links"]["lb"][dev]["rx_packets"] - port.get("rx_packets", 0)
         res["wall_seconds"] = round(dt, 2)
         return res
 
@@ -547,13 +590,13 @@ class Sitting:
             addrs = sorted({a for v in seen.values() for a in v})
             row = {"seat": seat.name, "client_ip_kept": addrs == [CLIENT_IP], "backend_saw": addrs,
                    "probes_per_backend": {k: len(v) for k, v in sorted(seen.items())}}
-            c0 = seat.counters()
-            row["keepalive"] = self.measured(seat, lambda: self.wrk(False))
-            row["close"] = self.measured(seat, lambda: self.wrk(True))
-            row["iperf"] = self.measured(seat, self.iperf)
-            c1 = seat.counters()
-            if c1:
-                row["lbd"] = lbd_summary(c0, c1)
+            tools = self.args.tools
+            if "keepalive" in tools:
+                row["keepalive"] = self.measured(seat, lambda: self.wrk(False))
+            if "close" in tools:
+                row["close"] = self.measured(seat, lambda: self.wrk(True))
+            if "iperf" in tools:
+                row["iperf"] = self.measured(seat, self.iperf)
             row["loadavg"] = loadavg()
             return row
         finally:
@@ -574,7 +617,13 @@ def lbd_summary(a, b):
     for pb, pa in zip(b.get("ports", []), a.get("ports", [])):
         ports.append({k: pb[k] - pa.get(k, 0) for k in pb if isinstance(pb[k], (int, float)) and not isinstance(pb[k], bool)})
         ports[-1]["name"] = pb.get("name")
+        dev_b, dev_a = pb.get("device_stats") or {}, pa.get("device_stats") or {}
+        ports[-1]["device_stats"] = {k: v - dev_a.get(k, 0) for k, v in dev_b.items() if isinstance(v, (int, float))}
     out["ports"] = ports
+    ev_b, ev_a = b.get("events") or {}, a.get("events") or {}
+    out["events"] = {k: v - ev_a.get(k, 0) for k, v in ev_b.items() if v - ev_a.get(k, 0)}
+    if out["events"].get("polls"):
+        out["busy_poll_share"] = round(out["events"].get("busy_polls", 0) / out["events"]["polls"], 4)
     return out
 
 
@@ -583,24 +632,26 @@ def med_range(xs):
 
 
 def summarise(rows, seats):
+    """Per seat: medians and ranges over the runs (a tool left out with
+    --tools has no entry)."""
     table = []
     for s in seats:
         rs = [r for r in rows if r["seat"] == s]
         if not rs:
             continue
-        table.append({
-            "seat": s,
-            "keepalive_rps": med_range([round(r["keepalive"]["per_second"], 1) for r in rs]),
-            "close_cps": med_range([round(r["close"]["per_second"], 1) for r in rs]),
-            "close_errors": [sum(r["close"]["errors"].values()) + r["close"]["non_2xx"] for r in rs],
-            "keepalive_errors": [sum(r["keepalive"]["errors"].values()) + r["keepalive"]["non_2xx"] for r in rs],
-            "iperf_gbps": med_range([round(r["iperf"]["gbps"], 3) for r in rs]),
-            "iperf_retransmits": med_range([r["iperf"]["retransmits"] for r in rs]),
-            "client_ip_kept": all(r["client_ip_kept"] for r in rs),
-            "lbd_cpu_share_iperf": [round(r["iperf"]["cpu_seconds"].get("lbd", 0) / max(0.01, r["iperf"]["wall_seconds"]), 2)
-                                    for r in rs] if any("lbd" in r["iperf"]["cpu_seconds"] for r in rs) else None,
-            "idle_share_iperf": [r["iperf"]["cpu_share"]["idle"] for r in rs],
-        })
+        t = {"seat": s, "client_ip_kept": all(r["client_ip_kept"] for r in rs)}
+        for tool, key in (("keepalive", "keepalive_rps"), ("close", "close_cps")):
+            if tool in rs[0]:
+                t[key] = med_range([round(r[tool]["per_second"], 1) for r in rs])
+                t[tool + "_errors"] = [sum(r[tool]["errors"].values()) + r[tool]["non_2xx"] for r in rs]
+        if "iperf" in rs[0]:
+            t["iperf_gbps"] = med_range([round(r["iperf"]["gbps"], 3) for r in rs])
+            t["iperf_retransmits"] = med_range([r["iperf"]["retransmits"] for r in rs])
+            t["idle_share_iperf"] = [r["iperf"]["cpu_share"]["idle"] for r in rs]
+            if "lbd" in rs[0]["iperf"]["cpu_seconds"]:
+                t["lbd_cpu_share_iperf"] = [round(r["iperf"]["cpu_seconds"]["lbd"] / max(0.01, r["iperf"]["wall_seconds"]), 2) for r in rs]
+                t["rx_ring_drops_iperf"] = [r["iperf"]["lbd"]["ports"][0]["kernel_rx_minus_lbd_rx"] for r in rs]
+        table.append(t)
     return table
 
 
@@ -608,18 +659,21 @@ def k(x):
     return f"{x / 1000:.1f} k"
 
 
+def cell(t, key, fmt, runs):
+    m = t.get(key)
+    if not m:
+        return "–"
+    return fmt(m["median"]) + (f" ({fmt(m['min'])}–{fmt(m['max'])})" if runs > 1 else "")
+
+
 def print_table(table, runs):
-    print(f"| in the balancer seat | keep-alive req/s | conn/s (Connection: close) | iperf3 Gbit/s | iperf3 retransmits | client IP kept |")
+    print("| in the balancer seat | keep-alive req/s | conn/s (Connection: close) | iperf3 Gbit/s | iperf3 retransmits | client IP kept |")
     print("|---|---|---|---|---|---|")
     for t in table:
-        ka, cc, ip, rt = t["keepalive_rps"], t["close_cps"], t["iperf_gbps"], t["iperf_retransmits"]
-        rng = runs > 1
-        errs = sum(t["close_errors"]) + sum(t["keepalive_errors"])
-        print(f"| {t['seat']} | {k(ka['median'])}" + (f" ({k(ka['min'])}–{k(ka['max'])})" if rng else "")
-              + f" | {k(cc['median'])}" + (f" ({k(cc['min'])}–{k(cc['max'])})" if rng else "")
+        errs = sum(t.get("close_errors", [])) + sum(t.get("keepalive_errors", []))
+        print(f"| {t['seat']} | {cell(t, 'keepalive_rps', k, runs)} | {cell(t, 'close_cps', k, runs)}"
               + (f", {errs} socket errors" if errs else "")
-              + f" | {ip['median']:.2f}" + (f" ({ip['min']:.2f}–{ip['max']:.2f})" if rng else "")
-              + f" | {rt['median']:.0f}" + (f" ({rt['min']}–{rt['max']})" if rng else "")
+              + f" | {cell(t, 'iperf_gbps', lambda x: f'{x:.2f}', runs)} | {cell(t, 'iperf_retransmits', lambda x: f'{x:.0f}', runs)}"
               + f" | {'yes' if t['client_ip_kept'] else 'NO'} |")
 
 
@@ -629,6 +683,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=10, help="length of each wrk and iperf3 run (default 10)")
     ap.add_argument("--seats", default="nft,lbd", help="comma-separated seats: nft, lbd, xdp, lbd:K=V:... (default nft,lbd)")
     ap.add_argument("--lbd-args", default="", help="extra net_af_packet/net_af_xdp arguments for every lbd seat, K=V:K=V")
+    ap.add_argument("--tools", default="keepalive,close,iperf",
+                    help="which measurements, comma-separated (default keepalive,close,iperf)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--smoke", action="store_true", help="one run of 1-second tools: does the runner work")
@@ -648,6 +704,9 @@ def main():
         sh(os.path.join(ROOT, "testbed/install-deps.sh"), timeout=1800)
         os.environ["PATH"] = os.path.expanduser("~/.cargo/bin") + os.pathsep + os.environ.get("PATH", "")
         subprocess.run(["cargo", "build", "--release", "--bin", "lbd", "-q"], cwd=ROOT, check=True)
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if not args.tools or any(t not in ("keepalive", "close", "iperf") for t in args.tools):
+        sys.exit("e2e.py: --tools takes keepalive, close, iperf")
     seats = [s.strip() for s in args.seats.split(",") if s.strip()]
     for s in seats:
         if s != "nft" and s.split(":")[0] not in ("lbd", "xdp"):
@@ -683,9 +742,11 @@ def main():
                 row = sit.seat_run(seat)
                 row["run"] = run + 1
                 rows.append(row)
-                log(f"  keep-alive {row['keepalive']['per_second']:.0f} req/s, close {row['close']['per_second']:.0f} conn/s, "
-                    f"iperf3 {row['iperf']['gbps']:.2f} Gbit/s ({row['iperf']['retransmits']} retransmits), "
-                    f"client IP kept: {row['client_ip_kept']}")
+                log("  " + ", ".join(
+                    ([f"keep-alive {row['keepalive']['per_second']:.0f} req/s"] if "keepalive" in row else [])
+                    + ([f"close {row['close']['per_second']:.0f} conn/s"] if "close" in row else [])
+                    + ([f"iperf3 {row['iperf']['gbps']:.2f} Gbit/s ({row['iperf']['retransmits']} retransmits)"] if "iperf" in row else [])
+                    + [f"client IP kept: {row['client_ip_kept']}"]))
     finally:
         tb.close()
     meta["loadavg_after"] = loadavg()
