@@ -29,12 +29,21 @@ backend sees the client's own address.
 Seats (--seats, in this order within each run; runs back to back):
   nft    the seat's kernel: addresses on both veths, ip_forward, nftables
          DNAT, `numgen inc mod 3` round robin over the nginx backends
-  lbd    lbd, 1 worker, net_af_packet on both veths, --no-huge, --no-pci,
-         exception off (the seat namespace holds no address at all)
+  lbd    lbd, 1 worker, net_af_packet on both veths (framecnt=4096, see
+         below), --no-huge, --no-pci, exception off (the seat namespace
+         holds no address at all), the worker pinned to the last CPU
   xdp    the same lbd on net_af_xdp
-  lbd:K=V:K=V ...   lbd with extra net_af_packet arguments (framecnt=4096,
-         qdisc_bypass=1, ...); `idle_sleep=20us` and `burst=N` go to lcores
+  lbd:K=V:K=V ...   lbd with other net_af_packet arguments (framecnt=512
+         for DPDK's default ring, qdisc_bypass=0, ...); `idle_sleep=20us`,
+         `burst=N` and `cpus=0+1` go to lcores; `nice=N` runs lbd under
+         nice(1) and `tcdrop=1` drops what the seat's kernel receives on
+         the veths after af_packet has it (diagnostics)
          (xdp:K=V likewise for net_af_xdp)
+
+Why framecnt=4096 and the last CPU: with DPDK's 512-frame ring, bulk TCP
+lost ~5 % of its frames in the ring (one retransmission each), and every
+lbd pins worker 1 to the first allowed CPU unless told otherwise, so on a
+shared host concurrent lbd instances all busy-poll CPU 0 (RESULTS.md).
 
 Per seat and run: wrk keep-alive (req/s), wrk with `Connection: close`
 (each request a new connection: conn/s), iperf3 client -> be1 through the
@@ -102,7 +111,7 @@ def proc_stat():
 
 
 def task_cpu(pid):
-    """{thread name: utime+stime jiffies} of every thread of `pid`."""
+    """{thread name: [utime, stime] jiffies} of every thread of `pid`."""
     out = {}
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -113,7 +122,7 @@ def task_cpu(pid):
                 continue
             name = s[s.index("(") + 1:s.rindex(")")]
             fields = s[s.rindex(")") + 2:].split()
-            out[f"{name}/{tid}"] = int(fields[11]) + int(fields[12])
+            out[f"{name}/{tid}"] = [int(fields[11]), int(fields[12])]
     except OSError:
         pass
     return out
@@ -356,6 +365,8 @@ class LbdSeat:
         kind, *extra = spec.split(":")
         self.pmd = "net_af_xdp" if kind == "xdp" else "net_af_packet"
         self.lcores = {"workers": 1}
+        self.nice = None
+        self.tcdrop = False
         self.vdev_extra = []
         for kv in extra:
             k, _, v = kv.partition("=")
@@ -363,8 +374,30 @@ class LbdSeat:
                 self.lcores[k] = v
             elif k == "burst":
                 self.lcores[k] = int(v)
+            elif k == "cpus":
+                self.lcores[k] = [int(c) for c in v.split("+")]
+            elif k == "tcdrop":
+                # After af_packet's tap has its copy, an nftables netdev
+                # ingress chain drops the frame, so the seat's kernel does not also run it through
+                # its IP input (a route lookup ending in a drop, per frame).
+                self.tcdrop = v == "1"
+            elif k == "nice":
+                # Diagnostic: the whole of lbd at a lower priority, to see
+                # what its share of the CPUs costs the rest of the path.
+                self.nice = int(v)
             else:
                 self.vdev_extra.append(kv)
+        # af_packet's default RX ring (framecnt=512: 3-5 ms of a bulk TCP
+        # flow) overflows whenever the worker is off its CPU for a
+        # scheduler slice, and every lost frame is a TCP retransmission
+        # (benches/RESULTS.md, end to end). lbd:framecnt=512 restores it.
+        if self.pmd == "net_af_packet" and not any(kv.startswith("framecnt=") for kv in self.vdev_extra):
+            self.vdev_extra.append("framecnt=4096")
+        # lbd pins worker 1 to the first allowed CPU by default, and so
+        # does every other lbd on the machine: on a shared host they all
+        # busy-poll on CPU 0. The bench takes the last one (cpus=N
+        # overrides).
+        self.lcores.setdefault("cpus", [sorted(os.sched_getaffinity(0))[-1]])
         self.bin = os.path.join(bin_dir, "lbd")
         self.prefix = f"lbde2e{os.getpid()}r{run_no}"
         self.p = None
@@ -412,7 +445,15 @@ class LbdSeat:
         self.log_path = os.path.join(self.tb.work, f"lbd-{self.prefix}.log")
         if os.path.exists(self.stats_path):
             os.remove(self.stats_path)
-        self.p = self.tb.spawn("lbd", self.tb.ns["lb"], [self.bin, "-c", path, "--stats-out", self.stats_path],
+        if self.tcdrop:
+            rules = os.path.join(self.tb.work, "ingress-drop.nft")
+            with open(rules, "w") as f:
+                f.write("table netdev e2edrop {\n" + "".join(
+                    f"    chain {n} {{ type filter hook ingress device \"{dev}\" priority 0; policy drop; }}\n"
+                    for n, dev in (("ext", self.tb.ext), ("int", self.tb.int))) + "}\n")
+            nsx(self.tb.ns["lb"], "nft", "-f", rules)
+        nice = ["nice", "-n", str(self.nice)] if self.nice is not None else []
+        self.p = self.tb.spawn("lbd", self.tb.ns["lb"], nice + [self.bin, "-c", path, "--stats-out", self.stats_path],
                                log_name=f"lbd-{self.prefix}.log")
         deadline = time.time() + 60
         while "lbd: ready" not in open(self.log_path).read():
@@ -451,6 +492,8 @@ class LbdSeat:
             self.tb.stop("lbd", self.p, signal.SIGTERM, wait=30)
             self.p = None
         shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+        if self.tcdrop:
+            nsx(self.tb.ns["lb"], "nft", "delete", "table", "netdev", "e2edrop", check=False)
 
 
 def parse_wrk(out):
@@ -504,10 +547,11 @@ class Sitting:
         cpu = delta(b_cpu, a_cpu)
         total = max(1, sum(cpu.values()))
         res["cpu_share"] = {k: round(v / total, 3) for k, v in cpu.items()}
-        res["cpu_seconds"] = {k: round(sum(delta(b_tasks[k], {t: a_tasks[k].get(t, 0) for t in b_tasks[k]}).values()) / hz, 2)
+        res["cpu_seconds"] = {k: round(sum(sum(v) - sum(a_tasks[k].get(t, [0, 0])) for t, v in b_tasks[k].items()) / hz, 2)
                               for k in pids}
         if "lbd" in pids:
-            res["lbd_threads"] = {t: round((b_tasks["lbd"][t] - a_tasks["lbd"].get(t, 0)) / hz, 2) for t in b_tasks["lbd"]}
+            res["lbd_threads"] = {t: [round((u - a_tasks["lbd"].get(t, [0, 0])[i]) / hz, 2) for i, u in enumerate(v)]
+                                  for t, v in b_tasks["lbd"].items()}
         res["links"] = {ns: {dev: delta(b_links[ns][dev], a_links[ns].get(dev, {})) for dev in b_links[ns]}
                         for ns in b_links}
         if b_sched:
@@ -589,6 +633,7 @@ class Sitting:
             seen = self.probe(6)
             addrs = sorted({a for v in seen.values() for a in v})
             row = {"seat": seat.name, "client_ip_kept": addrs == [CLIENT_IP], "backend_saw": addrs,
+                   "lbd_config": {k: seat.cfg[k] for k in ("eal", "lcores")} if hasattr(seat, "cfg") else None,
                    "probes_per_backend": {k: len(v) for k, v in sorted(seen.items())}}
             tools = self.args.tools
             if "keepalive" in tools:
