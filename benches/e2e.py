@@ -35,7 +35,8 @@ Seats (--seats, in this order within each run; runs back to back):
   xdp    the same lbd on net_af_xdp
   lbd:K=V:K=V ...   lbd with other net_af_packet arguments (framecnt=512
          for DPDK's default ring, qdisc_bypass=0, ...); `idle_sleep=20us`,
-         `burst=N` and `cpus=0+1` go to lcores; `nice=N` runs lbd under
+         `burst=N` and `cpus=0+1` go to lcores, `rxd=N`/`txd=N` to the
+         ports' rx/tx_descriptors (af_xdp's ring sizes); `nice=N` runs lbd under
          nice(1) and `tcdrop=1` drops what the seat's kernel receives on
          the veths after af_packet has it (diagnostics)
          (xdp:K=V likewise for net_af_xdp)
@@ -366,6 +367,7 @@ class LbdSeat:
         self.pmd = "net_af_xdp" if kind == "xdp" else "net_af_packet"
         self.lcores = {"workers": 1}
         self.nice = None
+        self.descriptors = {}
         self.tcdrop = False
         self.vdev_extra = []
         for kv in extra:
@@ -376,6 +378,10 @@ class LbdSeat:
                 self.lcores[k] = int(v)
             elif k == "cpus":
                 self.lcores[k] = [int(c) for c in v.split("+")]
+            elif k in ("rxd", "txd"):
+                # ports[].rx/tx_descriptors: af_xdp sizes its rings by them
+                # (af_packet ignores them; its ring is framecnt).
+                self.descriptors[{"rxd": "rx_descriptors", "txd": "tx_descriptors"}[k]] = int(v)
             elif k == "tcdrop":
                 # After af_packet's tap has its copy, an nftables netdev
                 # ingress chain drops the frame, so the seat's kernel does not also run it through
@@ -419,8 +425,8 @@ class LbdSeat:
             # exception off: the seat namespace keeps no address of its own,
             # so its kernel neither answers ARP nor forwards beside lbd.
             "ports": [
-                {"name": "ext", "device": f"{self.pmd}0", "address": "10.0.0.1/24", "exception": "off"},
-                {"name": "int", "device": f"{self.pmd}1", "address": "10.1.0.1/24", "exception": "off"},
+                {"name": "ext", "device": f"{self.pmd}0", "address": "10.0.0.1/24", "exception": "off", **self.descriptors},
+                {"name": "int", "device": f"{self.pmd}1", "address": "10.1.0.1/24", "exception": "off", **self.descriptors},
             ],
             "listeners": [
                 {"name": "web", "vip": VIP, "protocol": "tcp", "port": 80, "scheduler": "maglev",
