@@ -32,7 +32,7 @@ Seats (--seats, in this order within each run; runs back to back):
   lbd    lbd, 1 worker, net_af_packet on both veths (framecnt=4096, see
          below), --no-huge, --no-pci, exception off (the seat namespace
          holds no address at all), the worker pinned to the last CPU
-  xdp    the same lbd on net_af_xdp
+  xdp    the same lbd on net_af_xdp (rx/tx_descriptors 4096)
   lbd:K=V:K=V ...   lbd with other net_af_packet arguments (framecnt=512
          for DPDK's default ring, qdisc_bypass=0, ...); `idle_sleep=20us`,
          `burst=N` and `cpus=0+1` go to lcores, `rxd=N`/`txd=N` to the
@@ -41,8 +41,9 @@ Seats (--seats, in this order within each run; runs back to back):
          the veths after af_packet has it (diagnostics)
          (xdp:K=V likewise for net_af_xdp)
 
-Why framecnt=4096 and the last CPU: with DPDK's 512-frame ring, bulk TCP
-lost ~5 % of its frames in the ring (one retransmission each), and every
+Why framecnt=4096 (af_xdp: 4096 descriptors) and the last CPU: with
+DPDK's 512-frame ring, bulk TCP lost ~5 % of its frames in the ring (one
+retransmission each; af_xdp with 1024 descriptors ~1.5 %), and every
 lbd pins worker 1 to the first allowed CPU unless told otherwise, so on a
 shared host concurrent lbd instances all busy-poll CPU 0 (RESULTS.md).
 
@@ -399,6 +400,11 @@ class LbdSeat:
         # (benches/RESULTS.md, end to end). lbd:framecnt=512 restores it.
         if self.pmd == "net_af_packet" and not any(kv.startswith("framecnt=") for kv in self.vdev_extra):
             self.vdev_extra.append("framecnt=4096")
+        # The same for af_xdp, whose rings are the port's descriptors
+        # (lbd's default 1024: 10-20 k retransmits per 10 s; 4096: none).
+        if self.pmd == "net_af_xdp":
+            self.descriptors.setdefault("rx_descriptors", 4096)
+            self.descriptors.setdefault("tx_descriptors", 4096)
         # lbd pins worker 1 to the first allowed CPU by default, and so
         # does every other lbd on the machine: on a shared host they all
         # busy-poll on CPU 0. The bench takes the last one (cpus=N
