@@ -55,6 +55,11 @@ Every figure is parsed from the tool's final summary (wrk's last lines,
 iperf3's --json end record) after the tool exits. It also records CPU time
 per component (/proc) and, for lbd, its counters (--stats-out).
 
+--threaded-napi (an experiment, every seat): GRO and a NAPI kernel thread
+on the bridge's veth towards the seat, TSO off on the seat's backend veth,
+so that the bridge and backend work no longer runs inside the seat's
+transmitting system call (RESULTS.md, end to end, item 5).
+
 2 CPUs shared by client, servers, the seat and anything else running:
 absolute figures move with the load average (recorded); compare seats
 within one sitting. --smoke: one run of 1-second tools, checks that the
@@ -173,8 +178,9 @@ class Testbed:
     what is left in the namespaces this object created (their own PIDs,
     `ip netns pids`), then the namespaces, which takes their veths."""
 
-    def __init__(self, tag, work):
+    def __init__(self, tag, work, threaded_napi=False):
         self.tag, self.work = tag, work
+        self.threaded_napi = threaded_napi
         self.namespaces = []
         self.procs = []  # (name, Popen)
         self.ns = {k: f"{tag}-{k}" for k in ("client", "lb", "sw", "be1", "be2", "be3")}
@@ -211,6 +217,16 @@ class Testbed:
         nsx(sw, "ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         nsx(sw, "ip", "link", "set", "br0", "up")
         nsx(sw, "ip", "link", "set", "sw-up", "master", "br0", "up")
+        if self.threaded_napi:
+            # Experiment: the bridge side of the seat's backend veth gets a
+            # NAPI context of its own (GRO on) run by a kernel thread, so
+            # what arrives from the seat is processed there instead of in
+            # the softirq of the sender's system call.
+            nsx(sw, "ethtool", "-K", "sw-up", "gro", "on")
+            nsx(sw, "sh", "-c", "echo 1 > /sys/class/net/sw-up/threaded")
+            # veth takes the NAPI path only for frames from a sender
+            # without TSO (veth_skb_is_eligible_for_gro).
+            nsx(self.ns["lb"], "ethtool", "-K", self.int, "tso", "off")
         www = os.path.join(self.work, "www")
         os.makedirs(www, exist_ok=True)
         with open(os.path.join(www, "index.html"), "w") as f:
@@ -742,6 +758,8 @@ def main():
     ap.add_argument("--lbd-args", default="", help="extra net_af_packet/net_af_xdp arguments for every lbd seat, K=V:K=V")
     ap.add_argument("--tools", default="keepalive,close,iperf",
                     help="which measurements, comma-separated (default keepalive,close,iperf)")
+    ap.add_argument("--threaded-napi", action="store_true",
+                    help="experiment: GRO and threaded NAPI on the bridge's veth towards the seat (every seat)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--smoke", action="store_true", help="one run of 1-second tools: does the runner work")
@@ -784,11 +802,11 @@ def main():
             "commit": subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
             "cpu_model": cpu_model(), "cpus": os.cpu_count(), "kernel": os.uname().release,
             "loadavg_before": loadavg(), "runs": args.runs, "seconds": args.seconds,
-            "connections": args.connections, "wrk_threads": args.threads, "seats": seats,
+            "connections": args.connections, "threaded_napi": args.threaded_napi, "wrk_threads": args.threads, "seats": seats,
             "command": " ".join(["benches/e2e.py"] + sys.argv[1:])}
     log(f"{meta['cpu_model']}, {meta['cpus']} CPUs, load {meta['loadavg_before']}; testbed {tag}, logs in {work}")
     rows = []
-    tb = Testbed(tag, work)
+    tb = Testbed(tag, work, args.threaded_napi)
     try:
         tb.up()
         sit = Sitting(tb, args)
