@@ -13,6 +13,8 @@ PACKAGES=(
     dpdk dpdk-dev
     # Testbed: namespaces, veth offloads, real clients and servers.
     iproute2 ethtool procps iputils-ping curl socat iperf3 python3 python3-scapy
+    # End-to-end benchmark (benches/e2e.py): HTTP load and real web servers.
+    wrk nginx-light
     # Health-check tests make a backend hang by dropping its traffic.
     nftables
     # `lbctl top` is tested in a detached tmux session (tests/top.rs).
