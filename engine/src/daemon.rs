@@ -252,6 +252,9 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     if !cfg.startup.eal_restricts_pci() {
         eprintln!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
     }
+    for w in lbcore::config::af_packet_ring_warnings(&cfg.startup.eal) {
+        eprintln!("lbd: warning: {w}");
+    }
     let signals = Signals::install()?;
     // The control socket first: a second lbd on the same socket stops here,
     // before it touches DPDK.

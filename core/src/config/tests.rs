@@ -792,3 +792,23 @@ fn af_xdp_vdevs_need_an_interface_and_no_more_queues_than_workers() {
     let g = with("x", 1).replace("\"--vdev\", \"x\"", "\"--vdev=net_af_xdp0,iface=eth1,queue_count=3\"");
     assert!(parse_str(&g).unwrap_err().message.contains("queue_count=3"));
 }
+
+#[test]
+fn small_af_packet_rings_are_warned_about_by_name() {
+    let eal = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let w = af_packet_ring_warnings(&eal(&[
+        "--no-pci",
+        "--vdev",
+        "net_af_packet0,iface=eth1,qpairs=2",
+        "--vdev=net_af_packet1,iface=eth2,framecnt=1024",
+        "--vdev",
+        "net_af_packet2,iface=eth3,framecnt=4096",
+        "--vdev",
+        "net_af_xdp0,iface=eth4",
+    ]));
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].starts_with("net_af_packet0: an RX ring of 512 frames (DPDK's default)"), "{w:?}");
+    assert!(w[1].starts_with("net_af_packet1: an RX ring of 1024 frames overflows"), "{w:?}");
+    assert!(w.iter().all(|l| l.contains("framecnt=4096")));
+    assert!(af_packet_ring_warnings(&eal(&["--vdev", "net_af_packet0,iface=eth1,framecnt=2048"])).is_empty());
+}
