@@ -19,7 +19,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn af_xdp_config(t: &Topology, cfg: String) -> String {
     let mut c = cfg;
     for (i, side) in [(0, "e"), (1, "i")] {
-        let old = format!("net_af_packet{i},iface={}-{side},qpairs=1", t.name);
+        let old = format!("net_af_packet{i},iface={}-{side},qpairs=1,framecnt=4096", t.name);
         assert!(c.contains(&old), "{old} not in\n{c}");
         c = c.replace(&old, &format!("net_af_xdp{i},iface={}-{side}", t.name));
         c = c.replace(&format!("device: net_af_packet{i}"), &format!("device: net_af_xdp{i}"));

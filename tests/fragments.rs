@@ -62,7 +62,7 @@ fn start_lbd_on_pcap(t: &Topology, workers: usize, dir: &TempDir, extra: &str) -
         for (i, side) in [(0, "e"), (1, "i")] {
             let iface = format!("{}-{side}", t.name);
             let tx = vec![format!("tx_iface={iface}"); workers].join(",");
-            let from = format!("net_af_packet{i},iface={iface},qpairs={workers}");
+            let from = format!("net_af_packet{i},iface={iface},qpairs={workers},framecnt=4096");
             assert!(out.contains(&from), "topology config changed: {c}");
             out = out.replace(&from, &format!("net_pcap{i},rx_iface={iface},{tx}"));
         }
