@@ -53,6 +53,12 @@ cargo test --workspace --profile ci --locked -- --test-threads "${LBD_TEST_THREA
 # asserted (benches/README.md).
 echo "==> benchmarks, test mode"
 cargo test --profile ci --locked --benches
+# The end-to-end bench once with 1-second tools: it builds its testbed,
+# takes the balancer seat with nftables, lbd on af_packet and lbd on
+# af_xdp, and fails unless the backends saw the client's own address
+# through each. Its figures say nothing here.
+echo "==> end-to-end bench, smoke (benches/e2e.py)"
+python3 "$ROOT/benches/e2e.py" --smoke --no-build --bin-dir "$ROOT/target/ci" --seats nft,lbd,xdp
 if [[ -n "$CTEST_PID" ]]; then
     echo "==> container test (waiting for it to finish)"
     rc=0
