@@ -13,8 +13,8 @@ For every scenario it generates the pcaps it needs (benches/pcapgen.rs;
 nothing large is committed), runs lbd with
 `net_pcap,rx_pcap=...,infinite_rx=1` into `net_null,no-rx=1`, reads lbd's
 counters over a fixed window after a warm-up, then runs
-`dpdk-testpmd --forward-mode=io` (interactive) on the same vdevs and CPU
-and reads its cumulative RX counter at both ends of the same window, and
+`dpdk-testpmd --forward-mode=io` (non-interactive) on the same vdevs and CPU
+and reads its cumulative RX counter (telemetry) at both ends of the same window, and
 prints one row per scenario: the medians of --runs runs. A window with
 no packets is an error; --json never holds NaN or Infinity.
 Sessions that a scenario needs beforehand are created by streaming a SYN
@@ -224,7 +224,13 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
         "timeouts": {"tcp_syn": "100ms" if s.churn else "1h", "tcp_established": "1h", "udp": "1h"},
         # The fixed key pcapgen places flows on their owner's queue by
         # (lbd draws a random one by default, which pcapgen cannot know).
-        "sessions": {"capacity_per_worker": per_worker, "hash_key": FIXED_HASH_KEY},
+        "sessions": {"capacity_per_worker": per_worker, "hash_key": FIXED_HASH_KEY,
+                     # The prefill creates its sessions with SYNs, so they
+                     # are half-open: under the default cap (a quarter of
+                     # the table) all but the newest quarter were evicted,
+                     # and the 1M and 10M rows held 0.33M and 2.6M
+                     # sessions. The new-flow rows keep the default.
+                     **({} if s.churn or s.syn_proxy else {"half_open_max_per_worker": per_worker})},
         "mempool": {"mbufs": mbufs},
         "control": {"socket": sock},
         "metrics": {"listen": "off"},
@@ -352,90 +358,88 @@ def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
         "sessions": b["sessions_active"],
         "bytes_per_session": b["session_memory_bytes"] / max(1, b["sessions_capacity"]),
         "session_memory_mb": b["session_memory_bytes"] / 2**20,
+        # Per-packet processing time (each burst's time over its packets)
+        # from lbd's histogram: cumulative since lbd started, so the
+        # prefill and the warm-up are in it too (in the 10M row the
+        # prefill is about a sixth of the packets, elsewhere a few %).
         "p50_ns": b["latency"]["p50_ns"],
+        "p99_ns": b["latency"]["p99_ns"],
+        "p999_ns": b["latency"]["p999_ns"],
     }
 
 
 class Testpmd:
-    """dpdk-testpmd in interactive mode (`-i`) on a pseudo-terminal: the
-    runner types commands and reads each answer up to the next prompt.
-    On a terminal testpmd's stdout is line-buffered; on a pipe its answers
-    would sit in the stdio buffer while the prompt (written straight to
-    the fd) arrived. Everything read is also written to `log`."""
+    """dpdk-testpmd non-interactive, forwarding from the start; its
+    counters are read through DPDK's telemetry socket
+    (/var/run/dpdk/PREFIX/dpdk_telemetry.v2). Interactive testpmd on a
+    terminal spins its main thread at 97 % of a CPU, which in the 2-worker
+    rows took CPU from its own forwarding lcores; non-interactive, the main
+    thread waits on stdin (kept open here: "Press enter to exit") and
+    sleeps. Its output goes to `log`."""
 
-    PROMPT = b"testpmd> "
-
-    def __init__(self, cmd, log_path):
-        import pty
-        import tty
+    def __init__(self, cmd, log_path, prefix):
         self.log = open(log_path, "wb")
-        self.master, slave = pty.openpty()
-        tty.setraw(slave)  # no echo, no line editing, no CR/LF rewriting by the terminal
+        self.sock_path = f"/var/run/dpdk/{prefix}/dpdk_telemetry.v2"
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def query(self, cmd):
+        """One telemetry command's answer (JSON), and when it was read:
+        the middle of the round trip."""
+        import socket
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.p = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+            s.connect(self.sock_path)
+            s.recv(16384)  # the greeting: version, pid, max_output_len
+            before = time.monotonic()
+            s.send(cmd.encode())
+            answer = json.loads(s.recv(1 << 20))
+            after = time.monotonic()
         finally:
-            os.close(slave)
-        self.pending = b""
-
-    def until_prompt(self, timeout):
-        """What testpmd printed up to its next prompt."""
-        import select
-        deadline = time.time() + timeout
-        while self.PROMPT not in self.pending:
-            left = deadline - time.time()
-            ready = select.select([self.master], [], [], max(0.0, min(left, 1.0)))[0] if left > 0 else []
-            if not ready:
-                if self.p.poll() is not None or time.time() >= deadline:
-                    raise RuntimeError(f"testpmd gave no prompt (exit status {self.p.poll()}): "
-                                       + self.pending.decode(errors="replace")[-2000:])
-                continue
-            try:
-                chunk = os.read(self.master, 65536)
-            except OSError:  # EIO: the terminal's other end is closed (testpmd exited)
-                chunk = b""
-            if not chunk:
-                raise RuntimeError(f"testpmd exited (status {self.p.wait()}): "
-                                   + self.pending.decode(errors="replace")[-2000:])
-            self.log.write(chunk)
-            self.log.flush()
-            self.pending += chunk
-        answer, self.pending = self.pending.split(self.PROMPT, 1)
-        return answer.decode(errors="replace")
-
-    def command(self, line, timeout=60):
-        os.write(self.master, line.encode() + b"\n")
-        return self.until_prompt(timeout)
+            s.close()
+        return answer, (before + after) / 2
 
     def rx_packets(self, port):
-        """Port `port`'s cumulative RX-packets counter, and when it was
-        read: the middle of the command's round trip (a few ms)."""
-        before = time.monotonic()
-        answer = self.command(f"show port stats {port}")
-        after = time.monotonic()
-        m = re.search(r"RX-packets:\s+(\d+)", answer)
-        if not m:
-            raise RuntimeError(f"no RX-packets in testpmd's answer to `show port stats {port}`: {answer!r}")
-        return int(m.group(1)), (before + after) / 2
+        """Port `port`'s cumulative RX counter, and when it was read."""
+        answer, t = self.query(f"/ethdev/stats,{port}")
+        return int(answer["/ethdev/stats"]["ipackets"]), t
+
+    def wait_forwarding(self, timeout):
+        """Until port 0 has received packets: the ports are started (the
+        replay file loaded into mbufs, a while for big files) and the
+        forwarding lcores run."""
+        deadline = time.time() + timeout
+        while True:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"testpmd exited (status {self.p.returncode}): see {self.log.name}")
+            try:
+                n, _ = self.rx_packets(0)
+                if n > 0:
+                    return
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # no socket yet, or the port is not there yet
+            if time.time() > deadline:
+                raise RuntimeError(f"testpmd did not start forwarding in {timeout} s: see {self.log.name}")
+            time.sleep(0.1)
 
     def close(self, prefix):
         try:
             if self.p.poll() is None:
                 try:
-                    os.write(self.master, b"quit\n")
+                    # "Press enter to exit": testpmd stops its ports and exits.
+                    self.p.stdin.write(b"\n")
+                    self.p.stdin.close()
                 except OSError:
                     pass
             finish(self.p, signal.SIGINT, prefix)
         finally:
-            os.close(self.master)
             self.log.close()
 
 
 def run_testpmd(s, replay_files, args, huge, run_no):
     """testpmd io forwarding from the same replay files into net_null, on
     the CPUs lbd's workers used. The rate is testpmd's own cumulative
-    RX-packets counter of the replay port, read at the start and the end
-    of a window the runner times; nothing depends on when testpmd happens
-    to print a periodic statistics block."""
+    RX counter of the replay port (telemetry), read at the start and the
+    end of a window the runner times."""
     q = s.workers
     mbufs, mem_mb = mbuf_memory(s, huge)
     cs = cpus()
@@ -443,27 +447,24 @@ def run_testpmd(s, replay_files, args, huge, run_no):
     # lcore 0 (main) floats; forwarding lcores pinned like lbd's workers.
     lcores = f"0@({','.join(map(str, cs))})," + ",".join(f"{i + 1}@{cs[i % len(cs)]}" for i in range(q))
     prefix = f"tpbench{os.getpid()}{run_no}"
-    eal = eal_args(prefix, huge, mem_mb) + [
+    # With its telemetry socket (the only DPDK process here that has one).
+    eal = [a for a in eal_args(prefix, huge, mem_mb) if a != "--no-telemetry"] + [
         "--lcores", lcores, "--vdev", f"net_pcap0,{rx},infinite_rx=1", "--vdev", "net_null0,no-rx=1"]
     DPDK_EAL.append(eal)
     cmd = ["dpdk-testpmd"] + eal + [
-        "--", "-i", "--forward-mode=io", f"--total-num-mbufs={mbufs}",
-        f"--rxq={q}", f"--txq={q}", f"--nb-cores={q}", "--mbcache=256"]
-    tp = Testpmd(cmd, f"{WORK}/testpmd.log")
+        "--", "--forward-mode=io", f"--total-num-mbufs={mbufs}",
+        f"--rxq={q}", f"--txq={q}", f"--nb-cores={q}", "--mbcache=256", "--disable-link-check"]
+    tp = Testpmd(cmd, f"{WORK}/testpmd.log", prefix)
     try:
-        # The first prompt comes once the ports are started, i.e. once the
-        # replay file is loaded into mbufs: a while for big files.
-        tp.until_prompt(300)
-        tp.command("start")
+        tp.wait_forwarding(300)
         time.sleep(args.warmup)
         a, ta = tp.rx_packets(0)
         time.sleep(args.seconds)
         b, tb = tp.rx_packets(0)
-        tp.command("stop")
     finally:
         tp.close(prefix)
     if b <= a:
-        raise RuntimeError(f"testpmd forwarded nothing in the window (port 0 RX-packets {a} -> {b}); see {WORK}/testpmd.log")
+        raise RuntimeError(f"testpmd forwarded nothing in the window (port 0 RX {a} -> {b}); see {WORK}/testpmd.log")
     return (b - a) / (tb - ta) / 1e6
 
 
@@ -509,6 +510,8 @@ def main():
         # Exact scenario names, or numbers in the order above (1-based).
         keys = [k.strip() for k in args.only.split(",")]
         todo = [s for i, s in enumerate(todo) if s.name in keys or str(i + 1) in keys]
+    machine = machine_info()
+    print(f"# CPU: {machine['cpu_model']} ({machine['cpus']} CPUs); load average at the start: {machine['loadavg_start']}")
     biggest = max((s.sample or s.flows) for s in todo)
     # mbufs of the biggest replay plus lbd's own, about 2.4 KB each.
     huge = not args.smoke and hugepages((biggest + 200_000) * 2560 // (1 << 20) + 1024)
@@ -533,21 +536,34 @@ def main():
     if args.smoke:
         print("smoke run: tiny sizes, one short run; these figures say only that the runner works")
     summary(rows)
+    machine["loadavg_end"] = loadavg()
+    print(f"# load average at the end: {machine['loadavg_end']}")
     if args.json:
         with open(args.json, "w") as f:
             # allow_nan=False: NaN and Infinity are not JSON; a figure that
             # could not be measured is an error above, never written here.
-            json.dump({"hugepages": huge, "rows": rows, "dpdk_eal": DPDK_EAL}, f, indent=1, allow_nan=False)
+            json.dump({"hugepages": huge, "machine": machine, "rows": rows, "dpdk_eal": DPDK_EAL}, f, indent=1, allow_nan=False)
     if args.record:
-        record(rows, args, huge)
+        record(rows, args, huge, machine)
+
+
+def loadavg():
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg says them:
+    the machine's other work shares the CPUs the runs use."""
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def machine_info():
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return {"cpu_model": model, "cpus": os.cpu_count(), "loadavg_start": loadavg()}
 
 
 def print_row(r, header, huge):
     if header:
         print(f"# memory: {'2 MB hugepages' if huge else 'no hugepages (--no-huge): expect 40-60 % lower rates'}")
-        print(f"{'scenario':58} {'wk':>2} {'lbd Mpps':>9} {'testpmd':>8} {'ratio':>6} {'ns/pkt':>7} {'p50 ns':>6} {'sessions':>9} {'B/sess':>6} {'handoff':>7} {'drops':>6}")
+        print(f"{'scenario':58} {'wk':>2} {'lbd Mpps':>9} {'testpmd':>8} {'ratio':>6} {'ns/pkt':>7} {'p50 ns':>6} {'p99 ns':>6} {'p99.9':>6} {'sessions':>9} {'B/sess':>6} {'handoff':>7} {'drops':>6}")
     print(f"{r['scenario']:58} {r['workers']:>2} {r['lbd']:>9.2f} {r['testpmd']:>8.2f} {r['ratio']:>6.3f} {r['ns']:>7.1f} "
-          f"{r['p50_ns']:>6.0f} {r['sessions']:>9.0f} {r['bytes_per_session']:>6.1f} {100 * r['handoff_share']:>6.1f}% {r['drops']:>6.0f}", flush=True)
+          f"{r['p50_ns']:>6.0f} {r['p99_ns']:>6.0f} {r['p999_ns']:>6.0f} {r['sessions']:>9.0f} {r['bytes_per_session']:>6.1f} {100 * r['handoff_share']:>6.1f}% {r['drops']:>6.0f}", flush=True)
 
 
 def summary(rows):
@@ -578,26 +594,26 @@ def summary(rows):
               + (f"; without the proxy each SYN costs a session: {new['created_mps']:.2f} M/s" if new else ""))
 
 
-def record(rows, args, huge):
+def record(rows, args, huge, machine):
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [
         "# Packet-rate results",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
-        f"- machine: {os.cpu_count()} CPUs (`nproc`), {model}",
+        f"- machine: {machine['cpus']} CPUs (`nproc`), {machine['cpu_model']}",
+        f"- load average (1, 5, 15 min): {machine['loadavg_start']} at the start, {machine['loadavg_end']} at the end",
         f"- memory: {'2 MB hugepages' if huge else 'no hugepages (--no-huge)'}",
         f"- command (as root): `benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g} --replay-packets {args.replay_packets}{' --only ' + args.only if args.only else ''} --record`",
         "- lbd: `net_pcap,rx_pcap=REPLAY,infinite_rx=1` into `net_null,no-rx=1`; testpmd: `--forward-mode=io` on the same vdevs, same CPUs, same window",
         "- 64-byte packets; medians of the runs; ns/pkt is per worker core",
         "",
-        "| scenario | workers | lbd Mpps | testpmd Mpps | ratio | lbd ns/packet/core | lbd p50 ns | sessions | bytes/session | hand-off | drops | lbd runs | testpmd runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | workers | lbd Mpps | testpmd Mpps | ratio | lbd ns/packet/core | lbd p50 ns | p99 ns | p99.9 ns | sessions | bytes/session | hand-off | drops | lbd runs | testpmd runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['scenario']} | {r['workers']} | {r['lbd']:.2f} | {r['testpmd']:.2f} | {r['ratio']:.3f} | {r['ns']:.1f} | {r['p50_ns']:.0f} | "
+        lines.append(f"| {r['scenario']} | {r['workers']} | {r['lbd']:.2f} | {r['testpmd']:.2f} | {r['ratio']:.3f} | {r['ns']:.1f} | {r['p50_ns']:.0f} | {r['p99_ns']:.0f} | {r['p999_ns']:.0f} | "
                      f"{r['sessions']:.0f} | {r['bytes_per_session']:.1f} | {100 * r['handoff_share']:.0f} % | {r['drops']:.0f} | {r['runs']} | {r['testpmd_runs']} |")
     lines.append("")
     path = os.path.join(ROOT, "benches/RESULTS.md")
