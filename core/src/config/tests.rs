@@ -812,3 +812,15 @@ fn small_af_packet_rings_are_warned_about_by_name() {
     assert!(w.iter().all(|l| l.contains("framecnt=4096")));
     assert!(af_packet_ring_warnings(&eal(&["--vdev", "net_af_packet0,iface=eth1,framecnt=2048"])).is_empty());
 }
+
+#[test]
+fn af_xdp_ports_default_to_rings_of_4096() {
+    let xdp = GOOD
+        .replace("net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap", "net_af_xdp0,iface=eth1")
+        .replace("device: net_pcap0", "device: net_af_xdp0");
+    let c = parse_str(&xdp).unwrap();
+    let p = c.startup.ports.iter().find(|p| p.device == "net_af_xdp0").expect("the af_xdp port");
+    assert_eq!((p.rx_descriptors, p.tx_descriptors), (4096, 4096));
+    let other = parse_str(GOOD).unwrap();
+    assert!(other.startup.ports.iter().all(|p| p.rx_descriptors == 1024 && p.tx_descriptors == 1024));
+}
