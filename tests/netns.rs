@@ -439,8 +439,13 @@ impl SynFlood {
             "65536",
         ]));
         let prefix = unique("flood");
+        // Both of testpmd's lcores on CPU 0: its forwarding lcore polls
+        // without pause, and lbd's worker goes to the last CPU by default,
+        // where a second poller would halve both (the probe then took
+        // minutes on 2 CPUs).
         let child = Command::new("ip")
-            .args(["netns", "exec", &t.ns("client"), "dpdk-testpmd", "-l", "0,1", "--no-pci", "--no-huge", "-m", "512"])
+            .args(["netns", "exec", &t.ns("client"), "dpdk-testpmd", "--lcores", "0@0,1@0", "--no-pci", "--no-huge"])
+            .args(["-m", "512"])
             .args(["--file-prefix", &prefix, "--vdev"])
             .arg(format!("net_pcap0,rx_pcap={},tx_pcap=/dev/null,infinite_rx=1", pcap.display()))
             .args([
