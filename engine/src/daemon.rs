@@ -944,11 +944,17 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn cfg(extra: &str) -> Config {
+    /// A configuration on one net_null port with `eal_extra` after
+    /// `--no-pci` and `lcores` as the inside of its mapping.
+    fn config(eal_extra: &str, lcores: &str) -> Config {
         let y = format!(
-            "eal: [\"--no-pci\"{extra}]\nlcores: {{workers: 3}}\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"
+            "eal: [\"--no-pci\"{eal_extra}]\nlcores: {{{lcores}}}\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"
         );
         lbcore::config::parse(&y, Path::new("t.yaml")).unwrap()
+    }
+
+    fn cfg(extra: &str) -> Config {
+        config(extra, "workers: 3")
     }
 
     #[test]
@@ -967,10 +973,7 @@ mod tests {
     }
 
     fn lcores_cfg(lcores: &str) -> Config {
-        let y = format!(
-            "eal: [\"--no-pci\"]\nlcores: {{{lcores}}}\nports:\n  - {{name: ext, device: net_null0, address: 10.0.0.1/24}}\n"
-        );
-        lbcore::config::parse(&y, Path::new("t.yaml")).unwrap()
+        config("", lcores)
     }
 
     #[test]

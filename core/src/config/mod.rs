@@ -596,6 +596,20 @@ pub fn eal_vdevs(eal: &[String]) -> Vec<&str> {
     out
 }
 
+/// A vdev argument's device name and its `key=value` arguments (a bare
+/// key has an empty value), trimmed.
+fn vdev_parts(vdev: &str) -> (&str, impl Iterator<Item = (&str, &str)>) {
+    let mut parts = vdev.split(',');
+    let name = parts.next().unwrap_or_default().trim();
+    (
+        name,
+        parts.map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.trim(), v.trim())
+        }),
+    )
+}
+
 /// Whether any `--vdev` is a `net_af_xdp` device.
 pub fn eal_has_af_xdp(eal: &[String]) -> bool {
     eal_vdevs(eal).iter().any(|v| v.starts_with("net_af_xdp"))
@@ -614,12 +628,11 @@ pub const AF_PACKET_MIN_FRAMES: u32 = 2048;
 pub fn af_packet_ring_warnings(eal: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for v in eal_vdevs(eal).into_iter().filter(|v| v.starts_with("net_af_packet")) {
-        let mut parts = v.split(',');
-        let name = parts.next().unwrap_or_default();
-        let framecnt = parts.filter_map(|kv| kv.split_once('=')).find(|(k, _)| k.trim() == "framecnt");
+        let (name, mut args) = vdev_parts(v);
+        let framecnt = args.find(|(k, _)| *k == "framecnt");
         let frames = match framecnt {
             None => 512,
-            Some((_, n)) => match n.trim().parse::<u32>() {
+            Some((_, n)) => match n.parse::<u32>() {
                 Ok(n) => n,
                 // The PMD rejects it at start with its own message.
                 Err(_) => continue,
@@ -640,19 +653,17 @@ pub fn af_packet_ring_warnings(eal: &[String]) -> Vec<String> {
 /// passes a frame arriving on a queue without a socket to the kernel, so
 /// queues no worker polls would silently bypass lbd.
 fn check_af_xdp_vdev(vdev: &str, workers: u32) -> Result<(), String> {
-    let mut parts = vdev.split(',');
-    let name = parts.next().unwrap_or_default();
+    let (name, args) = vdev_parts(vdev);
     let mut iface = false;
     let mut queue_count = 1u32;
-    for kv in parts {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match k.trim() {
-            "iface" => iface = !v.trim().is_empty(),
-            "queue_count" => match v.trim().parse::<u32>() {
+    for (k, v) in args {
+        match k {
+            "iface" => iface = !v.is_empty(),
+            "queue_count" => match v.parse::<u32>() {
                 Ok(n) if n >= 1 => queue_count = n,
                 _ => return Err(format!("{name}: queue_count `{v}` is not a queue count (1 or more)")),
             },
-            "start_queue" if v.trim().parse::<u32>().is_err() => {
+            "start_queue" if v.parse::<u32>().is_err() => {
                 return Err(format!("{name}: start_queue `{v}` is not a queue number"));
             }
             _ => {}
