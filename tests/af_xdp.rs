@@ -49,12 +49,10 @@ fn af_xdp_ports_carry_connections_to_every_backend() {
     // connection can only complete through lbd's AF_XDP path.
     assert!(xdp_attached(&ext), "no XDP program on {ext}");
 
-    let py = repo().join("testbed/conns.py").display().to_string();
-    let out = t.client_ok(&["/usr/bin/python3", &py, "seq", "10.0.0.100", "80", "60"]);
-    let backends: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
-    assert_eq!(backends.len(), 60, "{out}");
-    let seen: BTreeSet<&str> = backends.iter().copied().collect();
-    assert_eq!(seen, BTreeSet::from(["be1", "be2", "be3"]), "{out}");
+    let got = t.sequential_connections(60, &[]);
+    assert_eq!(got.len(), 60, "{got:?}");
+    let seen: BTreeSet<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(seen, BTreeSet::from(["be1", "be2", "be3"]), "{got:?}");
 
     let s = lbd.stats_now();
     assert_eq!(s["drops_total"].as_u64(), Some(0), "drops: {}", s["drops"]);

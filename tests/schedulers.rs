@@ -52,19 +52,8 @@ fn conns_py() -> String {
 /// `n` connections one after another from the client (its addresses
 /// `sources` in turn, or its own); the (source, backend) of each.
 fn connections(t: &Topology, n: usize, sources: &[&str]) -> Vec<(String, String)> {
-    let count = n.to_string();
-    let py = conns_py();
-    let mut args = vec!["/usr/bin/python3", py.as_str(), "seq", "10.0.0.100", "80", count.as_str()];
-    args.extend_from_slice(sources);
-    let out = t.client_ok(&args);
-    let got: Vec<(String, String)> = out
-        .lines()
-        .map(|l| {
-            let (src, backend) = l.split_once(' ').unwrap_or_else(|| panic!("conns.py said {l:?}"));
-            (src.to_owned(), backend.to_owned())
-        })
-        .collect();
-    assert_eq!(got.len(), n, "{out}");
+    let got = t.sequential_connections(n, sources);
+    assert_eq!(got.len(), n, "{got:?}");
     got
 }
 

@@ -74,6 +74,24 @@ impl Topology {
         self.exec_ok("client", args)
     }
 
+    /// `n` connections one after another from the client to the VIP's
+    /// port 80 (testbed/conns.py seq), from `sources` in turn or from the
+    /// client's own address: the (source, backend) of each. A connection
+    /// that fails fails the call.
+    pub fn sequential_connections(&self, n: usize, sources: &[&str]) -> Vec<(String, String)> {
+        let py = repo().join("testbed/conns.py").display().to_string();
+        let count = n.to_string();
+        let mut args = vec!["/usr/bin/python3", py.as_str(), "seq", "10.0.0.100", "80", count.as_str()];
+        args.extend_from_slice(sources);
+        let out = self.client_ok(&args);
+        out.lines()
+            .map(|l| {
+                let (src, backend) = l.split_once(' ').unwrap_or_else(|| panic!("conns.py said {l:?}"));
+                (src.to_owned(), backend.to_owned())
+            })
+            .collect()
+    }
+
     /// The topology's lbd configuration (`topology.sh config`).
     pub fn config(&self, workers: usize, prefix: &str) -> String {
         run(Command::new(repo().join("testbed/topology.sh")).args(["config", &self.name, &workers.to_string(), prefix]))
