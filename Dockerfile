@@ -73,7 +73,7 @@ COPY --from=build /out/lbd /out/lbctl /opt/lbd/bin/
 COPY --from=build /out/examples/ /opt/lbd/bin/examples/
 COPY config/ /opt/lbd/config/
 COPY testbed/ /opt/lbd/testbed/
-COPY benches/run.py /opt/lbd/benches/
+COPY benches/run.py benches/lbdstats.py /opt/lbd/benches/
 COPY docker/entrypoint.sh /usr/local/bin/lbd-entrypoint
 RUN ln -s /opt/lbd/bin/lbd /opt/lbd/bin/lbctl /usr/local/bin/ \
     && mkdir -p /etc/lbd /run/lbd

@@ -78,6 +78,8 @@ import subprocess
 import sys
 import time
 
+import lbdstats
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIP = "10.0.0.100"
 CLIENT_IP = "10.0.0.2"
@@ -499,21 +501,10 @@ class LbdSeat:
         return {"lbd": self.lbd_pid()}
 
     def counters(self):
-        os.kill(self.lbd_pid(), signal.SIGUSR1)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                with open(self.stats_path) as f:
-                    d = json.load(f)
-                if d["seq"] > self.seq:
-                    self.seq = d["seq"]
-                    return d
-            except (OSError, ValueError, KeyError):
-                pass
-            if self.p.poll() is not None:
-                raise RuntimeError("lbd exited")
-            time.sleep(0.02)
-        raise RuntimeError("lbd gave no stats")
+        exited = lambda: "lbd exited" if self.p.poll() is not None else None
+        d = lbdstats.request(self.lbd_pid(), self.stats_path, self.seq, exited, timeout=20)
+        self.seq = d["seq"]
+        return d
 
     def stop(self):
         if self.p is not None:

@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+import lbdstats
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINK = "/dev/null"
 # Set from the command line: where generated files go, where the binaries are.
@@ -247,21 +249,10 @@ class Lbd:
         self.seq = 0
 
     def stats(self):
-        os.kill(self.p.pid, signal.SIGUSR1)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                with open(self.stats_path) as f:
-                    d = json.load(f)
-                if d["seq"] > self.seq:
-                    self.seq = d["seq"]
-                    return d
-            except (OSError, ValueError, KeyError):
-                pass
-            if self.p.poll() is not None:
-                raise RuntimeError(f"lbd exited: {open(self.log.name).read()}")
-            time.sleep(0.02)
-        raise RuntimeError("lbd gave no stats")
+        exited = lambda: f"lbd exited: {open(self.log.name).read()}" if self.p.poll() is not None else None
+        d = lbdstats.request(self.p.pid, self.stats_path, self.seq, exited, timeout=30)
+        self.seq = d["seq"]
+        return d
 
     def stop(self, prefix):
         try:
