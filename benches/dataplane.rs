@@ -84,6 +84,9 @@ listeners:
     port: 80
     backends: [{address: 10.1.0.11, port: 8080}, {address: 10.1.0.12, port: 8080}, {address: 10.1.0.13, port: 8080}, {address: 10.1.0.14, port: 8080}]
 timeouts: {tcp_syn: 1h, tcp_established: 1h}
+# Prefilled with SYNs: keep them all (the default cap, a quarter of the
+# table, would evict three quarters of a prefill).
+sessions: {capacity_per_worker: 12000000, half_open_max_per_worker: 12000000}
 ";
 
 fn dataplane<P: Packet>(capacity: usize) -> Dataplane<P> {
@@ -105,7 +108,14 @@ fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P>
         neighbor_capacity: 1024,
         pending_capacity: 64,
         // A per-instance key, as lbd runs with.
-        hash_keys: lbcore::hashkey::HashKeySetting::Random.resolve().unwrap(),
+        // LBD_BENCH_HASH_KEY: a fixed key (80 hex digits), as the runner
+        // gives lbd; else a random one, as lbd draws by default.
+        hash_keys: match std::env::var("LBD_BENCH_HASH_KEY") {
+            Ok(k) => lbcore::hashkey::HashKeySetting::parse(&k).unwrap(),
+            Err(_) => lbcore::hashkey::HashKeySetting::Random,
+        }
+        .resolve()
+        .unwrap(),
         ..CoreSettings::small(0, 1)
     };
     let mut dp = Dataplane::new(settings, snap, counters);
@@ -151,6 +161,59 @@ fn established(c: &mut Criterion) {
                     dpb.process_burst(batch.drain(..), &mut rec);
                 }
             });
+        });
+    }
+    g.finish();
+}
+
+/// The return path: backend-to-client ACKs of the same random flows as
+/// [`established`], at 1M sessions, so the two directions' lookups compare
+/// on the same table and the same sample.
+fn reply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dataplane_reply");
+    g.sample_size(10);
+    for n in [1_000u64, 1_000_000] {
+        g.throughput(Throughput::Elements(65536));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            let mut dpb = dataplane::<Buf>(n as usize + n as usize / 8 + 64);
+            let mut rec = Recycler { free: (0..2 * BURST).map(|_| Buf(Box::new(frame(0, 0)))).collect(), tx: 0 };
+            for i in 0..n {
+                let mut b = rec.free.pop().unwrap();
+                *b.0 = frame(i, 0x02);
+                dpb.process(b, &mut rec);
+            }
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let pkts: Vec<Frame> = (0..65536)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let req = frame(x % n, 0x10);
+                    let t = dpb.sessions();
+                    let key = lbcore::flow::FlowKey::new(
+                        u32::from_be_bytes(req.data[26..30].try_into().unwrap()),
+                        0x0a00_0064,
+                        u16::from_be_bytes(req.data[34..36].try_into().unwrap()),
+                        80,
+                        6,
+                    );
+                    let (slot, _) = t.lookup(&key, t.hash(&key)).expect("prefilled");
+                    common::reply_frame(&t.session(slot).reply_key())
+                })
+                .collect();
+            let mut batch: Vec<Buf> = Vec::with_capacity(BURST);
+            let tx0 = rec.tx;
+            b.iter(|| {
+                for burst in pkts.chunks(BURST) {
+                    for f in burst {
+                        let mut b = rec.free.pop().unwrap();
+                        *b.0 = *f;
+                        batch.push(b);
+                    }
+                    dpb.process_burst(batch.drain(..), &mut rec);
+                }
+            });
+            assert!(rec.tx > tx0, "replies were forwarded");
         });
     }
     g.finish();
@@ -207,5 +270,5 @@ fn rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, established, new_flows, rewrite);
+criterion_group!(benches, established, reply, new_flows, rewrite);
 criterion_main!(benches);

@@ -217,6 +217,15 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
         "listeners": [
             {"name": "web", "vip": "10.0.0.100", "protocol": "tcp", "port": 80,
              **({"syn_proxy": "on"} if s.syn_proxy else {}),
+             # The replay runs from the start, beside the prefill. Under the
+             # default (`schedule`) its ACKs created the replayed flows'
+             # sessions before the prefill's SYNs got there, so the hot
+             # sessions sat in consecutive slots in replay order, and the
+             # request rows read memory sequentially where the return path
+             # (whose early packets find no session) read it at random.
+             # Dropped instead, every replayed flow's session is the
+             # prefill's, at its random place in the table.
+             **({"tcp_non_syn": "drop"} if s.prefill else {}),
              "backends": [{"address": f"10.1.0.{b}", "port": 8080} for b in range(11, 15)]},
             {"name": "dns", "vip": "10.0.0.100", "protocol": "udp", "port": 53,
              "backends": [{"address": f"10.1.0.{b}", "port": 8080} for b in range(11, 15)]},

@@ -71,3 +71,15 @@ pub fn frame(i: u64, flags: u8) -> Frame {
     f[..60].copy_from_slice(&b.tcp(src, 0x0a00_0064, sport, 80, flags, &[0; 6]));
     Frame { data: f, len: 60 }
 }
+
+/// A backend's ACK to its client, on the reply key of a session.
+pub fn reply_frame(key: &lbcore::flow::FlowKey) -> Frame {
+    let b = FrameBuilder {
+        seq: 0,
+        window: 0,
+        ..FrameBuilder::new(MacAddr([2, 0, 0, 0, 0, 0x11]), MacAddr([2, 0, 0, 0, 0, 1]))
+    };
+    let mut f = [0u8; 64];
+    f[..60].copy_from_slice(&b.tcp(key.src(), key.dst(), key.sport(), key.dport(), 0x10, &[0; 6]));
+    Frame { data: f, len: 60 }
+}
