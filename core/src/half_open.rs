@@ -49,6 +49,12 @@ impl SlotRing {
         self.len += 1;
     }
 
+    /// The entry `i` places after the oldest, if the ring holds that many.
+    #[inline]
+    pub fn peek(&self, i: usize) -> Option<u32> {
+        (i < self.len).then(|| self.slots[(self.head + i) % self.slots.len()])
+    }
+
     /// Takes the oldest entry.
     #[inline]
     pub fn pop(&mut self) -> Option<u32> {
@@ -78,6 +84,7 @@ mod tests {
         r.push(4);
         r.push(5);
         assert_eq!(r.len(), 3);
+        assert_eq!((r.peek(0), r.peek(2), r.peek(3)), (Some(3), Some(5), None));
         assert_eq!((r.pop(), r.pop(), r.pop(), r.pop()), (Some(3), Some(4), Some(5), None));
         assert!(r.is_empty());
     }

@@ -437,6 +437,39 @@ impl<M: Placement> SessionTable<M> {
         if m != 0 {
             let (slot, _) = decode(self.buckets[b1].refs[m.trailing_zeros() as usize]);
             M::prefetch(&self.slots[slot as usize]);
+        } else {
+            // No candidate in the first bucket: the lookup reads the
+            // second, where the key is or (a new flow) is not.
+            let (_, b2, _) = self.place(h);
+            M::prefetch(&self.buckets[b2]);
+        }
+    }
+
+    /// Hints the CPU to load the sessions of the `n` oldest entries of the
+    /// half-open order: those the next evictions of half-open sessions
+    /// will most likely remove (an entry gone stale since is skipped by
+    /// the eviction, so a hint may go unused).
+    #[inline]
+    pub fn prefetch_oldest_half_open(&self, n: usize) {
+        for i in 0..n {
+            let Some(slot) = self.half_open_order.peek(i) else { break };
+            M::prefetch(&self.slots[slot as usize]);
+        }
+    }
+
+    /// The index lines that removing those sessions rewrites (the first
+    /// bucket of each key, where nearly every entry is). Reads the
+    /// sessions: call it after [`Self::prefetch_oldest_half_open`], once
+    /// their lines have had time to arrive.
+    #[inline]
+    pub fn prefetch_oldest_half_open_index(&self, n: usize) {
+        for i in 0..n {
+            let Some(slot) = self.half_open_order.peek(i) else { break };
+            let s = &self.slots[slot as usize];
+            if s.state.is_half_open() {
+                self.prefetch(self.hash(&s.request_key()));
+                self.prefetch(self.hash(&s.reply_key()));
+            }
         }
     }
 
@@ -743,6 +776,25 @@ mod tests {
         t.insert(sess(1, u32::MAX - 1000)).unwrap();
         assert_eq!(t.expire(2000, 4, &timeouts, |_| {}), 0);
         assert_eq!(t.expire(20_000, 4, &timeouts, |_| {}), 1);
+    }
+
+    /// The eviction hints read the arrival order and the sessions it
+    /// names, stale entries and an order shorter than asked included, and
+    /// change nothing.
+    #[test]
+    fn eviction_hints_read_only() {
+        let mut t = SessionTable::new(16);
+        let slots: Vec<u32> = (0..6).map(|i| t.insert(sess(i, 0)).unwrap()).collect();
+        t.remove(slots[0]);
+        t.remove(slots[3]);
+        let before: Vec<(u32, Session)> = t.iter().map(|(i, s)| (i, *s)).collect();
+        for n in [0, 1, 4, 6, 100] {
+            t.prefetch_oldest_half_open(n);
+            t.prefetch_oldest_half_open_index(n);
+        }
+        assert_eq!(t.iter().map(|(i, s)| (i, *s)).collect::<Vec<_>>(), before);
+        assert_eq!(t.half_open(), 4);
+        assert_eq!(t.oldest_half_open(16), Some(slots[1]));
     }
 
     #[test]

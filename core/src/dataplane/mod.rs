@@ -521,12 +521,23 @@ impl<P: Packet> State<P> {
         for s in staged.iter() {
             self.sessions.prefetch(s.hash);
         }
+        // While the half-open cap is full (a SYN flood, or new flows
+        // faster than handshakes complete), each new flow evicts the
+        // oldest half-open session, whose session line and index lines
+        // are cold; the arrival order says which ones ahead of time. As
+        // many as the burst could evict (each of its packets a new flow)
+        // now, the index lines of as many as its new flows do evict once
+        // the lookups have said which packets are new.
+        let near_cap = |n: usize| (self.sessions.half_open() + n).saturating_sub(snap.half_open_max).min(n);
+        self.sessions.prefetch_oldest_half_open(near_cap(staged.len()));
         for s in staged.iter() {
             self.sessions.prefetch_candidates(s.hash);
         }
         for s in staged.iter_mut() {
             s.found = self.sessions.lookup(&s.key, s.hash);
         }
+        let evictions = near_cap(staged.iter().filter(|s| s.found.is_none()).count());
+        self.sessions.prefetch_oldest_half_open_index(evictions);
         // New flows (and flows whose session has lapsed) will touch more
         // random lines: the backend-side key's bucket, the lapsed
         // session's. Pick their backends now and prefetch those lines, so
