@@ -102,11 +102,6 @@ def nsx(ns, *cmd, **kw):
     return sh("ip", "netns", "exec", ns, *cmd, **kw)
 
 
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-
-
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -791,7 +786,7 @@ def main():
     os.makedirs(work)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-            "cpu_model": cpu_model(), "cpus": os.cpu_count(), "kernel": os.uname().release,
+            "cpu_model": lbdstats.cpu_description(), "cpus": os.cpu_count(), "kernel": os.uname().release,
             "loadavg_before": loadavg(), "runs": args.runs, "seconds": args.seconds,
             "connections": args.connections, "threaded_napi": args.threaded_napi, "wrk_threads": args.threads, "seats": seats,
             "command": " ".join(["benches/e2e.py"] + sys.argv[1:])}

@@ -47,6 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINK = "/dev/null"
 # Set from the command line: where generated files go, where the binaries are.
 WORK = "/tmp/lbd-bench"
+BURST = None  # lcores.burst; None: lbd's default
 BIN = os.path.join(ROOT, "target/release")
 
 
@@ -220,7 +221,7 @@ def lbd_config(s, replay_files, prefill_file, mbufs, huge, mem_mb, prefix, sock)
         per_worker = 2 * s.flows // w + 65536
     cfg = {
         "eal": eal,
-        "lcores": {"workers": w, "cpus": cpus()[:w] if len(cpus()) >= w else cpus()},
+        "lcores": {"workers": w, "cpus": cpus()[:w] if len(cpus()) >= w else cpus(), **({"burst": BURST} if BURST else {})},
         "ports": ports,
         "listeners": [
             {"name": "web", "vip": "10.0.0.100", "protocol": "tcp", "port": 80,
@@ -486,6 +487,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one short run: does the runner work")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--replay-packets", type=int, default=65536, help="packets per replay file (default 65536)")
+    ap.add_argument("--burst", type=int, help="lcores.burst for every row (default: lbd's, 64)")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
     ap.add_argument("--profile", default="release", help="cargo profile to build and run (default release)")
     ap.add_argument("--bin-dir", help="where lbd and examples/pcapgen are (default target/PROFILE)")
@@ -501,8 +503,9 @@ def main():
         if args.record:
             sys.exit("run.py: --smoke figures are not results; leave out --record")
         args.runs, args.seconds, args.warmup = 1, 1, 0.5
-    global WORK, BIN
+    global WORK, BIN, BURST
     WORK = os.path.abspath(args.work)
+    BURST = args.burst
     BIN = os.path.abspath(args.bin_dir or os.path.join(ROOT, "target", args.profile))
     if not args.no_build:
         # A fresh machine: the same idempotent installer as the README's
@@ -562,8 +565,7 @@ def loadavg():
 
 
 def machine_info():
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return {"cpu_model": model, "cpus": os.cpu_count(), "loadavg_start": loadavg()}
+    return {"cpu_model": lbdstats.cpu_description(), "cpus": os.cpu_count(), "loadavg_start": loadavg()}
 
 
 def print_row(r, header, huge):
@@ -613,7 +615,7 @@ def record(rows, args, huge, machine):
         f"- machine: {machine['cpus']} CPUs (`nproc`), {machine['cpu_model']}",
         f"- load average (1, 5, 15 min): {machine['loadavg_start']} at the start, {machine['loadavg_end']} at the end",
         f"- memory: {'2 MB hugepages' if huge else 'no hugepages (--no-huge)'}",
-        f"- command (as root): `benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g} --replay-packets {args.replay_packets}{' --only ' + args.only if args.only else ''} --record`",
+        f"- command (as root): `benches/run.py --runs {args.runs} --seconds {args.seconds:g} --warmup {args.warmup:g} --replay-packets {args.replay_packets}{f' --burst {args.burst}' if args.burst else ''}{' --only ' + args.only if args.only else ''} --record`",
         "- lbd: `net_pcap,rx_pcap=REPLAY,infinite_rx=1` into `net_null,no-rx=1`; testpmd: `--forward-mode=io` on the same vdevs, same CPUs, same window",
         "- 64-byte packets; medians of the runs; ns/pkt is per worker core",
         "",

@@ -122,6 +122,49 @@ pub fn idle_decision(cfg: &Config, allowed: &[u32], isolated: &[u32]) -> (bool, 
     }
 }
 
+/// The size of CPU `cpu`'s level-1 data cache in bytes, from
+/// /sys/devices/system/cpu/cpuN/cache ("32K"); `None` when unreadable.
+fn l1d_bytes(cpu: u32) -> Option<usize> {
+    let dir = format!("/sys/devices/system/cpu/cpu{cpu}/cache");
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let read = |name: &str| std::fs::read_to_string(entry.path().join(name)).unwrap_or_default();
+        if read("level").trim() == "1" && read("type").trim() == "Data" {
+            return parse_cache_size(&read("size"));
+        }
+    }
+    None
+}
+
+/// A cache size as sysfs writes it: "32K", "1024K", "32M", or bytes.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let (digits, unit) = match t.as_bytes().last()? {
+        b'K' => (&t[..t.len() - 1], 1 << 10),
+        b'M' => (&t[..t.len() - 1], 1 << 20),
+        _ => (t, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+/// Packets per RX burst, and why, for the ready line: `lcores.burst`, or
+/// else one sized to the L1 data cache of the first worker's CPU (`l1d`).
+/// A burst is worked on in passes that prefetch each packet's index and
+/// session lines for the next pass, so all of a burst's lines (about
+/// seven per packet with the mbuf's and the PMD's) must stay in L1 until
+/// the last pass reads them. Measured with `benches/run.py --burst`
+/// (benches/RESULTS.md, issue 13): on an AMD EPYC with a 32 KiB L1d, 32
+/// forwarded 15-25 % more than 64 at 1M and 10M sessions (64 packets'
+/// lines fill the L1d); a CPU with 48 KiB kept 64 ahead of 32 and lost
+/// with 256.
+pub fn burst_decision(configured: Option<usize>, l1d: Option<usize>) -> (usize, String) {
+    match (configured, l1d) {
+        (Some(b), _) => (b, "lcores.burst".to_owned()),
+        (None, Some(l1d)) if l1d >= 48 << 10 => (64, format!("auto: L1d {} KiB", l1d >> 10)),
+        (None, Some(l1d)) => (32, format!("auto: L1d {} KiB", l1d >> 10)),
+        (None, None) => (32, "auto: L1d size unknown".to_owned()),
+    }
+}
+
 /// How long an RX ring of `descriptors` lasts at `speed_mbps` line rate
 /// with the smallest frames (84 bytes on the wire with preamble and gap).
 fn ring_time(descriptors: u16, speed_mbps: u32) -> Duration {
@@ -458,6 +501,8 @@ struct Shared<'a> {
     hash_keys: HashKeys,
     /// Each worker's copy; `None`: busy polling.
     idle: Option<IdleBackoff>,
+    /// Packets per RX burst ([`burst_decision`]).
+    burst: usize,
 }
 
 /// Start-up phase 6: one [`Worker`] per lcore, owning its queues (queue i
@@ -524,7 +569,7 @@ fn build_workers(
             counters: Arc::clone(&sh.counters[w]),
             snapshots: Arc::clone(sh.snapshots),
             control: Arc::clone(sh.control),
-            burst: sh.cfg.startup.burst,
+            burst: sh.burst,
             idle: sh.idle.clone(),
             tsc_hz: sh.tsc_hz,
             start_tsc: sh.start_tsc,
@@ -658,7 +703,10 @@ fn serve(
         .map(|_| Arc::new(WorkerCounters::new(cfg.startup.ports.len(), MAX_LISTENERS, MAX_BACKENDS)))
         .collect();
     let control = Arc::new(RunControl::default());
-    let (idle_sleeps, idle_reason) = idle_decision(cfg, &dpdk::allowed_cpus(), &isolated_cpus());
+    let allowed = dpdk::allowed_cpus();
+    let (idle_sleeps, idle_reason) = idle_decision(cfg, &allowed, &isolated_cpus());
+    let (burst, burst_reason) =
+        burst_decision(cfg.startup.burst, worker_cpus(cfg, &allowed).first().and_then(|&c| l1d_bytes(c)));
     let port_rings: Vec<(&str, &str, u16, Option<u32>)> = cfg
         .startup
         .ports
@@ -687,6 +735,7 @@ fn serve(
         start_tsc: dpdk::tsc(),
         hash_keys,
         idle: idle_sleeps.then(|| IdleBackoff::new(longest_sleep)),
+        burst,
     };
     let (workers, query_senders) = build_workers(&shared, queues, rings, kernel_rings);
     // From here on an early return drops `launched`, which stops and joins
@@ -730,7 +779,8 @@ fn serve(
     });
     let services = Services::start(&rt, cfg, listener, metrics)?;
 
-    announce(cfg, &lcores, &idle_reason, &macs, &ports, &kernel.ifaces, &services);
+    let workers_how = format!("{idle_reason}, burst {burst} ({burst_reason})");
+    announce(cfg, &lcores, &workers_how, &macs, &ports, &kernel.ifaces, &services);
     wait_for_stop(signals, &rt, stats_out);
     eprintln!("lbd: stopping");
     services.shutdown();
@@ -974,6 +1024,22 @@ mod tests {
 
     fn lcores_cfg(lcores: &str) -> Config {
         config("", lcores)
+    }
+
+    #[test]
+    fn burst_follows_the_config_else_the_l1d() {
+        assert_eq!(burst_decision(Some(128), Some(32 << 10)), (128, "lcores.burst".to_owned()));
+        assert_eq!(burst_decision(None, Some(32 << 10)), (32, "auto: L1d 32 KiB".to_owned()));
+        assert_eq!(burst_decision(None, Some(48 << 10)).0, 64);
+        assert_eq!(burst_decision(None, Some(64 << 10)).0, 64);
+        assert_eq!(burst_decision(None, None).0, 32);
+        assert_eq!(parse_cache_size("32K\n"), Some(32 << 10));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("49152"), Some(49152));
+        assert_eq!(parse_cache_size(""), None);
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size("x9K"), None);
+        assert_eq!(parse_cache_size("99999999999999999999M"), None);
     }
 
     #[test]

@@ -458,7 +458,9 @@ pub struct Startup {
     pub idle: IdleMode,
     /// The longest sleep of an adaptive worker.
     pub idle_sleep: Duration,
-    pub burst: usize,
+    /// `lcores.burst`; unset: lbd picks one for the workers' CPUs at start
+    /// (`engine::daemon::burst_decision`, from the L1 data cache's size).
+    pub burst: Option<usize>,
     pub ports: Vec<PortConfig>,
     pub session_capacity: usize,
     /// Entries of the persistence table all workers share.
@@ -962,9 +964,10 @@ impl Validator<'_> {
                 ),
             );
         }
-        let burst = raw.lcores.burst.unwrap_or(64);
-        if !(1..=256).contains(&burst) {
-            return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
+        if let Some(burst) = raw.lcores.burst {
+            if !(1..=256).contains(&burst) {
+                return self.err("lcores.burst", format!("{burst} is out of range (1..=256)"));
+            }
         }
         for v in eal_vdevs(&raw.eal).into_iter().filter(|v| v.starts_with("net_af_xdp")) {
             if let Err(e) = check_af_xdp_vdev(v, workers) {
@@ -1142,7 +1145,7 @@ impl Validator<'_> {
                 cpus: raw.lcores.cpus,
                 idle,
                 idle_sleep,
-                burst: burst as usize,
+                burst: raw.lcores.burst.map(|b| b as usize),
                 ports,
                 session_capacity: cap as usize,
                 persistence_entries: persistence_entries as usize,

@@ -206,7 +206,7 @@ pub struct RawLcores {
     /// The longest sleep of an idle worker (0 = pure busy polling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_sleep: Option<String>,
-    /// Packets per RX burst.
+    /// Packets per RX burst (unset: chosen at start from the L1 data cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
 }

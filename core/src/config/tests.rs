@@ -174,7 +174,7 @@ fn defaults_fill_in() {
     assert_eq!(c.forwarding.timeouts, Timeouts::default());
     assert_eq!(c.forwarding.arp, ArpTiming::default());
     assert_eq!(c.startup.arp_tables, ArpTables::default());
-    assert_eq!(c.startup.burst, 64);
+    assert_eq!(c.startup.burst, None);
     assert!(!c.startup.eal_restricts_pci());
 }
 
