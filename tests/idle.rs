@@ -61,6 +61,12 @@ fn adaptive_workers_sleep_and_lose_no_connection() {
     let dir = TempDir::new("idle-adaptive");
     let mut lbd = t.start_lbd_with(1, &dir, |c| with_lcores(c, "workers: 1, idle: adaptive, idle_sleep: 500us"));
     assert!(lbd.log_text().contains("idle adaptive (lcores.idle)"), "{}", lbd.log_text());
+    // No lcores.burst: sized to the L1 data cache (daemon::burst_decision).
+    assert!(
+        ["burst 32 (auto: L1d", "burst 64 (auto: L1d"].iter().any(|b| lbd.log_text().contains(b)),
+        "{}",
+        lbd.log_text()
+    );
 
     // Quiet: the worker goes to sleep.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -118,8 +124,9 @@ fn busy_workers_never_sleep() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("idle-busy");
-    let mut lbd = t.start_lbd_with(1, &dir, |c| with_lcores(c, "workers: 1, idle: busy"));
+    let mut lbd = t.start_lbd_with(1, &dir, |c| with_lcores(c, "workers: 1, idle: busy, burst: 16"));
     assert!(lbd.log_text().contains("idle busy (lcores.idle)"), "{}", lbd.log_text());
+    assert!(lbd.log_text().contains("burst 16 (lcores.burst)"), "{}", lbd.log_text());
     assert_eq!(connections(&t, 50), 50);
     // Long enough for thousands of sleeps, were there any.
     std::thread::sleep(Duration::from_millis(500));
