@@ -135,3 +135,62 @@ fn busy_workers_never_sleep() {
     assert_eq!(event(&s, "idle_sleeps"), 0);
     assert_eq!(event(&s, "idle_wakeups"), 0);
 }
+
+/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so a
+/// failing assertion cannot leave lbd stopped.
+struct Stopped(String);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let pid = pid.to_string();
+        assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+fn device_missed(stats: &Value) -> u64 {
+    stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"]["imissed"].as_u64().unwrap()).sum()
+}
+
+/// A worker off its CPU leaves frames in af_packet's ring; what does not
+/// fit, the kernel drops, and DPDK's PMD does not count. lbd reads the
+/// socket's drop count into the port's `imissed`: with lbd stopped, 1000
+/// datagrams meet a ring of 64 frames, and every frame the kernel gave
+/// lbd's veths is either received or missed.
+#[test]
+fn af_packet_ring_overflow_is_counted() {
+    let _g = guard();
+    let t = Topology::up();
+    let dir = TempDir::new("idle-ring");
+    let mut lbd = t.start_lbd_with(1, &dir, |c| c.replace("framecnt=4096", "framecnt=64"));
+    // The client learns the VIP's MAC while lbd can still answer.
+    assert_eq!(connections(&t, 1), 1);
+    let before = lbd.stats_now();
+    let kernel_before = kernel_rx(&t);
+    {
+        let _stopped = Stopped::new(lbd.pid());
+        let send = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(1000): s.sendto(b'x', ('10.0.0.100', 9))";
+        t.client_ok(&["/usr/bin/python3", "-c", send]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let s = lbd.stats_now();
+        let k = kernel_rx(&t) - kernel_before;
+        let (d, m) = (device_rx(&s) - device_rx(&before), device_missed(&s) - device_missed(&before));
+        if k == d + m {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the kernel received {k} frames on lbd's veths, lbd {d}, missed {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let missed = device_missed(&after) - device_missed(&before);
+    assert!(missed >= 1000 - 64, "missed {missed}: {}", after["ports"]);
+    let (status, _) = lbd.stop();
+    assert!(status.success());
+}

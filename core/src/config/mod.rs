@@ -620,7 +620,8 @@ pub fn eal_has_af_xdp(eal: &[String]) -> bool {
 /// The smallest af_packet ring lbd accepts without a warning, in frames.
 /// DPDK's default (512 frames of 2 KB) holds 3 to 5 ms of a 1 Gbit/s flow:
 /// less than a scheduler slice of a worker that shares its CPU, and the
-/// kernel drops what does not fit without a count lbd can read (the
+/// kernel drops what does not fit (lbd counts it as the port's missed
+/// frames, which the PMD itself does not; the
 /// end-to-end bench lost 53-58 k frames per 10 s of iperf3 there, each a
 /// retransmission; 2048 frames or more lost none).
 pub const AF_PACKET_MIN_FRAMES: u32 = 2048;
@@ -643,7 +644,7 @@ pub fn af_packet_ring_warnings(eal: &[String]) -> Vec<String> {
         if frames < AF_PACKET_MIN_FRAMES {
             let given = if framecnt.is_none() { " (DPDK's default)" } else { "" };
             out.push(format!(
-                "{name}: an RX ring of {frames} frames{given} overflows while the worker waits for its CPU, and the kernel drops the excess without a count lbd can see; add framecnt=4096 to the vdev"
+                "{name}: an RX ring of {frames} frames{given} overflows while the worker waits for its CPU, and the kernel drops the excess (counted as the port's missed frames); add framecnt=4096 to the vdev"
             ));
         }
     }

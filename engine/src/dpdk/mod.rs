@@ -25,6 +25,7 @@ use dpdk_sys as sys;
 use std::ffi::CStr;
 use std::fmt;
 
+mod af_packet;
 mod device;
 pub mod eal;
 pub mod mbuf;

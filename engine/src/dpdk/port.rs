@@ -78,7 +78,8 @@ pub struct PortStats {
     pub opackets: u64,
     pub ibytes: u64,
     pub obytes: u64,
-    /// Dropped by the device: no free descriptor.
+    /// Dropped by the device: no free descriptor (for `net_af_packet`,
+    /// frames the kernel dropped on the full RX ring, see `af_packet`).
     pub imissed: u64,
     pub ierrors: u64,
     pub oerrors: u64,
@@ -117,7 +118,7 @@ fn stats_of(id: u16) -> PortStats {
         opackets: s.opackets,
         ibytes: s.ibytes,
         obytes: s.obytes,
-        imissed: s.imissed,
+        imissed: s.imissed + super::af_packet::ring_drops(id),
         ierrors: s.ierrors,
         oerrors: s.oerrors,
         rx_nombuf: s.rx_nombuf,
