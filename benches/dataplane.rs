@@ -131,39 +131,54 @@ fn established(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             // Built here, so a filtered run builds only what it measures.
             // 64k packets of random flows, processed in bursts of BURST.
-            let mut x = 0x9e37_79b9_7f4a_7c15u64;
-            let pkts: Vec<Frame> = (0..65536)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    frame(x % n, 0x10)
-                })
-                .collect();
+            let pkts: Vec<Frame> = sample(n).map(|f| frame(f, 0x10)).collect();
             // The established packets go through boxed buffers (8-byte
             // moves, like mbufs); each burst first copies its frames into
             // them, as a PMD writes received packets.
-            let mut dpb = dataplane::<Buf>(n as usize + n as usize / 8 + 64);
-            let mut rec = Recycler { free: (0..2 * BURST).map(|_| Buf(Box::new(frame(0, 0)))).collect(), tx: 0 };
-            for i in 0..n {
-                let mut b = rec.free.pop().unwrap();
-                *b.0 = frame(i, 0x02);
-                dpb.process(b, &mut rec);
-            }
+            let (mut dpb, mut rec) = prefilled(n);
             let mut batch: Vec<Buf> = Vec::with_capacity(BURST);
-            b.iter(|| {
-                for burst in pkts.chunks(BURST) {
-                    for f in burst {
-                        let mut b = rec.free.pop().unwrap();
-                        *b.0 = *f;
-                        batch.push(b);
-                    }
-                    dpb.process_burst(batch.drain(..), &mut rec);
-                }
-            });
+            b.iter(|| replay(&mut dpb, &mut rec, &mut batch, &pkts));
         });
     }
     g.finish();
+}
+
+/// 65,536 flow numbers below `n`, drawn at random (xorshift, a fixed
+/// seed: every group replays the same sample).
+fn sample(n: u64) -> impl Iterator<Item = u64> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..65536).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    })
+}
+
+/// A dataplane over boxed buffers (8-byte moves, like mbufs) whose `n`
+/// flows' sessions their SYNs created, and the buffers to feed it.
+fn prefilled(n: u64) -> (Dataplane<Buf>, Recycler) {
+    let mut dpb = dataplane::<Buf>(n as usize + n as usize / 8 + 64);
+    let mut rec = Recycler { free: (0..2 * BURST).map(|_| Buf(Box::new(frame(0, 0)))).collect(), tx: 0 };
+    for i in 0..n {
+        let mut b = rec.free.pop().unwrap();
+        *b.0 = frame(i, 0x02);
+        dpb.process(b, &mut rec);
+    }
+    (dpb, rec)
+}
+
+/// `pkts` through `dpb` in bursts, each first copied into recycled
+/// buffers, as a PMD writes received packets.
+fn replay(dpb: &mut Dataplane<Buf>, rec: &mut Recycler, batch: &mut Vec<Buf>, pkts: &[Frame]) {
+    for burst in pkts.chunks(BURST) {
+        for f in burst {
+            let mut b = rec.free.pop().unwrap();
+            *b.0 = *f;
+            batch.push(b);
+        }
+        dpb.process_burst(batch.drain(..), rec);
+    }
 }
 
 /// The return path: backend-to-client ACKs of the same random flows as
@@ -175,20 +190,10 @@ fn reply(c: &mut Criterion) {
     for n in [1_000u64, 1_000_000] {
         g.throughput(Throughput::Elements(65536));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            let mut dpb = dataplane::<Buf>(n as usize + n as usize / 8 + 64);
-            let mut rec = Recycler { free: (0..2 * BURST).map(|_| Buf(Box::new(frame(0, 0)))).collect(), tx: 0 };
-            for i in 0..n {
-                let mut b = rec.free.pop().unwrap();
-                *b.0 = frame(i, 0x02);
-                dpb.process(b, &mut rec);
-            }
-            let mut x = 0x9e37_79b9_7f4a_7c15u64;
-            let pkts: Vec<Frame> = (0..65536)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let req = frame(x % n, 0x10);
+            let (mut dpb, mut rec) = prefilled(n);
+            let pkts: Vec<Frame> = sample(n)
+                .map(|f| {
+                    let req = frame(f, 0x10);
                     let t = dpb.sessions();
                     let key = lbcore::flow::FlowKey::new(
                         u32::from_be_bytes(req.data[26..30].try_into().unwrap()),
@@ -203,16 +208,7 @@ fn reply(c: &mut Criterion) {
                 .collect();
             let mut batch: Vec<Buf> = Vec::with_capacity(BURST);
             let tx0 = rec.tx;
-            b.iter(|| {
-                for burst in pkts.chunks(BURST) {
-                    for f in burst {
-                        let mut b = rec.free.pop().unwrap();
-                        *b.0 = *f;
-                        batch.push(b);
-                    }
-                    dpb.process_burst(batch.drain(..), &mut rec);
-                }
-            });
+            b.iter(|| replay(&mut dpb, &mut rec, &mut batch, &pkts));
             assert!(rec.tx > tx0, "replies were forwarded");
         });
     }
