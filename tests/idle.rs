@@ -32,18 +32,6 @@ fn event(stats: &Value, name: &str) -> u64 {
     stats["events"][name].as_u64().unwrap_or_else(|| panic!("no event {name} in {}", stats["events"]))
 }
 
-/// Frames the kernel received on lbd's veth ends: every one of them is
-/// offered to lbd's af_packet socket, so lbd's device count must match.
-fn kernel_rx(t: &Topology) -> u64 {
-    ["e", "i"]
-        .iter()
-        .map(|s| {
-            let p = format!("/sys/class/net/{}-{s}/statistics/rx_packets", t.name);
-            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}")).trim().parse::<u64>().unwrap()
-        })
-        .sum()
-}
-
 fn device_rx(stats: &Value) -> u64 {
     stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"]["ipackets"].as_u64().unwrap()).sum()
 }
@@ -79,7 +67,7 @@ fn adaptive_workers_sleep_and_lose_no_connection() {
     // the sleeps to reach their longest, until traffic has found the
     // worker asleep; every connection must complete.
     let before = lbd.stats_now();
-    let kernel_before = kernel_rx(&t);
+    let kernel_before = t.lbd_veths_rx();
     let (mut asked, mut done) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -99,7 +87,7 @@ fn adaptive_workers_sleep_and_lose_no_connection() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let after = loop {
         let s = lbd.stats_now();
-        let (k, d) = (kernel_rx(&t) - kernel_before, device_rx(&s) - device_rx(&before));
+        let (k, d) = (t.lbd_veths_rx() - kernel_before, device_rx(&s) - device_rx(&before));
         if k == d {
             break s;
         }
@@ -136,24 +124,6 @@ fn busy_workers_never_sleep() {
     assert_eq!(event(&s, "idle_wakeups"), 0);
 }
 
-/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so a
-/// failing assertion cannot leave lbd stopped.
-struct Stopped(String);
-
-impl Stopped {
-    fn new(pid: u32) -> Stopped {
-        let pid = pid.to_string();
-        assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-CONT", &self.0]).status();
-    }
-}
-
 fn device_missed(stats: &Value) -> u64 {
     stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"]["imissed"].as_u64().unwrap()).sum()
 }
@@ -172,7 +142,7 @@ fn af_packet_ring_overflow_is_counted() {
     // The client learns the VIP's MAC while lbd can still answer.
     assert_eq!(connections(&t, 1), 1);
     let before = lbd.stats_now();
-    let kernel_before = kernel_rx(&t);
+    let kernel_before = t.lbd_veths_rx();
     {
         let _stopped = Stopped::new(lbd.pid());
         let send = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(1000): s.sendto(b'x', ('10.0.0.100', 9))";
@@ -181,7 +151,7 @@ fn af_packet_ring_overflow_is_counted() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let after = loop {
         let s = lbd.stats_now();
-        let k = kernel_rx(&t) - kernel_before;
+        let k = t.lbd_veths_rx() - kernel_before;
         let (d, m) = (device_rx(&s) - device_rx(&before), device_missed(&s) - device_missed(&before));
         if k == d + m {
             break s;

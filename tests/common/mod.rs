@@ -430,3 +430,21 @@ pub fn scrape(addr: &str) -> String {
     s.read_to_string(&mut text).unwrap();
     text
 }
+
+/// A process stopped with SIGSTOP, continued (SIGCONT) when this is
+/// dropped, so that a failing assertion cannot leave it stopped.
+pub struct Stopped(String);
+
+impl Stopped {
+    pub fn new(pid: u32) -> Stopped {
+        let pid = pid.to_string();
+        assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}

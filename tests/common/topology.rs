@@ -92,6 +92,19 @@ impl Topology {
             .collect()
     }
 
+    /// Frames the kernel received on lbd's veth ends (`NAME-e`, `NAME-i`,
+    /// in the root namespace: not for [`Topology::up_with_lb_netns`]):
+    /// every one is offered to lbd's af_packet socket or XDP program.
+    pub fn lbd_veths_rx(&self) -> u64 {
+        ["e", "i"]
+            .iter()
+            .map(|s| {
+                let p = format!("/sys/class/net/{}-{s}/statistics/rx_packets", self.name);
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}")).trim().parse::<u64>().unwrap()
+            })
+            .sum()
+    }
+
     /// The topology's lbd configuration (`topology.sh config`).
     pub fn config(&self, workers: usize, prefix: &str) -> String {
         run(Command::new(repo().join("testbed/topology.sh")).args(["config", &self.name, &workers.to_string(), prefix]))

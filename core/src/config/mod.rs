@@ -1378,7 +1378,8 @@ impl Validator<'_> {
                 Some(m) => Some(self.mac(&f("mac"), m)?),
             };
             // af_xdp's rings are the port's descriptors, and the kernel
-            // drops what does not fit while the worker is off its CPU: 1024
+            // drops what does not fit while the worker is off its CPU
+            // (counted as the port's missed frames, dpdk::ring_drops): 1024
             // lost 13-19 k frames per 10 s of iperf3 on the end-to-end
             // bench (each a retransmission), 4096 none.
             let default_desc = if p.device.trim().starts_with("net_af_xdp") { 4096 } else { 1024 };

@@ -25,7 +25,6 @@ use dpdk_sys as sys;
 use std::ffi::CStr;
 use std::fmt;
 
-mod af_packet;
 mod device;
 pub mod eal;
 pub mod mbuf;
@@ -34,6 +33,7 @@ pub mod mempool;
 pub mod port;
 pub mod queue;
 pub mod ring;
+mod ring_drops;
 
 pub use eal::Eal;
 pub use mbuf::{Burst, BurstDrain, Mbuf, MAX_BURST};

@@ -78,8 +78,9 @@ pub struct PortStats {
     pub opackets: u64,
     pub ibytes: u64,
     pub obytes: u64,
-    /// Dropped by the device: no free descriptor (for `net_af_packet`,
-    /// frames the kernel dropped on the full RX ring, see `af_packet`).
+    /// Dropped by the device: no free descriptor (for `net_af_packet` and
+    /// `net_af_xdp`, frames the kernel dropped on a full ring, see
+    /// `ring_drops`).
     pub imissed: u64,
     pub ierrors: u64,
     pub oerrors: u64,
@@ -118,7 +119,7 @@ fn stats_of(id: u16) -> PortStats {
         opackets: s.opackets,
         ibytes: s.ibytes,
         obytes: s.obytes,
-        imissed: s.imissed + super::af_packet::ring_drops(id),
+        imissed: s.imissed + super::ring_drops::of(id),
         ierrors: s.ierrors,
         oerrors: s.oerrors,
         rx_nombuf: s.rx_nombuf,
@@ -182,6 +183,8 @@ impl Port {
         // From here on an error drops `device`, which closes the port and
         // releases the claim.
         let mut device = Device { id, started: false, eal: handle, _pool: Arc::clone(pool) };
+        // af_xdp makes its sockets in the queue setup below.
+        let xdp_sockets = super::ring_drops::XdpSockets::before_setup();
         let mut conf = sys::rte_eth_conf::default();
         let mut rss = RssState { mode: "off".into(), ..RssState::default() };
         let want = s.rss.as_ref().filter(|_| s.rx_queues > 1);
@@ -239,6 +242,7 @@ impl Port {
         // SAFETY: configured port.
         check("rte_eth_dev_start", unsafe { sys::rte_eth_dev_start(id) })?;
         device.started = true;
+        xdp_sockets.claim(id);
         if s.promiscuous {
             // SAFETY: started port.
             check("enabling promiscuous mode", unsafe { sys::rte_eth_promiscuous_enable(id) })?;
