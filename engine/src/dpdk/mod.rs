@@ -1,6 +1,7 @@
 //! The safe layer over DPDK, one module per DPDK object: [`eal`],
-//! [`mempool`], [`mbuf`], [`port`], [`queue`], [`ring`]. The only part of
-//! the engine allowed `unsafe`.
+//! [`mempool`], [`mbuf`], [`port`], [`queue`], [`ring`]; and `ring_drops`,
+//! the frames the af_packet and af_xdp PMDs' kernel sockets drop and the
+//! PMDs do not count. The only part of the engine allowed `unsafe`.
 //!
 //! The types carry DPDK's rules, so no caller has to call things in the
 //! right order to stay sound:
