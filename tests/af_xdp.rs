@@ -71,11 +71,6 @@ fn af_xdp_ports_carry_connections_to_every_backend() {
     assert!(!xdp_attached(&ext), "XDP program left on {ext}");
 }
 
-/// Sum of a device counter over lbd's ports.
-fn device(stats: &serde_json::Value, counter: &str) -> u64 {
-    stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"][counter].as_u64().unwrap()).sum()
-}
-
 /// A full AF_XDP RX ring drops frames in the kernel, which DPDK 22.11's
 /// PMD does not count; lbd reads them from the sockets (`XDP_STATISTICS`)
 /// into the port's `imissed`. With lbd stopped, 1000 datagrams meet a
@@ -92,30 +87,8 @@ fn af_xdp_ring_overflow_is_counted() {
     });
     // The client learns the VIP's MAC while lbd can still answer.
     assert_eq!(t.sequential_connections(1, &[]).len(), 1);
-    let before = lbd.stats_now();
-    let kernel_before = t.lbd_veths_rx();
-    {
-        let _stopped = Stopped::new(lbd.pid());
-        let send = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(1000): s.sendto(b'x', ('10.0.0.100', 9))";
-        t.client_ok(&["/usr/bin/python3", "-c", send]);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let after = loop {
-        let s = lbd.stats_now();
-        let k = t.lbd_veths_rx() - kernel_before;
-        let d = device(&s, "ipackets") - device(&before, "ipackets");
-        let m = device(&s, "imissed") - device(&before, "imissed");
-        if k == d + m {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the kernel received {k} frames on lbd's veths, lbd {d}, missed {m}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    let missed = device(&after, "imissed") - device(&before, "imissed");
-    assert!(missed >= 1000 - 64, "missed {missed}: {}", after["ports"]);
+    let missed = t.overflow_stopped_lbd(&mut lbd, 1000);
+    assert!(missed >= 1000 - 64, "missed {missed}");
     let (status, _) = lbd.stop();
     assert!(status.success(), "{status:?}");
 }

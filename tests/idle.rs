@@ -32,10 +32,6 @@ fn event(stats: &Value, name: &str) -> u64 {
     stats["events"][name].as_u64().unwrap_or_else(|| panic!("no event {name} in {}", stats["events"]))
 }
 
-fn device_rx(stats: &Value) -> u64 {
-    stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"]["ipackets"].as_u64().unwrap()).sum()
-}
-
 /// `n` connections one after another, each asking once; how many a
 /// backend answered.
 fn connections(t: &Topology, n: usize) -> usize {
@@ -87,7 +83,8 @@ fn adaptive_workers_sleep_and_lose_no_connection() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let after = loop {
         let s = lbd.stats_now();
-        let (k, d) = (t.lbd_veths_rx() - kernel_before, device_rx(&s) - device_rx(&before));
+        let (k, d) =
+            (t.lbd_veths_rx() - kernel_before, device_counter(&s, "ipackets") - device_counter(&before, "ipackets"));
         if k == d {
             break s;
         }
@@ -124,10 +121,6 @@ fn busy_workers_never_sleep() {
     assert_eq!(event(&s, "idle_wakeups"), 0);
 }
 
-fn device_missed(stats: &Value) -> u64 {
-    stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"]["imissed"].as_u64().unwrap()).sum()
-}
-
 /// A worker off its CPU leaves frames in af_packet's ring; what does not
 /// fit, the kernel drops, and DPDK's PMD does not count. lbd reads the
 /// socket's drop count into the port's `imissed`: with lbd stopped, 1000
@@ -141,26 +134,8 @@ fn af_packet_ring_overflow_is_counted() {
     let mut lbd = t.start_lbd_with(1, &dir, |c| c.replace("framecnt=4096", "framecnt=64"));
     // The client learns the VIP's MAC while lbd can still answer.
     assert_eq!(connections(&t, 1), 1);
-    let before = lbd.stats_now();
-    let kernel_before = t.lbd_veths_rx();
-    {
-        let _stopped = Stopped::new(lbd.pid());
-        let send = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(1000): s.sendto(b'x', ('10.0.0.100', 9))";
-        t.client_ok(&["/usr/bin/python3", "-c", send]);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let s = lbd.stats_now();
-        let k = t.lbd_veths_rx() - kernel_before;
-        let (d, m) = (device_rx(&s) - device_rx(&before), device_missed(&s) - device_missed(&before));
-        if k == d + m {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the kernel received {k} frames on lbd's veths, lbd {d}, missed {m}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let missed = device_missed(&after) - device_missed(&before);
-    assert!(missed >= 1000 - 64, "missed {missed}: {}", after["ports"]);
+    let missed = t.overflow_stopped_lbd(&mut lbd, 1000);
+    assert!(missed >= 1000 - 64, "missed {missed}");
     let (status, _) = lbd.stop();
     assert!(status.success());
 }

@@ -448,3 +448,9 @@ impl Drop for Stopped {
         let _ = Command::new("kill").args(["-CONT", &self.0]).status();
     }
 }
+
+/// A device counter (`ipackets`, `imissed`, ...) summed over lbd's ports
+/// in a stats document.
+pub fn device_counter(stats: &Value, counter: &str) -> u64 {
+    stats["ports"].as_array().unwrap().iter().map(|p| p["device_stats"][counter].as_u64().unwrap()).sum()
+}

@@ -1,7 +1,7 @@
 //! The namespace testbed of `testbed/topology.sh` as a test guard: built
 //! on creation, torn down on drop (also when the test fails).
 
-use super::{repo, run, unique, Lbd, TempDir};
+use super::{device_counter, repo, run, unique, Lbd, Stopped, TempDir};
 use std::process::{Command, Output};
 
 /// A testbed topology: a client namespace, lbd's two ports, three backend
@@ -103,6 +103,38 @@ impl Topology {
                 std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}")).trim().parse::<u64>().unwrap()
             })
             .sum()
+    }
+
+    /// Overflows lbd's RX ring: with lbd stopped (SIGSTOP), `datagrams`
+    /// UDP datagrams from the client to the VIP; then waits until every
+    /// frame the kernel gave lbd's veths meanwhile is either received or
+    /// missed by lbd's ports (failing after 30 s), and returns how many
+    /// were missed. The client must know the VIP's MAC already.
+    pub fn overflow_stopped_lbd(&self, lbd: &mut Lbd, datagrams: u32) -> u64 {
+        let before = lbd.stats_now();
+        let kernel_before = self.lbd_veths_rx();
+        {
+            let _stopped = Stopped::new(lbd.pid());
+            let send = format!(
+                "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range({datagrams}): s.sendto(b'x', ('10.0.0.100', 9))"
+            );
+            self.client_ok(&["/usr/bin/python3", "-c", &send]);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let s = lbd.stats_now();
+            let k = self.lbd_veths_rx() - kernel_before;
+            let d = device_counter(&s, "ipackets") - device_counter(&before, "ipackets");
+            let m = device_counter(&s, "imissed") - device_counter(&before, "imissed");
+            if k == d + m {
+                return m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel received {k} frames on lbd's veths, lbd {d}, missed {m}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 
     /// The topology's lbd configuration (`topology.sh config`).
