@@ -774,6 +774,21 @@ fn idle_mode_defaults_to_auto_and_keeps_idle_sleep_zero_as_busy() {
 }
 
 #[test]
+fn burst_is_optional_and_bounded() {
+    assert_eq!(parse_str(GOOD).unwrap().startup.burst, None);
+    let c = parse_str(&GOOD.replace("lcores: {workers: 1}", "lcores: {workers: 1, burst: 256}")).unwrap();
+    assert_eq!(c.startup.burst, Some(256));
+    for bad in ["0", "257", "4294967295"] {
+        let e = err_with("lcores: {workers: 1}", &format!("lcores: {{workers: 1, burst: {bad}}}"));
+        assert_eq!(e.field, "lcores.burst", "{bad}: {e}");
+        assert!(e.message.contains("out of range"), "{e}");
+    }
+    // Not a u32: serde's error, still naming the field.
+    let e = err_with("lcores: {workers: 1}", "lcores: {workers: 1, burst: -1}");
+    assert!(e.to_string().contains("burst"), "{e}");
+}
+
+#[test]
 fn af_xdp_vdevs_need_an_interface_and_no_more_queues_than_workers() {
     let with = |vdev: &str, workers: u32| {
         GOOD.replace("lcores: {workers: 1}", &format!("lcores: {{workers: {workers}}}"))
