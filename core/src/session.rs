@@ -353,12 +353,14 @@ impl<M: Placement> SessionTable<M> {
     /// Advances the TCP state of the session in `slot` (see
     /// [`Session::track_tcp`]) and keeps the half-open accounting. State
     /// changes go through here, not through [`Self::session_mut`].
+    /// Returns the session's state and flags after the change.
     #[inline]
-    pub fn track_tcp(&mut self, slot: u32, tcp_flags: u8, dir: Direction) {
+    pub fn track_tcp(&mut self, slot: u32, tcp_flags: u8, dir: Direction) -> (SessionState, u8) {
         let s = &mut self.slots[slot as usize];
         let was = s.state.is_half_open();
         s.track_tcp(tcp_flags, dir);
-        match (was, s.state.is_half_open()) {
+        let after = (s.state, s.flags);
+        match (was, after.0.is_half_open()) {
             (false, true) => {
                 self.half_open += 1;
                 self.half_open_order.push(slot);
@@ -366,6 +368,7 @@ impl<M: Placement> SessionTable<M> {
             (true, false) => self.half_open -= 1,
             _ => {}
         }
+        after
     }
 
     /// The oldest half-open session still live, taken out of the arrival

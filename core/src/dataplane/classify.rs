@@ -2,7 +2,7 @@
 //! direction and owner. A fast path for the common frame, the full checks
 //! (which name every drop) for the rest; both reach the same verdict.
 
-use super::{Packet, State};
+use super::{Packet, Staged, State};
 use crate::counters::DropReason;
 use crate::flow::FlowKey;
 use crate::ids::{ListenerPos, PortIndex};
@@ -19,22 +19,18 @@ use crate::wire::{checksum, get16, get32, udp};
 /// What [`State::classify`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Class {
-    /// TCP or UDP to forward: a request to the listener at this position,
-    /// or (no listener) a reply.
-    Flow {
-        key: FlowKey,
-        flags: u8,
-        listener: Option<ListenerPos>,
-        owner: usize,
-    },
+    /// TCP or UDP to forward: the classifier wrote its key, flags,
+    /// listener (none for a reply) and owner into the [`Staged`] entry it
+    /// was given. (No payload here: a variant's payload, copied with the
+    /// enum, is stored piece by piece and read back whole, which stalls
+    /// on store forwarding in the burst loop.)
+    Flow,
     Arp,
     Icmp,
-    /// An ICMP error about a flow through lbd: `key` is the one its flow's
-    /// packets arrive with (see `icmp_error`), `owner` that flow's owner.
-    IcmpError {
-        key: FlowKey,
-        owner: usize,
-    },
+    /// An ICMP error about a flow through lbd: the classifier wrote the
+    /// key that flow's packets arrive with (see `icmp_error`) and its
+    /// owner into the [`Staged`] entry it was given.
+    IcmpError,
     /// TCP or UDP for the host (a port's own address, where no listener
     /// is): up to that port's kernel interface.
     Kernel(PortIndex),
@@ -45,23 +41,31 @@ pub(super) enum Class {
 
 impl<P: Packet> State<P> {
     /// The first look at a packet: validation, and for TCP/UDP the flow,
-    /// its direction and its owner. Reads only; decides nothing yet.
+    /// its direction and its owner. Reads only; decides nothing yet. A
+    /// flow's key, flags, listener and owner go into `flow`, in place.
     #[inline(always)]
-    pub(super) fn classify(&self, snap: &Snapshot, pkt: &P) -> Class {
+    pub(super) fn classify(&self, snap: &Snapshot, pkt: &P, flow: &mut Staged) -> Class {
         let Some(port) = snap.ports.get(usize::from(pkt.port())) else {
             // Only a bug in an adapter could get here.
             return Class::Drop(DropReason::WrongDstMac);
         };
         let data = pkt.data();
-        if let Some(c) = self.classify_fast(snap, port, data, pkt.packet_len()) {
+        if let Some(c) = self.classify_fast(snap, port, data, pkt.packet_len(), flow) {
             return c;
         }
-        self.classify_full(snap, port, data, pkt.packet_len())
+        self.classify_full(snap, port, data, pkt.packet_len(), flow)
     }
 
     /// Every check, in order, for any frame; names the reason for a drop.
     /// `data` is the first segment of a packet of `pkt_len` bytes.
-    pub(super) fn classify_full(&self, snap: &Snapshot, port: &PortView, data: &[u8], pkt_len: usize) -> Class {
+    pub(super) fn classify_full(
+        &self,
+        snap: &Snapshot,
+        port: &PortView,
+        data: &[u8],
+        pkt_len: usize,
+        flow: &mut Staged,
+    ) -> Class {
         if data.len() < ethernet::HEADER_LEN {
             return Class::Drop(DropReason::Truncated);
         }
@@ -122,16 +126,17 @@ impl<P: Packet> State<P> {
                 }
                 (get16(l4, udp::field::SRC_PORT), get16(l4, udp::field::DST_PORT), 0)
             }
-            PROTO_ICMP => return self.icmp_class(snap, dst, ttl, l4),
+            PROTO_ICMP => return self.icmp_class(snap, dst, ttl, l4, flow),
             _ => return Class::Drop(DropReason::UnsupportedProtocol),
         };
-        self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, ttl)
+        self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, ttl, flow)
     }
 
     /// The verdict on a valid TCP/UDP packet: to a listener, to a local
     /// address nothing listens on, or a reply to forward; and its owner.
+    /// For a flow, its key, flags, listener and owner go into `flow`.
     #[inline(always)]
-    pub(super) fn flow_class(&self, snap: &Snapshot, key: FlowKey, flags: u8, ttl: u8) -> Class {
+    pub(super) fn flow_class(&self, snap: &Snapshot, key: FlowKey, flags: u8, ttl: u8, flow: &mut Staged) -> Class {
         let (listener, owner) = match self.direction(snap, &key) {
             Some(Some(listener)) => (Some(listener), self.flow_owner(&key, true)),
             Some(None) => return self.host_bound(snap, key.dst()),
@@ -140,7 +145,11 @@ impl<P: Packet> State<P> {
         if ttl <= 1 {
             return Class::Drop(DropReason::TtlExceeded);
         }
-        Class::Flow { key, flags, listener, owner }
+        flow.key = key;
+        flow.flags = flags;
+        flow.listener = listener;
+        flow.owner = owner;
+        Class::Flow
     }
 
     /// The worker owning the flow of a packet arriving with `key`, a
@@ -195,7 +204,14 @@ impl<P: Packet> State<P> {
     /// the full checks, which reach the same answer for these packets and
     /// name the reason for the others.
     #[inline(always)]
-    pub(super) fn classify_fast(&self, snap: &Snapshot, port: &PortView, data: &[u8], pkt_len: usize) -> Option<Class> {
+    pub(super) fn classify_fast(
+        &self,
+        snap: &Snapshot,
+        port: &PortView,
+        data: &[u8],
+        pkt_len: usize,
+        flow: &mut Staged,
+    ) -> Option<Class> {
         let h: &[u8; UDP_HEADERS_LEN] = data.get(..UDP_HEADERS_LEN)?.try_into().ok()?;
         if get16(h, ETHERTYPE) != ETHERTYPE_IPV4
             || h[IP_VER_IHL] != ipv4::VER_IHL_NO_OPTIONS
@@ -238,6 +254,6 @@ impl<P: Packet> State<P> {
             }
             _ => return None,
         };
-        Some(self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, h[IP_TTL]))
+        Some(self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, h[IP_TTL], flow))
     }
 }

@@ -61,22 +61,22 @@ fn new_flow_state(
 
 impl<P: Packet> State<P> {
     #[inline]
-    pub(super) fn flow(&mut self, snap: &Snapshot, s: Staged<P>, io: &mut impl Io<P>) {
+    pub(super) fn flow(&mut self, snap: &Snapshot, pkt: P, s: &Staged, io: &mut impl Io<P>) {
         match s.listener {
-            Some(i) => self.request(snap, &snap.listeners[usize::from(i)], s, io),
-            None => self.reply(snap, s, io),
+            Some(i) => self.request(snap, &snap.listeners[usize::from(i)], pkt, s, io),
+            None => self.reply(snap, pkt, s, io),
         }
     }
 
     /// Client→VIP: find or create the session, then forward to its backend.
-    fn request(&mut self, snap: &Snapshot, l: &ListenerView, s: Staged<P>, io: &mut impl Io<P>) {
-        let Staged { mut pkt, key, flags, found, pick, .. } = s;
+    fn request(&mut self, snap: &Snapshot, l: &ListenerView, mut pkt: P, s: &Staged, io: &mut impl Io<P>) {
+        let (key, flags, found, pick) = (&s.key, s.flags, s.found, s.pick);
         if let Err(reason) = self.admission.packet(l, key.src(), pkt.packet_len(), self.now, &self.counters.admission) {
             return self.discard(reason, pkt, io);
         }
-        let slot = match self.known_session(snap, l, &key, found) {
+        let slot = match self.known_session(snap, l, key, found) {
             Known::Live(slot) if self.sessions.session(slot).flags & SYN_PROXIED != 0 => {
-                return self.proxied_request(snap, slot, pkt, &key, flags, io);
+                return self.proxied_request(snap, slot, pkt, key, flags, io);
             }
             Known::Live(slot) => slot,
             Known::ResetClient => return self.reset_client(snap, pkt, io),
@@ -94,12 +94,12 @@ impl<P: Packet> State<P> {
                     }
                 }
                 if carried.is_none() && l.syn_proxy != SynProxyMode::Off && key.proto() == PROTO_TCP {
-                    match self.syn_proxy_new_flow(snap, l, pkt, &key, flags, pick, io) {
+                    match self.syn_proxy_new_flow(snap, l, pkt, key, flags, pick, io) {
                         Some(p) => pkt = p,
                         None => return,
                     }
                 }
-                let (state, rescheduled) = match new_flow_state(l, &key, flags, carried) {
+                let (state, rescheduled) = match new_flow_state(l, key, flags, carried) {
                     Ok(s) => s,
                     Err(reason) => return self.discard(reason, pkt, io),
                 };
@@ -111,10 +111,10 @@ impl<P: Packet> State<P> {
                     }
                 }
                 // Picked ahead in the burst's prefetch pass, or now.
-                let Some(bi) = pick.or_else(|| self.choose(snap, l, &key)) else {
+                let Some(bi) = pick.or_else(|| self.choose(snap, l, key)) else {
                     return self.discard(DropReason::NoBackend, pkt, io);
                 };
-                let new = self.session_for(l, bi, &key, state);
+                let new = self.session_for(l, bi, key, state);
                 if flags & FLAG_RST != 0 && carried.is_none() {
                     // A reset for a connection we no longer track: pass it to
                     // the backend picked so it can clean up, but do not
@@ -137,13 +137,13 @@ impl<P: Packet> State<P> {
                 }
             }
         };
-        let s = self.touch(slot, &key, flags, Direction::Request);
+        let s = self.touch(slot, key, flags, Direction::Request);
         self.forward(snap, pkt, &s, Direction::Request, io)
     }
 
     /// Backend→client: the session must exist; forward to the client.
-    fn reply(&mut self, snap: &Snapshot, s: Staged<P>, io: &mut impl Io<P>) {
-        let Staged { pkt, key, flags, found, .. } = s;
+    fn reply(&mut self, snap: &Snapshot, pkt: P, s: &Staged, io: &mut impl Io<P>) {
+        let (key, flags, found) = (&s.key, s.flags, s.found);
         let Some((slot, Direction::Reply)) = found else {
             return self.discard(DropReason::NoSession, pkt, io);
         };
@@ -152,9 +152,9 @@ impl<P: Packet> State<P> {
             return self.discard(DropReason::NoSession, pkt, io);
         }
         if self.sessions.session(slot).flags & SYN_PROXIED != 0 {
-            return self.proxied_reply(snap, slot, pkt, &key, flags, io);
+            return self.proxied_reply(snap, slot, pkt, key, flags, io);
         }
-        let s = self.touch(slot, &key, flags, Direction::Reply);
+        let s = self.touch(slot, key, flags, Direction::Reply);
         self.forward(snap, pkt, &s, Direction::Reply, io)
     }
 
@@ -247,11 +247,16 @@ impl<P: Packet> State<P> {
     /// Returns a copy for the forward tail.
     #[inline(always)]
     pub(super) fn touch(&mut self, slot: u32, key: &FlowKey, flags: u8, dir: Direction) -> Session {
+        // The copy is taken before the writes and brought up to date from
+        // registers: read back from the table right after them, it would
+        // wait for store forwarding (a wide load over narrower stores).
+        let mut s = *self.sessions.session(slot);
+        s.last_seen = self.now;
         self.sessions.session_mut(slot).last_seen = self.now;
         if key.proto() == PROTO_TCP {
-            self.sessions.track_tcp(slot, flags, dir);
+            (s.state, s.flags) = self.sessions.track_tcp(slot, flags, dir);
         }
-        *self.sessions.session(slot)
+        s
     }
 
     /// The forward tail every flow packet takes: the rewrite of the

@@ -109,8 +109,9 @@ impl<P: Packet> State<P> {
         };
         let mut st = self.frags.steered.value(i);
         if piece.offset == 0 {
-            st.fate = match self.first_fragment_class(snap, pkt.data()) {
-                Class::Flow { owner, .. } => Fate::Owner(owner),
+            let mut flow = Staged::default();
+            st.fate = match self.first_fragment_class(snap, pkt.data(), &mut flow) {
+                Class::Flow => Fate::Owner(flow.owner),
                 Class::Kernel(port) => Fate::Kernel(port),
                 Class::Drop(reason) => Fate::Drop(reason),
                 _ => Fate::Drop(DropReason::UnsupportedProtocol),
@@ -175,8 +176,9 @@ impl<P: Packet> State<P> {
 
     /// The verdict on a first fragment, as [`Self::classify_full`] gives
     /// it for a whole packet: the L4 header must be in it (RFC 1858), but
-    /// the payload lengths cover more than this fragment.
-    fn first_fragment_class(&self, snap: &Snapshot, d: &[u8]) -> Class {
+    /// the payload lengths cover more than this fragment. A flow's key,
+    /// flags, listener and owner go into `flow`.
+    fn first_fragment_class(&self, snap: &Snapshot, d: &[u8], flow: &mut Staged) -> Class {
         let total = usize::from(get16(d, IP_LENGTH));
         let l4_len = total - ipv4::MIN_HEADER_LEN;
         let available = l4_len.min(d.len().saturating_sub(L4));
@@ -200,7 +202,7 @@ impl<P: Packet> State<P> {
             }
             _ => return Class::Drop(DropReason::IpFragment),
         };
-        self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, d[IP_TTL])
+        self.flow_class(snap, FlowKey::new(src, dst, sport, dport, proto), flags, d[IP_TTL], flow)
     }
 
     /// Stage two, at the owner of the flow: the first fragment takes the
@@ -210,13 +212,16 @@ impl<P: Packet> State<P> {
             return self.discard(DropReason::IpBadLength, pkt, io);
         };
         if piece.offset == 0 {
-            let Class::Flow { key: flow, flags, listener, .. } = self.first_fragment_class(snap, pkt.data()) else {
+            let mut s = Staged::default();
+            let Class::Flow = self.first_fragment_class(snap, pkt.data(), &mut s) else {
                 // The configuration changed between the stages.
                 return self.discard(DropReason::NoListener, pkt, io);
             };
-            let hash = self.sessions.hash(&flow);
-            let found = self.sessions.lookup(&flow, hash);
-            self.flow(snap, Staged { pkt, key: flow, hash, flags, listener, found, pick: None }, io);
+            let flow = s.key;
+            s.hash = self.sessions.hash(&flow);
+            s.found = self.sessions.lookup(&flow, s.hash);
+            let hash = s.hash;
+            self.flow(snap, pkt, &s, io);
             let session = self.sessions.lookup(&flow, hash).map(|(slot, dir)| (*self.sessions.session(slot), dir));
             if let Some(i) = self.frags.owned.find_or_insert(key, self.now) {
                 self.frags.owned.set_value(i, session);

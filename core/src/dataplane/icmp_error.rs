@@ -26,7 +26,7 @@
 
 use super::classify::Class;
 use super::synproxy::SYN_PROXIED;
-use super::{Io, Packet, State};
+use super::{Io, Packet, Staged, State};
 use crate::counters::{DropReason, Event};
 use crate::flow::FlowKey;
 use crate::nat::Endpoint;
@@ -60,7 +60,8 @@ impl<P: Packet> State<P> {
     /// much as the first segment holds). An error about a flow through lbd
     /// is classified as a packet of that flow; everything else stays with
     /// the local answers (`Class::Icmp`).
-    pub(super) fn icmp_class(&self, snap: &Snapshot, dst: u32, ttl: u8, message: &[u8]) -> Class {
+    /// The flow's key and owner go into `flow`.
+    pub(super) fn icmp_class(&self, snap: &Snapshot, dst: u32, ttl: u8, message: &[u8], flow: &mut Staged) -> Class {
         if message.len() < icmp::HEADER_LEN || !icmp::is_forwarded_error(message[icmp::field::TYPE]) {
             return Class::Icmp;
         }
@@ -88,7 +89,9 @@ impl<P: Packet> State<P> {
         if ttl <= 1 {
             return Class::Drop(DropReason::TtlExceeded);
         }
-        Class::IcmpError { key, owner }
+        flow.key = key;
+        flow.owner = owner;
+        Class::IcmpError
     }
 
     /// Forwards an ICMP error about the flow whose packets arrive with

@@ -834,12 +834,24 @@ fn drained_backend_gets_no_new_flows_but_keeps_sessions() {
     assert_eq!(h.counters.event_count(Event::SessionsReset), 0);
 }
 
+/// What a classifier said: its verdict, and for a flow what it wrote of
+/// the flow (key, flags, listener).
+type Verdict = (Class, Option<Staged>);
+
+fn verdict(class: Class, flow: Staged) -> Verdict {
+    let flow = matches!(class, Class::Flow | Class::IcmpError).then_some(flow);
+    (class, flow)
+}
+
 /// The fast classifier's answer (None: it declined) and the full one's,
 /// for `data`, the first segment of a packet of `pkt_len` bytes on `port`.
-fn classify_both(h: &Harness, port: u16, data: &[u8], pkt_len: usize) -> (Option<Class>, Class) {
+fn classify_both(h: &Harness, port: u16, data: &[u8], pkt_len: usize) -> (Option<Verdict>, Verdict) {
     let snap = &h.dp.snap;
     let pv = &snap.ports[usize::from(port)];
-    (h.dp.st.classify_fast(snap, pv, data, pkt_len), h.dp.st.classify_full(snap, pv, data, pkt_len))
+    let (mut fast, mut full) = (Staged::default(), Staged::default());
+    let fast_class = h.dp.st.classify_fast(snap, pv, data, pkt_len, &mut fast);
+    let full_class = h.dp.st.classify_full(snap, pv, data, pkt_len, &mut full);
+    (fast_class.map(|c| verdict(c, fast)), verdict(full_class, full))
 }
 
 /// Whenever the fast classifier answers, the full one gives the same
