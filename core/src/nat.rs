@@ -99,10 +99,12 @@ fn rewrite_fixed<const N: usize>(
     let old_addr = get32(f, addr_at.clone());
     let old_port = get16(f, port_at.clone());
 
-    // IPv4 header: TTL (shares a word with the protocol) and the address.
+    // IPv4 header: TTL (the high byte of a word shared with the protocol)
+    // and the address. The new word is computed, not read back: a 2-byte
+    // load over the 1-byte TTL store just made waits for the store.
     let old_ttl_word = get16(f, IP_TTL_PROTOCOL);
+    let new_ttl_word = old_ttl_word.wrapping_sub(0x100);
     f[IP_TTL] = f[IP_TTL].wrapping_sub(1);
-    let new_ttl_word = get16(f, IP_TTL_PROTOCOL);
     let mut c = get16(f, IP_CHECKSUM);
     c = adjust16(c, old_ttl_word, new_ttl_word);
     c = adjust32(c, old_addr, addr);
