@@ -22,7 +22,6 @@ use crate::wire::frame::{
 use crate::wire::ipv4::{Ipv4Repr, PROTO_TCP};
 use crate::wire::tcp::{self, field, FLAG_ACK, FLAG_SYN};
 use crate::wire::{ethernet, get16, get32, set16, set32, tcp_options};
-use std::hash::Hasher;
 
 /// MSS values a cookie can carry (2 bits), as Linux's table.
 pub const MSS_TABLE: [u16; 4] = [536, 1300, 1440, 1460];
@@ -78,16 +77,15 @@ impl CookieKey {
         CookieKey(k0, k1)
     }
 
+    /// SipHash-2-4 of (client, vip, client port, vip port, `count`,
+    /// `which`), the 17 bytes little-endian in that order: what
+    /// `std::hash::SipHasher` gives when written those fields, computed on
+    /// the three words directly (its streaming writes took 16 % of the
+    /// SYN-proxy row's samples; a cookie made or checked costs two).
     fn hash(&self, t: &Tuple, count: u32, which: u8) -> u32 {
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new_with_keys(self.0, self.1);
-        h.write_u32(t.client);
-        h.write_u32(t.vip);
-        h.write_u16(t.client_port);
-        h.write_u16(t.vip_port);
-        h.write_u32(count);
-        h.write_u8(which);
-        h.finish() as u32
+        let m0 = u64::from(t.client) | u64::from(t.vip) << 32;
+        let m1 = u64::from(t.client_port) | u64::from(t.vip_port) << 16 | u64::from(count) << 32;
+        siphash24_17(self.0, self.1, m0, m1, which) as u32
     }
 
     /// The cookie for a SYN with sequence number `client_isn` and MSS
@@ -114,6 +112,43 @@ impl CookieKey {
         let index = c.wrapping_sub(self.hash(t, made, 1)) & COOKIE_MASK;
         (index < MSS_TABLE.len() as u32).then_some(index)
     }
+}
+
+/// SipHash-2-4 under key (`k0`, `k1`) of a 17-byte message: the words
+/// `m0` and `m1` (little-endian bytes), then the byte `last`.
+#[inline]
+fn siphash24_17(k0: u64, k1: u64, m0: u64, m1: u64, last: u8) -> u64 {
+    #[inline(always)]
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    // The last word holds the message length (17) in its top byte.
+    for m in [m0, m1, u64::from(last) | 17 << 56] {
+        v[3] ^= m;
+        round(&mut v);
+        round(&mut v);
+        v[0] ^= m;
+    }
+    v[2] ^= 0xff;
+    for _ in 0..4 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 /// The largest MSS table index not above what the client offered.
@@ -174,11 +209,21 @@ pub fn write_frame(out: &mut [u8; MAX_FRAME], s: &Segment, opts: &[u8]) -> usize
     set16(t, field::DST_PORT, s.dport);
     set32(t, field::SEQ_NUM, s.seq);
     set32(t, field::ACK_NUM, s.ack);
-    t[field::DATA_OFF] = ((tcp_len / 4) as u8) << 4;
+    let data_off = ((tcp_len / 4) as u8) << 4;
+    t[field::DATA_OFF] = data_off;
     t[field::FLAGS] = s.flags;
     set16(t, field::WINDOW, s.window);
     t[tcp::MIN_HEADER_LEN..].copy_from_slice(opts);
-    let c = !fold(ip.pseudo_header_sum() + sum_words(t));
+    // Summed from the fields rather than read back from `t`: loads over
+    // the stores just made wait for them.
+    let words = |v: u32| u64::from(v >> 16) + u64::from(v & 0xffff);
+    let header = u64::from(s.sport)
+        + u64::from(s.dport)
+        + words(s.seq)
+        + words(s.ack)
+        + u64::from(u16::from_be_bytes([data_off, s.flags]))
+        + u64::from(s.window);
+    let c = !fold(ip.pseudo_header_sum() + header + sum_words(opts));
     set16(t, field::CHECKSUM, c);
     len
 }
@@ -403,8 +448,50 @@ pub fn tcp_checksum_ok(f: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const T: Tuple = Tuple { client: 0xc0a8_010a, vip: 0x0a00_0064, client_port: 40000, vip_port: 80 };
+
+    proptest! {
+        /// The cookie hash is SipHash-2-4 of its fields as the standard
+        /// library's SipHasher computes it from the same writes.
+        #[test]
+        fn cookie_hash_is_siphash_of_the_fields(
+            k0 in any::<u64>(), k1 in any::<u64>(),
+            client in any::<u32>(), vip in any::<u32>(),
+            client_port in any::<u16>(), vip_port in any::<u16>(),
+            count in any::<u32>(), which in any::<u8>(),
+        ) {
+            use std::hash::Hasher;
+            #[allow(deprecated)]
+            let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+            h.write_u32(client);
+            h.write_u32(vip);
+            h.write_u16(client_port);
+            h.write_u16(vip_port);
+            h.write_u32(count);
+            h.write_u8(which);
+            let t = Tuple { client, vip, client_port, vip_port };
+            prop_assert_eq!(CookieKey::from_parts(k0, k1).hash(&t, count, which), h.finish() as u32);
+        }
+
+        /// The checksums `write_frame` sums from the fields are those of
+        /// the bytes it writes, with any options.
+        #[test]
+        fn written_frames_carry_their_checksums(
+            src in any::<u32>(), dst in any::<u32>(), sport in any::<u16>(), dport in any::<u16>(),
+            seq in any::<u32>(), ack in any::<u32>(), flags in any::<u8>(), window in any::<u16>(),
+            opts in proptest::collection::vec(any::<u8>(), 0..=5).prop_map(|w| w.repeat(4)),
+        ) {
+            let s = Segment { src, dst, sport, dport, seq, ack, flags, window };
+            let mut out = [0x5au8; MAX_FRAME];
+            let len = write_frame(&mut out, &s, &opts);
+            prop_assert_eq!(len, L4 + tcp::MIN_HEADER_LEN + opts.len());
+            prop_assert!(tcp_checksum_ok(&out[..len]));
+            let ip: &[u8; 20] = out[IPV4..L4].try_into().unwrap();
+            prop_assert_eq!(fold(crate::wire::checksum::sum_ipv4_header(ip)), 0xffff);
+        }
+    }
 
     #[test]
     fn cookies_validate_for_two_periods_and_only_with_their_inputs() {
