@@ -827,12 +827,18 @@ listeners:
     backends: [{address: 10.1.0.11, port: 81}, {address: 10.1.0.12, port: 81}]
 ";
 
-    #[test]
-    fn a_rebuild_reuses_the_schedulers_whose_inputs_did_not_change() {
+    /// `CFG` parsed, its ids assigned, its ports as configured.
+    fn parsed_cfg() -> (Config, IdRegistry, Vec<PortFacts>) {
         let cfg = crate::config::parse(CFG, Path::new("t.yaml")).unwrap();
         let mut ids = IdRegistry::default();
         ids.assign(&cfg.forwarding, &|_| true).unwrap();
         let facts = PortFacts::as_configured(&cfg, &[MacAddr::ZERO]);
+        (cfg, ids, facts)
+    }
+
+    #[test]
+    fn a_rebuild_reuses_the_schedulers_whose_inputs_did_not_change() {
+        let (cfg, ids, facts) = parsed_cfg();
         let zero = std::time::Duration::ZERO;
         let build = |health: &HealthTable, previous: Option<&Snapshot>| {
             Snapshot::build_with_health(&cfg, &facts, &ids, 1, health, zero, previous)
@@ -860,10 +866,7 @@ listeners:
     /// listener and backend views say, for every id, with a backend down.
     #[test]
     fn backend_serves_agrees_with_the_views() {
-        let cfg = crate::config::parse(CFG, Path::new("t.yaml")).unwrap();
-        let mut ids = IdRegistry::default();
-        ids.assign(&cfg.forwarding, &|_| true).unwrap();
-        let facts = PortFacts::as_configured(&cfg, &[MacAddr::ZERO]);
+        let (cfg, ids, facts) = parsed_cfg();
         let mut health = HealthTable::default();
         let down = ids.backend("a", "10.1.0.12".parse().unwrap(), 80).unwrap();
         health.backends.insert(down, BackendHealth { state: Some(Health::Down), ..BackendHealth::default() });
