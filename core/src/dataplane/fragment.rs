@@ -217,12 +217,10 @@ impl<P: Packet> State<P> {
                 // The configuration changed between the stages.
                 return self.discard(DropReason::NoListener, pkt, io);
             };
-            let flow = s.key;
-            s.hash = self.sessions.hash(&flow);
-            s.found = self.sessions.lookup(&flow, s.hash);
-            let hash = s.hash;
+            s.hash = self.sessions.hash(&s.key);
+            s.found = self.sessions.lookup(&s.key, s.hash);
             self.flow(snap, pkt, &s, io);
-            let session = self.sessions.lookup(&flow, hash).map(|(slot, dir)| (*self.sessions.session(slot), dir));
+            let session = self.sessions.lookup(&s.key, s.hash).map(|(slot, dir)| (*self.sessions.session(slot), dir));
             if let Some(i) = self.frags.owned.find_or_insert(key, self.now) {
                 self.frags.owned.set_value(i, session);
                 if let Recorded::Accepted { complete: true } = self.frags.owned.record(i, piece) {
