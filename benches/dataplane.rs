@@ -6,7 +6,7 @@
 mod common;
 
 use common::{frame, Frame, Sink};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use lbcore::config;
 use lbcore::counters::WorkerCounters;
 use lbcore::dataplane::{CoreSettings, Dataplane, Io, Packet};
@@ -181,6 +181,26 @@ fn replay(dpb: &mut Dataplane<Buf>, rec: &mut Recycler, batch: &mut Vec<Buf>, pk
     }
 }
 
+/// The backends' ACKs on the sessions of [`sample`]'s flows, as `dpb`
+/// (prefilled with `n` flows) has them.
+fn reply_sample(dpb: &Dataplane<Buf>, n: u64) -> Vec<Frame> {
+    sample(n)
+        .map(|f| {
+            let req = frame(f, 0x10);
+            let t = dpb.sessions();
+            let key = lbcore::flow::FlowKey::new(
+                u32::from_be_bytes(req.data[26..30].try_into().unwrap()),
+                0x0a00_0064,
+                u16::from_be_bytes(req.data[34..36].try_into().unwrap()),
+                80,
+                6,
+            );
+            let (slot, _) = t.lookup(&key, t.hash(&key)).expect("prefilled");
+            common::reply_frame(&t.session(slot).reply_key())
+        })
+        .collect()
+}
+
 /// The return path: backend-to-client ACKs of the same random flows as
 /// [`established`], at 1M sessions, so the two directions' lookups compare
 /// on the same table and the same sample.
@@ -191,21 +211,7 @@ fn reply(c: &mut Criterion) {
         g.throughput(Throughput::Elements(65536));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             let (mut dpb, mut rec) = prefilled(n);
-            let pkts: Vec<Frame> = sample(n)
-                .map(|f| {
-                    let req = frame(f, 0x10);
-                    let t = dpb.sessions();
-                    let key = lbcore::flow::FlowKey::new(
-                        u32::from_be_bytes(req.data[26..30].try_into().unwrap()),
-                        0x0a00_0064,
-                        u16::from_be_bytes(req.data[34..36].try_into().unwrap()),
-                        80,
-                        6,
-                    );
-                    let (slot, _) = t.lookup(&key, t.hash(&key)).expect("prefilled");
-                    common::reply_frame(&t.session(slot).reply_key())
-                })
-                .collect();
+            let pkts = reply_sample(&dpb, n);
             let mut batch: Vec<Buf> = Vec::with_capacity(BURST);
             let tx0 = rec.tx;
             b.iter(|| replay(&mut dpb, &mut rec, &mut batch, &pkts));
@@ -267,4 +273,36 @@ fn rewrite(c: &mut Criterion) {
 }
 
 criterion_group!(benches, established, reply, new_flows, rewrite);
-criterion_main!(benches);
+
+/// `LBD_BENCH_COUNT=SCENARIO:SESSIONS:REPLAYS` (scenario `established` or
+/// `reply`): build that table, replay the 64k-packet sample `REPLAYS`
+/// times, and exit, without criterion. A fixed amount of work, for
+/// instruction and branch counts under cachegrind
+/// (`benches/instructions.sh`): on a shared machine whose rates drift by
+/// tens of percent, those counts compare two builds exactly.
+fn count(spec: &str) {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [scenario, n, replays] = parts[..] else { panic!("LBD_BENCH_COUNT={spec}: want SCENARIO:SESSIONS:REPLAYS") };
+    let n: u64 = n.parse().expect("SESSIONS");
+    let replays: usize = replays.parse().expect("REPLAYS");
+    let (mut dpb, mut rec) = prefilled(n);
+    let pkts: Vec<Frame> = match scenario {
+        "established" => sample(n).map(|f| frame(f, 0x10)).collect(),
+        "reply" => reply_sample(&dpb, n),
+        _ => panic!("LBD_BENCH_COUNT: scenario {scenario}: want established or reply"),
+    };
+    let mut batch: Vec<Buf> = Vec::with_capacity(BURST);
+    let tx0 = rec.tx;
+    for _ in 0..replays {
+        replay(&mut dpb, &mut rec, &mut batch, &pkts);
+    }
+    assert_eq!(rec.tx - tx0, (replays * pkts.len()) as u64, "every packet forwarded");
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("LBD_BENCH_COUNT") {
+        return count(&spec);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

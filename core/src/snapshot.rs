@@ -25,11 +25,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A read-only open-addressing map from non-zero `u64` keys, built once.
+///
+/// Most lookups of the local-address map are misses: every reply packet
+/// asks whether its destination (a client) is ours. A miss that probes
+/// until it meets an empty slot costs a branch whose outcome follows the
+/// client address, mispredicted on about every other reply (perf put
+/// `direction` at 5 % of the return path's samples, 1 % of the request
+/// path's). A 256-bit filter of the keys answers nearly every miss with
+/// one well-predicted test first.
 #[derive(Debug, Clone)]
 pub struct FrozenMap {
     keys: Box<[u64]>,
     vals: Box<[u32]>,
     mask: usize,
+    /// Bit `fingerprint(k)` is set for every key `k` in the map.
+    filter: [u64; 4],
 }
 
 impl FrozenMap {
@@ -37,26 +47,41 @@ impl FrozenMap {
         let size = (entries.len() * 2).next_power_of_two().max(8);
         let mut keys = vec![0u64; size].into_boxed_slice();
         let mut vals = vec![0u32; size].into_boxed_slice();
+        let mut filter = [0u64; 4];
         for &(k, v) in entries {
             assert!(k != 0, "zero key marks empty slots");
-            let mut i = Self::home(k, size - 1);
+            let h = Self::mix(k);
+            filter[Self::fingerprint(h) >> 6] |= 1 << (Self::fingerprint(h) & 63);
+            let mut i = (h as usize) & (size - 1);
             while keys[i] != 0 && keys[i] != k {
                 i = (i + 1) & (size - 1);
             }
             keys[i] = k;
             vals[i] = v;
         }
-        FrozenMap { keys, vals, mask: size - 1 }
+        FrozenMap { keys, vals, mask: size - 1, filter }
     }
 
-    #[inline]
-    fn home(k: u64, mask: usize) -> usize {
-        (fold_mul(k, 0x9e37_79b9_7f4a_7c15) as usize) & mask
+    #[inline(always)]
+    fn mix(k: u64) -> u64 {
+        fold_mul(k, 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The filter bit of a key mixed to `h`: its top 8 bits, independent of
+    /// the slot its low bits pick.
+    #[inline(always)]
+    fn fingerprint(h: u64) -> usize {
+        (h >> 56) as usize
     }
 
     #[inline]
     pub fn get(&self, k: u64) -> Option<u32> {
-        let mut i = Self::home(k, self.mask);
+        let h = Self::mix(k);
+        let f = Self::fingerprint(h);
+        if self.filter[f >> 6] & (1 << (f & 63)) == 0 {
+            return None;
+        }
+        let mut i = (h as usize) & self.mask;
         loop {
             let x = self.keys[i];
             if x == k {
@@ -717,6 +742,38 @@ mod tests {
         }
         assert_eq!(m.get(3), None);
         assert_eq!(FrozenMap::new(&[]).get(5), None);
+    }
+
+    proptest::proptest! {
+        /// The filter never hides a key, and a lookup answers exactly what
+        /// a plain map holds, for keys in and out of the map.
+        #[test]
+        fn frozen_map_agrees_with_a_hash_map(
+            keys in proptest::collection::hash_set(1u64.., 0..300),
+            probes in proptest::collection::vec(proptest::num::u64::ANY, 0..300),
+        ) {
+            let entries: Vec<(u64, u32)> = keys.iter().enumerate().map(|(i, k)| (*k, i as u32)).collect();
+            let want: std::collections::HashMap<u64, u32> = entries.iter().copied().collect();
+            let m = FrozenMap::new(&entries);
+            for k in keys.iter().chain(probes.iter()) {
+                proptest::prop_assert_eq!(m.get(*k), want.get(k).copied());
+            }
+        }
+    }
+
+    #[test]
+    fn frozen_map_filter_rejects_most_misses_of_a_small_map() {
+        // Four addresses, as a port or two and a VIP: a miss should almost
+        // never need to probe (the point of the filter).
+        let m = FrozenMap::new(&[(1 << 40 | 0x0a00_0001, 0), (1 << 40 | 0x0a01_0001, 1), (1 << 40 | 0x0a00_0064, 2)]);
+        let passed = (0..100_000u64)
+            .map(|i| 1 << 40 | (0xac10_0000 + i))
+            .filter(|k| {
+                let f = FrozenMap::fingerprint(FrozenMap::mix(*k));
+                m.filter[f >> 6] & (1 << (f & 63)) != 0
+            })
+            .count();
+        assert!(passed < 3_000, "{passed} of 100000 misses passed the filter");
     }
 
     #[test]
