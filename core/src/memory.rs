@@ -1,5 +1,6 @@
 //! What the packet core needs from the machine and cannot do in safe Rust:
-//! cache prefetch hints, and huge-page advice for its large tables.
+//! cache prefetch hints, huge-page advice for its large tables, and the
+//! vector compare of a hash bucket's tags.
 //!
 //! The core owns this interface and the DPDK layer implements it (real
 //! prefetch instructions, `madvise(MADV_HUGEPAGE)`); tests and tools use
@@ -17,6 +18,20 @@ pub trait Placement: 'static {
     /// Advises that the `len` bytes at address `addr`, a fresh allocation
     /// not yet touched, be backed by huge pages. May do nothing.
     fn advise_huge_pages(addr: usize, len: usize);
+    /// The lanes of `tags` equal to `tag` whose lane of `refs` is not
+    /// `empty`, as a bit mask (bit `i` for lane `i`): a bucket's tag
+    /// compare, done twice per session lookup. Any implementation must
+    /// give exactly this answer; this one is plain Rust, which LLVM
+    /// vectorises only in part.
+    #[inline(always)]
+    fn match_lanes(tags: &[u32; 8], refs: &[u32; 8], tag: u32, empty: u32) -> u32 {
+        let mut m = 0u32;
+        for i in 0..8 {
+            // `&`, not `&&`: no branch per lane.
+            m |= u32::from((tags[i] == tag) & (refs[i] != empty)) << i;
+        }
+        m
+    }
 }
 
 /// No hints at all: for tests and tools.

@@ -486,18 +486,12 @@ impl<M: Placement> SessionTable<M> {
     }
 
     /// Ways of bucket `b` whose tag is `tag` and that are in use, as a
-    /// bit mask (the compare is branch-free, so it vectorises).
+    /// bit mask (see [`Placement::match_lanes`]: vector compares under
+    /// lbd).
     #[inline(always)]
     fn tag_mask(&self, b: usize, tag: u32) -> u32 {
         let bucket = &self.buckets[b];
-        let mut m = 0u32;
-        for w in 0..WAYS {
-            // `&`, not `&&`: no branch per way, so the eight compares become
-            // two vector compares and a mask.
-            let hit = (bucket.tags[w] == tag) & (bucket.refs[w] != EMPTY);
-            m |= u32::from(hit) << w;
-        }
-        m
+        M::match_lanes(&bucket.tags, &bucket.refs, tag, EMPTY)
     }
 
     #[inline]
