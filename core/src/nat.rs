@@ -13,7 +13,7 @@
 //! header at offset 14, complete L4 header after it).
 
 use crate::session::Session;
-use crate::wire::checksum::{adjust16, adjust32};
+use crate::wire::checksum::adjust16_32;
 use crate::wire::frame::{
     IPV4, IP_CHECKSUM, IP_DST_ADDR, IP_LENGTH, IP_PROTOCOL, IP_SRC_ADDR, IP_TTL, IP_TTL_PROTOCOL, L4, L4_DST_PORT,
     L4_SRC_PORT, PORTS_LEN, TCP_CHECKSUM, TCP_HEADERS_LEN, UDP_CHECKSUM, UDP_HEADERS_LEN,
@@ -105,9 +105,7 @@ fn rewrite_fixed<const N: usize>(
     let old_ttl_word = get16(f, IP_TTL_PROTOCOL);
     let new_ttl_word = old_ttl_word.wrapping_sub(0x100);
     f[IP_TTL] = f[IP_TTL].wrapping_sub(1);
-    let mut c = get16(f, IP_CHECKSUM);
-    c = adjust16(c, old_ttl_word, new_ttl_word);
-    c = adjust32(c, old_addr, addr);
+    let c = adjust16_32(get16(f, IP_CHECKSUM), old_ttl_word, new_ttl_word, old_addr, addr);
     set16(f, IP_CHECKSUM, c);
     set32(f, addr_at, addr);
 
@@ -116,8 +114,7 @@ fn rewrite_fixed<const N: usize>(
         let old = get16(f, at.clone());
         // UDP checksum 0 means "none" (RFC 768): leave it so.
         if !(udp && old == 0) {
-            let mut c = adjust32(old, old_addr, addr);
-            c = adjust16(c, old_port, port);
+            let mut c = adjust16_32(old, old_port, port, old_addr, addr);
             if udp && c == 0 {
                 c = 0xffff;
             }
