@@ -169,6 +169,35 @@ def delta(b, a):
     return b - a
 
 
+def sweep_stale_testbeds():
+    """Removes what earlier sittings left when they could not clean up (a
+    SIGKILL, e.g. when the machine's session ended under a test run): the
+    namespaces of a testbed `e2eTAG-*` and the DPDK runtime folders
+    `lbde2ePIDrN` whose e2e.py is gone. A sitting's names carry its PID
+    (TAG is the PID modulo 100000), so a live sitting's are recognised and
+    kept; a namespace with a process still in it is kept too (nothing is
+    killed here)."""
+    live = set()
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and b"e2e.py" in open(f"/proc/{d}/cmdline", "rb").read():
+                live.add(int(d))
+        except OSError:
+            pass
+    tags = {pid % 100000 for pid in live}
+    for line in sh("ip", "netns", "list", capture=True).splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(r"e2e(\d+)-(client|lb|sw|be\d)$", name)
+        if m and int(m[1]) not in tags and not sh("ip", "netns", "pids", name, check=False, capture=True).strip():
+            log(f"removing namespace {name}, left by an earlier sitting")
+            sh("ip", "netns", "del", name, check=False)
+    for d in os.listdir("/var/run/dpdk") if os.path.isdir("/var/run/dpdk") else []:
+        m = re.match(r"lbde2e(\d+)r\d+$", d)
+        if m and int(m[1]) not in live:
+            log(f"removing /var/run/dpdk/{d}, left by an earlier sitting")
+            shutil.rmtree(os.path.join("/var/run/dpdk", d), ignore_errors=True)
+
+
 class Testbed:
     """Namespaces, veths and processes of one sitting. close() removes all
     of them whatever happened: processes by the PIDs kept here, then
@@ -794,6 +823,7 @@ def main():
     rows = []
     tb = Testbed(tag, work, args.threaded_napi)
     try:
+        sweep_stale_testbeds()
         tb.up()
         sit = Sitting(tb, args)
         for run in range(args.runs):
