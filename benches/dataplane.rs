@@ -96,7 +96,12 @@ fn dataplane<P: Packet>(capacity: usize) -> Dataplane<P> {
 /// [`dataplane`] with `lines` (scheduler, persistence) added to the
 /// listener.
 fn dataplane_scheduling<P: Packet>(capacity: usize, lines: &str) -> Dataplane<P> {
-    let yaml = CONFIG.replacen("    port: 80\n", &format!("    port: 80\n{lines}"), 1);
+    dataplane_with::<P>(capacity, |y| y.replacen("    port: 80\n", &format!("    port: 80\n{lines}"), 1))
+}
+
+/// A dataplane for `capacity` sessions on [`CONFIG`] as `edit` changes it.
+fn dataplane_with<P: Packet>(capacity: usize, edit: impl Fn(&str) -> String) -> Dataplane<P> {
+    let yaml = edit(CONFIG);
     let cfg = config::parse(&yaml, Path::new("bench")).unwrap();
     let mut ids = IdRegistry::default();
     ids.assign(&cfg.forwarding, &|_| true).unwrap();
@@ -285,18 +290,61 @@ fn count(spec: &str) {
     let [scenario, n, replays] = parts[..] else { panic!("LBD_BENCH_COUNT={spec}: want SCENARIO:SESSIONS:REPLAYS") };
     let n: u64 = n.parse().expect("SESSIONS");
     let replays: usize = replays.parse().expect("REPLAYS");
+    if scenario == "new" {
+        return count_new_flows(n, replays);
+    }
     let (mut dpb, mut rec) = prefilled(n);
     let pkts: Vec<Frame> = match scenario {
         "established" => sample(n).map(|f| frame(f, 0x10)).collect(),
         "reply" => reply_sample(&dpb, n),
-        _ => panic!("LBD_BENCH_COUNT: scenario {scenario}: want established or reply"),
+        _ => panic!("LBD_BENCH_COUNT: scenario {scenario}: want established, reply or new"),
     };
     let mut batch: Vec<Buf> = Vec::with_capacity(BURST);
     let tx0 = rec.tx;
+    let t = std::time::Instant::now();
     for _ in 0..replays {
         replay(&mut dpb, &mut rec, &mut batch, &pkts);
     }
+    report_time(t, replays * pkts.len());
     assert_eq!(rec.tx - tx0, (replays * pkts.len()) as u64, "every packet forwarded");
+}
+
+/// The replays' time per packet, on stderr: a rough figure beside the
+/// exact counts (the clock is read twice, not per packet).
+fn report_time(since: std::time::Instant, packets: usize) {
+    if packets > 0 {
+        eprintln!("replays: {packets} packets, {:.1} ns/packet", since.elapsed().as_nanos() as f64 / packets as f64);
+    }
+}
+
+/// The runner's new-flow row in miniature: a table for `2n + 64k`
+/// sessions whose half-open cap (`n / 2`) is full after `n` SYNs, then
+/// `replays` (at most 8) times 64k SYNs of flows never seen, each creating
+/// a session and evicting the oldest half-open one. The frames of all 8
+/// are built whatever `replays` is, so that building them cancels out of
+/// the difference the script takes.
+fn count_new_flows(n: u64, replays: usize) {
+    assert!(replays <= 8, "LBD_BENCH_COUNT=new:N:REPLAYS: at most 8 replays");
+    let cap = (n / 2).max(1);
+    let yaml_cap = format!("half_open_max_per_worker: {cap}");
+    let mut dp = dataplane_with::<Frame>((2 * n + 65536) as usize, |y| {
+        y.replacen("half_open_max_per_worker: 12000000", &yaml_cap, 1)
+    });
+    let mut io = Sink::default();
+    let syns = |from: u64, count: u64| (from..from + count).map(|i| frame(i, 0x02)).collect::<Vec<Frame>>();
+    let prefill = syns(0, n);
+    for burst in prefill.chunks(BURST) {
+        dp.process_burst(burst.iter().copied(), &mut io);
+    }
+    let fresh = syns(n, 8 * 65536);
+    let t = std::time::Instant::now();
+    for pkts in fresh.chunks(65536).take(replays) {
+        for burst in pkts.chunks(BURST) {
+            dp.process_burst(burst.iter().copied(), &mut io);
+        }
+    }
+    report_time(t, replays * 65536);
+    assert_eq!(dp.sessions().half_open(), cap as usize, "the cap stayed full");
 }
 
 fn main() {
