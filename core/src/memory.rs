@@ -18,17 +18,40 @@ pub trait Placement: 'static {
     /// Advises that the `len` bytes at address `addr`, a fresh allocation
     /// not yet touched, be backed by huge pages. May do nothing.
     fn advise_huge_pages(addr: usize, len: usize);
-    /// The lanes of `tags` equal to `tag` whose lane of `refs` is not
-    /// `empty`, as a bit mask (bit `i` for lane `i`): a bucket's tag
-    /// compare, done twice per session lookup. Any implementation must
-    /// give exactly this answer; this one is plain Rust, which LLVM
-    /// vectorises only in part.
+    /// The lanes whose tag, the bits of `tags` under `tag_mask`, is
+    /// `tag` and whose lane of `refs` is not `empty`, as a bit mask (bit
+    /// `i` for lane `i`): a bucket's tag compare, done once or twice per
+    /// session lookup. Any implementation must give exactly this answer;
+    /// this one is plain Rust, which LLVM vectorises only in part.
     #[inline(always)]
-    fn match_lanes(tags: &[u32; 8], refs: &[u32; 8], tag: u32, empty: u32) -> u32 {
+    fn match_lanes(tags: &[u32; 8], refs: &[u32; 8], tag: u32, tag_mask: u32, empty: u32) -> u32 {
         let mut m = 0u32;
         for i in 0..8 {
             // `&`, not `&&`: no branch per lane.
-            m |= u32::from((tags[i] == tag) & (refs[i] != empty)) << i;
+            m |= u32::from((tags[i] & tag_mask == tag) & (refs[i] != empty)) << i;
+        }
+        m
+    }
+
+    /// The lanes equal to `value`, as a bit mask (bit `i` for lane `i`):
+    /// a bucket's free ways, or the way holding an entry. Any
+    /// implementation must give exactly this answer.
+    #[inline(always)]
+    fn equal_lanes(lanes: &[u32; 8], value: u32) -> u32 {
+        let mut m = 0u32;
+        for (i, l) in lanes.iter().enumerate() {
+            m |= u32::from(*l == value) << i;
+        }
+        m
+    }
+
+    /// The top bit of each lane, as a bit mask (bit `i` for lane `i`).
+    /// Any implementation must give exactly this answer.
+    #[inline(always)]
+    fn lane_top_bits(lanes: &[u32; 8]) -> u32 {
+        let mut m = 0u32;
+        for (i, l) in lanes.iter().enumerate() {
+            m |= (l >> 31) << i;
         }
         m
     }

@@ -11,7 +11,12 @@
 //! buckets picked from its hash (two-choice hashing); when both are full,
 //! an insert moves one entry to its other bucket (a single cuckoo step,
 //! never a chain of them), which is enough at the load factors used here.
-//! A lookup reads at most two index cache lines and one session.
+//! A lookup reads at most two index cache lines and one session; a
+//! lookup that finds nothing usually reads one line: each bucket counts
+//! the entries that overflowed from it into their second bucket (its
+//! spill count), and while that count is zero a miss in the first bucket
+//! is the answer. A new flow's lookup, and the conflict check of its
+//! insert, are such misses.
 //!
 //! Expiry is a clock sweep over the slab: each call looks at a bounded
 //! number of slots, so a full sweep is spread across many loop iterations
@@ -219,6 +224,14 @@ pub enum InsertError {
 
 const WAYS: usize = 8;
 const EMPTY: u32 = u32::MAX;
+/// The bits of a way's tag that are the tag. The top bit of each of the
+/// eight is one bit of the bucket's spill count (see [`Bucket::spill`]),
+/// kept there so that reading it costs no other cache line.
+const TAG_BITS: u32 = 0x7fff_ffff;
+const SPILL_BIT: u32 = !TAG_BITS;
+/// A spill count this high no longer changes: that bucket's misses then
+/// always read the second bucket too (never wrong, only slower).
+const SPILL_STUCK: u32 = 0xff;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -245,9 +258,29 @@ fn decode(r: u32) -> (u32, Direction) {
 impl Bucket {
     const EMPTY: Bucket = Bucket { tags: [0; WAYS], refs: [EMPTY; WAYS] };
 
+    /// Live index entries whose first bucket is this one and which sit in
+    /// their second bucket (or [`SPILL_STUCK`], once that many did): bit
+    /// `i` is the top bit of way `i`'s tag. While it is zero, a key absent
+    /// from this bucket is absent from the table.
     #[inline]
-    fn free_way(&self) -> Option<usize> {
-        self.refs.iter().position(|r| *r == EMPTY)
+    fn spill(&self) -> u32 {
+        let mut n = 0;
+        for i in 0..WAYS {
+            n |= (self.tags[i] >> 31) << i;
+        }
+        n
+    }
+
+    fn set_spill(&mut self, n: u32) {
+        for i in 0..WAYS {
+            self.tags[i] = self.tags[i] & TAG_BITS | (n >> i & 1) << 31;
+        }
+    }
+
+    /// Puts `tag` in way `w`, keeping that way's bit of the spill count.
+    #[inline]
+    fn set_tag(&mut self, w: usize, tag: u32) {
+        self.tags[w] = self.tags[w] & SPILL_BIT | tag;
     }
 }
 
@@ -271,6 +304,8 @@ pub struct SessionTable<M: Placement = NoHints> {
     /// Slots that became half-open, oldest first (see
     /// [`crate::half_open`]).
     half_open_order: SlotRing,
+    /// See [`Self::mark`].
+    indexed_since_mark: [u64; 4],
     /// Places keys in buckets: per instance, so that which keys share a
     /// bucket cannot be known in advance (see [`crate::hashkey`]).
     hash_key: SessionHashKey,
@@ -319,6 +354,7 @@ impl<M: Placement> SessionTable<M> {
             version: 0,
             half_open: 0,
             half_open_order: SlotRing::new::<M>(capacity),
+            indexed_since_mark: [0; 4],
             hash_key,
             placement: PhantomData,
         }
@@ -391,7 +427,7 @@ impl<M: Placement> SessionTable<M> {
     pub fn half_open_in_way_of(&self, s: &Session) -> Option<u32> {
         for key in [s.request_key(), s.reply_key()] {
             let (b1, b2, _) = self.place(key.hash());
-            if self.buckets[b1].free_way().is_some() || self.buckets[b2].free_way().is_some() {
+            if self.free_way(b1).is_some() || self.free_way(b2).is_some() {
                 continue;
             }
             for b in [b1, b2] {
@@ -412,6 +448,8 @@ impl<M: Placement> SessionTable<M> {
         key.keyed_hash(&self.hash_key)
     }
 
+    /// The first and second bucket of hash `h`, and its tag (31 bits:
+    /// see [`TAG_BITS`]).
     #[inline]
     fn place(&self, h: u64) -> (usize, usize, u32) {
         let b1 = (h as usize) & self.mask;
@@ -419,7 +457,7 @@ impl<M: Placement> SessionTable<M> {
         if b2 == b1 {
             b2 = b1 ^ 1;
         }
-        (b1, b2, (h >> 32) as u32)
+        (b1, b2, (h >> 33) as u32)
     }
 
     /// Hints the CPU to load the index line of hash `h` ahead of a lookup
@@ -440,9 +478,10 @@ impl<M: Placement> SessionTable<M> {
         if m != 0 {
             let (slot, _) = decode(self.buckets[b1].refs[m.trailing_zeros() as usize]);
             M::prefetch(&self.slots[slot as usize]);
-        } else {
-            // No candidate in the first bucket: the lookup reads the
-            // second, where the key is or (a new flow) is not.
+        } else if self.spill(b1) != 0 {
+            // No candidate in the first bucket, which has overflowed: the
+            // lookup reads the second, where the key is or is not. (When
+            // it has not, the key is a new flow's and the lookup ends.)
             let (_, b2, _) = self.place(h);
             M::prefetch(&self.buckets[b2]);
         }
@@ -476,22 +515,35 @@ impl<M: Placement> SessionTable<M> {
         }
     }
 
-    /// Both index lines of hash `h`: for a key about to be looked up that
-    /// is probably absent (a miss reads both).
-    #[inline]
-    pub fn prefetch_both(&self, h: u64) {
-        let (b1, b2, _) = self.place(h);
-        M::prefetch(&self.buckets[b1]);
-        M::prefetch(&self.buckets[b2]);
-    }
-
     /// Ways of bucket `b` whose tag is `tag` and that are in use, as a
     /// bit mask (see [`Placement::match_lanes`]: vector compares under
     /// lbd).
     #[inline(always)]
     fn tag_mask(&self, b: usize, tag: u32) -> u32 {
         let bucket = &self.buckets[b];
-        M::match_lanes(&bucket.tags, &bucket.refs, tag, EMPTY)
+        M::match_lanes(&bucket.tags, &bucket.refs, tag, TAG_BITS, EMPTY)
+    }
+
+    /// The first free way of bucket `b` (a vector compare under lbd: the
+    /// scalar search mispredicted its exit about once per call).
+    #[inline(always)]
+    fn free_way(&self, b: usize) -> Option<usize> {
+        self.way_holding(b, EMPTY)
+    }
+
+    /// The first way of bucket `b` whose reference is `r`.
+    #[inline(always)]
+    fn way_holding(&self, b: usize, r: u32) -> Option<usize> {
+        let m = M::equal_lanes(&self.buckets[b].refs, r);
+        (m != 0).then(|| m.trailing_zeros() as usize)
+    }
+
+    /// [`Bucket::spill`] of bucket `b`, in vector code under lbd: the
+    /// scalar form, hoisted by LLVM ahead of the tag compare, cost every
+    /// lookup about fourteen instructions.
+    #[inline(always)]
+    fn spill(&self, b: usize) -> u32 {
+        M::lane_top_bits(&self.buckets[b].tags)
     }
 
     #[inline]
@@ -508,15 +560,45 @@ impl<M: Placement> SessionTable<M> {
         None
     }
 
-    /// `hint` (an earlier lookup of `key`) if it still holds, otherwise a
-    /// fresh lookup.
+    /// Forgets which keys were indexed so far (see [`Self::confirm`]):
+    /// call it before the lookups whose answers `confirm` will check.
+    #[inline]
+    pub fn mark(&mut self) {
+        self.indexed_since_mark = [0; 4];
+    }
+
+    /// Notes that a key of hash `h` was indexed (see [`Self::mark`]).
+    #[inline]
+    fn note_indexed(&mut self, h: u64) {
+        let bit = (h >> 56) as usize;
+        self.indexed_since_mark[bit >> 6] |= 1 << (bit & 63);
+    }
+
+    /// Whether a key of hash `h` may have been indexed since the last
+    /// [`Self::mark`] (a filter: a yes may be wrong, a no never is).
+    #[inline]
+    fn maybe_indexed_since_mark(&self, h: u64) -> bool {
+        let bit = (h >> 56) as usize;
+        self.indexed_since_mark[bit >> 6] & 1 << (bit & 63) != 0
+    }
+
+    /// `hint`, an answer [`Self::lookup`] gave for `key` since the last
+    /// [`Self::mark`], if it still holds; otherwise a fresh lookup. A
+    /// session found may have gone since: its slot says so. A key found
+    /// absent can only have come in through an insert since, which the
+    /// filter of keys indexed since the mark knows of; so a new flow whose
+    /// burst created other sessions is not looked up a second time.
     #[inline]
     pub fn confirm(&self, hint: Option<(u32, Direction)>, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
-        if let Some((slot, dir)) = hint {
-            let s = &self.slots[slot as usize];
-            if s.state != SessionState::Free && s.key(dir) == *key {
-                return hint;
+        match hint {
+            Some((slot, dir)) => {
+                let s = &self.slots[slot as usize];
+                if s.state != SessionState::Free && s.key(dir) == *key {
+                    return hint;
+                }
             }
+            None if !self.maybe_indexed_since_mark(h) => return None,
+            None => {}
         }
         self.lookup(key, h)
     }
@@ -525,7 +607,7 @@ impl<M: Placement> SessionTable<M> {
     #[inline]
     pub fn lookup(&self, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
         let (b1, b2, tag) = self.place(h);
-        self.find_in(b1, tag, key).or_else(|| self.find_in(b2, tag, key))
+        self.find_in(b1, tag, key).or_else(|| if self.spill(b1) != 0 { self.find_in(b2, tag, key) } else { None })
     }
 
     #[inline]
@@ -544,10 +626,11 @@ impl<M: Placement> SessionTable<M> {
     /// bucket to that entry's other bucket (one cuckoo step).
     fn free_place(&mut self, h: u64) -> Option<(usize, usize, u32)> {
         let (b1, b2, tag) = self.place(h);
-        if let Some(w) = self.buckets[b1].free_way() {
+        if let Some(w) = self.free_way(b1) {
             return Some((b1, w, tag));
         }
-        if let Some(w) = self.buckets[b2].free_way() {
+        if let Some(w) = self.free_way(b2) {
+            self.spilled(b1);
             return Some((b2, w, tag));
         }
         for b in [b1, b2] {
@@ -557,15 +640,51 @@ impl<M: Placement> SessionTable<M> {
                 let eh = self.hash(&self.slots[slot as usize].key(dir));
                 let (e1, e2, etag) = self.place(eh);
                 let alt = if e1 == b { e2 } else { e1 };
-                if let Some(aw) = self.buckets[alt].free_way() {
-                    self.buckets[alt].tags[aw] = etag;
+                if let Some(aw) = self.free_way(alt) {
+                    self.buckets[alt].set_tag(aw, etag);
                     self.buckets[alt].refs[aw] = r;
                     self.buckets[b].refs[w] = EMPTY;
+                    // The entry moved to its second bucket, or back to its
+                    // first; the new key takes its way.
+                    if alt == e2 {
+                        self.spilled(e1);
+                    } else {
+                        self.unspilled(e1);
+                    }
+                    if b == b2 {
+                        self.spilled(b1);
+                    }
                     return Some((b, w, tag));
                 }
             }
         }
         None
+    }
+
+    /// Counts an entry of first bucket `b1` that now sits in its second.
+    fn spilled(&mut self, b1: usize) {
+        let n = self.buckets[b1].spill();
+        if n < SPILL_STUCK {
+            self.buckets[b1].set_spill(n + 1);
+        }
+    }
+
+    /// Uncounts one (see [`Self::spilled`]).
+    fn unspilled(&mut self, b1: usize) {
+        let n = self.buckets[b1].spill();
+        debug_assert!(n > 0, "spill count of bucket {b1} below zero");
+        if (1..SPILL_STUCK).contains(&n) {
+            self.buckets[b1].set_spill(n - 1);
+        }
+    }
+
+    /// Empties way `w` of bucket `b`, whose entry's hash is `h`.
+    fn vacate(&mut self, b: usize, w: usize, h: u64) {
+        self.buckets[b].refs[w] = EMPTY;
+        let (b1, _, _) = self.place(h);
+        if b != b1 {
+            self.unspilled(b1);
+        }
     }
 
     /// Adds `s`, indexed under both of its keys. The caller has checked
@@ -588,20 +707,28 @@ impl<M: Placement> SessionTable<M> {
                 s
             }
         };
-        let Some((bq, wq, tq)) = self.free_place(hq) else {
-            self.free.push(slot);
-            return Err(InsertError::Full);
-        };
-        self.buckets[bq].tags[wq] = tq;
-        self.buckets[bq].refs[wq] = encode(slot, Direction::Request);
-        let Some((br, wr, tr)) = self.free_place(hr) else {
-            self.buckets[bq].refs[wq] = EMPTY;
-            self.free.push(slot);
-            return Err(InsertError::Full);
-        };
-        self.buckets[br].tags[wr] = tr;
-        self.buckets[br].refs[wr] = encode(slot, Direction::Reply);
+        // The session goes in first: a cuckoo step placing the reply key
+        // may move the request key's entry, and finds that entry's buckets
+        // from the key in the slot.
         self.slots[slot as usize] = s;
+        let Some((bq, wq, tq)) = self.free_place(hq) else {
+            self.slots[slot as usize].state = SessionState::Free;
+            self.free.push(slot);
+            return Err(InsertError::Full);
+        };
+        self.buckets[bq].set_tag(wq, tq);
+        self.buckets[bq].refs[wq] = encode(slot, Direction::Request);
+        // (A failed free_place moved nothing: the entry is where it was put.)
+        let Some((br, wr, tr)) = self.free_place(hr) else {
+            self.vacate(bq, wq, hq);
+            self.slots[slot as usize].state = SessionState::Free;
+            self.free.push(slot);
+            return Err(InsertError::Full);
+        };
+        self.buckets[br].set_tag(wr, tr);
+        self.buckets[br].refs[wr] = encode(slot, Direction::Reply);
+        self.note_indexed(hq);
+        self.note_indexed(hr);
         self.len += 1;
         self.version += 1;
         if s.state.is_half_open() {
@@ -614,8 +741,8 @@ impl<M: Placement> SessionTable<M> {
     fn unlink(&mut self, h: u64, r: u32) {
         let (b1, b2, _) = self.place(h);
         for b in [b1, b2] {
-            if let Some(w) = self.buckets[b].refs.iter().position(|x| *x == r) {
-                self.buckets[b].refs[w] = EMPTY;
+            if let Some(w) = self.way_holding(b, r) {
+                self.vacate(b, w, h);
                 return;
             }
         }
@@ -858,6 +985,105 @@ mod tests {
         assert_eq!(t.half_open_in_way_of(&s), None);
     }
 
+    impl SessionTable {
+        /// Every entry sits in one of its key's two buckets under its tag,
+        /// and every bucket's spill count is the number of entries whose
+        /// first bucket it is that sit in their second (or stuck).
+        /// Returns the largest count.
+        fn check_index(&self) -> u32 {
+            let mut want = vec![0u32; self.mask + 1];
+            for (b, bucket) in self.buckets[..=self.mask].iter().enumerate() {
+                for w in 0..WAYS {
+                    if bucket.refs[w] == EMPTY {
+                        continue;
+                    }
+                    let (slot, dir) = decode(bucket.refs[w]);
+                    let (e1, e2, tag) = self.place(self.hash(&self.slots[slot as usize].key(dir)));
+                    assert_eq!(bucket.tags[w] & TAG_BITS, tag, "bucket {b} way {w}: tag");
+                    assert!(b == e1 || b == e2, "bucket {b} way {w}: in neither of its buckets");
+                    if b != e1 {
+                        want[e1] += 1;
+                    }
+                }
+            }
+            for (b, n) in want.iter().enumerate() {
+                let got = self.buckets[b].spill();
+                assert!(got == *n || got == SPILL_STUCK, "bucket {b}: spill count {got}, {n} spilled");
+            }
+            want.into_iter().max().unwrap_or(0)
+        }
+    }
+
+    /// With four buckets for 40 sessions, keys overflow into their second
+    /// bucket and are moved by cuckoo steps: the spill counts follow, the
+    /// lookups that need the second bucket read it, misses stay misses,
+    /// and the counts are back to zero once the table is empty.
+    #[test]
+    fn spill_counts_follow_the_overflow() {
+        let t = SessionTable::new(40);
+        let mut t = SessionTable { mask: 3, ..t };
+        let mut r = Xorshift::new(0x5eed);
+        let mut live: Vec<(u32, Session)> = Vec::new();
+        let (mut most, mut next) = (0, 0u32);
+        for round in 0..200 {
+            // Fill until the index refuses, then empty about half.
+            loop {
+                let s = sess(next, 0);
+                next += 1;
+                match t.insert(s) {
+                    Ok(slot) => live.push((slot, s)),
+                    Err(InsertError::Full) => break,
+                    Err(e) => panic!("round {round}: {e:?}"),
+                }
+                most = most.max(t.check_index());
+            }
+            for _ in 0..live.len() / 2 + r.below(4) as usize {
+                if live.is_empty() {
+                    break;
+                }
+                let (slot, s) = live.swap_remove(r.index(live.len()));
+                assert_eq!(t.remove(slot), s);
+                t.check_index();
+            }
+            for (slot, s) in &live {
+                let (q, p) = (s.request_key(), s.reply_key());
+                assert_eq!(t.lookup(&q, q.hash()), Some((*slot, Direction::Request)), "round {round}");
+                assert_eq!(t.lookup(&p, p.hash()), Some((*slot, Direction::Reply)), "round {round}");
+            }
+            let absent = sess(next + 1_000_000, 0).request_key();
+            assert_eq!(t.lookup(&absent, absent.hash()), None);
+        }
+        assert!(most >= 2, "no bucket ever held two overflowed entries ({most})");
+        for (slot, _) in live.drain(..) {
+            t.remove(slot);
+        }
+        assert_eq!(t.check_index(), 0);
+        assert!(t.buckets.iter().all(|b| b.spill() == 0));
+    }
+
+    /// A key found absent and indexed afterwards, by the same burst: the
+    /// absence is not confirmed.
+    #[test]
+    fn confirm_sees_a_key_indexed_since_the_mark() {
+        let mut t = SessionTable::new(100);
+        let (a, b) = (sess(1, 0), sess(2, 0));
+        t.insert(a).unwrap();
+        t.mark();
+        let k = b.request_key();
+        let before = t.lookup(&k, k.hash());
+        assert_eq!(before, None);
+        assert_eq!(t.confirm(before, &k, k.hash()), None);
+        let slot = t.insert(b).unwrap();
+        assert_eq!(t.confirm(before, &k, k.hash()), Some((slot, Direction::Request)));
+        let p = b.reply_key();
+        assert_eq!(t.confirm(None, &p, p.hash()), Some((slot, Direction::Reply)));
+        // A session found and gone since is not confirmed either.
+        let ka = a.request_key();
+        let found = t.lookup(&ka, ka.hash());
+        t.remove(found.unwrap().0);
+        assert_eq!(t.confirm(found, &ka, ka.hash()), None);
+    }
+
     #[test]
     fn slots_are_reused_after_removal() {
         let mut t = SessionTable::new(3);
@@ -986,8 +1212,14 @@ mod tests {
                         }
                     }
                 }
-                // Lookups of any key seen (either direction), or a new one.
+                // Lookups of any key seen (either direction), or a new one;
+                // now and then after a mark, which ends what `confirm` may
+                // be asked about.
                 35..=59 => {
+                    if r.below(32) == 0 {
+                        t.mark();
+                        hints.clear();
+                    }
                     let k = if seen.is_empty() || r.below(8) == 0 {
                         random_session(&mut r, now).reply_key()
                     } else {
@@ -1002,7 +1234,8 @@ mod tests {
                     }
                     hints.push((k, found));
                 }
-                // confirm: an earlier (maybe stale) answer, or a made-up one.
+                // confirm: an earlier (maybe stale) answer since the mark,
+                // or a made-up one.
                 60..=69 if !hints.is_empty() => {
                     let (k, mut hint) = hints[r.index(hints.len())];
                     if r.below(4) == 0 {
@@ -1061,6 +1294,9 @@ mod tests {
                 }
             }
             assert_eq!(t.len(), m.sessions.len(), "{}", ctx("len"));
+            if step % 1024 == 0 {
+                t.check_index();
+            }
             let half_open = m.sessions.values().filter(|s| s.state.is_half_open()).count();
             assert_eq!(t.half_open(), half_open, "{}", ctx("half-open count"));
             if seen.len() > 4096 {
@@ -1077,6 +1313,7 @@ mod tests {
             assert_eq!(t.lookup(&p, p.hash()), Some((*slot, Direction::Reply)));
         }
         assert_eq!(t.iter().count(), m.sessions.len());
+        t.check_index();
         // The run exercised each outcome.
         assert!(
             inserted > 1000 && conflicts > 100 && expired > 500 && hits > 1000,

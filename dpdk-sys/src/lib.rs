@@ -35,42 +35,106 @@ pub fn prefetch0<T>(p: &T) {
     prefetch0_ptr(p as *const T);
 }
 
-/// The lanes of `tags` equal to `tag` whose lane of `refs` is not `empty`,
-/// as a bit mask (bit `i` for lane `i`): the tag compare of an 8-way hash
-/// bucket in four vector compares. Safe Rust cannot name SSE2 without
+/// The lanes whose bits of `tags` under `tag_mask` equal `tag` and whose
+/// lane of `refs` is not `empty`, as a bit mask (bit `i` for lane `i`): the
+/// tag compare of an 8-way hash bucket in four vector compares. Safe Rust cannot name SSE2 without
 /// `unsafe`, and LLVM vectorises the scalar form of this compare only in
 /// part (about 45 instructions a compare, two compares per lookup).
 #[inline(always)]
-pub fn match_lanes_u32x8(tags: &[u32; 8], refs: &[u32; 8], tag: u32, empty: u32) -> u32 {
+pub fn match_lanes_u32x8(tags: &[u32; 8], refs: &[u32; 8], tag: u32, tag_mask: u32, empty: u32) -> u32 {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the function only needs SSE2, which is part of x86-64: every
     // CPU this code can run on has it.
     unsafe {
-        match_lanes_sse2(tags, refs, tag, empty)
+        match_lanes_sse2(tags, refs, tag, tag_mask, empty)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let mut m = 0u32;
         for i in 0..8 {
-            m |= u32::from((tags[i] == tag) & (refs[i] != empty)) << i;
+            m |= u32::from((tags[i] & tag_mask == tag) & (refs[i] != empty)) << i;
         }
         m
     }
 }
 
-/// [`match_lanes_u32x8`] in SSE2: two unaligned loads of each array, four
-/// compares, two mask moves.
+/// [`match_lanes_u32x8`] in SSE2: two unaligned loads of each array, two
+/// masks, four compares, two mask moves.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse2")]
 #[inline]
-fn match_lanes_sse2(tags: &[u32; 8], refs: &[u32; 8], tag: u32, empty: u32) -> u32 {
+fn match_lanes_sse2(tags: &[u32; 8], refs: &[u32; 8], tag: u32, tag_mask: u32, empty: u32) -> u32 {
     use core::arch::x86_64::*;
     let want = _mm_set1_epi32(tag as i32);
+    let bits = _mm_set1_epi32(tag_mask as i32);
     let none = _mm_set1_epi32(empty as i32);
     let (t, r) = (tags.as_chunks::<4>().0, refs.as_chunks::<4>().0);
-    let lo = _mm_andnot_si128(_mm_cmpeq_epi32(load4(&r[0]), none), _mm_cmpeq_epi32(load4(&t[0]), want));
-    let hi = _mm_andnot_si128(_mm_cmpeq_epi32(load4(&r[1]), none), _mm_cmpeq_epi32(load4(&t[1]), want));
+    let lo_tags = _mm_cmpeq_epi32(_mm_and_si128(load4(&t[0]), bits), want);
+    let hi_tags = _mm_cmpeq_epi32(_mm_and_si128(load4(&t[1]), bits), want);
+    let lo = _mm_andnot_si128(_mm_cmpeq_epi32(load4(&r[0]), none), lo_tags);
+    let hi = _mm_andnot_si128(_mm_cmpeq_epi32(load4(&r[1]), none), hi_tags);
     (_mm_movemask_ps(_mm_castsi128_ps(lo)) | _mm_movemask_ps(_mm_castsi128_ps(hi)) << 4) as u32
+}
+
+/// The lanes equal to `value`, as a bit mask (bit `i` for lane `i`): two
+/// compares where the scalar search is a loop whose trip count, and so
+/// its last branch, is different every time.
+#[inline(always)]
+pub fn equal_lanes_u32x8(lanes: &[u32; 8], value: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `match_lanes_u32x8`: SSE2 is part of x86-64.
+    unsafe {
+        equal_lanes_sse2(lanes, value)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0u32;
+        for (i, l) in lanes.iter().enumerate() {
+            m |= u32::from(*l == value) << i;
+        }
+        m
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn equal_lanes_sse2(lanes: &[u32; 8], value: u32) -> u32 {
+    use core::arch::x86_64::*;
+    let v = _mm_set1_epi32(value as i32);
+    let l = lanes.as_chunks::<4>().0;
+    let lo = _mm_cmpeq_epi32(load4(&l[0]), v);
+    let hi = _mm_cmpeq_epi32(load4(&l[1]), v);
+    (_mm_movemask_ps(_mm_castsi128_ps(lo)) | _mm_movemask_ps(_mm_castsi128_ps(hi)) << 4) as u32
+}
+
+/// The top bit of each of eight lanes, as a bit mask (bit `i` for lane
+/// `i`): two loads and two mask moves, where the scalar form takes about
+/// twenty instructions.
+#[inline(always)]
+pub fn lane_top_bits_u32x8(lanes: &[u32; 8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `match_lanes_u32x8`: SSE2 is part of x86-64.
+    unsafe {
+        lane_top_bits_sse2(lanes)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0u32;
+        for (i, l) in lanes.iter().enumerate() {
+            m |= (l >> 31) << i;
+        }
+        m
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn lane_top_bits_sse2(lanes: &[u32; 8]) -> u32 {
+    use core::arch::x86_64::*;
+    let l = lanes.as_chunks::<4>().0;
+    (_mm_movemask_ps(_mm_castsi128_ps(load4(&l[0]))) | _mm_movemask_ps(_mm_castsi128_ps(load4(&l[1]))) << 4) as u32
 }
 
 /// Four lanes in one load. (Built with `_mm_set_epi32` from the elements

@@ -564,6 +564,8 @@ impl<P: Packet> State<P> {
         for s in staged.iter() {
             self.sessions.prefetch(s.hash);
         }
+        // From here on `confirm` can check the lookups' answers.
+        self.sessions.mark();
         // While the half-open cap is full (a SYN flood, or new flows
         // faster than handshakes complete), each new flow evicts the
         // oldest half-open session, whose session line and index lines
@@ -614,8 +616,10 @@ impl<P: Packet> State<P> {
             if let Some(bi) = bi {
                 let b = &l.backends[usize::from(bi)];
                 let rk = FlowKey::new(b.addr, s.key.src(), b.port, s.key.sport(), s.key.proto());
-                // The conflict check of the insert reads both of its lines.
-                self.sessions.prefetch_both(self.sessions.hash(&rk));
+                // The conflict check of the insert reads its first line
+                // (the second only if that one overflowed), and the insert
+                // puts the key there.
+                self.sessions.prefetch(self.sessions.hash(&rk));
             }
         }
         let version = self.sessions.version();
