@@ -36,23 +36,37 @@ impl SlotRing {
         self.len == 0
     }
 
+    /// The position `i` places after the head, for `i` below the
+    /// capacity. A compare and subtract: the ring's capacity is the
+    /// table's, not a power of two, and `%` by it is a division (several
+    /// per new flow: a push, a pop and the eviction hints' peeks).
+    #[inline(always)]
+    fn at(&self, i: usize) -> usize {
+        let p = self.head + i;
+        if p >= self.slots.len() {
+            p - self.slots.len()
+        } else {
+            p
+        }
+    }
+
     /// Appends `slot` as the youngest entry, overwriting the oldest when
     /// the ring is full.
     #[inline]
     pub fn push(&mut self, slot: u32) {
-        let cap = self.slots.len();
-        if self.len == cap {
-            self.head = (self.head + 1) % cap;
+        if self.len == self.slots.len() {
+            self.head = self.at(1);
             self.len -= 1;
         }
-        self.slots[(self.head + self.len) % cap] = slot;
+        let p = self.at(self.len);
+        self.slots[p] = slot;
         self.len += 1;
     }
 
     /// The entry `i` places after the oldest, if the ring holds that many.
     #[inline]
     pub fn peek(&self, i: usize) -> Option<u32> {
-        (i < self.len).then(|| self.slots[(self.head + i) % self.slots.len()])
+        (i < self.len).then(|| self.slots[self.at(i)])
     }
 
     /// Takes the oldest entry.
@@ -62,7 +76,7 @@ impl SlotRing {
             return None;
         }
         let slot = self.slots[self.head];
-        self.head = (self.head + 1) % self.slots.len();
+        self.head = self.at(1);
         self.len -= 1;
         Some(slot)
     }
@@ -87,5 +101,31 @@ mod tests {
         assert_eq!((r.peek(0), r.peek(2), r.peek(3)), (Some(3), Some(5), None));
         assert_eq!((r.pop(), r.pop(), r.pop(), r.pop()), (Some(3), Some(4), Some(5), None));
         assert!(r.is_empty());
+    }
+
+    /// Against a VecDeque bounded the same way, through many wraps of
+    /// rings of several sizes (one included).
+    #[test]
+    fn matches_a_bounded_deque() {
+        let mut x = crate::testing::Xorshift::new(7);
+        for cap in [1, 2, 3, 5, 64] {
+            let mut r = SlotRing::new::<NoHints>(cap);
+            let mut d = std::collections::VecDeque::new();
+            for n in 0..10_000u32 {
+                if x.below(3) == 0 {
+                    assert_eq!(r.pop(), d.pop_front(), "cap {cap} step {n}");
+                } else {
+                    r.push(n);
+                    if d.len() == cap {
+                        d.pop_front();
+                    }
+                    d.push_back(n);
+                }
+                assert_eq!(r.len(), d.len());
+                for i in 0..=cap {
+                    assert_eq!(r.peek(i), d.get(i).copied(), "cap {cap} step {n} peek {i}");
+                }
+            }
+        }
     }
 }
