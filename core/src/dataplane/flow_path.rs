@@ -15,7 +15,7 @@ use crate::snapshot::{ListenerView, Snapshot};
 use crate::wire::frame::{IPV4, IP_SRC_ADDR};
 use crate::wire::get32;
 use crate::wire::ipv4::PROTO_TCP;
-use crate::wire::tcp::{FLAG_ACK, FLAG_RST, FLAG_SYN};
+use crate::wire::tcp::{FLAG_ACK, FLAG_FIN, FLAG_RST, FLAG_SYN};
 
 /// What a request's session lookup comes to (see `State::known_session`).
 enum Known {
@@ -74,11 +74,11 @@ impl<P: Packet> State<P> {
         if let Err(reason) = self.admission.packet(l, key.src(), pkt.packet_len(), self.now, &self.counters.admission) {
             return self.discard(reason, pkt, io);
         }
-        let slot = match self.known_session(snap, l, key, found) {
+        let s = match self.known_session(snap, l, key, found) {
             Known::Live(slot) if self.sessions.session(slot).flags & SYN_PROXIED != 0 => {
                 return self.proxied_request(snap, slot, pkt, key, flags, io);
             }
-            Known::Live(slot) => slot,
+            Known::Live(slot) => self.touch(slot, key, flags, Direction::Request),
             Known::ResetClient => return self.reset_client(snap, pkt, io),
             Known::Discard(reason) => return self.discard(reason, pkt, io),
             Known::NewFlow { carried } => {
@@ -131,13 +131,21 @@ impl<P: Packet> State<P> {
                             let table = &self.shared.persistence;
                             table.remember(table.key(l.id, key.src()), backend, self.now);
                         }
-                        slot
+                        // The session was made from this packet, seen now:
+                        // a flow's first SYN (or datagram) leaves it as it
+                        // is. A carried or rescheduled state, or a FIN on
+                        // the first segment, still goes through the TCP
+                        // state machine.
+                        if carried.is_none() && !rescheduled && flags & (FLAG_FIN | FLAG_RST) == 0 {
+                            new
+                        } else {
+                            self.touch(slot, key, flags, Direction::Request)
+                        }
                     }
                     Err(reason) => return self.discard(reason, pkt, io),
                 }
             }
         };
-        let s = self.touch(slot, key, flags, Direction::Request);
         self.forward(snap, pkt, &s, Direction::Request, io)
     }
 

@@ -1554,6 +1554,24 @@ fn state_of(h: &Harness, port: u16) -> Option<SessionState> {
     h.dp.sessions().lookup(&key, h.dp.sessions().hash(&key)).map(|(slot, _)| h.dp.sessions().session(slot).state)
 }
 
+/// A new flow's session is stored as its first segment leaves it: a
+/// plain SYN half-open and counted as such, a SYN carrying a FIN closing
+/// (the TCP state machine still runs for it), each seen now.
+#[test]
+fn the_first_segment_sets_the_new_session_state() {
+    let mut h = half_open_harness(100, 100);
+    client_syn(&mut h, 10);
+    let (client, vip) = (ip(FLOOD_CLIENT), ip("10.0.0.100"));
+    h.rx(0, l4_frame(EXT_MAC, GW_MAC, PROTO_TCP, client, vip, 11, 80, FLAG_SYN | tcp::FLAG_FIN, b""));
+    assert_eq!(h.take_tx().len(), 2);
+    assert_eq!(state_of(&h, 10), Some(SessionState::TcpSynSent));
+    assert_eq!(state_of(&h, 11), Some(SessionState::TcpClosing));
+    assert_eq!(h.dp.sessions().half_open(), 1);
+    for (slot, s) in h.dp.sessions().iter() {
+        assert_eq!(s.last_seen, 1, "slot {slot}");
+    }
+}
+
 #[test]
 fn syns_beyond_the_half_open_cap_evict_the_oldest_half_open_session() {
     let mut h = half_open_harness(100, 3);
