@@ -136,7 +136,7 @@ fn established(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             // Built here, so a filtered run builds only what it measures.
             // 64k packets of random flows, processed in bursts of BURST.
-            let pkts: Vec<Frame> = sample(n).map(|f| frame(f, 0x10)).collect();
+            let pkts = established_sample(n);
             // The established packets go through boxed buffers (8-byte
             // moves, like mbufs); each burst first copies its frames into
             // them, as a PMD writes received packets.
@@ -158,6 +158,11 @@ fn sample(n: u64) -> impl Iterator<Item = u64> {
         x ^= x << 17;
         x % n
     })
+}
+
+/// Clients' ACKs on [`sample`]'s flows.
+fn established_sample(n: u64) -> Vec<Frame> {
+    sample(n).map(|f| frame(f, 0x10)).collect()
 }
 
 /// A dataplane over boxed buffers (8-byte moves, like mbufs) whose `n`
@@ -295,7 +300,7 @@ fn count(spec: &str) {
     }
     let (mut dpb, mut rec) = prefilled(n);
     let pkts: Vec<Frame> = match scenario {
-        "established" => sample(n).map(|f| frame(f, 0x10)).collect(),
+        "established" => established_sample(n),
         "reply" => reply_sample(&dpb, n),
         _ => panic!("LBD_BENCH_COUNT: scenario {scenario}: want established, reply or new"),
     };
@@ -350,6 +355,14 @@ fn count_new_flows(n: u64, replays: usize) {
 fn main() {
     if let Ok(spec) = std::env::var("LBD_BENCH_COUNT") {
         return count(&spec);
+    }
+    // Under `cargo test --benches` (no `--bench`), criterion runs each
+    // bench once; run each counting scenario once too, small, so that
+    // `benches/instructions.sh` keeps working (its asserts included).
+    if !std::env::args().any(|a| a == "--bench") {
+        for spec in ["established:1000:1", "reply:1000:1", "new:1000:1"] {
+            count(spec);
+        }
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
