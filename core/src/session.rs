@@ -6,8 +6,9 @@
 //! find it with one lookup.
 //!
 //! Layout: sessions live in a preallocated slab; the index is an array of
-//! 64-byte buckets of 8 ways, each way a 32-bit hash tag and a 32-bit
-//! reference (slab slot << 1 | direction). A key may sit in either of two
+//! 64-byte buckets of 8 ways, each way a 31-bit hash tag (the 32nd bit is
+//! one bit of the bucket's spill count, below) and a 32-bit reference
+//! (slab slot << 1 | direction). A key may sit in either of two
 //! buckets picked from its hash (two-choice hashing); when both are full,
 //! an insert moves one entry to its other bucket (a single cuckoo step,
 //! never a chain of them), which is enough at the load factors used here.
@@ -388,7 +389,7 @@ impl<M: Placement> SessionTable<M> {
 
     /// Advances the TCP state of the session in `slot` (see
     /// [`Session::track_tcp`]) and keeps the half-open accounting. State
-    /// changes go through here, not through [`Self::session_mut`].
+    /// changes go through here.
     /// Returns the session's state and flags after the change.
     #[inline]
     pub fn track_tcp(&mut self, slot: u32, tcp_flags: u8, dir: Direction) -> (SessionState, u8) {
@@ -423,23 +424,34 @@ impl<M: Placement> SessionTable<M> {
     /// A half-open session whose removal frees an index way that `s`
     /// needs, when the table refused `s` for full buckets (not for a full
     /// slab): one of the sessions indexed in the buckets of whichever key
-    /// of `s` finds no free way.
+    /// of `s` finds no free way; or, when each key alone finds one, in a
+    /// bucket both keys may use, whose last free way they compete for.
     pub fn half_open_in_way_of(&self, s: &Session) -> Option<u32> {
-        for key in [s.request_key(), s.reply_key()] {
-            let (b1, b2, _) = self.place(key.hash());
-            if self.free_way(b1).is_some() || self.free_way(b2).is_some() {
+        // The table's own keyed hash (`key.hash()`, the fixed one, named
+        // unrelated buckets under a per-instance key).
+        let [q, p] = [s.request_key(), s.reply_key()].map(|k| {
+            let (b1, b2, _) = self.place(self.hash(&k));
+            [b1, b2]
+        });
+        for buckets in [q, p] {
+            if buckets.iter().any(|b| self.free_way(*b).is_some()) {
                 continue;
             }
-            for b in [b1, b2] {
-                for r in self.buckets[b].refs {
-                    let (slot, _) = decode(r);
-                    if self.slots[slot as usize].state.is_half_open() {
-                        return Some(slot);
-                    }
-                }
+            if let Some(slot) = buckets.into_iter().find_map(|b| self.half_open_in(b)) {
+                return Some(slot);
             }
         }
-        None
+        q.into_iter().filter(|b| p.contains(b)).find_map(|b| self.half_open_in(b))
+    }
+
+    /// A half-open session indexed in bucket `b`.
+    fn half_open_in(&self, b: usize) -> Option<u32> {
+        self.buckets[b]
+            .refs
+            .iter()
+            .filter(|r| **r != EMPTY)
+            .map(|r| decode(*r).0)
+            .find(|slot| self.slots[*slot as usize].state.is_half_open())
     }
 
     /// The hash every method taking `h` expects for `key`.
@@ -587,7 +599,9 @@ impl<M: Placement> SessionTable<M> {
     /// session found may have gone since: its slot says so. A key found
     /// absent can only have come in through an insert since, which the
     /// filter of keys indexed since the mark knows of; so a new flow whose
-    /// burst created other sessions is not looked up a second time.
+    /// burst created other sessions is usually not looked up a second time
+    /// (each insert sets up to two of the filter's 256 bits, so late in a
+    /// burst of many new flows the filter often says maybe).
     #[inline]
     pub fn confirm(&self, hint: Option<(u32, Direction)>, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
         match hint {
@@ -615,9 +629,12 @@ impl<M: Placement> SessionTable<M> {
         &self.slots[slot as usize]
     }
 
+    /// Notes traffic on the session in `slot` at `now`. (The only change
+    /// made to a session in place besides [`Self::track_tcp`]: its keys
+    /// are what the index and the spill counts were built from.)
     #[inline]
-    pub fn session_mut(&mut self, slot: u32) -> &mut Session {
-        &mut self.slots[slot as usize]
+    pub fn set_last_seen(&mut self, slot: u32, now: u32) {
+        self.slots[slot as usize].last_seen = now;
     }
 
     /// A free way for hash `h`: in its first bucket when there is one, so
@@ -718,8 +735,9 @@ impl<M: Placement> SessionTable<M> {
         };
         self.buckets[bq].set_tag(wq, tq);
         self.buckets[bq].refs[wq] = encode(slot, Direction::Request);
-        // (A failed free_place moved nothing: the entry is where it was put.)
         let Some((br, wr, tr)) = self.free_place(hr) else {
+            // A failed free_place moved nothing: the entry is where it was
+            // put, maybe in its second bucket.
             self.vacate(bq, wq, hq);
             self.slots[slot as usize].state = SessionState::Free;
             self.free.push(slot);
@@ -813,6 +831,7 @@ impl<M: Placement> SessionTable<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::SessionHashKey;
     use crate::testing::Xorshift;
     use crate::wire::tcp::{self, *};
     use std::collections::HashMap;
@@ -1061,6 +1080,98 @@ mod tests {
         assert!(t.buckets.iter().all(|b| b.spill() == 0));
     }
 
+    /// Random inserts and removals on tables of two, four and eight
+    /// buckets, where nearly every insert overflows or is refused (also
+    /// after placing its request key in that key's second bucket, which
+    /// the refusal must uncount): after every step the index check holds
+    /// and every live session is found by both keys.
+    #[test]
+    fn tiny_tables_keep_their_index_through_refusals() {
+        let mut refused = 0;
+        for seed in 1..40u64 {
+            let mut r = Xorshift::new(seed);
+            let t = SessionTable::new(200);
+            let mut t = SessionTable { mask: [1, 3, 7][(seed % 3) as usize], ..t };
+            let mut live: Vec<(u32, Session)> = Vec::new();
+            for step in 0..400 {
+                if r.below(3) != 0 || live.is_empty() {
+                    let s = sess(r.below(1 << 20) as u32, 0);
+                    let k = s.request_key();
+                    if t.lookup(&k, k.hash()).is_some() {
+                        continue;
+                    }
+                    match t.insert(s) {
+                        Ok(slot) => live.push((slot, s)),
+                        Err(InsertError::Full) => refused += 1,
+                        Err(InsertError::Conflict) => {}
+                    }
+                } else {
+                    let (slot, s) = live.swap_remove(r.index(live.len()));
+                    assert_eq!(t.remove(slot), s);
+                }
+                t.check_index();
+                for (slot, s) in &live {
+                    let (q, p) = (s.request_key(), s.reply_key());
+                    assert_eq!(t.lookup(&q, q.hash()), Some((*slot, Direction::Request)), "seed {seed} step {step}");
+                    assert_eq!(t.lookup(&p, p.hash()), Some((*slot, Direction::Reply)), "seed {seed} step {step}");
+                }
+            }
+        }
+        assert!(refused > 1000, "the index refused only {refused} inserts");
+    }
+
+    /// A spill count at its ceiling stays there, in both directions, and
+    /// lookups still find keys in second buckets.
+    #[test]
+    fn a_stuck_spill_count_stays() {
+        let t = SessionTable::new(40);
+        let mut t = SessionTable { mask: 1, ..t };
+        let s = sess(1, 0);
+        let slot = t.insert(s).unwrap();
+        for b in 0..2 {
+            t.buckets[b].set_spill(SPILL_STUCK);
+            t.unspilled(b);
+            assert_eq!(t.buckets[b].spill(), SPILL_STUCK);
+            t.spilled(b);
+            assert_eq!(t.buckets[b].spill(), SPILL_STUCK);
+        }
+        let q = s.request_key();
+        assert_eq!(t.lookup(&q, q.hash()), Some((slot, Direction::Request)));
+        t.remove(slot);
+        assert_eq!(t.lookup(&q, q.hash()), None);
+        assert!(t.buckets[..2].iter().all(|b| b.spill() == SPILL_STUCK));
+    }
+
+    /// Under a per-instance key, the half-open session named as in the
+    /// way of a refused insert is in the way: removing it (twice at most,
+    /// one per key, as the data plane does) lets the insert through.
+    #[test]
+    fn the_half_open_session_in_the_way_is_in_the_way_under_a_key() {
+        let key = SessionHashKey([0x1234_5678_9abc_def1, 0x0fed_cba9_8765_4321, 0x5555_aaaa_3333_cccd]);
+        let t: SessionTable = SessionTable::with_key(400, key);
+        let mut t = SessionTable { mask: 7, ..t };
+        let (mut refused, mut i) = (0, 0u32);
+        while refused < 100 {
+            i += 1;
+            let s = sess(i, 0);
+            if t.insert(s) != Err(InsertError::Full) {
+                continue;
+            }
+            assert!(t.len() < t.capacity());
+            refused += 1;
+            let mut admitted = false;
+            for _ in 0..2 {
+                let victim = t.half_open_in_way_of(&s).unwrap_or_else(|| panic!("session {i}: nothing in the way"));
+                t.remove(victim);
+                if t.insert(s).is_ok() {
+                    admitted = true;
+                    break;
+                }
+            }
+            assert!(admitted, "session {i}: two evictions did not make room");
+        }
+    }
+
     /// A key found absent and indexed afterwards, by the same burst: the
     /// absence is not confirmed.
     #[test]
@@ -1255,7 +1366,7 @@ mod tests {
                     let slot = *m.sessions.keys().nth(r.index(m.sessions.len())).unwrap();
                     let flags = r.pick(&[tcp::FLAG_ACK, tcp::FLAG_FIN, tcp::FLAG_RST, tcp::FLAG_SYN]);
                     let dir = if r.below(2) == 0 { Direction::Request } else { Direction::Reply };
-                    t.session_mut(slot).last_seen = now;
+                    t.set_last_seen(slot, now);
                     if t.session(slot).proto == 6 {
                         t.track_tcp(slot, flags, dir);
                     }

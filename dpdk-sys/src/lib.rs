@@ -37,9 +37,10 @@ pub fn prefetch0<T>(p: &T) {
 
 /// The lanes whose bits of `tags` under `tag_mask` equal `tag` and whose
 /// lane of `refs` is not `empty`, as a bit mask (bit `i` for lane `i`): the
-/// tag compare of an 8-way hash bucket in four vector compares. Safe Rust cannot name SSE2 without
-/// `unsafe`, and LLVM vectorises the scalar form of this compare only in
-/// part (about 45 instructions a compare, two compares per lookup).
+/// tag compare of an 8-way hash bucket in four vector compares. Safe Rust
+/// cannot name SSE2 without `unsafe`, and LLVM vectorises the scalar form
+/// of this compare only in part (about 45 instructions a compare, two
+/// compares per lookup).
 #[inline(always)]
 pub fn match_lanes_u32x8(tags: &[u32; 8], refs: &[u32; 8], tag: u32, tag_mask: u32, empty: u32) -> u32 {
     #[cfg(target_arch = "x86_64")]

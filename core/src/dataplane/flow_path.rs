@@ -131,12 +131,13 @@ impl<P: Packet> State<P> {
                             let table = &self.shared.persistence;
                             table.remember(table.key(l.id, key.src()), backend, self.now);
                         }
-                        // The session was made from this packet, seen now:
-                        // a flow's first SYN (or datagram) leaves it as it
-                        // is. A carried or rescheduled state, or a FIN on
-                        // the first segment, still goes through the TCP
-                        // state machine.
-                        if carried.is_none() && !rescheduled && flags & (FLAG_FIN | FLAG_RST) == 0 {
+                        // The session was made from this packet, seen now,
+                        // in the state its flags give (a SYN half-open, a
+                        // datagram UDP, a rescheduled segment established),
+                        // which the TCP state machine would keep. A carried
+                        // state (SYN-ACK seen, say, and this the ACK), or a
+                        // FIN on the first segment, still goes through it.
+                        if carried.is_none() && flags & (FLAG_FIN | FLAG_RST) == 0 {
                             new
                         } else {
                             self.touch(slot, key, flags, Direction::Request)
@@ -260,7 +261,7 @@ impl<P: Packet> State<P> {
         // wait for store forwarding (a wide load over narrower stores).
         let mut s = *self.sessions.session(slot);
         s.last_seen = self.now;
-        self.sessions.session_mut(slot).last_seen = self.now;
+        self.sessions.set_last_seen(slot, self.now);
         if key.proto() == PROTO_TCP {
             (s.state, s.flags) = self.sessions.track_tcp(slot, flags, dir);
         }

@@ -618,7 +618,7 @@ impl<P: Packet> State<P> {
                 let rk = FlowKey::new(b.addr, s.key.src(), b.port, s.key.sport(), s.key.proto());
                 // The conflict check of the insert reads its first line
                 // (the second only if that one overflowed), and the insert
-                // puts the key there.
+                // puts the key there when it has a free way.
                 self.sessions.prefetch(self.sessions.hash(&rk));
             }
         }

@@ -1554,6 +1554,26 @@ fn state_of(h: &Harness, port: u16) -> Option<SessionState> {
     h.dp.sessions().lookup(&key, h.dp.sessions().hash(&key)).map(|(slot, _)| h.dp.sessions().session(slot).state)
 }
 
+/// The same SYN three times in one burst (a retransmission, or a
+/// client's retry, arriving together): the second and third find the
+/// session the first created, although their lookups, made before it
+/// existed, found nothing. Round robin would give each a backend of its
+/// own if they were new flows.
+#[test]
+fn a_syn_repeated_within_a_burst_finds_the_session_its_first_copy_made() {
+    let yaml = sched_config("    scheduler: round_robin\n", [1, 1, 1]);
+    let (mut hs, _, _) = worker_group(&yaml, 1);
+    let client = ip("192.168.1.10");
+    let burst: Vec<Pkt> = (0..3).map(|_| Pkt { data: syn(client, 20000), port: 0 }).collect();
+    let h = &mut hs[0];
+    h.dp.process_burst(burst.into_iter(), &mut h.io);
+    let out = h.take_tx();
+    assert_eq!(out.len(), 3);
+    let backends: std::collections::HashSet<u32> = out.iter().map(|(_, f)| backend_of(f).0).collect();
+    assert_eq!(backends.len(), 1, "{backends:?}");
+    assert_eq!(h.dp.sessions().len(), 1);
+}
+
 /// A new flow's session is stored as its first segment leaves it: a
 /// plain SYN half-open and counted as such, a SYN carrying a FIN closing
 /// (the TCP state machine still runs for it), each seen now.
