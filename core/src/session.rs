@@ -1033,6 +1033,15 @@ mod tests {
         }
     }
 
+    /// Both keys of every session in `live` find it.
+    fn assert_all_found(t: &SessionTable, live: &[(u32, Session)], ctx: &str) {
+        for (slot, s) in live {
+            let (q, p) = (s.request_key(), s.reply_key());
+            assert_eq!(t.lookup(&q, q.hash()), Some((*slot, Direction::Request)), "{ctx}");
+            assert_eq!(t.lookup(&p, p.hash()), Some((*slot, Direction::Reply)), "{ctx}");
+        }
+    }
+
     /// With four buckets for 40 sessions, keys overflow into their second
     /// bucket and are moved by cuckoo steps: the spill counts follow, the
     /// lookups that need the second bucket read it, misses stay misses,
@@ -1064,11 +1073,7 @@ mod tests {
                 assert_eq!(t.remove(slot), s);
                 t.check_index();
             }
-            for (slot, s) in &live {
-                let (q, p) = (s.request_key(), s.reply_key());
-                assert_eq!(t.lookup(&q, q.hash()), Some((*slot, Direction::Request)), "round {round}");
-                assert_eq!(t.lookup(&p, p.hash()), Some((*slot, Direction::Reply)), "round {round}");
-            }
+            assert_all_found(&t, &live, &format!("round {round}"));
             let absent = sess(next + 1_000_000, 0).request_key();
             assert_eq!(t.lookup(&absent, absent.hash()), None);
         }
@@ -1110,11 +1115,7 @@ mod tests {
                     assert_eq!(t.remove(slot), s);
                 }
                 t.check_index();
-                for (slot, s) in &live {
-                    let (q, p) = (s.request_key(), s.reply_key());
-                    assert_eq!(t.lookup(&q, q.hash()), Some((*slot, Direction::Request)), "seed {seed} step {step}");
-                    assert_eq!(t.lookup(&p, p.hash()), Some((*slot, Direction::Reply)), "seed {seed} step {step}");
-                }
+                assert_all_found(&t, &live, &format!("seed {seed} step {step}"));
             }
         }
         assert!(refused > 1000, "the index refused only {refused} inserts");
