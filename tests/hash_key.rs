@@ -1,6 +1,7 @@
 //! `sessions.hash_key` end to end: flows crafted against one instance's
-//! key fill that instance's session table early, and an instance with
-//! another key takes them all.
+//! key crowd each other out of that instance's session table (16 of them
+//! fit, each further SYN evicts a half-open one of them), and an instance
+//! with another key keeps them all.
 
 mod common;
 
@@ -83,13 +84,18 @@ fn flows_crafted_against_one_key_fill_only_that_instances_table() {
         HashKeySetting::Random => unreachable!(),
     };
     let set = crafted(&keys_a, 40);
-    // Key A: the two buckets' 16 ways take 16 sessions, the other 24 SYNs
-    // find the table "full" at 16 of 1000.
+    // Key A: the two buckets' 16 ways take 16 sessions; each of the other
+    // 24 SYNs finds its buckets full at 16 of 1000 and evicts the oldest
+    // half-open session in its way, so 16 flows keep a session.
     let a = run(KEY_A, &set);
-    assert_eq!(a["events"]["sessions_created"].as_u64(), Some(16), "{}", a["events"]);
-    assert_eq!(a["drops"]["session_table_full"].as_u64(), Some(24), "{}", a["drops"]);
-    // Key B: the same SYNs spread over the table; every one gets a session.
+    assert_eq!(a["events"]["sessions_created"].as_u64(), Some(40), "{}", a["events"]);
+    assert_eq!(a["events"]["half_open_evicted"].as_u64(), Some(24), "{}", a["events"]);
+    assert_eq!(a["sessions_active"].as_u64(), Some(16), "{a}");
+    assert_eq!(a["drops_total"].as_u64(), Some(0), "{}", a["drops"]);
+    // Key B: the same SYNs spread over the table; every one keeps a session.
     let b = run(KEY_B, &set);
     assert_eq!(b["events"]["sessions_created"].as_u64(), Some(40), "{}", b["events"]);
+    assert_eq!(b["events"]["half_open_evicted"].as_u64(), Some(0), "{}", b["events"]);
+    assert_eq!(b["sessions_active"].as_u64(), Some(40), "{b}");
     assert_eq!(b["drops_total"].as_u64(), Some(0), "{}", b["drops"]);
 }
