@@ -226,7 +226,7 @@ pub enum InsertError {
 const WAYS: usize = 8;
 const EMPTY: u32 = u32::MAX;
 /// The bits of a way's tag that are the tag. The top bit of each of the
-/// eight is one bit of the bucket's spill count (see [`Bucket::spill`]),
+/// eight is one bit of the bucket's spill count (see [`SessionTable::spill`]),
 /// kept there so that reading it costs no other cache line.
 const TAG_BITS: u32 = 0x7fff_ffff;
 const SPILL_BIT: u32 = !TAG_BITS;
@@ -259,19 +259,7 @@ fn decode(r: u32) -> (u32, Direction) {
 impl Bucket {
     const EMPTY: Bucket = Bucket { tags: [0; WAYS], refs: [EMPTY; WAYS] };
 
-    /// Live index entries whose first bucket is this one and which sit in
-    /// their second bucket (or [`SPILL_STUCK`], once that many did): bit
-    /// `i` is the top bit of way `i`'s tag. While it is zero, a key absent
-    /// from this bucket is absent from the table.
-    #[inline]
-    fn spill(&self) -> u32 {
-        let mut n = 0;
-        for i in 0..WAYS {
-            n |= (self.tags[i] >> 31) << i;
-        }
-        n
-    }
-
+    /// Sets the spill count (see [`SessionTable::spill`]).
     fn set_spill(&mut self, n: u32) {
         for i in 0..WAYS {
             self.tags[i] = self.tags[i] & TAG_BITS | (n >> i & 1) << 31;
@@ -550,9 +538,12 @@ impl<M: Placement> SessionTable<M> {
         (m != 0).then(|| m.trailing_zeros() as usize)
     }
 
-    /// [`Bucket::spill`] of bucket `b`, in vector code under lbd: the
-    /// scalar form, hoisted by LLVM ahead of the tag compare, cost every
-    /// lookup about fourteen instructions.
+    /// Bucket `b`'s spill count: its live index entries whose first bucket
+    /// it is and which sit in their second (or [`SPILL_STUCK`], once that
+    /// many did). Bit `i` is the top bit of way `i`'s tag. While it is
+    /// zero, a key absent from the bucket is absent from the table. (A
+    /// vector move under lbd: the scalar form, hoisted by LLVM ahead of
+    /// the tag compare, cost every lookup about fourteen instructions.)
     #[inline(always)]
     fn spill(&self, b: usize) -> u32 {
         M::lane_top_bits(&self.buckets[b].tags)
@@ -680,7 +671,7 @@ impl<M: Placement> SessionTable<M> {
 
     /// Counts an entry of first bucket `b1` that now sits in its second.
     fn spilled(&mut self, b1: usize) {
-        let n = self.buckets[b1].spill();
+        let n = self.spill(b1);
         if n < SPILL_STUCK {
             self.buckets[b1].set_spill(n + 1);
         }
@@ -688,7 +679,7 @@ impl<M: Placement> SessionTable<M> {
 
     /// Uncounts one (see [`Self::spilled`]).
     fn unspilled(&mut self, b1: usize) {
-        let n = self.buckets[b1].spill();
+        let n = self.spill(b1);
         debug_assert!(n > 0, "spill count of bucket {b1} below zero");
         if (1..SPILL_STUCK).contains(&n) {
             self.buckets[b1].set_spill(n - 1);
@@ -1026,7 +1017,7 @@ mod tests {
                 }
             }
             for (b, n) in want.iter().enumerate() {
-                let got = self.buckets[b].spill();
+                let got = self.spill(b);
                 assert!(got == *n || got == SPILL_STUCK, "bucket {b}: spill count {got}, {n} spilled");
             }
             want.into_iter().max().unwrap_or(0)
@@ -1082,7 +1073,7 @@ mod tests {
             t.remove(slot);
         }
         assert_eq!(t.check_index(), 0);
-        assert!(t.buckets.iter().all(|b| b.spill() == 0));
+        assert!((0..t.buckets.len()).all(|b| t.spill(b) == 0));
     }
 
     /// Random inserts and removals on tables of two, four and eight
@@ -1132,15 +1123,15 @@ mod tests {
         for b in 0..2 {
             t.buckets[b].set_spill(SPILL_STUCK);
             t.unspilled(b);
-            assert_eq!(t.buckets[b].spill(), SPILL_STUCK);
+            assert_eq!(t.spill(b), SPILL_STUCK);
             t.spilled(b);
-            assert_eq!(t.buckets[b].spill(), SPILL_STUCK);
+            assert_eq!(t.spill(b), SPILL_STUCK);
         }
         let q = s.request_key();
         assert_eq!(t.lookup(&q, q.hash()), Some((slot, Direction::Request)));
         t.remove(slot);
         assert_eq!(t.lookup(&q, q.hash()), None);
-        assert!(t.buckets[..2].iter().all(|b| b.spill() == SPILL_STUCK));
+        assert!((0..2).all(|b| t.spill(b) == SPILL_STUCK));
     }
 
     /// Under a per-instance key, the half-open session named as in the

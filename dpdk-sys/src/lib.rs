@@ -74,7 +74,7 @@ fn match_lanes_sse2(tags: &[u32; 8], refs: &[u32; 8], tag: u32, tag_mask: u32, e
     let hi_tags = _mm_cmpeq_epi32(_mm_and_si128(load4(&t[1]), bits), want);
     let lo = _mm_andnot_si128(_mm_cmpeq_epi32(load4(&r[0]), none), lo_tags);
     let hi = _mm_andnot_si128(_mm_cmpeq_epi32(load4(&r[1]), none), hi_tags);
-    (_mm_movemask_ps(_mm_castsi128_ps(lo)) | _mm_movemask_ps(_mm_castsi128_ps(hi)) << 4) as u32
+    mask8(lo, hi)
 }
 
 /// The lanes equal to `value`, as a bit mask (bit `i` for lane `i`): two
@@ -106,7 +106,7 @@ fn equal_lanes_sse2(lanes: &[u32; 8], value: u32) -> u32 {
     let l = lanes.as_chunks::<4>().0;
     let lo = _mm_cmpeq_epi32(load4(&l[0]), v);
     let hi = _mm_cmpeq_epi32(load4(&l[1]), v);
-    (_mm_movemask_ps(_mm_castsi128_ps(lo)) | _mm_movemask_ps(_mm_castsi128_ps(hi)) << 4) as u32
+    mask8(lo, hi)
 }
 
 /// The top bit of each of eight lanes, as a bit mask (bit `i` for lane
@@ -133,9 +133,17 @@ pub fn lane_top_bits_u32x8(lanes: &[u32; 8]) -> u32 {
 #[target_feature(enable = "sse2")]
 #[inline]
 fn lane_top_bits_sse2(lanes: &[u32; 8]) -> u32 {
-    use core::arch::x86_64::*;
     let l = lanes.as_chunks::<4>().0;
-    (_mm_movemask_ps(_mm_castsi128_ps(load4(&l[0]))) | _mm_movemask_ps(_mm_castsi128_ps(load4(&l[1]))) << 4) as u32
+    mask8(load4(&l[0]), load4(&l[1]))
+}
+
+/// The top bits of the four lanes of `lo`, then of `hi`, as bits 0-7.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn mask8(lo: core::arch::x86_64::__m128i, hi: core::arch::x86_64::__m128i) -> u32 {
+    use core::arch::x86_64::*;
+    (_mm_movemask_ps(_mm_castsi128_ps(lo)) | _mm_movemask_ps(_mm_castsi128_ps(hi)) << 4) as u32
 }
 
 /// Four lanes in one load. (Built with `_mm_set_epi32` from the elements
