@@ -179,6 +179,20 @@ impl<P> Default for Stage<P> {
 /// Flow packets processed per stage round.
 const STAGE: usize = 256;
 
+/// How many packets ahead of its lookup a packet's session line is
+/// prefetched, and its index line (which says where the session is, so
+/// it must come first). The first round issued a burst's prefetches in a
+/// tight loop per step, measured on an Intel VM where a prefetch waiting
+/// for a page walk holds up retirement, so spreading them cost. On Zen 4
+/// (the seventh sitting in benches/RESULTS.md) a C probe on a 70 MB table
+/// found 4 prefetches in a row all arriving but 32 in a row leaving 7 of
+/// the 16.5 ns a line costs unprefetched, while one prefetch issued a few
+/// items' work ahead hid the whole miss; in lbd, 8 and 16 measured best
+/// of 4/8, 8/12, 8/16, 8/24, 12/24 and 16/32 (1M sessions p50 86 -> 78 ns).
+const SESSION_AHEAD: usize = 8;
+const INDEX_AHEAD: usize = 16;
+const _: () = assert!(INDEX_AHEAD > SESSION_AHEAD);
+
 pub struct Dataplane<P: Packet> {
     snap: Arc<Snapshot>,
     st: State<P>,
@@ -556,12 +570,11 @@ impl<P: Packet> State<P> {
 
     fn run_staged(&mut self, snap: &Snapshot, stage: &mut Stage<P>, io: &mut impl Io<P>) {
         let staged = &mut stage.flows[..stage.pkts.len()];
-        // All lookups first, each step in a tight loop of its own, so that
-        // the out-of-order core overlaps their cache misses. With large
-        // tables each prefetch waits for a page walk before it can retire:
-        // spread between classify code, only two or three were in flight
-        // (10M sessions 8.1-8.9 -> 10.1 Mpps when they moved here).
-        for s in staged.iter() {
+        let n = staged.len();
+        // All lookups first, so that their cache misses overlap: each
+        // packet's index line and session line are asked for
+        // `INDEX_AHEAD` and `SESSION_AHEAD` lookups before its own.
+        for s in staged[..n.min(INDEX_AHEAD)].iter() {
             self.sessions.prefetch(s.hash);
         }
         // From here on `confirm` can check the lookups' answers.
@@ -575,10 +588,17 @@ impl<P: Packet> State<P> {
         // the lookups have said which packets are new.
         let near_cap = |n: usize| (self.sessions.half_open() + n).saturating_sub(snap.half_open_max).min(n);
         self.sessions.prefetch_oldest_half_open(near_cap(staged.len()));
-        for s in staged.iter() {
+        for s in staged[..n.min(SESSION_AHEAD)].iter() {
             self.sessions.prefetch_candidates(s.hash);
         }
-        for s in staged.iter_mut() {
+        for i in 0..n {
+            if let Some(s) = staged.get(i + INDEX_AHEAD) {
+                self.sessions.prefetch(s.hash);
+            }
+            if let Some(s) = staged.get(i + SESSION_AHEAD) {
+                self.sessions.prefetch_candidates(s.hash);
+            }
+            let s = &mut staged[i];
             s.found = self.sessions.lookup(&s.key, s.hash);
         }
         let evictions = near_cap(staged.iter().filter(|s| s.found.is_none()).count());
