@@ -499,6 +499,27 @@ impl<M: Placement> SessionTable<M> {
         }
     }
 
+    /// [`Self::prefetch_oldest_half_open`] for the `i`-th oldest entry
+    /// alone.
+    #[inline]
+    pub fn prefetch_half_open_at(&self, i: usize) {
+        if let Some(slot) = self.half_open_order.peek(i) {
+            M::prefetch(&self.slots[slot as usize]);
+        }
+    }
+
+    /// [`Self::prefetch_oldest_half_open_index`] for the `i`-th oldest
+    /// entry alone.
+    #[inline]
+    pub fn prefetch_half_open_index_at(&self, i: usize) {
+        let Some(slot) = self.half_open_order.peek(i) else { return };
+        let s = &self.slots[slot as usize];
+        if s.state.is_half_open() {
+            self.prefetch(self.hash(&s.request_key()));
+            self.prefetch(self.hash(&s.reply_key()));
+        }
+    }
+
     /// The index lines that removing those sessions rewrites (the first
     /// bucket of each key, where nearly every entry is). Reads the
     /// sessions: call it after [`Self::prefetch_oldest_half_open`], once

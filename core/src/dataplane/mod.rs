@@ -193,6 +193,13 @@ const SESSION_AHEAD: usize = 8;
 const INDEX_AHEAD: usize = 16;
 const _: () = assert!(INDEX_AHEAD > SESSION_AHEAD);
 
+/// The same for the half-open sessions that new flows evict while the
+/// half-open cap is full: the evictee's session line, then (read from it)
+/// its index lines, so many evictions ahead of its own.
+const VICTIM_SESSION_AHEAD: usize = 8;
+const VICTIM_INDEX_AHEAD: usize = 4;
+const _: () = assert!(VICTIM_SESSION_AHEAD > VICTIM_INDEX_AHEAD);
+
 pub struct Dataplane<P: Packet> {
     snap: Arc<Snapshot>,
     st: State<P>,
@@ -587,7 +594,7 @@ impl<P: Packet> State<P> {
         // now, the index lines of as many as its new flows do evict once
         // the lookups have said which packets are new.
         let near_cap = |n: usize| (self.sessions.half_open() + n).saturating_sub(snap.half_open_max).min(n);
-        self.sessions.prefetch_oldest_half_open(near_cap(staged.len()));
+        self.sessions.prefetch_oldest_half_open(near_cap(n).min(VICTIM_SESSION_AHEAD));
         for s in staged[..n.min(SESSION_AHEAD)].iter() {
             self.sessions.prefetch_candidates(s.hash);
         }
@@ -602,7 +609,7 @@ impl<P: Packet> State<P> {
             s.found = self.sessions.lookup(&s.key, s.hash);
         }
         let evictions = near_cap(staged.iter().filter(|s| s.found.is_none()).count());
-        self.sessions.prefetch_oldest_half_open_index(evictions);
+        self.sessions.prefetch_oldest_half_open_index(evictions.min(VICTIM_INDEX_AHEAD));
         // New flows (and flows whose session has lapsed) will touch more
         // random lines: the backend-side key's bucket, the lapsed
         // session's. Pick their backends now and prefetch those lines, so
@@ -643,11 +650,24 @@ impl<P: Packet> State<P> {
             }
         }
         let version = self.sessions.version();
+        let mut evicted = 0;
         for (s, pkt) in staged.iter_mut().zip(stage.pkts.drain(..)) {
             // An earlier packet of this burst may have created, removed or
             // replaced a session since: then check the answer again.
             if self.sessions.version() != version {
                 s.found = self.sessions.confirm(s.found, &s.key, s.hash);
+            }
+            if s.found.is_none() && evicted < evictions {
+                // This packet most likely evicts the oldest half-open
+                // session: ask for what the evictions that many new flows
+                // later will touch, as the lookups do.
+                if evicted + VICTIM_INDEX_AHEAD < evictions {
+                    self.sessions.prefetch_half_open_index_at(VICTIM_INDEX_AHEAD);
+                }
+                if evicted + VICTIM_SESSION_AHEAD < evictions {
+                    self.sessions.prefetch_half_open_at(VICTIM_SESSION_AHEAD);
+                }
+                evicted += 1;
             }
             self.flow(snap, pkt, s, io);
         }
