@@ -589,10 +589,10 @@ impl<P: Packet> State<P> {
         // While the half-open cap is full (a SYN flood, or new flows
         // faster than handshakes complete), each new flow evicts the
         // oldest half-open session, whose session line and index lines
-        // are cold; the arrival order says which ones ahead of time. As
-        // many as the burst could evict (each of its packets a new flow)
-        // now, the index lines of as many as its new flows do evict once
-        // the lookups have said which packets are new.
+        // are cold; the arrival order says which ones ahead of time. The
+        // first victims' session lines now, their index lines once the
+        // lookups have said which packets are new, and the later victims'
+        // a few evictions ahead of their own (`VICTIM_SESSION_AHEAD`).
         let near_cap = |n: usize| (self.sessions.half_open() + n).saturating_sub(snap.half_open_max).min(n);
         self.sessions.prefetch_oldest_half_open(near_cap(n).min(VICTIM_SESSION_AHEAD));
         for s in staged[..n.min(SESSION_AHEAD)].iter() {
