@@ -487,20 +487,10 @@ impl<M: Placement> SessionTable<M> {
         }
     }
 
-    /// Hints the CPU to load the sessions of the `n` oldest entries of the
-    /// half-open order: those the next evictions of half-open sessions
-    /// will most likely remove (an entry gone stale since is skipped by
-    /// the eviction, so a hint may go unused).
-    #[inline]
-    pub fn prefetch_oldest_half_open(&self, n: usize) {
-        for i in 0..n {
-            let Some(slot) = self.half_open_order.peek(i) else { break };
-            M::prefetch(&self.slots[slot as usize]);
-        }
-    }
-
-    /// [`Self::prefetch_oldest_half_open`] for the `i`-th oldest entry
-    /// alone.
+    /// Hints the CPU to load the session of the `i`-th oldest entry of the
+    /// half-open order: the one the `i`-th next eviction of a half-open
+    /// session will most likely remove (an entry gone stale since is
+    /// skipped by the eviction, so a hint may go unused).
     #[inline]
     pub fn prefetch_half_open_at(&self, i: usize) {
         if let Some(slot) = self.half_open_order.peek(i) {
@@ -508,8 +498,10 @@ impl<M: Placement> SessionTable<M> {
         }
     }
 
-    /// [`Self::prefetch_oldest_half_open_index`] for the `i`-th oldest
-    /// entry alone.
+    /// The index lines that removing that session rewrites (the first
+    /// bucket of each key, where nearly every entry is). Reads the
+    /// session: call it after [`Self::prefetch_half_open_at`], once its
+    /// line has had time to arrive.
     #[inline]
     pub fn prefetch_half_open_index_at(&self, i: usize) {
         let Some(slot) = self.half_open_order.peek(i) else { return };
@@ -520,20 +512,16 @@ impl<M: Placement> SessionTable<M> {
         }
     }
 
-    /// The index lines that removing those sessions rewrites (the first
-    /// bucket of each key, where nearly every entry is). Reads the
-    /// sessions: call it after [`Self::prefetch_oldest_half_open`], once
-    /// their lines have had time to arrive.
+    /// [`Self::prefetch_half_open_at`] for the `n` oldest entries.
+    #[inline]
+    pub fn prefetch_oldest_half_open(&self, n: usize) {
+        (0..n).for_each(|i| self.prefetch_half_open_at(i));
+    }
+
+    /// [`Self::prefetch_half_open_index_at`] for the `n` oldest entries.
     #[inline]
     pub fn prefetch_oldest_half_open_index(&self, n: usize) {
-        for i in 0..n {
-            let Some(slot) = self.half_open_order.peek(i) else { break };
-            let s = &self.slots[slot as usize];
-            if s.state.is_half_open() {
-                self.prefetch(self.hash(&s.request_key()));
-                self.prefetch(self.hash(&s.reply_key()));
-            }
-        }
+        (0..n).for_each(|i| self.prefetch_half_open_index_at(i));
     }
 
     /// Ways of bucket `b` whose tag is `tag` and that are in use, as a
