@@ -136,7 +136,13 @@ impl std::fmt::Debug for OwnerHash {
 /// The worker of bucket `bucket`.
 #[inline]
 pub fn bucket_owner(bucket: usize, workers: usize) -> usize {
-    bucket % workers
+    // The same answer as `%`, without a division per packet for the usual
+    // worker counts (2, 4, 8).
+    if workers.is_power_of_two() {
+        bucket & (workers - 1)
+    } else {
+        bucket % workers
+    }
 }
 
 /// The worker owning every session of client endpoint (`addr`, `port`).
@@ -210,6 +216,17 @@ mod tests {
             input.extend_from_slice(&p.to_be_bytes());
             assert_eq!(h.client_hash(a, p), toeplitz(&key, &input));
             assert_eq!(fixed.client_hash(a, p), client_hash(a, p));
+        }
+    }
+
+    #[test]
+    fn bucket_owner_is_the_remainder() {
+        // The RETA the daemon programs and the hand-off decision must agree
+        // for every worker count, powers of two or not.
+        for workers in 1..=64 {
+            for bucket in 0..BUCKETS {
+                assert_eq!(bucket_owner(bucket, workers), bucket % workers, "bucket {bucket}, {workers} workers");
+            }
         }
     }
 

@@ -465,10 +465,8 @@ impl Worker {
                 }
                 got += n;
                 counters.event_n(Event::HandoffIn, n as u64);
-                // Headers, then data: both were last touched by the sender.
-                rx.prefetch_mbufs();
-                rx.prefetch_data();
-                dataplane.process_handoff_burst(rx.drain_iter(), &mut io);
+                // Mbufs and data were last touched by the sender.
+                dataplane.process_handoff_burst(rx.drain_iter_prefetching(), &mut io);
             }
             // Frames the host's kernel sends out (worker 0 only): a bounded
             // amount per loop, already rate-limited by the exception thread.
