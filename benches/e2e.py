@@ -35,7 +35,9 @@ Seats (--seats, in this order within each run; runs back to back):
   xdp    the same lbd on net_af_xdp (rx/tx_descriptors 4096)
   lbd:K=V:K=V ...   lbd with other net_af_packet arguments (framecnt=512
          for DPDK's default ring, qdisc_bypass=0, ...); `idle_sleep=20us`,
-         `burst=N` and `cpus=0+1` go to lcores, `rxd=N`/`txd=N` to the
+         `burst=N` and `cpus=0+1` go to lcores, `float=1` leaves the worker
+         free to run on any allowed CPU (an EAL --lcores set instead of a
+         pin), `rxd=N`/`txd=N` to the
          ports' rx/tx_descriptors (af_xdp's ring sizes); `nice=N` runs lbd under
          nice(1) and `tcdrop=1` drops what the seat's kernel receives on
          the veths after af_packet has it (diagnostics)
@@ -59,6 +61,11 @@ per component (/proc) and, for lbd, its counters (--stats-out).
 on the bridge's veth towards the seat, TSO off on the seat's backend veth,
 so that the bridge and backend work no longer runs inside the seat's
 transmitting system call (RESULTS.md, end to end, item 5).
+
+--rps CPUS (an experiment, every seat): receive packet steering to CPUS on
+the bridge's veth towards the seat and on the client's eth0, so that what
+the seat transmits is processed in those CPUs' backlog rather than inside
+the transmitting system call (RESULTS.md, "Round two, eighth sitting").
 
 2 CPUs shared by client, servers, the seat and anything else running:
 absolute figures move with the load average (recorded); compare seats
@@ -204,9 +211,10 @@ class Testbed:
     what is left in the namespaces this object created (their own PIDs,
     `ip netns pids`), then the namespaces, which takes their veths."""
 
-    def __init__(self, tag, work, threaded_napi=False):
+    def __init__(self, tag, work, threaded_napi=False, rps=None):
         self.tag, self.work = tag, work
         self.threaded_napi = threaded_napi
+        self.rps = rps
         self.namespaces = []
         self.procs = []  # (name, Popen)
         self.ns = {k: f"{tag}-{k}" for k in ("client", "lb", "sw", "be1", "be2", "be3")}
@@ -253,6 +261,15 @@ class Testbed:
             # veth takes the NAPI path only for frames from a sender
             # without TSO (veth_skb_is_eligible_for_gro).
             nsx(self.ns["lb"], "ethtool", "-K", self.int, "tso", "off")
+        if self.rps is not None:
+            # Experiment: receive packet steering on the two veths that the
+            # seat transmits into (the bridge's port towards the seat, the
+            # client's eth0), so what arrives there is processed in the
+            # backlog of the CPUs named, not in the softirq of the seat's
+            # transmitting system call.
+            mask = format(sum(1 << c for c in self.rps), "x")
+            nsx(sw, "sh", "-c", f"echo {mask} > /sys/class/net/sw-up/queues/rx-0/rps_cpus")
+            nsx(cl, "sh", "-c", f"echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus")
         www = os.path.join(self.work, "www")
         os.makedirs(www, exist_ok=True)
         with open(os.path.join(www, "index.html"), "w") as f:
@@ -412,6 +429,7 @@ class LbdSeat:
         self.nice = None
         self.descriptors = {}
         self.tcdrop = False
+        self.floating = False
         self.vdev_extra = []
         for kv in extra:
             k, _, v = kv.partition("=")
@@ -430,6 +448,11 @@ class LbdSeat:
                 # ingress chain drops the frame, so the seat's kernel does not also run it through
                 # its IP input (a route lookup ending in a drop, per frame).
                 self.tcdrop = v == "1"
+            elif k == "float":
+                # The worker not pinned: lcore 1 may run on any allowed
+                # CPU (an EAL --lcores set), so the kernel's scheduler can
+                # move it away from the clients and servers it shares with.
+                self.floating = v == "1"
             elif k == "nice":
                 # Diagnostic: the whole of lbd at a lower priority, to see
                 # what its share of the CPUs costs the rest of the path.
@@ -451,7 +474,8 @@ class LbdSeat:
         # does every other lbd on the machine: on a shared host they all
         # busy-poll on CPU 0. The bench takes the last one (cpus=N
         # overrides).
-        self.lcores.setdefault("cpus", [sorted(os.sched_getaffinity(0))[-1]])
+        if not self.floating:
+            self.lcores.setdefault("cpus", [sorted(os.sched_getaffinity(0))[-1]])
         self.bin = os.path.join(bin_dir, "lbd")
         self.prefix = f"lbde2e{os.getpid()}r{run_no}"
         self.p = None
@@ -467,8 +491,12 @@ class LbdSeat:
             if self.pmd == "net_af_xdp":
                 base += ",start_queue=0,queue_count=1"
             vd += ["--vdev", ",".join([base] + self.vdev_extra)]
+        eal = ["--no-pci", "--no-huge", "-m", "1024", "--file-prefix", self.prefix, "--no-telemetry"] + vd
+        if self.floating:
+            cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+            eal.append(f"--lcores=0@({cpus}),1@({cpus})")
         cfg = {
-            "eal": ["--no-pci", "--no-huge", "-m", "1024", "--file-prefix", self.prefix, "--no-telemetry"] + vd,
+            "eal": eal,
             "lcores": self.lcores,
             # exception off: the seat namespace keeps no address of its own,
             # so its kernel neither answers ARP nor forwards beside lbd.
@@ -775,6 +803,8 @@ def main():
                     help="which measurements, comma-separated (default keepalive,close,iperf)")
     ap.add_argument("--threaded-napi", action="store_true",
                     help="experiment: GRO and threaded NAPI on the bridge's veth towards the seat (every seat)")
+    ap.add_argument("--rps", help="experiment: receive packet steering to these CPUs (comma-separated) on the "
+                    "bridge's veth towards the seat and the client's eth0 (every seat)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--smoke", action="store_true", help="one run of 1-second tools: does the runner work")
@@ -817,11 +847,11 @@ def main():
             "commit": subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
             "cpu_model": lbdstats.cpu_description(), "cpus": os.cpu_count(), "kernel": os.uname().release,
             "loadavg_before": loadavg(), "runs": args.runs, "seconds": args.seconds,
-            "connections": args.connections, "threaded_napi": args.threaded_napi, "wrk_threads": args.threads, "seats": seats,
+            "connections": args.connections, "threaded_napi": args.threaded_napi, "rps": args.rps, "wrk_threads": args.threads, "seats": seats,
             "command": " ".join(["benches/e2e.py"] + sys.argv[1:])}
     log(f"{meta['cpu_model']}, {meta['cpus']} CPUs, load {meta['loadavg_before']}; testbed {tag}, logs in {work}")
     rows = []
-    tb = Testbed(tag, work, args.threaded_napi)
+    tb = Testbed(tag, work, args.threaded_napi, [int(c) for c in args.rps.split(",")] if args.rps else None)
     try:
         sweep_stale_testbeds()
         tb.up()

@@ -319,7 +319,22 @@ def finish(p, sig, prefix):
         raise interrupted
 
 
+def core_round_trip():
+    """ns for one cache line to go from the first allowed CPU to the second
+    and back (examples/corelat), or None without two CPUs or the binary.
+    On the 2-vCPU machines this runner was written on it moved between
+    ~57 and ~330 ns from one second to the next, with the host's placement
+    of the vCPUs, and the hand-off row moved with it; so the 2-worker rows
+    record it before and after each run (nothing else running then)."""
+    exe = os.path.join(BIN, "examples/corelat")
+    if len(cpus()) < 2 or not os.path.exists(exe):
+        return None
+    out = subprocess.run([exe, str(cpus()[0]), str(cpus()[1])], capture_output=True, text=True, check=True).stdout
+    return float(out)
+
+
 def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
+    rtt_before = core_round_trip() if s.workers >= 2 else None
     prefix = f"lbdbench{os.getpid()}{run_no}"
     mbufs, mem_mb = mbuf_memory(s, huge)
     cfg_path, stats_path, log_path = f"{WORK}/lbd.yaml", f"{WORK}/stats.json", f"{WORK}/lbd.log"
@@ -350,6 +365,7 @@ def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
         b = lbd.stats()
     finally:
         lbd.stop(prefix)
+    rtt_after = core_round_trip() if rtt_before is not None else None
     dt = b["uptime_seconds"] - a["uptime_seconds"]
     port = 0 if s.replay_side == "client" else 1
     rx = b["ports"][port]["rx_packets"] - a["ports"][port]["rx_packets"]
@@ -379,6 +395,9 @@ def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
         "p50_ns": b["latency"]["p50_ns"],
         "p99_ns": b["latency"]["p99_ns"],
         "p999_ns": b["latency"]["p999_ns"],
+        # Not a median: kept per run (see `core_round_trip`); absent, never
+        # null, where not measured.
+        **({"core_rtt_ns": [round(rtt_before, 1), round(rtt_after, 1)]} if rtt_after is not None else {}),
     }
 
 
@@ -539,13 +558,14 @@ def main():
         for r in range(args.runs):
             lbd_runs.append(run_lbd(s, replay, prefill, args, huge, r))
             tp_runs.append(run_testpmd(s, replay, args, huge, r))
-        med = {k: statistics.median(x[k] for x in lbd_runs) for k in lbd_runs[0]}
+        med = {k: statistics.median(x[k] for x in lbd_runs) for k in lbd_runs[0] if k != "core_rtt_ns"}
         tp = statistics.median(tp_runs)
         # Both rates are > 0 (run_lbd and run_testpmd fail loudly
         # otherwise), so every figure below is finite.
         row = dict(scenario=s.name, workers=s.workers, lbd=med["mpps"], testpmd=tp, ratio=med["mpps"] / tp,
                    ns=1e3 * s.workers / med["mpps"], **{k: med[k] for k in med if k != "mpps"},
-                   runs=[round(x["mpps"], 2) for x in lbd_runs], testpmd_runs=[round(t, 2) for t in tp_runs])
+                   runs=[round(x["mpps"], 2) for x in lbd_runs], testpmd_runs=[round(t, 2) for t in tp_runs],
+                   **({"core_rtt_ns": [x["core_rtt_ns"] for x in lbd_runs]} if all("core_rtt_ns" in x for x in lbd_runs) else {}))
         rows.append(row)
         print_row(row, header=len(rows) == 1, huge=huge)
     print()
@@ -579,6 +599,8 @@ def print_row(r, header, huge):
         print(f"{'scenario':58} {'wk':>2} {'lbd Mpps':>9} {'testpmd':>8} {'ratio':>6} {'ns/pkt':>7} {'p50 ns':>6} {'p99 ns':>6} {'p99.9':>6} {'sessions':>9} {'B/sess':>6} {'handoff':>7} {'drops':>6}")
     print(f"{r['scenario']:58} {r['workers']:>2} {r['lbd']:>9.2f} {r['testpmd']:>8.2f} {r['ratio']:>6.3f} {r['ns']:>7.1f} "
           f"{r['p50_ns']:>6.0f} {r['p99_ns']:>6.0f} {r['p999_ns']:>6.0f} {r['sessions']:>9.0f} {r['bytes_per_session']:>6.1f} {100 * r['handoff_share']:>6.1f}% {r['drops']:>6.0f}", flush=True)
+    if "core_rtt_ns" in r:
+        print(f"  runs {r['runs']} Mpps; core-to-core round trip before/after each run (ns): {r['core_rtt_ns']}", flush=True)
 
 
 def summary(rows):
@@ -630,6 +652,9 @@ def record(rows, args, huge, machine):
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['workers']} | {r['lbd']:.2f} | {r['testpmd']:.2f} | {r['ratio']:.3f} | {r['ns']:.1f} | {r['p50_ns']:.0f} | {r['p99_ns']:.0f} | {r['p999_ns']:.0f} | "
                      f"{r['sessions']:.0f} | {r['bytes_per_session']:.1f} | {100 * r['handoff_share']:.0f} % | {r['drops']:.0f} | {r['runs']} | {r['testpmd_runs']} |")
+    for r in rows:
+        if "core_rtt_ns" in r:
+            lines.append(f"- {r['scenario']}: core-to-core round trip before/after each run {r['core_rtt_ns']} ns (examples/corelat)")
     lines.append("")
     path = os.path.join(ROOT, "benches/RESULTS.md")
     old = open(path).read() if os.path.exists(path) else ""

@@ -105,6 +105,19 @@ fn runner_smoke_run_reports_every_scenario() {
         } else {
             assert_eq!(handoff, 0.0, "{name}: unexpected hand-offs: {r}");
         }
+        // Two-worker rows carry the CPUs' cache-line round trip before and
+        // after each run (examples/corelat), when there are two CPUs.
+        if f("workers") == 2.0 && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            let rtt = r["core_rtt_ns"].as_array().unwrap_or_else(|| panic!("{name}: core_rtt_ns missing: {r}"));
+            assert_eq!(rtt.len(), r["runs"].as_array().unwrap().len(), "{name}: one pair per run: {r}");
+            for pair in rtt {
+                let pair = pair.as_array().unwrap_or_else(|| panic!("{name}: {pair} is not a pair"));
+                assert_eq!(pair.len(), 2, "{name}: {r}");
+                assert!(pair.iter().all(|v| v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0)), "{name}: {r}");
+            }
+        } else {
+            assert!(r.get("core_rtt_ns").is_none(), "{name}: core_rtt_ns on a one-worker row: {r}");
+        }
     }
     // Every DPDK process the runner started (an lbd and a testpmd per
     // scenario) kept off the machine's PCI devices.
