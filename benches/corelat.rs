@@ -23,16 +23,9 @@ const TRIALS: usize = 7;
 struct Line(AtomicU64);
 
 fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within
-    // it (cpu is checked against its size); sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert!(cpu < 8 * std::mem::size_of::<libc::cpu_set_t>(), "CPU {cpu} out of range");
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!("corelat: cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
-            std::process::exit(1);
-        }
+    if let Err(e) = engine::dpdk::pin_current_thread(cpu as u32) {
+        eprintln!("corelat: cannot pin to CPU {cpu}: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -117,6 +117,23 @@ pub fn allowed_cpus() -> Vec<u32> {
         .collect()
 }
 
+/// Pins the calling thread to CPU `cpu` (for tools: lcores are pinned by
+/// the EAL).
+pub fn pin_current_thread(cpu: u32) -> std::io::Result<()> {
+    if cpu as usize >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("CPU {cpu} out of range")));
+    }
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), inside the set.
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: a valid set of the size passed; pid 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the calling thread's timer slack: how much later than asked the
 /// kernel may end its sleeps (to group wake-ups). Best effort.
 pub fn set_timer_slack(slack: std::time::Duration) {
