@@ -64,9 +64,15 @@ fn main() {
         .map(|a| a.parse().unwrap_or_else(|_| panic!("corelat CPU_A CPU_B: {a} is not a CPU number")))
         .collect();
     let [a, b] = args[..] else {
-        eprintln!("usage: corelat CPU_A CPU_B");
+        eprintln!("usage: corelat CPU_A CPU_B (two different CPUs)");
         std::process::exit(2);
     };
+    if a == b {
+        // Both threads on one CPU would pass the line once per scheduler
+        // time slice: minutes per trial.
+        eprintln!("corelat: CPU_A and CPU_B must differ");
+        std::process::exit(2);
+    }
     let mut ns: Vec<f64> = (0..TRIALS).map(|_| trial(a, b)).collect();
     ns.sort_by(f64::total_cmp);
     println!("{:.1}", ns[TRIALS / 2]);

@@ -267,7 +267,17 @@ class Testbed:
             # client's eth0), so what arrives there is processed in the
             # backlog of the CPUs named, not in the softirq of the seat's
             # transmitting system call.
-            mask = format(sum(1 << c for c in self.rps), "x")
+            # rps_cpus takes comma-separated groups of 32 bits, highest first.
+            bits = 0
+            for c in set(self.rps):
+                bits |= 1 << c
+            groups = []
+            while True:
+                groups.append(format(bits & 0xFFFFFFFF, "08x"))
+                bits >>= 32
+                if not bits:
+                    break
+            mask = ",".join(reversed(groups))
             nsx(sw, "sh", "-c", f"echo {mask} > /sys/class/net/sw-up/queues/rx-0/rps_cpus")
             nsx(cl, "sh", "-c", f"echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus")
         www = os.path.join(self.work, "www")
@@ -474,7 +484,11 @@ class LbdSeat:
         # does every other lbd on the machine: on a shared host they all
         # busy-poll on CPU 0. The bench takes the last one (cpus=N
         # overrides).
-        if not self.floating:
+        if self.floating:
+            # lbd refuses lcores.cpus beside an EAL --lcores map.
+            if "cpus" in self.lcores:
+                raise SystemExit(f"seat {spec}: float=1 and cpus= exclude each other")
+        else:
             self.lcores.setdefault("cpus", [sorted(os.sched_getaffinity(0))[-1]])
         self.bin = os.path.join(bin_dir, "lbd")
         self.prefix = f"lbde2e{os.getpid()}r{run_no}"

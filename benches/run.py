@@ -329,8 +329,10 @@ def core_round_trip():
     exe = os.path.join(BIN, "examples/corelat")
     if len(cpus()) < 2 or not os.path.exists(exe):
         return None
-    out = subprocess.run([exe, str(cpus()[0]), str(cpus()[1])], capture_output=True, text=True, check=True).stdout
-    return float(out)
+    p = subprocess.run([exe, str(cpus()[0]), str(cpus()[1])], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"{exe} failed ({p.returncode}): {p.stderr.strip()}")
+    return float(p.stdout)
 
 
 def run_lbd(s, replay_files, prefill_file, args, huge, run_no):
@@ -514,7 +516,7 @@ def main():
     ap.add_argument("--burst", type=int, help="lcores.burst for every row (default: lbd's, 64)")
     ap.add_argument("--json", help="also write the rows as JSON to this file")
     ap.add_argument("--profile", default="release", help="cargo profile to build and run (default release)")
-    ap.add_argument("--bin-dir", help="where lbd and examples/pcapgen are (default target/PROFILE)")
+    ap.add_argument("--bin-dir", help="where lbd, examples/pcapgen and examples/corelat are (default target/PROFILE; without corelat the 2-worker rows lack core_rtt_ns)")
     ap.add_argument("--work", default="/tmp/lbd-bench", help="generated pcaps and logs (kept between runs as a cache)")
     args = ap.parse_args()
     # Killed or hung up on: unwind, so every `finally` stops the DPDK
@@ -652,9 +654,10 @@ def record(rows, args, huge, machine):
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['workers']} | {r['lbd']:.2f} | {r['testpmd']:.2f} | {r['ratio']:.3f} | {r['ns']:.1f} | {r['p50_ns']:.0f} | {r['p99_ns']:.0f} | {r['p999_ns']:.0f} | "
                      f"{r['sessions']:.0f} | {r['bytes_per_session']:.1f} | {100 * r['handoff_share']:.0f} % | {r['drops']:.0f} | {r['runs']} | {r['testpmd_runs']} |")
-    for r in rows:
-        if "core_rtt_ns" in r:
-            lines.append(f"- {r['scenario']}: core-to-core round trip before/after each run {r['core_rtt_ns']} ns (examples/corelat)")
+    rtt = [f"- {r['scenario']}: core-to-core round trip before/after each run {r['core_rtt_ns']} ns (examples/corelat)"
+           for r in rows if "core_rtt_ns" in r]
+    if rtt:
+        lines += [""] + rtt
     lines.append("")
     path = os.path.join(ROOT, "benches/RESULTS.md")
     old = open(path).read() if os.path.exists(path) else ""

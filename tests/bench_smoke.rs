@@ -7,8 +7,8 @@
 //! by none elsewhere, nothing dropped) and that every figure is a finite
 //! number in strict JSON.
 //!
-//! Needs root, `dpdk-testpmd` and the `pcapgen` example built with the
-//! same profile as this test (testbed/test.sh builds it).
+//! Needs root, `dpdk-testpmd` and the `pcapgen` and `corelat` examples
+//! built with the same profile as this test (testbed/test.sh builds them).
 
 mod common;
 
@@ -16,6 +16,24 @@ use common::{python, repo, TempDir};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
+
+/// How many CPUs this process may run on, counted as the runner counts
+/// them (the affinity mask; `available_parallelism` also applies a cgroup
+/// quota): `Cpus_allowed_list` of /proc/self/status, e.g. `0-1,4`.
+fn allowed_cpus() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status")
+        .trim();
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
 
 /// target/<profile>, where this test binary's profile put lbd and pcapgen.
 fn bin_dir() -> PathBuf {
@@ -27,12 +45,14 @@ fn bin_dir() -> PathBuf {
 #[test]
 fn runner_smoke_run_reports_every_scenario() {
     let bins = bin_dir();
-    let pcapgen = bins.join("examples/pcapgen");
-    assert!(
-        pcapgen.exists(),
-        "{} missing: build the examples with this profile first (cargo build --examples)",
-        pcapgen.display()
-    );
+    for example in ["pcapgen", "corelat"] {
+        let path = bins.join("examples").join(example);
+        assert!(
+            path.exists(),
+            "{} missing: build the examples with this profile first (cargo build --examples)",
+            path.display()
+        );
+    }
     let dir = TempDir::new("bench");
     let json = dir.join("rows.json");
     let out = Command::new(python())
@@ -107,7 +127,7 @@ fn runner_smoke_run_reports_every_scenario() {
         }
         // Two-worker rows carry the CPUs' cache-line round trip before and
         // after each run (examples/corelat), when there are two CPUs.
-        if f("workers") == 2.0 && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        if f("workers") == 2.0 && allowed_cpus() >= 2 {
             let rtt = r["core_rtt_ns"].as_array().unwrap_or_else(|| panic!("{name}: core_rtt_ns missing: {r}"));
             assert_eq!(rtt.len(), r["runs"].as_array().unwrap().len(), "{name}: one pair per run: {r}");
             for pair in rtt {

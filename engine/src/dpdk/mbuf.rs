@@ -195,8 +195,10 @@ impl Burst {
         for &p in &self.pkts[..n.min(MBUF_AHEAD)] {
             sys::prefetch0_ptr(p);
         }
-        for i in 0..n.min(DATA_AHEAD) {
-            prefetch_first_line(self.pkts[i]);
+        for &p in &self.pkts[..n.min(DATA_AHEAD)] {
+            // SAFETY: slots below the old len hold owned, valid mbufs, none
+            // yielded yet.
+            unsafe { prefetch_first_line(p) };
         }
         BurstDrainAhead { inner: BurstDrain { burst: self, next: 0, end: n } }
     }
@@ -206,7 +208,8 @@ impl Burst {
     #[inline]
     pub fn prefetch_data(&self) {
         for &p in &self.pkts[..self.len] {
-            prefetch_first_line(p);
+            // SAFETY: the first len slots are owned, valid mbufs.
+            unsafe { prefetch_first_line(p) };
         }
     }
 
@@ -236,10 +239,15 @@ const MBUF_AHEAD: usize = 8;
 const DATA_AHEAD: usize = 4;
 
 /// Prefetches the first data line of the packet in mbuf `p`.
+///
+/// # Safety
+///
+/// `p` must point to a valid mbuf that the caller owns (not yet handed on
+/// or freed) for the duration of the call.
 #[inline]
-fn prefetch_first_line(p: *mut sys::rte_mbuf) {
-    // SAFETY: callers pass owned, valid mbufs of a burst; reading one is
-    // a plain load.
+unsafe fn prefetch_first_line(p: *mut sys::rte_mbuf) {
+    // SAFETY: the caller guarantees `p` is a valid, owned mbuf; reading
+    // it is a plain load.
     let m = unsafe { &*p };
     sys::prefetch0_ptr(m.buf_addr.cast::<u8>().wrapping_add(usize::from(m.data_off)));
 }
@@ -259,7 +267,9 @@ impl Iterator for BurstDrainAhead<'_> {
             sys::prefetch0_ptr(d.burst.pkts[i + MBUF_AHEAD]);
         }
         if i + DATA_AHEAD < d.end {
-            prefetch_first_line(d.burst.pkts[i + DATA_AHEAD]);
+            // SAFETY: slot i + DATA_AHEAD is below `end` and after `next`:
+            // an owned, valid mbuf not yielded yet.
+            unsafe { prefetch_first_line(d.burst.pkts[i + DATA_AHEAD]) };
         }
         self.inner.next()
     }

@@ -37,7 +37,7 @@ pub mod ring;
 mod ring_drops;
 
 pub use eal::Eal;
-pub use mbuf::{Burst, BurstDrain, Mbuf, MAX_BURST};
+pub use mbuf::{Burst, BurstDrain, BurstDrainAhead, Mbuf, MAX_BURST};
 pub use memory::DpdkPlacement;
 pub use mempool::Mempool;
 pub use port::{Port, PortInfo, PortMonitor, PortSetup, PortStats, RssFields, RssRequest, RssState};
