@@ -17,24 +17,6 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// How many CPUs this process may run on, counted as the runner counts
-/// them (the affinity mask; `available_parallelism` also applies a cgroup
-/// quota): `Cpus_allowed_list` of /proc/self/status, e.g. `0-1,4`.
-fn allowed_cpus() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list in /proc/self/status")
-        .trim();
-    list.split(',')
-        .map(|part| match part.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
-            None => 1,
-        })
-        .sum()
-}
-
 /// target/<profile>, where this test binary's profile put lbd and pcapgen.
 fn bin_dir() -> PathBuf {
     // target/<profile>/deps/bench_smoke-* -> target/<profile>
@@ -127,7 +109,9 @@ fn runner_smoke_run_reports_every_scenario() {
         }
         // Two-worker rows carry the CPUs' cache-line round trip before and
         // after each run (examples/corelat), when there are two CPUs.
-        if f("workers") == 2.0 && allowed_cpus() >= 2 {
+        // CPUs counted by affinity, as the runner counts them
+        // (`available_parallelism` also applies a cgroup quota).
+        if f("workers") == 2.0 && engine::dpdk::allowed_cpus().len() >= 2 {
             let rtt = r["core_rtt_ns"].as_array().unwrap_or_else(|| panic!("{name}: core_rtt_ns missing: {r}"));
             assert_eq!(rtt.len(), r["runs"].as_array().unwrap().len(), "{name}: one pair per run: {r}");
             for pair in rtt {
