@@ -59,19 +59,19 @@ fn trial(a: usize, b: usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().unwrap_or_else(|_| panic!("corelat CPU_A CPU_B: {a} is not a CPU number")))
-        .collect();
-    let [a, b] = args[..] else {
-        eprintln!("usage: corelat CPU_A CPU_B (two different CPUs)");
+    let usage = |why: &str| -> ! {
+        eprintln!("corelat: {why}\nusage: corelat CPU_A CPU_B (two different CPUs)");
         std::process::exit(2);
     };
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap_or_else(|_| usage(&format!("{a:?} is not a CPU number"))))
+        .collect();
+    let [a, b] = args[..] else { usage("two CPU numbers wanted") };
     if a == b {
         // Both threads on one CPU would pass the line once per scheduler
         // time slice: minutes per trial.
-        eprintln!("corelat: CPU_A and CPU_B must differ");
-        std::process::exit(2);
+        usage("CPU_A and CPU_B must differ");
     }
     let mut ns: Vec<f64> = (0..TRIALS).map(|_| trial(a, b)).collect();
     ns.sort_by(f64::total_cmp);

@@ -817,7 +817,17 @@ def main():
                     help="which measurements, comma-separated (default keepalive,close,iperf)")
     ap.add_argument("--threaded-napi", action="store_true",
                     help="experiment: GRO and threaded NAPI on the bridge's veth towards the seat (every seat)")
-    ap.add_argument("--rps", help="experiment: receive packet steering to these CPUs (comma-separated) on the "
+    def cpu_list(text):
+        try:
+            cs = [int(c) for c in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: want CPU numbers, comma-separated")
+        bad = [c for c in cs if c not in os.sched_getaffinity(0)]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text!r}: CPUs {bad} are not among this process's {sorted(os.sched_getaffinity(0))}")
+        return cs
+
+    ap.add_argument("--rps", type=cpu_list, help="experiment: receive packet steering to these CPUs (comma-separated) on the "
                     "bridge's veth towards the seat and the client's eth0 (every seat)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
@@ -865,7 +875,7 @@ def main():
             "command": " ".join(["benches/e2e.py"] + sys.argv[1:])}
     log(f"{meta['cpu_model']}, {meta['cpus']} CPUs, load {meta['loadavg_before']}; testbed {tag}, logs in {work}")
     rows = []
-    tb = Testbed(tag, work, args.threaded_napi, [int(c) for c in args.rps.split(",")] if args.rps else None)
+    tb = Testbed(tag, work, args.threaded_napi, args.rps)
     try:
         sweep_stale_testbeds()
         tb.up()
