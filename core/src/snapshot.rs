@@ -251,6 +251,10 @@ pub struct Snapshot {
     serving_listener: Box<[u16]>,
     /// Listener id → position in `listeners`.
     listener_slots: Box<[ListenerPos]>,
+    /// Backend id → the route to its address, looked up once here rather
+    /// than scanned for on every request packet (see
+    /// [`Self::route_to_backend`]).
+    backend_routes: Box<[BackendRoute]>,
     pub static_neighbors: Vec<(PortIndex, u32, MacAddr)>,
     pub timeouts: StateTimeouts,
     pub arp: ArpTimers,
@@ -265,6 +269,19 @@ pub struct Snapshot {
     /// [`ListenerView::vip_guard`].
     pub vips: Vec<VipView>,
 }
+
+/// Where packets to a configured backend leave (see
+/// [`Snapshot::route_to_backend`]): its address, to check a session's
+/// copy against, and the route table's answer for it.
+#[derive(Debug, Clone, Copy)]
+struct BackendRoute {
+    addr: u32,
+    next_hop: u32,
+    port: PortIndex,
+}
+
+/// No configured backend, or one no route reaches.
+const NO_BACKEND_ROUTE: BackendRoute = BackendRoute { addr: 0, next_hop: 0, port: PortIndex(u16::MAX) };
 
 /// A VIP protected as a whole (`vips[]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,6 +496,7 @@ impl Snapshot {
         let mut backend_slots = vec![(ListenerPos(u16::MAX), u16::MAX); MAX_BACKENDS].into_boxed_slice();
         let mut listener_slots = vec![ListenerPos(u16::MAX); MAX_LISTENERS].into_boxed_slice();
         let mut serving_listener = vec![u16::MAX; MAX_BACKENDS].into_boxed_slice();
+        let mut backend_routes = vec![NO_BACKEND_ROUTE; MAX_BACKENDS].into_boxed_slice();
         let mut lindex = Vec::new();
         // Verdicts built in this build, shared by listeners of one group,
         // protocol and port.
@@ -503,6 +521,10 @@ impl Snapshot {
                     backend_slots[usize::from(bid)] = (ListenerPos(li as u16), bi as u16);
                     if lw.serving[bi] {
                         serving_listener[usize::from(bid)] = id.0;
+                    }
+                    let addr = u32::from(b.address);
+                    if let Some((port, next_hop)) = routes.lookup(addr) {
+                        backend_routes[usize::from(bid)] = BackendRoute { addr, next_hop, port };
                     }
                     BackendView {
                         id: bid,
@@ -622,6 +644,7 @@ impl Snapshot {
             backend_slots,
             serving_listener,
             listener_slots,
+            backend_routes,
             static_neighbors,
             timeouts: StateTimeouts::from_config(&cfg.forwarding.timeouts),
             park_max_ms: arp.retry_ms.saturating_mul(arp.max_retries + 1),
@@ -696,6 +719,19 @@ impl Snapshot {
     #[inline]
     pub fn backend_serves(&self, id: BackendId, listener: ListenerId) -> bool {
         self.serving_listener.get(usize::from(id)) == Some(&listener.0)
+    }
+
+    /// [`RouteTable::lookup`] of `dst`, the address a session of backend
+    /// `id` forwards to: one load and compare while `id` is configured at
+    /// that address, the table's scan otherwise (a session kept after its
+    /// backend was removed). Request packets take it; their destination is
+    /// always a backend.
+    #[inline]
+    pub fn route_to_backend(&self, id: BackendId, dst: u32) -> Option<(PortIndex, u32)> {
+        match self.backend_routes.get(usize::from(id)) {
+            Some(r) if r.addr == dst && r.port.0 != u16::MAX => Some((r.port, r.next_hop)),
+            _ => self.routes.lookup(dst),
+        }
     }
 }
 
@@ -937,6 +973,38 @@ listeners:
             for l in [a, b, ListenerId(200)] {
                 let by_views = snap.backend_by_id(id).is_some_and(|(lv, bv)| lv.id == l && bv.serving);
                 assert_eq!(snap.backend_serves(id, l), by_views, "backend {id:?}, listener {l:?}");
+            }
+        }
+    }
+
+    /// The remembered route of every configured backend is the table's
+    /// answer for its address; any other address, or an id not
+    /// configured, gets the table's answer too.
+    #[test]
+    fn route_to_backend_agrees_with_the_route_table() {
+        let (cfg, ids, facts) = parsed_cfg();
+        let snap = Snapshot::build_with_health(
+            &cfg,
+            &facts,
+            &ids,
+            1,
+            &HealthTable::default(),
+            std::time::Duration::ZERO,
+            None,
+        );
+        let mut checked = 0;
+        for l in &snap.listeners {
+            for b in l.backends.iter() {
+                assert!(snap.routes.lookup(b.addr).is_some(), "the sample's backends are routed");
+                assert_eq!(snap.route_to_backend(b.id, b.addr), snap.routes.lookup(b.addr));
+                checked += 1;
+            }
+        }
+        assert!(checked > 0);
+        let b = &snap.listeners[0].backends[0];
+        for dst in [0x0a01_00fe, 0x0808_0808, 0xc0a8_0001, b.addr ^ 1] {
+            for id in [b.id, BackendId(MAX_BACKENDS as u32 - 1), BackendId(MAX_BACKENDS as u32)] {
+                assert_eq!(snap.route_to_backend(id, dst), snap.routes.lookup(dst), "id {id:?}, dst {dst:#x}");
             }
         }
     }

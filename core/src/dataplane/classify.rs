@@ -226,7 +226,7 @@ impl<P: Packet> State<P> {
         {
             return None;
         }
-        if checksum::fold(checksum::sum_ipv4_header(h[IP_HEADER].try_into().expect("20 bytes"))) != 0xffff {
+        if !checksum::ipv4_header_valid(h[IP_HEADER].try_into().expect("20 bytes")) {
             return None;
         }
         let (proto, src, dst) = (h[IP_PROTOCOL], get32(h, IP_SRC_ADDR), get32(h, IP_DST_ADDR));

@@ -70,7 +70,7 @@ impl<P: Packet> State<P> {
 
     /// Client→VIP: find or create the session, then forward to its backend.
     fn request(&mut self, snap: &Snapshot, l: &ListenerView, mut pkt: P, s: &Staged, io: &mut impl Io<P>) {
-        let (key, flags, found, pick) = (&s.key, s.flags, s.found, s.pick);
+        let (key, flags, found, pick, hash) = (&s.key, s.flags, s.found, s.pick, s.hash);
         if let Err(reason) = self.admission.packet(l, key.src(), pkt.packet_len(), self.now, &self.counters.admission) {
             return self.discard(reason, pkt, io);
         }
@@ -122,7 +122,7 @@ impl<P: Packet> State<P> {
                     return self.forward(snap, pkt, &new, Direction::Request, io);
                 }
                 let backend = new.backend_id;
-                match self.insert_evicting_half_open(snap, new, rescheduled) {
+                match self.insert_evicting_half_open(snap, new, hash, rescheduled) {
                     Ok(slot) => {
                         self.admission.session_opened(l, key.src(), self.now);
                         if l.persistence_ms.is_some() {
@@ -233,10 +233,10 @@ impl<P: Packet> State<P> {
     }
 
     /// Puts a new session in the table and counts it; the reason to drop
-    /// the packet when it cannot.
-    pub(super) fn insert_session(&mut self, s: Session, rescheduled: bool) -> Result<u32, DropReason> {
+    /// the packet when it cannot. `hq` is the hash of its request key.
+    pub(super) fn insert_session(&mut self, s: Session, hq: u64, rescheduled: bool) -> Result<u32, DropReason> {
         let (lid, bid) = (s.listener, s.backend_id);
-        match self.sessions.insert(s) {
+        match self.sessions.insert_hashed(s, hq) {
             Ok(slot) => {
                 self.counters.event(Event::SessionsCreated);
                 if rescheduled {
@@ -286,7 +286,14 @@ impl<P: Packet> State<P> {
         let len = pkt.packet_len();
         self.counters.listeners[usize::from(s.listener)].count(dir, len);
         self.counters.backends[usize::from(s.backend_id)].count(dir, len);
-        self.route(snap, pkt, to, io)
+        let hop = match dir {
+            Direction::Request => snap.route_to_backend(s.backend_id, to),
+            Direction::Reply => snap.routes.lookup(to),
+        };
+        match hop {
+            Some((port, next_hop)) => self.send(snap, pkt, port, next_hop, io),
+            None => self.discard(DropReason::NoRoute, pkt, io),
+        }
     }
 
     /// Whether the session in `slot` is idle past its state's timeout.

@@ -25,10 +25,11 @@ impl<P: Packet> State<P> {
         &mut self,
         snap: &Snapshot,
         s: Session,
+        hq: u64,
         rescheduled: bool,
     ) -> Result<u32, DropReason> {
         if !s.state.is_half_open() {
-            return self.insert_session(s, rescheduled);
+            return self.insert_session(s, hq, rescheduled);
         }
         if self.sessions.half_open() >= snap.half_open_max {
             let Some(victim) = self.sessions.oldest_half_open(MAX_STALE_SCAN) else {
@@ -38,7 +39,7 @@ impl<P: Packet> State<P> {
         }
         let mut evictions = 0;
         loop {
-            match self.insert_session(s, rescheduled) {
+            match self.insert_session(s, hq, rescheduled) {
                 Err(DropReason::SessionTableFull) if evictions < MAX_EVICTIONS_PER_INSERT => {
                     let victim = if self.sessions.len() == self.sessions.capacity() {
                         self.sessions.oldest_half_open(MAX_STALE_SCAN)

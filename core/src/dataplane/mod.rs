@@ -144,6 +144,9 @@ struct Staged {
     owner: usize,
     /// The session lookup's answer (stage 2).
     found: Option<(u32, Direction)>,
+    /// The ways of the key's first index bucket that its tag matches
+    /// (stage 2, from the session prefetch, for the lookup).
+    ways: u8,
     /// The backend picked ahead for a new flow (stage 2).
     pick: Option<u16>,
 }
@@ -595,18 +598,18 @@ impl<P: Packet> State<P> {
         // a few evictions ahead of their own (`VICTIM_SESSION_AHEAD`).
         let near_cap = |n: usize| (self.sessions.half_open() + n).saturating_sub(snap.half_open_max).min(n);
         self.sessions.prefetch_oldest_half_open(near_cap(n).min(VICTIM_SESSION_AHEAD));
-        for s in staged[..n.min(SESSION_AHEAD)].iter() {
-            self.sessions.prefetch_candidates(s.hash);
+        for s in staged[..n.min(SESSION_AHEAD)].iter_mut() {
+            s.ways = self.sessions.prefetch_candidates(s.hash);
         }
         for i in 0..n {
             if let Some(s) = staged.get(i + INDEX_AHEAD) {
                 self.sessions.prefetch(s.hash);
             }
-            if let Some(s) = staged.get(i + SESSION_AHEAD) {
-                self.sessions.prefetch_candidates(s.hash);
+            if let Some(s) = staged.get_mut(i + SESSION_AHEAD) {
+                s.ways = self.sessions.prefetch_candidates(s.hash);
             }
             let s = &mut staged[i];
-            s.found = self.sessions.lookup(&s.key, s.hash);
+            s.found = self.sessions.lookup_candidates(&s.key, s.hash, s.ways);
         }
         let evictions = near_cap(staged.iter().filter(|s| s.found.is_none()).count());
         self.sessions.prefetch_oldest_half_open_index(evictions.min(VICTIM_INDEX_AHEAD));

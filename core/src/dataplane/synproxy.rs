@@ -310,7 +310,7 @@ impl<P: Packet> State<P> {
         };
         let mut new = self.session_for(l, bi, key, SessionState::TcpSynSent);
         new.flags |= SYN_PROXIED;
-        let slot = match self.insert_evicting_half_open(snap, new, false) {
+        let slot = match self.insert_evicting_half_open(snap, new, self.sessions.hash(key), false) {
             Ok(slot) => slot,
             Err(reason) => {
                 self.discard(reason, pkt, io);
