@@ -456,10 +456,8 @@ impl Admission {
     }
 
     /// A client packet to listener `l` from `src`, `len` bytes: measured,
-    /// then admitted or the reason it is not. Inlined for the test of
-    /// listeners without limits or protection, the call kept for the
-    /// others: its register saves cost more than that test.
-    #[inline(always)]
+    /// then admitted or the reason it is not.
+    #[inline]
     pub fn packet(
         &mut self,
         l: &ListenerView,
@@ -471,19 +469,6 @@ impl Admission {
         if !l.guarded {
             return Ok(());
         }
-        self.guarded_packet(l, src, len, now, c)
-    }
-
-    /// [`Self::packet`] to a listener with limits or protection.
-    #[inline(never)]
-    fn guarded_packet(
-        &mut self,
-        l: &ListenerView,
-        src: u32,
-        len: usize,
-        now: u32,
-        c: &AdmissionCounters,
-    ) -> Result<(), DropReason> {
         if let Some(v) = l.vip_guard {
             self.vip_packet(usize::from(v), len, now, c)?;
         }
