@@ -224,6 +224,8 @@ pub enum InsertError {
 }
 
 const WAYS: usize = 8;
+// A bucket's tag matches travel as a u8 (`Staged::ways`).
+const _: () = assert!(WAYS <= 8);
 const EMPTY: u32 = u32::MAX;
 /// The bits of a way's tag that are the tag. The top bit of each of the
 /// eight is one bit of the bucket's spill count (see [`SessionTable::spill`]),
@@ -647,7 +649,7 @@ impl<M: Placement> SessionTable<M> {
     /// before any packet of it inserts or removes). Saves the compare's
     /// second run, a sixth of a lookup.
     #[inline(always)]
-    pub fn lookup_candidates(&self, key: &FlowKey, h: u64, ways: u8) -> Option<(u32, Direction)> {
+    pub(crate) fn lookup_candidates(&self, key: &FlowKey, h: u64, ways: u8) -> Option<(u32, Direction)> {
         let b1 = (h as usize) & self.mask;
         debug_assert_eq!(u32::from(ways), self.tag_mask(b1, (h >> 33) as u32), "ways from an index since changed");
         match self.find_among(b1, u32::from(ways), key) {
@@ -753,8 +755,10 @@ impl<M: Placement> SessionTable<M> {
     }
 
     /// [`Self::insert`] for a caller that has hashed the request key
-    /// already (`hq`), as the packet path has for its lookup.
-    pub fn insert_hashed(&mut self, s: Session, hq: u64) -> Result<u32, InsertError> {
+    /// already, as the packet path has for its lookup. `hq` must be
+    /// `self.hash(&s.request_key())` (checked in debug builds only: a
+    /// wrong one files the key where lookups never look).
+    pub(crate) fn insert_hashed(&mut self, s: Session, hq: u64) -> Result<u32, InsertError> {
         debug_assert_eq!(hq, self.hash(&s.request_key()), "hq is the request key's hash");
         let rep = s.reply_key();
         let hr = self.hash(&rep);

@@ -236,6 +236,7 @@ pub enum LocalAddress {
 pub struct Snapshot {
     pub generation: u64,
     pub ports: Vec<PortView>,
+    /// Never changed after the build: `backend_routes` holds its answers.
     pub routes: RouteTable,
     pub listeners: Vec<ListenerView>,
     listener_index: FrozenMap,
@@ -1002,7 +1003,8 @@ listeners:
         }
         assert!(checked > 0);
         let b = &snap.listeners[0].backends[0];
-        for dst in [0x0a01_00fe, 0x0808_0808, 0xc0a8_0001, b.addr ^ 1] {
+        // 0: the address an id that is not configured has.
+        for dst in [0, 0x0a01_00fe, 0x0808_0808, 0xc0a8_0001, b.addr ^ 1] {
             for id in [b.id, BackendId(MAX_BACKENDS as u32 - 1), BackendId(MAX_BACKENDS as u32)] {
                 assert_eq!(snap.route_to_backend(id, dst), snap.routes.lookup(dst), "id {id:?}, dst {dst:#x}");
             }

@@ -99,7 +99,7 @@ impl<P: Packet> State<P> {
                     }
                 }
                 if carried.is_none() && l.syn_proxy != SynProxyMode::Off && key.proto() == PROTO_TCP {
-                    match self.syn_proxy_new_flow(snap, l, pkt, key, flags, pick, io) {
+                    match self.syn_proxy_new_flow(snap, l, pkt, s, io) {
                         Some(p) => pkt = p,
                         None => return,
                     }

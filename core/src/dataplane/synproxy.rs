@@ -19,7 +19,7 @@
 //! session's slot, read only for sessions with the flag, so the path of
 //! other listeners' sessions is one flag test longer.
 
-use super::{Io, Packet, State};
+use super::{Io, Packet, Staged, State};
 use crate::config::SynProxyMode;
 use crate::counters::{DropReason, Event};
 use crate::flow::FlowKey;
@@ -258,20 +258,18 @@ impl<P: Packet> State<P> {
         }
     }
 
-    /// A TCP segment without session to a listener with a SYN proxy:
-    /// answered or consumed here (`None`), or given back to go the usual
-    /// way.
-    #[allow(clippy::too_many_arguments)]
+    /// A TCP segment without session to a listener with a SYN proxy
+    /// (`staged` describes it): answered or consumed here (`None`), or
+    /// given back to go the usual way.
     pub(super) fn syn_proxy_new_flow(
         &mut self,
         snap: &Snapshot,
         l: &ListenerView,
         pkt: P,
-        key: &FlowKey,
-        flags: u8,
-        pick: Option<u16>,
+        staged: &Staged,
         io: &mut impl Io<P>,
     ) -> Option<P> {
+        let (key, flags, pick) = (&staged.key, staged.flags, staged.pick);
         let syn = flags & FLAG_SYN != 0;
         let ack = flags & FLAG_ACK != 0;
         if flags & FLAG_RST != 0 || (syn && ack) {
@@ -310,7 +308,7 @@ impl<P: Packet> State<P> {
         };
         let mut new = self.session_for(l, bi, key, SessionState::TcpSynSent);
         new.flags |= SYN_PROXIED;
-        let slot = match self.insert_evicting_half_open(snap, new, self.sessions.hash(key), false) {
+        let slot = match self.insert_evicting_half_open(snap, new, staged.hash, false) {
             Ok(slot) => slot,
             Err(reason) => {
                 self.discard(reason, pkt, io);

@@ -216,13 +216,25 @@ mod tests {
         }
 
         #[test]
-        fn ipv4_header_valid_on_the_edges(w in proptest::collection::vec(any::<u32>(), 5)) {
-            // Sums at and around multiples of 0xffff, words all ones.
-            let mut h = [0xffu8; 20];
-            for (i, x) in w.iter().enumerate().take(2) {
-                h[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
-            }
+        fn ipv4_header_valid_next_to_a_right_checksum(
+            mut h in proptest::array::uniform20(any::<u8>()),
+            delta in prop::sample::select(vec![-512i32, -256, -2, -1, 0, 1, 2, 256, 512]),
+        ) {
+            // A right checksum, then one a little off: sums at and next to
+            // a multiple of 0xffff, where a wrong remainder test (`<= 1`,
+            // say) would answer differently. Off by 256 in the field is off
+            // by one in the machine-order sum the function takes (256 * 256
+            // is 1 modulo 0xffff). (Off by one across 0xffff and 0 is right
+            // again: both are zero in one's complement, so only the
+            // agreement is asserted then.)
+            h[10] = 0;
+            h[11] = 0;
+            let c = checksum(&h).wrapping_add(delta as u16);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
             prop_assert_eq!(ipv4_header_valid(&h), fold(sum_ipv4_header(&h)) == 0xffff);
+            if delta == 0 {
+                prop_assert!(ipv4_header_valid(&h));
+            }
         }
 
         #[test]
