@@ -529,7 +529,7 @@ impl Snapshot {
                     }
                     BackendView {
                         id: bid,
-                        addr: u32::from(b.address),
+                        addr,
                         port: b.port,
                         weight: b.weight,
                         drained: b.drained,

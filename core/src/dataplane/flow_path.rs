@@ -7,7 +7,7 @@ use super::{Io, Packet, Staged, State, NEXT_HOP_MEMO};
 use crate::config::{NonSynPolicy, RemovedBackendPolicy, SynProxyMode};
 use crate::counters::{DropReason, Event};
 use crate::flow::FlowKey;
-use crate::ids::PortIndex;
+use crate::ids::{BackendId, PortIndex};
 use crate::nat::{self, Nat, Rewrite};
 use crate::neighbor::{Parked, Resolution};
 use crate::session::{Direction, InsertError, Session, SessionState};
@@ -291,13 +291,9 @@ impl<P: Packet> State<P> {
         let len = pkt.packet_len();
         self.counters.listeners[usize::from(s.listener)].count(dir, len);
         self.counters.backends[usize::from(s.backend_id)].count(dir, len);
-        let hop = match dir {
-            Direction::Request => snap.route_to_backend(s.backend_id, to),
-            Direction::Reply => snap.routes.lookup(to),
-        };
-        match hop {
-            Some((port, next_hop)) => self.send(snap, pkt, port, next_hop, io),
-            None => self.discard(DropReason::NoRoute, pkt, io),
+        match dir {
+            Direction::Request => self.route_to_backend(snap, pkt, s.backend_id, to, io),
+            Direction::Reply => self.route(snap, pkt, to, io),
         }
     }
 
@@ -333,7 +329,21 @@ impl<P: Packet> State<P> {
     }
 
     pub(super) fn route(&mut self, snap: &Snapshot, pkt: P, dst: u32, io: &mut impl Io<P>) {
-        match snap.routes.lookup(dst) {
+        self.send_by(snap, pkt, snap.routes.lookup(dst), io)
+    }
+
+    /// [`Self::route`] to `dst`, the address of backend `id`: the route
+    /// the snapshot looked up for that backend when it was built.
+    #[inline]
+    pub(super) fn route_to_backend(&mut self, snap: &Snapshot, pkt: P, id: BackendId, dst: u32, io: &mut impl Io<P>) {
+        self.send_by(snap, pkt, snap.route_to_backend(id, dst), io)
+    }
+
+    /// Sends by a route's answer (egress port, next hop); no answer is no
+    /// route.
+    #[inline(always)]
+    fn send_by(&mut self, snap: &Snapshot, pkt: P, hop: Option<(PortIndex, u32)>, io: &mut impl Io<P>) {
+        match hop {
             Some((port, next_hop)) => self.send(snap, pkt, port, next_hop, io),
             None => self.discard(DropReason::NoRoute, pkt, io),
         }

@@ -345,7 +345,7 @@ impl<P: Packet> State<P> {
         };
         self.counters.listeners[usize::from(new.listener)].count(Direction::Request, n);
         self.counters.backends[usize::from(new.backend_id)].count(Direction::Request, n);
-        self.route(snap, pkt, new.backend_ip, io);
+        self.route_to_backend(snap, pkt, new.backend_id, new.backend_ip, io);
         None
     }
 
@@ -439,7 +439,7 @@ impl<P: Packet> State<P> {
             let s = self.touch(slot, key, flags, Direction::Reply);
             self.sessions.track_tcp(slot, FLAG_ACK, Direction::Request);
             match self.reframe(pkt, &out[..n], io) {
-                Some(pkt) => self.route(snap, pkt, s.backend_ip, io),
+                Some(pkt) => self.route_to_backend(snap, pkt, s.backend_id, s.backend_ip, io),
                 // Without the ACK the held data would reach the backend
                 // before its handshake completes.
                 None => return self.drop_proxy_held(held, io),
