@@ -2,6 +2,7 @@
 
 use crate::build_info::BuildInfo;
 use crate::daemon::{self, RunOptions};
+use crate::log::log_line;
 use clap::Parser;
 use lbcore::config;
 use std::path::PathBuf;
@@ -65,7 +66,7 @@ pub fn main(build: BuildInfo) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("lbd: {e}");
+                log_line!("lbd: {e}");
                 ExitCode::from(2)
             }
         };
@@ -74,14 +75,14 @@ pub fn main(build: BuildInfo) -> ExitCode {
     let (raw, cfg) = match config::load_raw(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("lbd: {e}");
+            log_line!("lbd: {e}");
             return ExitCode::from(2);
         }
     };
     match daemon::run(&path, raw, cfg, RunOptions { stats_out: args.stats_out }, build) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lbd: {e}");
+            log_line!("lbd: {e}");
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,7 @@ use crate::control::server::{self, ControlServer};
 use crate::control::{ControlPlane, PortInfo, Runtime};
 use crate::dpdk::{self, Eal, Mempool, Port, PortSetup, RingConsumer, RingMonitor, RingProducer, RxQueue, TxQueue};
 use crate::exception::{self, ExceptionThread, KernelInterface};
+use crate::log::log_line;
 use crate::query;
 use crate::worker::{IdleBackoff, PortQueues, RunControl, Worker};
 use lbcore::config::raw::RawConfig;
@@ -293,10 +294,10 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
         return Err("must run as root (DPDK needs raw access to devices and hugepages)".into());
     }
     if !cfg.startup.eal_restricts_pci() {
-        eprintln!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
+        log_line!("lbd: warning: `eal` has neither --no-pci nor an allow-list (-a): DPDK will probe every PCI NIC it can bind");
     }
     for w in lbcore::config::af_packet_ring_warnings(&cfg.startup.eal) {
-        eprintln!("lbd: warning: {w}");
+        log_line!("lbd: warning: {w}");
     }
     let signals = Signals::install()?;
     // The control socket first: a second lbd on the same socket stops here,
@@ -316,7 +317,7 @@ pub fn run(path: &Path, raw: RawConfig, cfg: Config, opts: RunOptions, build: Bu
     // it returns, so the cleanup runs here, on success and on error alike.
     let result = serve(&eal, path, raw, &cfg, &signals, build, listener, metrics, &opts.stats_out);
     if !eal.cleanup() {
-        eprintln!("lbd: warning: DPDK objects outlived the daemon; EAL cleanup deferred");
+        log_line!("lbd: warning: DPDK objects outlived the daemon; EAL cleanup deferred");
     } else if runtime_dir.starts_with("/var/run/dpdk") || runtime_dir.starts_with("/run/dpdk") {
         let _ = std::fs::remove_dir_all(&runtime_dir);
     }
@@ -342,7 +343,7 @@ fn start_eal(cfg: &Config) -> Result<Eal, String> {
     if lbcore::config::eal_has_af_xdp(&cfg.startup.eal) {
         let limit = dpdk::raise_memlock_limit();
         if limit < 64 << 20 {
-            eprintln!(
+            log_line!(
                 "lbd: warning: the locked-memory limit is {} KiB and could not be raised; net_af_xdp may fail on kernels before 5.11 (raise `ulimit -l`, LimitMEMLOCK= in systemd, or --ulimit memlock=-1 in docker)",
                 limit >> 10
             );
@@ -448,7 +449,7 @@ fn start_ports(
                     // Some PMDs (net_pcap, net_ring) have a fixed address:
                     // use the configured one in software and let every frame
                     // in, filtering on it in the dataplane.
-                    eprintln!("lbd: port `{}`: {e}; using {m} in software (promiscuous)", p.name);
+                    log_line!("lbd: port `{}`: {e}; using {m} in software (promiscuous)", p.name);
                     let _ = port.enable_promiscuous();
                 }
                 m
@@ -782,7 +783,7 @@ fn serve(
     let workers_how = format!("{idle_reason}, burst {burst} ({burst_reason})");
     announce(cfg, &lcores, &workers_how, &macs, &ports, &kernel.ifaces, &services);
     wait_for_stop(signals, &rt, stats_out);
-    eprintln!("lbd: stopping");
+    log_line!("lbd: stopping");
     services.shutdown();
     Ok(shutdown(rt, launched, kernel, ports))
 }
@@ -808,7 +809,7 @@ impl KernelSide {
         self.stop_thread();
         for k in &mut self.ifaces {
             if let Err(e) = k.dev.stop() {
-                eprintln!("lbd: exception interface {}: {e}", k.name);
+                log_line!("lbd: exception interface {}: {e}", k.name);
             }
         }
     }
@@ -854,7 +855,7 @@ fn announce(
         .collect();
     let metrics_at =
         services.metrics.as_ref().map_or_else(|| "off".to_owned(), |m| format!("http://{}/metrics", m.addr));
-    eprintln!(
+    log_line!(
         "lbd: ready: {} worker(s) on lcores {:?}, idle {}, {} listener(s), control {}, metrics {}, ports: {}",
         cfg.startup.workers,
         lcores,
@@ -875,18 +876,20 @@ fn wait_for_stop(signals: &Signals, rt: &Runtime, stats_out: &Option<PathBuf>) {
         protection.poll(rt);
         if signals.dump.swap(false, Ordering::Relaxed) {
             if let Err(e) = write_report(&rt.report(false), stats_out) {
-                eprintln!("lbd: {e}");
+                log_line!("lbd: {e}");
             }
         }
         if signals.reload.swap(false, Ordering::Relaxed) {
             let r = rt.reload_file();
             rt.record_op("config_reload", r.is_ok());
             match r {
-                Ok(c) => eprintln!(
+                Ok(c) => log_line!(
                     "lbd: SIGHUP: {} (generation {}, all workers in {} us)",
-                    c.summary, c.generation, c.propagation_us
+                    c.summary,
+                    c.generation,
+                    c.propagation_us
                 ),
-                Err(e) => eprintln!("lbd: SIGHUP: reload refused, running configuration unchanged: {e}"),
+                Err(e) => log_line!("lbd: SIGHUP: reload refused, running configuration unchanged: {e}"),
             }
         }
     }
@@ -914,7 +917,7 @@ impl ProtectionLog {
         for (what, state, [pps, bps, cps]) in rt.protection_states() {
             let was = self.last.get(&what).copied().unwrap_or(lbcore::admission::ProtectionState::Normal);
             if was != state {
-                eprintln!(
+                log_line!(
                     "lbd: protection: {what}: {} -> {} (offered {pps} packets/s, {bps} bit/s, {cps} new connections/s)",
                     was.name(),
                     state.name()
@@ -960,7 +963,7 @@ impl LaunchedLcores<'_> {
 impl Drop for LaunchedLcores<'_> {
     fn drop(&mut self) {
         if !self.lcores.is_empty() {
-            eprintln!("lbd: start-up failed: stopping the {} launched worker(s)", self.lcores.len());
+            log_line!("lbd: start-up failed: stopping the {} launched worker(s)", self.lcores.len());
             self.exit_and_wait();
         }
     }
@@ -975,7 +978,7 @@ fn shutdown(rt: Arc<Runtime>, lcores: LaunchedLcores<'_>, mut kernel: KernelSide
     kernel.stop();
     for p in &mut ports {
         if let Err(e) = p.stop() {
-            eprintln!("lbd: {e}");
+            log_line!("lbd: {e}");
         }
     }
     let mut report = rt.report(true);

@@ -19,6 +19,7 @@
 //! TAP file descriptor per frame); it sleeps when both directions are idle.
 
 use crate::dpdk::{self, Burst, Eal, Mbuf, Mempool, Port, PortSetup, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::log::log_line;
 use crate::worker::set_arrival_port;
 use lbcore::config::{Config, ExceptionBackend};
 use lbcore::counters::{DropReason, Event, WorkerCounters};
@@ -97,7 +98,7 @@ pub fn create_interfaces(
             let why = format!("backend {} needs {needs}, which this host lacks", backend.name());
             if !p.exception_required {
                 // On by default only where it works.
-                eprintln!("lbd: warning: {what} not created: {why} (set `exception: off` on the port to silence this)");
+                log_line!("lbd: warning: {what} not created: {why} (set `exception: off` on the port to silence this)");
                 continue;
             }
             return Err(format!("{what}: {why} (choose `exception.backend`, or set `exception: off` on the port)"));

@@ -12,6 +12,9 @@
 
 #![deny(unsafe_code)]
 
+// First: its macro serves the modules below.
+pub mod log;
+
 pub mod build_info;
 pub mod cli;
 pub mod control;

@@ -7,6 +7,7 @@
 //! [`METRICS`], which the README's table is checked against.
 
 use crate::control::Runtime;
+use crate::log::log_line;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -670,7 +671,7 @@ impl Bound {
     pub fn start(self, rt: Arc<Runtime>, access: MetricsAccess) -> Result<MetricsServer, String> {
         let Bound { listener, addr } = self;
         if !addr.ip().is_loopback() && access.allow.is_empty() && access.token.is_none() {
-            eprintln!(
+            log_line!(
                 "lbd: warning: metrics on {addr}, not a loopback address: anyone who reaches it reads lbd's counters \
                  (limit it with metrics.allow or metrics.bearer_token_file)"
             );

@@ -130,8 +130,12 @@ impl Sink {
     }
 }
 
+/// One write per line (standard error buffers nothing, and `writeln!`
+/// writes each piece of its format apart), so a reader of the log never
+/// finds half a line.
 fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "lbctl health-check: {msg}");
+    let line = format!("lbctl health-check: {msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn reason_of(o: &Outcome) -> String {

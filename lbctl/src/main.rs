@@ -355,10 +355,11 @@ pub(crate) fn emit(text: &str) -> Result<(), Failure> {
     })
 }
 
-/// Writes a line to standard error; if that fails there is nobody left to
-/// tell.
+/// Writes a line to standard error, in one write as `say` in `checker`
+/// does; if that fails there is nobody left to tell.
 fn complain(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "lbctl: {msg}");
+    let line = format!("lbctl: {msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn backend_ref(s: &str) -> Result<BackendRef, Failure> {

@@ -146,7 +146,9 @@ impl Lbd {
     fn wait_ready(&mut self, timeout: Duration) {
         let start = Instant::now();
         loop {
-            if self.log_text().contains("lbd: ready") {
+            // The whole line: a reader can meet a line half written.
+            let log = self.log_text();
+            if log.find("lbd: ready").is_some_and(|at| log[at..].contains('\n')) {
                 return;
             }
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -8,6 +8,7 @@
 //! health table ([`Runtime::rebuild`]); workers never probe or wait.
 
 use super::{err, ControlPlane, Runtime};
+use crate::log::log_line;
 use lbcore::config::Config;
 use lbcore::health::{check_targets, BackendHealth, Health, Transition, Verdict};
 use lbcore::ids::BackendId;
@@ -141,7 +142,7 @@ impl HealthShared {
     /// off: the runner then idles until a reload switches them on).
     pub fn start(rt: &Arc<Runtime>, cfg: &Config) -> Result<HealthApplier, String> {
         if !targets_of(cfg).is_empty() && rt.plane.lock().port_facts.iter().all(|p| !p.kernel) {
-            eprintln!(
+            log_line!(
                 "lbd: health: warning: built-in checks run but no port has an exception interface: probes \
                  take the host's own routes, not lbd's ports"
             );
@@ -175,7 +176,7 @@ impl HealthShared {
     pub fn log_transitions(&self, plane: &ControlPlane, transitions: &[(BackendId, Transition)]) {
         for (id, t) in transitions {
             let why = if t.reason.is_empty() { String::new() } else { format!(": {}", t.reason) };
-            eprintln!("lbd: health: {} {} -> {} ({}{why})", backend_name(plane, *id), t.from, t.to, t.source);
+            log_line!("lbd: health: {} {} -> {} ({}{why})", backend_name(plane, *id), t.from, t.to, t.source);
         }
     }
 }
@@ -241,7 +242,7 @@ fn apply_loop(rt: &Runtime, rx: &crossbeam_channel::Receiver<Outcome>, stop: &At
             format!("health of {} backend(s) changed", transitions.len())
         };
         if let Err(e) = rt.rebuild(&mut plane, summary) {
-            eprintln!("lbd: health: {}", e.message);
+            log_line!("lbd: health: {}", e.message);
         }
     }
 }

@@ -12,6 +12,7 @@
 //! others from being served.
 
 use super::Runtime;
+use crate::log::log_line;
 use lbproto::{
     encode, read_frame_bytes, write_frame, write_message, ErrorCode, ErrorReply, FrameError, Outcome, Request,
     RequestFrame, Response, ResponseFrame, MAX_REQUEST, MAX_RESPONSE, PROTOCOL_VERSION,
@@ -234,7 +235,7 @@ fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: Arc<AtomicBool>) 
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
-                eprintln!("lbd: control socket: accept failed: {e}");
+                log_line!("lbd: control socket: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -292,7 +293,7 @@ fn audit(peer: &Peer, op: &str, result: &Result<Response, ErrorReply>) {
         Err(e) => format!("refused ({}): {}", e.code.as_str(), e.message),
     };
     let pid = peer.pid.map_or_else(|| "outside lbd's PID namespace".to_owned(), |p| p.to_string());
-    eprintln!("lbd: audit: uid {} pid {pid}: {op}: {outcome}", peer.uid);
+    log_line!("lbd: audit: uid {} pid {pid}: {op}: {outcome}", peer.uid);
 }
 
 /// The `id` of a request that did not decode, when it has one.

@@ -2,6 +2,7 @@
 use super::eal::{Eal, EalHandle};
 use super::mbuf::Mbuf;
 use super::{rte_errno, strerror, sys, DpdkError};
+use crate::log::log_line;
 use std::ffi::CString;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -64,7 +65,7 @@ impl Drop for Mempool {
             // still alive would write into freed memory when it drops. Leak
             // the pool instead, and with it a hold on the EAL, so that the
             // memory stays mapped for as long as the process runs.
-            eprintln!("lbd: {out} mbuf(s) still out when their pool was released: the pool is leaked");
+            log_line!("lbd: {out} mbuf(s) still out when their pool was released: the pool is leaked");
             std::mem::forget(self.eal.clone());
             return;
         }
