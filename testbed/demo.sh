@@ -57,7 +57,7 @@ step "Starting lbd with config/demo.yaml"
 # `ip netns exec` execs lbd in place: $! is lbd's PID.
 ip netns exec "$TOPO-lb" "$LBD" -c config/demo.yaml --stats-out "$WORK/stats.json" >"$WORK/stdout" 2>"$WORK/lbd.log" &
 LBD_PID=$!
-for _ in $(seq 150); do
+for _ in $(seq 600); do
     grep -q "lbd: ready" "$WORK/lbd.log" && break
     kill -0 "$LBD_PID" 2>/dev/null || { echo "lbd exited:"; cat "$WORK/lbd.log"; exit 1; }
     sleep 0.1
@@ -68,11 +68,9 @@ C=(ip netns exec "$TOPO-client")
 
 step "300 HTTP requests from the client (10.0.0.2) to http://10.0.0.100/"
 seq 300 | xargs -P 8 -I{} "${C[@]}" curl -sS --max-time 5 http://10.0.0.100/ >"$WORK/http.txt"
-step "100 UDP datagrams to 10.0.0.100:9000 (socat, one source port each)"
-for i in $(seq 100); do
-    echo -n "datagram-$i" | "${C[@]}" socat -t 0.3 - UDP:10.0.0.100:9000 >>"$WORK/udp.txt" || true
-    echo >>"$WORK/udp.txt"
-done
+step "100 UDP datagrams to 10.0.0.100:9000 (one socket and source port each, each waiting for its answer)"
+# shellcheck disable=SC2046
+"${C[@]}" /usr/bin/python3 "$ROOT/testbed/udp-ask.py" 10.0.0.100 9000 $(seq -f "datagram-%g" 100) >"$WORK/udp.txt" || true
 
 step "Results"
 /usr/bin/python3 - "$WORK" <<'PY'

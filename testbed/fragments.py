@@ -100,13 +100,14 @@ def hostile(vip, port):
 
     conf.verb = 0
     first = UDP(sport=5555, dport=port, len=200, chksum=0) / Raw(b"a" * 16)
+    # Each datagram's fragments in one send() (one socket), well inside
+    # lbd's fragment timeout: only the lone fragment below may expire.
     # Overlap: bytes 16..32 again over a first fragment of 24.
-    send(IP(dst=vip, id=1001, flags="MF", proto=17) / first)
-    send(IP(dst=vip, id=1001, flags="MF", frag=2, proto=17) / Raw(b"b" * 16))
+    send([IP(dst=vip, id=1001, flags="MF", proto=17) / first,
+          IP(dst=vip, id=1001, flags="MF", frag=2, proto=17) / Raw(b"b" * 16)])
     # Six fragments of 24 and 8 bytes, all with more to follow.
-    send(IP(dst=vip, id=1002, flags="MF", proto=17) / first)
-    for n in range(5):
-        send(IP(dst=vip, id=1002, flags="MF", frag=3 + n, proto=17) / Raw(b"c" * 8))
+    send([IP(dst=vip, id=1002, flags="MF", proto=17) / first]
+         + [IP(dst=vip, id=1002, flags="MF", frag=3 + n, proto=17) / Raw(b"c" * 8) for n in range(5)])
     # A middle fragment whose datagram never comes.
     send(IP(dst=vip, id=1003, flags="MF", frag=10, proto=17) / Raw(b"d" * 8))
     print(json.dumps({"hostile": {"ok": True}}))

@@ -33,7 +33,9 @@ class Flow:
 def udp_loop(vip, port, flow, stop, pause):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect((vip, port))
-    s.settimeout(1.0)
+    # Generous: on a loaded machine an answer can take a while, and only
+    # an answer that never comes is a loss.
+    s.settimeout(5.0)
     n = 0
     while not stop.is_set():
         n += 1

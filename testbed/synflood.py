@@ -8,11 +8,13 @@
         infinite_rx=1 to replay at the highest rate it can. This script
         starts no DPDK process; whoever starts testpmd with the pcap passes
         `--no-pci` (tests/netns.rs does), so the machine's NIC is never probed.
-    synflood.py probe VIP PORT N
+    synflood.py probe VIP PORT N [TIMEOUT]
         N real connections one after another (connect, GET /, read the
-        answer; 3 s per connection, so one retransmitted SYN still counts
-        as a success); prints one JSON line: ok, failed, and connection
-        latency percentiles in ms (connect() alone, and the whole request).
+        answer; TIMEOUT seconds for each step, 3 by default, so one
+        retransmitted SYN still counts as a success; 15 lets the kernel
+        retry three times, as a real client waits); prints one JSON line:
+        ok, failed, and connection latency percentiles in ms (connect()
+        alone, and the whole request).
 """
 
 import json
@@ -63,14 +65,14 @@ def pct(xs, p):
     return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000, 2)
 
 
-def probe(vip, port, n):
+def probe(vip, port, n, timeout):
     ok, failed, connect_t, total_t = 0, 0, [], []
     for _ in range(n):
         t0 = time.monotonic()
         try:
-            s = socket.create_connection((vip, port), timeout=3)
+            s = socket.create_connection((vip, port), timeout=timeout)
             t1 = time.monotonic()
-            s.settimeout(3)
+            s.settimeout(timeout)
             s.sendall(b"GET / HTTP/1.1\r\nHost: lbd-test\r\nConnection: close\r\n\r\n")
             data = b""
             while True:
@@ -98,6 +100,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "pcap":
         write_pcap(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7]))
     elif sys.argv[1] == "probe":
-        probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 3.0)
     else:
         sys.exit(__doc__)

@@ -53,9 +53,10 @@ start_bg() {
 }
 
 wait_port() {
-    # wait_port NS PROTO PORT: until something listens there (10 s).
+    # wait_port NS PROTO PORT: until something listens there (60 s: a
+    # Python start on a loaded machine can take several).
     local ns=$1 proto=$2 port=$3
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do
         if nsx "$ns" ss -H -l"${proto:0:1}"n "sport = :$port" | grep -q .; then return 0; fi
         sleep 0.1
     done
@@ -131,6 +132,9 @@ up() {
         wait_port "$name-be$i" tcp 8080
         wait_port "$name-be$i" udp 9000
     done
+    if command -v iperf3 >/dev/null; then
+        wait_port "$name-be1" tcp 5201
+    fi
     echo "topology $name is up"
 }
 

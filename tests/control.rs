@@ -31,6 +31,9 @@ const LISTENERS: &str = "listeners:
       - {address: 10.0.0.12, port: 8080, weight: 2}
 ";
 
+/// The fixture's configuration. Its sessions come from SYNs alone, which
+/// expire after 10 s by default: `tcp_syn: 1h` keeps them for a test of
+/// any length on a slow machine.
 fn config_text(dir: &Path, prefix: &str, socket: &Path, listeners: &str) -> String {
     format!(
         "eal: [\"--no-pci\", \"--no-huge\", \"-m\", \"512\", \"--file-prefix\", \"{prefix}\", \"--no-telemetry\",\n\
@@ -39,6 +42,7 @@ fn config_text(dir: &Path, prefix: &str, socket: &Path, listeners: &str) -> Stri
          ports:\n  - name: lan\n    device: net_pcap0\n    address: 10.0.0.1/24\n    exception: off\n    gateway: 10.0.0.254\n    mac: \"02:00:00:00:00:01\"\n\
          \x20   neighbors: [{{ip: 10.0.0.254, mac: \"02:00:00:00:00:fe\"}}, {{ip: 10.0.0.11, mac: \"02:00:00:00:00:11\"}}, {{ip: 10.0.0.12, mac: \"02:00:00:00:00:12\"}}]\n\
          {listeners}\
+         timeouts: {{tcp_syn: 1h}}\n\
          control: {{socket: {s}}}\n\
          metrics: {{listen: \"127.0.0.1:0\"}}\n",
         d = dir.display(),
@@ -515,8 +519,7 @@ fn lbctl_does_not_link_dpdk() {
 #[test]
 fn thousands_of_sessions_are_listed_whole() {
     const FLOWS: u32 = 9000;
-    // SYN-only sessions would expire after 10 s; keep them for the test.
-    let f = Fixture::start_with("ctl-many", FLOWS, |c| c.replace("control:", "timeouts: {tcp_syn: 1h}\ncontrol:"));
+    let f = Fixture::start_with("ctl-many", FLOWS, |c| c);
     assert_eq!(f.json(&["sessions", "--count"])["count"], FLOWS);
     let all = f.json(&["sessions", "--limit", "10000"]);
     let sessions = all["sessions"].as_array().unwrap();

@@ -128,7 +128,9 @@ fn netns_hostile_fragments_are_dropped_with_counters() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-frag-bad");
-    let extra = "fragments: {max_fragments_per_datagram: 4, timeout: 200ms}\n";
+    // A timeout far above what sending a datagram's fragments takes (one
+    // scapy call each), so only the lone fragment's datagram expires.
+    let extra = "fragments: {max_fragments_per_datagram: 4, timeout: 5s}\n";
     let mut lbd = start_lbd_on_pcap(&t, 1, &dir, extra);
     let v = run_client(&t, &["hostile", "10.0.0.100", "9000"]);
     assert_eq!(v["hostile"]["ok"], true, "{v}");

@@ -16,9 +16,6 @@ use std::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// What iperf3 must exceed through lbd (see netns_long_download_is_intact).
-const IPERF3_FLOOR_BITS_PER_SECOND: f64 = 300e6;
-
 /// Echo replies in `ping`'s output that came from `addr` ("64 bytes from
 /// 10.0.0.100: icmp_seq=1 ttl=64 time=0.1 ms").
 fn echo_replies_from(ping: &str, addr: &str) -> usize {
@@ -101,20 +98,22 @@ fn netns_curl_reaches_all_backends_with_the_client_address() {
 }
 
 #[test]
-fn netns_udp_round_trip_through_socat() {
+fn netns_udp_round_trip_from_client_sockets() {
     let _g = guard();
     let t = Topology::up();
     let dir = TempDir::new("netns-udp");
     let lbd = t.start_lbd(1, &dir);
     let mut backends = BTreeSet::new();
-    for i in 0..30 {
-        let msg = format!("datagram-{i}");
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!("echo -n {msg} | ip netns exec {}-client socat -t 0.5 - UDP:10.0.0.100:9000", t.name))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Each from its own socket (a new flow), each waiting for its answer
+    // as long as a loaded machine needs (socat -t gave each half a second).
+    let msgs: Vec<String> = (0..30).map(|i| format!("datagram-{i}")).collect();
+    let script = repo().join("testbed/udp-ask.py");
+    let mut args = vec![python(), script.to_str().unwrap().to_owned(), "10.0.0.100".into(), "9000".into()];
+    args.extend(msgs.iter().cloned());
+    let out = t.client_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let replies: Vec<&str> = out.lines().collect();
+    assert_eq!(replies.len(), msgs.len(), "{out}");
+    for (msg, text) in msgs.iter().zip(replies) {
         assert!(text.contains("client=10.0.0.2:"), "reply {text:?}");
         assert!(text.ends_with(&format!("data={msg}")), "reply {text:?}");
         backends.insert(text.split_whitespace().next().unwrap().to_owned());
@@ -153,16 +152,23 @@ fn netns_long_download_is_intact() {
     let bad = data.iter().enumerate().position(|(i, b)| *b as usize != i % 251);
     assert_eq!(bad, None, "download corrupted at byte {bad:?}");
     println!("{} MiB downloaded intact in {secs:.2} s ({:.0} MB/s)", size >> 20, size as f64 / secs / 1e6);
-    // iperf3 through the single-backend listener.
-    let out = t.client_ok(&["iperf3", "-c", "10.0.0.100", "-t", "2", "-J"]);
+    // iperf3 through the single-backend listener: a fixed amount, not a
+    // time. Its rate is printed, never asserted (a loaded machine sets
+    // it; benches/e2e.py measures speed). The sender wrote it all (a
+    // block more, at times: it stops at the first block past the amount);
+    // the receiver's count stops when the sender has, short by at most
+    // what the two sockets' buffers held (a few MiB), not by how fast it
+    // went.
+    let bytes: u64 = 256 << 20;
+    let out = t.client_ok(&["iperf3", "-c", "10.0.0.100", "-n", &bytes.to_string(), "-J"]);
     let v: Value = serde_json::from_str(&out).unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
-    println!("iperf3 through lbd: {:.2} Gbit/s", bps / 1e9);
-    // A floor, not a speed claim: this path carried 0.84-1.69 Gbit/s here
-    // with both CPUs shared (load ~5); 300 Mbit/s leaves a margin of ~3.
-    // A path that stalls or loses segments falls below it (a worker
-    // sleeping 5 ms per loop: 134 Mbit/s).
-    assert!(bps > IPERF3_FLOOR_BITS_PER_SECOND, "iperf3 through lbd: {:.0} Mbit/s", bps / 1e6);
+    let sent = v["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+    assert!(sent >= bytes, "sent {sent} of {bytes}: {}", v["end"]);
+    let received = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(received >= bytes - (64 << 20), "received {received} of {bytes}: {}", v["end"]);
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let retransmits = &v["end"]["sum_sent"]["retransmits"];
+    println!("iperf3 through lbd: {} MiB at {:.2} Gbit/s, {retransmits} retransmits", bytes >> 20, bps / 1e9);
     let (status, stats) = lbd.stop();
     assert!(status.success());
     assert_no_bad_drops(&stats);
@@ -514,6 +520,12 @@ fn syn_flood_run(t: &Topology, mode: &str, n: usize) -> (Value, Value, Value) {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // With the proxy on, every connection must succeed: each waits long
+    // enough for the kernel's SYN retries (1, 3, 7 s), as a real client
+    // does, so a SYN lost to a full RX ring on a loaded machine is retried,
+    // not failed. Off, the run is only reported, and many connections
+    // fail by design: 3 s each keeps it short.
+    let timeout = if mode == "on" { "15" } else { "3" };
     let out = t.client_ok(&[
         &python(),
         repo().join("testbed/synflood.py").to_str().unwrap(),
@@ -521,6 +533,7 @@ fn syn_flood_run(t: &Topology, mode: &str, n: usize) -> (Value, Value, Value) {
         "10.0.0.100",
         "80",
         &n.to_string(),
+        timeout,
     ]);
     let under = lbd.stats_now();
     drop(flood);
@@ -539,8 +552,10 @@ fn syn_flood_run(t: &Topology, mode: &str, n: usize) -> (Value, Value, Value) {
 fn netns_syn_flood_real_clients_connect_through_the_proxy() {
     let _g = guard();
     let t = Topology::up();
-    let n = 200;
     for mode in ["off", "on"] {
+        // Off, a third of the connections fail after their full timeout
+        // each (7 minutes for 200): 50 are enough to report it.
+        let n = if mode == "on" { 200 } else { 50 };
         let (probe, under, end) = syn_flood_run(&t, mode, n);
         let rx = end["ports"][0]["rx_packets"].as_u64().unwrap();
         let secs = end["uptime_seconds"].as_f64().unwrap_or(0.0);

@@ -88,13 +88,17 @@ fn prometheus_scrapes_rising_counters_and_the_latency_histogram() {
     );
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut rate, mut samples, mut up) = (0.0, 0.0, 0.0);
+    // Every query polled until it answers: each needs scrapes that
+    // Prometheus makes on its own time (two within 5 s for a rate).
+    let p99_query = "histogram_quantile(0.99, sum by (le) (rate(lbd_packet_processing_seconds_bucket[5s])))";
+    let (mut rate, mut samples, mut up, mut p99) = (0.0, 0.0, 0.0, Vec::new());
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
         up = query(port, "up{job=\"lbd\"}").first().map_or(0.0, scalar);
         rate = query(port, "sum(rate(lbd_port_rx_packets_total{port=\"ext\"}[5s]))").first().map_or(0.0, scalar);
         samples = query(port, "sum(lbd_packet_processing_seconds_count)").first().map_or(0.0, scalar);
-        if up == 1.0 && rate > 0.0 && samples > 0.0 {
+        p99 = query(port, p99_query);
+        if up == 1.0 && rate > 0.0 && samples > 0.0 && p99.first().is_some_and(|v| scalar(v).is_finite()) {
             break;
         }
     }
@@ -108,7 +112,6 @@ fn prometheus_scrapes_rising_counters_and_the_latency_histogram() {
     assert!(rate > 0.0, "packet counters rose between scrapes");
     assert!(samples > 0.0, "the per-packet histogram has samples");
     // Histogram buckets are queryable as such.
-    let p99 = query(port, "histogram_quantile(0.99, sum by (le) (rate(lbd_packet_processing_seconds_bucket[5s])))");
     assert!(!p99.is_empty() && scalar(&p99[0]).is_finite(), "{p99:?}");
     println!("p99 per-packet processing time per Prometheus: {:.0} ns", scalar(&p99[0]) * 1e9);
     let info = query(port, "lbd_build_info");

@@ -183,7 +183,10 @@ impl Lbd {
     }
 
     /// Waits until `lbd` has received `rx` packets in all and has nothing
-    /// left in flight (two readings agree, nothing parked unless allowed).
+    /// left in flight (two readings agree, nothing parked unless allowed,
+    /// and every worker went round its loop in between: a worker taken
+    /// off its CPU mid-burst leaves two readings equal while that burst is
+    /// still unaccounted for).
     pub fn wait_processed(&mut self, rx: u64, allow_parked: bool, timeout: Duration) -> Value {
         let start = Instant::now();
         let mut prev: Option<Value> = None;
@@ -203,7 +206,16 @@ impl Lbd {
             if got >= rx && (allow_parked || parked == 0) {
                 if let Some(p) = &prev {
                     let (hi, ho, _, _) = settled(&v);
-                    if settled(p) == settled(&v) && hi == ho {
+                    let polls = |v: &Value| -> Vec<u64> {
+                        v["workers"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|w| w["events"]["polls"].as_u64().unwrap())
+                            .collect()
+                    };
+                    let went_round = polls(p).iter().zip(polls(&v)).all(|(a, b)| b > *a);
+                    if settled(p) == settled(&v) && hi == ho && went_round {
                         return v;
                     }
                 }
