@@ -70,7 +70,7 @@ step "300 HTTP requests from the client (10.0.0.2) to http://10.0.0.100/"
 seq 300 | xargs -P 8 -I{} "${C[@]}" curl -sS --max-time 5 http://10.0.0.100/ >"$WORK/http.txt"
 step "100 UDP datagrams to 10.0.0.100:9000 (one socket and source port each, each waiting for its answer)"
 # shellcheck disable=SC2046
-"${C[@]}" /usr/bin/python3 "$ROOT/testbed/udp-ask.py" 10.0.0.100 9000 $(seq -f "datagram-%g" 100) >"$WORK/udp.txt" || true
+"${C[@]}" /usr/bin/python3 "$ROOT/testbed/udp-ask.py" --timeout 3 10.0.0.100 9000 $(seq -f "datagram-%g" 100) >"$WORK/udp.txt" || true
 
 step "Results"
 /usr/bin/python3 - "$WORK" <<'PY'

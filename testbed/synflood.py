@@ -8,13 +8,14 @@
         infinite_rx=1 to replay at the highest rate it can. This script
         starts no DPDK process; whoever starts testpmd with the pcap passes
         `--no-pci` (tests/netns.rs does), so the machine's NIC is never probed.
-    synflood.py probe VIP PORT N [TIMEOUT]
+    synflood.py probe VIP PORT N [TIMEOUT [MAX_FAILED]]
         N real connections one after another (connect, GET /, read the
         answer; TIMEOUT seconds for each step, 3 by default, so one
         retransmitted SYN still counts as a success; 15 lets the kernel
-        retry three times, as a real client waits); prints one JSON line:
-        ok, failed, and connection latency percentiles in ms (connect()
-        alone, and the whole request).
+        retry three times, as a real client waits), stopping early once
+        MAX_FAILED have failed (default: never); prints one JSON line:
+        ok, failed, stopped_early, and connection latency percentiles in
+        ms (connect() alone, and the whole request).
 """
 
 import json
@@ -65,9 +66,11 @@ def pct(xs, p):
     return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000, 2)
 
 
-def probe(vip, port, n, timeout):
+def probe(vip, port, n, timeout, max_failed):
     ok, failed, connect_t, total_t = 0, 0, [], []
     for _ in range(n):
+        if max_failed is not None and failed >= max_failed:
+            break
         t0 = time.monotonic()
         try:
             s = socket.create_connection((vip, port), timeout=timeout)
@@ -91,6 +94,7 @@ def probe(vip, port, n, timeout):
     print(json.dumps({
         "ok": ok,
         "failed": failed,
+        "stopped_early": ok + failed < n,
         "connect_ms": {"p50": pct(connect_t, 50), "p90": pct(connect_t, 90), "p99": pct(connect_t, 99), "max": pct(connect_t, 100)},
         "request_ms": {"p50": pct(total_t, 50), "p90": pct(total_t, 90), "p99": pct(total_t, 99), "max": pct(total_t, 100)},
     }))
@@ -100,6 +104,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "pcap":
         write_pcap(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7]))
     elif sys.argv[1] == "probe":
-        probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 3.0)
+        probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 3.0,
+              int(sys.argv[6]) if len(sys.argv) > 6 else None)
     else:
         sys.exit(__doc__)

@@ -37,6 +37,9 @@ def main():
             except socket.timeout:
                 print(f"no answer within {a.timeout:g} s", flush=True)
                 unanswered += 1
+            except OSError as e:  # e.g. ICMP port unreachable on a connected socket
+                print(f"error: {e}", flush=True)
+                unanswered += 1
     return 1 if unanswered else 0
 
 

@@ -142,10 +142,9 @@ fn host_traffic_crosses_the_exception_path_while_the_data_plane_is_loaded() {
 
     // The host reaches a backend by itself: ARP and ICMP out through
     // lbd-int, the replies (ARP reply, echo reply) up again.
-    // At least one answer (ping exits 1 without); not all three: with the
-    // data plane loaded, an echo can be lost to a full RX ring.
+    // exec_ok: ping exits 1 without an answer. One of three is enough:
+    // with the data plane loaded, an echo can be lost to a full RX ring.
     let ping = t.exec_ok("lb", &["ping", "-n", "-c", "3", "-W", "5", "10.1.0.12"]);
-    assert!(ping.contains("3 packets transmitted") && !ping.contains(" 0 received"), "{ping}");
     assert!(!ping.contains("DUP"), "duplicate replies: the kernel also answers on the veth\n{ping}");
     // And the host's own HTTP client to a backend.
     let body = t.exec_ok("lb", &["curl", "-sS", "--max-time", "10", "http://10.1.0.11:8080/"]);

@@ -135,7 +135,7 @@ impl Rig {
 /// Listener `capped` caps each client address at 3 sessions: a source
 /// opening 10 connections gets 3, the other 7 SYNs are dropped as
 /// `source_session_limit`, and another source still connects. Listener
-/// `guarded` blackholes above 100 packets/s for 4 s: a flood engages it,
+/// `guarded` blackholes above 100 packets/s for 20 s: a flood engages it,
 /// every packet to it is then dropped (`vip_blackholed`) while `capped`
 /// still forwards, and once the flood stops it is released after the
 /// hold and forwards again.

@@ -1,6 +1,6 @@
 //! Network-namespace tests: `lbd` on af_packet between a client namespace
 //! and three backend namespaces (testbed/topology.sh), with real clients
-//! (curl, socat, iperf3, ping) and real servers.
+//! (curl, iperf3, ping, Python sockets) and real servers.
 //!
 //! The tests share the machine's two CPUs with busy-polling lcores, so they
 //! run one at a time.
@@ -160,7 +160,8 @@ fn netns_long_download_is_intact() {
     // what the two sockets' buffers held (a few MiB), not by how fast it
     // went.
     let bytes: u64 = 256 << 20;
-    let out = t.client_ok(&["iperf3", "-c", "10.0.0.100", "-n", &bytes.to_string(), "-J"]);
+    // Bounded: a stalled path must fail the test, not hang it.
+    let out = t.client_ok(&["timeout", "300", "iperf3", "-c", "10.0.0.100", "-n", &bytes.to_string(), "-J"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     let sent = v["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
     assert!(sent >= bytes, "sent {sent} of {bytes}: {}", v["end"]);
@@ -520,12 +521,14 @@ fn syn_flood_run(t: &Topology, mode: &str, n: usize) -> (Value, Value, Value) {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    // With the proxy on, every connection must succeed: each waits long
-    // enough for the kernel's SYN retries (1, 3, 7 s), as a real client
-    // does, so a SYN lost to a full RX ring on a loaded machine is retried,
-    // not failed. Off, the run is only reported, and many connections
-    // fail by design: 3 s each keeps it short.
-    let timeout = if mode == "on" { "15" } else { "3" };
+    // With the proxy on, 99 % of the connections must succeed: each waits
+    // long enough for the kernel's SYN retries (1, 3, 7 s), as a real
+    // client does, so a SYN lost to a full RX ring on a loaded machine is
+    // retried, not failed; the probe stops at the failure that fails the
+    // test, rather than wait out every one of a broken proxy. Off, the
+    // run is only reported, and many connections fail by design: 3 s each
+    // keeps it short.
+    let (timeout, max_failed) = if mode == "on" { ("15", (n / 100 + 1).to_string()) } else { ("3", n.to_string()) };
     let out = t.client_ok(&[
         &python(),
         repo().join("testbed/synflood.py").to_str().unwrap(),
@@ -534,6 +537,7 @@ fn syn_flood_run(t: &Topology, mode: &str, n: usize) -> (Value, Value, Value) {
         "80",
         &n.to_string(),
         timeout,
+        &max_failed,
     ]);
     let under = lbd.stats_now();
     drop(flood);

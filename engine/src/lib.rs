@@ -12,7 +12,6 @@
 
 #![deny(unsafe_code)]
 
-// First: its macro serves the modules below.
 pub mod log;
 
 pub mod build_info;

@@ -5,7 +5,11 @@
 //! test or script waiting for the ready line, `tail -f`, journald merging
 //! the lines of DPDK's C code) can find half a line, and did (the ready
 //! line was read as `lbd: ready: ` alone). [`log_line!`] formats the line
-//! first and writes it with one call. It also never panics: `eprintln!`
+//! first and writes it with one call, so no reader meets a line cut
+//! between its pieces. (A reader of a regular file can still meet the
+//! tail of a write in progress, which the kernel copies page by page: a
+//! reader that needs a whole line waits for its newline, as the tests'
+//! wait for the ready line does.) It also never panics: `eprintln!`
 //! does when standard error fails (a logger that went away), and a daemon
 //! must not stop forwarding because nobody reads its log.
 
