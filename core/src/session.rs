@@ -635,12 +635,7 @@ impl<M: Placement> SessionTable<M> {
     #[inline(always)]
     pub fn lookup(&self, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
         let b1 = (h as usize) & self.mask;
-        let tag = (h >> 33) as u32;
-        match self.find_in(b1, tag, key) {
-            Some(found) => Some(found),
-            None if self.spill(b1) == 0 => None,
-            None => self.lookup_second(key, h),
-        }
+        self.lookup_among(key, h, b1, self.tag_mask(b1, (h >> 33) as u32))
     }
 
     /// [`Self::lookup`] with the first bucket's tag compare already made:
@@ -652,7 +647,14 @@ impl<M: Placement> SessionTable<M> {
     pub(crate) fn lookup_candidates(&self, key: &FlowKey, h: u64, ways: u8) -> Option<(u32, Direction)> {
         let b1 = (h as usize) & self.mask;
         debug_assert_eq!(u32::from(ways), self.tag_mask(b1, (h >> 33) as u32), "ways from an index since changed");
-        match self.find_among(b1, u32::from(ways), key) {
+        self.lookup_among(key, h, b1, u32::from(ways))
+    }
+
+    /// The rest of both lookups: the key among ways `m` of its first
+    /// bucket `b1`, then in its second bucket if the first has overflowed.
+    #[inline(always)]
+    fn lookup_among(&self, key: &FlowKey, h: u64, b1: usize, m: u32) -> Option<(u32, Direction)> {
+        match self.find_among(b1, m, key) {
             Some(found) => Some(found),
             None if self.spill(b1) == 0 => None,
             None => self.lookup_second(key, h),

@@ -12,7 +12,6 @@ use lbcore::health::{check_targets, BackendKey, Health, HealthCheck};
 use lbhealth::{Outcome, Runner};
 use lbproto::{BackendRef, HealthSetting, Request, MAX_HEALTH_REASON};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,12 +129,8 @@ impl Sink {
     }
 }
 
-/// One write per line (standard error buffers nothing, and `writeln!`
-/// writes each piece of its format apart), so a reader of the log never
-/// finds half a line.
 fn say(msg: &str) {
-    let line = format!("lbctl health-check: {msg}\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    crate::stderr_line(&format!("lbctl health-check: {msg}"));
 }
 
 fn reason_of(o: &Outcome) -> String {

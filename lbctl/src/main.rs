@@ -355,11 +355,17 @@ pub(crate) fn emit(text: &str) -> Result<(), Failure> {
     })
 }
 
-/// Writes a line to standard error, in one write as `say` in `checker`
-/// does; if that fails there is nobody left to tell.
-fn complain(msg: &str) {
-    let line = format!("lbctl: {msg}\n");
+/// Writes `line` and a newline to standard error in one write (standard
+/// error buffers nothing, and `writeln!` writes each piece of its format
+/// apart), so a reader of the log never finds half a line. If that fails
+/// there is nobody left to tell.
+pub(crate) fn stderr_line(line: &str) {
+    let line = format!("{line}\n");
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+fn complain(msg: &str) {
+    stderr_line(&format!("lbctl: {msg}"));
 }
 
 fn backend_ref(s: &str) -> Result<BackendRef, Failure> {
