@@ -275,6 +275,29 @@ impl Bucket {
     }
 }
 
+/// The hashes of both keys of the session in `slot`, worked out by the
+/// index prefetch of an eviction for the eviction's `remove` (see
+/// [`SessionTable::prefetch_half_open_index_at`]).
+#[derive(Clone, Copy)]
+struct VictimHashes {
+    slot: u32,
+    request: u64,
+    reply: u64,
+}
+
+impl VictimHashes {
+    const NONE: VictimHashes = VictimHashes { slot: u32::MAX, request: 0, reply: 0 };
+}
+
+/// Entries of [`VictimHashes`], by slot: more than the evictions
+/// prefetched ahead, so that those rarely share one.
+const VICTIM_HASHES: usize = 16;
+
+/// Words of the filter of keys indexed since [`SessionTable::mark`], and
+/// the shift that takes a hash to its bit there (the hash's top bits).
+const MARK_WORDS: usize = 16;
+const MARK_SHIFT: u32 = 64 - (MARK_WORDS * 64).trailing_zeros();
+
 /// `M` says how the table's memory is placed and prefetched (see
 /// [`crate::memory`]); lookups give the same answers with any `M`.
 pub struct SessionTable<M: Placement = NoHints> {
@@ -296,7 +319,9 @@ pub struct SessionTable<M: Placement = NoHints> {
     /// [`crate::half_open`]).
     half_open_order: SlotRing,
     /// See [`Self::mark`].
-    indexed_since_mark: [u64; 4],
+    indexed_since_mark: [u64; MARK_WORDS],
+    /// See [`Self::prefetch_half_open_index_at`].
+    victim_hashes: [VictimHashes; VICTIM_HASHES],
     /// Places keys in buckets: per instance, so that which keys share a
     /// bucket cannot be known in advance (see [`crate::hashkey`]).
     hash_key: SessionHashKey,
@@ -345,7 +370,8 @@ impl<M: Placement> SessionTable<M> {
             version: 0,
             half_open: 0,
             half_open_order: SlotRing::new::<M>(capacity),
-            indexed_since_mark: [0; 4],
+            indexed_since_mark: [0; MARK_WORDS],
+            victim_hashes: [VictimHashes::NONE; VICTIM_HASHES],
             hash_key,
             placement: PhantomData,
         }
@@ -505,14 +531,19 @@ impl<M: Placement> SessionTable<M> {
     /// The index lines that removing that session rewrites (the first
     /// bucket of each key, where nearly every entry is). Reads the
     /// session: call it after [`Self::prefetch_half_open_at`], once its
-    /// line has had time to arrive.
+    /// line has had time to arrive. Keeps the two hashes for that
+    /// `remove`, which then need not work them out again. (They stay
+    /// right while the slot holds the same session: its keys never change
+    /// in place, and the `remove` that ends it drops them.)
     #[inline]
-    pub fn prefetch_half_open_index_at(&self, i: usize) {
+    pub fn prefetch_half_open_index_at(&mut self, i: usize) {
         let Some(slot) = self.half_open_order.peek(i) else { return };
         let s = &self.slots[slot as usize];
         if s.state.is_half_open() {
-            self.prefetch(self.hash(&s.request_key()));
-            self.prefetch(self.hash(&s.reply_key()));
+            let (request, reply) = (self.hash(&s.request_key()), self.hash(&s.reply_key()));
+            self.prefetch(request);
+            self.prefetch(reply);
+            self.victim_hashes[slot as usize % VICTIM_HASHES] = VictimHashes { slot, request, reply };
         }
     }
 
@@ -524,7 +555,7 @@ impl<M: Placement> SessionTable<M> {
 
     /// [`Self::prefetch_half_open_index_at`] for the `n` oldest entries.
     #[inline]
-    pub fn prefetch_oldest_half_open_index(&self, n: usize) {
+    pub fn prefetch_oldest_half_open_index(&mut self, n: usize) {
         (0..n).for_each(|i| self.prefetch_half_open_index_at(i));
     }
 
@@ -585,13 +616,13 @@ impl<M: Placement> SessionTable<M> {
     /// call it before the lookups whose answers `confirm` will check.
     #[inline]
     pub fn mark(&mut self) {
-        self.indexed_since_mark = [0; 4];
+        self.indexed_since_mark = [0; MARK_WORDS];
     }
 
     /// Notes that a key of hash `h` was indexed (see [`Self::mark`]).
     #[inline]
     fn note_indexed(&mut self, h: u64) {
-        let bit = (h >> 56) as usize;
+        let bit = (h >> MARK_SHIFT) as usize;
         self.indexed_since_mark[bit >> 6] |= 1 << (bit & 63);
     }
 
@@ -599,7 +630,7 @@ impl<M: Placement> SessionTable<M> {
     /// [`Self::mark`] (a filter: a yes may be wrong, a no never is).
     #[inline]
     fn maybe_indexed_since_mark(&self, h: u64) -> bool {
-        let bit = (h >> 56) as usize;
+        let bit = (h >> MARK_SHIFT) as usize;
         self.indexed_since_mark[bit >> 6] & 1 << (bit & 63) != 0
     }
 
@@ -609,19 +640,25 @@ impl<M: Placement> SessionTable<M> {
     /// absent can only have come in through an insert since, which the
     /// filter of keys indexed since the mark knows of; so a new flow whose
     /// burst created other sessions is usually not looked up a second time
-    /// (each insert sets up to two of the filter's 256 bits, so late in a
-    /// burst of many new flows the filter often says maybe).
-    #[inline]
+    /// (each insert sets up to two of the filter's 1024 bits: after 64 new
+    /// flows it says maybe for about one key in nine). That answer is the
+    /// common one under a burst of new flows, and inline; the rest is not.
+    #[inline(always)]
     pub fn confirm(&self, hint: Option<(u32, Direction)>, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
         match hint {
-            Some((slot, dir)) => {
-                let s = &self.slots[slot as usize];
-                if s.state != SessionState::Free && s.key(dir) == *key {
-                    return hint;
-                }
+            None if !self.maybe_indexed_since_mark(h) => None,
+            _ => self.recheck(hint, key, h),
+        }
+    }
+
+    /// The rest of [`Self::confirm`].
+    #[inline(never)]
+    fn recheck(&self, hint: Option<(u32, Direction)>, key: &FlowKey, h: u64) -> Option<(u32, Direction)> {
+        if let Some((slot, dir)) = hint {
+            let s = &self.slots[slot as usize];
+            if s.state != SessionState::Free && s.key(dir) == *key {
+                return hint;
             }
-            None if !self.maybe_indexed_since_mark(h) => return None,
-            None => {}
         }
         self.lookup(key, h)
     }
@@ -825,8 +862,17 @@ impl<M: Placement> SessionTable<M> {
     pub fn remove(&mut self, slot: u32) -> Session {
         let s = self.slots[slot as usize];
         debug_assert!(s.state != SessionState::Free);
-        self.unlink(self.hash(&s.request_key()), encode(slot, Direction::Request));
-        self.unlink(self.hash(&s.reply_key()), encode(slot, Direction::Reply));
+        let kept = &mut self.victim_hashes[slot as usize % VICTIM_HASHES];
+        let (hq, hr) = if kept.slot == slot {
+            let hashes = (kept.request, kept.reply);
+            *kept = VictimHashes::NONE;
+            debug_assert_eq!(hashes, (self.hash(&s.request_key()), self.hash(&s.reply_key())), "slot {slot}");
+            hashes
+        } else {
+            (self.hash(&s.request_key()), self.hash(&s.reply_key()))
+        };
+        self.unlink(hq, encode(slot, Direction::Request));
+        self.unlink(hr, encode(slot, Direction::Reply));
         self.slots[slot as usize].state = SessionState::Free;
         self.free.push(slot);
         self.len -= 1;
@@ -992,6 +1038,35 @@ mod tests {
         assert_eq!(t.iter().map(|(i, s)| (i, *s)).collect::<Vec<_>>(), before);
         assert_eq!(t.half_open(), 4);
         assert_eq!(t.oldest_half_open(16), Some(slots[1]));
+    }
+
+    /// The hashes an eviction's prefetch keeps for its `remove` end with
+    /// the session they were worked out from: a younger session in the
+    /// same slot is removed under its own keys.
+    #[test]
+    fn kept_victim_hashes_end_with_their_session() {
+        let mut t = SessionTable::new(16);
+        let a = t.insert(sess(1, 0)).unwrap();
+        t.prefetch_half_open_index_at(0);
+        assert_eq!(t.remove(a), sess(1, 0));
+        let b = t.insert(sess(2, 0)).unwrap();
+        assert_eq!(b, a, "the slot is reused");
+        assert_eq!(t.remove(b), sess(2, 0));
+        let gone = |t: &SessionTable, i| {
+            let (q, p) = (sess(i, 0).request_key(), sess(i, 0).reply_key());
+            (t.lookup(&q, q.hash()), t.lookup(&p, p.hash())) == (None, None)
+        };
+        assert!(gone(&t, 2));
+        t.check_index();
+        // Kept across a state change, which leaves the keys as they were.
+        let c = t.insert(sess(3, 0)).unwrap();
+        t.prefetch_half_open_index_at(0);
+        t.track_tcp(c, FLAG_SYN | FLAG_ACK, Direction::Reply);
+        t.track_tcp(c, FLAG_ACK, Direction::Request);
+        assert_eq!(t.remove(c).state, SessionState::TcpEstablished);
+        assert!(gone(&t, 3));
+        t.check_index();
+        assert!(t.is_empty());
     }
 
     #[test]
@@ -1339,6 +1414,9 @@ mod tests {
         let mut t = SessionTable::new(capacity);
         let mut m = Model::default();
         let mut r = Xorshift::new(seed);
+        // Eviction prefetches, which keep hashes for `remove`: their own
+        // generator, so the operations above stay what they were.
+        let mut prefetches = Xorshift::new(seed ^ 0x5bd1_e995);
         // Start close to the wrap of the millisecond clock.
         let mut now: u32 = u32::MAX - 50_000;
         // Keys seen so far (live or not) and answers given for them earlier.
@@ -1352,6 +1430,9 @@ mod tests {
             let phase = step / 4096 % 3;
             let op = r.below(100);
             let op = if phase == 0 && (70..80).contains(&op) { 0 } else { op };
+            if prefetches.below(4) == 0 {
+                t.prefetch_half_open_index_at(prefetches.below(8) as usize);
+            }
             match op {
                 // Insert, as the data plane does: only when the request key
                 // is unknown; the lookup itself is checked.
