@@ -239,6 +239,7 @@ impl<P: Packet> State<P> {
 
     /// Puts a new session in the table and counts it; the reason to drop
     /// the packet when it cannot. `hq` is the hash of its request key.
+    #[inline]
     pub(super) fn insert_session(&mut self, s: Session, hq: u64, rescheduled: bool) -> Result<u32, DropReason> {
         let (lid, bid) = (s.listener, s.backend_id);
         match self.sessions.insert_hashed(s, hq) {
